@@ -1,0 +1,243 @@
+//! Guest physical memory: RAM and firmware ROM backed by anonymous host mappings.
+//!
+//! Accesses are bounds-checked against the PC memory map ([`crate::layout`]): an access
+//! that is not entirely inside one RAM or ROM region is an error the caller turns into
+//! a guest-visible result (all-ones read, dropped write, DMA error status), never a
+//! host access outside the mappings.
+
+use crate::error::{Error, Result};
+use crate::layout::{MemoryMap, RegionKind, RegionSpec, BIOS_SIZE, MIN_RAM};
+use memmap2::{MmapMut, MmapOptions};
+
+/// A region as the engines see it: where it is in the guest and in the host.
+#[derive(Debug, Clone, Copy)]
+pub struct HostRegion {
+    pub gpa: u64,
+    pub len: u64,
+    pub kind: RegionKind,
+    /// Host address of the region's first byte.
+    pub host_addr: u64,
+}
+
+/// Guest RAM plus the firmware ROM, laid out as on a PC.
+pub struct GuestMemory {
+    map: MemoryMap,
+    ram: MmapMut,
+    rom: MmapMut,
+    regions: Vec<HostRegion>,
+}
+
+// SAFETY: the mappings live as long as `GuestMemory` and are only accessed through raw
+// pointer copies that are bounds-checked; concurrent access from vCPU threads is the
+// guest's own business, as on real hardware (no Rust reference into guest memory is
+// ever created).
+unsafe impl Send for GuestMemory {}
+// SAFETY: see `Send` above; all shared access goes through `&self` raw copies.
+unsafe impl Sync for GuestMemory {}
+
+impl GuestMemory {
+    /// Allocates `ram_size` bytes of RAM (lazily, pages are touched on first use) and the
+    /// firmware ROM.
+    pub fn new(ram_size: u64) -> Result<GuestMemory> {
+        if ram_size < MIN_RAM {
+            return Err(Error::BadMemorySize(ram_size, "vireo needs at least 2 MiB"));
+        }
+        if ram_size % 4096 != 0 {
+            return Err(Error::BadMemorySize(ram_size, "not a multiple of 4 KiB"));
+        }
+        let len = usize::try_from(ram_size)
+            .map_err(|_| Error::BadMemorySize(ram_size, "larger than the host address space"))?;
+        let alloc = |len: usize| {
+            MmapOptions::new()
+                .len(len)
+                .map_anon()
+                .map_err(|source| Error::MemoryAlloc {
+                    size: ram_size >> 20,
+                    source,
+                })
+        };
+        let mut ram = alloc(len)?;
+        let mut rom = alloc(BIOS_SIZE as usize)?;
+        // Fill the ROM with 0xFF like an erased flash part.
+        rom.fill(0xff);
+        let map = MemoryMap::pc(ram_size);
+        let ram_base = ram.as_mut_ptr() as u64;
+        let rom_base = rom.as_mut_ptr() as u64;
+        let regions = map
+            .regions
+            .iter()
+            .map(|r: &RegionSpec| HostRegion {
+                gpa: r.gpa,
+                len: r.len,
+                kind: r.kind,
+                host_addr: match r.kind {
+                    RegionKind::Ram => ram_base + r.offset,
+                    RegionKind::Rom => rom_base + r.offset,
+                },
+            })
+            .collect();
+        Ok(GuestMemory {
+            map,
+            ram,
+            rom,
+            regions,
+        })
+    }
+
+    /// The memory map this memory was laid out with.
+    pub fn map(&self) -> &MemoryMap {
+        &self.map
+    }
+
+    /// Total RAM size in bytes.
+    pub fn ram_size(&self) -> u64 {
+        self.map.ram_size
+    }
+
+    /// All RAM and ROM regions with their host addresses (for KVM memory slots and the
+    /// TCG softmmu).
+    pub fn regions(&self) -> &[HostRegion] {
+        &self.regions
+    }
+
+    /// The region that holds all of `[gpa, gpa+len)`.
+    pub fn region_of(&self, gpa: u64, len: u64) -> Option<&HostRegion> {
+        let end = gpa.checked_add(len)?;
+        self.regions
+            .iter()
+            .find(|r| gpa >= r.gpa && end <= r.gpa + r.len)
+    }
+
+    /// Host pointer for `[gpa, gpa+len)` if it lies in RAM or ROM.
+    fn host_ptr(&self, gpa: u64, len: usize) -> Result<(*mut u8, RegionKind)> {
+        let r = self.region_of(gpa, len as u64).ok_or(Error::OutOfRange {
+            addr: gpa,
+            len: len as u64,
+        })?;
+        Ok(((r.host_addr + (gpa - r.gpa)) as *mut u8, r.kind))
+    }
+
+    /// Reads guest memory (RAM or ROM) into `buf`.
+    pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<()> {
+        let (p, _) = self.host_ptr(gpa, buf.len())?;
+        // SAFETY: `host_ptr` checked that the whole range lies inside one live mapping;
+        // `buf` is a distinct host buffer.
+        unsafe { std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+
+    /// Writes `data` to guest memory as the guest (or a DMA master) would: writes into
+    /// ROM are dropped.
+    pub fn write(&self, gpa: u64, data: &[u8]) -> Result<()> {
+        let (p, kind) = self.host_ptr(gpa, data.len())?;
+        if kind == RegionKind::Rom {
+            log::debug!(target: "vireo::mem", "dropped write to ROM at {gpa:#x}");
+            return Ok(());
+        }
+        // SAFETY: `host_ptr` checked that the whole range lies inside one live RAM mapping.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) };
+        Ok(())
+    }
+
+    /// Loads the firmware image so that it ends at the top of the ROM (the reset vector
+    /// is the image's last 16 bytes).
+    pub fn load_rom(&mut self, image: &[u8]) -> Result<()> {
+        if image.is_empty() || image.len() as u64 > BIOS_SIZE {
+            return Err(Error::OutOfRange {
+                addr: 0,
+                len: image.len() as u64,
+            });
+        }
+        let start = self.rom.len() - image.len();
+        self.rom[start..].copy_from_slice(image);
+        Ok(())
+    }
+
+    /// Fills RAM with zeros again (machine reset keeps the mapping).
+    pub fn clear_ram(&mut self) {
+        self.ram.fill(0);
+    }
+
+    /// Reads a little-endian value of 1, 2, 4 or 8 bytes.
+    pub fn read_le(&self, gpa: u64, size: usize) -> Result<u64> {
+        let mut b = [0u8; 8];
+        self.read(gpa, &mut b[..size.min(8)])?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// Writes the low `size` bytes of `v`, little endian.
+    pub fn write_le(&self, gpa: u64, size: usize, v: u64) -> Result<()> {
+        self.write(gpa, &v.to_le_bytes()[..size.min(8)])
+    }
+
+    pub fn read_u8(&self, gpa: u64) -> Result<u8> {
+        Ok(self.read_le(gpa, 1)? as u8)
+    }
+    pub fn read_u16(&self, gpa: u64) -> Result<u16> {
+        Ok(self.read_le(gpa, 2)? as u16)
+    }
+    pub fn read_u32(&self, gpa: u64) -> Result<u32> {
+        Ok(self.read_le(gpa, 4)? as u32)
+    }
+    pub fn read_u64(&self, gpa: u64) -> Result<u64> {
+        self.read_le(gpa, 8)
+    }
+    pub fn write_u8(&self, gpa: u64, v: u8) -> Result<()> {
+        self.write_le(gpa, 1, v.into())
+    }
+    pub fn write_u16(&self, gpa: u64, v: u16) -> Result<()> {
+        self.write_le(gpa, 2, v.into())
+    }
+    pub fn write_u32(&self, gpa: u64, v: u32) -> Result<()> {
+        self.write_le(gpa, 4, v.into())
+    }
+    pub fn write_u64(&self, gpa: u64, v: u64) -> Result<()> {
+        self.write_le(gpa, 8, v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::*;
+
+    #[test]
+    fn ram_round_trip_and_holes() {
+        let m = GuestMemory::new(16 << 20).unwrap();
+        m.write_u64(0x1000, 0x1122_3344_5566_7788).unwrap();
+        assert_eq!(m.read_u32(0x1004).unwrap(), 0x1122_3344);
+        // The VGA window is not memory.
+        assert!(m.read_u8(0xA_0000).is_err());
+        // Nothing past the end of RAM.
+        assert!(m.read_u8(16 << 20).is_err());
+        // An access straddling the end of a region is refused as a whole.
+        assert!(m.read_u32((16 << 20) - 2).is_err());
+        assert!(m.write(u64::MAX - 1, &[0; 4]).is_err());
+    }
+
+    #[test]
+    fn rom_is_read_only_and_aliased() {
+        let mut m = GuestMemory::new(4 << 20).unwrap();
+        m.load_rom(&[0xEA, 0x5B, 0xE0, 0x00, 0xF0]).unwrap();
+        assert_eq!(m.read_u8(0xF_FFFB).unwrap(), 0xEA);
+        assert_eq!(m.read_u8(0xFFFF_FFFB).unwrap(), 0xEA);
+        m.write_u8(0xF_FFFB, 0).unwrap();
+        assert_eq!(m.read_u8(0xF_FFFB).unwrap(), 0xEA);
+        // Bytes before the image read as erased flash.
+        assert_eq!(m.read_u8(BIOS_START).unwrap(), 0xFF);
+    }
+
+    #[test]
+    fn high_ram_is_backed_after_low_ram() {
+        let m = GuestMemory::new(PCI_HOLE_START + (64 << 20)).unwrap();
+        m.write_u32(FOUR_GIB, 0xdead_beef).unwrap();
+        assert_eq!(m.read_u32(FOUR_GIB).unwrap(), 0xdead_beef);
+        assert!(m.read_u8(PCI_HOLE_START).is_err());
+    }
+
+    #[test]
+    fn bad_sizes_are_refused() {
+        assert!(GuestMemory::new(0).is_err());
+        assert!(GuestMemory::new((4 << 20) + 1).is_err());
+    }
+}

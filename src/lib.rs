@@ -1,0 +1,1 @@
+//! vireo: machine assembly and command line.
