@@ -87,3 +87,22 @@ mod tests {
         assert_eq!(c.stop_reason(), None);
     }
 }
+
+/// The A20 gate (i8042 output port bit 1, port 0x92 bit 1): when off, physical address
+/// bit 20 is forced to 0 for CPU accesses. Shared by the devices that drive it and the
+/// engine that honours it (KVM keeps A20 always on).
+#[derive(Debug)]
+pub struct A20Gate(std::sync::atomic::AtomicBool);
+
+impl A20Gate {
+    /// A gate in its power-on state (enabled, as vireo's firmware expects).
+    pub fn new() -> Arc<A20Gate> {
+        Arc::new(A20Gate(std::sync::atomic::AtomicBool::new(true)))
+    }
+    pub fn enabled(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+    pub fn set(&self, on: bool) {
+        self.0.store(on, std::sync::atomic::Ordering::Release);
+    }
+}

@@ -16,7 +16,7 @@ pub mod vcpu;
 
 pub use bus::{Bus, BusDevice, SharedDevice};
 pub use clock::VirtualClock;
-pub use control::{MachineControl, StopReason};
+pub use control::{A20Gate, MachineControl, StopReason};
 pub use cpu::CpuState;
 pub use error::{Error, Result};
 pub use irq::{IrqChip, IrqLine};
