@@ -5,6 +5,7 @@
 
 pub mod acpi;
 pub mod acpi_pm;
+pub mod chardev;
 pub mod debug_exit;
 pub mod debugcon;
 pub mod fw_cfg;
