@@ -64,7 +64,7 @@ impl IrqRecorder {
         let ev = self.events.lock();
         let mut level = false;
         let mut n = 0;
-        for &(g, l) in ev.iter().filter(|e| e.0 == gsi) {
+        for &(_, l) in ev.iter().filter(|e| e.0 == gsi) {
             if l && !level {
                 n += 1;
             }

@@ -1,0 +1,128 @@
+//! A KVM vCPU implementing [`vireo_core::Vcpu`].
+
+use crate::kick::{self, Kicker};
+use crate::state;
+use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd};
+use std::sync::Arc;
+use vireo_core::{Bus, CpuState, MachineControl, Vcpu, VcpuExit, VcpuKicker};
+
+/// One KVM vCPU; port and MMIO exits are served from the machine's buses.
+pub struct KvmVcpu {
+    fd: VcpuFd,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    control: Arc<MachineControl>,
+    kicker: Arc<Kicker>,
+    /// Number of exits served, for statistics.
+    pub exits: u64,
+}
+
+impl KvmVcpu {
+    pub(crate) fn new(
+        fd: VcpuFd,
+        pio: Arc<Bus>,
+        mmio: Arc<Bus>,
+        control: Arc<MachineControl>,
+    ) -> KvmVcpu {
+        kick::install_handler();
+        KvmVcpu {
+            fd,
+            pio,
+            mmio,
+            control,
+            kicker: Kicker::new(),
+            exits: 0,
+        }
+    }
+
+    fn run_loop(&mut self) -> vireo_core::Result<VcpuExit> {
+        loop {
+            if self.control.stop_reason().is_some() || self.kicker.take() {
+                return Ok(VcpuExit::Stopped);
+            }
+            self.exits += 1;
+            match self.fd.run() {
+                Ok(KvmExit::IoIn(port, data)) => {
+                    self.pio.read(u64::from(port), data);
+                }
+                Ok(KvmExit::IoOut(port, data)) => {
+                    self.pio.write(u64::from(port), data);
+                }
+                Ok(KvmExit::MmioRead(addr, data)) => {
+                    self.mmio.read(addr, data);
+                }
+                Ok(KvmExit::MmioWrite(addr, data)) => {
+                    // Writes to read-only slots (the firmware ROM) arrive here and are
+                    // dropped unless a device claims the address.
+                    self.mmio.write(addr, data);
+                }
+                Ok(KvmExit::Hlt) => return Ok(VcpuExit::Halted),
+                Ok(KvmExit::Shutdown) => return Ok(VcpuExit::Shutdown),
+                Ok(KvmExit::Intr) => continue,
+                Ok(KvmExit::SystemEvent(kind, _)) => {
+                    log::info!(target: "vireo::kvm", "system event {kind}");
+                    return Ok(VcpuExit::Shutdown);
+                }
+                Ok(KvmExit::InternalError) => {
+                    let run = self.fd.get_kvm_run();
+                    // SAFETY: KVM filled the `internal` member of the exit union for
+                    // KVM_EXIT_INTERNAL_ERROR.
+                    let internal = unsafe { run.__bindgen_anon_1.internal };
+                    let n = (internal.ndata as usize).min(internal.data.len());
+                    return Ok(VcpuExit::Failed(format!(
+                        "KVM internal error, suberror {} (1 = emulation failure), data {:x?}",
+                        internal.suberror,
+                        &internal.data[..n]
+                    )));
+                }
+                Ok(KvmExit::FailEntry(reason, cpu)) => {
+                    return Ok(VcpuExit::Failed(format!(
+                        "KVM entry failed: hardware reason {reason:#x} on cpu {cpu}"
+                    )))
+                }
+                Ok(other) => {
+                    return Ok(VcpuExit::Failed(format!("unexpected KVM exit {other:?}")));
+                }
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    self.fd.set_kvm_immediate_exit(0);
+                    continue;
+                }
+                Err(e) => {
+                    return Err(vireo_core::Error::Engine {
+                        engine: "kvm",
+                        msg: format!("KVM_RUN: {e}"),
+                    })
+                }
+            }
+        }
+    }
+}
+
+impl Vcpu for KvmVcpu {
+    fn run(&mut self) -> vireo_core::Result<VcpuExit> {
+        let imm = &mut self.fd.get_kvm_run().immediate_exit as *mut u8;
+        kick::publish_immediate_exit(imm);
+        self.kicker.enter();
+        let r = self.run_loop();
+        self.kicker.leave();
+        kick::publish_immediate_exit(std::ptr::null_mut());
+        self.fd.set_kvm_immediate_exit(0);
+        r
+    }
+
+    fn state(&mut self) -> vireo_core::Result<CpuState> {
+        Ok(state::get(&self.fd)?)
+    }
+
+    fn set_state(&mut self, s: &CpuState) -> vireo_core::Result<()> {
+        Ok(state::set(&self.fd, s)?)
+    }
+
+    fn kicker(&self) -> Arc<dyn VcpuKicker> {
+        self.kicker.clone()
+    }
+
+    fn engine(&self) -> &'static str {
+        "kvm"
+    }
+}
