@@ -22,8 +22,12 @@ pub struct HostRegion {
 /// Guest RAM plus the firmware ROM, laid out as on a PC.
 pub struct GuestMemory {
     map: MemoryMap,
-    ram: MmapMut,
-    rom: MmapMut,
+    /// Kept alive for the pointers below; never accessed through a reference.
+    _ram: MmapMut,
+    _rom: MmapMut,
+    ram_ptr: *mut u8,
+    ram_len: usize,
+    rom_ptr: *mut u8,
     regions: Vec<HostRegion>,
 }
 
@@ -78,8 +82,11 @@ impl GuestMemory {
             .collect();
         Ok(GuestMemory {
             map,
-            ram,
-            rom,
+            ram_ptr: ram.as_mut_ptr(),
+            ram_len: ram.len(),
+            rom_ptr: rom.as_mut_ptr(),
+            _ram: ram,
+            _rom: rom,
             regions,
         })
     }
@@ -141,21 +148,30 @@ impl GuestMemory {
 
     /// Loads the firmware image so that it ends at the top of the ROM (the reset vector
     /// is the image's last 16 bytes).
-    pub fn load_rom(&mut self, image: &[u8]) -> Result<()> {
+    pub fn load_rom(&self, image: &[u8]) -> Result<()> {
         if image.is_empty() || image.len() as u64 > BIOS_SIZE {
             return Err(Error::OutOfRange {
                 addr: 0,
                 len: image.len() as u64,
             });
         }
-        let start = self.rom.len() - image.len();
-        self.rom[start..].copy_from_slice(image);
+        let start = BIOS_SIZE as usize - image.len();
+        // SAFETY: `start + image.len() == rom.len()`, inside the live ROM mapping; only
+        // raw copies ever touch it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                image.as_ptr(),
+                self.rom_ptr.add(start),
+                image.len(),
+            )
+        };
         Ok(())
     }
 
     /// Fills RAM with zeros again (machine reset keeps the mapping).
-    pub fn clear_ram(&mut self) {
-        self.ram.fill(0);
+    pub fn clear_ram(&self) {
+        // SAFETY: writes exactly the live RAM mapping, through a raw pointer.
+        unsafe { std::ptr::write_bytes(self.ram_ptr, 0, self.ram_len) };
     }
 
     /// Reads a little-endian value of 1, 2, 4 or 8 bytes.
@@ -217,7 +233,7 @@ mod tests {
 
     #[test]
     fn rom_is_read_only_and_aliased() {
-        let mut m = GuestMemory::new(4 << 20).unwrap();
+        let m = GuestMemory::new(4 << 20).unwrap();
         m.load_rom(&[0xEA, 0x5B, 0xE0, 0x00, 0xF0]).unwrap();
         assert_eq!(m.read_u8(0xF_FFFB).unwrap(), 0xEA);
         assert_eq!(m.read_u8(0xFFFF_FFFB).unwrap(), 0xEA);
