@@ -1,1 +1,196 @@
-fn main() {}
+//! `vireo-tools`: helper programs for vireo's development.
+//!
+//! - `prepare-guest`: download a Debian cloud kernel and busybox, build a busybox
+//!   initramfs (cached under `target/guest/`).
+//! - `linux-boot`: boot that guest under vireo and report how far it got.
+//! - `bench`: boot-to-marker times of vireo against QEMU, both with KVM.
+//!
+//! Errors are one line, `vireo-tools: ...`, with exit status 1.
+
+mod bench;
+mod boot;
+mod cpio;
+mod guest;
+mod process;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(name = "vireo-tools", version, about = "vireo's helper programs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Download a Debian cloud kernel and busybox and build a busybox initramfs.
+    ///
+    /// Downloads are cached: with a populated cache nothing is fetched. The
+    /// initramfs's /init runs the kernel command line's `vireo.cmd=` (percent-encoded:
+    /// %20 is a space, %XX any byte), prints `VIREO-CMD-DONE status=<rc>` and powers off.
+    PrepareGuest {
+        /// Cache directory [default: <target dir>/guest]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Boot the prepared guest under vireo and report how far it got (a diagnostic).
+    ///
+    /// Exit status: 0 if /init was reached, 2 if not, 1 on errors.
+    LinuxBoot {
+        /// Execution engine passed to vireo's -accel.
+        #[arg(long, default_value = "kvm", value_parser = ["kvm", "tcg"])]
+        accel: String,
+        /// Stop (kill vireo) after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+        /// Shell command /init runs (sent as vireo.cmd=, percent-encoded).
+        #[arg(long, default_value = "uname -a; md5sum /bin/busybox")]
+        cmd: String,
+        /// The vireo binary [default: `vireo` next to this program]
+        #[arg(long)]
+        vireo: Option<PathBuf>,
+        /// Guest RAM in MiB.
+        #[arg(short = 'm', long = "mem", default_value_t = 512)]
+        mem: u32,
+        /// Extra kernel command-line arguments.
+        #[arg(long)]
+        append: Option<String>,
+        /// Do not echo the serial output while it runs (the report still shows its tail).
+        #[arg(long, short)]
+        quiet: bool,
+        /// Guest cache directory [default: <target dir>/guest]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Boot-to-marker benchmark: vireo (KVM) against qemu-system-x86_64 -accel kvm.
+    Bench {
+        /// Timed runs per guest and engine.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        runs: u64,
+        /// Untimed warm-up runs per guest and engine.
+        #[arg(long, default_value_t = 1)]
+        warmup: u64,
+        /// Seconds to wait for the marker in each run.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+        /// Seconds to wait for the process to exit after the marker before killing it.
+        #[arg(long, default_value_t = 2.0)]
+        exit_wait: f64,
+        /// The vireo binary [default: `vireo` next to this program]
+        #[arg(long)]
+        vireo: Option<PathBuf>,
+        /// The QEMU binary [default: qemu-system-x86_64 in $PATH]
+        #[arg(long)]
+        qemu: Option<PathBuf>,
+        /// Where the guest images are written [default: <target dir>/guest/bench]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+fn run(cli: Cli) -> Result<ExitCode, String> {
+    match cli.command {
+        Cmd::PrepareGuest { dir } => {
+            let dir = dir.unwrap_or_else(guest::default_dir);
+            let g = guest::prepare(&dir)?;
+            println!("kernel      {} ({})", g.kernel.display(), g.release);
+            println!("initramfs   {}", g.initramfs.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::LinuxBoot {
+            accel,
+            timeout,
+            cmd,
+            vireo,
+            mem,
+            append,
+            quiet,
+            dir,
+        } => {
+            let o = boot::Options {
+                accel,
+                timeout: Duration::from_secs(timeout),
+                cmd,
+                vireo,
+                mem_mib: mem,
+                dir: dir.unwrap_or_else(guest::default_dir),
+                append,
+                quiet,
+            };
+            Ok(if boot::run(&o)? {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
+        Cmd::Bench {
+            runs,
+            warmup,
+            timeout,
+            exit_wait,
+            vireo,
+            qemu,
+            dir,
+        } => {
+            if !(0.0..=600.0).contains(&exit_wait) {
+                return Err(format!(
+                    "--exit-wait {exit_wait}: expected 0 to 600 seconds"
+                ));
+            }
+            let o = bench::Options {
+                runs: runs as usize,
+                warmup: warmup as usize,
+                timeout: Duration::from_secs(timeout),
+                exit_wait: Duration::from_secs_f64(exit_wait),
+                vireo,
+                qemu,
+                dir: dir.unwrap_or_else(|| guest::default_dir().join("bench")),
+            };
+            bench::run(&o)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vireo-tools: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_subcommands() {
+        let c = Cli::try_parse_from(["vireo-tools", "linux-boot", "--timeout", "5", "-m", "256"])
+            .unwrap();
+        assert!(matches!(
+            c.command,
+            Cmd::LinuxBoot {
+                timeout: 5,
+                mem: 256,
+                ..
+            }
+        ));
+        let c = Cli::try_parse_from(["vireo-tools", "bench", "--runs", "3"]).unwrap();
+        assert!(matches!(c.command, Cmd::Bench { runs: 3, .. }));
+        assert!(Cli::try_parse_from(["vireo-tools", "bench", "--runs", "0"]).is_err());
+        assert!(Cli::try_parse_from(["vireo-tools", "linux-boot", "--accel", "xen"]).is_err());
+    }
+}
