@@ -123,8 +123,16 @@ impl MemoryMap {
         let mut map = vec![
             (0, EBDA_START, E820_RAM),
             (EBDA_START, LOW_RAM_END - EBDA_START, E820_RESERVED),
-            (ACPI_TABLES_START, HIGH_MEMORY_START - ACPI_TABLES_START, E820_RESERVED),
-            (HIGH_MEMORY_START, self.low_end - HIGH_MEMORY_START, E820_RAM),
+            (
+                ACPI_TABLES_START,
+                HIGH_MEMORY_START - ACPI_TABLES_START,
+                E820_RESERVED,
+            ),
+            (
+                HIGH_MEMORY_START,
+                self.low_end - HIGH_MEMORY_START,
+                E820_RAM,
+            ),
             (IOAPIC_START, 0x1000, E820_RESERVED),
             (LAPIC_START, 0x1000, E820_RESERVED),
             (BIOS_ALIAS_START, BIOS_SIZE, E820_RESERVED),
@@ -158,7 +166,10 @@ mod tests {
             .map(|r| r.len)
             .sum();
         // The VGA window and the BIOS ROM window hide RAM below 1 MiB.
-        assert_eq!(ram, (128 << 20) - (OPTION_ROM_START - LOW_RAM_END) - BIOS_SIZE);
+        assert_eq!(
+            ram,
+            (128 << 20) - (OPTION_ROM_START - LOW_RAM_END) - BIOS_SIZE
+        );
     }
 
     #[test]

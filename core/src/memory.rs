@@ -159,11 +159,7 @@ impl GuestMemory {
         // SAFETY: `start + image.len() == rom.len()`, inside the live ROM mapping; only
         // raw copies ever touch it.
         unsafe {
-            std::ptr::copy_nonoverlapping(
-                image.as_ptr(),
-                self.rom_ptr.add(start),
-                image.len(),
-            )
+            std::ptr::copy_nonoverlapping(image.as_ptr(), self.rom_ptr.add(start), image.len())
         };
         Ok(())
     }

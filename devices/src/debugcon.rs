@@ -28,7 +28,11 @@ impl BusDevice for DebugCon {
         data[0] = READBACK;
     }
     fn write(&mut self, _offset: u64, data: &[u8]) {
-        if let Err(e) = self.out.write_all(&data[..1]).and_then(|_| self.out.flush()) {
+        if let Err(e) = self
+            .out
+            .write_all(&data[..1])
+            .and_then(|_| self.out.flush())
+        {
             log::warn!(target: "vireo::dev::debugcon", "output error: {e}");
         }
     }

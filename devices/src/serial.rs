@@ -137,6 +137,9 @@ mod tests {
         while rd(&mut s, LSR) & 1 != 0 {
             got.push(rd(&mut s, 0));
         }
-        assert_eq!(got, input, "all input arrives, in order, despite the 64-byte FIFO");
+        assert_eq!(
+            got, input,
+            "all input arrives, in order, despite the 64-byte FIFO"
+        );
     }
 }

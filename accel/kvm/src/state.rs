@@ -2,8 +2,8 @@
 
 use crate::error::{IoctlContext, Result};
 use kvm_bindings::{
-    kvm_dtable, kvm_fpu, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs,
-    kvm_xcr, kvm_xcrs, Msrs, KVM_MP_STATE_HALTED, KVM_MP_STATE_RUNNABLE,
+    kvm_dtable, kvm_fpu, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, kvm_xcr,
+    kvm_xcrs, Msrs, KVM_MP_STATE_HALTED, KVM_MP_STATE_RUNNABLE,
 };
 use kvm_ioctls::VcpuFd;
 use vireo_core::cpu::{CpuState, DescriptorTable, FpuState, PendingEvent, Segment};
@@ -159,7 +159,8 @@ pub fn get(vcpu: &VcpuFd) -> Result<CpuState> {
             ..Default::default()
         })
         .collect();
-    let mut msrs = Msrs::from_entries(&entries).map_err(|_| crate::Error::MissingCap("MSR list"))?;
+    let mut msrs =
+        Msrs::from_entries(&entries).map_err(|_| crate::Error::MissingCap("MSR list"))?;
     let n = vcpu.get_msrs(&mut msrs).op("KVM_GET_MSRS")?;
     for e in &msrs.as_slice()[..n] {
         let m = &mut s.msr;
@@ -319,7 +320,8 @@ pub fn set(vcpu: &VcpuFd, s: &CpuState) -> Result<()> {
     ev.nmi.pending = s.events.nmi_pending.into();
     ev.nmi.injected = 0;
     ev.nmi.masked = s.events.nmi_masked.into();
-    ev.flags = kvm_bindings::KVM_VCPUEVENT_VALID_SHADOW | kvm_bindings::KVM_VCPUEVENT_VALID_NMI_PENDING;
+    ev.flags =
+        kvm_bindings::KVM_VCPUEVENT_VALID_SHADOW | kvm_bindings::KVM_VCPUEVENT_VALID_NMI_PENDING;
     vcpu.set_vcpu_events(&ev).op("KVM_SET_VCPU_EVENTS")?;
 
     let mp = kvm_mp_state {
