@@ -1,1 +1,62 @@
-fn main() {}
+//! The `vireo` command: a PC emulator with a QEMU-compatible command line.
+
+use std::process::ExitCode;
+use vireo::cli::{self, Command};
+use vireo::console::RawTerminal;
+use vireo::Machine;
+
+fn run() -> vireo::Result<i32> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match cli::parse(&args)? {
+        Command::Help => print!("{}", cli::HELP),
+        Command::Version => println!(
+            "vireo {} (QEMU-compatible command line)",
+            env!("CARGO_PKG_VERSION")
+        ),
+        Command::DeviceHelp => {
+            println!("Misc devices:");
+            for (name, bus, desc) in cli::DEVICES {
+                println!("name \"{name}\", bus {bus}, desc \"{desc}\"");
+            }
+        }
+        Command::CpuHelp => {
+            println!("Available CPUs:");
+            println!("  host     all features this host's KVM supports");
+            println!("  max      same as host under KVM");
+            println!("  qemu64   QEMU's baseline x86-64 model");
+        }
+        Command::MachineHelp => {
+            println!("Supported machines are:");
+            println!("pc                   Standard PC (i440FX + PIIX, 1996) (default)");
+        }
+        Command::LogHelp => {
+            println!("Log items (comma separated):");
+            for (name, target, desc) in cli::LOG_CATEGORIES {
+                println!("{name:<13} {desc} [{target}]");
+            }
+        }
+        Command::Run(config, log) => {
+            vireo::logging::init(&log)?;
+            let stdin = config.stdin_input;
+            let mut machine = Machine::new(*config)?;
+            let _raw = stdin.then(RawTerminal::enter);
+            if stdin {
+                machine.attach_stdin();
+            }
+            let outcome = machine.run()?;
+            log::info!(target: "vireo::machine", "machine stopped: {outcome:?}");
+            return Ok(outcome.exit_status());
+        }
+    }
+    Ok(0)
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(status) => ExitCode::from(status as u8),
+        Err(e) => {
+            eprintln!("vireo: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,1 +1,43 @@
-//! Helpers for the end-to-end tests.
+//! Helpers for vireo's end-to-end tests: test guests built in process, and machine
+//! runners with captured consoles.
+
+pub mod multiboot_kernel;
+
+use std::path::PathBuf;
+
+/// Why KVM tests cannot run here, if they cannot.
+pub fn kvm_unavailable() -> Option<String> {
+    vireo_kvm::available().err()
+}
+
+/// Prints the visible SKIP line KVM-less hosts get and returns true when KVM is absent.
+pub fn skip_without_kvm(test: &str) -> bool {
+    match kvm_unavailable() {
+        Some(why) => {
+            println!("SKIP {test}: {why}");
+            true
+        }
+        None => false,
+    }
+}
+
+/// A fresh scratch directory under the target directory for one test.
+pub fn scratch_dir(test: &str) -> PathBuf {
+    let base = std::env::var_os("CARGO_TARGET_TMPDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let d = base.join(format!("vireo-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("scratch dir");
+    d
+}
+
+/// Path of the `vireo` binary built alongside the tests.
+pub fn vireo_bin() -> PathBuf {
+    let mut p = std::env::current_exe().expect("test binary path");
+    p.pop(); // the test binary
+    if p.ends_with("deps") {
+        p.pop();
+    }
+    p.join("vireo")
+}

@@ -1,0 +1,615 @@
+//! QEMU-compatible command line: `-m 512 -kernel bzImage -append ... -nographic`.
+//!
+//! QEMU's options are single-dash long options with comma-separated properties, which
+//! derive-style parsers do not model, so this is a small hand-written parser. Every
+//! unknown option, device or value is a one-line error.
+
+use crate::config::{Accel, CharSpec, DebugExitConfig, DebugconConfig, MachineConfig};
+use crate::error::{Error, Result};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use vireo_core::layout::MIN_RAM;
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Command {
+    Run(Box<MachineConfig>, LogConfig),
+    Help,
+    Version,
+    DeviceHelp,
+    CpuHelp,
+    LogHelp,
+    MachineHelp,
+}
+
+/// `-d` categories and the `-D` file.
+#[derive(Debug, Default, Clone)]
+pub struct LogConfig {
+    pub categories: Vec<String>,
+    pub file: Option<PathBuf>,
+}
+
+/// The devices `-device` knows, as `-device help` lists them (QEMU's format).
+pub const DEVICES: &[(&str, &str, &str)] = &[
+    (
+        "isa-debug-exit",
+        "ISA",
+        "exit with status (value << 1) | 1; props iobase, iosize",
+    ),
+    (
+        "isa-debugcon",
+        "ISA",
+        "one-port debug console; props iobase, chardev",
+    ),
+];
+
+/// `-d` categories and the log targets they enable (see docs/ARCHITECTURE.md).
+pub const LOG_CATEGORIES: &[(&str, &str, &str)] = &[
+    (
+        "guest_errors",
+        "vireo::guest",
+        "guest actions the hardware would reject or ignore",
+    ),
+    (
+        "unimp",
+        "vireo::unimp",
+        "guest use of unimplemented features",
+    ),
+    ("int", "vireo::int", "interrupts and exceptions"),
+    ("cpu", "vireo::cpu", "CPU state at each exit"),
+    ("cpu_reset", "vireo::machine", "machine and CPU resets"),
+    (
+        "in_asm",
+        "vireo::tcg::in_asm",
+        "guest code of each translated block (TCG)",
+    ),
+    ("op", "vireo::tcg::op", "IR of each translated block (TCG)"),
+    (
+        "out_asm",
+        "vireo::tcg::out_asm",
+        "host code of each translated block (TCG)",
+    ),
+    ("exec", "vireo::tcg::exec", "each block executed (TCG)"),
+    ("mmu", "vireo::mmu", "page walks and TLB fills"),
+    ("ioport", "vireo::bus", "unassigned port and MMIO accesses"),
+    ("kvm", "vireo::kvm", "KVM engine details"),
+    ("dev", "vireo::dev", "all devices"),
+];
+
+pub const HELP: &str = "\
+vireo - a PC emulator with a TCG and a KVM engine (QEMU-compatible options)
+
+usage: vireo [options]
+With no kernel, vireo boots its built-in firmware demo: real mode -> protected mode ->
+long mode, a report on the serial port, then ACPI power-off (exit status 0).
+
+Machine:
+  -m [size=]SIZE          guest RAM; MiB by default, suffixes K, M, G (default 128M)
+  -smp [cpus=]N           number of CPUs (only 1 for now)
+  -machine|-M [pc][,accel=kvm|tcg]   machine type (pc, i440FX) and properties
+  -accel kvm|tcg          execution engine (default: kvm; tcg is not built yet)
+  -enable-kvm             same as -accel kvm
+  -cpu host|max|qemu64    CPU model (default host); -cpu help lists them
+Boot:
+  -kernel FILE            Linux bzImage or Multiboot v1 kernel (ELF or a.out kludge)
+  -initrd FILE[,FILE...]  Linux initrd, or Multiboot modules (\"path args\" each)
+  -append CMDLINE         kernel command line
+Character devices:
+  -serial DEV             next COM port: stdio, mon:stdio, file:PATH, null, none,
+                          chardev:ID (the first -serial replaces the default COM1)
+  -chardev stdio|file|null,id=ID[,path=PATH]
+  -nographic              no display; COM1 on the terminal in raw mode, Ctrl-A X quits
+  -display none           no display (vireo never has one)
+  -nodefaults             no default devices (no COM1 on stdio)
+Devices:
+  -device isa-debug-exit[,iobase=0x501][,iosize=2]
+  -device isa-debugcon[,iobase=0xe9][,chardev=ID]
+  -device help            list devices
+Run control and debugging:
+  -no-reboot              exit instead of rebooting on reset or triple fault
+  -d CAT[,CAT...]         enable log categories (-d help lists them); RUST_LOG works too
+  -D FILE                 write the log to FILE instead of stderr
+  -h, -help, --help       this text
+  -version, --version     version
+Exit status: 0 after ACPI power-off or Ctrl-A X; (value << 1) | 1 after a write of
+value to isa-debug-exit; 1 with a one-line error for bad input.
+";
+
+fn parse_size(s: &str) -> Result<u64> {
+    let bad = || {
+        Error::usage(format!(
+            "-m {s}: not a memory size (examples: 512, 512M, 2G)"
+        ))
+    };
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'B' => 1,
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(bad()),
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1 << 20),
+    };
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    if !n.is_finite() || n < 0.0 {
+        return Err(bad());
+    }
+    let bytes = n * mult as f64;
+    if bytes > (1u64 << 52) as f64 {
+        return Err(Error::usage(format!("-m {s}: far too large")));
+    }
+    // Whole pages.
+    Ok(((bytes as u64) + 4095) & !4095)
+}
+
+fn parse_num(opt: &str, s: &str) -> Result<u64> {
+    let r = if let Some(h) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        u64::from_str_radix(h, 16)
+    } else {
+        s.parse()
+    };
+    r.map_err(|_| Error::usage(format!("{opt}: '{s}' is not a number")))
+}
+
+/// Splits `name,key=val,...` into the first bare word and the properties.
+fn split_props(s: &str) -> (Option<&str>, Vec<(&str, &str)>) {
+    let mut first = None;
+    let mut props = Vec::new();
+    for (i, part) in s.split(',').enumerate() {
+        match part.split_once('=') {
+            Some((k, v)) => props.push((k, v)),
+            None if i == 0 => first = Some(part),
+            None => props.push((part, "on")),
+        }
+    }
+    (first, props)
+}
+
+/// A character device as written on the command line, before chardev IDs resolve.
+enum CharRef {
+    Spec(CharSpec),
+    Id(String),
+    None,
+}
+
+fn parse_serial(s: &str) -> Result<CharRef> {
+    Ok(match s {
+        "stdio" | "mon:stdio" => CharRef::Spec(CharSpec::Stdio),
+        "null" | "vc" => CharRef::Spec(CharSpec::Null),
+        "none" => CharRef::None,
+        _ => {
+            if let Some(p) = s.strip_prefix("file:") {
+                CharRef::Spec(CharSpec::File(PathBuf::from(p)))
+            } else if let Some(id) = s.strip_prefix("chardev:") {
+                CharRef::Id(id.to_string())
+            } else {
+                return Err(Error::usage(format!(
+                    "-serial {s}: unsupported back end (use stdio, file:PATH, null, none or chardev:ID)"
+                )));
+            }
+        }
+    })
+}
+
+fn parse_chardev(s: &str) -> Result<(String, CharSpec)> {
+    let (kind, props) = split_props(s);
+    let props: HashMap<&str, &str> = props.into_iter().collect();
+    let id = props
+        .get("id")
+        .ok_or_else(|| Error::usage(format!("-chardev {s}: missing id=")))?;
+    let spec =
+        match kind {
+            Some("stdio") => CharSpec::Stdio,
+            Some("null") => CharSpec::Null,
+            Some("file") => CharSpec::File(PathBuf::from(props.get("path").ok_or_else(|| {
+                Error::usage(format!("-chardev {s}: file back end needs path="))
+            })?)),
+            Some(other) => {
+                return Err(Error::usage(format!(
+                    "-chardev {other}: unsupported back end (use stdio, file or null)"
+                )))
+            }
+            None => return Err(Error::usage(format!("-chardev {s}: missing back end"))),
+        };
+    Ok((id.to_string(), spec))
+}
+
+fn parse_accel(opt: &str, s: &str) -> Result<Accel> {
+    // QEMU allows a fallback list "kvm:tcg": take the first vireo can use.
+    let mut last = None;
+    for a in s.split(':') {
+        match a {
+            "kvm" => {
+                if vireo_kvm::available().is_ok() || last.is_none() && !s.contains(':') {
+                    return Ok(Accel::Kvm);
+                }
+                last = Some(Accel::Kvm);
+            }
+            "tcg" => return Ok(Accel::Tcg),
+            other => {
+                return Err(Error::usage(format!(
+                    "{opt} {s}: unknown accelerator '{other}' (kvm or tcg)"
+                )))
+            }
+        }
+    }
+    last.ok_or_else(|| Error::usage(format!("{opt}: empty accelerator")))
+}
+
+/// Parses the arguments (without the program name).
+pub fn parse(args: &[String]) -> Result<Command> {
+    let mut cfg = MachineConfig::default();
+    let mut log = LogConfig::default();
+    let mut serials: Vec<CharRef> = Vec::new();
+    let mut chardevs: HashMap<String, CharSpec> = HashMap::new();
+    let mut debugcons: Vec<(u16, Option<String>)> = Vec::new();
+    let mut nodefaults = false;
+    let mut nographic = false;
+
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let opt = if arg.starts_with("--") && arg.len() > 2 {
+            &arg[1..]
+        } else {
+            arg.as_str()
+        };
+        if !opt.starts_with('-') {
+            return Err(Error::usage(format!(
+                "{arg}: disk images are not supported yet (vireo has no disk controller)"
+            )));
+        }
+        let mut value = || {
+            it.next()
+                .map(|s| s.as_str())
+                .ok_or_else(|| Error::usage(format!("{opt}: missing argument")))
+        };
+        match opt {
+            "-h" | "-help" => return Ok(Command::Help),
+            "-version" => return Ok(Command::Version),
+            "-m" => {
+                let v = value()?;
+                let (first, props) = split_props(v);
+                let size = match first {
+                    Some(s) => s,
+                    None => props
+                        .iter()
+                        .find(|(k, _)| *k == "size")
+                        .map(|(_, v)| *v)
+                        .ok_or_else(|| Error::usage(format!("-m {v}: missing size")))?,
+                };
+                let bytes = parse_size(size)?;
+                if bytes < MIN_RAM {
+                    return Err(Error::usage(format!(
+                        "-m {v}: guest RAM must be at least {} MiB",
+                        MIN_RAM >> 20
+                    )));
+                }
+                let host = host_memory();
+                if bytes > host {
+                    return Err(Error::usage(format!(
+                        "-m {v}: {} MiB exceeds this host's {} MiB of memory",
+                        bytes >> 20,
+                        host >> 20
+                    )));
+                }
+                cfg.ram_size = bytes;
+            }
+            "-smp" => {
+                let v = value()?;
+                let (first, props) = split_props(v);
+                let n = match first {
+                    Some(n) => parse_num("-smp", n)?,
+                    None => match props.iter().find(|(k, _)| *k == "cpus") {
+                        Some((_, n)) => parse_num("-smp", n)?,
+                        None => 1,
+                    },
+                };
+                if n != 1 {
+                    return Err(Error::usage(format!(
+                        "-smp {v}: vireo runs 1 CPU for now (SMP arrives with the TCG system work)"
+                    )));
+                }
+                cfg.cpus = 1;
+            }
+            "-kernel" => cfg.kernel = Some(PathBuf::from(value()?)),
+            "-initrd" => {
+                cfg.initrd = crate::boot::multiboot::parse_module_specs(value()?)
+                    .into_iter()
+                    .map(|m| m.cmdline)
+                    .collect()
+            }
+            "-append" => cfg.append = value()?.to_string(),
+            "-serial" => serials.push(parse_serial(value()?)?),
+            "-chardev" => {
+                let (id, spec) = parse_chardev(value()?)?;
+                if chardevs.insert(id.clone(), spec).is_some() {
+                    return Err(Error::usage(format!("-chardev: duplicate id '{id}'")));
+                }
+            }
+            "-nographic" => nographic = true,
+            "-display" => {
+                let v = value()?;
+                if v != "none" && !v.starts_with("none,") {
+                    return Err(Error::usage(format!(
+                        "-display {v}: vireo has no display; use -display none"
+                    )));
+                }
+            }
+            "-nodefaults" => nodefaults = true,
+            "-no-reboot" => cfg.no_reboot = true,
+            "-enable-kvm" => cfg.accel = Accel::Kvm,
+            "-accel" => {
+                let v = value()?;
+                let (first, _props) = split_props(v);
+                cfg.accel = parse_accel("-accel", first.unwrap_or(""))?;
+            }
+            "-machine" | "-M" => {
+                let v = value()?;
+                let (first, props) = split_props(v);
+                if let Some(m) = first {
+                    if m == "help" {
+                        return Ok(Command::MachineHelp);
+                    }
+                    if m != "pc" && !m.starts_with("pc-i440fx") {
+                        return Err(Error::usage(format!(
+                            "-machine {m}: unsupported machine type (vireo models 'pc')"
+                        )));
+                    }
+                }
+                for (k, val) in props {
+                    match k {
+                        "accel" => cfg.accel = parse_accel("-machine accel=", val)?,
+                        "type" => {
+                            if val != "pc" {
+                                return Err(Error::usage(format!(
+                                    "-machine type={val}: unsupported machine type"
+                                )));
+                            }
+                        }
+                        "kernel-irqchip" | "usb" | "vmport" | "graphics" => {}
+                        other => {
+                            return Err(Error::usage(format!(
+                                "-machine: unknown property '{other}'"
+                            )))
+                        }
+                    }
+                }
+            }
+            "-cpu" => {
+                let v = value()?;
+                let (model, _props) = split_props(v);
+                match model {
+                    Some("help") => return Ok(Command::CpuHelp),
+                    Some(m @ ("host" | "max" | "qemu64")) => cfg.cpu_model = m.to_string(),
+                    Some(m) => {
+                        return Err(Error::usage(format!(
+                            "-cpu {m}: unknown CPU model (host, max, qemu64; -cpu help)"
+                        )))
+                    }
+                    None => return Err(Error::usage("-cpu: missing model")),
+                }
+            }
+            "-device" => {
+                let v = value()?;
+                let (name, props) = split_props(v);
+                match name {
+                    Some("help") => return Ok(Command::DeviceHelp),
+                    Some("isa-debug-exit") => {
+                        let mut d = DebugExitConfig {
+                            iobase: vireo_devices::debug_exit::DEFAULT_IOBASE,
+                            iosize: vireo_devices::debug_exit::DEFAULT_IOSIZE,
+                        };
+                        for (k, val) in props {
+                            let n = parse_num(&format!("-device isa-debug-exit,{k}"), val)?;
+                            let n = u16::try_from(n).map_err(|_| {
+                                Error::usage(format!("-device isa-debug-exit,{k}={val}: out of range"))
+                            })?;
+                            match k {
+                                "iobase" => d.iobase = n,
+                                "iosize" => d.iosize = n,
+                                _ => {
+                                    return Err(Error::usage(format!(
+                                        "-device isa-debug-exit: unknown property '{k}'"
+                                    )))
+                                }
+                            }
+                        }
+                        if d.iosize == 0 || u32::from(d.iobase) + u32::from(d.iosize) > 0x1_0000 {
+                            return Err(Error::usage(format!(
+                                "-device {v}: iobase/iosize outside the 64 KiB port space"
+                            )));
+                        }
+                        cfg.debug_exits.push(d);
+                    }
+                    Some("isa-debugcon") => {
+                        let mut port = vireo_devices::debugcon::DEFAULT_PORT;
+                        let mut chardev = None;
+                        for (k, val) in props {
+                            match k {
+                                "iobase" => {
+                                    port = u16::try_from(parse_num("-device isa-debugcon,iobase", val)?)
+                                        .map_err(|_| Error::usage(format!("-device isa-debugcon,iobase={val}: out of range")))?
+                                }
+                                "chardev" => chardev = Some(val.to_string()),
+                                _ => {
+                                    return Err(Error::usage(format!(
+                                        "-device isa-debugcon: unknown property '{k}'"
+                                    )))
+                                }
+                            }
+                        }
+                        debugcons.push((port, chardev));
+                    }
+                    Some(other) => {
+                        return Err(Error::usage(format!(
+                            "-device {other}: '{other}' is not a valid device model name (see -device help)"
+                        )))
+                    }
+                    None => return Err(Error::usage("-device: missing device name")),
+                }
+            }
+            "-d" => {
+                let v = value()?;
+                for c in v.split(',') {
+                    if c == "help" {
+                        return Ok(Command::LogHelp);
+                    }
+                    if !LOG_CATEGORIES.iter().any(|(n, _, _)| *n == c) {
+                        return Err(Error::usage(format!(
+                            "-d {c}: unknown log category (-d help lists them)"
+                        )));
+                    }
+                    log.categories.push(c.to_string());
+                }
+            }
+            "-D" => log.file = Some(PathBuf::from(value()?)),
+            other => {
+                return Err(Error::usage(format!(
+                    "{other}: unknown option (vireo --help lists the options)"
+                )))
+            }
+        }
+    }
+
+    let resolve = |r: &CharRef| -> Result<Option<CharSpec>> {
+        Ok(match r {
+            CharRef::Spec(s) => Some(s.clone()),
+            CharRef::None => None,
+            CharRef::Id(id) => Some(
+                chardevs
+                    .get(id)
+                    .cloned()
+                    .ok_or_else(|| Error::usage(format!("chardev '{id}' is not defined")))?,
+            ),
+        })
+    };
+    cfg.serials.clear();
+    if serials.is_empty() && !nodefaults {
+        cfg.serials.push(CharSpec::Stdio);
+    }
+    for s in &serials {
+        if let Some(spec) = resolve(s)? {
+            cfg.serials.push(spec);
+        }
+    }
+    if cfg.serials.len() > 4 {
+        return Err(Error::usage("at most 4 -serial ports (COM1..COM4)"));
+    }
+    for (port, chardev) in debugcons {
+        let spec = match chardev {
+            Some(id) => resolve(&CharRef::Id(id))?.unwrap_or(CharSpec::Null),
+            None => CharSpec::Stdio,
+        };
+        cfg.debugcons.push(DebugconConfig {
+            iobase: port,
+            chardev: spec,
+        });
+    }
+    cfg.stdin_input = nographic || cfg.serials.iter().any(|s| matches!(s, CharSpec::Stdio));
+    Ok(Command::Run(Box::new(cfg), log))
+}
+
+/// Total host memory in bytes (MemTotal), or u64::MAX if it cannot be read.
+pub fn host_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<MachineConfig> {
+        let a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        match parse(&a)? {
+            Command::Run(c, _) => Ok(*c),
+            other => panic!("not a run: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512").unwrap(), 512 << 20);
+        assert_eq!(parse_size("2G").unwrap(), 2 << 30);
+        assert_eq!(parse_size("1.5g").unwrap(), 3 << 29);
+        assert_eq!(parse_size("4096k").unwrap(), 4 << 20);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("-1").is_err());
+        assert_eq!(run(&["-m", "size=64M"]).unwrap().ram_size, 64 << 20);
+    }
+
+    #[test]
+    fn bad_input_is_one_line_error() {
+        for args in [
+            &["-m", "0"][..],
+            &["-m", "100000G"],
+            &["-device", "sb16"],
+            &["-smp", "2"],
+            &["-frobnicate"],
+            &["-kernel"],
+            &["-serial", "pty"],
+            &["-cpu", "pentium9"],
+            &["-d", "nonsense"],
+            &["-device", "isa-debug-exit,iobase=0xffff,iosize=4"],
+            &["-serial", "chardev:nope"],
+            &["disk.img"],
+        ] {
+            let e = run(args)
+                .err()
+                .unwrap_or_else(|| panic!("{args:?} accepted"));
+            let msg = e.to_string();
+            assert!(!msg.is_empty() && !msg.contains('\n'), "{args:?}: {msg:?}");
+        }
+    }
+
+    #[test]
+    fn qemu_style_machine() {
+        let c = run(&[
+            "-nodefaults",
+            "-nographic",
+            "--m",
+            "256",
+            "-machine",
+            "pc,accel=kvm",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+            "-chardev",
+            "file,id=log,path=/tmp/x",
+            "-device",
+            "isa-debugcon,chardev=log",
+            "-serial",
+            "chardev:log",
+            "-no-reboot",
+        ])
+        .unwrap();
+        assert_eq!(c.ram_size, 256 << 20);
+        assert_eq!(
+            c.debug_exits,
+            vec![DebugExitConfig {
+                iobase: 0xf4,
+                iosize: 4
+            }]
+        );
+        assert_eq!(c.debugcons[0].iobase, 0xe9);
+        assert!(matches!(c.debugcons[0].chardev, CharSpec::File(_)));
+        assert_eq!(c.serials.len(), 1);
+        assert!(c.no_reboot);
+        // -nodefaults removes the default COM1.
+        assert!(run(&["-nodefaults"]).unwrap().serials.is_empty());
+        assert_eq!(run(&[]).unwrap().serials.len(), 1);
+    }
+}

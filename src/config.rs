@@ -1,0 +1,88 @@
+//! What a machine is made of, as the command line (or a test) describes it.
+
+use std::path::PathBuf;
+use vireo_devices::chardev::CaptureBuffer;
+
+/// Which engine runs the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+/// Where a character device's output goes.
+#[derive(Clone)]
+pub enum CharSpec {
+    /// The terminal; also the source of guest input.
+    Stdio,
+    /// A file, created or truncated.
+    File(PathBuf),
+    /// Nowhere.
+    Null,
+    /// An in-memory buffer (tests, boot-marker watchers).
+    Capture(CaptureBuffer),
+}
+
+impl std::fmt::Debug for CharSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CharSpec::Stdio => write!(f, "stdio"),
+            CharSpec::File(p) => write!(f, "file:{}", p.display()),
+            CharSpec::Null => write!(f, "null"),
+            CharSpec::Capture(_) => write!(f, "capture"),
+        }
+    }
+}
+
+/// An isa-debug-exit device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DebugExitConfig {
+    pub iobase: u16,
+    pub iosize: u16,
+}
+
+/// An isa-debugcon device.
+#[derive(Debug, Clone)]
+pub struct DebugconConfig {
+    pub iobase: u16,
+    pub chardev: CharSpec,
+}
+
+/// The whole machine.
+#[derive(Debug, Clone)]
+pub struct MachineConfig {
+    pub ram_size: u64,
+    pub cpus: u32,
+    pub accel: Accel,
+    pub cpu_model: String,
+    pub kernel: Option<PathBuf>,
+    /// `-initrd` items: a Linux initrd, or Multiboot modules as `"path args"`.
+    pub initrd: Vec<String>,
+    pub append: String,
+    /// COM1..COM4 in order.
+    pub serials: Vec<CharSpec>,
+    pub debugcons: Vec<DebugconConfig>,
+    pub debug_exits: Vec<DebugExitConfig>,
+    pub no_reboot: bool,
+    /// Take guest input from the terminal in raw mode (Ctrl-A X quits).
+    pub stdin_input: bool,
+}
+
+impl Default for MachineConfig {
+    fn default() -> MachineConfig {
+        MachineConfig {
+            ram_size: 128 << 20,
+            cpus: 1,
+            accel: Accel::Kvm,
+            cpu_model: "host".to_string(),
+            kernel: None,
+            initrd: Vec::new(),
+            append: String::new(),
+            serials: vec![CharSpec::Stdio],
+            debugcons: Vec::new(),
+            debug_exits: Vec::new(),
+            no_reboot: false,
+            stdin_input: false,
+        }
+    }
+}

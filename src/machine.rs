@@ -1,0 +1,245 @@
+//! Machine assembly: memory, buses, devices, firmware or kernel, and one engine.
+
+use crate::config::{Accel, MachineConfig};
+use crate::error::{Error, Result};
+use crate::platform::{self, Wiring};
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use vireo_core::clock::{TimerDevice, TimerWaker};
+use vireo_core::{
+    A20Gate, CpuState, GuestMemory, IrqChip, MachineControl, StopReason, Vcpu, VcpuExit,
+    VirtualClock,
+};
+use vireo_devices::serial::Serial;
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// ACPI power-off (or Ctrl-A X): status 0.
+    PowerOff,
+    /// isa-debug-exit with this process status.
+    DebugExit(i32),
+    /// The user quit.
+    Quit,
+    /// Reset or triple fault with `-no-reboot`.
+    Reset,
+}
+
+impl Outcome {
+    /// The process exit status QEMU would use.
+    pub fn exit_status(self) -> i32 {
+        match self {
+            Outcome::PowerOff | Outcome::Quit | Outcome::Reset => 0,
+            Outcome::DebugExit(s) => s,
+        }
+    }
+}
+
+/// A timer thread that polls time-driven devices at their deadlines.
+struct TimerThread {
+    stop: Arc<AtomicBool>,
+    waker: Arc<TimerWaker>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TimerThread {
+    fn spawn(
+        clock: Arc<VirtualClock>,
+        waker: Arc<TimerWaker>,
+        devices: Vec<Arc<Mutex<dyn TimerDevice>>>,
+    ) -> Result<TimerThread> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, w) = (stop.clone(), waker.clone());
+        let handle = std::thread::Builder::new()
+            .name("vireo-timers".into())
+            .spawn(move || {
+                while !s.load(Ordering::Acquire) {
+                    let now = clock.now_ns();
+                    let next = devices
+                        .iter()
+                        .filter_map(|d| d.lock().poll_timer(now))
+                        .min();
+                    let timeout =
+                        next.map(|t| Duration::from_nanos(t.saturating_sub(clock.now_ns())));
+                    w.wait(timeout);
+                }
+            })
+            .map_err(|e| Error::Machine(format!("cannot start the timer thread: {e}")))?;
+        Ok(TimerThread {
+            stop,
+            waker,
+            handle: Some(handle),
+        })
+    }
+}
+
+impl Drop for TimerThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.waker.wake();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A PC with one engine, ready to run.
+pub struct Machine {
+    // Fields drop in declaration order: the vCPU, the timer thread and the VM go
+    // before the guest memory they reference.
+    vcpu: Box<dyn Vcpu>,
+    _timers: TimerThread,
+    _vm: Option<vireo_kvm::KvmVm>,
+    /// COM1, for console input.
+    com1: Option<Arc<Mutex<Serial>>>,
+    control: Arc<MachineControl>,
+    mem: Arc<GuestMemory>,
+    config: MachineConfig,
+}
+
+impl Machine {
+    /// Builds the machine `config` describes.
+    pub fn new(config: MachineConfig) -> Result<Machine> {
+        if config.cpus != 1 {
+            return Err(Error::usage("vireo runs 1 CPU for now"));
+        }
+        // Read the guest files first: a missing kernel is reported before anything
+        // heavier happens.
+        let files = platform::read_guest_files(&config)?;
+
+        let mem = Arc::new(GuestMemory::new(config.ram_size)?);
+        mem.load_rom(vireo_bios::FIRMWARE)?;
+        let control = MachineControl::new();
+
+        let (vm, irq): (vireo_kvm::KvmVm, Arc<dyn IrqChip>) = match config.accel {
+            Accel::Kvm => {
+                let model = config.cpu_model.parse()?;
+                let vm = vireo_kvm::KvmVm::new(
+                    &mem,
+                    vireo_kvm::VmConfig {
+                        cpu_model: model,
+                        cpus: config.cpus,
+                    },
+                )?;
+                let irq = vm.irq_chip();
+                (vm, irq)
+            }
+            Accel::Tcg => {
+                return Err(Error::usage(
+                    "-accel tcg: the TCG engine is not built yet; use -accel kvm",
+                ))
+            }
+        };
+        let wiring = Wiring {
+            mem: mem.clone(),
+            irq,
+            clock: VirtualClock::host(),
+            waker: TimerWaker::new(),
+            control: control.clone(),
+            a20: A20Gate::new(),
+        };
+        let plat = platform::build(&config, &wiring)?;
+        let rsdp = platform::write_tables(&config, &mem)?;
+        let state = match &files {
+            Some(f) => platform::load_kernel(&config, &mem, f, rsdp)?,
+            None => CpuState::reset(),
+        };
+
+        let pio = Arc::new(plat.pio);
+        let mmio = Arc::new(plat.mmio);
+        let mut vcpu: Box<dyn Vcpu> = Box::new(vm.create_vcpu(0, pio, mmio, control.clone())?);
+        vcpu.set_state(&state)?;
+        let kicker = vcpu.kicker();
+        control.add_kick(Box::new(move || kicker.kick()));
+        let timers = TimerThread::spawn(wiring.clock, wiring.waker, plat.timers)?;
+        Ok(Machine {
+            vcpu,
+            _timers: timers,
+            _vm: Some(vm),
+            com1: plat.com1,
+            control,
+            mem,
+            config,
+        })
+    }
+
+    /// The machine's stop control (for tests and signal handlers).
+    pub fn control(&self) -> Arc<MachineControl> {
+        self.control.clone()
+    }
+
+    /// Guest memory.
+    pub fn memory(&self) -> &Arc<GuestMemory> {
+        &self.mem
+    }
+
+    /// The vCPU (state inspection in tests).
+    pub fn vcpu(&mut self) -> &mut dyn Vcpu {
+        self.vcpu.as_mut()
+    }
+
+    /// Forwards the terminal to COM1 (when COM1 is on stdio).
+    pub fn attach_stdin(&self) {
+        if let Some(s) = &self.com1 {
+            crate::console::spawn_stdin(s.clone(), self.control.clone());
+        }
+    }
+
+    /// Runs the guest until it powers off, exits through isa-debug-exit, or resets with
+    /// `-no-reboot`.
+    pub fn run(&mut self) -> Result<Outcome> {
+        loop {
+            let exit = self.vcpu.run()?;
+            log::debug!(target: "vireo::machine", "vcpu exit: {exit:?}");
+            let reset = match exit {
+                VcpuExit::Stopped => match self.control.stop_reason() {
+                    Some(StopReason::PowerOff) => return Ok(Outcome::PowerOff),
+                    Some(StopReason::DebugExit(s)) => return Ok(Outcome::DebugExit(s)),
+                    Some(StopReason::Quit) => return Ok(Outcome::Quit),
+                    Some(StopReason::Reset) => true,
+                    None => false,
+                },
+                VcpuExit::Shutdown => {
+                    log::info!(target: "vireo::machine", "triple fault");
+                    true
+                }
+                VcpuExit::Halted => {
+                    // Only an outside event can wake a CPU halted with no interrupt
+                    // source: wait for a stop request.
+                    while self.control.stop_reason().is_none() {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    false
+                }
+                VcpuExit::Failed(msg) => {
+                    let rip = self.vcpu.state().map(|s| s.rip).unwrap_or(0);
+                    return Err(Error::Machine(format!(
+                        "guest stopped: {msg} (rip {rip:#x})"
+                    )));
+                }
+            };
+            if reset {
+                if self.config.no_reboot {
+                    return Ok(Outcome::Reset);
+                }
+                self.reboot()?;
+            }
+        }
+    }
+
+    /// A warm reboot: RAM cleared, tables and kernel written again, CPU reset.
+    fn reboot(&mut self) -> Result<()> {
+        log::info!(target: "vireo::machine", "reboot");
+        self.mem.clear_ram();
+        let rsdp = platform::write_tables(&self.config, &self.mem)?;
+        let state = match platform::read_guest_files(&self.config)? {
+            Some(f) => platform::load_kernel(&self.config, &self.mem, &f, rsdp)?,
+            None => CpuState::reset(),
+        };
+        self.vcpu.set_state(&state)?;
+        self.control.clear();
+        Ok(())
+    }
+}

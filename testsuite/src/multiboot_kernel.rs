@@ -1,0 +1,178 @@
+//! A Multiboot v1 test kernel, assembled in process with iced-x86 and wrapped in an
+//! ELF32 executable.
+//!
+//! The kernel checks the boot magic in EAX, prints a banner, the command line and the
+//! module count on COM1, then writes `0x10 * magic_ok + mods_count` to isa-debug-exit
+//! at port 0xf4, so vireo exits with status `(value << 1) | 1`.
+
+use iced_x86::code_asm::*;
+
+/// Physical load address of the kernel image.
+pub const LOAD_ADDR: u32 = 0x10_0000;
+/// isa-debug-exit port the kernel writes to (`-device isa-debug-exit,iobase=0xf4`).
+pub const EXIT_PORT: u16 = 0xf4;
+const COM1: u16 = 0x3f8;
+const MB_MAGIC: u32 = 0x1BAD_B002;
+const MB_BOOT_MAGIC: u32 = 0x2BAD_B002;
+/// Multiboot header flags: page-align modules, memory info.
+const MB_FLAGS: u32 = 0x3;
+
+const ELF_HDR: usize = 52;
+const PH_SIZE: usize = 32;
+/// Where the code starts in the file (after ELF header, program header and the
+/// 12-byte Multiboot header).
+const CODE_OFFSET: usize = ELF_HDR + PH_SIZE + 12;
+
+/// Emits `call print_str` for a NUL-terminated string at `esi`.
+fn assemble() -> Result<Vec<u8>, IcedError> {
+    let code_addr = u64::from(LOAD_ADDR) + CODE_OFFSET as u64;
+    let mut a = CodeAssembler::new(32)?;
+    let mut banner = a.create_label();
+    let mut cmdline_txt = a.create_label();
+    let mut mods_txt = a.create_label();
+    let mut bad_magic = a.create_label();
+    let mut after_magic = a.create_label();
+    let mut print_str = a.create_label();
+    let mut putc = a.create_label();
+    let mut no_cmdline = a.create_label();
+    let mut no_mods = a.create_label();
+    let mut hang = a.create_label();
+
+    // EDI = 1 if the boot magic is right.
+    a.xor(edi, edi)?;
+    a.cmp(eax, MB_BOOT_MAGIC)?;
+    a.jne(bad_magic)?;
+    a.mov(edi, 1u32)?;
+    a.set_label(&mut bad_magic)?;
+    a.nop()?;
+    a.mov(esp, 0x9_0000u32)?;
+    a.mov(ebp, ebx)?; // multiboot info
+    a.lea(esi, ptr(banner))?;
+    a.call(print_str)?;
+    // Command line (flags bit 2).
+    a.test(dword_ptr(ebp), 4u32)?;
+    a.jz(no_cmdline)?;
+    a.lea(esi, ptr(cmdline_txt))?;
+    a.call(print_str)?;
+    a.mov(esi, dword_ptr(ebp + 16))?;
+    a.call(print_str)?;
+    a.mov(al, b'\n' as u32)?;
+    a.call(putc)?;
+    a.set_label(&mut no_cmdline)?;
+    // Module count (flags bit 3).
+    a.xor(ecx, ecx)?;
+    a.test(dword_ptr(ebp), 8u32)?;
+    a.jz(no_mods)?;
+    a.mov(ecx, dword_ptr(ebp + 20))?;
+    a.set_label(&mut no_mods)?;
+    a.push(ecx)?;
+    a.lea(esi, ptr(mods_txt))?;
+    a.call(print_str)?;
+    a.pop(ecx)?;
+    a.mov(al, ecx)?;
+    a.and(al, 0xf)?;
+    a.add(al, b'0' as u32)?;
+    a.push(ecx)?;
+    a.call(putc)?;
+    a.mov(al, b'\n' as u32)?;
+    a.call(putc)?;
+    a.pop(ecx)?;
+    // Exit value: 0x10 * magic_ok + mods_count.
+    a.mov(eax, edi)?;
+    a.shl(eax, 4u32)?;
+    a.add(eax, ecx)?;
+    a.mov(dx, EXIT_PORT as u32)?;
+    a.out(dx, eax)?;
+    a.set_label(&mut hang)?;
+    a.cli()?;
+    a.hlt()?;
+    a.jmp(hang)?;
+
+    // print_str: ESI -> COM1 until NUL.
+    a.set_label(&mut print_str)?;
+    let mut ps_loop = a.create_label();
+    let mut ps_done = a.create_label();
+    a.set_label(&mut ps_loop)?;
+    a.lodsb()?;
+    a.test(al, al)?;
+    a.jz(ps_done)?;
+    a.call(putc)?;
+    a.jmp(ps_loop)?;
+    a.set_label(&mut ps_done)?;
+    a.ret()?;
+
+    // putc: AL -> COM1 after THR empty.
+    a.set_label(&mut putc)?;
+    let mut wait = a.create_label();
+    a.push(eax)?;
+    a.push(edx)?;
+    a.mov(ah, al)?;
+    a.set_label(&mut wait)?;
+    a.mov(dx, (COM1 + 5) as u32)?;
+    a.in_(al, dx)?;
+    a.test(al, 0x20)?;
+    a.jz(wait)?;
+    a.mov(al, ah)?;
+    a.mov(dx, COM1 as u32)?;
+    a.out(dx, al)?;
+    a.pop(edx)?;
+    a.pop(eax)?;
+    a.ret()?;
+
+    a.set_label(&mut banner)?;
+    a.db(b"multiboot: hello from the vireo test kernel\n\0")?;
+    a.set_label(&mut cmdline_txt)?;
+    a.db(b"multiboot: cmdline: \0")?;
+    a.set_label(&mut mods_txt)?;
+    a.db(b"multiboot: modules: \0")?;
+    a.assemble(code_addr)
+}
+
+/// The kernel as an ELF32 executable with a Multiboot header.
+pub fn build_elf() -> Vec<u8> {
+    let code = assemble().expect("the test kernel assembles");
+    let file_len = CODE_OFFSET + code.len();
+    let mut f = Vec::with_capacity(file_len);
+    // ELF header.
+    f.extend_from_slice(&[0x7f, b'E', b'L', b'F', 1, 1, 1, 0]);
+    f.extend_from_slice(&[0; 8]);
+    f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    f.extend_from_slice(&3u16.to_le_bytes()); // EM_386
+    f.extend_from_slice(&1u32.to_le_bytes()); // version
+    f.extend_from_slice(&(LOAD_ADDR + CODE_OFFSET as u32).to_le_bytes()); // entry
+    f.extend_from_slice(&(ELF_HDR as u32).to_le_bytes()); // phoff
+    f.extend_from_slice(&0u32.to_le_bytes()); // shoff
+    f.extend_from_slice(&0u32.to_le_bytes()); // flags
+    f.extend_from_slice(&(ELF_HDR as u16).to_le_bytes());
+    f.extend_from_slice(&(PH_SIZE as u16).to_le_bytes());
+    f.extend_from_slice(&1u16.to_le_bytes()); // phnum
+    f.extend_from_slice(&40u16.to_le_bytes()); // shentsize
+    f.extend_from_slice(&0u16.to_le_bytes()); // shnum
+    f.extend_from_slice(&0u16.to_le_bytes()); // shstrndx
+                                              // One PT_LOAD covering the whole file at LOAD_ADDR, plus 4 KiB of bss.
+    for v in [
+        1u32,
+        0,
+        LOAD_ADDR,
+        LOAD_ADDR,
+        file_len as u32,
+        file_len as u32 + 0x1000,
+        7,
+        0x1000,
+    ] {
+        f.extend_from_slice(&v.to_le_bytes());
+    }
+    // Multiboot header.
+    f.extend_from_slice(&MB_MAGIC.to_le_bytes());
+    f.extend_from_slice(&MB_FLAGS.to_le_bytes());
+    f.extend_from_slice(&(0u32.wrapping_sub(MB_MAGIC).wrapping_sub(MB_FLAGS)).to_le_bytes());
+    debug_assert_eq!(f.len(), CODE_OFFSET);
+    f.extend_from_slice(&code);
+    f
+}
+
+/// The exit status vireo reports when the kernel saw the right magic and `mods`
+/// modules.
+pub fn expected_status(mods: u32) -> i32 {
+    (((0x10 + mods) << 1) | 1) as i32
+}

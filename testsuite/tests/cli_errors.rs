@@ -1,0 +1,90 @@
+//! Bad input: each case is a one-line error and a non-zero status, never a panic.
+
+use std::process::{Command, Stdio};
+use vireo_testsuite::{scratch_dir, vireo_bin};
+
+fn vireo(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(vireo_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("vireo runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn assert_one_line_error(args: &[&str], needle: &str) {
+    let (code, _out, err) = vireo(args);
+    assert_eq!(code, 1, "{args:?}: status {code}, stderr {err:?}");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{args:?}: not one line: {err:?}");
+    assert!(lines[0].starts_with("vireo: "), "{args:?}: {err:?}");
+    assert!(
+        lines[0].to_lowercase().contains(&needle.to_lowercase()),
+        "{args:?}: {err:?} lacks {needle:?}"
+    );
+}
+
+#[test]
+fn missing_kernel_file() {
+    assert_one_line_error(&["-kernel", "/nonexistent/bzImage"], "/nonexistent/bzImage");
+}
+
+#[test]
+fn truncated_and_non_kernel_files() {
+    let d = scratch_dir("cli-kernels");
+    let text = d.join("notes.txt");
+    std::fs::write(&text, "this is not a kernel\n".repeat(100)).unwrap();
+    assert_one_line_error(&["-kernel", text.to_str().unwrap()], "kernel");
+    // The start of a bzImage: a setup header that promises more than the file holds.
+    let mut bz = vec![0u8; 0x400];
+    bz[0x1f1] = 4; // setup_sects
+    bz[0x1fe] = 0x55;
+    bz[0x1ff] = 0xaa;
+    bz[0x202..0x206].copy_from_slice(b"HdrS");
+    bz[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    let trunc = d.join("bzImage.trunc");
+    std::fs::write(&trunc, &bz).unwrap();
+    assert_one_line_error(&["-kernel", trunc.to_str().unwrap()], "bzImage.trunc");
+    let empty = d.join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    assert_one_line_error(&["-kernel", empty.to_str().unwrap()], "empty");
+}
+
+#[test]
+fn bad_memory_sizes() {
+    assert_one_line_error(&["-m", "0"], "-m 0");
+    assert_one_line_error(&["-m", "64T"], "exceeds this host");
+    assert_one_line_error(&["-m", "lots"], "not a memory size");
+}
+
+#[test]
+fn unknown_device_and_option() {
+    assert_one_line_error(&["-device", "sb16"], "sb16");
+    assert_one_line_error(&["-fancy-option"], "unknown option");
+    assert_one_line_error(&["-smp", "4"], "1 CPU");
+}
+
+#[test]
+fn help_and_device_list() {
+    let (code, out, _) = vireo(&["--help"]);
+    assert_eq!(code, 0);
+    for opt in [
+        "-m ",
+        "-kernel",
+        "-initrd",
+        "-append",
+        "-serial",
+        "-no-reboot",
+        "-accel",
+    ] {
+        assert!(out.contains(opt), "--help lacks {opt}");
+    }
+    let (code, out, _) = vireo(&["-device", "help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("name \"isa-debug-exit\", bus ISA"));
+}
