@@ -140,7 +140,7 @@ impl Machine {
             control: control.clone(),
             a20: A20Gate::new(),
         };
-        let plat = platform::build(&config, &wiring)?;
+        let plat = platform::build(&config, &wiring, files.as_ref())?;
         let rsdp = platform::write_tables(&config, &mem)?;
         let state = match &files {
             Some(f) => platform::load_kernel(&config, &mem, f, rsdp)?,

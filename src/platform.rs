@@ -13,7 +13,7 @@ use vireo_core::{
 };
 use vireo_devices::chardev::{CharOut, Stdout};
 use vireo_devices::serial::{Serial, COM_PORTS, UART_REGS};
-use vireo_devices::{acpi, acpi_pm, fw_cfg, i8042, pit, port92, rtc};
+use vireo_devices::{acpi, acpi_pm, fw_cfg, i8042, pci, pit, port92, rtc};
 
 /// The machine-wide services devices are wired to.
 pub struct Wiring {
@@ -76,7 +76,7 @@ fn unix_now() -> i64 {
 }
 
 /// Builds the PC's devices on fresh buses.
-pub fn build(config: &MachineConfig, w: &Wiring) -> Result<Platform> {
+pub fn build(config: &MachineConfig, w: &Wiring, files: Option<&GuestFiles>) -> Result<Platform> {
     let mut pio = Bus::new("pio");
     let mmio = Bus::new("mmio");
     let mut timers: Vec<Arc<Mutex<dyn TimerDevice>>> = Vec::new();
@@ -127,14 +127,16 @@ pub fn build(config: &MachineConfig, w: &Wiring) -> Result<Platform> {
         w.a20.clone(),
         w.control.clone(),
     )));
-    for port in [i8042::DATA_PORT, i8042::COMMAND_PORT] {
-        pio.insert(port, 1, shared(i8042::I8042Port::new(kbd.clone(), port)))?;
-    }
+    i8042::I8042::register(&kbd, &mut pio)?;
     pio.insert(
         port92::PORT92,
         1,
         shared(port92::Port92::new(w.a20.clone(), w.control.clone())),
     )?;
+
+    // PCI host bridge (i440FX + PIIX3), with the PIIX3 reset register at 0xCF9.
+    let host = Arc::new(Mutex::new(pci::PciHost::new(w.control.clone())));
+    pci::PciHost::register(&host, &mut pio)?;
 
     // ACPI power management (SCI on IRQ 9).
     let pm = acpi_pm::AcpiPm::shared(w.clock.clone(), w.control.clone(), w.line(acpi_pm::SCI_IRQ));
@@ -150,11 +152,8 @@ pub fn build(config: &MachineConfig, w: &Wiring) -> Result<Platform> {
     fw.add_u16(fw_cfg::FW_CFG_NOGRAPHIC, 1);
     fw.add_file("etc/e820", e820_file(&w.mem))
         .map_err(|e| Error::Machine(format!("fw_cfg: {e}")))?;
-    if !config.append.is_empty() {
-        let mut c = config.append.as_bytes().to_vec();
-        c.push(0);
-        fw.add_u32(fw_cfg::FW_CFG_CMDLINE_SIZE, c.len() as u32);
-        fw.add_item(fw_cfg::FW_CFG_CMDLINE_DATA, c);
+    if let Some(f) = files {
+        add_kernel_items(&mut fw, config, f);
     }
     pio.insert(fw_cfg::FW_CFG_IO_BASE, fw_cfg::FW_CFG_IO_LEN, shared(fw))?;
 
@@ -164,6 +163,35 @@ pub fn build(config: &MachineConfig, w: &Wiring) -> Result<Platform> {
         timers,
         com1,
     })
+}
+
+/// QEMU's fw_cfg kernel items, so firmware can load the kernel itself: for a bzImage
+/// the setup part and the protected-mode part separately, as QEMU splits them.
+fn add_kernel_items(fw: &mut fw_cfg::FwCfg, config: &MachineConfig, f: &GuestFiles) {
+    let k = &f.kernel;
+    let setup_len = if boot::linux::is_bzimage(k) {
+        let sects = match k.get(0x1f1).copied().unwrap_or(0) {
+            0 => 4,
+            n => usize::from(n),
+        };
+        ((sects + 1) * 512).min(k.len())
+    } else {
+        0
+    };
+    if setup_len > 0 {
+        fw.add_u32(fw_cfg::FW_CFG_SETUP_SIZE, setup_len as u32);
+        fw.add_item(fw_cfg::FW_CFG_SETUP_DATA, k[..setup_len].to_vec());
+    }
+    fw.add_u32(fw_cfg::FW_CFG_KERNEL_SIZE, (k.len() - setup_len) as u32);
+    fw.add_item(fw_cfg::FW_CFG_KERNEL_DATA, k[setup_len..].to_vec());
+    if let Some((_, initrd)) = f.initrds.first() {
+        fw.add_u32(fw_cfg::FW_CFG_INITRD_SIZE, initrd.len() as u32);
+        fw.add_item(fw_cfg::FW_CFG_INITRD_DATA, initrd.clone());
+    }
+    let mut c = config.append.as_bytes().to_vec();
+    c.push(0);
+    fw.add_u32(fw_cfg::FW_CFG_CMDLINE_SIZE, c.len() as u32);
+    fw.add_item(fw_cfg::FW_CFG_CMDLINE_DATA, c);
 }
 
 /// Writes the ACPI tables into guest memory; returns the RSDP address.

@@ -22,14 +22,42 @@ const PH_SIZE: usize = 32;
 /// Where the code starts in the file (after ELF header, program header and the
 /// 12-byte Multiboot header).
 const CODE_OFFSET: usize = ELF_HDR + PH_SIZE + 12;
+/// Where the kernel's strings and tables start in the file (and, at LOAD_ADDR+this, in
+/// memory); the code must end before it.
+const DATA_OFFSET: usize = 0x800;
+const DATA_ADDR: u32 = LOAD_ADDR + DATA_OFFSET as u32;
+/// The data area: NUL-terminated strings and an empty IDT descriptor, at these offsets.
+const DATA: &[(u32, &[u8])] = &[
+    (BANNER, b"multiboot: hello from the vireo test kernel\n\0"),
+    (CMDLINE_TXT, b"multiboot: cmdline: \0"),
+    (MODS_TXT, b"multiboot: modules: \0"),
+    (EMPTY_IDT, &[0; 6]),
+];
+const BANNER: u32 = 0;
+const CMDLINE_TXT: u32 = 0x40;
+const MODS_TXT: u32 = 0x60;
+const EMPTY_IDT: u32 = 0x80;
 
-/// Emits `call print_str` for a NUL-terminated string at `esi`.
-fn assemble() -> Result<Vec<u8>, IcedError> {
+/// What the kernel does after its report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Write the exit value to isa-debug-exit.
+    DebugExit,
+    /// On the first boot, mark CMOS byte [`BOOT_MARK_INDEX`] and reset through the
+    /// PIIX3 reset register (0xCF9); on the boot after that, exit with value 0x42.
+    ResetOnceThenExit,
+    /// Load an empty IDT and raise an exception: a triple fault.
+    TripleFault,
+}
+
+/// CMOS NVRAM byte the reset test uses to count boots (it survives a reset).
+pub const BOOT_MARK_INDEX: u8 = 0x40;
+/// Exit value after the reboot in [`Ending::ResetOnceThenExit`].
+pub const AFTER_REBOOT_VALUE: u32 = 0x42;
+
+fn assemble(ending: Ending) -> Result<Vec<u8>, IcedError> {
     let code_addr = u64::from(LOAD_ADDR) + CODE_OFFSET as u64;
     let mut a = CodeAssembler::new(32)?;
-    let mut banner = a.create_label();
-    let mut cmdline_txt = a.create_label();
-    let mut mods_txt = a.create_label();
     let mut bad_magic = a.create_label();
     let mut after_magic = a.create_label();
     let mut print_str = a.create_label();
@@ -47,12 +75,12 @@ fn assemble() -> Result<Vec<u8>, IcedError> {
     a.nop()?;
     a.mov(esp, 0x9_0000u32)?;
     a.mov(ebp, ebx)?; // multiboot info
-    a.lea(esi, ptr(banner))?;
+    a.mov(esi, DATA_ADDR + BANNER)?;
     a.call(print_str)?;
     // Command line (flags bit 2).
     a.test(dword_ptr(ebp), 4u32)?;
     a.jz(no_cmdline)?;
-    a.lea(esi, ptr(cmdline_txt))?;
+    a.mov(esi, DATA_ADDR + CMDLINE_TXT)?;
     a.call(print_str)?;
     a.mov(esi, dword_ptr(ebp + 16))?;
     a.call(print_str)?;
@@ -66,10 +94,10 @@ fn assemble() -> Result<Vec<u8>, IcedError> {
     a.mov(ecx, dword_ptr(ebp + 20))?;
     a.set_label(&mut no_mods)?;
     a.push(ecx)?;
-    a.lea(esi, ptr(mods_txt))?;
+    a.mov(esi, DATA_ADDR + MODS_TXT)?;
     a.call(print_str)?;
     a.pop(ecx)?;
-    a.mov(al, ecx)?;
+    a.mov(al, cl)?;
     a.and(al, 0xf)?;
     a.add(al, b'0' as u32)?;
     a.push(ecx)?;
@@ -77,6 +105,37 @@ fn assemble() -> Result<Vec<u8>, IcedError> {
     a.mov(al, b'\n' as u32)?;
     a.call(putc)?;
     a.pop(ecx)?;
+    match ending {
+        Ending::DebugExit => {}
+        Ending::ResetOnceThenExit => {
+            let mut second_boot = a.create_label();
+            a.mov(al, u32::from(BOOT_MARK_INDEX))?;
+            a.out(0x70, al)?;
+            a.in_(al, 0x71)?;
+            a.cmp(al, 0xa5)?;
+            a.je(second_boot)?;
+            a.mov(al, u32::from(BOOT_MARK_INDEX))?;
+            a.out(0x70, al)?;
+            a.mov(al, 0xa5u32)?;
+            a.out(0x71, al)?;
+            a.mov(dx, 0xcf9u32)?;
+            a.mov(al, 0x06u32)?;
+            a.out(dx, al)?;
+            a.jmp(hang)?;
+            a.set_label(&mut second_boot)?;
+            a.mov(eax, AFTER_REBOOT_VALUE)?;
+            a.mov(dx, EXIT_PORT as u32)?;
+            a.out(dx, eax)?;
+            a.jmp(hang)?;
+        }
+        Ending::TripleFault => {
+            a.lidt(ptr(DATA_ADDR + EMPTY_IDT))?;
+            // ud2 rather than int3: this host's software KVM (kvm_pvm) reports an
+            // emulation failure for int3 through an empty IDT instead of a triple fault.
+            a.ud2()?;
+            a.jmp(hang)?;
+        }
+    }
     // Exit value: 0x10 * magic_ok + mods_count.
     a.mov(eax, edi)?;
     a.shl(eax, 4u32)?;
@@ -89,15 +148,13 @@ fn assemble() -> Result<Vec<u8>, IcedError> {
     a.jmp(hang)?;
 
     // print_str: ESI -> COM1 until NUL.
-    a.set_label(&mut print_str)?;
-    let mut ps_loop = a.create_label();
     let mut ps_done = a.create_label();
-    a.set_label(&mut ps_loop)?;
+    a.set_label(&mut print_str)?;
     a.lodsb()?;
     a.test(al, al)?;
     a.jz(ps_done)?;
     a.call(putc)?;
-    a.jmp(ps_loop)?;
+    a.jmp(print_str)?;
     a.set_label(&mut ps_done)?;
     a.ret()?;
 
@@ -118,20 +175,26 @@ fn assemble() -> Result<Vec<u8>, IcedError> {
     a.pop(edx)?;
     a.pop(eax)?;
     a.ret()?;
-
-    a.set_label(&mut banner)?;
-    a.db(b"multiboot: hello from the vireo test kernel\n\0")?;
-    a.set_label(&mut cmdline_txt)?;
-    a.db(b"multiboot: cmdline: \0")?;
-    a.set_label(&mut mods_txt)?;
-    a.db(b"multiboot: modules: \0")?;
     a.assemble(code_addr)
 }
 
 /// The kernel as an ELF32 executable with a Multiboot header.
 pub fn build_elf() -> Vec<u8> {
-    let code = assemble().expect("the test kernel assembles");
-    let file_len = CODE_OFFSET + code.len();
+    build_elf_ending(Ending::DebugExit)
+}
+
+/// The kernel with the given ending.
+pub fn build_elf_ending(ending: Ending) -> Vec<u8> {
+    let code = assemble(ending).expect("the test kernel assembles");
+    assert!(
+        CODE_OFFSET + code.len() <= DATA_OFFSET,
+        "test kernel code too long"
+    );
+    let mut data = vec![0u8; 0x100];
+    for (off, bytes) in DATA {
+        data[*off as usize..*off as usize + bytes.len()].copy_from_slice(bytes);
+    }
+    let file_len = DATA_OFFSET + data.len();
     let mut f = Vec::with_capacity(file_len);
     // ELF header.
     f.extend_from_slice(&[0x7f, b'E', b'L', b'F', 1, 1, 1, 0]);
@@ -168,6 +231,8 @@ pub fn build_elf() -> Vec<u8> {
     f.extend_from_slice(&(0u32.wrapping_sub(MB_MAGIC).wrapping_sub(MB_FLAGS)).to_le_bytes());
     debug_assert_eq!(f.len(), CODE_OFFSET);
     f.extend_from_slice(&code);
+    f.resize(DATA_OFFSET, 0);
+    f.extend_from_slice(&data);
     f
 }
 

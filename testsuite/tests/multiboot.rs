@@ -23,7 +23,10 @@ fn multiboot_kernel_prints_and_exits_under_kvm() {
         accel: Accel::Kvm,
         ram_size: 32 << 20,
         kernel: Some(kernel),
-        initrd: vec![m1, m2],
+        initrd: vec![
+            m1.to_string_lossy().into_owned(),
+            format!("{} arg=1", m2.display()),
+        ],
         append: "console=ttyS0 vireo.test=1".into(),
         serials: vec![CharSpec::Capture(serial.clone())],
         debug_exits: vec![DebugExitConfig {
@@ -82,4 +85,71 @@ fn multiboot_kernel_via_command_line() {
         out.status.code(),
         Some(multiboot_kernel::expected_status(0))
     );
+}
+
+fn kernel_config(
+    name: &str,
+    ending: multiboot_kernel::Ending,
+    no_reboot: bool,
+) -> (MachineConfig, CaptureBuffer) {
+    let d = scratch_dir(name);
+    let kernel = d.join("kernel.elf");
+    std::fs::write(&kernel, multiboot_kernel::build_elf_ending(ending)).unwrap();
+    let serial = CaptureBuffer::new();
+    let cfg = MachineConfig {
+        accel: Accel::Kvm,
+        ram_size: 16 << 20,
+        kernel: Some(kernel),
+        serials: vec![CharSpec::Capture(serial.clone())],
+        debug_exits: vec![DebugExitConfig {
+            iobase: multiboot_kernel::EXIT_PORT,
+            iosize: 4,
+        }],
+        no_reboot,
+        ..MachineConfig::default()
+    };
+    (cfg, serial)
+}
+
+#[test]
+fn reset_reboots_and_the_kernel_runs_again() {
+    if skip_without_kvm("reset_reboots_and_the_kernel_runs_again") {
+        return;
+    }
+    let (cfg, serial) = kernel_config("reboot", multiboot_kernel::Ending::ResetOnceThenExit, false);
+    let outcome = Machine::new(cfg).unwrap().run().unwrap();
+    let text = serial.text();
+    assert_eq!(
+        text.matches("hello from the vireo test kernel").count(),
+        2,
+        "two boots: {text}"
+    );
+    assert_eq!(
+        outcome,
+        Outcome::DebugExit(((multiboot_kernel::AFTER_REBOOT_VALUE << 1) | 1) as i32)
+    );
+}
+
+#[test]
+fn reset_with_no_reboot_exits() {
+    if skip_without_kvm("reset_with_no_reboot_exits") {
+        return;
+    }
+    let (cfg, serial) = kernel_config(
+        "noreboot",
+        multiboot_kernel::Ending::ResetOnceThenExit,
+        true,
+    );
+    assert_eq!(Machine::new(cfg).unwrap().run().unwrap(), Outcome::Reset);
+    assert_eq!(serial.text().matches("hello from").count(), 1);
+}
+
+#[test]
+fn triple_fault_resets() {
+    if skip_without_kvm("triple_fault_resets") {
+        return;
+    }
+    let (cfg, serial) = kernel_config("triple", multiboot_kernel::Ending::TripleFault, true);
+    assert_eq!(Machine::new(cfg).unwrap().run().unwrap(), Outcome::Reset);
+    assert!(serial.text().contains("hello from"));
 }
