@@ -138,7 +138,13 @@ fn run_once(program: &Path, args: &[OsString], marker: &str, o: &Options) -> Sam
         Err(_) => r.finish(Instant::now() + Duration::from_secs(1)),
     };
     let marker = found.map_err(|e| {
-        let why = process::last_line(&stderr)
+        // The last stderr line that is not a mere warning, else the last one.
+        let why = stderr
+            .lines()
+            .map(str::trim)
+            .rev()
+            .find(|l| !l.is_empty() && !l.contains("warning:"))
+            .or_else(|| process::last_line(&stderr))
             .map(str::to_string)
             .or_else(|| (!last.is_empty()).then(|| format!("last output: {last}")));
         match why {
@@ -236,6 +242,46 @@ fn print_row(r: &Row) {
     }
 }
 
+/// An engine gives up on a guest after this many failed runs in a row.
+const GIVE_UP: usize = 2;
+
+/// One engine's runs of one guest.
+struct Engine<'a> {
+    name: &'static str,
+    program: &'a Path,
+    args: &'a [OsString],
+    samples: Vec<Sample>,
+    /// Failed runs in a row, warm-up included.
+    failures: usize,
+    warmup_error: Option<String>,
+}
+
+impl<'a> Engine<'a> {
+    fn new(name: &'static str, program: &'a Path, args: &'a [OsString]) -> Self {
+        Engine {
+            name,
+            program,
+            args,
+            samples: Vec::new(),
+            failures: 0,
+            warmup_error: None,
+        }
+    }
+
+    fn summarize(&self, guest: &'static str, planned: usize) -> Row {
+        let mut r = summarize(guest, self.name, &self.samples);
+        r.runs = planned;
+        if r.first_error.is_none() {
+            r.first_error = self.warmup_error.clone();
+        }
+        if self.failures >= GIVE_UP && self.samples.len() < planned {
+            r.ends
+                .push(format!("gave up after {GIVE_UP} failures in a row"));
+        }
+        r
+    }
+}
+
 /// Runs the benchmark and prints the table.
 pub fn run(o: &Options) -> Result<(), String> {
     let started = Instant::now();
@@ -263,25 +309,28 @@ pub fn run(o: &Options) -> Result<(), String> {
 
     let mut rows = Vec::new();
     for g in &specs {
-        for _ in 0..o.warmup {
-            run_once(&vireo, &g.vireo_args, g.marker, o);
-            if let Some(q) = &qemu {
-                run_once(q, &g.qemu_args, g.marker, o);
-            }
+        let mut engines = vec![Engine::new("vireo-kvm", &vireo, &g.vireo_args)];
+        if let Some(q) = &qemu {
+            engines.push(Engine::new("qemu-kvm", q, &g.qemu_args));
         }
-        let mut vs = Vec::new();
-        let mut qs = Vec::new();
         // Interleaved, so drift in the host's load affects both engines alike.
-        for _ in 0..o.runs {
-            vs.push(run_once(&vireo, &g.vireo_args, g.marker, o));
-            if let Some(q) = &qemu {
-                qs.push(run_once(q, &g.qemu_args, g.marker, o));
+        for i in 0..o.warmup + o.runs {
+            for e in engines.iter_mut().filter(|e| e.failures < GIVE_UP) {
+                let s = run_once(e.program, e.args, g.marker, o);
+                e.failures = if s.marker.is_ok() { 0 } else { e.failures + 1 };
+                if i >= o.warmup {
+                    e.samples.push(s);
+                } else if let Err(err) = &s.marker {
+                    e.warmup_error.get_or_insert_with(|| err.clone());
+                }
             }
         }
-        rows.push((
-            summarize(g.name, "vireo-kvm", &vs),
-            qemu.as_ref().map(|_| summarize(g.name, "qemu-kvm", &qs)),
-        ));
+        let mut summary: Vec<Row> = engines
+            .iter()
+            .map(|e| e.summarize(g.name, o.runs))
+            .collect();
+        let q = (summary.len() > 1).then(|| summary.remove(1));
+        rows.push((summary.remove(0), q));
     }
 
     println!();
