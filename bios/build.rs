@@ -20,7 +20,10 @@ const FILL: u8 = 0xFF;
 
 fn fail(msg: &str) -> ! {
     eprintln!("error: vireo-bios: {msg}");
-    println!("cargo:warning=vireo-bios: {}", msg.lines().next().unwrap_or(msg));
+    println!(
+        "cargo:warning=vireo-bios: {}",
+        msg.lines().next().unwrap_or(msg)
+    );
     exit(1);
 }
 
@@ -49,12 +52,26 @@ fn compile(src: &Path, elf: &Path) {
     let link_ld = src.join("link.ld");
     let mut cmd = Command::new(&rustc);
     cmd.arg(src.join("main.rs"))
-        .args(["--edition", "2021", "--crate-type", "bin", "--crate-name", "vireo_firmware"])
+        .args([
+            "--edition",
+            "2021",
+            "--crate-type",
+            "bin",
+            "--crate-name",
+            "vireo_firmware",
+        ])
         .args(["--target", "x86_64-unknown-linux-gnu"])
         .args(["-C", "panic=abort"])
         .args(["-C", "opt-level=s"])
         .args(["-C", "debug-assertions=off", "-C", "overflow-checks=off"])
-        .args(["-C", "debuginfo=0", "-C", "codegen-units=1", "-C", "lto=fat"])
+        .args([
+            "-C",
+            "debuginfo=0",
+            "-C",
+            "codegen-units=1",
+            "-C",
+            "lto=fat",
+        ])
         .args(["-C", "relocation-model=static", "-C", "code-model=small"])
         .args(["-C", "force-unwind-tables=no"])
         .args(["-C", "link-arg=-nostartfiles", "-C", "link-arg=-nostdlib"])
@@ -73,7 +90,10 @@ fn compile(src: &Path, elf: &Path) {
     };
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !output.status.success() {
-        fail(&format!("compiling the firmware failed ({}):\n{stderr}", output.status));
+        fail(&format!(
+            "compiling the firmware failed ({}):\n{stderr}",
+            output.status
+        ));
     }
     for line in stderr.lines().filter(|l| l.starts_with("warning")) {
         println!("cargo:warning=vireo-bios firmware: {line}");
@@ -114,7 +134,9 @@ fn flatten(elf: &Path) -> Vec<u8> {
         }
         let start = paddr.wrapping_sub(ROM_BASE) as usize;
         if paddr < ROM_BASE || start + filesz > ROM_SIZE {
-            fail(&format!("segment {paddr:#x}+{filesz:#x} is outside the ROM 0xf0000..0x100000"));
+            fail(&format!(
+                "segment {paddr:#x}+{filesz:#x} is outside the ROM 0xf0000..0x100000"
+            ));
         }
         let data = b
             .get(offset..offset + filesz)
@@ -128,7 +150,9 @@ fn flatten(elf: &Path) -> Vec<u8> {
     // The reset vector: `ljmp $0xf000, $offset` (EA lo hi 00 F0).
     let rv = &rom[ROM_SIZE - 16..];
     if rv[0] != 0xEA || rv[3..5] != [0x00, 0xF0] {
-        fail(&format!("the reset vector is not a far jump into F000: {rv:02x?}"));
+        fail(&format!(
+            "the reset vector is not a far jump into F000: {rv:02x?}"
+        ));
     }
     rom
 }

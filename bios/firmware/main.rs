@@ -93,7 +93,9 @@ mod cpu {
     pub unsafe fn inb(port: u16) -> u8 {
         let v: u8;
         // SAFETY: the caller vouches for the port; `in` touches no memory.
-        unsafe { asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags)) };
+        unsafe {
+            asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags))
+        };
         v
     }
 
@@ -103,7 +105,9 @@ mod cpu {
     /// As [`inb`], for writes.
     pub unsafe fn outb(port: u16, v: u8) {
         // SAFETY: the caller vouches for the port; `out` touches no memory.
-        unsafe { asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags)) };
+        unsafe {
+            asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags))
+        };
     }
 
     /// Writes a 16-bit word to an I/O port.
@@ -112,7 +116,9 @@ mod cpu {
     /// As [`inb`], for writes.
     pub unsafe fn outw(port: u16, v: u16) {
         // SAFETY: the caller vouches for the port; `out` touches no memory.
-        unsafe { asm!("out dx, ax", in("dx") port, in("ax") v, options(nomem, nostack, preserves_flags)) };
+        unsafe {
+            asm!("out dx, ax", in("dx") port, in("ax") v, options(nomem, nostack, preserves_flags))
+        };
     }
 
     /// Reads a model-specific register.
@@ -183,7 +189,7 @@ mod phys {
 
     /// Reads a little-endian u32 with one load (for scans); `addr` must be 4-aligned.
     pub fn u32_fast(addr: u64) -> u32 {
-        if !mapped(addr, 4) || addr % 4 != 0 {
+        if !mapped(addr, 4) || addr & 3 != 0 {
             return u32::MAX;
         }
         // SAFETY: as in `u8`; `addr` is aligned and all 4 bytes are below 4 GiB.
@@ -297,7 +303,7 @@ struct Size(u64);
 
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 % (1 << 20) == 0 {
+        if self.0 & ((1 << 20) - 1) == 0 {
             write!(f, "{} MiB", self.0 >> 20)
         } else {
             write!(f, "{} KiB", self.0 >> 10)
@@ -534,7 +540,8 @@ fn find_s5(dsdt: u64, len: u32) -> Option<u8> {
                 let v = match phys::u8(elem) {
                     0x00 => 0,
                     0x01 => 1,
-                    0x0A | 0x0B | 0x0C => phys::u8(elem + 1),
+                    // BytePrefix, WordPrefix, DWordPrefix: the low byte.
+                    0x0A..=0x0C => phys::u8(elem + 1),
                     _ => return None,
                 };
                 return Some(v & 7);
@@ -629,17 +636,33 @@ extern "C" fn firmware_main(stages: u32) -> ! {
             STACK_TOP
         );
     } else {
-        say!(out, "start-up incomplete: stages {:#x} of {:#x}, EFER {:#x}", stages, STAGES_ALL, efer);
+        say!(
+            out,
+            "start-up incomplete: stages {:#x} of {:#x}, EFER {:#x}",
+            stages,
+            STAGES_ALL,
+            efer
+        );
     }
 
     let ram = cmos_ram_bytes();
     match FwCfg::probe() {
         Some(fw) => {
             let cpus = fw.cpus();
-            say!(out, "RAM {} (CMOS), fw_cfg signature QEMU, {} CPU{}", Size(ram), cpus, plural(u64::from(cpus)));
+            say!(
+                out,
+                "RAM {} (CMOS), fw_cfg signature QEMU, {} CPU{}",
+                Size(ram),
+                cpus,
+                plural(u64::from(cpus))
+            );
             list_fw_cfg_files(&mut out, &fw);
         }
-        None => say!(out, "RAM {} (CMOS), no fw_cfg (signature QEMU absent)", Size(ram)),
+        None => say!(
+            out,
+            "RAM {} (CMOS), no fw_cfg (signature QEMU absent)",
+            Size(ram)
+        ),
     }
 
     match find_acpi() {
@@ -663,7 +686,10 @@ extern "C" fn firmware_main(stages: u32) -> ! {
         }
         Err(why) => {
             say!(out, "ACPI: {}", why);
-            say!(out, "no boot device; demo done, power-off failed (no ACPI); halting");
+            say!(
+                out,
+                "no boot device; demo done, power-off failed (no ACPI); halting"
+            );
         }
     }
     cpu::halt_forever()
