@@ -117,8 +117,10 @@ entry64:
     movb $0x04, %al
     outb %al, $0x80
 
-    /* The precompiled core library may use SSE registers: enable SSE
-     * (CR0.EM off, CR0.MP on, CR4.OSFXSR and CR4.OSXMMEXCPT on). */
+    /* Enable SSE (CR0.EM off, CR0.MP on, CR4.OSFXSR and CR4.OSXMMEXCPT on) as a
+     * safety net: the code is kept free of vector instructions (a test disassembles
+     * it, because KVM's instruction emulator lacks most of them), but should the
+     * compiler or the precompiled core library emit some, they will not #UD. */
     movq %cr0, %rax
     andq $~0x4, %rax
     orq $0x2, %rax

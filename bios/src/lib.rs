@@ -28,6 +28,32 @@
 //! - power off: a 16-bit write of `(SLP_TYP << 10) | (1 << 13)` to PM1a_CNT. If that
 //!   returns or the tables are missing it prints "power-off failed" and halts with
 //!   interrupts off.
+//!
+//! # Output (vireo's machine: 128 MiB, fw_cfg, ACPI tables at 0xE0000)
+//!
+//! ```text
+//! vireo firmware: real mode -> protected mode -> long mode
+//! vireo firmware: A20 on, 0-4 GiB identity-mapped (2 MiB pages at 0x1000), stack at 0x80000
+//! vireo firmware: RAM 128 MiB (CMOS), fw_cfg signature QEMU, 1 CPU
+//! vireo firmware: fw_cfg: 1 file
+//! vireo firmware: fw_cfg:   0x0020 etc/acpi/tables (4096 bytes)
+//! vireo firmware: ACPI RSDP at 0xe0000 (XSDT), FADT PM1a_CNT 0x604, S5 SLP_TYP 0
+//! vireo firmware: no boot device; demo done, powering off (ACPI S5)
+//! ```
+//!
+//! # Cost
+//!
+//! About 32,000 instructions from reset to the power-off write (17,500 of them building
+//! the page tables), a few thousand port I/O exits (two per serial byte). Without ACPI
+//! tables the full RSDP scan brings it to about 80,000. `tests/kvm_boot.rs` measures this by
+//! single-stepping, because on hosts whose KVM emulates real-mode and CPL0 code every
+//! instruction counts (about a million per second).
+//!
+//! # Tests
+//!
+//! Unit tests check the image (size, reset vector, strings, no reachable panic) and
+//! disassemble the entry code; `tests/kvm_boot.rs` boots the ROM under KVM on a
+//! hand-built machine with fake devices and hand-written ACPI tables.
 
 /// The firmware ROM image.
 pub static FIRMWARE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vireo-bios.bin"));

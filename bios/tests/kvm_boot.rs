@@ -7,7 +7,10 @@
 //! Each test runs the firmware until it writes PM1a_CNT, halts, or fails, then checks
 //! its serial output. Skipped (with a message) when /dev/kvm cannot be opened.
 
-use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY};
+use kvm_bindings::{
+    kvm_guest_debug, kvm_userspace_memory_region, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP,
+    KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY,
+};
 use kvm_ioctls::{Cap, Kvm, VcpuExit};
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::time::{Duration, Instant};
@@ -58,6 +61,8 @@ struct Setup {
     fw_cfg: Vec<(u16, Vec<u8>)>,
     /// ACPI tables, placed at [`ACPI_BASE`].
     acpi: Option<Vec<u8>>,
+    /// Single-step the guest to count its instructions.
+    single_step: bool,
 }
 
 /// How a run ended and what the guest did.
@@ -69,6 +74,12 @@ struct Run {
     pm1a_cnt: Option<u16>,
     halted: bool,
     exits: u64,
+    /// Instructions retired (counted only when single-stepping), and the count at each
+    /// POST code.
+    steps: u64,
+    post_steps: Vec<u64>,
+    /// Whether the ROM was mapped read-only (so a write to it would have failed the run).
+    rom_read_only: bool,
     elapsed: Duration,
 }
 
@@ -131,6 +142,14 @@ fn run(kvm: &Kvm, setup: &Setup) -> Run {
     let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
     vcpu.set_cpuid2(&cpuid).unwrap();
 
+    if setup.single_step {
+        let dbg = kvm_guest_debug {
+            control: KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP,
+            ..Default::default()
+        };
+        vcpu.set_guest_debug(&dbg).unwrap();
+    }
+
     let mut cmos = [0u8; 128];
     for &(i, v) in &setup.cmos {
         cmos[i as usize] = v;
@@ -146,6 +165,9 @@ fn run(kvm: &Kvm, setup: &Setup) -> Run {
         pm1a_cnt: None,
         halted: false,
         exits: 0,
+        steps: 0,
+        post_steps: Vec::new(),
+        rom_read_only: ro != 0,
         elapsed: Duration::ZERO,
     };
     let mut unexpected = None;
@@ -162,7 +184,10 @@ fn run(kvm: &Kvm, setup: &Setup) -> Run {
                     0x3F8..=0x3FF => {}
                     0x70 => cmos_index = usize::from(v & 0x7F),
                     0x71 => cmos[cmos_index] = v,
-                    0x80 => out.post.push(v),
+                    0x80 => {
+                        out.post.push(v);
+                        out.post_steps.push(out.steps);
+                    }
                     0x92 => port92 = v,
                     0x510 if !setup.fw_cfg.is_empty() => {
                         assert_eq!(data.len(), 2, "fw_cfg selector takes 16-bit writes");
@@ -206,6 +231,15 @@ fn run(kvm: &Kvm, setup: &Setup) -> Run {
                 panic!("guest wrote {data:x?} to {addr:#x} (ROM or unmapped): {out:?}")
             }
             VcpuExit::MmioRead(_, data) => data.fill(0xFF),
+            VcpuExit::Debug(arch) if setup.single_step => {
+                out.steps += 1;
+                // A single-stepped `hlt` does not exit as HLT: look at the next opcode.
+                let next = arch.pc.wrapping_sub(ROM_BASE) as usize;
+                if vireo_bios::FIRMWARE.get(next) == Some(&0xF4) {
+                    out.halted = true;
+                    break;
+                }
+            }
             other => {
                 unexpected = Some(format!("{other:?}"));
                 break;
@@ -222,8 +256,8 @@ fn run(kvm: &Kvm, setup: &Setup) -> Run {
     }
     out.elapsed = start.elapsed();
     eprintln!(
-        "firmware run: {} exits in {:?}, POST {:x?}\n{}",
-        out.exits, out.elapsed, out.post, out.serial
+        "firmware run: {} exits in {:?}, POST {:x?}, ROM read-only {}\n{}",
+        out.exits, out.elapsed, out.post, out.rom_read_only, out.serial
     );
     drop(vcpu);
     drop(vm);
@@ -370,6 +404,7 @@ fn full_machine_powers_off_through_xsdt() {
             ),
         ],
         acpi: Some(acpi_tables(2, &s5)),
+        ..Setup::default()
     };
     let r = run(&kvm, &setup);
     assert_started(&r);
@@ -403,6 +438,7 @@ fn acpi_1_tables_without_fw_cfg() {
         cmos: cmos_ram(128),
         fw_cfg: Vec::new(),
         acpi: Some(acpi_tables(0, &s5)),
+        ..Setup::default()
     };
     let r = run(&kvm, &setup);
     assert_started(&r);
@@ -447,4 +483,58 @@ fn bad_checksums_are_rejected() {
     assert!(r.serial.contains("RAM 16 MiB (CMOS)"), "{}", r.serial);
     assert!(r.serial.contains("ACPI: bad DSDT"), "{}", r.serial);
     assert!(r.halted && r.pm1a_cnt.is_none(), "{r:?}");
+}
+
+/// Counts the instructions of a full run by single-stepping (where KVM supports it) and
+/// keeps the firmware lean: hosts whose KVM emulates real-mode and CPL0 code run it at
+/// about a million instructions per second.
+#[test]
+fn instruction_budget() {
+    let Some(kvm) = kvm() else { return };
+    if !kvm.check_extension(Cap::SetGuestDebug) {
+        eprintln!("skipping: no KVM_CAP_SET_GUEST_DEBUG");
+        return;
+    }
+    let s5 = [
+        0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x04, 0x00, 0x00, 0x00, 0x00,
+    ];
+    let setup = Setup {
+        cmos: cmos_ram(128),
+        fw_cfg: vec![
+            (0x0000, b"QEMU".to_vec()),
+            (0x0005, 1u16.to_le_bytes().to_vec()),
+            (0x0019, fw_cfg_dir(&[("etc/acpi/tables", 0x20, 4096)])),
+        ],
+        acpi: Some(acpi_tables(2, &s5)),
+        single_step: true,
+    };
+    let r = run(&kvm, &setup);
+    assert_started(&r);
+    assert_eq!(r.pm1a_cnt, Some(vireo_bios::PM1_CNT_SLP_EN));
+    eprintln!(
+        "instructions: {} in all; at POST codes {:?}",
+        r.steps, r.post_steps
+    );
+    assert!(r.steps > 1000, "single-stepping counted {} steps", r.steps);
+    assert!(
+        r.steps < 100_000,
+        "the firmware ran {} instructions",
+        r.steps
+    );
+
+    // Worst case: no ACPI tables, so the RSDP scan covers all of 0xE0000..0xFFFFF.
+    let bare = run(
+        &kvm,
+        &Setup {
+            single_step: true,
+            ..Setup::default()
+        },
+    );
+    assert!(bare.halted);
+    eprintln!("instructions without ACPI tables: {}", bare.steps);
+    assert!(
+        bare.steps < 250_000,
+        "the firmware ran {} instructions",
+        bare.steps
+    );
 }
