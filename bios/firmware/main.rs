@@ -413,6 +413,8 @@ const SDT_MAX_LEN: u32 = 1 << 20;
 const FADT_DSDT: u64 = 40;
 const FADT_PM1A_CNT_BLK: u64 = 64;
 const FADT_X_DSDT: u64 = 140;
+/// The POST code port, read for a short I/O delay.
+const POST_PORT: u16 = 0x80;
 /// PM1_CNT bits.
 const SLP_TYP_SHIFT: u16 = 10;
 const SLP_EN: u16 = 1 << 13;
@@ -679,8 +681,11 @@ extern "C" fn firmware_main(stages: u32) -> ! {
             let v = (u16::from(acpi.slp_typ_s5) << SLP_TYP_SHIFT) | SLP_EN;
             // SAFETY: PM1a_CNT from the FADT: the ACPI PM control register, no DMA.
             unsafe { cpu::outw(acpi.pm1a_cnt, v) };
+            // Give a slow power-off a moment (1000 reads of the POST port, the classic
+            // I/O delay), then report the failure.
             for _ in 0..1000 {
-                core::hint::spin_loop();
+                // SAFETY: reading port 0x80 has no effect (nothing decodes it for reads).
+                unsafe { cpu::inb(POST_PORT) };
             }
             say!(out, "power-off failed; halting");
         }

@@ -15,7 +15,8 @@
 //! - COM1 16550 at 0x3F8, polled, 115200 8N1: all its output, lines starting with
 //!   [`BANNER_PREFIX`];
 //! - port 0x92 (fast A20 gate, bit 1), port 0x80 (POST codes 1 real mode, 2 protected
-//!   mode, 3 page tables built, 4 long mode);
+//!   mode, 3 page tables built, 4 long mode; after the power-off write it is read 1000
+//!   times as an I/O delay before "power-off failed" is printed);
 //! - CMOS via 0x70/0x71: 0x34/0x35 RAM between 16 MiB and 4 GiB in 64 KiB units, else
 //!   0x30/0x31 KiB above 1 MiB; 0x5B..0x5D RAM above 4 GiB in 64 KiB units;
 //! - fw_cfg at 0x510 (16-bit selector) / 0x511 (data): key 0x0000 signature "QEMU",

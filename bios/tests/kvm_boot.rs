@@ -63,6 +63,8 @@ struct Setup {
     acpi: Option<Vec<u8>>,
     /// Single-step the guest to count its instructions.
     single_step: bool,
+    /// Let the guest go on after it writes PM1a_CNT, as if power-off did not work.
+    ignore_power_off: bool,
 }
 
 /// How a run ended and what the guest did.
@@ -202,7 +204,9 @@ fn run(kvm: &Kvm, setup: &Setup) -> Run {
                     PM1A_CNT => {
                         assert_eq!(data.len(), 2, "PM1a_CNT takes 16-bit writes");
                         out.pm1a_cnt = Some(u16::from_le_bytes([data[0], data[1]]));
-                        break;
+                        if !setup.ignore_power_off {
+                            break;
+                        }
                     }
                     _ => {}
                 }
@@ -465,6 +469,30 @@ fn bare_machine_reports_and_halts() {
 }
 
 #[test]
+fn failed_power_off_is_reported() {
+    let Some(kvm) = kvm() else { return };
+    let s5 = [
+        0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x04, 0x00, 0x00, 0x00, 0x00,
+    ];
+    let setup = Setup {
+        cmos: cmos_ram(2),
+        acpi: Some(acpi_tables(2, &s5)),
+        ignore_power_off: true,
+        ..Setup::default()
+    };
+    let r = run(&kvm, &setup);
+    assert_started(&r);
+    assert_eq!(r.pm1a_cnt, Some(vireo_bios::PM1_CNT_SLP_EN));
+    assert!(r.serial.contains("powering off (ACPI S5)"), "{}", r.serial);
+    assert!(
+        r.serial.ends_with("power-off failed; halting\r\n"),
+        "{}",
+        r.serial
+    );
+    assert!(r.halted);
+}
+
+#[test]
 fn bad_checksums_are_rejected() {
     let Some(kvm) = kvm() else { return };
     let s5 = [
@@ -507,6 +535,7 @@ fn instruction_budget() {
         ],
         acpi: Some(acpi_tables(2, &s5)),
         single_step: true,
+        ..Setup::default()
     };
     let r = run(&kvm, &setup);
     assert_started(&r);
