@@ -110,7 +110,13 @@ struct Sample {
     /// Spawn to marker, or why there was none.
     marker: Result<Duration, String>,
     end: End,
+    /// The guest printed a [`HALT_MARKERS`] line and was killed then.
+    halted: bool,
 }
+
+/// Lines after which a guest never exits by itself (vireo's firmware under QEMU,
+/// which lacks the ACPI tables the firmware looks for).
+const HALT_MARKERS: &[&str] = &["power-off failed"];
 
 /// Spawns `program args`, waits for `marker`, then for the exit.
 fn run_once(program: &Path, args: &[OsString], marker: &str, o: &Options) -> Sample {
@@ -120,6 +126,7 @@ fn run_once(program: &Path, args: &[OsString], marker: &str, o: &Options) -> Sam
             return Sample {
                 marker: Err(e),
                 end: End::Killed { at: Duration::ZERO },
+                halted: false,
             };
         }
     };
@@ -133,8 +140,22 @@ fn run_once(program: &Path, args: &[OsString], marker: &str, o: &Options) -> Sam
             Next::Timeout => break Err(format!("no marker within {} s", o.timeout.as_secs())),
         }
     };
+    let mut halted = false;
     let (end, stderr) = match &found {
-        Ok(_) => r.finish(Instant::now() + o.exit_wait),
+        Ok(_) => {
+            // Until the exit: a guest that says it halted for good is killed at once.
+            let deadline = Instant::now() + o.exit_wait;
+            loop {
+                match r.next_line(deadline) {
+                    Next::Line(l) if HALT_MARKERS.iter().any(|m| l.text.contains(m)) => {
+                        halted = true;
+                        break r.kill_now();
+                    }
+                    Next::Line(_) => {}
+                    Next::Eof | Next::Timeout => break r.finish(deadline),
+                }
+            }
+        }
         Err(_) => r.finish(Instant::now() + Duration::from_secs(1)),
     };
     let marker = found.map_err(|e| {
@@ -152,7 +173,11 @@ fn run_once(program: &Path, args: &[OsString], marker: &str, o: &Options) -> Sam
             None => format!("{e} ({})", end.describe()),
         }
     });
-    Sample { marker, end }
+    Sample {
+        marker,
+        end,
+        halted,
+    }
 }
 
 /// Median of a sorted, non-empty slice.
@@ -167,6 +192,17 @@ fn median(sorted: &[Duration]) -> Duration {
 
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// `vireo / qemu` as a ratio plus a plain-words reading: `0.0021 (vireo 485.4x faster)`.
+fn ratio(vireo: Duration, qemu: Duration) -> String {
+    let r = vireo.as_secs_f64() / qemu.as_secs_f64();
+    let digits = if r < 0.1 { 4 } else { 2 };
+    if r <= 1.0 {
+        format!("{r:.digits$} (vireo {:.1}x faster)", 1.0 / r)
+    } else {
+        format!("{r:.digits$} (vireo {r:.1}x slower)")
+    }
 }
 
 /// Summary of one (guest, engine) row.
@@ -198,6 +234,7 @@ fn summarize(guest: &'static str, engine: &'static str, samples: &[Sample]) -> R
     let mut ends: Vec<String> = Vec::new();
     for s in samples {
         let d = match &s.end {
+            End::Killed { .. } if s.halted => "halted, killed".to_string(),
             End::Killed { .. } => "killed".to_string(),
             e => e.describe(),
         };
@@ -344,10 +381,10 @@ pub fn run(o: &Options) -> Result<(), String> {
         if let Some(q) = q {
             print_row(q);
             match (v.marker, q.marker) {
-                (Some((vm, ..)), Some((qm, ..))) if !qm.is_zero() => println!(
-                    "{:<10} ratio vireo/qemu (median to marker): {:.2}",
+                (Some((vm, ..)), Some((qm, ..))) if !qm.is_zero() && !vm.is_zero() => println!(
+                    "{:<10} ratio vireo/qemu (median to marker): {}",
                     "",
-                    vm.as_secs_f64() / qm.as_secs_f64()
+                    ratio(vm, qm)
                 ),
                 _ => println!("{:<10} ratio vireo/qemu: n/a", ""),
             }
@@ -356,7 +393,7 @@ pub fn run(o: &Options) -> Result<(), String> {
     println!("{}", "-".repeat(84));
     println!(
         "times: spawn -> marker line on stdout; 'total med' = spawn -> process exit (or kill \
-         {:.1} s after the marker)",
+         when the guest says it halted, or {:.1} s after the marker)",
         o.exit_wait.as_secs_f64()
     );
     println!("bench wall time: {:.2} s", started.elapsed().as_secs_f64());
@@ -382,6 +419,9 @@ mod tests {
         let d = Duration::from_millis;
         assert_eq!(median(&[d(1), d(2), d(9)]), d(2));
         assert_eq!(median(&[d(1), d(3)]), d(2));
+        assert_eq!(ratio(d(1), d(4)), "0.25 (vireo 4.0x faster)");
+        assert_eq!(ratio(d(6), d(4)), "1.50 (vireo 1.5x slower)");
+        assert_eq!(ratio(d(2), d(1000)), "0.0020 (vireo 500.0x faster)");
     }
 
     #[test]
@@ -415,6 +455,14 @@ mod tests {
             e.contains("exited before the marker") && e.contains("KVM failure"),
             "{e}"
         );
+        let s = run_once(
+            sh,
+            &args(&["-c", "echo long mode; echo power-off failed; exec sleep 30"]),
+            "long mode",
+            &o,
+        );
+        assert!(s.marker.is_ok() && s.halted);
+        assert!(s.end.at() < Duration::from_secs(2));
         let s = run_once(Path::new("/nonexistent/qemu"), &[], "x", &o);
         assert!(s.marker.unwrap_err().contains("cannot start"));
     }
