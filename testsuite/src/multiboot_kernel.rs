@@ -59,7 +59,6 @@ fn assemble(ending: Ending) -> Result<Vec<u8>, IcedError> {
     let code_addr = u64::from(LOAD_ADDR) + CODE_OFFSET as u64;
     let mut a = CodeAssembler::new(32)?;
     let mut bad_magic = a.create_label();
-    let mut after_magic = a.create_label();
     let mut print_str = a.create_label();
     let mut putc = a.create_label();
     let mut no_cmdline = a.create_label();
