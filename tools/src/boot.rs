@@ -96,10 +96,12 @@ pub fn run(o: &Options) -> Result<bool, String> {
     let mut done: Option<(Duration, String)> = None;
     let mut last_ts: Option<(String, Duration)> = None;
     let mut lines = 0usize;
+    let mut first: Option<Duration> = None;
     let timed_out = loop {
         match r.next_line(deadline) {
             Next::Line(l) => {
                 lines += 1;
+                first.get_or_insert(l.at);
                 let stamped = format!("[+{:8.3}s] {}", l.at.as_secs_f64(), l.text);
                 let _ = writeln!(log, "{stamped}");
                 if !o.quiet {
@@ -146,7 +148,14 @@ pub fn run(o: &Options) -> Result<bool, String> {
             String::new()
         }
     );
-    println!("serial lines:    {lines}");
+    match &first {
+        Some(at) => println!(
+            "serial lines:    {lines}, the first at {:.1} s (time before it: loader, \
+             decompressor)",
+            at.as_secs_f64()
+        ),
+        None => println!("serial lines:    none"),
+    }
     match marker {
         Some(at) => println!("/init reached:   yes, at {:.1} s", at.as_secs_f64()),
         None => println!("/init reached:   no"),
