@@ -48,6 +48,11 @@ pub enum Ending {
     ResetOnceThenExit,
     /// Load an empty IDT and raise an exception: a triple fault.
     TripleFault,
+    /// Halt with interrupts off, forever (only the host can end the run).
+    Hang,
+    /// Echo COM1 input back in upper case until a newline, then exit with the number
+    /// of characters echoed (mod 128).
+    EchoUntilNewline,
 }
 
 /// CMOS NVRAM byte the reset test uses to count boots (it survives a reset).
@@ -123,6 +128,39 @@ fn assemble(ending: Ending) -> Result<Vec<u8>, IcedError> {
             a.jmp(hang)?;
             a.set_label(&mut second_boot)?;
             a.mov(eax, AFTER_REBOOT_VALUE)?;
+            a.mov(dx, EXIT_PORT as u32)?;
+            a.out(dx, eax)?;
+            a.jmp(hang)?;
+        }
+        Ending::Hang => a.jmp(hang)?,
+        Ending::EchoUntilNewline => {
+            let mut next = a.create_label();
+            let mut wait_rx = a.create_label();
+            let mut not_lower = a.create_label();
+            let mut done = a.create_label();
+            a.xor(ebx, ebx)?;
+            a.set_label(&mut next)?;
+            a.mov(dx, u32::from(COM1 + 5))?;
+            a.set_label(&mut wait_rx)?;
+            a.in_(al, dx)?;
+            a.test(al, 1)?;
+            a.jz(wait_rx)?;
+            a.mov(dx, u32::from(COM1))?;
+            a.in_(al, dx)?;
+            a.cmp(al, u32::from(b'\n'))?;
+            a.je(done)?;
+            a.cmp(al, u32::from(b'a'))?;
+            a.jb(not_lower)?;
+            a.cmp(al, u32::from(b'z'))?;
+            a.ja(not_lower)?;
+            a.sub(al, 0x20)?;
+            a.set_label(&mut not_lower)?;
+            a.call(putc)?;
+            a.inc(ebx)?;
+            a.jmp(next)?;
+            a.set_label(&mut done)?;
+            a.mov(eax, ebx)?;
+            a.and(eax, 0x7f)?;
             a.mov(dx, EXIT_PORT as u32)?;
             a.out(dx, eax)?;
             a.jmp(hang)?;
