@@ -210,6 +210,68 @@ impl Default for FpuState {
     }
 }
 
+impl MsrState {
+    /// The MSR numbers held here (APIC_BASE aside: engines keep it with the APIC).
+    pub const INDICES: [u32; 12] = [
+        msr::SYSENTER_CS,
+        msr::SYSENTER_ESP,
+        msr::SYSENTER_EIP,
+        msr::PAT,
+        msr::MISC_ENABLE,
+        msr::STAR,
+        msr::LSTAR,
+        msr::CSTAR,
+        msr::SFMASK,
+        msr::KERNEL_GS_BASE,
+        msr::TSC_AUX,
+        msr::TSC,
+    ];
+
+    fn slot(&mut self, index: u32) -> Option<&mut u64> {
+        Some(match index {
+            msr::SYSENTER_CS => &mut self.sysenter_cs,
+            msr::SYSENTER_ESP => &mut self.sysenter_esp,
+            msr::SYSENTER_EIP => &mut self.sysenter_eip,
+            msr::PAT => &mut self.pat,
+            msr::MISC_ENABLE => &mut self.misc_enable,
+            msr::STAR => &mut self.star,
+            msr::LSTAR => &mut self.lstar,
+            msr::CSTAR => &mut self.cstar,
+            msr::SFMASK => &mut self.sfmask,
+            msr::KERNEL_GS_BASE => &mut self.kernel_gs_base,
+            msr::TSC_AUX => &mut self.tsc_aux,
+            msr::TSC => &mut self.tsc,
+            msr::APIC_BASE => &mut self.apic_base,
+            _ => return None,
+        })
+    }
+
+    /// The value of MSR `index`, if it is one held here.
+    pub fn get(&self, index: u32) -> Option<u64> {
+        let mut copy = *self;
+        copy.slot(index).map(|v| *v)
+    }
+
+    /// Sets MSR `index`; false if it is not one held here.
+    pub fn set(&mut self, index: u32, value: u64) -> bool {
+        match self.slot(index) {
+            Some(v) => {
+                *v = value;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// `(index, value)` for every MSR in [`MsrState::INDICES`].
+    pub fn entries(&self) -> Vec<(u32, u64)> {
+        Self::INDICES
+            .iter()
+            .filter_map(|&i| self.get(i).map(|v| (i, v)))
+            .collect()
+    }
+}
+
 /// An exception or interrupt in flight (being delivered or pending delivery).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PendingEvent {
@@ -233,6 +295,26 @@ pub struct EventState {
     pub interrupt_shadow: bool,
     /// The CPU is halted (HLT) until an interrupt arrives.
     pub halted: bool,
+}
+
+/// Architectural MSR numbers of the registers in [`MsrState`].
+pub mod msr {
+    pub const TSC: u32 = 0x10;
+    pub const APIC_BASE: u32 = 0x1b;
+    pub const SYSENTER_CS: u32 = 0x174;
+    pub const SYSENTER_ESP: u32 = 0x175;
+    pub const SYSENTER_EIP: u32 = 0x176;
+    pub const MISC_ENABLE: u32 = 0x1a0;
+    pub const PAT: u32 = 0x277;
+    pub const EFER: u32 = 0xc000_0080;
+    pub const STAR: u32 = 0xc000_0081;
+    pub const LSTAR: u32 = 0xc000_0082;
+    pub const CSTAR: u32 = 0xc000_0083;
+    pub const SFMASK: u32 = 0xc000_0084;
+    pub const FS_BASE: u32 = 0xc000_0100;
+    pub const GS_BASE: u32 = 0xc000_0101;
+    pub const KERNEL_GS_BASE: u32 = 0xc000_0102;
+    pub const TSC_AUX: u32 = 0xc000_0103;
 }
 
 /// Model-specific registers carried in the state (the others live in engine tables).
@@ -353,6 +435,18 @@ mod tests {
         assert_eq!(b.limit, 0xfff);
         assert_eq!(b.dpl, 0);
         assert_eq!(b.type_, 2);
+    }
+
+    #[test]
+    fn msr_table_round_trip() {
+        let mut m = MsrState::default();
+        for (n, i) in MsrState::INDICES.iter().enumerate() {
+            assert!(m.set(*i, n as u64 + 100));
+        }
+        assert!(!m.set(0xdead, 1));
+        assert_eq!(m.get(msr::LSTAR), Some(106));
+        assert_eq!(m.entries().len(), MsrState::INDICES.len());
+        assert!(m.entries().iter().all(|(i, v)| m.get(*i) == Some(*v)));
     }
 
     #[test]

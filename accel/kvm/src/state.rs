@@ -3,26 +3,10 @@
 use crate::error::{IoctlContext, Result};
 use kvm_bindings::{
     kvm_dtable, kvm_fpu, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, kvm_xcr,
-    kvm_xcrs, Msrs, KVM_MP_STATE_HALTED, KVM_MP_STATE_RUNNABLE,
+    kvm_xcrs, kvm_xsave, Msrs, KVM_MP_STATE_HALTED, KVM_MP_STATE_RUNNABLE,
 };
 use kvm_ioctls::VcpuFd;
-use vireo_core::cpu::{CpuState, DescriptorTable, FpuState, PendingEvent, Segment};
-
-/// MSR numbers carried in `CpuState::msr`.
-pub mod msr {
-    pub const SYSENTER_CS: u32 = 0x174;
-    pub const SYSENTER_ESP: u32 = 0x175;
-    pub const SYSENTER_EIP: u32 = 0x176;
-    pub const PAT: u32 = 0x277;
-    pub const MISC_ENABLE: u32 = 0x1a0;
-    pub const TSC: u32 = 0x10;
-    pub const STAR: u32 = 0xc000_0081;
-    pub const LSTAR: u32 = 0xc000_0082;
-    pub const CSTAR: u32 = 0xc000_0083;
-    pub const SFMASK: u32 = 0xc000_0084;
-    pub const KERNEL_GS_BASE: u32 = 0xc000_0102;
-    pub const TSC_AUX: u32 = 0xc000_0103;
-}
+use vireo_core::cpu::{CpuState, DescriptorTable, FpuState, MsrState, PendingEvent, Segment};
 
 fn seg_to_kvm(s: &Segment) -> kvm_segment {
     kvm_segment {
@@ -74,27 +58,116 @@ fn dt_from_kvm(d: &kvm_dtable) -> DescriptorTable {
     }
 }
 
-/// The MSRs of `CpuState::msr` with their values.
-fn msr_list(s: &CpuState) -> Vec<(u32, u64)> {
-    let m = &s.msr;
-    vec![
-        (msr::SYSENTER_CS, m.sysenter_cs),
-        (msr::SYSENTER_ESP, m.sysenter_esp),
-        (msr::SYSENTER_EIP, m.sysenter_eip),
-        (msr::PAT, m.pat),
-        (msr::MISC_ENABLE, m.misc_enable),
-        (msr::STAR, m.star),
-        (msr::LSTAR, m.lstar),
-        (msr::CSTAR, m.cstar),
-        (msr::SFMASK, m.sfmask),
-        (msr::KERNEL_GS_BASE, m.kernel_gs_base),
-        (msr::TSC_AUX, m.tsc_aux),
-        (msr::TSC, m.tsc),
-    ]
+// Offsets in the XSAVE area (legacy region in FXSAVE layout, then the header and the
+// AVX component at its standard, non-compacted offset).
+const XS_FCW: usize = 0;
+const XS_FSW: usize = 2;
+const XS_FTW: usize = 4;
+const XS_FOP: usize = 6;
+const XS_FIP: usize = 8;
+const XS_FDP: usize = 16;
+const XS_MXCSR: usize = 24;
+const XS_ST: usize = 32;
+const XS_XMM: usize = 160;
+const XS_XSTATE_BV: usize = 512;
+const XS_YMMH: usize = 576;
+/// XSTATE_BV bits: x87, SSE, AVX.
+const XSTATE_X87_SSE_AVX: u64 = 0b111;
+
+fn xsave_bytes(x: &kvm_xsave) -> Vec<u8> {
+    x.region.iter().flat_map(|w| w.to_le_bytes()).collect()
 }
 
-/// Reads the complete state of a vCPU.
-pub fn get(vcpu: &VcpuFd) -> Result<CpuState> {
+fn fpu_from_xsave(x: &kvm_xsave) -> FpuState {
+    let b = xsave_bytes(x);
+    let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+    let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
+    let mut f = FpuState {
+        fcw: u16_at(XS_FCW),
+        fsw: u16_at(XS_FSW),
+        ftw: b[XS_FTW],
+        fop: u16_at(XS_FOP),
+        fip: u64_at(XS_FIP),
+        fdp: u64_at(XS_FDP),
+        mxcsr: u32::from_le_bytes([
+            b[XS_MXCSR],
+            b[XS_MXCSR + 1],
+            b[XS_MXCSR + 2],
+            b[XS_MXCSR + 3],
+        ]),
+        ..FpuState::default()
+    };
+    for i in 0..8 {
+        f.st[i].copy_from_slice(&b[XS_ST + 16 * i..XS_ST + 16 * (i + 1)]);
+    }
+    for i in 0..16 {
+        f.xmm[i].copy_from_slice(&b[XS_XMM + 16 * i..XS_XMM + 16 * (i + 1)]);
+        f.ymmh[i].copy_from_slice(&b[XS_YMMH + 16 * i..XS_YMMH + 16 * (i + 1)]);
+    }
+    f
+}
+
+fn fpu_to_xsave(f: &FpuState, x: &mut kvm_xsave) {
+    let mut b = xsave_bytes(x);
+    b[XS_FCW..XS_FCW + 2].copy_from_slice(&f.fcw.to_le_bytes());
+    b[XS_FSW..XS_FSW + 2].copy_from_slice(&f.fsw.to_le_bytes());
+    b[XS_FTW] = f.ftw;
+    b[XS_FOP..XS_FOP + 2].copy_from_slice(&f.fop.to_le_bytes());
+    b[XS_FIP..XS_FIP + 8].copy_from_slice(&f.fip.to_le_bytes());
+    b[XS_FDP..XS_FDP + 8].copy_from_slice(&f.fdp.to_le_bytes());
+    b[XS_MXCSR..XS_MXCSR + 4].copy_from_slice(&f.mxcsr.to_le_bytes());
+    for i in 0..8 {
+        b[XS_ST + 16 * i..XS_ST + 16 * (i + 1)].copy_from_slice(&f.st[i]);
+    }
+    for i in 0..16 {
+        b[XS_XMM + 16 * i..XS_XMM + 16 * (i + 1)].copy_from_slice(&f.xmm[i]);
+        b[XS_YMMH + 16 * i..XS_YMMH + 16 * (i + 1)].copy_from_slice(&f.ymmh[i]);
+    }
+    // The components now hold explicit values: mark them as not in their init state.
+    let bv = u64::from_le_bytes(
+        b[XS_XSTATE_BV..XS_XSTATE_BV + 8]
+            .try_into()
+            .unwrap_or([0; 8]),
+    );
+    b[XS_XSTATE_BV..XS_XSTATE_BV + 8].copy_from_slice(&(bv | XSTATE_X87_SSE_AVX).to_le_bytes());
+    for (w, c) in x.region.iter_mut().zip(b.chunks_exact(4)) {
+        *w = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+    }
+}
+
+fn fpu_from_kvm(f: &kvm_fpu) -> FpuState {
+    FpuState {
+        fcw: f.fcw,
+        fsw: f.fsw,
+        ftw: f.ftwx,
+        fop: f.last_opcode,
+        fip: f.last_ip,
+        fdp: f.last_dp,
+        st: f.fpr,
+        xmm: f.xmm,
+        ymmh: [[0; 16]; 16],
+        mxcsr: f.mxcsr,
+    }
+}
+
+fn fpu_to_kvm(f: &FpuState) -> kvm_fpu {
+    kvm_fpu {
+        fpr: f.st,
+        fcw: f.fcw,
+        fsw: f.fsw,
+        ftwx: f.ftw,
+        last_opcode: f.fop,
+        last_ip: f.fip,
+        last_dp: f.fdp,
+        xmm: f.xmm,
+        mxcsr: f.mxcsr,
+        ..Default::default()
+    }
+}
+
+/// Reads the complete state of a vCPU. `xsave_ok`: the host's XSAVE area fits in a
+/// 4 KiB `kvm_xsave`, so the FPU/SSE/AVX state goes through KVM_GET/SET_XSAVE.
+pub fn get(vcpu: &VcpuFd, xsave_ok: bool) -> Result<CpuState> {
     let mut s = CpuState::default();
     let r = vcpu.get_regs().op("KVM_GET_REGS")?;
     s.gpr = [
@@ -125,18 +198,9 @@ pub fn get(vcpu: &VcpuFd) -> Result<CpuState> {
     s.efer = sr.efer;
     s.msr.apic_base = sr.apic_base;
 
-    let f = vcpu.get_fpu().op("KVM_GET_FPU")?;
-    s.fpu = FpuState {
-        fcw: f.fcw,
-        fsw: f.fsw,
-        ftw: f.ftwx,
-        fop: f.last_opcode,
-        fip: f.last_ip,
-        fdp: f.last_dp,
-        st: f.fpr,
-        xmm: f.xmm,
-        ymmh: [[0; 16]; 16],
-        mxcsr: f.mxcsr,
+    s.fpu = match xsave_ok {
+        true => fpu_from_xsave(&vcpu.get_xsave().op("KVM_GET_XSAVE")?),
+        false => fpu_from_kvm(&vcpu.get_fpu().op("KVM_GET_FPU")?),
     };
 
     if let Ok(x) = vcpu.get_xcrs() {
@@ -151,11 +215,10 @@ pub fn get(vcpu: &VcpuFd) -> Result<CpuState> {
     let d = vcpu.get_debug_regs().op("KVM_GET_DEBUGREGS")?;
     s.dr = [d.db[0], d.db[1], d.db[2], d.db[3], d.dr6, d.dr7];
 
-    let list = msr_list(&s);
-    let entries: Vec<kvm_msr_entry> = list
+    let entries: Vec<kvm_msr_entry> = MsrState::INDICES
         .iter()
-        .map(|(i, _)| kvm_msr_entry {
-            index: *i,
+        .map(|&index| kvm_msr_entry {
+            index,
             ..Default::default()
         })
         .collect();
@@ -163,22 +226,7 @@ pub fn get(vcpu: &VcpuFd) -> Result<CpuState> {
         Msrs::from_entries(&entries).map_err(|_| crate::Error::MissingCap("MSR list"))?;
     let n = vcpu.get_msrs(&mut msrs).op("KVM_GET_MSRS")?;
     for e in &msrs.as_slice()[..n] {
-        let m = &mut s.msr;
-        match e.index {
-            msr::SYSENTER_CS => m.sysenter_cs = e.data,
-            msr::SYSENTER_ESP => m.sysenter_esp = e.data,
-            msr::SYSENTER_EIP => m.sysenter_eip = e.data,
-            msr::PAT => m.pat = e.data,
-            msr::MISC_ENABLE => m.misc_enable = e.data,
-            msr::STAR => m.star = e.data,
-            msr::LSTAR => m.lstar = e.data,
-            msr::CSTAR => m.cstar = e.data,
-            msr::SFMASK => m.sfmask = e.data,
-            msr::KERNEL_GS_BASE => m.kernel_gs_base = e.data,
-            msr::TSC_AUX => m.tsc_aux = e.data,
-            msr::TSC => m.tsc = e.data,
-            _ => {}
-        }
+        s.msr.set(e.index, e.data);
     }
 
     let ev = vcpu.get_vcpu_events().op("KVM_GET_VCPU_EVENTS")?;
@@ -206,7 +254,7 @@ pub fn get(vcpu: &VcpuFd) -> Result<CpuState> {
 }
 
 /// Loads the complete state into a vCPU.
-pub fn set(vcpu: &VcpuFd, s: &CpuState) -> Result<()> {
+pub fn set(vcpu: &VcpuFd, s: &CpuState, xsave_ok: bool) -> Result<()> {
     let g = &s.gpr;
     let regs = kvm_regs {
         rax: g[0],
@@ -253,20 +301,16 @@ pub fn set(vcpu: &VcpuFd, s: &CpuState) -> Result<()> {
     vcpu.set_sregs(&sr).op("KVM_SET_SREGS")?;
     vcpu.set_regs(&regs).op("KVM_SET_REGS")?;
 
-    let f = &s.fpu;
-    let fpu = kvm_fpu {
-        fpr: f.st,
-        fcw: f.fcw,
-        fsw: f.fsw,
-        ftwx: f.ftw,
-        last_opcode: f.fop,
-        last_ip: f.fip,
-        last_dp: f.fdp,
-        xmm: f.xmm,
-        mxcsr: f.mxcsr,
-        ..Default::default()
-    };
-    vcpu.set_fpu(&fpu).op("KVM_SET_FPU")?;
+    if xsave_ok {
+        let mut xs = vcpu.get_xsave().op("KVM_GET_XSAVE")?;
+        fpu_to_xsave(&s.fpu, &mut xs);
+        // SAFETY: `xs` is a full 4 KiB `kvm_xsave` that KVM_GET_XSAVE just filled, and
+        // the caller checked (KVM_CAP_XSAVE2) that this host's XSAVE area fits in it,
+        // so the kernel reads nothing past the struct.
+        unsafe { vcpu.set_xsave(&xs) }.op("KVM_SET_XSAVE")?;
+    } else {
+        vcpu.set_fpu(&fpu_to_kvm(&s.fpu)).op("KVM_SET_FPU")?;
+    }
 
     let mut xcrs = kvm_xcrs {
         nr_xcrs: 1,
@@ -287,7 +331,9 @@ pub fn set(vcpu: &VcpuFd, s: &CpuState) -> Result<()> {
     d.dr7 = s.dr[5];
     vcpu.set_debug_regs(&d).op("KVM_SET_DEBUGREGS")?;
 
-    let entries: Vec<kvm_msr_entry> = msr_list(s)
+    let entries: Vec<kvm_msr_entry> = s
+        .msr
+        .entries()
         .into_iter()
         .map(|(index, data)| kvm_msr_entry {
             index,

@@ -13,6 +13,8 @@ pub struct KvmVcpu {
     mmio: Arc<Bus>,
     control: Arc<MachineControl>,
     kicker: Arc<Kicker>,
+    /// FPU state goes through KVM_GET/SET_XSAVE (the host's area fits in 4 KiB).
+    xsave_ok: bool,
     /// Number of exits served, for statistics.
     pub exits: u64,
 }
@@ -23,6 +25,7 @@ impl KvmVcpu {
         pio: Arc<Bus>,
         mmio: Arc<Bus>,
         control: Arc<MachineControl>,
+        xsave_ok: bool,
     ) -> KvmVcpu {
         kick::install_handler();
         KvmVcpu {
@@ -31,6 +34,7 @@ impl KvmVcpu {
             mmio,
             control,
             kicker: Kicker::new(),
+            xsave_ok,
             exits: 0,
         }
     }
@@ -111,11 +115,11 @@ impl Vcpu for KvmVcpu {
     }
 
     fn state(&mut self) -> vireo_core::Result<CpuState> {
-        Ok(state::get(&self.fd)?)
+        Ok(state::get(&self.fd, self.xsave_ok)?)
     }
 
     fn set_state(&mut self, s: &CpuState) -> vireo_core::Result<()> {
-        Ok(state::set(&self.fd, s)?)
+        Ok(state::set(&self.fd, s, self.xsave_ok)?)
     }
 
     fn kicker(&self) -> Arc<dyn VcpuKicker> {
