@@ -172,3 +172,13 @@ mod tests {
         assert_eq!(bus.devices().len(), 3);
     }
 }
+
+/// Everything a CPU engine reaches by address: RAM/ROM, the MMIO and port buses, and
+/// the A20 gate.
+#[derive(Clone)]
+pub struct SystemBus {
+    pub mem: Arc<crate::GuestMemory>,
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    pub a20: Arc<crate::A20Gate>,
+}

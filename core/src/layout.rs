@@ -117,6 +117,23 @@ impl MemoryMap {
         }
     }
 
+    /// One flat RAM region `[0, ram_size)` with no holes and no ROM: for instruction
+    /// tests that need memory everywhere (the 286 vectors touch the whole first 1 MiB
+    /// and beyond).
+    pub fn flat(ram_size: u64) -> MemoryMap {
+        MemoryMap {
+            ram_size,
+            low_end: ram_size,
+            high_size: 0,
+            regions: vec![RegionSpec {
+                gpa: 0,
+                len: ram_size,
+                kind: RegionKind::Ram,
+                offset: 0,
+            }],
+        }
+    }
+
     /// The BIOS-style E820 map of this layout: `(base, length, type)` with type 1 for
     /// usable RAM and 2 for reserved ranges.
     pub fn e820(&self) -> Vec<(u64, u64, u32)> {

@@ -9,12 +9,14 @@ pub mod clock;
 pub mod control;
 pub mod cpu;
 pub mod error;
+pub mod exec;
+pub mod ir;
 pub mod irq;
 pub mod layout;
 pub mod memory;
 pub mod vcpu;
 
-pub use bus::{Bus, BusDevice, SharedDevice};
+pub use bus::{Bus, BusDevice, SharedDevice, SystemBus};
 pub use clock::VirtualClock;
 pub use control::{A20Gate, MachineControl, StopReason};
 pub use cpu::CpuState;

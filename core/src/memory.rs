@@ -43,6 +43,15 @@ impl GuestMemory {
     /// Allocates `ram_size` bytes of RAM (lazily, pages are touched on first use) and the
     /// firmware ROM.
     pub fn new(ram_size: u64) -> Result<GuestMemory> {
+        Self::with_map(ram_size, MemoryMap::pc)
+    }
+
+    /// Flat RAM `[0, ram_size)` without PC holes or ROM (instruction tests).
+    pub fn new_flat(ram_size: u64) -> Result<GuestMemory> {
+        Self::with_map(ram_size, MemoryMap::flat)
+    }
+
+    fn with_map(ram_size: u64, layout: fn(u64) -> MemoryMap) -> Result<GuestMemory> {
         if ram_size < MIN_RAM {
             return Err(Error::BadMemorySize(ram_size, "vireo needs at least 2 MiB"));
         }
@@ -64,7 +73,7 @@ impl GuestMemory {
         let mut rom = alloc(BIOS_SIZE as usize)?;
         // Fill the ROM with 0xFF like an erased flash part.
         rom.fill(0xff);
-        let map = MemoryMap::pc(ram_size);
+        let map = layout(ram_size);
         let ram_base = ram.as_mut_ptr() as u64;
         let rom_base = rom.as_mut_ptr() as u64;
         let regions = map

@@ -1,0 +1,1 @@
+//! The TCG engine (being written).

@@ -1,0 +1,64 @@
+//! What a backend needs from the guest to run IR: the [`GuestEnv`] trait.
+//!
+//! Backends (the IR interpreter, the JIT) are generic over this trait; the x86
+//! frontend's CPU implements it. Faults are guest exceptions raised by a load, store or
+//! helper: the backend stops the block and reports the fault together with the PC of
+//! the instruction that raised it (from the last [`crate::ir::Op::InsnStart`]).
+
+use crate::ir::{ExitKind, Global, HelperId, MmuIdx, Size};
+
+/// A guest exception raised while running IR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fault {
+    pub vector: u8,
+    pub error_code: Option<u32>,
+    /// Faulting linear address for page faults (x86: CR2).
+    pub address: Option<u64>,
+}
+
+impl Fault {
+    pub fn new(vector: u8) -> Fault {
+        Fault {
+            vector,
+            error_code: None,
+            address: None,
+        }
+    }
+    pub fn with_error(vector: u8, error_code: u32) -> Fault {
+        Fault {
+            vector,
+            error_code: Some(error_code),
+            address: None,
+        }
+    }
+}
+
+/// How running a block ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockOutcome {
+    /// The block left through an exit op.
+    Exit(ExitKind),
+    /// A guest exception at the instruction starting at `pc`; guest state is as before
+    /// that instruction, except for what the instruction's completed stores changed.
+    Fault { fault: Fault, pc: u64 },
+    /// The environment asked to stop before the instruction at `pc` (a write hit the
+    /// code being run, an I/O access changed the machine): `Global::Pc` holds `pc`.
+    Stopped { pc: u64 },
+}
+
+/// The guest as seen from a backend.
+pub trait GuestEnv {
+    fn get(&mut self, g: Global) -> u64;
+    fn set(&mut self, g: Global, v: u64);
+    /// Reads `size` bytes at linear address `addr`.
+    fn load(&mut self, addr: u64, size: Size, mmu: MmuIdx) -> Result<u64, Fault>;
+    /// Writes the low `size` bytes of `val` at linear address `addr`.
+    fn store(&mut self, addr: u64, val: u64, size: Size, mmu: MmuIdx) -> Result<(), Fault>;
+    /// Runs helper `h`.
+    fn call(&mut self, h: HelperId, args: &[u64]) -> Result<u64, Fault>;
+    /// Whether the block must stop at the next instruction boundary.
+    fn stop_requested(&mut self) -> bool;
+    /// Called at each instruction boundary with the instruction's PC (for precise
+    /// state: helpers that fault need the PC of the current instruction).
+    fn insn_start(&mut self, pc: u64);
+}

@@ -1,0 +1,772 @@
+//! vireo's intermediate representation: what a translated block does, independent of
+//! the guest decoder that produced it and of the backend that runs it.
+//!
+//! A [`Block`] is a list of [`Op`]s over 64-bit temporaries ([`Temp`]). Guest state is
+//! reached through [`Global`]s (registers the backends may cache), guest memory through
+//! [`Op::Load`]/[`Op::Store`] (linear addresses, translated by the softmmu with an
+//! [`MmuIdx`]), and everything else through [`Op::Call`] of a helper that declares what
+//! it reads and writes. Control leaves a block only through [`Op::Exit`] (or a fault).
+//! `docs/IR.md` describes the semantics; [`Block`]'s `Display` is the printed form
+//! (`-d op`).
+
+use std::fmt;
+
+/// A 64-bit temporary, local to one block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Temp(pub u32);
+
+/// A branch target inside one block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Label(pub u32);
+
+/// Operand width. Results of sized operations are truncated to the width and
+/// zero-extended to 64 bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Size {
+    B8,
+    B16,
+    B32,
+    B64,
+}
+
+impl Size {
+    pub fn bits(self) -> u32 {
+        match self {
+            Size::B8 => 8,
+            Size::B16 => 16,
+            Size::B32 => 32,
+            Size::B64 => 64,
+        }
+    }
+    pub fn bytes(self) -> usize {
+        self.bits() as usize / 8
+    }
+    /// All-ones mask of the width.
+    pub fn mask(self) -> u64 {
+        match self {
+            Size::B64 => u64::MAX,
+            s => (1u64 << s.bits()) - 1,
+        }
+    }
+    /// Sign bit of the width.
+    pub fn sign_bit(self) -> u64 {
+        1u64 << (self.bits() - 1)
+    }
+    /// `v` truncated to the width.
+    pub fn trunc(self, v: u64) -> u64 {
+        v & self.mask()
+    }
+    /// `v` truncated to the width then sign-extended to 64 bits.
+    pub fn sext(self, v: u64) -> u64 {
+        let sh = 64 - self.bits();
+        (((v << sh) as i64) >> sh) as u64
+    }
+    pub fn from_bytes(n: usize) -> Option<Size> {
+        Some(match n {
+            1 => Size::B8,
+            2 => Size::B16,
+            4 => Size::B32,
+            8 => Size::B64,
+            _ => return None,
+        })
+    }
+}
+
+/// Guest state a block reads and writes directly (backends may keep these in host
+/// registers within a block). The guest frontend defines what each index means; for
+/// x86: GPRs 0-15, RIP, the lazy-flag quadruple, the non-arithmetic RFLAGS bits and the
+/// six segment bases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Global {
+    /// General-purpose register `n` (0-15), all 64 bits.
+    Gpr(u8),
+    /// The instruction pointer (RIP/EIP/IP; in x86, relative to the CS base).
+    Pc,
+    /// Lazy flags: the operation kind that last set the arithmetic flags.
+    CcOp,
+    /// Lazy flags: the result of that operation.
+    CcDst,
+    /// Lazy flags: its source operand.
+    CcSrc,
+    /// Lazy flags: a second source (carry-in of ADC/SBB, and the like).
+    CcSrc2,
+    /// Flag bits not covered by the lazy flags (x86: TF, IF, DF, IOPL, NT, RF, VM, AC,
+    /// VIF, VIP, ID, and the fixed bit 1).
+    Flags,
+    /// Base of segment register `n` (x86: ES, CS, SS, DS, FS, GS).
+    SegBase(u8),
+}
+
+/// A guest memory access class: selects the page-table permission checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MmuIdx {
+    /// Supervisor access (CPL 0-2, or an implicit system access such as a descriptor
+    /// table read).
+    Kernel,
+    /// User access (CPL 3).
+    User,
+}
+
+/// Two-operand arithmetic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BinOp {
+    Add,
+    Sub,
+    And,
+    Or,
+    Xor,
+    /// Shifts and rotates take the count modulo the width.
+    Shl,
+    Shr,
+    Sar,
+    Rol,
+    Ror,
+    /// Low half of the product.
+    Mul,
+    /// High half of the unsigned / signed product.
+    MulHiU,
+    MulHiS,
+    /// Division: a zero divisor is the frontend's business (it checks first);
+    /// backends return 0 rather than trap.
+    DivU,
+    DivS,
+    RemU,
+    RemS,
+}
+
+/// One-operand arithmetic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UnOp {
+    Neg,
+    Not,
+    /// Byte swap within the width.
+    Bswap,
+    /// Population count.
+    Popcnt,
+    /// Count trailing zeros (the width if zero).
+    Ctz,
+    /// Count leading zeros within the width (the width if zero).
+    Clz,
+}
+
+/// Comparison conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cond {
+    Eq,
+    Ne,
+    /// Unsigned.
+    Ltu,
+    Leu,
+    Gtu,
+    Geu,
+    /// Signed.
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl Cond {
+    /// Evaluates the condition on two values of width `size`.
+    pub fn eval(self, size: Size, a: u64, b: u64) -> bool {
+        let (ua, ub) = (size.trunc(a), size.trunc(b));
+        let (sa, sb) = (size.sext(a) as i64, size.sext(b) as i64);
+        match self {
+            Cond::Eq => ua == ub,
+            Cond::Ne => ua != ub,
+            Cond::Ltu => ua < ub,
+            Cond::Leu => ua <= ub,
+            Cond::Gtu => ua > ub,
+            Cond::Geu => ua >= ub,
+            Cond::Lt => sa < sb,
+            Cond::Le => sa <= sb,
+            Cond::Gt => sa > sb,
+            Cond::Ge => sa >= sb,
+        }
+    }
+}
+
+/// A helper function, by index into the frontend's helper table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HelperId(pub u16);
+
+/// What a helper may touch besides its arguments: backends write cached globals back
+/// before the call and reload them after, as declared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Effects {
+    /// Reads globals (they must be in guest state before the call).
+    pub reads_globals: bool,
+    /// Writes globals (cached copies are stale after the call).
+    pub writes_globals: bool,
+    /// May raise a guest exception (the guest PC must be exact before the call).
+    pub may_fault: bool,
+    /// Ends the block after it returns (mode change, halt...).
+    pub ends_block: bool,
+}
+
+impl Effects {
+    /// A helper that only computes from its arguments.
+    pub const PURE: Effects = Effects {
+        reads_globals: false,
+        writes_globals: false,
+        may_fault: false,
+        ends_block: false,
+    };
+    /// A helper that may do anything to guest state.
+    pub const ALL: Effects = Effects {
+        reads_globals: true,
+        writes_globals: true,
+        may_fault: true,
+        ends_block: false,
+    };
+}
+
+/// How a block ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExitKind {
+    /// Continue at a guest PC known at translation time (`Global::Pc` is already set
+    /// to it): the run loop may chain directly to that block.
+    Jump(u64),
+    /// Continue at whatever `Global::Pc` holds (indirect jumps, returns).
+    Indirect,
+    /// Return to the run loop and re-evaluate everything (after a mode change, an
+    /// interrupt-window change such as STI, or a self-modifying write).
+    Sync,
+    /// HLT: the CPU waits for an interrupt.
+    Halt,
+}
+
+/// One IR operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Start of guest instruction at `pc` (relative to the code segment) of `len`
+    /// bytes. A fault in the ops that follow is reported for this instruction.
+    InsnStart {
+        pc: u64,
+        len: u8,
+    },
+    Const {
+        dst: Temp,
+        value: u64,
+    },
+    Mov {
+        dst: Temp,
+        src: Temp,
+    },
+    Get {
+        dst: Temp,
+        src: Global,
+    },
+    Set {
+        dst: Global,
+        src: Temp,
+    },
+    Bin {
+        op: BinOp,
+        size: Size,
+        dst: Temp,
+        a: Temp,
+        b: Temp,
+    },
+    Un {
+        op: UnOp,
+        size: Size,
+        dst: Temp,
+        a: Temp,
+    },
+    /// Sign- or zero-extends the low `from` bits of `src`.
+    Ext {
+        dst: Temp,
+        src: Temp,
+        from: Size,
+        signed: bool,
+    },
+    /// `dst = (a cond b) ? 1 : 0`, comparing at width `size`.
+    SetCond {
+        cond: Cond,
+        size: Size,
+        dst: Temp,
+        a: Temp,
+        b: Temp,
+    },
+    /// `dst = cond != 0 ? a : b`.
+    Select {
+        dst: Temp,
+        cond: Temp,
+        a: Temp,
+        b: Temp,
+    },
+    /// `dst = memory[addr]` (linear address), zero- or sign-extended.
+    Load {
+        dst: Temp,
+        addr: Temp,
+        size: Size,
+        signed: bool,
+        mmu: MmuIdx,
+    },
+    /// `memory[addr] = val` (low `size` bytes).
+    Store {
+        addr: Temp,
+        val: Temp,
+        size: Size,
+        mmu: MmuIdx,
+    },
+    /// A branch target.
+    Label(Label),
+    Br(Label),
+    /// Branch if `cond != 0`.
+    BrIf {
+        cond: Temp,
+        target: Label,
+    },
+    /// Calls a helper with up to four arguments.
+    Call {
+        helper: HelperId,
+        args: Vec<Temp>,
+        ret: Option<Temp>,
+        effects: Effects,
+    },
+    /// Raises guest exception `vector` (with an error code if given) at the current
+    /// instruction.
+    Raise {
+        vector: u8,
+        error: Option<Temp>,
+    },
+    /// Leaves the block.
+    Exit(ExitKind),
+}
+
+/// A translated block.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Block {
+    /// Guest PC of the first instruction (relative to the code segment).
+    pub pc: u64,
+    /// Number of guest bytes translated.
+    pub guest_len: u32,
+    /// Number of guest instructions.
+    pub insns: u32,
+    pub ops: Vec<Op>,
+    /// Number of temporaries used (`Temp(0)..Temp(temps)`).
+    pub temps: u32,
+    /// Number of labels used.
+    pub labels: u32,
+}
+
+/// Builds a block op by op.
+#[derive(Debug, Default)]
+pub struct Builder {
+    block: Block,
+}
+
+impl Builder {
+    pub fn new(pc: u64) -> Builder {
+        Builder {
+            block: Block {
+                pc,
+                ..Block::default()
+            },
+        }
+    }
+    pub fn temp(&mut self) -> Temp {
+        self.block.temps += 1;
+        Temp(self.block.temps - 1)
+    }
+    pub fn label(&mut self) -> Label {
+        self.block.labels += 1;
+        Label(self.block.labels - 1)
+    }
+    pub fn push(&mut self, op: Op) {
+        self.block.ops.push(op);
+    }
+    /// Ops emitted so far (frontends may inspect the current instruction's ops).
+    pub fn ops(&self) -> &[Op] {
+        &self.block.ops
+    }
+    /// Truncates the op list (a frontend abandoning a partly emitted instruction).
+    pub fn truncate(&mut self, len: usize) {
+        self.block.ops.truncate(len);
+    }
+    pub fn insn_start(&mut self, pc: u64, len: u8) {
+        self.block.insns += 1;
+        self.block.guest_len += u32::from(len);
+        self.push(Op::InsnStart { pc, len });
+    }
+    pub fn konst(&mut self, value: u64) -> Temp {
+        let dst = self.temp();
+        self.push(Op::Const { dst, value });
+        dst
+    }
+    pub fn get(&mut self, src: Global) -> Temp {
+        let dst = self.temp();
+        self.push(Op::Get { dst, src });
+        dst
+    }
+    pub fn set(&mut self, dst: Global, src: Temp) {
+        self.push(Op::Set { dst, src });
+    }
+    pub fn bin(&mut self, op: BinOp, size: Size, a: Temp, b: Temp) -> Temp {
+        let dst = self.temp();
+        self.push(Op::Bin {
+            op,
+            size,
+            dst,
+            a,
+            b,
+        });
+        dst
+    }
+    /// `a op imm`.
+    pub fn bini(&mut self, op: BinOp, size: Size, a: Temp, imm: u64) -> Temp {
+        let b = self.konst(imm);
+        self.bin(op, size, a, b)
+    }
+    pub fn un(&mut self, op: UnOp, size: Size, a: Temp) -> Temp {
+        let dst = self.temp();
+        self.push(Op::Un { op, size, dst, a });
+        dst
+    }
+    pub fn ext(&mut self, src: Temp, from: Size, signed: bool) -> Temp {
+        let dst = self.temp();
+        self.push(Op::Ext {
+            dst,
+            src,
+            from,
+            signed,
+        });
+        dst
+    }
+    pub fn setcond(&mut self, cond: Cond, size: Size, a: Temp, b: Temp) -> Temp {
+        let dst = self.temp();
+        self.push(Op::SetCond {
+            cond,
+            size,
+            dst,
+            a,
+            b,
+        });
+        dst
+    }
+    pub fn select(&mut self, cond: Temp, a: Temp, b: Temp) -> Temp {
+        let dst = self.temp();
+        self.push(Op::Select { dst, cond, a, b });
+        dst
+    }
+    pub fn load(&mut self, addr: Temp, size: Size, signed: bool, mmu: MmuIdx) -> Temp {
+        let dst = self.temp();
+        self.push(Op::Load {
+            dst,
+            addr,
+            size,
+            signed,
+            mmu,
+        });
+        dst
+    }
+    pub fn store(&mut self, addr: Temp, val: Temp, size: Size, mmu: MmuIdx) {
+        self.push(Op::Store {
+            addr,
+            val,
+            size,
+            mmu,
+        });
+    }
+    pub fn set_label(&mut self, l: Label) {
+        self.push(Op::Label(l));
+    }
+    pub fn br(&mut self, l: Label) {
+        self.push(Op::Br(l));
+    }
+    pub fn br_if(&mut self, cond: Temp, target: Label) {
+        self.push(Op::BrIf { cond, target });
+    }
+    pub fn call(
+        &mut self,
+        helper: HelperId,
+        args: &[Temp],
+        want_ret: bool,
+        effects: Effects,
+    ) -> Option<Temp> {
+        let ret = want_ret.then(|| self.temp());
+        self.push(Op::Call {
+            helper,
+            args: args.to_vec(),
+            ret,
+            effects,
+        });
+        ret
+    }
+    pub fn raise(&mut self, vector: u8, error: Option<Temp>) {
+        self.push(Op::Raise { vector, error });
+    }
+    pub fn exit(&mut self, kind: ExitKind) {
+        self.push(Op::Exit(kind));
+    }
+    pub fn finish(self) -> Block {
+        self.block
+    }
+}
+
+impl Block {
+    /// Checks structural invariants: temps and labels in range, every label defined
+    /// once, every branch to a defined label, the block ends with an exit or a raise.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut defined = vec![false; self.labels as usize];
+        let t = |x: &Temp| -> Result<(), String> {
+            if x.0 < self.temps {
+                Ok(())
+            } else {
+                Err(format!("temp t{} out of range", x.0))
+            }
+        };
+        for op in &self.ops {
+            if let Op::Label(l) = op {
+                let d = defined
+                    .get_mut(l.0 as usize)
+                    .ok_or(format!("label L{} out of range", l.0))?;
+                if *d {
+                    return Err(format!("label L{} defined twice", l.0));
+                }
+                *d = true;
+            }
+            for x in op.temps() {
+                t(&x)?;
+            }
+        }
+        for op in &self.ops {
+            let target = match op {
+                Op::Br(l) => Some(l),
+                Op::BrIf { target, .. } => Some(target),
+                _ => None,
+            };
+            if let Some(l) = target {
+                if !defined.get(l.0 as usize).copied().unwrap_or(false) {
+                    return Err(format!("branch to undefined label L{}", l.0));
+                }
+            }
+        }
+        match self.ops.last() {
+            Some(Op::Exit(_)) | Some(Op::Raise { .. }) => Ok(()),
+            other => Err(format!("block does not end with an exit: {other:?}")),
+        }
+    }
+}
+
+impl Op {
+    /// Every temp the op reads or writes.
+    pub fn temps(&self) -> Vec<Temp> {
+        match self {
+            Op::InsnStart { .. } | Op::Label(_) | Op::Br(_) | Op::Exit(_) => vec![],
+            Op::Const { dst, .. } | Op::Get { dst, .. } => vec![*dst],
+            Op::Mov { dst, src } | Op::Ext { dst, src, .. } => vec![*dst, *src],
+            Op::Set { src, .. } => vec![*src],
+            Op::Bin { dst, a, b, .. } | Op::SetCond { dst, a, b, .. } => vec![*dst, *a, *b],
+            Op::Un { dst, a, .. } => vec![*dst, *a],
+            Op::Select { dst, cond, a, b } => vec![*dst, *cond, *a, *b],
+            Op::Load { dst, addr, .. } => vec![*dst, *addr],
+            Op::Store { addr, val, .. } => vec![*addr, *val],
+            Op::BrIf { cond, .. } => vec![*cond],
+            Op::Call { args, ret, .. } => args.iter().chain(ret.iter()).copied().collect(),
+            Op::Raise { error, .. } => error.iter().copied().collect(),
+        }
+    }
+}
+
+impl fmt::Display for Temp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "t{}", self.0)
+    }
+}
+
+impl fmt::Display for Global {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Global::Gpr(n) => write!(f, "r{n}"),
+            Global::Pc => write!(f, "pc"),
+            Global::CcOp => write!(f, "cc_op"),
+            Global::CcDst => write!(f, "cc_dst"),
+            Global::CcSrc => write!(f, "cc_src"),
+            Global::CcSrc2 => write!(f, "cc_src2"),
+            Global::Flags => write!(f, "flags"),
+            Global::SegBase(n) => write!(f, "segbase{n}"),
+        }
+    }
+}
+
+fn size_suffix(s: Size) -> &'static str {
+    match s {
+        Size::B8 => "8",
+        Size::B16 => "16",
+        Size::B32 => "32",
+        Size::B64 => "64",
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lc = |s: String| s.to_lowercase();
+        match self {
+            Op::InsnStart { pc, len } => write!(f, "---- {pc:#x} ({len} bytes)"),
+            Op::Const { dst, value } => write!(f, "{dst} = {value:#x}"),
+            Op::Mov { dst, src } => write!(f, "{dst} = {src}"),
+            Op::Get { dst, src } => write!(f, "{dst} = {src}"),
+            Op::Set { dst, src } => write!(f, "{dst} = {src}"),
+            Op::Bin {
+                op,
+                size,
+                dst,
+                a,
+                b,
+            } => write!(
+                f,
+                "{dst} = {}{} {a}, {b}",
+                lc(format!("{op:?}")),
+                size_suffix(*size)
+            ),
+            Op::Un { op, size, dst, a } => {
+                write!(
+                    f,
+                    "{dst} = {}{} {a}",
+                    lc(format!("{op:?}")),
+                    size_suffix(*size)
+                )
+            }
+            Op::Ext {
+                dst,
+                src,
+                from,
+                signed,
+            } => write!(
+                f,
+                "{dst} = {}ext{} {src}",
+                if *signed { "s" } else { "z" },
+                size_suffix(*from)
+            ),
+            Op::SetCond {
+                cond,
+                size,
+                dst,
+                a,
+                b,
+            } => write!(
+                f,
+                "{dst} = set{}{} {a}, {b}",
+                lc(format!("{cond:?}")),
+                size_suffix(*size)
+            ),
+            Op::Select { dst, cond, a, b } => write!(f, "{dst} = {cond} ? {a} : {b}"),
+            Op::Load {
+                dst,
+                addr,
+                size,
+                signed,
+                mmu,
+            } => write!(
+                f,
+                "{dst} = ld{}{}.{} [{addr}]",
+                if *signed { "s" } else { "u" },
+                size_suffix(*size),
+                lc(format!("{mmu:?}"))
+            ),
+            Op::Store {
+                addr,
+                val,
+                size,
+                mmu,
+            } => write!(
+                f,
+                "st{}.{} [{addr}] = {val}",
+                size_suffix(*size),
+                lc(format!("{mmu:?}"))
+            ),
+            Op::Label(l) => write!(f, "L{}:", l.0),
+            Op::Br(l) => write!(f, "br L{}", l.0),
+            Op::BrIf { cond, target } => write!(f, "br_if {cond}, L{}", target.0),
+            Op::Call {
+                helper, args, ret, ..
+            } => {
+                if let Some(r) = ret {
+                    write!(f, "{r} = ")?;
+                }
+                write!(f, "call h{}(", helper.0)?;
+                for (i, a) in args.iter().enumerate() {
+                    if i > 0 {
+                        write!(f, ", ")?;
+                    }
+                    write!(f, "{a}")?;
+                }
+                write!(f, ")")
+            }
+            Op::Raise { vector, error } => match error {
+                Some(e) => write!(f, "raise #{vector} ({e})"),
+                None => write!(f, "raise #{vector}"),
+            },
+            Op::Exit(k) => match k {
+                ExitKind::Jump(pc) => write!(f, "exit jump {pc:#x}"),
+                ExitKind::Indirect => write!(f, "exit indirect"),
+                ExitKind::Sync => write!(f, "exit sync"),
+                ExitKind::Halt => write!(f, "exit halt"),
+            },
+        }
+    }
+}
+
+impl fmt::Display for Block {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "block {:#x}: {} insns, {} bytes, {} temps",
+            self.pc, self.insns, self.guest_len, self.temps
+        )?;
+        for op in &self.ops {
+            match op {
+                Op::InsnStart { .. } | Op::Label(_) => writeln!(f, " {op}")?,
+                _ => writeln!(f, "    {op}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(Size::B16.sext(0x8000), 0xffff_ffff_ffff_8000);
+        assert_eq!(Size::B32.trunc(u64::MAX), 0xffff_ffff);
+        assert_eq!(Size::B64.mask(), u64::MAX);
+        assert!(Cond::Lt.eval(Size::B8, 0x80, 0x7f));
+        assert!(Cond::Gtu.eval(Size::B8, 0x80, 0x7f));
+        assert!(Cond::Eq.eval(Size::B16, 0x1_0005, 5));
+    }
+
+    #[test]
+    fn build_print_validate() {
+        let mut b = Builder::new(0x1000);
+        b.insn_start(0x1000, 3);
+        let a = b.get(Global::Gpr(0));
+        let c = b.bini(BinOp::Add, Size::B32, a, 5);
+        b.set(Global::Gpr(0), c);
+        let skip = b.label();
+        let z = b.konst(0);
+        let is_zero = b.setcond(Cond::Eq, Size::B32, c, z);
+        b.br_if(is_zero, skip);
+        let addr = b.konst(0x2000);
+        b.store(addr, c, Size::B32, MmuIdx::Kernel);
+        b.set_label(skip);
+        b.exit(ExitKind::Jump(0x1003));
+        let blk = b.finish();
+        blk.validate().unwrap();
+        let text = blk.to_string();
+        assert!(text.contains("t2 = add32 t0, t1"), "{text}");
+        assert!(text.contains("st32.kernel [t5] = t2"), "{text}");
+        assert!(text.contains("exit jump 0x1003"), "{text}");
+        assert_eq!(blk.insns, 1);
+
+        let mut bad = Builder::new(0);
+        let l = bad.label();
+        bad.br(l);
+        assert!(bad.finish().validate().is_err());
+    }
+}

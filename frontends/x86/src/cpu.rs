@@ -1,0 +1,138 @@
+//! The x86 CPU as the TCG engine runs it.
+
+use crate::flags::{self, ARITH, CC_EFLAGS};
+use vireo_core::cpu::{flags as fl, CpuState};
+use vireo_core::exec::{Fault, GuestEnv};
+use vireo_core::ir::{Global, HelperId, MmuIdx, Size};
+use vireo_core::SystemBus;
+
+/// Lazy arithmetic flags (see [`crate::flags`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LazyFlags {
+    pub op: u64,
+    pub dst: u64,
+    pub src: u64,
+    pub src2: u64,
+}
+
+/// One x86 CPU under TCG.
+pub struct X86Cpu {
+    /// Architectural state. While the CPU runs, the arithmetic bits of
+    /// `state.rflags` are stale: [`X86Cpu::cc`] holds them (use [`X86Cpu::rflags`]).
+    pub state: CpuState,
+    pub cc: LazyFlags,
+    pub bus: SystemBus,
+    /// Softmmu state (TLB).
+    pub mmu: crate::mmu::Mmu,
+    /// PC (relative to CS) of the instruction being executed: helpers that fault
+    /// report it.
+    pub insn_pc: u64,
+    /// Stop the current block at the next instruction boundary.
+    pub stop: bool,
+}
+
+impl X86Cpu {
+    pub fn new(bus: SystemBus, state: CpuState) -> X86Cpu {
+        let mut cpu = X86Cpu {
+            state: CpuState::default(),
+            cc: LazyFlags::default(),
+            bus,
+            mmu: crate::mmu::Mmu::default(),
+            insn_pc: 0,
+            stop: false,
+        };
+        cpu.set_state(state);
+        cpu
+    }
+
+    /// The complete RFLAGS, lazy flags evaluated.
+    pub fn rflags(&self) -> u64 {
+        (self.state.rflags & !ARITH)
+            | flags::compute(self.cc.op, self.cc.dst, self.cc.src, self.cc.src2)
+            | fl::FIXED1
+    }
+
+    /// Replaces RFLAGS (arithmetic bits go to the lazy flags as `Eflags`).
+    pub fn set_rflags(&mut self, v: u64) {
+        self.state.rflags = (v & !ARITH) | fl::FIXED1;
+        self.cc = LazyFlags {
+            op: CC_EFLAGS,
+            src: v & ARITH,
+            ..LazyFlags::default()
+        };
+    }
+
+    /// The architectural state with RFLAGS complete.
+    pub fn state(&self) -> CpuState {
+        let mut s = self.state.clone();
+        s.rflags = self.rflags();
+        s
+    }
+
+    /// Loads a complete architectural state (flushes the TLB).
+    pub fn set_state(&mut self, s: CpuState) {
+        let rflags = s.rflags;
+        self.state = s;
+        self.set_rflags(rflags);
+        self.mmu.flush();
+    }
+
+    /// The MMU index of data accesses at the current privilege level.
+    pub fn mmu_idx(&self) -> MmuIdx {
+        if self.state.cpl() == 3 {
+            MmuIdx::User
+        } else {
+            MmuIdx::Kernel
+        }
+    }
+}
+
+impl GuestEnv for X86Cpu {
+    fn get(&mut self, g: Global) -> u64 {
+        match g {
+            Global::Gpr(n) => self.state.gpr[usize::from(n & 15)],
+            Global::Pc => self.state.rip,
+            Global::CcOp => self.cc.op,
+            Global::CcDst => self.cc.dst,
+            Global::CcSrc => self.cc.src,
+            Global::CcSrc2 => self.cc.src2,
+            Global::Flags => self.state.rflags & !ARITH,
+            Global::SegBase(n) => self.state.seg[usize::from(n % 6)].base,
+        }
+    }
+
+    fn set(&mut self, g: Global, v: u64) {
+        match g {
+            Global::Gpr(n) => self.state.gpr[usize::from(n & 15)] = v,
+            Global::Pc => self.state.rip = v,
+            Global::CcOp => self.cc.op = v,
+            Global::CcDst => self.cc.dst = v,
+            Global::CcSrc => self.cc.src = v,
+            Global::CcSrc2 => self.cc.src2 = v,
+            Global::Flags => {
+                self.state.rflags = (self.state.rflags & ARITH) | (v & !ARITH) | fl::FIXED1
+            }
+            Global::SegBase(n) => self.state.seg[usize::from(n % 6)].base = v,
+        }
+    }
+
+    fn load(&mut self, addr: u64, size: Size, mmu: MmuIdx) -> Result<u64, Fault> {
+        crate::mmu::read(self, addr, size, mmu)
+    }
+
+    fn store(&mut self, addr: u64, val: u64, size: Size, mmu: MmuIdx) -> Result<(), Fault> {
+        crate::mmu::write(self, addr, val, size, mmu)
+    }
+
+    fn call(&mut self, h: HelperId, args: &[u64]) -> Result<u64, Fault> {
+        crate::helpers::call(self, h, args)
+    }
+
+    fn stop_requested(&mut self) -> bool {
+        self.stop
+    }
+
+    fn insn_start(&mut self, pc: u64) {
+        self.insn_pc = pc;
+    }
+}

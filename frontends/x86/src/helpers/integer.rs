@@ -1,0 +1,5 @@
+//! Integer helpers (being written).
+
+use super::HelperDef;
+
+pub static TABLE: &[HelperDef] = &[];

@@ -1,0 +1,45 @@
+//! Helper functions IR blocks call. A [`HelperId`] indexes one table per area:
+//! ids `0x000..0x100` are [`integer::TABLE`], `0x100..0x200` [`system::TABLE`].
+
+pub mod integer;
+pub mod system;
+
+use crate::cpu::X86Cpu;
+use vireo_core::exec::Fault;
+use vireo_core::ir::{Effects, HelperId};
+
+/// A helper: gets the CPU and up to four arguments, returns a value or a fault.
+pub type HelperFn = fn(&mut X86Cpu, &[u64]) -> Result<u64, Fault>;
+
+/// One helper table entry.
+#[derive(Clone, Copy)]
+pub struct HelperDef {
+    pub name: &'static str,
+    pub f: HelperFn,
+    pub effects: Effects,
+}
+
+/// First id of the integer helpers.
+pub const INTEGER_BASE: u16 = 0x000;
+/// First id of the system helpers.
+pub const SYSTEM_BASE: u16 = 0x100;
+
+/// The definition behind `h`.
+pub fn lookup(h: HelperId) -> Option<&'static HelperDef> {
+    match h.0 {
+        n if n < SYSTEM_BASE => integer::TABLE.get(usize::from(n - INTEGER_BASE)),
+        n if n < SYSTEM_BASE + 0x100 => system::TABLE.get(usize::from(n - SYSTEM_BASE)),
+        _ => None,
+    }
+}
+
+/// Runs helper `h`. An unknown id (a frontend bug) raises #UD rather than panicking.
+pub fn call(cpu: &mut X86Cpu, h: HelperId, args: &[u64]) -> Result<u64, Fault> {
+    match lookup(h) {
+        Some(d) => (d.f)(cpu, args),
+        None => {
+            log::error!(target: "vireo::tcg", "unknown helper id {:#x}", h.0);
+            Err(Fault::new(6))
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Guest x86 code → IR (being written).
