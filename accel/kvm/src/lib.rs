@@ -10,6 +10,7 @@
 //! - [`state`] converts between `CpuState` and KVM's register structures.
 
 pub mod cpuid;
+pub mod disasm;
 pub mod error;
 pub mod kick;
 pub mod state;

@@ -73,11 +73,10 @@ impl KvmVcpu {
                     // KVM_EXIT_INTERNAL_ERROR.
                     let internal = unsafe { run.__bindgen_anon_1.internal };
                     let n = (internal.ndata as usize).min(internal.data.len());
-                    return Ok(VcpuExit::Failed(format!(
-                        "KVM internal error, suberror {} (1 = emulation failure), data {:x?}",
-                        internal.suberror,
-                        &internal.data[..n]
-                    )));
+                    let data = internal.data[..n].to_vec();
+                    return Ok(VcpuExit::Failed(
+                        self.describe_internal_error(internal.suberror, &data),
+                    ));
                 }
                 Ok(KvmExit::FailEntry(reason, cpu)) => {
                     return Ok(VcpuExit::Failed(format!(
@@ -99,6 +98,42 @@ impl KvmVcpu {
                 }
             }
         }
+    }
+}
+
+/// KVM_INTERNAL_ERROR_EMULATION: the in-kernel emulator met an instruction it lacks.
+const SUBERROR_EMULATION: u32 = 1;
+/// `data[0]` flag: `data[1..3]` hold the instruction length and bytes.
+const EMULATION_FLAG_INSN_BYTES: u64 = 1;
+
+impl KvmVcpu {
+    /// A readable description of a KVM internal error, with the failing instruction
+    /// disassembled when KVM reports its bytes.
+    fn describe_internal_error(&self, suberror: u32, data: &[u64]) -> String {
+        if suberror == SUBERROR_EMULATION
+            && data.len() >= 3
+            && data[0] & EMULATION_FLAG_INSN_BYTES != 0
+        {
+            let raw: Vec<u8> = data[1..3].iter().flat_map(|w| w.to_le_bytes()).collect();
+            let len = usize::from(raw[0]).min(15);
+            let bytes = &raw[1..1 + len];
+            let bitness = match self.fd.get_sregs() {
+                Ok(s) if s.cs.l != 0 => 64,
+                Ok(s) if s.cs.db != 0 => 32,
+                Ok(_) => 16,
+                Err(_) => 64,
+            };
+            let text = crate::disasm::one(bytes, bitness);
+            return format!(
+                "the host KVM cannot emulate `{text}` (bytes {})",
+                bytes
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
+        format!("KVM internal error, suberror {suberror}, data {data:x?}")
     }
 }
 
