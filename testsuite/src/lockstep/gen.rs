@@ -1,0 +1,499 @@
+//! Random instruction sequences for lockstep testing, generated from iced-x86's
+//! encoder tables: every legacy-encoded instruction form valid in the chosen mode is a
+//! candidate (filtered only by what the sequence must not do: leave the code page,
+//! touch I/O, read nondeterministic sources), so the generator covers the instruction
+//! set rather than a hand-picked list.
+
+use iced_x86::{
+    Code, EncodingKind, FlowControl, Instruction, MemoryOperand, Mnemonic, OpCodeOperandKind,
+    Register, RflagsBits,
+};
+
+/// A small, seedable generator (SplitMix64): reproducible sequences from a seed.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x9e37_79b9_7f4a_7c15)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+    /// An "interesting" value: small, boundary or random, at random widths.
+    pub fn value(&mut self) -> u64 {
+        match self.below(8) {
+            0 => 0,
+            1 => self.below(16),
+            2 => u64::MAX - self.below(4),
+            3 => 0x8000_0000_0000_0000u64 >> (self.below(8) * 8),
+            4 => 0x7fff_ffff_ffff_ffffu64 >> (self.below(8) * 8),
+            5 => self.next_u64() & 0xff,
+            6 => self.next_u64() & 0xffff_ffff,
+            _ => self.next_u64(),
+        }
+    }
+}
+
+/// Which instructions a sequence may contain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Features {
+    /// General-purpose instructions (always).
+    pub x87: bool,
+    pub mmx_sse: bool,
+    /// Privileged instructions (only meaningful at CPL 0).
+    pub system: bool,
+}
+
+impl Features {
+    pub const GP: Features = Features {
+        x87: false,
+        mmx_sse: false,
+        system: false,
+    };
+}
+
+/// The register that always points at the data area (never an operand).
+pub fn pointer_register(bitness: u32) -> Register {
+    match bitness {
+        64 => Register::RBX,
+        32 => Register::EBX,
+        _ => Register::BX,
+    }
+}
+
+/// Mnemonics a sequence must not contain: they read nondeterministic or
+/// machine-specific sources, or leave the sequence.
+fn excluded(m: Mnemonic) -> bool {
+    use Mnemonic::*;
+    matches!(
+        m,
+        Cpuid
+            | Rdtsc
+            | Rdtscp
+            | Rdrand
+            | Rdseed
+            | Rdpid
+            | Rdpmc
+            | Rdpru
+            | Hlt
+            | Pause
+            | Syscall
+            | Sysenter
+            | Sysret
+            | Sysexit
+            | Int
+            | Int1
+            | Int3
+            | Into
+            | Iret
+            | Iretd
+            | Iretq
+            | Ud0
+            | Ud1
+            | Ud2
+            | Xgetbv
+            | Xsetbv
+            | Rdmsr
+            | Wrmsr
+            | Enter
+            | Leave
+            | Popf
+            | Popfd
+            | Popfq
+            | Pushf
+            | Pushfd
+            | Pushfq
+            | Cli
+            | Sti
+            | Monitor
+            | Mwait
+            | Monitorx
+            | Mwaitx
+            | Umonitor
+            | Umwait
+            | Tpause
+            | Wbinvd
+            | Invd
+            | Lfence
+            | Mfence
+            | Sfence
+            | Xlatb
+            | Xbegin
+            | Xend
+            | Xabort
+            | Xtest
+            | Bound
+            | Lds
+            | Les
+            | Lfs
+            | Lgs
+            | Lss
+            | Arpl
+            | Salc
+            | Aad
+            | Aam
+            | Daa
+            | Das
+            | Aaa
+            | Aas
+            | Clflush
+            | Clflushopt
+            | Clwb
+            | Prefetchw
+            | Serialize
+            | Encls
+            | Enclu
+            | Getsec
+            | Vmcall
+            | Vmmcall
+            | Lahf
+            | Sahf
+    )
+}
+
+fn operand_ok(k: OpCodeOperandKind) -> bool {
+    use OpCodeOperandKind::*;
+    matches!(
+        k,
+        mem | r8_or_mem
+            | r16_or_mem
+            | r32_or_mem
+            | r64_or_mem
+            | r8_reg
+            | r8_opcode
+            | r16_reg
+            | r16_rm
+            | r16_opcode
+            | r32_reg
+            | r32_rm
+            | r32_opcode
+            | r64_reg
+            | r64_rm
+            | r64_opcode
+            | al
+            | cl
+            | ax
+            | eax
+            | rax
+            | imm8
+            | imm8_const_1
+            | imm8sex16
+            | imm8sex32
+            | imm8sex64
+            | imm16
+            | imm32
+            | imm32sex64
+            | imm64
+            | seg_rSI
+            | es_rDI
+            | seg_rDI
+    )
+}
+
+/// The instruction forms a sequence may use in `bitness`-bit code.
+pub fn candidates(bitness: u32, f: Features) -> Vec<Code> {
+    Code::values()
+        .filter(|c| {
+            let oc = c.op_code();
+            // `fwait` forms encode a separate WAIT instruction before them.
+            if !oc.is_instruction() || oc.encoding() != EncodingKind::Legacy || oc.fwait() {
+                return false;
+            }
+            // Valid in the mode, and decoded the same way by Intel and AMD CPUs.
+            let valid = match bitness {
+                64 => oc.mode64() && oc.intel_decoder64() && oc.amd_decoder64(),
+                32 => oc.mode32() && oc.intel_decoder32() && oc.amd_decoder32(),
+                _ => oc.mode16() && oc.intel_decoder16() && oc.amd_decoder16(),
+            };
+            if !valid || excluded(c.mnemonic()) || (!f.system && oc.is_privileged()) {
+                return false;
+            }
+            if oc.is_input_output() || c.flow_control() != FlowControl::Next {
+                return false;
+            }
+            // Stack instructions would need a valid stack pointer policy per mode; the
+            // sequences keep RSP fixed.
+            if oc.is_stack_instruction() {
+                return false;
+            }
+            oc.op_kinds().iter().all(|k| operand_ok(*k))
+        })
+        .collect()
+}
+
+fn gpr(size: u32, index: u64) -> Register {
+    let r8 = [
+        Register::AL,
+        Register::CL,
+        Register::DL,
+        Register::BL,
+        Register::AH,
+        Register::CH,
+        Register::DH,
+        Register::BH,
+    ];
+    let r8x = [
+        Register::AL,
+        Register::CL,
+        Register::DL,
+        Register::BL,
+        Register::SPL,
+        Register::BPL,
+        Register::SIL,
+        Register::DIL,
+        Register::R8L,
+        Register::R9L,
+        Register::R10L,
+        Register::R11L,
+        Register::R12L,
+        Register::R13L,
+        Register::R14L,
+        Register::R15L,
+    ];
+    let i = index as usize;
+    match size {
+        8 if i < 8 => r8[i],
+        8 => r8x[i & 15],
+        16 => Register::from_u8(Register::AX as u8 + (i & 15) as u8),
+        32 => Register::from_u8(Register::EAX as u8 + (i & 15) as u8),
+        _ => Register::from_u8(Register::RAX as u8 + (i & 15) as u8),
+    }
+}
+
+trait FromU8 {
+    fn from_u8(v: u8) -> Register;
+}
+
+impl FromU8 for Register {
+    fn from_u8(v: u8) -> Register {
+        Register::values()
+            .nth(usize::from(v))
+            .unwrap_or(Register::None)
+    }
+}
+
+/// A random register of `size` bits that is neither the stack pointer nor the
+/// pointer register.
+fn random_reg(rng: &mut Rng, size: u32, bitness: u32) -> Register {
+    let n = if bitness == 64 { 16 } else { 8 };
+    loop {
+        let i = rng.below(n);
+        // 3 = rBX (pointer), 4 = rSP; for 8-bit legacy registers 3 is BL and 7 is BH
+        // (both parts of rBX), 4 is AH.
+        let bad = if size == 8 && !(bitness == 64 && i >= 8) {
+            i == 3 || i == 7
+        } else {
+            i == 3 || i == 4
+        };
+        if !bad {
+            return gpr(size, i);
+        }
+    }
+}
+
+enum Opnd {
+    Reg(Register),
+    Mem(MemoryOperand),
+    Imm32(u32),
+    Imm64(u64),
+}
+
+/// Size of the data area a memory operand may reach from the pointer register.
+pub const DATA_WINDOW: u64 = 0xf00;
+
+fn operand(rng: &mut Rng, k: OpCodeOperandKind, bitness: u32, want_mem: bool) -> Option<Opnd> {
+    use OpCodeOperandKind::*;
+    let memop = |rng: &mut Rng| {
+        Opnd::Mem(MemoryOperand::with_base_displ(
+            pointer_register(bitness),
+            rng.below(DATA_WINDOW) as i64,
+        ))
+    };
+    Some(match k {
+        mem => memop(rng),
+        r8_or_mem if want_mem => memop(rng),
+        r16_or_mem if want_mem => memop(rng),
+        r32_or_mem if want_mem => memop(rng),
+        r64_or_mem if want_mem => memop(rng),
+        r8_or_mem | r8_reg | r8_opcode => Opnd::Reg(random_reg(rng, 8, bitness)),
+        r16_or_mem | r16_reg | r16_rm | r16_opcode => Opnd::Reg(random_reg(rng, 16, bitness)),
+        r32_or_mem | r32_reg | r32_rm | r32_opcode => Opnd::Reg(random_reg(rng, 32, bitness)),
+        r64_or_mem | r64_reg | r64_rm | r64_opcode => Opnd::Reg(random_reg(rng, 64, bitness)),
+        al => Opnd::Reg(Register::AL),
+        cl => Opnd::Reg(Register::CL),
+        ax => Opnd::Reg(Register::AX),
+        eax => Opnd::Reg(Register::EAX),
+        rax => Opnd::Reg(Register::RAX),
+        imm8 | imm8sex16 | imm8sex32 | imm8sex64 => Opnd::Imm32(rng.value() as u8 as u32),
+        imm8_const_1 => Opnd::Imm32(1),
+        imm16 => Opnd::Imm32(rng.value() as u16 as u32),
+        imm32 | imm32sex64 => Opnd::Imm32(rng.value() as u32),
+        imm64 => Opnd::Imm64(rng.value()),
+        _ => return Option::None,
+    })
+}
+
+/// One random instruction of form `code`, or `None` if it cannot be built.
+pub fn random_instruction(rng: &mut Rng, code: Code, bitness: u32) -> Option<Instruction> {
+    let oc = code.op_code();
+    let kinds = oc.op_kinds();
+    // String instructions take implicit operands: build them with iced's helpers.
+    if kinds.iter().any(|k| {
+        matches!(
+            k,
+            OpCodeOperandKind::seg_rSI | OpCodeOperandKind::es_rDI | OpCodeOperandKind::seg_rDI
+        )
+    }) {
+        return None;
+    }
+    let want_mem = rng.chance(50);
+    let ops: Vec<Opnd> = kinds
+        .iter()
+        .map(|k| operand(rng, *k, bitness, want_mem))
+        .collect::<Option<Vec<_>>>()?;
+    let r = match ops.as_slice() {
+        [] => Ok(Instruction::with(code)),
+        [Opnd::Reg(a)] => Instruction::with1(code, *a),
+        [Opnd::Mem(a)] => Instruction::with1(code, *a),
+        [Opnd::Imm32(a)] => Instruction::with1(code, *a),
+        [Opnd::Reg(a), Opnd::Reg(b)] => Instruction::with2(code, *a, *b),
+        [Opnd::Reg(a), Opnd::Mem(b)] => Instruction::with2(code, *a, *b),
+        [Opnd::Mem(a), Opnd::Reg(b)] => Instruction::with2(code, *a, *b),
+        [Opnd::Reg(a), Opnd::Imm32(b)] => Instruction::with2(code, *a, *b),
+        [Opnd::Reg(a), Opnd::Imm64(b)] => Instruction::with2(code, *a, *b),
+        [Opnd::Mem(a), Opnd::Imm32(b)] => Instruction::with2(code, *a, *b),
+        [Opnd::Reg(a), Opnd::Reg(b), Opnd::Reg(c)] => Instruction::with3(code, *a, *b, *c),
+        [Opnd::Reg(a), Opnd::Reg(b), Opnd::Imm32(c)] => Instruction::with3(code, *a, *b, *c),
+        [Opnd::Reg(a), Opnd::Mem(b), Opnd::Imm32(c)] => Instruction::with3(code, *a, *b, *c),
+        [Opnd::Mem(a), Opnd::Reg(b), Opnd::Imm32(c)] => Instruction::with3(code, *a, *b, *c),
+        [Opnd::Mem(a), Opnd::Reg(b), Opnd::Reg(c)] => Instruction::with3(code, *a, *b, *c),
+        [Opnd::Reg(a), Opnd::Reg(b), Opnd::Mem(c)] => Instruction::with3(code, *a, *b, *c),
+        _ => return None,
+    };
+    let mut insn = r.ok()?;
+    if oc.can_use_lock_prefix() && insn.op0_kind() == iced_x86::OpKind::Memory && rng.chance(20) {
+        insn.set_has_lock_prefix(true);
+    }
+    Some(insn)
+}
+
+/// A random sequence of `n` instructions, encoded for address `rip`, and the flags
+/// (architectural RFLAGS bits) whose final value is undefined.
+pub fn random_sequence(
+    rng: &mut Rng,
+    codes: &[Code],
+    bitness: u32,
+    n: usize,
+    rip: u64,
+) -> (Vec<u8>, Vec<Instruction>, u64) {
+    let mut enc = iced_x86::Encoder::new(bitness);
+    let mut bytes = Vec::new();
+    let mut insns = Vec::new();
+    let mut undefined = 0u64;
+    while insns.len() < n {
+        let code = codes[rng.below(codes.len() as u64) as usize];
+        let Some(insn) = random_instruction(rng, code, bitness) else {
+            continue;
+        };
+        let Ok(len) = enc.encode(&insn, rip + bytes.len() as u64) else {
+            continue;
+        };
+        let out = enc.take_buffer();
+        // Keep only encodings the default decoder reads back as one instruction of the
+        // same length (drops forms that need special decoder options).
+        let back =
+            iced_x86::Decoder::new(bitness, &out[..len], iced_x86::DecoderOptions::NONE).decode();
+        if back.is_invalid() || back.len() != len {
+            continue;
+        }
+        bytes.extend_from_slice(&out[..len]);
+        let u = arch_flags(insn.rflags_undefined());
+        let m = arch_flags(insn.rflags_modified());
+        undefined = (undefined & !m) | u;
+        insns.push(insn);
+    }
+    (bytes, insns, undefined)
+}
+
+/// iced's `RflagsBits` to architectural RFLAGS bit positions.
+pub fn arch_flags(iced: u32) -> u64 {
+    let map = [
+        (RflagsBits::CF, 1u64 << 0),
+        (RflagsBits::PF, 1 << 2),
+        (RflagsBits::AF, 1 << 4),
+        (RflagsBits::ZF, 1 << 6),
+        (RflagsBits::SF, 1 << 7),
+        (RflagsBits::OF, 1 << 11),
+        (RflagsBits::DF, 1 << 10),
+        (RflagsBits::IF, 1 << 9),
+        (RflagsBits::AC, 1 << 18),
+    ];
+    map.iter()
+        .filter(|(i, _)| iced & i != 0)
+        .map(|(_, a)| a)
+        .fold(0, |acc, a| acc | a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_cover_the_general_purpose_set() {
+        let c64 = candidates(64, Features::GP);
+        let c16 = candidates(16, Features::GP);
+        assert!(c64.len() > 400, "only {} forms", c64.len());
+        assert!(c16.len() > 300, "only {} forms", c16.len());
+        for m in [
+            Mnemonic::Add,
+            Mnemonic::Shld,
+            Mnemonic::Cmpxchg,
+            Mnemonic::Bsf,
+            Mnemonic::Imul,
+        ] {
+            assert!(c64.iter().any(|c| c.mnemonic() == m), "{m:?} missing");
+        }
+        assert!(!c64.iter().any(|c| c.mnemonic() == Mnemonic::Rdtsc));
+    }
+
+    #[test]
+    fn sequences_decode_back() {
+        let mut rng = Rng::new(7);
+        let codes = candidates(64, Features::GP);
+        let (bytes, insns, _) = random_sequence(&mut rng, &codes, 64, 200, 0x10000);
+        let mut d = iced_x86::Decoder::with_ip(64, &bytes, 0x10000, iced_x86::DecoderOptions::NONE);
+        let mut n = 0;
+        while d.can_decode() {
+            let i = d.decode();
+            assert!(!i.is_invalid());
+            // Aliases (reserved-NOP forms and the like) decode as their canonical form.
+            let alias = insns[n].code().op_code().is_reserved_nop();
+            assert!(
+                i.mnemonic() == insns[n].mnemonic() || alias,
+                "instruction {n}: {:?} vs {:?}",
+                i.code(),
+                insns[n].code()
+            );
+            n += 1;
+        }
+        assert_eq!(n, insns.len());
+        // Same seed, same sequence.
+        let mut rng2 = Rng::new(7);
+        assert_eq!(
+            random_sequence(&mut rng2, &codes, 64, 200, 0x10000).0,
+            bytes
+        );
+    }
+}
