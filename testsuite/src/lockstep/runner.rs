@@ -1,0 +1,181 @@
+//! Running a lockstep setup on an engine and comparing the results.
+
+use super::env::{decode_stop, Setup, Stop, DATA, DATA_LEN, MEM_SIZE, STOP_PORT};
+use parking_lot::Mutex;
+use std::sync::Arc;
+use vireo_core::cpu::CpuState;
+use vireo_core::{
+    A20Gate, Bus, BusDevice, GuestMemory, MachineControl, StopReason, Vcpu, VcpuExit,
+};
+
+/// How a run ended, as far as the comparison cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub state: CpuState,
+    /// The exception that ended the sequence (`None` after a shutdown).
+    pub stop: Option<Stop>,
+    /// The data page after the run.
+    pub data: Vec<u8>,
+    /// The run ended in a triple fault.
+    pub shutdown: bool,
+}
+
+/// Why a run could not be compared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunError {
+    /// The engine gave up (for KVM on this host: its instruction emulator lacks the
+    /// instruction): a known limitation, not a divergence.
+    EngineLimit(String),
+    /// Anything else.
+    Other(String),
+}
+
+struct StopPort(Arc<MachineControl>);
+
+impl BusDevice for StopPort {
+    fn name(&self) -> &str {
+        "lockstep-stop"
+    }
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0xff);
+    }
+    fn write(&mut self, _offset: u64, _data: &[u8]) {
+        self.0.request_stop(StopReason::Quit);
+    }
+}
+
+/// A vCPU of either engine on a small flat machine with the stop port.
+pub struct Engine {
+    pub name: &'static str,
+    mem: Arc<GuestMemory>,
+    control: Arc<MachineControl>,
+    vcpu: Box<dyn Vcpu>,
+    _vm: Option<vireo_kvm::KvmVm>,
+}
+
+fn buses(control: &Arc<MachineControl>) -> Result<(Arc<Bus>, Arc<Bus>), String> {
+    let mut pio = Bus::new("pio");
+    pio.insert(
+        u64::from(STOP_PORT),
+        1,
+        Arc::new(Mutex::new(StopPort(control.clone()))),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok((Arc::new(pio), Arc::new(Bus::new("mmio"))))
+}
+
+impl Engine {
+    /// A KVM vCPU.
+    pub fn kvm() -> Result<Engine, String> {
+        let mem = Arc::new(GuestMemory::new_flat(MEM_SIZE).map_err(|e| e.to_string())?);
+        let control = MachineControl::new();
+        let vm = vireo_kvm::KvmVm::new(
+            &mem,
+            vireo_kvm::VmConfig {
+                cpu_model: vireo_kvm::CpuModel::Host,
+                cpus: 1,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        let (pio, mmio) = buses(&control)?;
+        let vcpu = vm
+            .create_vcpu(0, pio, mmio, control.clone())
+            .map_err(|e| e.to_string())?;
+        let _ = A20Gate::new;
+        Ok(Engine {
+            name: "kvm",
+            mem,
+            control,
+            vcpu: Box::new(vcpu),
+            _vm: Some(vm),
+        })
+    }
+
+    /// Runs `setup` to its stop.
+    pub fn run(&mut self, setup: &Setup) -> Result<Outcome, RunError> {
+        let other = |e: vireo_core::Error| RunError::Other(e.to_string());
+        for (addr, bytes) in &setup.memory {
+            self.mem.write(*addr, bytes).map_err(other)?;
+        }
+        self.control.clear();
+        self.vcpu.set_state(&setup.state).map_err(other)?;
+        let shutdown = match self.vcpu.run().map_err(other)? {
+            VcpuExit::Stopped => false,
+            VcpuExit::Shutdown => true,
+            VcpuExit::Halted => return Err(RunError::Other("halted".into())),
+            VcpuExit::Failed(msg) => return Err(RunError::EngineLimit(msg)),
+        };
+        let state = self.vcpu.state().map_err(other)?;
+        let mem = &self.mem;
+        let stop = if shutdown {
+            None
+        } else {
+            decode_stop(state.rip, state.gpr[4], |a| mem.read_u64(a).ok(), state.cr2)
+        };
+        let mut data = vec![0u8; DATA_LEN as usize];
+        self.mem.read(DATA, &mut data).map_err(other)?;
+        Ok(Outcome {
+            state,
+            stop,
+            data,
+            shutdown,
+        })
+    }
+}
+
+/// Differences between two outcomes, ignoring the flags in `undefined_flags` (the
+/// arithmetic flags the sequence left undefined).
+pub fn compare(a: &Outcome, b: &Outcome, undefined_flags: u64) -> Vec<String> {
+    let mut d = Vec::new();
+    if a.shutdown != b.shutdown {
+        d.push(format!("shutdown {} vs {}", a.shutdown, b.shutdown));
+        return d;
+    }
+    const NAMES: [&str; 16] = [
+        "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12",
+        "r13", "r14", "r15",
+    ];
+    for (i, name) in NAMES.iter().enumerate() {
+        if a.state.gpr[i] != b.state.gpr[i] {
+            d.push(format!(
+                "{name} {:#x} vs {:#x}",
+                a.state.gpr[i], b.state.gpr[i]
+            ));
+        }
+    }
+    match (&a.stop, &b.stop) {
+        (Some(x), Some(y)) => {
+            if x.vector != y.vector {
+                d.push(format!("exception #{} vs #{}", x.vector, y.vector));
+            } else {
+                if x.error_code != y.error_code {
+                    d.push(format!(
+                        "error code {:?} vs {:?}",
+                        x.error_code, y.error_code
+                    ));
+                }
+                if x.cr2 != y.cr2 {
+                    d.push(format!("cr2 {:x?} vs {:x?}", x.cr2, y.cr2));
+                }
+            }
+            if x.rip != y.rip {
+                d.push(format!("rip {:#x} vs {:#x}", x.rip, y.rip));
+            }
+            let m = !undefined_flags & 0x3f_ffff;
+            if x.rflags & m != y.rflags & m {
+                d.push(format!(
+                    "rflags {:#x} vs {:#x} (undefined {undefined_flags:#x})",
+                    x.rflags, y.rflags
+                ));
+            }
+        }
+        (x, y) => d.push(format!("stop {x:?} vs {y:?}")),
+    }
+    for (i, (x, y)) in a.data.iter().zip(&b.data).enumerate() {
+        if x != y {
+            d.push(format!("data[{i:#x}] {x:#04x} vs {y:#04x}"));
+            break;
+        }
+    }
+    d
+}
