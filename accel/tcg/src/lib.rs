@@ -1,1 +1,22 @@
-//! The TCG engine (being written).
+//! vireo's TCG engine: guest x86 code translated to IR blocks (by `vireo-x86`), cached,
+//! and run by the IR interpreter (`vireo-interp`), behind the same [`vireo_core::Vcpu`]
+//! trait as the KVM engine.
+//!
+//! - [`vcpu::TcgVcpu`]: the vCPU and its run loop (kicks, halts, interrupts, faults).
+//! - [`cache`]: the block cache (keys, page index for self-modifying code, links).
+//! - [`irq`]: the interrupt-controller boundary ([`irq::InterruptController`], the
+//!   8259A adapter) and the wake-up [`irq::Signal`].
+//! - [`frontend`]: the calls into the x86 frontend, in one place.
+//! - [`disas`]: guest disassembly for `-d in_asm`.
+
+pub mod cache;
+pub mod disas;
+pub mod frontend;
+pub mod irq;
+pub mod vcpu;
+
+pub use irq::{InterruptController, PicInterrupts};
+pub use vcpu::{TcgStats, TcgVcpu};
+
+#[cfg(test)]
+mod tests;

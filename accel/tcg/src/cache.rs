@@ -1,0 +1,397 @@
+//! The translation-block cache.
+//!
+//! A translated block ([`Tb`]) is found by its [`TbKey`]: the physical address of its
+//! first byte, the PC and CS base it was translated at (blocks embed CS-relative PCs),
+//! and the frontend's mode key. Blocks live in a slab and are named by [`TbId`]s that
+//! carry a generation, so a stale id (a block invalidated since) is detected rather
+//! than followed. A page index maps each physical code page to its blocks: a write to a
+//! watched page (self-modifying code, reported by the softmmu's `CodeWatch`) drops them
+//! all. The cache is bounded: when it holds too many blocks or IR ops, it is flushed
+//! whole, as QEMU does when its code buffer fills.
+//!
+//! Each block keeps up to two *links*: the block that followed it through a
+//! `ExitKind::Jump` to a PC on the same linear page. The run loop follows a link
+//! without hashing or walking page tables; links die with their target's generation.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use vireo_interp::Prepared;
+use vireo_x86::mmu::CodeWatch;
+
+/// What identifies a translation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TbKey {
+    /// Physical address of the first instruction byte.
+    pub phys: u64,
+    /// PC (relative to the CS base) of the first instruction.
+    pub pc: u64,
+    /// The CS base the block was translated with.
+    pub cs_base: u64,
+    /// The frontend's mode key.
+    pub mode: u64,
+}
+
+/// A block in the cache, by slot and generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TbId {
+    index: u32,
+    gen: u32,
+}
+
+/// A direct successor: the block that runs when this one exits to `pc`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    pub pc: u64,
+    pub target: TbId,
+}
+
+/// One translated block.
+#[derive(Debug)]
+pub struct Tb {
+    pub key: TbKey,
+    pub code: Prepared,
+    /// Physical page numbers (address >> 12) holding its guest code: the first page,
+    /// and the second when the code crosses a page boundary.
+    pub pages: [Option<u64>; 2],
+    /// Linear page number of the first byte (links stay within it).
+    pub linear_page: u64,
+    /// Up to two direct successors (the two sides of a conditional branch).
+    pub links: [Option<Link>; 2],
+}
+
+impl Tb {
+    /// The linked successor for an exit to `pc`, if one was recorded.
+    pub fn link_to(&self, pc: u64) -> Option<TbId> {
+        self.links
+            .iter()
+            .flatten()
+            .find(|l| l.pc == pc)
+            .map(|l| l.target)
+    }
+
+    /// Number of IR ops (the cache's size measure).
+    fn ops(&self) -> usize {
+        self.code.block.ops.len()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    gen: u32,
+    tb: Option<Tb>,
+}
+
+/// FxHash (rustc's hasher): keys are a few integers, SipHash would dominate lookups.
+#[derive(Default)]
+pub struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// Cache limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most blocks held before a flush.
+    pub blocks: usize,
+    /// Most IR ops held (all blocks together) before a flush.
+    pub ops: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            blocks: 1 << 16,
+            ops: 1 << 21,
+        }
+    }
+}
+
+/// Counters for statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Blocks inserted.
+    pub inserted: u64,
+    /// Blocks dropped because their code pages were written.
+    pub invalidated: u64,
+    /// Whole-cache flushes (full cache, state replaced).
+    pub flushes: u64,
+}
+
+/// The block cache of one vCPU.
+#[derive(Debug, Default)]
+pub struct BlockCache {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    map: FxMap<TbKey, TbId>,
+    /// Physical page → the blocks with code on it.
+    pages: FxMap<u64, Vec<TbId>>,
+    len: usize,
+    ops: usize,
+    limits: Limits,
+    pub stats: CacheStats,
+}
+
+impl BlockCache {
+    pub fn new(limits: Limits) -> BlockCache {
+        BlockCache {
+            limits,
+            ..BlockCache::default()
+        }
+    }
+
+    /// Number of blocks held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The block for `key`, if translated.
+    pub fn lookup(&self, key: &TbKey) -> Option<TbId> {
+        self.map.get(key).copied()
+    }
+
+    /// The block `id` names, unless it was dropped since.
+    pub fn get(&self, id: TbId) -> Option<&Tb> {
+        let slot = self.slots.get(id.index as usize)?;
+        if slot.gen == id.gen {
+            slot.tb.as_ref()
+        } else {
+            None
+        }
+    }
+
+    fn get_mut(&mut self, id: TbId) -> Option<&mut Tb> {
+        let slot = self.slots.get_mut(id.index as usize)?;
+        if slot.gen == id.gen {
+            slot.tb.as_mut()
+        } else {
+            None
+        }
+    }
+
+    /// Adds `tb` (replacing a block with the same key), watching its code pages.
+    /// Flushes everything first when the cache is full.
+    pub fn insert(&mut self, tb: Tb, watch: &mut CodeWatch) -> TbId {
+        if self.len + 1 > self.limits.blocks || self.ops + tb.ops() > self.limits.ops {
+            log::debug!(target: "vireo::tcg", "block cache full ({} blocks, {} ops): flush",
+                self.len, self.ops);
+            self.flush(watch);
+        }
+        if let Some(old) = self.map.get(&tb.key).copied() {
+            self.remove(old, watch);
+        }
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot::default());
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let id = TbId {
+            index,
+            gen: self.slots[index as usize].gen,
+        };
+        for pfn in tb.pages.iter().flatten() {
+            self.pages.entry(*pfn).or_default().push(id);
+            watch.watch(*pfn);
+        }
+        self.map.insert(tb.key, id);
+        self.len += 1;
+        self.ops += tb.ops();
+        self.stats.inserted += 1;
+        self.slots[index as usize].tb = Some(tb);
+        id
+    }
+
+    /// Records that `from` continues at `pc` with block `to` (at most two links per
+    /// block; a third replaces the older).
+    pub fn link(&mut self, from: TbId, pc: u64, to: TbId) {
+        if let Some(tb) = self.get_mut(from) {
+            let link = Some(Link { pc, target: to });
+            match tb.links {
+                [None, _] => tb.links[0] = link,
+                [Some(_), None] => tb.links[1] = link,
+                [Some(_), Some(_)] => tb.links = [tb.links[1], link],
+            }
+        }
+    }
+
+    /// Drops one block: out of the map and the page index; pages left without blocks
+    /// are no longer watched.
+    fn remove(&mut self, id: TbId, watch: &mut CodeWatch) {
+        let Some(slot) = self.slots.get_mut(id.index as usize) else {
+            return;
+        };
+        if slot.gen != id.gen {
+            return;
+        }
+        let Some(tb) = slot.tb.take() else {
+            return;
+        };
+        slot.gen = slot.gen.wrapping_add(1);
+        self.free.push(id.index);
+        self.len -= 1;
+        self.ops -= tb.ops();
+        if self.map.get(&tb.key) == Some(&id) {
+            self.map.remove(&tb.key);
+        }
+        for pfn in tb.pages.iter().flatten() {
+            if let Some(list) = self.pages.get_mut(pfn) {
+                list.retain(|x| *x != id);
+                if list.is_empty() {
+                    self.pages.remove(pfn);
+                    watch.unwatch(*pfn);
+                }
+            }
+        }
+    }
+
+    /// Drops every block with code on physical page `pfn` (it was written).
+    pub fn invalidate_page(&mut self, pfn: u64, watch: &mut CodeWatch) {
+        let Some(ids) = self.pages.remove(&pfn) else {
+            watch.unwatch(pfn);
+            return;
+        };
+        for id in ids {
+            self.stats.invalidated += 1;
+            self.remove(id, watch);
+        }
+        watch.unwatch(pfn);
+    }
+
+    /// Drops every block with code in physical `[start, start+len)`.
+    pub fn invalidate_range(&mut self, start: u64, len: u64, watch: &mut CodeWatch) {
+        if len == 0 {
+            return;
+        }
+        let (first, last) = (start >> 12, start.saturating_add(len - 1) >> 12);
+        if last - first > self.pages.len() as u64 {
+            let hit: Vec<u64> = self
+                .pages
+                .keys()
+                .copied()
+                .filter(|p| (first..=last).contains(p))
+                .collect();
+            for p in hit {
+                self.invalidate_page(p, watch);
+            }
+        } else {
+            for p in first..=last {
+                if self.pages.contains_key(&p) {
+                    self.invalidate_page(p, watch);
+                }
+            }
+        }
+    }
+
+    /// Drops everything.
+    pub fn flush(&mut self, watch: &mut CodeWatch) {
+        for pfn in self.pages.keys() {
+            watch.unwatch(*pfn);
+        }
+        self.pages.clear();
+        self.map.clear();
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            if slot.tb.take().is_some() {
+                slot.gen = slot.gen.wrapping_add(1);
+                self.free.push(i as u32);
+            }
+        }
+        self.len = 0;
+        self.ops = 0;
+        self.stats.flushes += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vireo_core::ir::{Builder, ExitKind};
+
+    fn tb(phys: u64, pages: [Option<u64>; 2], nops: usize) -> Tb {
+        let mut b = Builder::new(phys);
+        for _ in 0..nops {
+            b.konst(0);
+        }
+        b.exit(ExitKind::Indirect);
+        Tb {
+            key: TbKey {
+                phys,
+                pc: phys,
+                cs_base: 0,
+                mode: 0,
+            },
+            code: Prepared::new(b.finish()),
+            pages,
+            linear_page: phys >> 12,
+            links: [None; 2],
+        }
+    }
+
+    #[test]
+    fn insert_lookup_invalidate() {
+        let mut w = CodeWatch::default();
+        let mut c = BlockCache::new(Limits::default());
+        let a = c.insert(tb(0x1000, [Some(1), None], 1), &mut w);
+        let b = c.insert(tb(0x1ff0, [Some(1), Some(2)], 1), &mut w);
+        let d = c.insert(tb(0x5000, [Some(5), None], 1), &mut w);
+        assert_eq!(c.len(), 3);
+        assert!(w.is_watched(1) && w.is_watched(2) && w.is_watched(5));
+        assert_eq!(c.lookup(&c.get(b).unwrap().key), Some(b));
+        c.link(a, 0x1ff0, b);
+        assert_eq!(c.get(a).unwrap().link_to(0x1ff0), Some(b));
+
+        // A write to page 2 drops the block that crosses into it, and only it.
+        c.invalidate_page(2, &mut w);
+        assert!(c.get(b).is_none());
+        assert!(c.get(a).is_some() && c.get(d).is_some());
+        assert!(!w.is_watched(2) && w.is_watched(1));
+        // The link now names a dead generation.
+        let stale = c.get(a).unwrap().link_to(0x1ff0).unwrap();
+        assert!(c.get(stale).is_none());
+        // The slot is reused with a new generation.
+        let e = c.insert(tb(0x7000, [Some(7), None], 1), &mut w);
+        assert!(c.get(e).is_some() && c.get(stale).is_none());
+
+        c.invalidate_range(0x1000, 0x10, &mut w);
+        assert!(c.get(a).is_none() && !w.is_watched(1));
+        c.flush(&mut w);
+        assert!(c.is_empty() && !w.is_watched(5) && !w.is_watched(7));
+        assert_eq!(c.stats.invalidated, 2);
+    }
+
+    #[test]
+    fn same_key_replaces_and_limits_flush() {
+        let mut w = CodeWatch::default();
+        let mut c = BlockCache::new(Limits { blocks: 3, ops: 50 });
+        let a = c.insert(tb(0x1000, [Some(1), None], 1), &mut w);
+        let a2 = c.insert(tb(0x1000, [Some(1), None], 1), &mut w);
+        assert!(c.get(a).is_none() && c.get(a2).is_some());
+        assert_eq!(c.len(), 1);
+        c.insert(tb(0x2000, [Some(2), None], 1), &mut w);
+        c.insert(tb(0x3000, [Some(3), None], 1), &mut w);
+        c.insert(tb(0x4000, [Some(4), None], 1), &mut w);
+        assert_eq!(c.stats.flushes, 1);
+        assert_eq!(c.len(), 1);
+        assert!(!w.is_watched(2) && w.is_watched(4));
+        // Too many ops flushes as well.
+        c.insert(tb(0x5000, [Some(5), None], 60), &mut w);
+        assert_eq!(c.stats.flushes, 2);
+    }
+}

@@ -1,0 +1,166 @@
+//! External interrupts and wake-ups: the interrupt-controller boundary of the engine
+//! and the [`Signal`] that kicks and interrupt requests reach a running or halted vCPU
+//! through.
+
+use parking_lot::{Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use vireo_core::VcpuKicker;
+use vireo_devices::pic::SharedPic;
+
+/// Called when the controller's interrupt output may have gone high. It may run with
+/// the controller locked and on any thread: it must only flag and wake.
+pub type IntrNotify = Box<dyn Fn() + Send + Sync>;
+
+/// What delivers external interrupts to the CPU (the 8259A pair now; a local APIC
+/// later).
+pub trait InterruptController: Send + Sync {
+    /// The interrupt output (INTR) is asserted.
+    fn pending(&self) -> bool;
+    /// The INTA cycle: the vector to deliver, or `None` when nothing is pending any
+    /// more (the request went away).
+    fn acknowledge(&self) -> Option<u8>;
+    /// Installs the callback for a rising interrupt output.
+    fn set_notify(&self, notify: IntrNotify);
+}
+
+/// The userspace 8259A pair as the CPU's interrupt controller.
+#[derive(Clone)]
+pub struct PicInterrupts(pub SharedPic);
+
+impl InterruptController for PicInterrupts {
+    fn pending(&self) -> bool {
+        self.0.lock().pending()
+    }
+
+    fn acknowledge(&self) -> Option<u8> {
+        let mut pic = self.0.lock();
+        pic.pending().then(|| pic.acknowledge())
+    }
+
+    fn set_notify(&self, notify: IntrNotify) {
+        self.0.lock().set_intr_notify(notify);
+    }
+}
+
+/// Flags another thread raises for the vCPU thread, with a condition variable to sleep
+/// on while halted. Raising a flag takes the lock before notifying, and the sleeper
+/// checks the flags under that lock, so no wake-up is lost.
+#[derive(Default)]
+pub struct Signal {
+    kicked: AtomicBool,
+    /// An interrupt may be pending at the controller (a hint: the controller decides).
+    irq: AtomicBool,
+    lock: Mutex<()>,
+    cv: Condvar,
+}
+
+impl Signal {
+    pub fn new() -> Arc<Signal> {
+        Arc::new(Signal::default())
+    }
+
+    fn wake(&self) {
+        let _guard = self.lock.lock();
+        self.cv.notify_all();
+    }
+
+    /// Asks the vCPU to return from `run` at the next block boundary.
+    pub fn kick(&self) {
+        self.kicked.store(true, Ordering::SeqCst);
+        self.wake();
+    }
+
+    /// Notes that the interrupt controller's output went up.
+    pub fn raise_irq(&self) {
+        self.irq.store(true, Ordering::SeqCst);
+        self.wake();
+    }
+
+    /// Takes the kick flag.
+    pub fn take_kick(&self) -> bool {
+        self.kicked.load(Ordering::Relaxed) && self.kicked.swap(false, Ordering::SeqCst)
+    }
+
+    /// Whether an interrupt may be pending (cheap: one relaxed load).
+    pub fn irq_hint(&self) -> bool {
+        self.irq.load(Ordering::Relaxed)
+    }
+
+    /// Takes the interrupt hint (before asking the controller).
+    pub fn take_irq(&self) -> bool {
+        self.irq.swap(false, Ordering::SeqCst)
+    }
+
+    /// Re-arms the interrupt hint (the controller may hold more requests).
+    pub fn rearm_irq(&self) {
+        self.irq.store(true, Ordering::SeqCst);
+    }
+
+    /// Sleeps until a kick or an interrupt hint (without taking either).
+    pub fn wait(&self) {
+        let mut guard = self.lock.lock();
+        while !self.kicked.load(Ordering::SeqCst) && !self.irq.load(Ordering::SeqCst) {
+            self.cv.wait(&mut guard);
+        }
+    }
+}
+
+impl VcpuKicker for Signal {
+    fn kick(&self) {
+        Signal::kick(self);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vireo_devices::pic::{PicPair, PicPorts};
+
+    #[test]
+    fn wait_returns_on_kick_from_another_thread() {
+        let s = Signal::new();
+        let s2 = s.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            s2.kick();
+        });
+        s.wait();
+        assert!(s.take_kick());
+        assert!(!s.take_kick());
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn pic_requests_raise_the_hint_and_acknowledge_gives_the_vector() {
+        let pic = PicPair::new_shared();
+        {
+            let mut p = pic.lock();
+            // ICW1-4: vectors 0x08 (master) and 0x70 (slave), then unmask IRQ 0.
+            for (ports, off, v) in [
+                (PicPorts::Master, 0, 0x11),
+                (PicPorts::Master, 1, 0x08),
+                (PicPorts::Master, 1, 0x04),
+                (PicPorts::Master, 1, 0x01),
+                (PicPorts::Slave, 0, 0x11),
+                (PicPorts::Slave, 1, 0x70),
+                (PicPorts::Slave, 1, 0x02),
+                (PicPorts::Slave, 1, 0x01),
+                (PicPorts::Master, 1, 0xfe),
+            ] {
+                p.write_port(ports, off, v);
+            }
+        }
+        let ic = PicInterrupts(pic.clone());
+        let s = Signal::new();
+        let s2 = s.clone();
+        ic.set_notify(Box::new(move || s2.raise_irq()));
+        assert!(!ic.pending() && !s.irq_hint());
+        assert_eq!(ic.acknowledge(), None);
+        pic.lock().set_irq(0, true);
+        assert!(s.irq_hint() && ic.pending());
+        s.wait(); // returns at once
+        assert_eq!(ic.acknowledge(), Some(0x08));
+        assert!(!ic.pending());
+    }
+}

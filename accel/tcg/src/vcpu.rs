@@ -1,0 +1,461 @@
+//! The TCG vCPU: the run loop around the block cache, the IR interpreter and the x86
+//! frontend.
+//!
+//! One iteration of [`TcgVcpu::run`] is one block boundary:
+//!
+//! 1. a kick (stop request, another thread) returns [`VcpuExit::Stopped`]; an exhausted
+//!    instruction budget does too;
+//! 2. a halted CPU waits for an interrupt (on the [`Signal`]'s condition variable) or
+//!    returns [`VcpuExit::Halted`] when nothing can wake it (IF clear, no controller);
+//! 3. with interrupts enabled and the controller's output up, the interrupt is
+//!    acknowledged and delivered;
+//! 4. the next block is found: through the previous block's link when it jumped to a
+//!    known PC on its own page, else by its key (physical address of CS.base+RIP, RIP,
+//!    CS base, mode key) in the cache, translated on a miss;
+//! 5. the block runs in the interpreter; afterwards, code pages written during the
+//!    block lose their blocks, a fault is delivered (a triple fault is
+//!    [`VcpuExit::Shutdown`]), HLT halts the CPU.
+
+use crate::cache::{BlockCache, Limits, Tb, TbId, TbKey};
+use crate::frontend::{self, DeliveryError, TranslateError};
+use crate::irq::{InterruptController, Signal};
+use std::sync::Arc;
+use vireo_core::cpu::{flags, sreg};
+use vireo_core::exec::{BlockOutcome, Fault};
+use vireo_core::ir::ExitKind;
+use vireo_core::{CpuState, MachineControl, SystemBus, Vcpu, VcpuExit, VcpuKicker};
+use vireo_interp::{Interp, Prepared};
+use vireo_x86::X86Cpu;
+
+/// Most guest instructions in one block (QEMU's TCG_MAX_INSNS).
+pub const MAX_BLOCK_INSNS: usize = 512;
+
+const LOG_IN_ASM: &str = "vireo::tcg::in_asm";
+const LOG_OP: &str = "vireo::tcg::op";
+const LOG_EXEC: &str = "vireo::tcg::exec";
+
+/// Run-loop counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcgStats {
+    /// Blocks executed.
+    pub blocks: u64,
+    /// Blocks reached through a link (no lookup).
+    pub chained: u64,
+    /// Blocks translated.
+    pub translations: u64,
+    /// Exceptions delivered.
+    pub exceptions: u64,
+    /// External interrupts delivered.
+    pub interrupts: u64,
+}
+
+/// A translator: the block at the CPU's CS:RIP, at most `max_insns` instructions.
+pub type Translator = fn(&mut X86Cpu, usize) -> Result<vireo_core::ir::Block, TranslateError>;
+
+/// What the loop does after one step.
+enum Step {
+    Continue,
+    Exit(VcpuExit),
+}
+
+/// One x86 CPU run by the TCG engine.
+pub struct TcgVcpu {
+    cpu: X86Cpu,
+    cache: BlockCache,
+    interp: Interp,
+    control: Arc<MachineControl>,
+    signal: Arc<Signal>,
+    intc: Option<Arc<dyn InterruptController>>,
+    /// Stop once the instruction counter reaches this value.
+    budget: Option<u64>,
+    /// The block that just exited through `ExitKind::Jump` to the PC given: the
+    /// candidate for a link.
+    chain_from: Option<(TbId, u64)>,
+    max_insns: usize,
+    translator: Translator,
+    pub stats: TcgStats,
+}
+
+impl TcgVcpu {
+    /// A CPU in the RESET state on `bus`, with no interrupt controller.
+    pub fn new(bus: SystemBus, control: Arc<MachineControl>) -> TcgVcpu {
+        TcgVcpu {
+            cpu: X86Cpu::new(bus, CpuState::reset()),
+            cache: BlockCache::new(Limits::default()),
+            interp: Interp::new(),
+            control,
+            signal: Signal::new(),
+            intc: None,
+            budget: None,
+            chain_from: None,
+            max_insns: MAX_BLOCK_INSNS,
+            translator: frontend::translate,
+            stats: TcgStats::default(),
+        }
+    }
+
+    /// Connects the interrupt controller whose INTR output this CPU samples.
+    pub fn with_interrupts(mut self, intc: Arc<dyn InterruptController>) -> TcgVcpu {
+        let signal = self.signal.clone();
+        intc.set_notify(Box::new(move || signal.raise_irq()));
+        // A request may already be waiting.
+        self.signal.rearm_irq();
+        self.intc = Some(intc);
+        self
+    }
+
+    /// Replaces the translator (tests of the engine with a toy guest), dropping every
+    /// block.
+    pub fn set_translator(&mut self, translator: Translator) {
+        self.translator = translator;
+        self.flush_code();
+    }
+
+    /// Replaces the cache limits (tests of the flush path), dropping every block.
+    pub fn set_cache_limits(&mut self, limits: Limits) {
+        self.cache.flush(&mut self.cpu.mmu.code);
+        self.cache = BlockCache::new(limits);
+        self.chain_from = None;
+    }
+
+    /// Most guest instructions per block (1 makes every instruction a block).
+    pub fn set_max_block_insns(&mut self, n: usize) {
+        self.max_insns = n.clamp(1, MAX_BLOCK_INSNS);
+        self.flush_code();
+    }
+
+    /// Guest instructions executed so far (each started instruction counts).
+    pub fn insns(&self) -> u64 {
+        self.interp.insns
+    }
+
+    /// Makes `run` return [`VcpuExit::Stopped`] once [`TcgVcpu::insns`] reaches
+    /// `limit` (checked at block boundaries); `None` removes the limit.
+    pub fn set_insn_limit(&mut self, limit: Option<u64>) {
+        self.budget = limit;
+    }
+
+    /// Block-cache counters.
+    pub fn cache_stats(&self) -> crate::cache::CacheStats {
+        self.cache.stats
+    }
+
+    /// Number of blocks in the cache.
+    pub fn cached_blocks(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Drops every translated block (guest code was replaced behind the engine's
+    /// back: a loader, DMA, a test harness).
+    pub fn flush_code(&mut self) {
+        self.cache.flush(&mut self.cpu.mmu.code);
+        self.chain_from = None;
+    }
+
+    /// Drops the blocks with code in physical `[start, start+len)`.
+    pub fn invalidate_code(&mut self, start: u64, len: u64) {
+        self.cache
+            .invalidate_range(start, len, &mut self.cpu.mmu.code);
+        self.chain_from = None;
+    }
+
+    /// The frontend CPU (tests and debugging).
+    pub fn cpu(&mut self) -> &mut X86Cpu {
+        &mut self.cpu
+    }
+
+    fn run_loop(&mut self) -> VcpuExit {
+        if self.control.stop_reason().is_some() {
+            return VcpuExit::Stopped;
+        }
+        loop {
+            if self.signal.take_kick() {
+                return VcpuExit::Stopped;
+            }
+            if self.budget.is_some_and(|b| self.interp.insns >= b) {
+                return VcpuExit::Stopped;
+            }
+            if self.cpu.state.events.halted {
+                if let Some(exit) = self.halted() {
+                    return exit;
+                }
+                continue;
+            }
+            if let Step::Exit(e) = self.poll_interrupt() {
+                return e;
+            }
+            if let Step::Exit(e) = self.step() {
+                return e;
+            }
+        }
+    }
+
+    /// A halted CPU: waits for an interrupt it may take. Returns the exit when
+    /// nothing can wake it or a kick came, `None` when the loop should go on.
+    fn halted(&mut self) -> Option<VcpuExit> {
+        self.chain_from = None;
+        if self.intc.is_none() || self.cpu.state.rflags & flags::IF == 0 {
+            return Some(VcpuExit::Halted);
+        }
+        loop {
+            if self.signal.take_kick() {
+                return Some(VcpuExit::Stopped);
+            }
+            if self.signal.irq_hint() {
+                match self.take_interrupt() {
+                    Some(Step::Exit(e)) => return Some(e),
+                    Some(Step::Continue) => return None,
+                    // The request went away: sleep again.
+                    None => continue,
+                }
+            }
+            self.signal.wait();
+        }
+    }
+
+    /// Delivers a pending external interrupt if the CPU may take one now.
+    fn poll_interrupt(&mut self) -> Step {
+        if self.intc.is_none()
+            || !self.signal.irq_hint()
+            || !frontend::interrupts_enabled(&self.cpu)
+        {
+            return Step::Continue;
+        }
+        self.take_interrupt().unwrap_or(Step::Continue)
+    }
+
+    /// Acknowledges the controller's request and delivers it (waking a halted CPU).
+    /// `None` when no request was pending after all.
+    fn take_interrupt(&mut self) -> Option<Step> {
+        let intc = self.intc.as_ref()?;
+        self.signal.take_irq();
+        let vector = intc.acknowledge()?;
+        // The controller may hold more requests: look again at the next boundary.
+        self.signal.rearm_irq();
+        self.cpu.state.events.halted = false;
+        self.chain_from = None;
+        self.stats.interrupts += 1;
+        log::trace!(target: LOG_EXEC, "interrupt vector {vector:#x} at {:#x}", self.cpu.state.rip);
+        Some(match frontend::deliver_interrupt(&mut self.cpu, vector) {
+            Ok(()) => Step::Continue,
+            Err(e) => Step::Exit(delivery_exit(e)),
+        })
+    }
+
+    /// Delivers `fault` raised by the instruction at `pc`.
+    fn fault(&mut self, fault: Fault, pc: u64) -> Step {
+        self.chain_from = None;
+        self.stats.exceptions += 1;
+        self.cpu.state.rip = pc;
+        log::trace!(target: LOG_EXEC, "exception {} ({:?}) at {pc:#x}", fault.vector, fault.error_code);
+        match frontend::deliver_exception(&mut self.cpu, fault, pc) {
+            Ok(()) => Step::Continue,
+            Err(e) => Step::Exit(delivery_exit(e)),
+        }
+    }
+
+    /// Finds or translates the block at CS:RIP and runs it.
+    fn step(&mut self) -> Step {
+        let pc = self.cpu.state.rip;
+        let prev = self.chain_from.take();
+        let linked = prev.and_then(|(from, to_pc)| {
+            let next = self.cache.get(from)?.link_to(to_pc)?;
+            (to_pc == pc && self.cache.get(next).is_some()).then_some(next)
+        });
+        let id = match linked {
+            Some(next) => {
+                self.stats.chained += 1;
+                next
+            }
+            None => match self.find_block(pc, prev) {
+                Ok(id) => id,
+                Err(step) => return step,
+            },
+        };
+        let Some(tb) = self.cache.get(id) else {
+            return Step::Exit(VcpuExit::Failed("block cache lost a block".into()));
+        };
+        if log::log_enabled!(target: LOG_EXEC, log::Level::Trace) {
+            log::trace!(target: LOG_EXEC, "exec {:04x}:{pc:#x} phys {:#x}",
+                self.cpu.state.seg[sreg::CS].selector, tb.key.phys);
+        }
+        let shadow = self.cpu.state.events.interrupt_shadow;
+        self.stats.blocks += 1;
+        let outcome = self.interp.run(&tb.code, &mut self.cpu);
+        if shadow {
+            // The interrupt shadow (STI, MOV SS) covers the instruction after; a
+            // block is at least that instruction.
+            self.cpu.state.events.interrupt_shadow = false;
+        }
+        self.after_block();
+        match outcome {
+            BlockOutcome::Exit(ExitKind::Jump(target)) => {
+                self.chain_from = Some((id, target));
+                Step::Continue
+            }
+            BlockOutcome::Exit(ExitKind::Indirect | ExitKind::Sync) => Step::Continue,
+            BlockOutcome::Exit(ExitKind::Halt) => {
+                self.cpu.state.events.halted = true;
+                Step::Continue
+            }
+            BlockOutcome::Stopped { .. } => Step::Continue,
+            BlockOutcome::Fault { fault, pc } => self.fault(fault, pc),
+        }
+    }
+
+    /// Drops the blocks of code pages written by the last block.
+    fn after_block(&mut self) {
+        self.cpu.stop = false;
+        let dirty = self.cpu.mmu.code.take_dirty();
+        if !dirty.is_empty() {
+            for pfn in dirty {
+                log::trace!(target: LOG_EXEC, "code page {pfn:#x} written: dropping its blocks");
+                self.cache.invalidate_page(pfn, &mut self.cpu.mmu.code);
+            }
+        }
+    }
+
+    /// The block at CS:`pc`: from the cache (linking the previous block to it when it
+    /// may be), else translated. Faults fetching it are delivered (`Err(step)`).
+    fn find_block(&mut self, pc: u64, prev: Option<(TbId, u64)>) -> Result<TbId, Step> {
+        let linear = frontend::code_linear(&self.cpu, pc);
+        let phys = frontend::code_phys(&mut self.cpu, linear).map_err(|f| self.fault(f, pc))?;
+        let key = TbKey {
+            phys,
+            pc,
+            cs_base: self.cpu.state.seg[sreg::CS].base,
+            mode: frontend::mode_key(&self.cpu),
+        };
+        let id = match self.cache.lookup(&key) {
+            Some(id) if self.second_page_matches(id)? => id,
+            _ => self.translate(key, linear)?,
+        };
+        if let Some((from, to_pc)) = prev {
+            let same_page = self
+                .cache
+                .get(from)
+                .is_some_and(|f| f.linear_page == linear >> 12 && f.key.mode == key.mode);
+            let single_page = self.cache.get(id).is_some_and(|t| t.pages[1].is_none());
+            if same_page && single_page && to_pc == pc {
+                self.cache.link(from, pc, id);
+            }
+        }
+        Ok(id)
+    }
+
+    /// Whether block `id`'s second code page (if any) is still mapped where it was
+    /// when translated. A fault looking it up is delivered.
+    fn second_page_matches(&mut self, id: TbId) -> Result<bool, Step> {
+        let Some(tb) = self.cache.get(id) else {
+            return Ok(false);
+        };
+        let Some(pfn2) = tb.pages[1] else {
+            return Ok(true);
+        };
+        let linear2 = (tb.linear_page + 1) << 12;
+        let pc = tb.key.pc;
+        let phys2 = frontend::code_phys(&mut self.cpu, linear2).map_err(|f| self.fault(f, pc))?;
+        Ok(phys2 >> 12 == pfn2)
+    }
+
+    /// Translates the block for `key` (at CS:RIP, linear address `linear`) and
+    /// caches it.
+    fn translate(&mut self, key: TbKey, linear: u64) -> Result<TbId, Step> {
+        let block = match (self.translator)(&mut self.cpu, self.max_insns) {
+            Ok(b) => b,
+            Err(TranslateError::Fault(f)) => return Err(self.fault(f, key.pc)),
+            Err(TranslateError::Unavailable(why)) => {
+                return Err(Step::Exit(VcpuExit::Failed(format!("TCG: {why}"))))
+            }
+        };
+        if let Err(e) = block.validate() {
+            return Err(Step::Exit(VcpuExit::Failed(format!(
+                "TCG: the translator produced an invalid block at {:#x}: {e}",
+                key.pc
+            ))));
+        }
+        self.stats.translations += 1;
+        let len = u64::from(block.guest_len.max(1));
+        let last = linear.wrapping_add(len - 1);
+        let page2 = if last >> 12 != linear >> 12 {
+            let phys2 = frontend::code_phys(&mut self.cpu, last & !0xfff)
+                .map_err(|f| self.fault(f, key.pc))?;
+            Some(phys2 >> 12)
+        } else {
+            None
+        };
+        self.log_translation(&block, key, page2);
+        let tb = Tb {
+            key,
+            code: Prepared::new(block),
+            pages: [Some(key.phys >> 12), page2],
+            linear_page: linear >> 12,
+            links: [None; 2],
+        };
+        Ok(self.cache.insert(tb, &mut self.cpu.mmu.code))
+    }
+
+    /// `-d in_asm` and `-d op` output for a new block.
+    fn log_translation(&self, block: &vireo_core::ir::Block, key: TbKey, page2: Option<u64>) {
+        if log::log_enabled!(target: LOG_IN_ASM, log::Level::Trace) {
+            let len = block.guest_len as usize;
+            let mut bytes = vec![0u8; len];
+            let first = len.min(0x1000 - (key.phys & 0xfff) as usize);
+            vireo_x86::mmu::read_phys(&self.cpu, key.phys, &mut bytes[..first]);
+            if let Some(p2) = page2 {
+                vireo_x86::mmu::read_phys(&self.cpu, p2 << 12, &mut bytes[first..]);
+            }
+            let cs = &self.cpu.state.seg[sreg::CS];
+            let bitness = if cs.l && self.cpu.state.long_mode() {
+                64
+            } else if cs.db {
+                32
+            } else {
+                16
+            };
+            log::trace!(target: LOG_IN_ASM, "IN: {:04x}:{:#x} (phys {:#x}, {} insns)\n{}",
+                cs.selector, key.pc, key.phys, block.insns,
+                crate::disas::block(&bytes, key.pc, bitness));
+        }
+        if log::log_enabled!(target: LOG_OP, log::Level::Trace) {
+            log::trace!(target: LOG_OP, "OP:\n{block}");
+        }
+    }
+}
+
+/// The exit for an event that could not be delivered.
+fn delivery_exit(e: DeliveryError) -> VcpuExit {
+    match e {
+        DeliveryError::TripleFault => VcpuExit::Shutdown,
+        DeliveryError::Unsupported(why) => VcpuExit::Failed(format!("TCG: {why}")),
+    }
+}
+
+impl Vcpu for TcgVcpu {
+    fn run(&mut self) -> vireo_core::Result<VcpuExit> {
+        let exit = self.run_loop();
+        log::debug!(target: "vireo::tcg", "run: {exit:?} after {} insns, {} blocks ({} chained, {} translated)",
+            self.interp.insns, self.stats.blocks, self.stats.chained, self.stats.translations);
+        Ok(exit)
+    }
+
+    fn state(&mut self) -> vireo_core::Result<CpuState> {
+        Ok(self.cpu.state())
+    }
+
+    /// Replaces the state and drops every translated block: whoever replaces the whole
+    /// state (reset, snapshot) may have replaced memory too.
+    fn set_state(&mut self, state: &CpuState) -> vireo_core::Result<()> {
+        self.cpu.set_state(state.clone());
+        self.flush_code();
+        Ok(())
+    }
+
+    fn kicker(&self) -> Arc<dyn VcpuKicker> {
+        self.signal.clone()
+    }
+
+    fn engine(&self) -> &'static str {
+        "tcg"
+    }
+}
