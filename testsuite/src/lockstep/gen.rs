@@ -5,8 +5,8 @@
 //! set rather than a hand-picked list.
 
 use iced_x86::{
-    Code, EncodingKind, FlowControl, Instruction, MemoryOperand, Mnemonic, OpCodeOperandKind,
-    Register, RflagsBits,
+    Code, CpuidFeature, EncodingKind, FlowControl, Instruction, MemoryOperand, Mnemonic,
+    OpCodeOperandKind, Register, RflagsBits,
 };
 
 /// A small, seedable generator (SplitMix64): reproducible sequences from a seed.
@@ -229,8 +229,21 @@ pub fn candidates(bitness: u32, f: Features) -> Vec<Code> {
                 return false;
             }
             oc.op_kinds().iter().all(|k| operand_ok(*k))
+                && c.cpuid_features().iter().all(|x| feature_ok(*x, f))
         })
         .collect()
+}
+
+/// Whether an instruction needing CPUID feature `x` belongs to the feature set.
+fn feature_ok(x: CpuidFeature, f: Features) -> bool {
+    use CpuidFeature::*;
+    match x {
+        INTEL8086 | INTEL186 | INTEL286 | INTEL386 | INTEL486 | X64 | CMOV | CX8 | CMPXCHG16B
+        | MOVBE | POPCNT | LZCNT | ADX | MULTIBYTENOP | PAUSE => true,
+        FPU | FPU287 | FPU387 => f.x87,
+        MMX | SSE | SSE2 | SSE3 | SSSE3 | SSE4_1 | SSE4_2 => f.mmx_sse,
+        _ => false,
+    }
 }
 
 fn gpr(size: u32, index: u64) -> Register {

@@ -1,6 +1,6 @@
 //! Running a lockstep setup on an engine and comparing the results.
 
-use super::env::{decode_stop, Setup, Stop, DATA, DATA_LEN, MEM_SIZE, STOP_PORT};
+use super::env::{decode_stop, Mode, Setup, Stop, DATA, DATA_LEN, MEM_SIZE, STOP_PORT};
 use parking_lot::Mutex;
 use std::sync::Arc;
 use vireo_core::cpu::CpuState;
@@ -92,7 +92,7 @@ impl Engine {
     }
 
     /// Runs `setup` to its stop.
-    pub fn run(&mut self, setup: &Setup) -> Result<Outcome, RunError> {
+    pub fn run(&mut self, mode: Mode, setup: &Setup) -> Result<Outcome, RunError> {
         let other = |e: vireo_core::Error| RunError::Other(e.to_string());
         for (addr, bytes) in &setup.memory {
             self.mem.write(*addr, bytes).map_err(other)?;
@@ -110,7 +110,7 @@ impl Engine {
         let stop = if shutdown {
             None
         } else {
-            decode_stop(state.rip, state.gpr[4], |a| mem.read_u64(a).ok(), state.cr2)
+            decode_stop(mode, setup, &state, |a, n| mem.read_le(a, n).ok())
         };
         let mut data = vec![0u8; DATA_LEN as usize];
         self.mem.read(DATA, &mut data).map_err(other)?;
