@@ -87,7 +87,7 @@ Machine:
   -m [size=]SIZE          guest RAM; MiB by default, suffixes K, M, G (default 128M)
   -smp [cpus=]N           number of CPUs (only 1 for now)
   -machine|-M [pc][,accel=kvm|tcg]   machine type (pc, i440FX) and properties
-  -accel kvm|tcg          execution engine (default: kvm; tcg is not built yet)
+  -accel kvm|tcg          execution engine (default: kvm; tcg: translator + IR interpreter)
   -enable-kvm             same as -accel kvm
   -cpu host|max|qemu64    CPU model (default host); -cpu help lists them
 Boot:

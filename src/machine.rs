@@ -9,10 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use vireo_core::clock::{TimerDevice, TimerWaker};
 use vireo_core::{
-    A20Gate, CpuState, GuestMemory, IrqChip, MachineControl, StopReason, Vcpu, VcpuExit,
+    A20Gate, CpuState, GuestMemory, IrqChip, MachineControl, StopReason, SystemBus, Vcpu, VcpuExit,
     VirtualClock,
 };
+use vireo_devices::pic::{PicIrqChip, PicPair, SharedPic};
 use vireo_devices::serial::Serial;
+use vireo_tcg::{PicInterrupts, TcgVcpu};
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,8 +89,8 @@ impl Drop for TimerThread {
 
 /// A PC with one engine, ready to run.
 pub struct Machine {
-    // Fields drop in declaration order: the vCPU, the timer thread and the VM go
-    // before the guest memory they reference.
+    // Fields drop in declaration order: the vCPU, the timer thread and the VM (none
+    // under TCG) go before the guest memory they reference.
     vcpu: Box<dyn Vcpu>,
     _timers: TimerThread,
     _vm: Option<vireo_kvm::KvmVm>,
@@ -113,7 +115,15 @@ impl Machine {
         mem.load_rom(vireo_bios::FIRMWARE)?;
         let control = MachineControl::new();
 
-        let (vm, irq): (vireo_kvm::KvmVm, Arc<dyn IrqChip>) = match config.accel {
+        let a20 = A20Gate::new();
+        // The engine's interrupt controller: KVM's in-kernel irqchip, or for TCG the
+        // userspace 8259A pair (ISA IRQ n = GSI n), which the platform puts on the
+        // port bus.
+        let (vm, irq, pic): (
+            Option<vireo_kvm::KvmVm>,
+            Arc<dyn IrqChip>,
+            Option<SharedPic>,
+        ) = match config.accel {
             Accel::Kvm => {
                 let model = config.cpu_model.parse()?;
                 let vm = vireo_kvm::KvmVm::new(
@@ -124,12 +134,11 @@ impl Machine {
                     },
                 )?;
                 let irq = vm.irq_chip();
-                (vm, irq)
+                (Some(vm), irq, None)
             }
             Accel::Tcg => {
-                return Err(Error::usage(
-                    "-accel tcg: the TCG engine is not built yet; use -accel kvm",
-                ))
+                let pic = PicPair::new_shared();
+                (None, Arc::new(PicIrqChip(pic.clone())), Some(pic))
             }
         };
         let wiring = Wiring {
@@ -138,7 +147,8 @@ impl Machine {
             clock: VirtualClock::host(),
             waker: TimerWaker::new(),
             control: control.clone(),
-            a20: A20Gate::new(),
+            a20: a20.clone(),
+            pic: pic.clone(),
         };
         let plat = platform::build(&config, &wiring, files.as_ref())?;
         let rsdp = platform::write_tables(&config, &mem)?;
@@ -149,7 +159,22 @@ impl Machine {
 
         let pio = Arc::new(plat.pio);
         let mmio = Arc::new(plat.mmio);
-        let mut vcpu: Box<dyn Vcpu> = Box::new(vm.create_vcpu(0, pio, mmio, control.clone())?);
+        let mut vcpu: Box<dyn Vcpu> = match (&vm, pic) {
+            (Some(vm), _) => Box::new(vm.create_vcpu(0, pio, mmio, control.clone())?),
+            (None, pic) => {
+                let bus = SystemBus {
+                    mem: mem.clone(),
+                    pio,
+                    mmio,
+                    a20,
+                };
+                let mut tcg = TcgVcpu::new(bus, control.clone());
+                if let Some(pic) = pic {
+                    tcg = tcg.with_interrupts(Arc::new(PicInterrupts(pic)));
+                }
+                Box::new(tcg)
+            }
+        };
         vcpu.set_state(&state)?;
         let kicker = vcpu.kicker();
         control.add_kick(Box::new(move || kicker.kick()));
@@ -157,7 +182,7 @@ impl Machine {
         Ok(Machine {
             vcpu,
             _timers: timers,
-            _vm: Some(vm),
+            _vm: vm,
             com1: plat.com1,
             control,
             mem,

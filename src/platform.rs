@@ -12,6 +12,7 @@ use vireo_core::{
     A20Gate, Bus, BusDevice, CpuState, GuestMemory, IrqChip, IrqLine, MachineControl, VirtualClock,
 };
 use vireo_devices::chardev::{CharOut, Stdout};
+use vireo_devices::pic::{PicPair, SharedPic};
 use vireo_devices::serial::{Serial, COM_PORTS, UART_REGS};
 use vireo_devices::{acpi, acpi_pm, fw_cfg, i8042, pci, pit, port92, rtc};
 
@@ -23,6 +24,9 @@ pub struct Wiring {
     pub waker: Arc<TimerWaker>,
     pub control: Arc<MachineControl>,
     pub a20: Arc<A20Gate>,
+    /// The userspace 8259A pair when the engine has no interrupt controller of its
+    /// own (TCG): its ports go on the port bus.
+    pub pic: Option<SharedPic>,
 }
 
 impl Wiring {
@@ -104,6 +108,11 @@ pub fn build(config: &MachineConfig, w: &Wiring, files: Option<&GuestFiles>) -> 
     for d in &config.debug_exits {
         let dev = shared(vireo_devices::debug_exit::DebugExit::new(w.control.clone()));
         pio.insert(u64::from(d.iobase), u64::from(d.iosize), dev)?;
+    }
+
+    // Interrupt controller (TCG): master 0x20, slave 0xA0, ELCR 0x4D0.
+    if let Some(pic) = &w.pic {
+        PicPair::register(pic, &mut pio)?;
     }
 
     // Timers: PIT (IRQ 0) with port 0x61, RTC/CMOS (IRQ 8).
