@@ -1,1 +1,542 @@
-//! Guest x86 code → IR (being written).
+//! Guest x86 code → IR.
+//!
+//! [`translate_block`] decodes guest instructions with iced-x86 from `CS.base + RIP`
+//! and emits one IR [`Block`]. The block ends at a control transfer, after a helper
+//! that changes translation-relevant state (`ends_block`), after `max_insns`
+//! instructions, or before the first instruction that starts on another 4 KiB page
+//! than the block's first one (an instruction straddling the page boundary may be the
+//! block's last). Every instruction starts with `insn_start(pc, len)`; at every exit
+//! `Global::Pc` holds the next PC (relative to the CS base, wrapped to the IP width).
+//!
+//! # What a block depends on: [`mode_key`]
+//! The translation reads nothing of the CPU but the bits [`mode_key`] returns (plus
+//! the code bytes), so a block cache keyed on (physical PC, mode key) is correct.
+//!
+//! # Layout
+//! - this file: the [`Tr`] context, the block loop, the instruction dispatch;
+//! - [`operand`]: registers, effective addresses, segment checks, operand access;
+//! - [`cc`]: lazy flags (setting them, evaluating conditions);
+//! - [`alu`], [`shift`], [`muldiv`], [`bits`]: arithmetic;
+//! - [`string`]: string instructions with REP;
+//! - [`control`], [`stack`]: branches, calls, stack operations;
+//! - [`system`]: privileged instructions lowered to [`SysHelper`] calls.
+//!
+//! # Not translated yet
+//! x87, MMX, SSE/AVX and the BMI/ADX extensions raise #UD (our CPUID does not
+//! advertise them); the x87/SSE pass will add #NM for CR0.EM/TS.
+
+mod alu;
+mod bits;
+mod cc;
+mod control;
+mod muldiv;
+mod operand;
+mod shift;
+mod stack;
+mod string;
+mod system;
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_more;
+#[cfg(test)]
+mod vectors286;
+
+use crate::cpu::X86Cpu;
+use crate::helpers::system::SysHelper;
+use iced_x86::{Code, Decoder, DecoderError, DecoderOptions, Instruction, Mnemonic};
+use vireo_core::cpu::{ctl, flags as fl, sreg};
+use vireo_core::exec::Fault;
+use vireo_core::ir::{Block, Builder, ExitKind, Global, MmuIdx, Size, Temp};
+
+pub(crate) use cc::CcTrack;
+
+/// How data accesses through one segment are checked, decided at translation time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegClass {
+    /// Call [`crate::helpers::integer::IntHelper::SegCheck`] at run time.
+    Checked = 0,
+    /// Limit 0xFFFF, expand-up, readable and writable: checked inline.
+    Limit64K = 1,
+    /// Limit 4 GiB, expand-up, readable and writable: no check (64-bit mode: every
+    /// segment).
+    Flat = 2,
+}
+
+/// The translation-relevant CPU mode (everything [`mode_key`] encodes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mode {
+    /// Code size: 16, 32 or 64.
+    pub bits: u32,
+    /// Stack-pointer width (SS.B; 64 in 64-bit mode).
+    pub stack: Size,
+    /// CR0.PE.
+    pub pe: bool,
+    /// RFLAGS.VM (virtual-8086 mode).
+    pub vm86: bool,
+    /// EFER.LMA.
+    pub long: bool,
+    pub cpl: u8,
+    pub seg: [SegClass; 6],
+}
+
+impl Mode {
+    /// The mode the CPU is in.
+    pub fn of(cpu: &X86Cpu) -> Mode {
+        let s = &cpu.state;
+        let pe = s.cr0 & ctl::CR0_PE != 0;
+        let vm86 = pe && s.rflags & fl::VM != 0;
+        let long = s.long_mode();
+        let cs = &s.seg[sreg::CS];
+        let bits = if long && cs.l {
+            64
+        } else if pe && !vm86 && cs.db {
+            32
+        } else {
+            16
+        };
+        let stack = if bits == 64 {
+            Size::B64
+        } else if s.seg[sreg::SS].db && pe && !vm86 {
+            Size::B32
+        } else if s.seg[sreg::SS].db && !pe {
+            // Real mode keeps a big stack segment loaded in protected mode.
+            Size::B32
+        } else {
+            Size::B16
+        };
+        let mut seg = [SegClass::Flat; 6];
+        if bits != 64 {
+            for (i, c) in seg.iter_mut().enumerate() {
+                *c = classify(&s.seg[i], pe && !vm86);
+            }
+        }
+        Mode {
+            bits,
+            stack,
+            pe,
+            vm86,
+            long,
+            cpl: s.cpl(),
+            seg,
+        }
+    }
+
+    /// The MMU index of data accesses.
+    pub fn mmu(&self) -> MmuIdx {
+        if self.cpl == 3 {
+            MmuIdx::User
+        } else {
+            MmuIdx::Kernel
+        }
+    }
+
+    /// Default address size.
+    pub fn addr_size(&self) -> Size {
+        match self.bits {
+            64 => Size::B64,
+            32 => Size::B32,
+            _ => Size::B16,
+        }
+    }
+
+    /// Mask of the instruction pointer.
+    pub fn ip_mask(&self) -> u64 {
+        match self.bits {
+            64 => u64::MAX,
+            32 => 0xffff_ffff,
+            _ => 0xffff,
+        }
+    }
+
+    /// Whether this is real mode (not V86).
+    pub fn real(&self) -> bool {
+        !self.pe
+    }
+
+    fn key(&self) -> u64 {
+        let code = match self.bits {
+            16 => 0,
+            32 => 1,
+            _ => 2,
+        };
+        let stack = match self.stack {
+            Size::B16 => 0,
+            Size::B32 => 1,
+            _ => 2,
+        };
+        let mut k = code
+            | stack << 2
+            | u64::from(self.pe) << 4
+            | u64::from(self.vm86) << 5
+            | u64::from(self.long) << 6
+            | u64::from(self.cpl & 3) << 7;
+        for (i, c) in self.seg.iter().enumerate() {
+            k |= (*c as u64) << (9 + 2 * i);
+        }
+        k
+    }
+}
+
+fn classify(seg: &vireo_core::cpu::Segment, protected: bool) -> SegClass {
+    let rw_up = if protected {
+        !seg.unusable && seg.present && seg.s && seg.type_ & 0xe == 0x2
+    } else {
+        // Real/V86 mode: no type checks, but an expand-down data segment left by
+        // protected mode keeps its limit semantics.
+        seg.type_ & 0xc != 0x4
+    };
+    match seg.limit {
+        0xffff if rw_up => SegClass::Limit64K,
+        0xffff_ffff if rw_up => SegClass::Flat,
+        _ => SegClass::Checked,
+    }
+}
+
+/// Every bit of CPU state a translation depends on:
+///
+/// | bits | meaning |
+/// | --- | --- |
+/// | 0-1 | code size: 0 = 16, 1 = 32, 2 = 64 (CS.L in long mode, else CS.D; real/V86 16) |
+/// | 2-3 | stack size: 0 = 16, 1 = 32 (SS.B), 2 = 64 |
+/// | 4 | CR0.PE |
+/// | 5 | RFLAGS.VM |
+/// | 6 | EFER.LMA |
+/// | 7-8 | CPL (selects the MMU index and inline privilege checks) |
+/// | 9-20 | per segment ES, CS, SS, DS, FS, GS, 2 bits: [`SegClass`] (0 checked at run time, 1 limit 0xFFFF, 2 flat) |
+///
+/// Segment bases are not part of the key: blocks read `Global::SegBase`.
+pub fn mode_key(cpu: &X86Cpu) -> u64 {
+    Mode::of(cpu).key()
+}
+
+/// Whether the instruction ends the block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flow {
+    Next,
+    End,
+}
+
+/// Translation context of one block.
+pub(crate) struct Tr {
+    pub b: Builder,
+    pub m: Mode,
+    pub i: Instruction,
+    /// PC (CS-relative) of the current instruction and of the next one.
+    pub pc: u64,
+    pub next_pc: u64,
+    /// Effective address size of the current instruction.
+    pub asize: Size,
+    pub cc: CcTrack,
+    /// Added to an RSP base in effective addresses (POP [rsp+x]).
+    pub sp_adjust: u64,
+}
+
+/// Reads the code bytes of the instruction at CS-relative `pc`: up to 15 bytes,
+/// stopping at the first byte that cannot be fetched (its fault is returned too).
+fn fetch(cpu: &mut X86Cpu, m: &Mode, pc: u64, buf: &mut [u8; 15]) -> (usize, Option<Fault>) {
+    let base = cpu.state.seg[sreg::CS].base;
+    let mmu = m.mmu();
+    for i in 0..buf.len() {
+        let off = pc.wrapping_add(i as u64) & m.ip_mask();
+        let mut lin = base.wrapping_add(off);
+        if m.bits != 64 {
+            lin &= 0xffff_ffff;
+        }
+        match crate::mmu::read(cpu, lin, Size::B8, mmu) {
+            Ok(v) => buf[i] = v as u8,
+            Err(f) => return (i, Some(f)),
+        }
+    }
+    (buf.len(), None)
+}
+
+/// Linear address of CS-relative `pc`.
+fn code_linear(cpu: &X86Cpu, m: &Mode, pc: u64) -> u64 {
+    let lin = cpu.state.seg[sreg::CS].base.wrapping_add(pc);
+    if m.bits == 64 {
+        lin
+    } else {
+        lin & 0xffff_ffff
+    }
+}
+
+/// Effective address size from the legacy prefixes of `bytes` (67h toggles).
+fn scan_addr_size(m: &Mode, bytes: &[u8]) -> Size {
+    let mut has67 = false;
+    for &b in bytes {
+        match b {
+            0x67 => has67 = true,
+            0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x66 | 0xf0 | 0xf2 | 0xf3 => {}
+            0x40..=0x4f if m.bits == 64 => {}
+            _ => break,
+        }
+    }
+    match (m.bits, has67) {
+        (64, false) => Size::B64,
+        (64, true) => Size::B32,
+        (32, false) | (16, true) => Size::B32,
+        _ => Size::B16,
+    }
+}
+
+/// Translates the block at the CPU's current CS:RIP.
+///
+/// Returns `Err(fault)` when the first instruction cannot be fetched (a page fault,
+/// with `address` set for CR2): the run loop delivers it. A later instruction that
+/// cannot be fetched ends the block before it, so that it faults as the first
+/// instruction of the next block.
+pub fn translate_block(cpu: &mut X86Cpu, max_insns: usize) -> Result<Block, Fault> {
+    let m = Mode::of(cpu);
+    let start = cpu.state.rip & m.ip_mask();
+    let mut tr = Tr {
+        b: Builder::new(start),
+        m,
+        i: Instruction::default(),
+        pc: start,
+        next_pc: start,
+        asize: m.addr_size(),
+        cc: CcTrack::default(),
+        sp_adjust: 0,
+    };
+    let first_page = code_linear(cpu, &m, start) >> 12;
+    let mut pc = start;
+    let mut n = 0usize;
+    loop {
+        if n > 0 && (n >= max_insns.max(1) || code_linear(cpu, &m, pc) >> 12 != first_page) {
+            tr.exit_to(pc);
+            break;
+        }
+        let mut buf = [0u8; 15];
+        let (avail, fault) = fetch(cpu, &m, pc, &mut buf);
+        let mut dec = Decoder::with_ip(m.bits, &buf[..avail], pc, DecoderOptions::NONE);
+        let insn = dec.decode();
+        let len = insn.len().clamp(1, 15);
+        if insn.is_invalid() && dec.last_error() == DecoderError::NoMoreBytes {
+            if let Some(f) = fault {
+                if n == 0 {
+                    return Err(f);
+                }
+                tr.exit_to(pc);
+                break;
+            }
+        }
+        n += 1;
+        tr.i = insn;
+        tr.pc = pc;
+        tr.next_pc = pc.wrapping_add(len as u64) & m.ip_mask();
+        tr.asize = scan_addr_size(&m, &buf[..avail.min(len)]);
+        tr.sp_adjust = 0;
+        tr.b.insn_start(pc, len as u8);
+        let flow = tr.insn();
+        if flow == Flow::End {
+            break;
+        }
+        pc = tr.next_pc;
+    }
+    let block = tr.b.finish();
+    debug_assert!(block.validate().is_ok(), "{:?}", block.validate());
+    Ok(block)
+}
+
+impl Tr {
+    /// Ends the block with a jump to the constant `pc`.
+    pub fn exit_to(&mut self, pc: u64) {
+        let t = self.b.konst(pc);
+        self.b.set(Global::Pc, t);
+        self.b.exit(ExitKind::Jump(pc));
+    }
+
+    /// Ends the block at the computed `pc`.
+    pub fn exit_indirect(&mut self, pc: Temp) {
+        self.b.set(Global::Pc, pc);
+        self.b.exit(ExitKind::Indirect);
+    }
+
+    /// Raises an exception unconditionally; ends the instruction.
+    pub fn raise(&mut self, vector: u8, error: Option<u32>) -> Flow {
+        let e = error.map(|e| self.b.konst(u64::from(e)));
+        self.b.raise(vector, e);
+        Flow::End
+    }
+
+    /// #UD.
+    pub fn ud(&mut self) -> Flow {
+        self.raise(6, None)
+    }
+
+    /// Raises `vector` (error code 0 if `err0`) when `cond != 0`.
+    pub fn raise_if(&mut self, cond: Temp, vector: u8, err0: bool) {
+        let skip = self.b.label();
+        let ok = self.b.konst(0);
+        let is_ok = self
+            .b
+            .setcond(vireo_core::ir::Cond::Eq, Size::B64, cond, ok);
+        self.b.br_if(is_ok, skip);
+        let e = err0.then(|| self.b.konst(0));
+        self.b.raise(vector, e);
+        self.b.set_label(skip);
+    }
+
+    /// Calls a system helper (PC set to the next instruction first when it ends the
+    /// block).
+    pub fn sys(&mut self, h: SysHelper, args: &[Temp], ret: bool) -> Option<Temp> {
+        let eff = crate::helpers::lookup(h.id())
+            .map(|d| d.effects)
+            .unwrap_or(vireo_core::ir::Effects::ALL);
+        if eff.ends_block {
+            let t = self.b.konst(self.next_pc);
+            self.b.set(Global::Pc, t);
+        }
+        self.cc.forget_if(eff.writes_globals);
+        self.b.call(h.id(), args, ret, eff)
+    }
+
+    /// Calls an integer helper.
+    pub fn int(
+        &mut self,
+        h: crate::helpers::integer::IntHelper,
+        args: &[Temp],
+        ret: bool,
+    ) -> Option<Temp> {
+        let eff = h.effects();
+        self.b.call(h.id(), args, ret, eff)
+    }
+
+    /// Ends the block after a helper that changed the mode (PC already set).
+    pub fn sync(&mut self) -> Flow {
+        self.b.exit(ExitKind::Sync);
+        Flow::End
+    }
+
+    /// Translates the current instruction.
+    fn insn(&mut self) -> Flow {
+        let i = self.i;
+        if i.is_invalid() {
+            return self.ud();
+        }
+        use Mnemonic as M;
+        match i.mnemonic() {
+            M::Add | M::Or | M::Adc | M::Sbb | M::And | M::Sub | M::Xor | M::Cmp => self.alu2(),
+            M::Test => self.test(),
+            M::Inc | M::Dec => self.incdec(),
+            M::Neg => self.neg(),
+            M::Not => self.not(),
+            M::Mov => self.mov(),
+            M::Movzx | M::Movsx | M::Movsxd => self.movx(),
+            M::Lea => self.lea(),
+            M::Xchg => self.xchg(),
+            M::Cmovo
+            | M::Cmovno
+            | M::Cmovb
+            | M::Cmovae
+            | M::Cmove
+            | M::Cmovne
+            | M::Cmovbe
+            | M::Cmova
+            | M::Cmovs
+            | M::Cmovns
+            | M::Cmovp
+            | M::Cmovnp
+            | M::Cmovl
+            | M::Cmovge
+            | M::Cmovle
+            | M::Cmovg => self.cmov(),
+            M::Seto
+            | M::Setno
+            | M::Setb
+            | M::Setae
+            | M::Sete
+            | M::Setne
+            | M::Setbe
+            | M::Seta
+            | M::Sets
+            | M::Setns
+            | M::Setp
+            | M::Setnp
+            | M::Setl
+            | M::Setge
+            | M::Setle
+            | M::Setg => self.setcc(),
+            M::Cbw | M::Cwde | M::Cdqe => self.cbw(),
+            M::Cwd | M::Cdq | M::Cqo => self.cwd(),
+            M::Xadd => self.xadd(),
+            M::Cmpxchg => self.cmpxchg(),
+            M::Cmpxchg8b | M::Cmpxchg16b => self.cmpxchg8b(),
+            M::Bswap => self.bswap(),
+            M::Movbe => self.movbe(),
+            M::Xlatb => self.xlat(),
+            M::Lahf => self.lahf(),
+            M::Sahf => self.sahf(),
+            M::Clc | M::Stc | M::Cmc => self.carry_op(),
+            M::Cld | M::Std => self.df_op(),
+            M::Salc => self.salc(),
+            M::Nop | M::Pause | M::Fnop | M::Endbr32 | M::Endbr64 => Flow::Next,
+            M::Prefetch | M::Prefetchw | M::Prefetchnta | M::Prefetcht0 | M::Prefetcht1 => {
+                Flow::Next
+            }
+            M::Prefetcht2 | M::Lfence | M::Sfence | M::Mfence => Flow::Next,
+            M::Rol | M::Ror | M::Rcl | M::Rcr | M::Shl | M::Sal | M::Shr | M::Sar => self.shift(),
+            M::Shld | M::Shrd => self.shxd(),
+            M::Mul | M::Imul => self.mul(),
+            M::Div | M::Idiv => self.div(),
+            M::Daa => self.bcd(0),
+            M::Das => self.bcd(1),
+            M::Aaa => self.bcd(2),
+            M::Aas => self.bcd(3),
+            M::Aam | M::Aad => self.aam(),
+            M::Bt | M::Bts | M::Btr | M::Btc => self.bt(),
+            M::Bsf | M::Bsr => self.bsf(),
+            M::Tzcnt | M::Lzcnt => self.tzcnt(),
+            M::Popcnt => self.popcnt(),
+            M::Movsb | M::Movsw | M::Movsd | M::Movsq if self.string_form() => self.string(),
+            M::Cmpsb | M::Cmpsw | M::Cmpsd | M::Cmpsq if self.string_form() => self.string(),
+            M::Stosb | M::Stosw | M::Stosd | M::Stosq => self.string(),
+            M::Lodsb | M::Lodsw | M::Lodsd | M::Lodsq => self.string(),
+            M::Scasb | M::Scasw | M::Scasd | M::Scasq => self.string(),
+            M::Insb | M::Insw | M::Insd | M::Outsb | M::Outsw | M::Outsd => self.string(),
+            M::Jmp => self.jmp(),
+            M::Call => self.call(),
+            M::Ret => self.ret(),
+            M::Jo
+            | M::Jno
+            | M::Jb
+            | M::Jae
+            | M::Je
+            | M::Jne
+            | M::Jbe
+            | M::Ja
+            | M::Js
+            | M::Jns
+            | M::Jp
+            | M::Jnp
+            | M::Jl
+            | M::Jge
+            | M::Jle
+            | M::Jg => self.jcc(),
+            M::Loop | M::Loope | M::Loopne | M::Jcxz | M::Jecxz | M::Jrcxz => self.loop_(),
+            M::Push => self.push_insn(),
+            M::Pop => self.pop_insn(),
+            M::Pusha | M::Pushad => self.pusha(),
+            M::Popa | M::Popad => self.popa(),
+            M::Pushf | M::Pushfd | M::Pushfq => self.pushf(),
+            M::Popf | M::Popfd | M::Popfq => self.popf(),
+            M::Enter => self.enter(),
+            M::Leave => self.leave(),
+            M::Bound => self.bound(),
+            M::Ud0 | M::Ud1 | M::Ud2 => self.ud(),
+            _ => self.system(),
+        }
+    }
+
+    /// MOVSD/CMPSD are also SSE instructions: the string forms have no register
+    /// operands.
+    fn string_form(&self) -> bool {
+        self.i.code() != Code::INVALID
+            && (0..self.i.op_count()).all(|n| self.i.op_kind(n) != iced_x86::OpKind::Register)
+    }
+}
+
+/// The RFLAGS bit DF.
+pub(crate) const DF: u64 = fl::DF;

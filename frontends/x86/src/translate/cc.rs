@@ -1,0 +1,174 @@
+//! Lazy flags in the translator: recording the flag-setting operation in the
+//! `CcOp/CcDst/CcSrc/CcSrc2` globals, and evaluating conditions inline when the
+//! operation is known at translation time (else through `compute_eflags`).
+
+use super::Tr;
+use crate::flags::{cc_op, CcKind, CC_EFLAGS};
+use crate::helpers::integer::IntHelper;
+use iced_x86::ConditionCode;
+use vireo_core::cpu::flags::{CF, OF, PF, SF, ZF};
+use vireo_core::ir::{BinOp, Cond, Global, Size, Temp};
+
+/// What the translator knows about the lazy flags at the current point.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CcTrack {
+    /// The operation and the temps holding `cc_dst`/`cc_src`, when known.
+    pub known: Option<(CcKind, Size, Temp, Temp)>,
+}
+
+impl CcTrack {
+    /// Forgets the operation (a helper may have changed the flags).
+    pub fn forget_if(&mut self, writes: bool) {
+        if writes {
+            self.known = None;
+        }
+    }
+}
+
+impl Tr {
+    /// Records a flag-setting operation.
+    pub fn set_cc(&mut self, kind: CcKind, size: Size, dst: Temp, src: Temp, src2: Option<Temp>) {
+        let op = self.b.konst(cc_op(kind, size));
+        self.b.set(Global::CcOp, op);
+        self.b.set(Global::CcDst, dst);
+        self.b.set(Global::CcSrc, src);
+        if let Some(s2) = src2 {
+            self.b.set(Global::CcSrc2, s2);
+        }
+        self.cc.known = Some((kind, size, dst, src));
+    }
+
+    /// Sets the flags to the explicit value `f` (arithmetic bits in RFLAGS positions).
+    pub fn set_eflags(&mut self, f: Temp) {
+        let op = self.b.konst(CC_EFLAGS);
+        self.b.set(Global::CcOp, op);
+        self.b.set(Global::CcSrc, f);
+        let z = self.b.konst(0);
+        self.b.set(Global::CcDst, z);
+        self.cc.known = Some((CcKind::Eflags, Size::B64, z, f));
+    }
+
+    /// The six arithmetic flags, computed.
+    pub fn eflags(&mut self) -> Temp {
+        if let Some((CcKind::Eflags, _, _, src)) = self.cc.known {
+            return src;
+        }
+        let op = self.b.get(Global::CcOp);
+        let d = self.b.get(Global::CcDst);
+        let s = self.b.get(Global::CcSrc);
+        let s2 = self.b.get(Global::CcSrc2);
+        self.int(IntHelper::ComputeEflags, &[op, d, s, s2], true)
+            .unwrap_or(op)
+    }
+
+    /// CF as 0/1.
+    pub fn carry(&mut self) -> Temp {
+        match self.cc.known {
+            Some((CcKind::Logic | CcKind::Clr | CcKind::Popcnt, ..)) => self.b.konst(0),
+            Some((CcKind::Sub, size, d, s)) => {
+                let a = self.b.bin(BinOp::Add, size, d, s);
+                self.b.setcond(Cond::Ltu, size, a, s)
+            }
+            Some((CcKind::Add, size, d, s)) => self.b.setcond(Cond::Ltu, size, d, s),
+            Some((CcKind::Inc | CcKind::Dec, _, _, s)) => self.b.bini(BinOp::And, Size::B64, s, 1),
+            _ => {
+                let f = self.eflags();
+                self.b.bini(BinOp::And, Size::B64, f, CF)
+            }
+        }
+    }
+
+    /// Evaluates condition `cc` to 0/1.
+    pub fn cond(&mut self, cc: ConditionCode) -> Temp {
+        use ConditionCode as C;
+        let (base, neg) = match cc {
+            C::no => (C::o, true),
+            C::ae => (C::b, true),
+            C::ne => (C::e, true),
+            C::a => (C::be, true),
+            C::ns => (C::s, true),
+            C::np => (C::p, true),
+            C::ge => (C::l, true),
+            C::g => (C::le, true),
+            C::None => {
+                return self.b.konst(1);
+            }
+            c => (c, false),
+        };
+        let v = self.cond_base(base);
+        if neg {
+            self.b.bini(BinOp::Xor, Size::B64, v, 1)
+        } else {
+            v
+        }
+    }
+
+    fn cond_base(&mut self, cc: ConditionCode) -> Temp {
+        use ConditionCode as C;
+        if let Some((kind, size, d, s)) = self.cc.known {
+            let zero = self.b.konst(0);
+            let from_dst = matches!(
+                kind,
+                CcKind::Add
+                    | CcKind::Adc
+                    | CcKind::Sub
+                    | CcKind::Sbb
+                    | CcKind::Logic
+                    | CcKind::Inc
+                    | CcKind::Dec
+                    | CcKind::Shl
+                    | CcKind::Sar
+                    | CcKind::Mul
+            );
+            match (kind, cc) {
+                (CcKind::Sub, C::b | C::be | C::l | C::le) => {
+                    let a = self.b.bin(BinOp::Add, size, d, s);
+                    let c = match cc {
+                        C::b => Cond::Ltu,
+                        C::be => Cond::Leu,
+                        C::l => Cond::Lt,
+                        _ => Cond::Le,
+                    };
+                    return self.b.setcond(c, size, a, s);
+                }
+                (CcKind::Logic, C::b | C::o) => return zero,
+                (CcKind::Logic, C::l) => return self.b.setcond(Cond::Lt, size, d, zero),
+                (CcKind::Logic, C::le) => return self.b.setcond(Cond::Le, size, d, zero),
+                (CcKind::Logic, C::be) => return self.b.setcond(Cond::Eq, size, d, zero),
+                (_, C::e) if from_dst => return self.b.setcond(Cond::Eq, size, d, zero),
+                (_, C::s) if from_dst => return self.b.setcond(Cond::Lt, size, d, zero),
+                _ => {}
+            }
+        }
+        let f = self.eflags();
+        let bit = |t: &mut Tr, f: Temp, m: u64| {
+            let sh =
+                t.b.bini(BinOp::Shr, Size::B64, f, u64::from(m.trailing_zeros()));
+            t.b.bini(BinOp::And, Size::B64, sh, 1)
+        };
+        match cc {
+            C::o => bit(self, f, OF),
+            C::b => bit(self, f, CF),
+            C::e => bit(self, f, ZF),
+            C::s => bit(self, f, SF),
+            C::p => bit(self, f, PF),
+            C::be => {
+                let m = self.b.bini(BinOp::And, Size::B64, f, CF | ZF);
+                let z = self.b.konst(0);
+                self.b.setcond(Cond::Ne, Size::B64, m, z)
+            }
+            C::l | C::le => {
+                let sf = bit(self, f, SF);
+                let of = bit(self, f, OF);
+                let l = self.b.bin(BinOp::Xor, Size::B64, sf, of);
+                if cc == C::l {
+                    l
+                } else {
+                    let zf = bit(self, f, ZF);
+                    self.b.bin(BinOp::Or, Size::B64, l, zf)
+                }
+            }
+            _ => self.b.konst(0),
+        }
+    }
+}
