@@ -29,6 +29,20 @@ pub struct X86Cpu {
     pub insn_pc: u64,
     /// Stop the current block at the next instruction boundary.
     pub stop: bool,
+    /// The CPUID model (what the guest is told this CPU implements).
+    pub cpuid: crate::cpuid::CpuidModel,
+    /// MSRs not carried in [`CpuState`] (MTRRs, TSC offset...).
+    pub msrs: crate::msr::MsrExtra,
+    /// The TSC's time source: a monotonic counter the TSC is derived from (TSC =
+    /// source + offset, the offset moved by writes to IA32_TSC). `None` uses
+    /// [`X86Cpu::icount`]. The run loop may install e.g. the virtual clock in TSC ticks.
+    pub tsc_source: Option<crate::msr::TscSource>,
+    /// Guest instructions executed, kept by the run loop (the default TSC source).
+    pub icount: u64,
+    /// Set by a helper whose fault belongs to a different instruction than the one
+    /// running (a fault in the new task after a task switch): the return address
+    /// [`X86Cpu::deliver_exception`] pushes instead of its `insn_pc`.
+    pub fault_pc: Option<u64>,
 }
 
 impl X86Cpu {
@@ -40,6 +54,11 @@ impl X86Cpu {
             mmu: crate::mmu::Mmu::default(),
             insn_pc: 0,
             stop: false,
+            cpuid: crate::cpuid::CpuidModel::default(),
+            msrs: crate::msr::MsrExtra::default(),
+            tsc_source: None,
+            icount: 0,
+            fault_pc: None,
         };
         cpu.set_state(state);
         cpu
@@ -62,19 +81,53 @@ impl X86Cpu {
         };
     }
 
-    /// The architectural state with RFLAGS complete.
+    /// The architectural state with RFLAGS complete (and `msr.tsc` the current TSC).
     pub fn state(&self) -> CpuState {
         let mut s = self.state.clone();
         s.rflags = self.rflags();
+        s.msr.tsc = self.tsc();
         s
     }
 
-    /// Loads a complete architectural state (flushes the TLB).
+    /// Loads a complete architectural state (flushes the TLB; the TSC continues from
+    /// `msr.tsc`).
     pub fn set_state(&mut self, s: CpuState) {
         let rflags = s.rflags;
+        let tsc = s.msr.tsc;
         self.state = s;
         self.set_rflags(rflags);
+        self.set_tsc(tsc);
         self.mmu.flush();
+        self.mmu.set_pcid(self.current_pcid());
+    }
+
+    /// The PCID translations are tagged with (CR3[11:0] under CR4.PCIDE).
+    pub fn current_pcid(&self) -> u16 {
+        if self.state.cr4 & crate::mmu::cr4::PCIDE != 0 {
+            (self.state.cr3 & 0xfff) as u16
+        } else {
+            0
+        }
+    }
+
+    /// Protected mode (CR0.PE) and not virtual-8086.
+    pub fn protected(&self) -> bool {
+        self.state.cr0 & vireo_core::cpu::ctl::CR0_PE != 0 && self.state.rflags & fl::VM == 0
+    }
+
+    /// Virtual-8086 mode.
+    pub fn v86(&self) -> bool {
+        self.state.cr0 & vireo_core::cpu::ctl::CR0_PE != 0 && self.state.rflags & fl::VM != 0
+    }
+
+    /// 64-bit mode (long mode with a 64-bit code segment).
+    pub fn long64(&self) -> bool {
+        self.state.long_mode() && self.state.seg[vireo_core::cpu::sreg::CS].l
+    }
+
+    /// I/O privilege level.
+    pub fn iopl(&self) -> u8 {
+        ((self.state.rflags >> 12) & 3) as u8
     }
 
     /// The MMU index of data accesses at the current privilege level.

@@ -7,11 +7,26 @@
 //! - [`translate`]: guest code → IR blocks (iced-x86 decoding).
 //! - [`helpers`]: the helper functions IR blocks call, by table.
 //! - [`mmu`]: linear → physical translation (page walks, TLB) and memory access.
+//! - System architecture: [`exception`] (interrupt and exception delivery), [`seg`]
+//!   (descriptors, segment loads), [`transfer`] (far JMP/CALL/RET, IRET), [`task`]
+//!   (hardware task switches), [`control`] (CRs, DRs, descriptor-table registers),
+//!   [`msr`], [`cpuid`], [`io`] (port I/O, IOPL rules), [`syscall`], [`stack`].
 
+pub mod control;
 pub mod cpu;
+pub mod cpuid;
+pub mod exception;
 pub mod flags;
 pub mod helpers;
+pub mod io;
 pub mod mmu;
+pub mod msr;
+pub mod seg;
+pub mod stack;
+pub mod syscall;
+pub mod task;
+pub mod transfer;
 pub mod translate;
 
 pub use cpu::X86Cpu;
+pub use exception::Shutdown;

@@ -1,36 +1,127 @@
 //! Linear → physical translation and guest memory access for the TCG engine.
 //!
-//! This first version handles paging-off accesses (linear = physical, with the A20
-//! mask); page walks and the TLB come with the MMU work.
+//! - Page walks for every x86 paging mode the CPU model offers: 32-bit paging (with
+//!   PSE 4 MiB pages and PSE-36), PAE, and 4-level paging (2 MiB and 1 GiB pages);
+//!   accessed and dirty bits are set as hardware does (A on each entry used, D on the
+//!   leaf of a write; leaf bits only when the access is allowed), with a
+//!   read-modify-write through guest memory.
+//! - Permission checks: U/S, R/W with CR0.WP, NX (EFER.NXE), SMEP and SMAP (with
+//!   RFLAGS.AC for explicit supervisor accesses; *implicit* supervisor accesses, the
+//!   processor's own reads and writes of descriptor tables, the TSS and the like, go
+//!   through [`read_sys`]/[`write_sys`] and are always subject to SMAP).
+//! - Page faults carry the exact error code (P, W/R, U/S, RSVD, I/D) and the faulting
+//!   linear address in [`Fault::address`] (the delivery code writes CR2).
+//! - A softmmu TLB: direct-mapped, [`TLB_SIZE`] entries for each of three access
+//!   classes (user, supervisor with SMAP enforced, supervisor without), each entry
+//!   with separate read / write / execute tags, tagged with the PCID and the global
+//!   bit so that CR3 writes, INVLPG and INVPCID flush exactly what the architecture
+//!   allows to survive (flushing more would also be correct; flushing less never).
+//! - Physical accesses go to RAM/ROM through `GuestMemory` (ROM writes are dropped)
+//!   and anything else to the MMIO bus; A20 masking applies to every physical address
+//!   including page-table reads.
+//!
+//! An access that crosses a page boundary translates both pages before touching
+//! memory, so a fault on the second page leaves memory unwritten.
 
 use crate::cpu::X86Cpu;
+use vireo_core::cpu::{ctl, flags as fl};
 use vireo_core::exec::Fault;
 use vireo_core::ir::{MmuIdx, Size};
+
+/// CR4 bits the MMU depends on.
+pub mod cr4 {
+    pub const VME: u64 = 1 << 0;
+    pub const PVI: u64 = 1 << 1;
+    pub const TSD: u64 = 1 << 2;
+    pub const DE: u64 = 1 << 3;
+    pub const PSE: u64 = 1 << 4;
+    pub const PAE: u64 = 1 << 5;
+    pub const MCE: u64 = 1 << 6;
+    pub const PGE: u64 = 1 << 7;
+    pub const PCE: u64 = 1 << 8;
+    pub const OSFXSR: u64 = 1 << 9;
+    pub const OSXMMEXCPT: u64 = 1 << 10;
+    pub const UMIP: u64 = 1 << 11;
+    pub const FSGSBASE: u64 = 1 << 16;
+    pub const PCIDE: u64 = 1 << 17;
+    pub const OSXSAVE: u64 = 1 << 18;
+    pub const SMEP: u64 = 1 << 20;
+    pub const SMAP: u64 = 1 << 21;
+}
+
+/// Page-fault error code bits.
+pub mod pferr {
+    pub const P: u32 = 1 << 0;
+    pub const W: u32 = 1 << 1;
+    pub const U: u32 = 1 << 2;
+    pub const RSVD: u32 = 1 << 3;
+    pub const ID: u32 = 1 << 4;
+}
+
+/// Physical address width of the CPU model (CPUID 0x80000008 EAX[7:0]).
+pub const PHYS_BITS: u32 = 40;
+/// Entries per access class in the TLB.
+pub const TLB_SIZE: usize = 256;
+const CLASSES: usize = 3;
+const INVALID: u64 = u64::MAX;
+/// Bits 51:12 of a paging-structure entry (the address field before MAXPHYADDR).
+const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+/// Bits MAXPHYADDR-1:12.
+const PHYS_PAGE_MASK: u64 = ((1u64 << PHYS_BITS) - 1) & !0xfff;
+const PTE_P: u64 = 1 << 0;
+const PTE_RW: u64 = 1 << 1;
+const PTE_US: u64 = 1 << 2;
+const PTE_A: u64 = 1 << 5;
+const PTE_D: u64 = 1 << 6;
+const PTE_PS: u64 = 1 << 7;
+const PTE_G: u64 = 1 << 8;
+const PTE_NX: u64 = 1 << 63;
 
 /// Physical pages that hold translated code, and the ones written since the run loop
 /// last looked: a write to a watched page is self-modifying code.
 #[derive(Debug, Default)]
 pub struct CodeWatch {
     pages: std::collections::HashSet<u64>,
+    /// One bit per page below 4 GiB, mirroring `pages`, for a cheap write-path test.
+    low: Vec<u64>,
     /// Watched pages written since [`CodeWatch::take_dirty`].
     dirty: Vec<u64>,
 }
+
+const LOW_PAGES: u64 = 1 << 20;
 
 impl CodeWatch {
     /// Starts watching physical page `pfn` (address >> 12).
     pub fn watch(&mut self, pfn: u64) {
         self.pages.insert(pfn);
+        if pfn < LOW_PAGES {
+            if self.low.is_empty() {
+                self.low = vec![0; (LOW_PAGES / 64) as usize];
+            }
+            self.low[(pfn / 64) as usize] |= 1 << (pfn % 64);
+        }
     }
     /// Stops watching `pfn` (its blocks were dropped).
     pub fn unwatch(&mut self, pfn: u64) {
         self.pages.remove(&pfn);
+        if let Some(w) = self.low.get_mut((pfn / 64) as usize) {
+            if pfn < LOW_PAGES {
+                *w &= !(1 << (pfn % 64));
+            }
+        }
     }
     pub fn is_watched(&self, pfn: u64) -> bool {
-        self.pages.contains(&pfn)
+        if pfn < LOW_PAGES {
+            self.low
+                .get((pfn / 64) as usize)
+                .is_some_and(|w| w & (1 << (pfn % 64)) != 0)
+        } else {
+            self.pages.contains(&pfn)
+        }
     }
     /// Records a write to `pfn`; true if it holds code.
     pub fn note_write(&mut self, pfn: u64) -> bool {
-        if self.pages.contains(&pfn) {
+        if self.is_watched(pfn) {
             if !self.dirty.contains(&pfn) {
                 self.dirty.push(pfn);
             }
@@ -45,16 +136,154 @@ impl CodeWatch {
     }
 }
 
+/// What an access does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+    Exec,
+}
+
+/// Who makes an access, for the permission checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Agent {
+    /// An explicit access at CPL 3.
+    User,
+    /// An explicit access at CPL 0-2 (SMAP honours RFLAGS.AC).
+    Kernel,
+    /// An implicit supervisor access (descriptor tables, TSS, IDT): SMAP always applies
+    /// and the page-fault error code says "supervisor" even at CPL 3.
+    Implicit,
+}
+
+impl From<MmuIdx> for Agent {
+    fn from(m: MmuIdx) -> Agent {
+        match m {
+            MmuIdx::User => Agent::User,
+            MmuIdx::Kernel => Agent::Kernel,
+        }
+    }
+}
+
+/// One TLB entry: a 4 KiB piece of a mapping.
+#[derive(Debug, Clone, Copy)]
+struct TlbEntry {
+    /// Linear page number (address >> 12) the entry allows reads / writes / fetches
+    /// for, or `INVALID`.
+    tag_r: u64,
+    tag_w: u64,
+    tag_x: u64,
+    /// Physical address of the 4 KiB page.
+    phys: u64,
+    global: bool,
+    pcid: u16,
+    /// Size - 1 of the mapping the entry came from (INVLPG of a large page).
+    page_mask: u64,
+}
+
+const EMPTY: TlbEntry = TlbEntry {
+    tag_r: INVALID,
+    tag_w: INVALID,
+    tag_x: INVALID,
+    phys: 0,
+    global: false,
+    pcid: 0,
+    page_mask: 0xfff,
+};
+
+impl TlbEntry {
+    fn vpn(&self) -> Option<u64> {
+        [self.tag_r, self.tag_w, self.tag_x]
+            .into_iter()
+            .find(|&t| t != INVALID)
+    }
+}
+
 /// The softmmu state of one CPU.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Mmu {
     /// Pages with translated code (self-modifying-code detection).
     pub code: CodeWatch,
+    tlb: Vec<TlbEntry>,
+    /// The current PCID (CR3[11:0] when CR4.PCIDE is set, else 0).
+    pcid: u16,
+    /// Walks done (statistics, tests).
+    pub walks: u64,
+}
+
+impl Default for Mmu {
+    fn default() -> Mmu {
+        Mmu {
+            code: CodeWatch::default(),
+            tlb: vec![EMPTY; CLASSES * TLB_SIZE],
+            pcid: 0,
+            walks: 0,
+        }
+    }
 }
 
 impl Mmu {
-    /// Drops every cached translation.
-    pub fn flush(&mut self) {}
+    /// Drops every cached translation, global ones included.
+    pub fn flush(&mut self) {
+        self.tlb.fill(EMPTY);
+    }
+
+    /// Drops every non-global translation (a CR3 write with CR4.PGE).
+    pub fn flush_nonglobal(&mut self) {
+        for e in self.tlb.iter_mut().filter(|e| !e.global) {
+            *e = EMPTY;
+        }
+    }
+
+    /// Drops the non-global translations of `pcid` (a CR3 write with PCIDE that does
+    /// not ask to keep them, INVPCID single-context).
+    pub fn flush_pcid(&mut self, pcid: u16) {
+        for e in self.tlb.iter_mut().filter(|e| !e.global && e.pcid == pcid) {
+            *e = EMPTY;
+        }
+    }
+
+    /// Drops every translation (global or not) covering linear address `la` (INVLPG;
+    /// large pages are flushed whole).
+    pub fn flush_page(&mut self, la: u64) {
+        let vpn = la >> 12;
+        for e in self.tlb.iter_mut() {
+            if let Some(t) = e.vpn() {
+                let mask = e.page_mask >> 12;
+                if (t ^ vpn) & !mask == 0 {
+                    *e = EMPTY;
+                }
+            }
+        }
+    }
+
+    /// Drops the translations of `la` for `pcid` only (INVPCID individual address);
+    /// global translations of `la` are dropped too, which the architecture allows.
+    pub fn flush_page_pcid(&mut self, la: u64, _pcid: u16) {
+        self.flush_page(la);
+    }
+
+    /// Sets the PCID translations are tagged with.
+    pub fn set_pcid(&mut self, pcid: u16) {
+        self.pcid = pcid & 0xfff;
+    }
+
+    fn slot(class: usize, vpn: u64) -> usize {
+        class * TLB_SIZE + (vpn as usize % TLB_SIZE)
+    }
+}
+
+/// A page fault at `la` with error code `err`.
+pub fn page_fault(la: u64, err: u32) -> Fault {
+    Fault {
+        vector: 14,
+        error_code: Some(err),
+        address: Some(la),
+    }
+}
+
+fn gp0() -> Fault {
+    Fault::with_error(13, 0)
 }
 
 fn a20_mask(cpu: &X86Cpu) -> u64 {
@@ -65,7 +294,7 @@ fn a20_mask(cpu: &X86Cpu) -> u64 {
     }
 }
 
-/// Reads one byte of physical memory: RAM/ROM, else MMIO (unassigned reads all ones).
+/// Reads physical memory: RAM/ROM, else MMIO (unassigned reads all ones).
 pub fn read_phys(cpu: &X86Cpu, pa: u64, buf: &mut [u8]) {
     if cpu.bus.mem.read(pa, buf).is_err() {
         cpu.bus.mmio.read(pa, buf);
@@ -79,28 +308,436 @@ pub fn write_phys(cpu: &X86Cpu, pa: u64, data: &[u8]) {
     }
 }
 
-/// Reads `size` bytes at linear address `addr`.
-pub fn read(cpu: &mut X86Cpu, addr: u64, size: Size, _mmu: MmuIdx) -> Result<u64, Fault> {
+fn read_phys_le(cpu: &X86Cpu, pa: u64, len: usize) -> u64 {
     let mut b = [0u8; 8];
-    let mask = a20_mask(cpu);
-    for (i, byte) in b.iter_mut().take(size.bytes()).enumerate() {
-        let mut one = [0u8; 1];
-        read_phys(cpu, addr.wrapping_add(i as u64) & mask, &mut one);
-        *byte = one[0];
-    }
-    Ok(u64::from_le_bytes(b))
+    read_phys(cpu, pa & a20_mask(cpu), &mut b[..len]);
+    u64::from_le_bytes(b)
 }
 
-/// Writes the low `size` bytes of `val` at linear address `addr`.
-pub fn write(cpu: &mut X86Cpu, addr: u64, val: u64, size: Size, _mmu: MmuIdx) -> Result<(), Fault> {
-    let mask = a20_mask(cpu);
-    for (i, byte) in val.to_le_bytes().iter().take(size.bytes()).enumerate() {
-        let pa = addr.wrapping_add(i as u64) & mask;
-        if cpu.mmu.code.note_write(pa >> 12) {
+fn write_phys_le(cpu: &mut X86Cpu, pa: u64, len: usize, v: u64) {
+    let pa = pa & a20_mask(cpu);
+    note_code_write(cpu, pa, len);
+    write_phys(cpu, pa, &v.to_le_bytes()[..len]);
+}
+
+/// Records a write to physical `[pa, pa+len)` for self-modifying-code detection.
+fn note_code_write(cpu: &mut X86Cpu, pa: u64, len: usize) {
+    let first = pa >> 12;
+    let last = (pa + len.max(1) as u64 - 1) >> 12;
+    for pfn in first..=last {
+        if cpu.mmu.code.note_write(pfn) {
             // Self-modifying code: finish this instruction, then leave the block.
             cpu.stop = true;
         }
-        write_phys(cpu, pa, &[*byte]);
+    }
+}
+
+/// The paging mode in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PagingMode {
+    Off,
+    Legacy32,
+    Pae,
+    Long4,
+}
+
+/// The paging mode given CR0, CR4 and EFER.
+pub fn paging_mode(cpu: &X86Cpu) -> PagingMode {
+    let s = &cpu.state;
+    if s.cr0 & ctl::CR0_PG == 0 || s.cr0 & ctl::CR0_PE == 0 {
+        PagingMode::Off
+    } else if s.cr4 & cr4::PAE == 0 {
+        PagingMode::Legacy32
+    } else if s.efer & ctl::EFER_LMA != 0 {
+        PagingMode::Long4
+    } else {
+        PagingMode::Pae
+    }
+}
+
+/// Whether `la` is canonical for 48-bit linear addresses.
+pub fn is_canonical(la: u64) -> bool {
+    ((la as i64) << 16 >> 16) as u64 == la
+}
+
+/// TLB class of an access: 0 user, 1 supervisor with SMAP enforced, 2 supervisor
+/// without SMAP.
+fn class_of(cpu: &X86Cpu, agent: Agent) -> usize {
+    match agent {
+        Agent::User => 0,
+        Agent::Implicit => 1,
+        Agent::Kernel => {
+            if cpu.state.cr4 & cr4::SMAP != 0 && cpu.state.rflags & fl::AC == 0 {
+                1
+            } else {
+                2
+            }
+        }
+    }
+}
+
+/// Result of a successful page walk.
+struct Walk {
+    phys: u64,
+    page_mask: u64,
+    global: bool,
+    can_read: bool,
+    can_write: bool,
+    can_exec: bool,
+}
+
+/// Sets `bits` in the paging entry at `pa` (of `len` bytes) if they are not set yet.
+fn set_entry_bits(cpu: &mut X86Cpu, pa: u64, len: usize, old: u64, bits: u64) {
+    if old & bits != bits {
+        write_phys_le(cpu, pa, len, old | bits);
+    }
+}
+
+/// Walks the page tables for `la` (already checked canonical / truncated).
+fn walk(cpu: &mut X86Cpu, la: u64, access: Access, class: usize) -> Result<Walk, Fault> {
+    cpu.mmu.walks += 1;
+    let mode = paging_mode(cpu);
+    let s = &cpu.state;
+    let (cr3, cr0, cr4, efer) = (s.cr3, s.cr0, s.cr4, s.efer);
+    let nxe = efer & ctl::EFER_NXE != 0;
+    let user_access = class == 0;
+    let mut err = 0u32;
+    if access == Access::Write {
+        err |= pferr::W;
+    }
+    if user_access {
+        err |= pferr::U;
+    }
+    if access == Access::Exec && (nxe || cr4 & cr4::SMEP != 0) {
+        err |= pferr::ID;
+    }
+    let not_present = |e: u32| page_fault(la, e);
+    let reserved = |e: u32| page_fault(la, e | pferr::P | pferr::RSVD);
+
+    // Accumulated permissions and the leaf.
+    let mut user = true;
+    let mut writable = true;
+    let mut nx = false;
+    let (leaf_pa, leaf, leaf_len, phys_base, page_mask);
+    match mode {
+        PagingMode::Off => {
+            return Ok(Walk {
+                phys: la & !0xfff,
+                page_mask: 0xfff,
+                global: true,
+                can_read: true,
+                can_write: true,
+                can_exec: true,
+            })
+        }
+        PagingMode::Legacy32 => {
+            let pde_pa = (cr3 & 0xffff_f000) + ((la >> 22) & 0x3ff) * 4;
+            let pde = read_phys_le(cpu, pde_pa, 4);
+            if pde & PTE_P == 0 {
+                return Err(not_present(err));
+            }
+            user &= pde & PTE_US != 0;
+            writable &= pde & PTE_RW != 0;
+            if pde & PTE_PS != 0 && cr4 & cr4::PSE != 0 {
+                // 4 MiB page; bits 20:13 are physical address bits 39:32 (PSE-36).
+                if pde & (1 << 21) != 0 {
+                    return Err(reserved(err));
+                }
+                leaf_pa = pde_pa;
+                leaf = pde;
+                leaf_len = 4;
+                phys_base = (pde & 0xffc0_0000) | (((pde >> 13) & 0xff) << 32);
+                page_mask = 0x3f_ffff;
+            } else {
+                set_entry_bits(cpu, pde_pa, 4, pde, PTE_A);
+                let pte_pa = (pde & 0xffff_f000) + ((la >> 12) & 0x3ff) * 4;
+                let pte = read_phys_le(cpu, pte_pa, 4);
+                if pte & PTE_P == 0 {
+                    return Err(not_present(err));
+                }
+                user &= pte & PTE_US != 0;
+                writable &= pte & PTE_RW != 0;
+                leaf_pa = pte_pa;
+                leaf = pte;
+                leaf_len = 4;
+                phys_base = pte & 0xffff_f000;
+                page_mask = 0xfff;
+            }
+        }
+        PagingMode::Pae | PagingMode::Long4 => {
+            let long = mode == PagingMode::Long4;
+            let nx_rsvd = if nxe { 0 } else { PTE_NX };
+            // Reserved bits of PDE/PTE-level entries.
+            let rsvd = if long {
+                (ADDR_MASK & !PHYS_PAGE_MASK) | nx_rsvd
+            } else {
+                (!PTE_NX & !((1u64 << PHYS_BITS) - 1)) | nx_rsvd
+            };
+            let mut table;
+            let mut shift;
+            if long {
+                table = cr3 & PHYS_PAGE_MASK;
+                shift = 39;
+            } else {
+                let pdpte_pa = (cr3 & 0xffff_ffe0) + ((la >> 30) & 3) * 8;
+                let pdpte = read_phys_le(cpu, pdpte_pa, 8);
+                if pdpte & PTE_P == 0 {
+                    return Err(not_present(err));
+                }
+                if pdpte & (!((1u64 << PHYS_BITS) - 1) | 0x1e6) != 0 {
+                    return Err(reserved(err));
+                }
+                table = pdpte & PHYS_PAGE_MASK;
+                shift = 21;
+            }
+            loop {
+                let pa = table + ((la >> shift) & 0x1ff) * 8;
+                let e = read_phys_le(cpu, pa, 8);
+                if e & PTE_P == 0 {
+                    return Err(not_present(err));
+                }
+                let mut r = rsvd;
+                let large = e & PTE_PS != 0 && (shift == 21 || shift == 30);
+                if shift == 39 {
+                    r |= PTE_PS;
+                } else if large && shift == 30 {
+                    r |= 0x3fff_e000;
+                } else if large {
+                    r |= 0x1f_e000;
+                }
+                if e & r != 0 {
+                    return Err(reserved(err));
+                }
+                user &= e & PTE_US != 0;
+                writable &= e & PTE_RW != 0;
+                nx |= nxe && e & PTE_NX != 0;
+                if shift == 12 || large {
+                    leaf_pa = pa;
+                    leaf = e;
+                    leaf_len = 8;
+                    page_mask = (1u64 << shift) - 1;
+                    phys_base = e & PHYS_PAGE_MASK & !page_mask;
+                    break;
+                }
+                set_entry_bits(cpu, pa, 8, e, PTE_A);
+                table = e & PHYS_PAGE_MASK;
+                shift -= 9;
+            }
+        }
+    }
+
+    // Permissions of this access class.
+    let wp = cr0 & ctl::CR0_WP != 0;
+    let smep = cr4 & cr4::SMEP != 0;
+    let smap = class == 1 && cr4 & cr4::SMAP != 0;
+    let (can_read, can_write, can_exec) = if user_access {
+        (user, user && writable, user && !nx)
+    } else {
+        let data_ok = !(user && smap);
+        (
+            data_ok,
+            data_ok && (writable || !wp),
+            !nx && !(user && smep),
+        )
+    };
+    let allowed = match access {
+        Access::Read => can_read,
+        Access::Write => can_write,
+        Access::Exec => can_exec,
+    };
+    if !allowed {
+        return Err(page_fault(la, err | pferr::P));
+    }
+    let dirty_bit = if access == Access::Write { PTE_D } else { 0 };
+    set_entry_bits(cpu, leaf_pa, leaf_len, leaf, PTE_A | dirty_bit);
+    let dirty = leaf & PTE_D != 0 || access == Access::Write;
+    Ok(Walk {
+        phys: phys_base + (la & page_mask & !0xfff),
+        page_mask,
+        global: leaf & PTE_G != 0 && cr4 & cr4::PGE != 0,
+        can_read,
+        // Writes to a clean page walk again to set D.
+        can_write: can_write && dirty,
+        can_exec,
+    })
+}
+
+/// Translates linear address `la` for `access` by `agent` into a physical address
+/// (A20 not applied). Faults: #PF, or #GP(0) for a non-canonical address in long mode.
+pub fn translate(cpu: &mut X86Cpu, la: u64, access: Access, agent: Agent) -> Result<u64, Fault> {
+    let la = if cpu.state.efer & ctl::EFER_LMA != 0 {
+        if !is_canonical(la) {
+            return Err(gp0());
+        }
+        la
+    } else {
+        la & 0xffff_ffff
+    };
+    let class = class_of(cpu, agent);
+    let vpn = la >> 12;
+    let i = Mmu::slot(class, vpn);
+    let e = cpu.mmu.tlb[i];
+    let tag = match access {
+        Access::Read => e.tag_r,
+        Access::Write => e.tag_w,
+        Access::Exec => e.tag_x,
+    };
+    if tag == vpn && (e.global || e.pcid == cpu.mmu.pcid) {
+        return Ok(e.phys | (la & 0xfff));
+    }
+    let w = walk(cpu, la, access, class)?;
+    let pcid = cpu.mmu.pcid;
+    let slot = &mut cpu.mmu.tlb[i];
+    // Keep the tags of an entry for the same page (a write after a read).
+    let same = slot.vpn() == Some(vpn) && slot.phys == w.phys && (slot.pcid == pcid);
+    if !same {
+        *slot = EMPTY;
+    }
+    slot.phys = w.phys;
+    slot.global = w.global;
+    slot.pcid = pcid;
+    slot.page_mask = w.page_mask;
+    if w.can_read {
+        slot.tag_r = vpn;
+    }
+    if w.can_write {
+        slot.tag_w = vpn;
+    }
+    if w.can_exec {
+        slot.tag_x = vpn;
+    }
+    Ok(w.phys | (la & 0xfff))
+}
+
+/// Splits `[la, la+len)` at a page boundary: the first piece's length.
+fn first_piece(la: u64, len: usize) -> usize {
+    let room = 0x1000 - (la & 0xfff) as usize;
+    len.min(room)
+}
+
+/// Reads `buf.len()` bytes at linear `la` (any length; both pages of a crossing access
+/// are translated before anything is read).
+pub fn read_bytes(
+    cpu: &mut X86Cpu,
+    la: u64,
+    buf: &mut [u8],
+    access: Access,
+    agent: Agent,
+) -> Result<(), Fault> {
+    let mut done = 0;
+    while done < buf.len() {
+        let cur = la.wrapping_add(done as u64);
+        let n = first_piece(cur, buf.len() - done);
+        let pa = translate(cpu, cur, access, agent)? & a20_mask(cpu);
+        read_phys(cpu, pa, &mut buf[done..done + n]);
+        done += n;
     }
     Ok(())
 }
+
+/// Writes `data` at linear `la`; every page is translated (and checked) before the
+/// first byte is written.
+pub fn write_bytes(cpu: &mut X86Cpu, la: u64, data: &[u8], agent: Agent) -> Result<(), Fault> {
+    let mut pieces = [(0u64, 0usize, 0usize); 3];
+    let mut count = 0;
+    let mut done = 0;
+    while done < data.len() {
+        let cur = la.wrapping_add(done as u64);
+        let n = first_piece(cur, data.len() - done);
+        let pa = translate(cpu, cur, Access::Write, agent)? & a20_mask(cpu);
+        if count < pieces.len() {
+            pieces[count] = (pa, done, n);
+            count += 1;
+        } else {
+            // Longer than two pages: write what was checked so far (not used by the
+            // helpers, which write at most 16 bytes at once).
+            flush_pieces(cpu, &pieces[..count], data);
+            count = 0;
+            pieces[count] = (pa, done, n);
+            count += 1;
+        }
+        done += n;
+    }
+    flush_pieces(cpu, &pieces[..count], data);
+    Ok(())
+}
+
+fn flush_pieces(cpu: &mut X86Cpu, pieces: &[(u64, usize, usize)], data: &[u8]) {
+    for &(pa, off, n) in pieces {
+        note_code_write(cpu, pa, n);
+        write_phys(cpu, pa, &data[off..off + n]);
+    }
+}
+
+/// Checks that `[la, la+len)` is writable by `agent` without writing (sets A/D bits as
+/// the write would).
+pub fn probe_write(cpu: &mut X86Cpu, la: u64, len: usize, agent: Agent) -> Result<(), Fault> {
+    let mut done = 0;
+    while done < len {
+        let cur = la.wrapping_add(done as u64);
+        let n = first_piece(cur, len - done);
+        translate(cpu, cur, Access::Write, agent)?;
+        done += n;
+    }
+    Ok(())
+}
+
+/// Reads `size` bytes at linear address `addr`.
+pub fn read(cpu: &mut X86Cpu, addr: u64, size: Size, mmu: MmuIdx) -> Result<u64, Fault> {
+    read_le(cpu, addr, size.bytes(), Agent::from(mmu))
+}
+
+/// Writes the low `size` bytes of `val` at linear address `addr`.
+pub fn write(cpu: &mut X86Cpu, addr: u64, val: u64, size: Size, mmu: MmuIdx) -> Result<(), Fault> {
+    write_le(cpu, addr, size.bytes(), val, Agent::from(mmu))
+}
+
+/// Reads a little-endian value of `len` (1-8) bytes.
+pub fn read_le(cpu: &mut X86Cpu, la: u64, len: usize, agent: Agent) -> Result<u64, Fault> {
+    let mut b = [0u8; 8];
+    let len = len.min(8);
+    read_bytes(cpu, la, &mut b[..len], Access::Read, agent)?;
+    Ok(u64::from_le_bytes(b))
+}
+
+/// Writes the low `len` (1-8) bytes of `v`, little endian.
+pub fn write_le(cpu: &mut X86Cpu, la: u64, len: usize, v: u64, agent: Agent) -> Result<(), Fault> {
+    write_bytes(cpu, la, &v.to_le_bytes()[..len.min(8)], agent)
+}
+
+/// An implicit supervisor read (descriptor tables, IDT, TSS).
+pub fn read_sys(cpu: &mut X86Cpu, la: u64, len: usize) -> Result<u64, Fault> {
+    read_le(cpu, la, len, Agent::Implicit)
+}
+
+/// An implicit supervisor write (accessed/busy bits, TSS state save).
+pub fn write_sys(cpu: &mut X86Cpu, la: u64, len: usize, v: u64) -> Result<(), Fault> {
+    write_le(cpu, la, len, v, Agent::Implicit)
+}
+
+/// The agent of explicit accesses at the current privilege level.
+pub fn current_agent(cpu: &X86Cpu) -> Agent {
+    if cpu.state.cpl() == 3 {
+        Agent::User
+    } else {
+        Agent::Kernel
+    }
+}
+
+/// Instruction fetch of `buf.len()` bytes at linear address `linear`, with execute
+/// permission at the current privilege level (the translator's byte source).
+pub fn fetch(cpu: &mut X86Cpu, linear: u64, buf: &mut [u8]) -> Result<(), Fault> {
+    let agent = current_agent(cpu);
+    read_bytes(cpu, linear, buf, Access::Exec, agent)
+}
+
+/// The physical address (A20 applied) of the code at `linear`, checked for execute
+/// permission: the block-cache key.
+pub fn translate_code(cpu: &mut X86Cpu, linear: u64) -> Result<u64, Fault> {
+    let agent = current_agent(cpu);
+    Ok(translate(cpu, linear, Access::Exec, agent)? & a20_mask(cpu))
+}
+
+#[cfg(test)]
+#[path = "mmu_tests.rs"]
+mod tests;

@@ -12,8 +12,10 @@
 //! Before any helper that reads or writes RFLAGS, the translator has stored the lazy
 //! flags in their globals (they are always in `X86Cpu::cc`).
 
-use super::{HelperDef, SYSTEM_BASE};
+use super::{HelperDef, HelperFn, SYSTEM_BASE};
 use crate::cpu::X86Cpu;
+use crate::syscall as fast;
+use crate::{control, io, msr, transfer};
 use vireo_core::exec::Fault;
 use vireo_core::ir::{Effects, HelperId};
 
@@ -127,17 +129,168 @@ impl SysHelper {
     }
 }
 
-/// Raised by helpers not written yet: #UD, as for an unknown opcode.
-fn not_yet(_cpu: &mut X86Cpu, _args: &[u64]) -> Result<u64, Fault> {
-    Err(Fault::new(6))
+fn arg(args: &[u64], i: usize) -> u64 {
+    args.get(i).copied().unwrap_or(0)
 }
 
-const fn def(name: &'static str, effects: Effects) -> HelperDef {
-    HelperDef {
-        name,
-        f: not_yet,
-        effects,
-    }
+/// `Ok(0)` after a helper that returns nothing.
+fn unit(r: Result<(), Fault>) -> Result<u64, Fault> {
+    r.map(|()| 0)
+}
+
+fn load_seg(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
+    unit(crate::seg::load_seg(
+        cpu,
+        arg(a, 0) as usize,
+        arg(a, 1) as u16,
+    ))
+}
+fn far_jmp(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
+    unit(transfer::far_jmp(
+        cpu,
+        arg(a, 0) as u16,
+        arg(a, 1),
+        arg(a, 2),
+    ))
+}
+fn far_call(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
+    unit(transfer::far_call(
+        cpu,
+        arg(a, 0) as u16,
+        arg(a, 1),
+        arg(a, 2),
+        arg(a, 3),
+    ))
+}
+fn far_ret(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
+    unit(transfer::far_ret(cpu, arg(a, 0), arg(a, 1)))
+}
+fn iret(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
+    unit(transfer::iret(cpu, arg(a, 0)))
+}
+fn soft_int(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
+    unit(crate::exception::soft_int(
+        cpu,
+        arg(a, 0) as u8,
+        arg(a, 1),
+        arg(a, 2),
+    ))
+}
+fn cpuid(cpu: &mut X86Cpu, _a: &[u64]) -> Result<u64, Fault> {
+    crate::cpuid::cpuid(cpu);
+    Ok(0)
+}
+fn rdmsr(cpu: &mut X86Cpu, _a: &[u64]) -> Result<u64, Fault> {
+    unit(msr::rdmsr(cpu))
+}
+fn wrmsr(cpu: &mut X86Cpu, _a: &[u64]) -> Result<u64, Fault> {
+    unit(msr::wrmsr(cpu))
+}
+fn rdtsc(cpu: &mut X86Cpu, _a: &[u64]) -> Result<u64, Fault> {
+    unit(msr::rdtsc(cpu, false))
+}
+fn rdtscp(cpu: &mut X86Cpu, _a: &[u64]) -> Result<u64, Fault> {
+    unit(msr::rdtsc(cpu, true))
+}
+fn mov_to_cr(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
+    unit(control::mov_to_cr(cpu, arg(a, 0), arg(a, 1)))
+}
+fn mov_from_cr(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
+    control::mov_from_cr(cpu, arg(a, 0))
+}
+fn mov_to_dr(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
+    unit(control::mov_to_dr(cpu, arg(a, 0), arg(a, 1)))
+}
+fn mov_from_dr(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
+    control::mov_from_dr(cpu, arg(a, 0))
+}
+fn clts(cpu: &mut X86Cpu, _a: &[u64]) -> Result<u64, Fault> {
+    unit(control::clts(cpu))
+}
+fn lmsw(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
+    unit(control::lmsw(cpu, arg(a, 0)))
+}
+fn load_dtr(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
+    unit(control::load_dtr(cpu, arg(a, 0), arg(a, 1), arg(a, 2)))
+}
+fn store_dtr(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
+    unit(control::store_dtr(cpu, arg(a, 0), arg(a, 1)))
+}
+fn lldt(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
+    unit(crate::seg::lldt(cpu, arg(a, 0) as u16))
+}
+fn ltr(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
+    unit(crate::seg::ltr(cpu, arg(a, 0) as u16))
+}
+fn store_sel(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
+    control::store_sel(cpu, arg(a, 0))
+}
+fn lar_lsl(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
+    crate::seg::lar_lsl(cpu, arg(a, 0), arg(a, 1) as u16)
+}
+fn verify(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
+    crate::seg::verify(cpu, arg(a, 0), arg(a, 1) as u16)
+}
+fn invlpg(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
+    unit(control::invlpg(cpu, arg(a, 0)))
+}
+fn invpcid(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
+    unit(control::invpcid(cpu, arg(a, 0), arg(a, 1)))
+}
+fn port_in(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
+    io::port_in(cpu, arg(a, 0), arg(a, 1))
+}
+fn port_out(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
+    unit(io::port_out(cpu, arg(a, 0), arg(a, 1), arg(a, 2)))
+}
+fn hlt(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
+    unit(control::hlt(cpu, arg(a, 0)))
+}
+fn cli(cpu: &mut X86Cpu, _a: &[u64]) -> Result<u64, Fault> {
+    unit(io::cli(cpu))
+}
+fn sti(cpu: &mut X86Cpu, _a: &[u64]) -> Result<u64, Fault> {
+    unit(io::sti(cpu))
+}
+fn pushf(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
+    io::pushf(cpu, arg(a, 0))
+}
+fn popf(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
+    unit(io::popf(cpu, arg(a, 0), arg(a, 1)))
+}
+fn syscall(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
+    unit(fast::syscall(cpu, arg(a, 0)))
+}
+fn sysret(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
+    unit(fast::sysret(cpu, arg(a, 0)))
+}
+fn sysenter(cpu: &mut X86Cpu, _a: &[u64]) -> Result<u64, Fault> {
+    unit(fast::sysenter(cpu))
+}
+fn sysexit(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
+    unit(fast::sysexit(cpu, arg(a, 0)))
+}
+fn swapgs(cpu: &mut X86Cpu, _a: &[u64]) -> Result<u64, Fault> {
+    unit(fast::swapgs(cpu))
+}
+fn rd_fsgs_base(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
+    fast::rd_fsgs_base(cpu, arg(a, 0))
+}
+fn wr_fsgs_base(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
+    unit(fast::wr_fsgs_base(cpu, arg(a, 0), arg(a, 1)))
+}
+fn xgetbv(cpu: &mut X86Cpu, _a: &[u64]) -> Result<u64, Fault> {
+    unit(control::xgetbv(cpu))
+}
+fn xsetbv(cpu: &mut X86Cpu, _a: &[u64]) -> Result<u64, Fault> {
+    unit(control::xsetbv(cpu))
+}
+fn cache_flush(cpu: &mut X86Cpu, _a: &[u64]) -> Result<u64, Fault> {
+    unit(control::cache_flush(cpu))
+}
+
+const fn def(name: &'static str, f: HelperFn, effects: Effects) -> HelperDef {
+    HelperDef { name, f, effects }
 }
 
 const ENDS: Effects = Effects {
@@ -149,49 +302,49 @@ const ENDS: Effects = Effects {
 
 /// Indexed by `SysHelper as u16`.
 pub static TABLE: &[HelperDef] = &[
-    def("load_seg", ENDS),
-    def("far_jmp", ENDS),
-    def("far_call", ENDS),
-    def("far_ret", ENDS),
-    def("iret", ENDS),
-    def("soft_int", ENDS),
-    def("cpuid", Effects::ALL),
-    def("rdmsr", Effects::ALL),
-    def("wrmsr", ENDS),
-    def("rdtsc", Effects::ALL),
-    def("rdtscp", Effects::ALL),
-    def("mov_to_cr", ENDS),
-    def("mov_from_cr", Effects::ALL),
-    def("mov_to_dr", ENDS),
-    def("mov_from_dr", Effects::ALL),
-    def("clts", ENDS),
-    def("lmsw", ENDS),
-    def("load_dtr", Effects::ALL),
-    def("store_dtr", Effects::ALL),
-    def("lldt", Effects::ALL),
-    def("ltr", Effects::ALL),
-    def("store_sel", Effects::ALL),
-    def("lar_lsl", Effects::ALL),
-    def("verify", Effects::ALL),
-    def("invlpg", ENDS),
-    def("invpcid", ENDS),
-    def("in", Effects::ALL),
-    def("out", Effects::ALL),
-    def("hlt", ENDS),
-    def("cli", Effects::ALL),
-    def("sti", ENDS),
-    def("pushf", Effects::ALL),
-    def("popf", ENDS),
-    def("syscall", ENDS),
-    def("sysret", ENDS),
-    def("sysenter", ENDS),
-    def("sysexit", ENDS),
-    def("swapgs", Effects::ALL),
-    def("rdfsgsbase", Effects::ALL),
-    def("wrfsgsbase", Effects::ALL),
-    def("xgetbv", Effects::ALL),
-    def("xsetbv", ENDS),
-    def("cache_flush", Effects::ALL),
+    def("load_seg", load_seg, ENDS),
+    def("far_jmp", far_jmp, ENDS),
+    def("far_call", far_call, ENDS),
+    def("far_ret", far_ret, ENDS),
+    def("iret", iret, ENDS),
+    def("soft_int", soft_int, ENDS),
+    def("cpuid", cpuid, Effects::ALL),
+    def("rdmsr", rdmsr, Effects::ALL),
+    def("wrmsr", wrmsr, ENDS),
+    def("rdtsc", rdtsc, Effects::ALL),
+    def("rdtscp", rdtscp, Effects::ALL),
+    def("mov_to_cr", mov_to_cr, ENDS),
+    def("mov_from_cr", mov_from_cr, Effects::ALL),
+    def("mov_to_dr", mov_to_dr, ENDS),
+    def("mov_from_dr", mov_from_dr, Effects::ALL),
+    def("clts", clts, ENDS),
+    def("lmsw", lmsw, ENDS),
+    def("load_dtr", load_dtr, Effects::ALL),
+    def("store_dtr", store_dtr, Effects::ALL),
+    def("lldt", lldt, Effects::ALL),
+    def("ltr", ltr, Effects::ALL),
+    def("store_sel", store_sel, Effects::ALL),
+    def("lar_lsl", lar_lsl, Effects::ALL),
+    def("verify", verify, Effects::ALL),
+    def("invlpg", invlpg, ENDS),
+    def("invpcid", invpcid, ENDS),
+    def("in", port_in, Effects::ALL),
+    def("out", port_out, Effects::ALL),
+    def("hlt", hlt, ENDS),
+    def("cli", cli, Effects::ALL),
+    def("sti", sti, ENDS),
+    def("pushf", pushf, Effects::ALL),
+    def("popf", popf, ENDS),
+    def("syscall", syscall, ENDS),
+    def("sysret", sysret, ENDS),
+    def("sysenter", sysenter, ENDS),
+    def("sysexit", sysexit, ENDS),
+    def("swapgs", swapgs, Effects::ALL),
+    def("rdfsgsbase", rd_fsgs_base, Effects::ALL),
+    def("wrfsgsbase", wr_fsgs_base, Effects::ALL),
+    def("xgetbv", xgetbv, Effects::ALL),
+    def("xsetbv", xsetbv, ENDS),
+    def("cache_flush", cache_flush, Effects::ALL),
 ];
 
 #[cfg(test)]

@@ -1,0 +1,261 @@
+//! The CPUID model: what the guest is told this CPU implements. It advertises only
+//! what TCG implements (or is about to: see the notes on x87/SSE). The table is a
+//! plain struct so that later work can refine it (`-cpu` models, AVX, SVM...).
+
+use crate::cpu::X86Cpu;
+use crate::mmu::{cr4, PHYS_BITS};
+
+/// CPUID.1:EDX bits.
+pub mod edx1 {
+    pub const FPU: u32 = 1 << 0;
+    pub const DE: u32 = 1 << 2;
+    pub const PSE: u32 = 1 << 3;
+    pub const TSC: u32 = 1 << 4;
+    pub const MSR: u32 = 1 << 5;
+    pub const PAE: u32 = 1 << 6;
+    pub const CX8: u32 = 1 << 8;
+    pub const APIC: u32 = 1 << 9;
+    pub const SEP: u32 = 1 << 11;
+    pub const MTRR: u32 = 1 << 12;
+    pub const PGE: u32 = 1 << 13;
+    pub const CMOV: u32 = 1 << 15;
+    pub const PAT: u32 = 1 << 16;
+    pub const PSE36: u32 = 1 << 17;
+    pub const CLFSH: u32 = 1 << 19;
+    pub const MMX: u32 = 1 << 23;
+    pub const FXSR: u32 = 1 << 24;
+    pub const SSE: u32 = 1 << 25;
+    pub const SSE2: u32 = 1 << 26;
+}
+
+/// CPUID.1:ECX bits.
+pub mod ecx1 {
+    pub const CX16: u32 = 1 << 13;
+    pub const PCID: u32 = 1 << 17;
+    pub const POPCNT: u32 = 1 << 23;
+    pub const XSAVE: u32 = 1 << 26;
+    pub const OSXSAVE: u32 = 1 << 27;
+}
+
+/// CPUID.(7,0):EBX / ECX bits.
+pub mod leaf7 {
+    pub const FSGSBASE: u32 = 1 << 0;
+    pub const SMEP: u32 = 1 << 7;
+    pub const INVPCID: u32 = 1 << 10;
+    pub const SMAP: u32 = 1 << 20;
+    /// ECX.
+    pub const UMIP: u32 = 1 << 2;
+}
+
+/// CPUID.80000001h bits.
+pub mod ext1 {
+    /// EDX.
+    pub const SYSCALL: u32 = 1 << 11;
+    pub const NX: u32 = 1 << 20;
+    pub const PDPE1GB: u32 = 1 << 26;
+    pub const RDTSCP: u32 = 1 << 27;
+    pub const LM: u32 = 1 << 29;
+    /// ECX.
+    pub const LAHF_LM: u32 = 1 << 0;
+    pub const ABM: u32 = 1 << 5;
+}
+
+/// The CPUID table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuidModel {
+    /// 12-byte vendor string.
+    pub vendor: [u8; 12],
+    pub max_leaf: u32,
+    pub max_ext_leaf: u32,
+    pub family: u32,
+    pub model: u32,
+    pub stepping: u32,
+    pub edx1: u32,
+    pub ecx1: u32,
+    pub ebx7: u32,
+    pub ecx7: u32,
+    pub edx7: u32,
+    pub edx_ext1: u32,
+    pub ecx_ext1: u32,
+    /// CPUID.80000007h:EDX (bit 8: invariant TSC).
+    pub edx_ext7: u32,
+    /// XCR0 bits that may be set (x87 = 1, SSE = 2, AVX = 4); used when XSAVE is on.
+    pub xcr0_supported: u64,
+    pub phys_bits: u32,
+    pub virt_bits: u32,
+    /// 48-byte brand string.
+    pub brand: [u8; 48],
+    /// Initial APIC ID (CPUID.1:EBX[31:24]).
+    pub apic_id: u32,
+}
+
+impl Default for CpuidModel {
+    /// The TCG model ("vireo", AuthenticAMD family 15 like QEMU's qemu64): long mode,
+    /// NX, PAE/PSE/PGE, SYSCALL/SYSENTER, CMPXCHG8B/16B, POPCNT/LZCNT, RDTSCP,
+    /// FSGSBASE, SMEP/SMAP, PCID/INVPCID. FPU/MMX/FXSR/SSE/SSE2 are advertised because
+    /// the x86-64 ABI requires them: they depend on the x87/SSE translation work.
+    fn default() -> CpuidModel {
+        let mut brand = [0u8; 48];
+        let name = b"vireo TCG virtual CPU";
+        brand[..name.len()].copy_from_slice(name);
+        use edx1::*;
+        CpuidModel {
+            vendor: *b"AuthenticAMD",
+            max_leaf: 7,
+            max_ext_leaf: 0x8000_0008,
+            family: 15,
+            model: 107,
+            stepping: 1,
+            edx1: FPU
+                | DE
+                | PSE
+                | TSC
+                | MSR
+                | PAE
+                | CX8
+                | SEP
+                | MTRR
+                | PGE
+                | CMOV
+                | PAT
+                | PSE36
+                | CLFSH
+                | MMX
+                | FXSR
+                | SSE
+                | SSE2,
+            ecx1: ecx1::CX16 | ecx1::PCID | ecx1::POPCNT,
+            ebx7: leaf7::FSGSBASE | leaf7::SMEP | leaf7::INVPCID | leaf7::SMAP,
+            ecx7: 0,
+            edx7: 0,
+            edx_ext1: ext1::SYSCALL | ext1::NX | ext1::PDPE1GB | ext1::RDTSCP | ext1::LM,
+            ecx_ext1: ext1::LAHF_LM | ext1::ABM,
+            edx_ext7: 1 << 8,
+            xcr0_supported: 0x3,
+            phys_bits: PHYS_BITS,
+            virt_bits: 48,
+            brand,
+            apic_id: 0,
+        }
+    }
+}
+
+fn le(b: &[u8]) -> u32 {
+    let mut w = [0u8; 4];
+    w.copy_from_slice(&b[..4]);
+    u32::from_le_bytes(w)
+}
+
+impl CpuidModel {
+    pub fn has_xsave(&self) -> bool {
+        self.ecx1 & ecx1::XSAVE != 0
+    }
+
+    /// The family/model/stepping signature (CPUID.1:EAX).
+    pub fn signature(&self) -> u32 {
+        let (fam, ext_fam) = if self.family > 15 {
+            (15, self.family - 15)
+        } else {
+            (self.family, 0)
+        };
+        (self.stepping & 0xf)
+            | (self.model & 0xf) << 4
+            | (fam & 0xf) << 8
+            | ((self.model >> 4) & 0xf) << 16
+            | (ext_fam & 0xff) << 20
+    }
+
+    /// EAX, EBX, ECX, EDX of leaf `leaf`, subleaf `sub`, given CR4 (for OSXSAVE)
+    /// and XCR0 (for leaf 0Dh).
+    pub fn query(&self, leaf: u32, sub: u32, cr4_val: u64, xcr0: u64) -> [u32; 4] {
+        let v = &self.vendor;
+        match leaf {
+            0 => [self.max_leaf, le(&v[0..]), le(&v[8..]), le(&v[4..])],
+            1 => {
+                let mut ecx = self.ecx1;
+                if self.has_xsave() && cr4_val & cr4::OSXSAVE != 0 {
+                    ecx |= ecx1::OSXSAVE;
+                }
+                let ebx = (self.apic_id << 24) | (1 << 16) | (8 << 8);
+                [self.signature(), ebx, ecx, self.edx1]
+            }
+            7 if leaf <= self.max_leaf => {
+                if sub == 0 {
+                    [0, self.ebx7, self.ecx7, self.edx7]
+                } else {
+                    [0; 4]
+                }
+            }
+            0xd if leaf <= self.max_leaf && self.has_xsave() => {
+                let size = |x: u64| if x & 4 != 0 { 0x340 } else { 0x240 };
+                match sub {
+                    0 => [
+                        self.xcr0_supported as u32,
+                        size(xcr0),
+                        size(self.xcr0_supported),
+                        (self.xcr0_supported >> 32) as u32,
+                    ],
+                    2 if self.xcr0_supported & 4 != 0 => [0x100, 0x240, 0, 0],
+                    _ => [0; 4],
+                }
+            }
+            l if l <= self.max_leaf && l < 0x8000_0000 => [0; 4],
+            0x8000_0000 => [self.max_ext_leaf, le(&v[0..]), le(&v[8..]), le(&v[4..])],
+            0x8000_0001 if leaf <= self.max_ext_leaf => {
+                // AMD mirrors most of CPUID.1:EDX here.
+                let mirror = self.edx1 & 0x0183_f3ff;
+                [self.signature(), 0, self.ecx_ext1, self.edx_ext1 | mirror]
+            }
+            0x8000_0002..=0x8000_0004 if leaf <= self.max_ext_leaf => {
+                let i = ((leaf - 0x8000_0002) * 16) as usize;
+                let b = &self.brand[i..i + 16];
+                [le(&b[0..]), le(&b[4..]), le(&b[8..]), le(&b[12..])]
+            }
+            0x8000_0007 if leaf <= self.max_ext_leaf => [0, 0, 0, self.edx_ext7],
+            0x8000_0008 if leaf <= self.max_ext_leaf => {
+                [self.phys_bits | (self.virt_bits << 8), 0, 0, 0]
+            }
+            _ => [0; 4],
+        }
+    }
+
+    /// CR4 bits this model allows to be set.
+    pub fn cr4_valid(&self) -> u64 {
+        let mut v =
+            cr4::TSD | cr4::PSE | cr4::PAE | cr4::PGE | cr4::PCE | cr4::OSFXSR | cr4::OSXMMEXCPT;
+        if self.edx1 & edx1::DE != 0 {
+            v |= cr4::DE;
+        }
+        if self.ebx7 & leaf7::FSGSBASE != 0 {
+            v |= cr4::FSGSBASE;
+        }
+        if self.ecx1 & ecx1::PCID != 0 {
+            v |= cr4::PCIDE;
+        }
+        if self.has_xsave() {
+            v |= cr4::OSXSAVE;
+        }
+        if self.ebx7 & leaf7::SMEP != 0 {
+            v |= cr4::SMEP;
+        }
+        if self.ebx7 & leaf7::SMAP != 0 {
+            v |= cr4::SMAP;
+        }
+        if self.ecx7 & leaf7::UMIP != 0 {
+            v |= cr4::UMIP;
+        }
+        v
+    }
+}
+
+/// The `Cpuid` helper: leaf in EAX, subleaf in ECX; results in EAX, EBX, ECX, EDX
+/// (upper halves cleared).
+pub fn cpuid(cpu: &mut X86Cpu) {
+    let leaf = cpu.state.gpr[0] as u32;
+    let sub = cpu.state.gpr[1] as u32;
+    let r = cpu.cpuid.query(leaf, sub, cpu.state.cr4, cpu.state.xcr0);
+    cpu.state.gpr[0] = u64::from(r[0]);
+    cpu.state.gpr[3] = u64::from(r[1]);
+    cpu.state.gpr[1] = u64::from(r[2]);
+    cpu.state.gpr[2] = u64::from(r[3]);
+}

@@ -1,0 +1,250 @@
+//! Model-specific registers (RDMSR/WRMSR) and the time-stamp counter.
+//!
+//! The TSC is `source + offset`: the source is [`X86Cpu::tsc_source`] if the run loop
+//! installed one (e.g. the virtual clock scaled to TSC ticks), else the instruction
+//! count [`X86Cpu::icount`]; writes to IA32_TSC move the offset.
+
+use crate::cpu::X86Cpu;
+use crate::cpuid::{edx1, ext1};
+use crate::mmu::{self, cr4};
+use crate::seg::gp0;
+use vireo_core::cpu::{ctl, msr};
+use vireo_core::exec::Fault;
+
+/// A TSC source: returns a monotonic tick count.
+pub type TscSource = Box<dyn Fn() -> u64 + Send>;
+
+pub const MTRR_CAP: u32 = 0xfe;
+pub const MTRR_DEF_TYPE: u32 = 0x2ff;
+pub const UCODE_REV: u32 = 0x8b;
+pub const HWCR: u32 = 0xc001_0015;
+/// Fixed-range MTRRs, in [`MsrExtra::mtrr_fixed`] order.
+pub const MTRR_FIXED: [u32; 11] = [
+    0x250, 0x258, 0x259, 0x268, 0x269, 0x26a, 0x26b, 0x26c, 0x26d, 0x26e, 0x26f,
+];
+/// Variable-range MTRR pairs (base/mask) advertised in MTRRcap.
+pub const MTRR_VAR_COUNT: u32 = 8;
+
+/// MSRs kept by the TCG engine beyond [`vireo_core::cpu::MsrState`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MsrExtra {
+    /// TSC = source + `tsc_offset` (wrapping).
+    pub tsc_offset: u64,
+    pub mtrr_def_type: u64,
+    pub mtrr_fixed: [u64; 11],
+    /// PHYSBASE0, PHYSMASK0, PHYSBASE1...
+    pub mtrr_var: [u64; 2 * MTRR_VAR_COUNT as usize],
+    pub hwcr: u64,
+}
+
+impl X86Cpu {
+    fn tsc_raw(&self) -> u64 {
+        match &self.tsc_source {
+            Some(f) => f(),
+            None => self.icount,
+        }
+    }
+
+    /// The current TSC value.
+    pub fn tsc(&self) -> u64 {
+        self.tsc_raw().wrapping_add(self.msrs.tsc_offset)
+    }
+
+    /// Sets the TSC (adjusts the offset from the source).
+    pub fn set_tsc(&mut self, v: u64) {
+        self.msrs.tsc_offset = v.wrapping_sub(self.tsc_raw());
+    }
+}
+
+fn valid_mem_type(t: u64, pat: bool) -> bool {
+    matches!(t, 0 | 1 | 4 | 5 | 6) || (pat && t == 7)
+}
+
+fn all_types_valid(v: u64, pat: bool) -> bool {
+    (0..8).all(|i| valid_mem_type((v >> (i * 8)) & 0xff, pat))
+}
+
+fn phys_rsvd() -> u64 {
+    !((1u64 << mmu::PHYS_BITS) - 1)
+}
+
+/// Reads MSR `index` (no privilege check: the helper does it).
+pub fn read_msr(cpu: &X86Cpu, index: u32) -> Result<u64, Fault> {
+    let s = &cpu.state;
+    let m = &cpu.msrs;
+    Ok(match index {
+        msr::TSC => cpu.tsc(),
+        msr::EFER => s.efer,
+        msr::FS_BASE => s.seg[4].base,
+        msr::GS_BASE => s.seg[5].base,
+        MTRR_CAP => 0x500 | u64::from(MTRR_VAR_COUNT),
+        MTRR_DEF_TYPE => m.mtrr_def_type,
+        0x200..=0x20f => m.mtrr_var[(index - 0x200) as usize],
+        UCODE_REV => 0x0100_0065,
+        HWCR => m.hwcr,
+        i if MTRR_FIXED.contains(&i) => {
+            m.mtrr_fixed[MTRR_FIXED.iter().position(|&x| x == i).unwrap_or(0)]
+        }
+        msr::TSC_AUX if cpu.cpuid.edx_ext1 & ext1::RDTSCP != 0 => s.msr.tsc_aux,
+        msr::TSC_AUX => return Err(unknown(index, "read")),
+        i => match s.msr.get(i) {
+            Some(v) => v,
+            None => return Err(unknown(i, "read")),
+        },
+    })
+}
+
+fn unknown(index: u32, what: &str) -> Fault {
+    log::warn!(target: "vireo::tcg", "{what} of unknown MSR {index:#x}: #GP");
+    gp0()
+}
+
+/// Writes MSR `index` with every validity check first (#GP(0) leaves it unchanged).
+pub fn write_msr(cpu: &mut X86Cpu, index: u32, v: u64) -> Result<(), Fault> {
+    let canon = |v: u64| {
+        if mmu::is_canonical(v) {
+            Ok(())
+        } else {
+            Err(gp0())
+        }
+    };
+    match index {
+        msr::TSC => cpu.set_tsc(v),
+        msr::EFER => write_efer(cpu, v)?,
+        msr::FS_BASE => {
+            canon(v)?;
+            cpu.state.seg[4].base = v;
+        }
+        msr::GS_BASE => {
+            canon(v)?;
+            cpu.state.seg[5].base = v;
+        }
+        msr::KERNEL_GS_BASE | msr::LSTAR | msr::CSTAR => {
+            canon(v)?;
+            cpu.state.msr.set(index, v);
+        }
+        msr::SYSENTER_ESP | msr::SYSENTER_EIP => {
+            canon(v)?;
+            cpu.state.msr.set(index, v);
+        }
+        msr::SYSENTER_CS => cpu.state.msr.sysenter_cs = v & 0xffff,
+        msr::STAR => cpu.state.msr.star = v,
+        msr::SFMASK => cpu.state.msr.sfmask = v & 0xffff_ffff,
+        msr::TSC_AUX => {
+            if cpu.cpuid.edx_ext1 & ext1::RDTSCP == 0 || v >> 32 != 0 {
+                return Err(gp0());
+            }
+            cpu.state.msr.tsc_aux = v;
+        }
+        msr::PAT => {
+            if !all_types_valid(v, true) {
+                return Err(gp0());
+            }
+            cpu.state.msr.pat = v;
+        }
+        msr::MISC_ENABLE => cpu.state.msr.misc_enable = v,
+        msr::APIC_BASE => {
+            // Bits 0-7, 9 and those above MAXPHYADDR are reserved.
+            if v & (0x2ff | phys_rsvd()) != 0 {
+                return Err(gp0());
+            }
+            cpu.state.msr.apic_base = v;
+        }
+        MTRR_DEF_TYPE => {
+            if v & !0xcff != 0 || !valid_mem_type(v & 0xff, false) {
+                return Err(gp0());
+            }
+            cpu.msrs.mtrr_def_type = v;
+        }
+        0x200..=0x20f => {
+            let i = (index - 0x200) as usize;
+            let ok = if i % 2 == 0 {
+                valid_mem_type(v & 0xff, false) && v & (0xf00 | phys_rsvd()) == 0
+            } else {
+                v & (0x7ff | phys_rsvd()) == 0
+            };
+            if !ok {
+                return Err(gp0());
+            }
+            cpu.msrs.mtrr_var[i] = v;
+        }
+        HWCR => cpu.msrs.hwcr = v,
+        UCODE_REV => {}
+        i if MTRR_FIXED.contains(&i) => {
+            if !all_types_valid(v, false) {
+                return Err(gp0());
+            }
+            let p = MTRR_FIXED.iter().position(|&x| x == i).unwrap_or(0);
+            cpu.msrs.mtrr_fixed[p] = v;
+        }
+        i => return Err(unknown(i, "write")),
+    }
+    Ok(())
+}
+
+/// WRMSR to EFER: reserved bits, LME changes with paging on, LMA read-only.
+fn write_efer(cpu: &mut X86Cpu, v: u64) -> Result<(), Fault> {
+    let mut valid = ctl::EFER_LMA;
+    if cpu.cpuid.edx_ext1 & ext1::SYSCALL != 0 {
+        valid |= ctl::EFER_SCE;
+    }
+    if cpu.cpuid.edx_ext1 & ext1::LM != 0 {
+        valid |= ctl::EFER_LME;
+    }
+    if cpu.cpuid.edx_ext1 & ext1::NX != 0 {
+        valid |= ctl::EFER_NXE;
+    }
+    if v & !valid != 0 {
+        return Err(gp0());
+    }
+    let old = cpu.state.efer;
+    if (old ^ v) & ctl::EFER_LME != 0 && cpu.state.cr0 & ctl::CR0_PG != 0 {
+        return Err(gp0());
+    }
+    let new = (v & !ctl::EFER_LMA) | (old & ctl::EFER_LMA);
+    cpu.state.efer = new;
+    if (old ^ new) & ctl::EFER_NXE != 0 {
+        cpu.mmu.flush();
+    }
+    Ok(())
+}
+
+/// The `Rdmsr` helper.
+pub fn rdmsr(cpu: &mut X86Cpu) -> Result<(), Fault> {
+    if cpu.state.cpl() != 0 {
+        return Err(gp0());
+    }
+    let v = read_msr(cpu, cpu.state.gpr[1] as u32)?;
+    cpu.state.gpr[0] = v & 0xffff_ffff;
+    cpu.state.gpr[2] = v >> 32;
+    Ok(())
+}
+
+/// The `Wrmsr` helper.
+pub fn wrmsr(cpu: &mut X86Cpu) -> Result<(), Fault> {
+    if cpu.state.cpl() != 0 {
+        return Err(gp0());
+    }
+    let v = (cpu.state.gpr[0] & 0xffff_ffff) | (cpu.state.gpr[2] << 32);
+    write_msr(cpu, cpu.state.gpr[1] as u32, v)
+}
+
+/// The `Rdtsc` helper (RDTSCP also sets ECX = TSC_AUX).
+pub fn rdtsc(cpu: &mut X86Cpu, rdtscp: bool) -> Result<(), Fault> {
+    if rdtscp && cpu.cpuid.edx_ext1 & ext1::RDTSCP == 0 {
+        return Err(crate::seg::ud());
+    }
+    if cpu.cpuid.edx1 & edx1::TSC == 0 {
+        return Err(crate::seg::ud());
+    }
+    if cpu.state.cr4 & cr4::TSD != 0 && cpu.state.cpl() != 0 {
+        return Err(gp0());
+    }
+    let t = cpu.tsc();
+    cpu.state.gpr[0] = t & 0xffff_ffff;
+    cpu.state.gpr[2] = t >> 32;
+    if rdtscp {
+        cpu.state.gpr[1] = cpu.state.msr.tsc_aux & 0xffff_ffff;
+    }
+    Ok(())
+}
