@@ -238,18 +238,19 @@ pub(crate) struct Tr {
 fn fetch(cpu: &mut X86Cpu, m: &Mode, pc: u64, buf: &mut [u8; 15]) -> (usize, Option<Fault>) {
     let base = cpu.state.seg[sreg::CS].base;
     let mmu = m.mmu();
-    for i in 0..buf.len() {
+    let n = buf.len();
+    for (i, byte) in buf.iter_mut().enumerate() {
         let off = pc.wrapping_add(i as u64) & m.ip_mask();
         let mut lin = base.wrapping_add(off);
         if m.bits != 64 {
             lin &= 0xffff_ffff;
         }
         match crate::mmu::read(cpu, lin, Size::B8, mmu) {
-            Ok(v) => buf[i] = v as u8,
+            Ok(v) => *byte = v as u8,
             Err(f) => return (i, Some(f)),
         }
     }
-    (buf.len(), None)
+    (n, None)
 }
 
 /// Linear address of CS-relative `pc`.
@@ -498,7 +499,7 @@ impl Tr {
             M::Insb | M::Insw | M::Insd | M::Outsb | M::Outsw | M::Outsd => self.string(),
             M::Jmp => self.jmp(),
             M::Call => self.call(),
-            M::Ret => self.ret(),
+            M::Ret | M::Retf => self.ret(),
             M::Jo
             | M::Jno
             | M::Jb
