@@ -52,6 +52,8 @@ pub fn state(m: M) -> CpuState {
             s.cr0 |= ctl::CR0_PE;
             if long {
                 s.cr0 |= ctl::CR0_PG;
+                s.cr4 |= ctl::CR4_PAE;
+                s.cr3 = PML4;
                 s.efer = ctl::EFER_LME | ctl::EFER_LMA;
             }
             for (i, seg) in s.seg.iter_mut().enumerate() {
@@ -64,9 +66,23 @@ pub fn state(m: M) -> CpuState {
     s
 }
 
+/// Page tables of the 64-bit tests: the first GiB identity-mapped with 2 MiB pages.
+pub const PML4: u64 = 0xf0_0000;
+
+fn identity_map(bus: &SystemBus) {
+    let w = |a: u64, v: u64| bus.mem.write_u64(a, v).expect("page tables");
+    w(PML4, (PML4 + 0x1000) | 7);
+    w(PML4 + 0x1000, (PML4 + 0x2000) | 7);
+    for i in 0..512u64 {
+        w(PML4 + 0x2000 + 8 * i, (i << 21) | 0x87);
+    }
+}
+
 /// A CPU in mode `m` with `code` at [`CODE`].
 pub fn machine(m: M, code: &[u8]) -> X86Cpu {
-    let cpu = X86Cpu::new(bus(), state(m));
+    let bus = bus();
+    identity_map(&bus);
+    let cpu = X86Cpu::new(bus, state(m));
     load(&cpu, CODE, code);
     cpu
 }
