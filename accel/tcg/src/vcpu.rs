@@ -415,7 +415,7 @@ impl TcgVcpu {
             };
             log::trace!(target: LOG_IN_ASM, "IN: {:04x}:{:#x} (phys {:#x}, {} insns)\n{}",
                 cs.selector, key.pc, key.phys, block.insns,
-                crate::disas::block(&bytes, key.pc, bitness));
+                crate::disas::block(&bytes, key.pc, bitness).trim_end());
         }
         if log::log_enabled!(target: LOG_OP, log::Level::Trace) {
             log::trace!(target: LOG_OP, "OP:\n{block}");
