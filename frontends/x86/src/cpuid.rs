@@ -179,13 +179,7 @@ impl CpuidModel {
                 let ebx = (self.apic_id << 24) | (1 << 16) | (8 << 8);
                 [self.signature(), ebx, ecx, self.edx1]
             }
-            7 if leaf <= self.max_leaf => {
-                if sub == 0 {
-                    [0, self.ebx7, self.ecx7, self.edx7]
-                } else {
-                    [0; 4]
-                }
-            }
+            7 if leaf <= self.max_leaf && sub == 0 => [0, self.ebx7, self.ecx7, self.edx7],
             0xd if leaf <= self.max_leaf && self.has_xsave() => {
                 let size = |x: u64| if x & 4 != 0 { 0x340 } else { 0x240 };
                 match sub {

@@ -16,6 +16,8 @@ pub mod control;
 pub mod cpu;
 pub mod cpuid;
 pub mod exception;
+#[cfg(test)]
+mod exception_tests;
 pub mod flags;
 pub mod helpers;
 pub mod io;
@@ -24,8 +26,14 @@ pub mod msr;
 pub mod seg;
 pub mod stack;
 pub mod syscall;
+#[cfg(test)]
+mod system_tests;
 pub mod task;
+#[cfg(test)]
+mod testutil;
 pub mod transfer;
+#[cfg(test)]
+mod transfer_tests;
 pub mod translate;
 
 pub use cpu::X86Cpu;

@@ -537,7 +537,7 @@ fn walk(cpu: &mut X86Cpu, la: u64, access: Access, class: usize) -> Result<Walk,
         (
             data_ok,
             data_ok && (writable || !wp),
-            !nx && !(user && smep),
+            !(nx || (user && smep)),
         )
     };
     let allowed = match access {

@@ -1,1 +1,374 @@
+//! MMU tests: page walks in every mode with A/D bits, fault error codes and CR2,
+//! WP/SMEP/SMAP/NX, TLB flush semantics, page-crossing writes, A20.
 
+use super::*;
+use crate::testutil::*;
+use vireo_core::cpu::ctl;
+
+const PD: u64 = 0x10000;
+const PT: u64 = 0x11000;
+const P: u64 = 1;
+const RW: u64 = 2;
+const US: u64 = 4;
+const A: u64 = 0x20;
+const D: u64 = 0x40;
+const PS: u64 = 0x80;
+const G: u64 = 0x100;
+
+/// 32-bit paging: 0x400000 → 0x20000 via PD[1] / PT[0]; `pde`/`pte` are flag bits.
+fn legacy(pde: u64, pte: u64) -> X86Cpu {
+    let mut cpu = machine();
+    w32(&cpu, PD + 4, (PT | pde) as u32);
+    w32(&cpu, PT, (0x20000 | pte) as u32);
+    cpu.state.cr3 = PD;
+    cpu.state.cr0 = ctl::CR0_PE | ctl::CR0_PG | ctl::CR0_ET;
+    cpu
+}
+
+fn pf_err(r: Result<u64, Fault>) -> (u32, u64) {
+    let f = r.expect_err("expected a fault");
+    assert_eq!(f.vector, 14, "{f:?}");
+    (f.error_code.unwrap_or(99), f.address.unwrap_or(0))
+}
+
+#[test]
+fn legacy_walk_sets_accessed_then_dirty() {
+    let mut cpu = legacy(P | RW | US, P | RW | US);
+    w32(&cpu, 0x20010, 0xdead_beef);
+    assert_eq!(
+        read(&mut cpu, 0x400010, Size::B32, MmuIdx::Kernel),
+        Ok(0xdead_beef)
+    );
+    assert_eq!(u64::from(r32(&cpu, PD + 4)) & (A | D), A);
+    assert_eq!(u64::from(r32(&cpu, PT)) & (A | D), A);
+    write(&mut cpu, 0x400020, 0x1234, Size::B16, MmuIdx::User).unwrap();
+    assert_eq!(r16(&cpu, 0x20020), 0x1234);
+    // D only on the leaf.
+    assert_eq!(u64::from(r32(&cpu, PD + 4)) & (A | D), A);
+    assert_eq!(u64::from(r32(&cpu, PT)) & (A | D), A | D);
+}
+
+#[test]
+fn legacy_fault_codes_and_cr2_address() {
+    // Not present: P=0; user write.
+    let mut cpu = legacy(P | RW | US, RW | US);
+    let (e, a) = pf_err(write(&mut cpu, 0x400ffc, 1, Size::B32, MmuIdx::User).map(|_| 0));
+    assert_eq!((e, a), (pferr::W | pferr::U, 0x400ffc));
+    // Supervisor page from user: P | U (read).
+    let mut cpu = legacy(P | RW, P | RW | US);
+    let (e, _) = pf_err(read(&mut cpu, 0x400000, Size::B8, MmuIdx::User));
+    assert_eq!(e, pferr::P | pferr::U);
+    // Read-only page, user write: P | W | U; the leaf A bit is not set on a denied access.
+    let mut cpu = legacy(P | RW | US, P | US);
+    let (e, _) = pf_err(write(&mut cpu, 0x400000, 1, Size::B8, MmuIdx::User).map(|_| 0));
+    assert_eq!(e, pferr::P | pferr::W | pferr::U);
+    assert_eq!(u64::from(r32(&cpu, PT)) & A, 0);
+    assert_eq!(u64::from(r32(&cpu, PD + 4)) & A, A);
+}
+
+#[test]
+fn write_protect_for_supervisor() {
+    let mut cpu = legacy(P | RW, P);
+    write(&mut cpu, 0x400000, 7, Size::B8, MmuIdx::Kernel).unwrap();
+    assert_eq!(cpu.bus.mem.read_u8(0x20000).unwrap(), 7);
+    cpu.state.cr0 |= ctl::CR0_WP;
+    cpu.mmu.flush();
+    let (e, _) = pf_err(write(&mut cpu, 0x400000, 1, Size::B8, MmuIdx::Kernel).map(|_| 0));
+    assert_eq!(e, pferr::P | pferr::W);
+}
+
+#[test]
+fn pse_large_pages_and_reserved_bit() {
+    let mut cpu = legacy(P, P);
+    cpu.state.cr4 = cr4::PSE;
+    // 4 MiB page at 0x800000 for linear 0xc00000 (PD[3]).
+    w32(&cpu, PD + 12, (0x80_0000 | P | RW | PS) as u32);
+    w32(&cpu, 0x80_1234, 0x5555_aaaa);
+    assert_eq!(
+        read(&mut cpu, 0xc0_1234, Size::B32, MmuIdx::Kernel),
+        Ok(0x5555_aaaa)
+    );
+    assert_eq!(u64::from(r32(&cpu, PD + 12)) & A, A);
+    // PSE-36: bits 20:13 give physical bits 39:32 (beyond RAM: reads all ones).
+    w32(&cpu, PD + 16, (0x40_0000 | (1 << 13) | P | PS) as u32);
+    assert_eq!(
+        translate(&mut cpu, 0x100_0010, Access::Read, Agent::Kernel),
+        Ok(0x1_0040_0010)
+    );
+    // Bit 21 is reserved.
+    w32(&cpu, PD + 20, (0x40_0000 | (1 << 21) | P | PS) as u32);
+    let (e, _) = pf_err(read(&mut cpu, 0x140_0000, Size::B8, MmuIdx::Kernel));
+    assert_eq!(e, pferr::P | pferr::RSVD);
+    // Without CR4.PSE the PS bit is ignored: PD[3] is a page table at 0x800000.
+    cpu.state.cr4 = 0;
+    cpu.mmu.flush();
+    w32(&cpu, 0x80_0000, (0x30000 | P) as u32);
+    assert_eq!(
+        translate(&mut cpu, 0xc0_0004, Access::Read, Agent::Kernel),
+        Ok(0x30004)
+    );
+}
+
+/// PAE: PDPT at 0x10000, PD at 0x11000, PT at 0x12000; 0x40201000 → 0x20000.
+fn pae(pte: u64) -> X86Cpu {
+    let mut cpu = machine();
+    w64(&cpu, 0x10000 + 8, 0x11000 | P);
+    w64(&cpu, 0x11000 + 8, 0x12000 | P | RW | US);
+    w64(&cpu, 0x12000 + 8, 0x20000 | pte);
+    cpu.state.cr3 = 0x10000;
+    cpu.state.cr4 = cr4::PAE;
+    cpu.state.cr0 = ctl::CR0_PE | ctl::CR0_PG | ctl::CR0_ET;
+    cpu
+}
+
+#[test]
+fn pae_walk_nx_and_reserved() {
+    let mut cpu = pae(P | RW | US | PTE_NX);
+    // NXE off: bit 63 is reserved.
+    let (e, _) = pf_err(read(&mut cpu, 0x4020_1000, Size::B8, MmuIdx::Kernel));
+    assert_eq!(e, pferr::P | pferr::RSVD);
+    cpu.state.efer = ctl::EFER_NXE;
+    cpu.mmu.flush();
+    assert!(read(&mut cpu, 0x4020_1000, Size::B8, MmuIdx::Kernel).is_ok());
+    let mut b = [0u8; 1];
+    let f = fetch(&mut cpu, 0x4020_1000, &mut b).unwrap_err();
+    assert_eq!(f.error_code, Some(pferr::P | pferr::ID));
+    assert_eq!(f.address, Some(0x4020_1000));
+    // Physical address above MAXPHYADDR: reserved.
+    w64(&cpu, 0x12000 + 16, (1 << 45) | P);
+    let (e, _) = pf_err(read(&mut cpu, 0x4020_2000, Size::B8, MmuIdx::Kernel));
+    assert_eq!(e, pferr::P | pferr::RSVD);
+    // PDPTE reserved bits.
+    w64(&cpu, 0x10000 + 16, 0x11000 | P | 0x4);
+    let (e, _) = pf_err(read(&mut cpu, 0x8000_0000, Size::B8, MmuIdx::Kernel));
+    assert_eq!(e, pferr::P | pferr::RSVD);
+    // Not-present PDPTE.
+    let (e, a) = pf_err(read(&mut cpu, 0xc000_0000, Size::B8, MmuIdx::User));
+    assert_eq!((e, a), (pferr::U, 0xc000_0000));
+}
+
+/// 4-level: PML4 0x10000, PDPT 0x11000, PD 0x12000, PT 0x13000.
+/// 0x7f_8040_3000 → 0x20000 (4 KiB), 0x7f_8060_0000 → 2 MiB page at 0x400000,
+/// 0x7f_c000_0000 → 1 GiB page at 0.
+fn long4() -> X86Cpu {
+    let mut cpu = machine();
+    let la: u64 = 0x7f_8040_3000;
+    let i4 = (la >> 39) & 511;
+    let i3 = (la >> 30) & 511;
+    let i2 = (la >> 21) & 511;
+    let i1 = (la >> 12) & 511;
+    w64(&cpu, 0x10000 + i4 * 8, 0x11000 | P | RW | US);
+    w64(&cpu, 0x11000 + i3 * 8, 0x12000 | P | RW | US);
+    w64(&cpu, 0x12000 + i2 * 8, 0x13000 | P | RW | US);
+    w64(&cpu, 0x13000 + i1 * 8, 0x20000 | P | RW | US);
+    w64(&cpu, 0x12000 + (i2 + 1) * 8, 0x40_0000 | P | RW | PS);
+    w64(&cpu, 0x11000 + (i3 + 1) * 8, P | RW | PS | G);
+    cpu.state.cr3 = 0x10000;
+    cpu.state.cr4 = cr4::PAE;
+    cpu.state.efer = ctl::EFER_LME | ctl::EFER_LMA | ctl::EFER_NXE;
+    cpu.state.cr0 = ctl::CR0_PE | ctl::CR0_PG | ctl::CR0_ET;
+    cpu
+}
+
+#[test]
+fn long_mode_walks() {
+    let mut cpu = long4();
+    write(
+        &mut cpu,
+        0x7f_8040_3008,
+        0x1122_3344_5566_7788,
+        Size::B64,
+        MmuIdx::User,
+    )
+    .unwrap();
+    assert_eq!(r64(&cpu, 0x20008), 0x1122_3344_5566_7788);
+    // A on every level, D on the leaf only.
+    let la: u64 = 0x7f_8040_3000;
+    assert_eq!(r64(&cpu, 0x10000 + ((la >> 39) & 511) * 8) & (A | D), A);
+    assert_eq!(r64(&cpu, 0x11000 + ((la >> 30) & 511) * 8) & (A | D), A);
+    assert_eq!(r64(&cpu, 0x12000 + ((la >> 21) & 511) * 8) & (A | D), A);
+    assert_eq!(r64(&cpu, 0x13000 + ((la >> 12) & 511) * 8) & (A | D), A | D);
+    // 2 MiB and 1 GiB pages.
+    assert_eq!(
+        translate(&mut cpu, 0x7f_8061_2345, Access::Read, Agent::Kernel),
+        Ok(0x41_2345)
+    );
+    assert_eq!(
+        translate(&mut cpu, 0x7f_c012_3456, Access::Read, Agent::Kernel),
+        Ok(0x12_3456)
+    );
+    // The 2 MiB page is supervisor-only.
+    let (e, _) = pf_err(read(&mut cpu, 0x7f_8060_0000, Size::B8, MmuIdx::User));
+    assert_eq!(e, pferr::P | pferr::U);
+    // Non-canonical: #GP(0).
+    let f = read(&mut cpu, 0x8000_0000_0000, Size::B8, MmuIdx::Kernel).unwrap_err();
+    assert_eq!((f.vector, f.error_code), (13, Some(0)));
+    // Not present with the fetch bit (NXE on).
+    let mut b = [0u8; 4];
+    let f = fetch(&mut cpu, 0x1000, &mut b).unwrap_err();
+    assert_eq!((f.error_code, f.address), (Some(pferr::ID), Some(0x1000)));
+    // PS in a PML4E is reserved.
+    w64(&cpu, 0x10000 + 8, 0x11000 | P | PS);
+    let (e, _) = pf_err(read(&mut cpu, 0x80_0000_0000, Size::B8, MmuIdx::Kernel));
+    assert_eq!(e, pferr::P | pferr::RSVD);
+}
+
+#[test]
+fn smep_and_smap() {
+    let mut cpu = long4();
+    let la = 0x7f_8040_3000;
+    cpu.state.cr4 |= cr4::SMEP | cr4::SMAP;
+    let mut b = [0u8; 1];
+    // Supervisor fetch from a user page.
+    let f = fetch(&mut cpu, la, &mut b).unwrap_err();
+    assert_eq!(f.error_code, Some(pferr::P | pferr::ID));
+    // Supervisor data access with AC = 0.
+    let (e, _) = pf_err(read(&mut cpu, la, Size::B8, MmuIdx::Kernel));
+    assert_eq!(e, pferr::P);
+    // AC = 1 allows explicit accesses, not implicit ones.
+    cpu.state.rflags |= vireo_core::cpu::flags::AC;
+    assert!(read(&mut cpu, la, Size::B8, MmuIdx::Kernel).is_ok());
+    assert!(write(&mut cpu, la, 1, Size::B8, MmuIdx::Kernel).is_ok());
+    let f = read_sys(&mut cpu, la, 8).unwrap_err();
+    assert_eq!(f.error_code, Some(pferr::P));
+    // User code is unaffected.
+    assert!(fetch(&mut cpu, la, &mut b).is_err());
+    cpu.state.seg[1].dpl = 3;
+    assert!(fetch(&mut cpu, la, &mut b).is_ok());
+}
+
+#[test]
+fn tlb_stale_until_invlpg_and_global_pages() {
+    let mut cpu = legacy(P | RW | US, P | RW | US);
+    cpu.state.cr4 = cr4::PGE;
+    w32(&cpu, 0x20000, 1);
+    w32(&cpu, 0x30000, 2);
+    // A global page at 0x401000 → 0x30000.
+    w32(&cpu, PT + 4, (0x30000 | P | RW | G) as u32);
+    assert_eq!(read(&mut cpu, 0x400000, Size::B32, MmuIdx::Kernel), Ok(1));
+    assert_eq!(read(&mut cpu, 0x401000, Size::B32, MmuIdx::Kernel), Ok(2));
+    let walks = cpu.mmu.walks;
+    // Remap both pages in memory: the TLB still holds the old translations.
+    w32(&cpu, PT, (0x30000 | P | RW | US) as u32);
+    w32(&cpu, PT + 4, (0x20000 | P | RW | G) as u32);
+    assert_eq!(read(&mut cpu, 0x400000, Size::B32, MmuIdx::Kernel), Ok(1));
+    assert_eq!(cpu.mmu.walks, walks);
+    // A CR3 write drops the non-global one only.
+    crate::control::write_cr3(&mut cpu, PD).unwrap();
+    assert_eq!(read(&mut cpu, 0x400000, Size::B32, MmuIdx::Kernel), Ok(2));
+    assert_eq!(read(&mut cpu, 0x401000, Size::B32, MmuIdx::Kernel), Ok(2));
+    // INVLPG drops global pages too.
+    crate::control::invlpg(&mut cpu, 0x401000).unwrap();
+    assert_eq!(read(&mut cpu, 0x401000, Size::B32, MmuIdx::Kernel), Ok(1));
+    // Clearing CR4.PGE flushes everything.
+    w32(&cpu, PT + 4, (0x30000 | P | RW | G) as u32);
+    crate::control::write_cr4(&mut cpu, 0).unwrap();
+    assert_eq!(read(&mut cpu, 0x401000, Size::B32, MmuIdx::Kernel), Ok(2));
+}
+
+#[test]
+fn large_page_invlpg_flushes_whole_page() {
+    let mut cpu = long4();
+    assert!(translate(&mut cpu, 0x7f_8060_0000, Access::Read, Agent::Kernel).is_ok());
+    assert!(translate(&mut cpu, 0x7f_8070_0000, Access::Read, Agent::Kernel).is_ok());
+    let la: u64 = 0x7f_8060_0000;
+    w64(
+        &cpu,
+        0x12000 + ((la >> 21) & 511) * 8,
+        0x60_0000 | P | RW | PS,
+    );
+    // One INVLPG anywhere in the 2 MiB page drops all its 4 KiB pieces.
+    cpu.mmu.flush_page(0x7f_8061_0000);
+    assert_eq!(
+        translate(&mut cpu, 0x7f_8070_0000, Access::Read, Agent::Kernel),
+        Ok(0x70_0000)
+    );
+}
+
+#[test]
+fn pcid_noflush_keeps_translations() {
+    let mut cpu = long4();
+    cpu.state.cr4 |= cr4::PCIDE;
+    cpu.state.cr3 = 0x10000 | 5;
+    cpu.mmu.set_pcid(5);
+    let la = 0x7f_8040_3000;
+    assert_eq!(
+        translate(&mut cpu, la, Access::Read, Agent::Kernel),
+        Ok(0x20000)
+    );
+    w64(
+        &cpu,
+        0x13000 + ((la >> 12) & 511) * 8,
+        0x30000 | P | RW | US,
+    );
+    // Bit 63: keep.
+    crate::control::write_cr3(&mut cpu, 0x10000 | 5 | 1 << 63).unwrap();
+    assert_eq!(cpu.state.cr3, 0x10005);
+    assert_eq!(
+        translate(&mut cpu, la, Access::Read, Agent::Kernel),
+        Ok(0x20000)
+    );
+    // Another PCID does not see PCID 5's entries.
+    crate::control::write_cr3(&mut cpu, 0x10000 | 6).unwrap();
+    assert_eq!(
+        translate(&mut cpu, la, Access::Read, Agent::Kernel),
+        Ok(0x30000)
+    );
+    // Reserved CR3 bits.
+    assert!(crate::control::write_cr3(&mut cpu, 1 << 50).is_err());
+}
+
+#[test]
+fn crossing_write_checks_both_pages_first() {
+    // 0x400000 present and writable, 0x401000 not present.
+    let mut cpu = legacy(P | RW | US, P | RW | US);
+    w32(&cpu, 0x20ffc, 0x1111_1111);
+    let f = write(&mut cpu, 0x400ffe, 0xaabb_ccdd, Size::B32, MmuIdx::Kernel).unwrap_err();
+    assert_eq!(f.address, Some(0x401000));
+    assert_eq!(f.error_code, Some(pferr::W));
+    assert_eq!(r32(&cpu, 0x20ffc), 0x1111_1111);
+    // A crossing read assembles both pages.
+    w32(&cpu, PT + 4, (0x50000 | P) as u32);
+    w16(&cpu, 0x50000, 0x7788);
+    assert_eq!(
+        read(&mut cpu, 0x400ffe, Size::B32, MmuIdx::Kernel),
+        Ok(0x7788_1111)
+    );
+}
+
+#[test]
+fn paging_off_a20_and_smc() {
+    let mut cpu = machine();
+    w32(&cpu, 0x5000, 0xabcd);
+    assert_eq!(read(&mut cpu, 0x10_5000, Size::B32, MmuIdx::Kernel), Ok(0));
+    cpu.bus.a20.set(false);
+    assert_eq!(
+        read(&mut cpu, 0x10_5000, Size::B32, MmuIdx::Kernel),
+        Ok(0xabcd)
+    );
+    assert_eq!(translate_code(&mut cpu, 0x10_5000), Ok(0x5000));
+    cpu.bus.a20.set(true);
+    cpu.mmu.code.watch(5);
+    write(&mut cpu, 0x5ffe, 0, Size::B32, MmuIdx::Kernel).unwrap();
+    assert!(cpu.stop);
+    assert_eq!(cpu.mmu.code.take_dirty(), vec![5]);
+    // Outside RAM: reads float high, writes vanish.
+    assert_eq!(
+        read(&mut cpu, 0x2000_0000, Size::B16, MmuIdx::Kernel),
+        Ok(0xffff)
+    );
+    assert!(write(&mut cpu, 0x2000_0000, 1, Size::B8, MmuIdx::Kernel).is_ok());
+}
+
+#[test]
+fn code_watch_bitmap() {
+    let mut w = CodeWatch::default();
+    assert!(!w.is_watched(3));
+    w.watch(3);
+    w.watch(1 << 30);
+    assert!(w.is_watched(3) && w.is_watched(1 << 30));
+    assert!(w.note_write(3));
+    assert!(!w.note_write(4));
+    w.unwatch(3);
+    assert!(!w.is_watched(3));
+}

@@ -137,9 +137,10 @@ pub fn swapgs(cpu: &mut X86Cpu) -> Result<(), Fault> {
     if cpu.state.cpl() != 0 {
         return Err(gp0());
     }
-    let k = cpu.state.msr.kernel_gs_base;
-    cpu.state.msr.kernel_gs_base = cpu.state.seg[sreg::GS].base;
-    cpu.state.seg[sreg::GS].base = k;
+    std::mem::swap(
+        &mut cpu.state.msr.kernel_gs_base,
+        &mut cpu.state.seg[sreg::GS].base,
+    );
     Ok(())
 }
 

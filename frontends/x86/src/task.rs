@@ -122,7 +122,8 @@ pub fn switch(
         return Err(sel_fault(TS, sel, ext));
     }
     let d = seg::fetch(cpu, sel)?.ok_or(sel_fault(GP, sel, ext))?;
-    if d.s() || d.type4() & 7 != 1 {
+    // Available or busy TSS (1, 3, 9, 0xb).
+    if d.s() || d.type4() & 5 != 1 {
         return Err(sel_fault(GP, sel, ext));
     }
     let busy = d.type4() & 2 != 0;

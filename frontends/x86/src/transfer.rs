@@ -144,7 +144,7 @@ fn gate_code(cpu: &mut X86Cpu, g: &Gate, jmp: bool) -> Result<Desc, Fault> {
     let bad = !d.is_code()
         || d.dpl() > cpl
         || (jmp && !d.conforming() && d.dpl() != cpl)
-        || (cpu.state.long_mode() && !(d.l() && !d.db()));
+        || (cpu.state.long_mode() && (!d.l() || d.db()));
     if bad {
         return Err(sel_fault(GP, g.sel, false));
     }
