@@ -4,6 +4,7 @@
 //!   initramfs (cached under `target/guest/`).
 //! - `linux-boot`: boot that guest under vireo and report how far it got.
 //! - `bench`: boot-to-marker times of vireo against QEMU, both with KVM.
+//! - `lockstep`: long lockstep campaigns, KVM against TCG, from a seed.
 //!
 //! Errors are one line, `vireo-tools: ...`, with exit status 1.
 
@@ -11,6 +12,7 @@ mod bench;
 mod boot;
 mod cpio;
 mod guest;
+mod lockstep;
 mod process;
 
 use clap::{Parser, Subcommand};
@@ -65,6 +67,29 @@ enum Cmd {
         /// Guest cache directory [default: <target dir>/guest]
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+    /// Lockstep: random instruction sequences run under KVM and TCG and compared.
+    ///
+    /// Sequence i uses seed SEED+i, so a divergence can be replayed alone with
+    /// `--seed S --count 1`. Exit status: 0 without divergences, 2 with, 1 on errors.
+    Lockstep {
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 10_000)]
+        count: u64,
+        /// Modes: real, pm32, compat32, long64, each optionally :user or :kernel.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "long64:user,compat32:user,pm32:user,long64:kernel,pm32:kernel,real"
+        )]
+        mode: Vec<String>,
+        /// Instructions per sequence.
+        #[arg(long, default_value_t = 8)]
+        length: usize,
+        /// Divergences shown per mode.
+        #[arg(long, default_value_t = 10)]
+        show: usize,
     },
     /// Boot-to-marker benchmark: vireo (KVM) against qemu-system-x86_64 -accel kvm.
     Bench {
@@ -122,6 +147,30 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 quiet,
             };
             Ok(if boot::run(&o)? {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
+        Cmd::Lockstep {
+            seed,
+            count,
+            mode,
+            length,
+            show,
+        } => {
+            let mut modes = Vec::new();
+            for m in &mode {
+                modes.extend(lockstep::parse_mode(m)?);
+            }
+            let o = lockstep::Options {
+                seed,
+                count,
+                modes,
+                length: length.clamp(1, 64),
+                show,
+            };
+            Ok(if lockstep::run(&o)? {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(2)

@@ -420,6 +420,9 @@ pub fn random_sequence(
         let Some(insn) = random_instruction(rng, code, bitness) else {
             continue;
         };
+        if arch_flags(insn.rflags_read()) & undefined != 0 {
+            continue;
+        }
         let Ok(len) = enc.encode(&insn, rip + bytes.len() as u64) else {
             continue;
         };
@@ -432,6 +435,11 @@ pub fn random_sequence(
             continue;
         }
         bytes.extend_from_slice(&out[..len]);
+        // An instruction that reads a flag the sequence left undefined would make its
+        // own results undefined: pick another.
+        if arch_flags(insn.rflags_read()) & undefined != 0 {
+            continue;
+        }
         let u = arch_flags(insn.rflags_undefined());
         let m = arch_flags(insn.rflags_modified());
         undefined = (undefined & !m) | u;

@@ -2,6 +2,7 @@
 //! memory, on two engines (KVM and TCG, or TCG's JIT and interpreter), compared after
 //! every sequence.
 
+pub mod campaign;
 pub mod env;
 pub mod gen;
 pub mod runner;

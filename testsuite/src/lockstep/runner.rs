@@ -81,13 +81,33 @@ impl Engine {
         let vcpu = vm
             .create_vcpu(0, pio, mmio, control.clone())
             .map_err(|e| e.to_string())?;
-        let _ = A20Gate::new;
         Ok(Engine {
             name: "kvm",
             mem,
             control,
             vcpu: Box::new(vcpu),
             _vm: Some(vm),
+        })
+    }
+
+    /// A TCG vCPU (IR interpreter backend).
+    pub fn tcg() -> Result<Engine, String> {
+        let mem = Arc::new(GuestMemory::new_flat(MEM_SIZE).map_err(|e| e.to_string())?);
+        let control = MachineControl::new();
+        let (pio, mmio) = buses(&control)?;
+        let bus = vireo_core::SystemBus {
+            mem: mem.clone(),
+            pio,
+            mmio,
+            a20: A20Gate::new(),
+        };
+        let vcpu = vireo_tcg::TcgVcpu::new(bus, control.clone());
+        Ok(Engine {
+            name: "tcg",
+            mem,
+            control,
+            vcpu: Box::new(vcpu),
+            _vm: None,
         })
     }
 
@@ -102,6 +122,8 @@ impl Engine {
         let shutdown = match self.vcpu.run().map_err(other)? {
             VcpuExit::Stopped => false,
             VcpuExit::Shutdown => true,
+            // The stub's `hlt` after its port write: TCG runs both in one block.
+            VcpuExit::Halted if self.control.stop_reason().is_some() => false,
             VcpuExit::Halted => return Err(RunError::Other("halted".into())),
             VcpuExit::Failed(msg) => return Err(RunError::EngineLimit(msg)),
         };

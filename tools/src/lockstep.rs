@@ -1,0 +1,64 @@
+//! `lockstep`: long lockstep campaigns (KVM against TCG) from a seed.
+
+use std::time::Instant;
+use vireo_testsuite::lockstep::campaign::{self, Config};
+use vireo_testsuite::lockstep::env::{Mode, Privilege};
+use vireo_testsuite::lockstep::gen::Features;
+use vireo_testsuite::lockstep::runner::Engine;
+
+/// Options of one campaign.
+pub struct Options {
+    pub seed: u64,
+    pub count: u64,
+    pub modes: Vec<(Mode, Privilege)>,
+    pub length: usize,
+    pub show: usize,
+}
+
+/// Parses `real`, `pm32`, `compat32`, `long64` with an optional `:user`/`:kernel`.
+pub fn parse_mode(s: &str) -> Result<Vec<(Mode, Privilege)>, String> {
+    let (m, p) = s.split_once(':').unwrap_or((s, "both"));
+    let mode = match m {
+        "real" => Mode::Real,
+        "pm32" => Mode::Protected32,
+        "compat32" => Mode::Compat32,
+        "long64" => Mode::Long64,
+        _ => return Err(format!("unknown mode '{m}' (real, pm32, compat32, long64)")),
+    };
+    let privs = match (mode, p) {
+        (Mode::Real, _) => vec![Privilege::Kernel],
+        (_, "user") => vec![Privilege::User],
+        (_, "kernel") => vec![Privilege::Kernel],
+        (_, "both") => vec![Privilege::User, Privilege::Kernel],
+        _ => return Err(format!("unknown privilege '{p}' (user, kernel)")),
+    };
+    Ok(privs.into_iter().map(|p| (mode, p)).collect())
+}
+
+/// Runs the campaigns; returns whether no divergence was found.
+pub fn run(o: &Options) -> Result<bool, String> {
+    let mut kvm = Engine::kvm()?;
+    let mut tcg = Engine::tcg()?;
+    let mut clean = true;
+    for &(mode, privilege) in &o.modes {
+        let cfg = Config {
+            seed: o.seed,
+            count: o.count,
+            mode,
+            privilege,
+            length: o.length,
+            features: Features::GP,
+        };
+        let t = Instant::now();
+        let r = campaign::run(&mut kvm, &mut tcg, &cfg);
+        println!(
+            "== {mode:?} {privilege:?}, seeds {}..{} ({:.1} s)",
+            o.seed,
+            o.seed + o.count,
+            t.elapsed().as_secs_f64()
+        );
+        print!("{}", r.summary(o.show));
+        clean &= r.divergences.is_empty();
+    }
+    Ok(clean)
+}
