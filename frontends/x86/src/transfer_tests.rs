@@ -340,3 +340,43 @@ fn long_mode_call_gate_and_iretq() {
     );
     assert_eq!(cpu.state.seg[sreg::SS].selector, U_DS);
 }
+
+#[test]
+fn exception_through_idt_task_gate() {
+    let mut cpu = two_tasks();
+    set_idt(&cpu, 13, gate(0x48, 0, 5, 0, 0));
+    cpu.deliver_exception(vireo_core::exec::Fault::with_error(13, 0x10), 0x1003)
+        .unwrap();
+    assert_eq!(cpu.state.tr.selector, 0x48);
+    assert_eq!(cpu.state.rip, 0x5555);
+    assert_ne!(cpu.rflags() & fl::NT, 0);
+    assert_eq!(r16(&cpu, TSS2), TSS_SEL);
+    // The faulting EIP is saved in the old TSS; the error code is on the new stack.
+    assert_eq!(r32(&cpu, TSS + 0x20), 0x1003);
+    assert_eq!(cpu.state.gpr[reg::RSP], 0x8800 - 4);
+    assert_eq!(r32(&cpu, 0x8800 - 4), 0x10);
+}
+
+#[test]
+fn call_to_16bit_tss() {
+    let mut cpu = pm(0);
+    w64(&cpu, GDT + 9 * 8, desc(TSS2 as u32, 0x2b, 0x81, 0));
+    cpu.state.gdtr.limit = 10 * 8 - 1;
+    w64(&cpu, GDT + 5 * 8, r64(&cpu, GDT + 5 * 8) | 2 << 40);
+    w16(&cpu, TSS2 + 0x0e, 0x4321);
+    w16(&cpu, TSS2 + 0x10, 0x0002);
+    w16(&cpu, TSS2 + 0x12, 0xaaaa);
+    w16(&cpu, TSS2 + 0x1a, 0x7700);
+    for (i, s) in [K_DS, K_CS, K_DS, K_DS].iter().enumerate() {
+        w16(&cpu, TSS2 + 0x22 + i as u64 * 2, *s);
+    }
+    cpu.state.gpr[reg::RAX] = 0x1234_5678;
+    transfer::far_call(&mut cpu, 0x48, 0, 32, 0x2000).unwrap();
+    assert_eq!(cpu.state.rip, 0x4321);
+    // 16-bit task: only the low halves of the registers are loaded.
+    assert_eq!(cpu.state.gpr[reg::RAX], 0x1234_aaaa);
+    assert_eq!(cpu.state.gpr[reg::RSP] & 0xffff, 0x7700);
+    assert!(cpu.state.seg[sreg::FS].unusable);
+    assert_eq!(r16(&cpu, TSS2), TSS_SEL);
+    assert_eq!((r64(&cpu, GDT + 9 * 8) >> 40) & 0xf, 0x3);
+}

@@ -420,6 +420,8 @@ pub fn random_sequence(
         let Some(insn) = random_instruction(rng, code, bitness) else {
             continue;
         };
+        // An instruction that reads a flag the sequence left undefined would make its
+        // own results undefined: pick another.
         if arch_flags(insn.rflags_read()) & undefined != 0 {
             continue;
         }
@@ -435,11 +437,6 @@ pub fn random_sequence(
             continue;
         }
         bytes.extend_from_slice(&out[..len]);
-        // An instruction that reads a flag the sequence left undefined would make its
-        // own results undefined: pick another.
-        if arch_flags(insn.rflags_read()) & undefined != 0 {
-            continue;
-        }
         let u = arch_flags(insn.rflags_undefined());
         let m = arch_flags(insn.rflags_modified());
         undefined = (undefined & !m) | u;
