@@ -425,10 +425,12 @@ pub fn random_sequence(
         if arch_flags(insn.rflags_read()) & undefined != 0 {
             continue;
         }
-        let Ok(len) = enc.encode(&insn, rip + bytes.len() as u64) else {
+        let r = enc.encode(&insn, rip + bytes.len() as u64);
+        // Take the buffer even after a failure: a failed encode can leave bytes in it.
+        let out = enc.take_buffer();
+        let Ok(len) = r else {
             continue;
         };
-        let out = enc.take_buffer();
         // Keep only encodings the default decoder reads back as one instruction of the
         // same length (drops forms that need special decoder options).
         let back =
