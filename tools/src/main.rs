@@ -5,6 +5,7 @@
 //! - `linux-boot`: boot that guest under vireo and report how far it got.
 //! - `bench`: boot-to-marker times of vireo against QEMU, both with KVM.
 //! - `lockstep`: long lockstep campaigns, KVM against TCG, from a seed.
+//! - `tcg-speed`: guest instructions per second of the TCG engine on CPU-bound loops.
 //!
 //! Errors are one line, `vireo-tools: ...`, with exit status 1.
 
@@ -14,6 +15,7 @@ mod cpio;
 mod guest;
 mod lockstep;
 mod process;
+mod tcgbench;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -91,6 +93,8 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         show: usize,
     },
+    /// Guest instructions per second of the TCG engine on CPU-bound micro-benchmarks.
+    TcgSpeed,
     /// Boot-to-marker benchmark: vireo (KVM) against qemu-system-x86_64 -accel kvm.
     Bench {
         /// Timed runs per guest and engine.
@@ -151,6 +155,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             } else {
                 ExitCode::from(2)
             })
+        }
+        Cmd::TcgSpeed => {
+            tcgbench::run_all()?;
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Lockstep {
             seed,
