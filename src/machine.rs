@@ -98,6 +98,11 @@ pub struct Machine {
     com1: Option<Arc<Mutex<Serial>>>,
     control: Arc<MachineControl>,
     mem: Arc<GuestMemory>,
+    /// What the CPU reaches (for the hybrid TCG engine).
+    bus: SystemBus,
+    /// TCG engine that runs single instructions KVM cannot (created on first need).
+    hybrid: Option<TcgVcpu>,
+    hybrid_steps: u64,
     config: MachineConfig,
 }
 
@@ -157,18 +162,18 @@ impl Machine {
             None => CpuState::reset(),
         };
 
-        let pio = Arc::new(plat.pio);
-        let mmio = Arc::new(plat.mmio);
+        let bus = SystemBus {
+            mem: mem.clone(),
+            pio: Arc::new(plat.pio),
+            mmio: Arc::new(plat.mmio),
+            a20,
+        };
         let mut vcpu: Box<dyn Vcpu> = match (&vm, pic) {
-            (Some(vm), _) => Box::new(vm.create_vcpu(0, pio, mmio, control.clone())?),
+            (Some(vm), _) => {
+                Box::new(vm.create_vcpu(0, bus.pio.clone(), bus.mmio.clone(), control.clone())?)
+            }
             (None, pic) => {
-                let bus = SystemBus {
-                    mem: mem.clone(),
-                    pio,
-                    mmio,
-                    a20,
-                };
-                let mut tcg = TcgVcpu::new(bus, control.clone());
+                let mut tcg = TcgVcpu::new(bus.clone(), control.clone());
                 if let Some(pic) = pic {
                     tcg = tcg.with_interrupts(Arc::new(PicInterrupts(pic)));
                 }
@@ -186,6 +191,9 @@ impl Machine {
             com1: plat.com1,
             control,
             mem,
+            bus,
+            hybrid: None,
+            hybrid_steps: 0,
             config,
         })
     }
@@ -238,6 +246,10 @@ impl Machine {
                     }
                     false
                 }
+                VcpuExit::Unsupported(msg) => {
+                    self.hybrid_step(&msg)?;
+                    false
+                }
                 VcpuExit::Failed(msg) => {
                     let rip = self.vcpu.state().map(|s| s.rip).unwrap_or(0);
                     return Err(Error::Machine(format!(
@@ -252,6 +264,52 @@ impl Machine {
                 self.reboot()?;
             }
         }
+    }
+
+    /// Hybrid execution: the engine (KVM) cannot execute the current instruction, so
+    /// TCG executes exactly that one instruction on the same memory and buses, and the
+    /// state goes back to the engine. Counters the guest reads for time (TSC) and the
+    /// APIC base stay the engine's.
+    fn hybrid_step(&mut self, why: &str) -> Result<()> {
+        let before = self.vcpu.state()?;
+        if self.hybrid.is_none() {
+            log::info!(target: "vireo::machine",
+                "hybrid execution: {why} at rip {:#x}; running it under TCG", before.rip);
+            let mut tcg = TcgVcpu::new(self.bus.clone(), self.control.clone());
+            tcg.set_max_block_insns(1);
+            self.hybrid = Some(tcg);
+        }
+        let Some(tcg) = self.hybrid.as_mut() else {
+            return Err(Error::Machine("hybrid engine missing".into()));
+        };
+        tcg.set_state(&before)?;
+        tcg.set_insn_limit(Some(tcg.insns() + 1));
+        match tcg.run()? {
+            VcpuExit::Stopped | VcpuExit::Halted => {}
+            VcpuExit::Shutdown => {
+                return Err(Error::Machine(format!(
+                    "guest stopped: triple fault in the instruction KVM could not run ({why})"
+                )))
+            }
+            VcpuExit::Unsupported(m) | VcpuExit::Failed(m) => {
+                return Err(Error::Machine(format!(
+                    "guest stopped: {why}, and TCG cannot run it either: {m} (rip {:#x})",
+                    before.rip
+                )))
+            }
+        }
+        let mut after = tcg.state()?;
+        after.msr.tsc = before.msr.tsc;
+        after.msr.apic_base = before.msr.apic_base;
+        self.vcpu.set_state(&after)?;
+        self.hybrid_steps += 1;
+        log::debug!(target: "vireo::machine", "hybrid step {}: {why}", self.hybrid_steps);
+        Ok(())
+    }
+
+    /// Instructions run under TCG on behalf of KVM so far (hybrid execution).
+    pub fn hybrid_steps(&self) -> u64 {
+        self.hybrid_steps
     }
 
     /// A warm reboot: RAM cleared, tables and kernel written again, CPU reset.

@@ -16,6 +16,10 @@ pub enum VcpuExit {
     /// A device asked the machine to stop (see [`crate::MachineControl`]), or the vCPU
     /// was kicked from another thread.
     Stopped,
+    /// The engine cannot execute the current instruction (for KVM: the host's
+    /// instruction emulator lacks it). The state is at that instruction: another
+    /// engine may execute it and hand the state back (hybrid execution).
+    Unsupported(String),
     /// The engine cannot go on; the string says why (unsupported instruction, internal
     /// error of the host hypervisor).
     Failed(String),

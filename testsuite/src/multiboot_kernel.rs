@@ -53,6 +53,9 @@ pub enum Ending {
     /// Echo COM1 input back in upper case until a newline, then exit with the number
     /// of characters echoed (mod 128).
     EchoUntilNewline,
+    /// VERR on the flat data selector (0x10), then exit with `0x30 + ZF`: an
+    /// instruction this host's software KVM cannot emulate at CPL 0 (hybrid execution).
+    VerrThenExit,
 }
 
 /// CMOS NVRAM byte the reset test uses to count boots (it survives a reset).
@@ -133,6 +136,16 @@ fn assemble(ending: Ending) -> Result<Vec<u8>, IcedError> {
             a.jmp(hang)?;
         }
         Ending::Hang => a.jmp(hang)?,
+        Ending::VerrThenExit => {
+            a.mov(ax, 0x10u32)?;
+            a.verr(ax)?;
+            a.setz(al)?;
+            a.movzx(eax, al)?;
+            a.add(eax, 0x30)?;
+            a.mov(dx, EXIT_PORT as u32)?;
+            a.out(dx, eax)?;
+            a.jmp(hang)?;
+        }
         Ending::EchoUntilNewline => {
             let mut next = a.create_label();
             let mut wait_rx = a.create_label();

@@ -82,7 +82,7 @@ fn run(code: &[u8]) -> Result<(u64, f64), String> {
     loop {
         match vcpu.run().map_err(|e| e.to_string())? {
             VcpuExit::Halted => break,
-            VcpuExit::Failed(m) => return Err(m),
+            VcpuExit::Failed(m) | VcpuExit::Unsupported(m) => return Err(m),
             VcpuExit::Shutdown => return Err("triple fault".into()),
             VcpuExit::Stopped => {}
         }

@@ -74,9 +74,12 @@ impl KvmVcpu {
                     let internal = unsafe { run.__bindgen_anon_1.internal };
                     let n = (internal.ndata as usize).min(internal.data.len());
                     let data = internal.data[..n].to_vec();
-                    return Ok(VcpuExit::Failed(
-                        self.describe_internal_error(internal.suberror, &data),
-                    ));
+                    let msg = self.describe_internal_error(internal.suberror, &data);
+                    return Ok(if internal.suberror == SUBERROR_EMULATION {
+                        VcpuExit::Unsupported(msg)
+                    } else {
+                        VcpuExit::Failed(msg)
+                    });
                 }
                 Ok(KvmExit::FailEntry(reason, cpu)) => {
                     return Ok(VcpuExit::Failed(format!(

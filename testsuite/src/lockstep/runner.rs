@@ -1,11 +1,13 @@
 //! Running a lockstep setup on an engine and comparing the results.
 
 use super::env::{decode_stop, Mode, Setup, Stop, DATA, DATA_LEN, MEM_SIZE, STOP_PORT};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use vireo_core::cpu::CpuState;
 use vireo_core::{
     A20Gate, Bus, BusDevice, GuestMemory, MachineControl, StopReason, Vcpu, VcpuExit,
+    VcpuKicker,
 };
 
 /// How a run ended, as far as the comparison cares.
@@ -44,13 +46,106 @@ impl BusDevice for StopPort {
     }
 }
 
+/// Wall-clock time a run may take before the watchdog stops it.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The watchdog's shared state: the deadline of the run in progress.
+#[derive(Default)]
+struct WatchState {
+    /// `Some(deadline)` while a run is armed.
+    deadline: Option<Instant>,
+    /// The armed run passed its deadline and its vCPU was kicked.
+    fired: bool,
+    /// The engine is gone: the thread ends.
+    quit: bool,
+}
+
+/// A thread that kicks the vCPU of a run that outlives its deadline, so that a guest
+/// (or engine) that never stops is reported as a timeout instead of hanging the
+/// campaign. One thread per engine, armed and disarmed around every run.
+struct Watchdog {
+    shared: Arc<(Mutex<WatchState>, Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    fn new(kicker: Arc<dyn VcpuKicker>) -> Watchdog {
+        let shared = Arc::new((Mutex::new(WatchState::default()), Condvar::new()));
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("lockstep-watchdog".into())
+            .spawn(move || {
+                let (lock, cv) = &*s;
+                let mut st = lock.lock();
+                while !st.quit {
+                    match st.deadline {
+                        Some(d) if !st.fired && Instant::now() >= d => {
+                            st.fired = true;
+                            kicker.kick();
+                        }
+                        Some(d) if !st.fired => {
+                            cv.wait_until(&mut st, d);
+                        }
+                        _ => cv.wait(&mut st),
+                    }
+                }
+            })
+            .ok();
+        Watchdog { shared, thread }
+    }
+
+    /// Starts watching a run that may take `timeout`.
+    fn arm(&self, timeout: Duration) {
+        let (lock, cv) = &*self.shared;
+        let mut st = lock.lock();
+        st.deadline = Some(Instant::now() + timeout);
+        st.fired = false;
+        cv.notify_all();
+    }
+
+    /// Stops watching; returns whether the run timed out (its vCPU was kicked).
+    fn disarm(&self) -> bool {
+        let (lock, _) = &*self.shared;
+        let mut st = lock.lock();
+        st.deadline = None;
+        std::mem::take(&mut st.fired)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        {
+            let (lock, cv) = &*self.shared;
+            lock.lock().quit = true;
+            cv.notify_all();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Which engine an [`Engine`] runs (more will come: TCG's JIT against its interpreter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineKind {
+    /// The host's KVM.
+    Kvm,
+    /// TCG with the IR interpreter.
+    Tcg,
+}
+
 /// A vCPU of either engine on a small flat machine with the stop port.
 pub struct Engine {
     pub name: &'static str,
+    pub kind: EngineKind,
     mem: Arc<GuestMemory>,
     control: Arc<MachineControl>,
     vcpu: Box<dyn Vcpu>,
     _vm: Option<vireo_kvm::KvmVm>,
+    watchdog: Watchdog,
+    /// A run timed out: the vCPU may hold a stale kick, so the next run rebuilds the
+    /// engine.
+    stale: bool,
 }
 
 fn buses(control: &Arc<MachineControl>) -> Result<(Arc<Bus>, Arc<Bus>), String> {
@@ -81,12 +176,16 @@ impl Engine {
         let vcpu = vm
             .create_vcpu(0, pio, mmio, control.clone())
             .map_err(|e| e.to_string())?;
+        let watchdog = Watchdog::new(vcpu.kicker());
         Ok(Engine {
             name: "kvm",
+            kind: EngineKind::Kvm,
             mem,
             control,
             vcpu: Box::new(vcpu),
             _vm: Some(vm),
+            watchdog,
+            stale: false,
         })
     }
 
@@ -102,30 +201,58 @@ impl Engine {
             a20: A20Gate::new(),
         };
         let vcpu = vireo_tcg::TcgVcpu::new(bus, control.clone());
+        // As `Machine` does: a stop request (the stop port) kicks the run loop, which
+        // returns at the next block boundary. (KVM's loop reads the stop request after
+        // every exit; a self-kick there would linger into the next run.)
+        let kicker = vcpu.kicker();
+        control.add_kick(Box::new(move || kicker.kick()));
+        let watchdog = Watchdog::new(vcpu.kicker());
         Ok(Engine {
             name: "tcg",
+            kind: EngineKind::Tcg,
             mem,
             control,
             vcpu: Box::new(vcpu),
             _vm: None,
+            watchdog,
+            stale: false,
         })
+    }
+
+    /// A fresh engine of `kind`.
+    pub fn new(kind: EngineKind) -> Result<Engine, String> {
+        match kind {
+            EngineKind::Kvm => Engine::kvm(),
+            EngineKind::Tcg => Engine::tcg(),
+        }
     }
 
     /// Runs `setup` to its stop.
     pub fn run(&mut self, mode: Mode, setup: &Setup) -> Result<Outcome, RunError> {
         let other = |e: vireo_core::Error| RunError::Other(e.to_string());
+        if self.stale {
+            *self = Engine::new(self.kind).map_err(RunError::Other)?;
+        }
         for (addr, bytes) in &setup.memory {
             self.mem.write(*addr, bytes).map_err(other)?;
         }
         self.control.clear();
         self.vcpu.set_state(&setup.state).map_err(other)?;
-        let shutdown = match self.vcpu.run().map_err(other)? {
+        self.watchdog.arm(RUN_TIMEOUT);
+        let exit = self.vcpu.run();
+        if self.watchdog.disarm() {
+            self.stale = true;
+            return Err(RunError::Other("timeout".into()));
+        }
+        let shutdown = match exit.map_err(other)? {
             VcpuExit::Stopped => false,
             VcpuExit::Shutdown => true,
             // The stub's `hlt` after its port write: TCG runs both in one block.
             VcpuExit::Halted if self.control.stop_reason().is_some() => false,
             VcpuExit::Halted => return Err(RunError::Other("halted".into())),
-            VcpuExit::Failed(msg) => return Err(RunError::EngineLimit(msg)),
+            VcpuExit::Failed(msg) | VcpuExit::Unsupported(msg) => {
+                return Err(RunError::EngineLimit(msg))
+            }
         };
         let state = self.vcpu.state().map_err(other)?;
         let mem = &self.mem;
