@@ -19,6 +19,7 @@ pub mod exception;
 #[cfg(test)]
 mod exception_tests;
 pub mod flags;
+pub mod fpu;
 pub mod helpers;
 pub mod io;
 pub mod mmu;

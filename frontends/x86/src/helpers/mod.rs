@@ -1,8 +1,11 @@
 //! Helper functions IR blocks call. A [`HelperId`] indexes one table per area:
-//! ids `0x000..0x100` are [`integer::TABLE`], `0x100..0x200` [`system::TABLE`].
+//! ids `0x000..0x100` are [`integer::TABLE`], `0x100..0x200` [`system::TABLE`],
+//! `0x200..0x300` [`x87::TABLE`].
 
 pub mod integer;
 pub mod system;
+pub mod x87;
+mod x87_env;
 
 use crate::cpu::X86Cpu;
 use vireo_core::exec::Fault;
@@ -23,12 +26,15 @@ pub struct HelperDef {
 pub const INTEGER_BASE: u16 = 0x000;
 /// First id of the system helpers.
 pub const SYSTEM_BASE: u16 = 0x100;
+/// First id of the x87 helpers.
+pub const X87_BASE: u16 = 0x200;
 
 /// The definition behind `h`.
 pub fn lookup(h: HelperId) -> Option<&'static HelperDef> {
     match h.0 {
         n if n < SYSTEM_BASE => integer::TABLE.get(usize::from(n - INTEGER_BASE)),
         n if n < SYSTEM_BASE + 0x100 => system::TABLE.get(usize::from(n - SYSTEM_BASE)),
+        n if n < X87_BASE + 0x100 => x87::TABLE.get(usize::from(n - X87_BASE)),
         _ => None,
     }
 }

@@ -22,8 +22,8 @@
 //! - [`system`]: privileged instructions lowered to [`SysHelper`] calls.
 //!
 //! # Not translated yet
-//! x87, MMX, SSE/AVX and the BMI/ADX extensions raise #UD (our CPUID does not
-//! advertise them); the x87/SSE pass will add #NM for CR0.EM/TS.
+//! MMX, SSE/AVX and the BMI/ADX extensions raise #UD (our CPUID does not
+//! advertise them). x87 (with FXSAVE/FXRSTOR) is in [`x87`].
 
 mod alu;
 mod bits;
@@ -35,11 +35,14 @@ mod shift;
 mod stack;
 mod string;
 mod system;
+mod x87;
 
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_more;
+#[cfg(test)]
+mod tests_x87;
 #[cfg(test)]
 mod vectors286;
 
@@ -527,7 +530,10 @@ impl Tr {
             M::Leave => self.leave(),
             M::Bound => self.bound(),
             M::Ud0 | M::Ud1 | M::Ud2 => self.ud(),
-            _ => self.system(),
+            _ => match self.x87_insn() {
+                Some(flow) => flow,
+                None => self.system(),
+            },
         }
     }
 
