@@ -50,8 +50,9 @@ pub enum BlockOutcome {
 pub trait GuestEnv {
     fn get(&mut self, g: Global) -> u64;
     fn set(&mut self, g: Global, v: u64);
-    /// Reads `size` bytes at linear address `addr`.
-    fn load(&mut self, addr: u64, size: Size, mmu: MmuIdx) -> Result<u64, Fault>;
+    /// Reads `size` bytes at linear address `addr`; with `write`, the access is the
+    /// read of a read-modify-write and is checked (and faults) as a write.
+    fn load(&mut self, addr: u64, size: Size, mmu: MmuIdx, write: bool) -> Result<u64, Fault>;
     /// Writes the low `size` bytes of `val` at linear address `addr`.
     fn store(&mut self, addr: u64, val: u64, size: Size, mmu: MmuIdx) -> Result<(), Fault>;
     /// Runs helper `h`.

@@ -303,6 +303,10 @@ pub enum Op {
         size: Size,
         signed: bool,
         mmu: MmuIdx,
+        /// The read of a read-modify-write: the access is checked for write
+        /// permission (a fault reports a write), as x86 CPUs check the destination of
+        /// an RMW instruction before reading it.
+        write: bool,
     },
     /// `memory[addr] = val` (low `size` bytes).
     Store {
@@ -459,6 +463,21 @@ impl Builder {
             size,
             signed,
             mmu,
+            write: false,
+        });
+        dst
+    }
+    /// A zero-extending load with write intent (the read of a read-modify-write: see
+    /// [`Op::Load`]'s `write`).
+    pub fn load_for_write(&mut self, addr: Temp, size: Size, mmu: MmuIdx) -> Temp {
+        let dst = self.temp();
+        self.push(Op::Load {
+            dst,
+            addr,
+            size,
+            signed: false,
+            mmu,
+            write: true,
         });
         dst
     }
@@ -660,11 +679,13 @@ impl fmt::Display for Op {
                 size,
                 signed,
                 mmu,
+                write,
             } => write!(
                 f,
-                "{dst} = ld{}{}.{} [{addr}]",
+                "{dst} = ld{}{}{}.{} [{addr}]",
                 if *signed { "s" } else { "u" },
                 size_suffix(*size),
+                if *write { "w" } else { "" },
                 lc(format!("{mmu:?}"))
             ),
             Op::Store {

@@ -184,7 +184,8 @@ impl Interp {
                     size,
                     signed,
                     mmu,
-                } => match env.load(t[addr.0 as usize], *size, *mmu) {
+                    write,
+                } => match env.load(t[addr.0 as usize], *size, *mmu, *write) {
                     Ok(v) => t[dst.0 as usize] = if *signed { size.sext(v) } else { size.trunc(v) },
                     Err(fault) => return BlockOutcome::Fault { fault, pc },
                 },
@@ -274,12 +275,12 @@ mod tests {
                 _ => {}
             }
         }
-        fn load(&mut self, addr: u64, size: Size, _: MmuIdx) -> Result<u64, Fault> {
+        fn load(&mut self, addr: u64, size: Size, _: MmuIdx, write: bool) -> Result<u64, Fault> {
             let a = addr as usize;
             let bytes = self
                 .mem
                 .get(a..a + size.bytes())
-                .ok_or(Fault::with_error(14, 0))?;
+                .ok_or(Fault::with_error(14, if write { 2 } else { 0 }))?;
             let mut b = [0u8; 8];
             b[..size.bytes()].copy_from_slice(bytes);
             Ok(u64::from_le_bytes(b))

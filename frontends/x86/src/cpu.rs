@@ -169,8 +169,12 @@ impl GuestEnv for X86Cpu {
         }
     }
 
-    fn load(&mut self, addr: u64, size: Size, mmu: MmuIdx) -> Result<u64, Fault> {
-        crate::mmu::read(self, addr, size, mmu)
+    fn load(&mut self, addr: u64, size: Size, mmu: MmuIdx, write: bool) -> Result<u64, Fault> {
+        if write {
+            crate::mmu::read_for_write(self, addr, size, mmu)
+        } else {
+            crate::mmu::read(self, addr, size, mmu)
+        }
     }
 
     fn store(&mut self, addr: u64, val: u64, size: Size, mmu: MmuIdx) -> Result<(), Fault> {

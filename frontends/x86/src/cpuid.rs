@@ -42,6 +42,7 @@ pub mod leaf7 {
     pub const FSGSBASE: u32 = 1 << 0;
     pub const SMEP: u32 = 1 << 7;
     pub const INVPCID: u32 = 1 << 10;
+    pub const ADX: u32 = 1 << 19;
     pub const SMAP: u32 = 1 << 20;
     /// ECX.
     pub const UMIP: u32 = 1 << 2;
@@ -92,7 +93,7 @@ pub struct CpuidModel {
 impl Default for CpuidModel {
     /// The TCG model ("vireo", AuthenticAMD family 15 like QEMU's qemu64): long mode,
     /// NX, PAE/PSE/PGE, SYSCALL/SYSENTER, CMPXCHG8B/16B, POPCNT/LZCNT, RDTSCP,
-    /// FSGSBASE, SMEP/SMAP, PCID/INVPCID. FPU/MMX/FXSR/SSE/SSE2 are advertised because
+    /// FSGSBASE, SMEP/SMAP, PCID/INVPCID, ADX. FPU/MMX/FXSR/SSE/SSE2 are advertised because
     /// the x86-64 ABI requires them: they depend on the x87/SSE translation work.
     fn default() -> CpuidModel {
         let mut brand = [0u8; 48];
@@ -125,7 +126,7 @@ impl Default for CpuidModel {
                 | SSE
                 | SSE2,
             ecx1: ecx1::CX16 | ecx1::PCID | ecx1::POPCNT,
-            ebx7: leaf7::FSGSBASE | leaf7::SMEP | leaf7::INVPCID | leaf7::SMAP,
+            ebx7: leaf7::FSGSBASE | leaf7::SMEP | leaf7::INVPCID | leaf7::ADX | leaf7::SMAP,
             ecx7: 0,
             edx7: 0,
             edx_ext1: ext1::SYSCALL | ext1::NX | ext1::PDPE1GB | ext1::RDTSCP | ext1::LM,

@@ -62,6 +62,11 @@ pub fn port_out(cpu: &mut X86Cpu, port: u64, size: u64, value: u64) -> Result<()
     cpu.bus
         .pio
         .write(u64::from(port), &value.to_le_bytes()[..size]);
+    // A port write may ask the machine to stop (isa-debug-exit, ACPI S5, a reset) or
+    // change what the run loop must look at (an interrupt unmasked): end the block at
+    // the next instruction boundary so that the run loop sees it before the guest runs
+    // on.
+    cpu.stop = true;
     Ok(())
 }
 

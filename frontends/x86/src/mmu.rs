@@ -687,6 +687,16 @@ pub fn read(cpu: &mut X86Cpu, addr: u64, size: Size, mmu: MmuIdx) -> Result<u64,
     read_le(cpu, addr, size.bytes(), Agent::from(mmu))
 }
 
+/// Reads `size` bytes at linear address `addr` for a read-modify-write: every page
+/// is translated and checked for write permission (a fault carries the W bit, as on
+/// hardware, which checks an RMW destination before reading it).
+pub fn read_for_write(cpu: &mut X86Cpu, addr: u64, size: Size, mmu: MmuIdx) -> Result<u64, Fault> {
+    let mut b = [0u8; 8];
+    let len = size.bytes().min(8);
+    read_bytes(cpu, addr, &mut b[..len], Access::Write, Agent::from(mmu))?;
+    Ok(u64::from_le_bytes(b))
+}
+
 /// Writes the low `size` bytes of `val` at linear address `addr`.
 pub fn write(cpu: &mut X86Cpu, addr: u64, val: u64, size: Size, mmu: MmuIdx) -> Result<(), Fault> {
     write_le(cpu, addr, size.bytes(), val, Agent::from(mmu))

@@ -1,9 +1,11 @@
 //! A lockstep campaign: many random sequences, each run on two engines from the same
-//! state and memory, compared.
+//! state and memory, compared; divergences that a known defect of the host's KVM
+//! explains are classified apart (see [`KNOWN_KVM`] and `docs/LOCKSTEP.md`).
 
-use super::env::{self, Mode, Privilege};
+use super::env::{self, Mode, Privilege, Setup};
 use super::gen::{self, Features, Rng};
 use super::runner::{compare, Engine, RunError};
+use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpCodeTableKind, OpKind};
 use std::collections::BTreeMap;
 
 /// What to run.
@@ -37,27 +39,213 @@ pub struct Report {
     pub compared: u64,
     /// Sequences skipped because an engine could not run them, by reason.
     pub engine_limits: BTreeMap<String, u64>,
+    /// Divergences explained by a known defect of the host's KVM, by reason.
+    pub known_kvm: BTreeMap<&'static str, u64>,
+    /// Unexplained divergences, hangs and unexpected ends: failures.
     pub divergences: Vec<Divergence>,
 }
+
+/// A known way in which this host's KVM differs from the architecture, so that TCG
+/// is right to disagree. `applies` selects the environments, `matches` the
+/// instructions; `reason` says what KVM does and why it is wrong.
+pub struct KnownKvm {
+    pub applies: fn(Mode, Privilege) -> bool,
+    pub matches: fn(&Instruction) -> bool,
+    pub reason: &'static str,
+}
+
+/// Whether KVM runs code of this environment in its instruction emulator (on this
+/// host, everything but 64-bit user code, which runs natively).
+pub fn kvm_emulates(mode: Mode, privilege: Privilege) -> bool {
+    !(mode == Mode::Long64 && privilege == Privilege::User)
+}
+
+fn emulated(mode: Mode, privilege: Privilege) -> bool {
+    kvm_emulates(mode, privilege)
+}
+
+fn native(mode: Mode, privilege: Privilege) -> bool {
+    !kvm_emulates(mode, privilege)
+}
+
+fn anywhere(_: Mode, _: Privilege) -> bool {
+    true
+}
+
+fn is_hint_nop(i: &Instruction) -> bool {
+    let oc = i.op_code();
+    oc.table() == OpCodeTableKind::T0F && matches!(oc.op_code(), 0x0d | 0x18..=0x1f)
+}
+
+/// The known KVM-side divergences. A divergence is classified under a rule only if
+/// replacing the matching instructions by NOPs makes the engines agree (checked by
+/// running the patched sequence on both), so a rule cannot hide a TCG bug in the
+/// rest of the sequence.
+pub const KNOWN_KVM: &[KnownKvm] = &[
+    KnownKvm {
+        applies: emulated,
+        matches: |i| {
+            matches!(
+                i.mnemonic(),
+                Mnemonic::Movbe
+                    | Mnemonic::Popcnt
+                    | Mnemonic::Adcx
+                    | Mnemonic::Adox
+                    | Mnemonic::Wait
+            ) || is_hint_nop(i)
+        },
+        reason: "KVM's emulator lacks MOVBE, POPCNT, ADCX/ADOX, FWAIT and most hint NOPs \
+                 (0F 0D, 0F 18-1F): it injects #UD",
+    },
+    KnownKvm {
+        applies: |m, p| kvm_emulates(m, p) && p == Privilege::User,
+        matches: |i| {
+            matches!(
+                i.mnemonic(),
+                Mnemonic::Lar | Mnemonic::Lsl | Mnemonic::Verr | Mnemonic::Verw
+            )
+        },
+        reason: "KVM's emulator injects #UD for LAR/LSL/VERR/VERW in user-mode 32-bit code",
+    },
+    KnownKvm {
+        applies: emulated,
+        matches: |i| matches!(i.mnemonic(), Mnemonic::Lzcnt | Mnemonic::Tzcnt),
+        reason: "KVM's emulator runs LZCNT/TZCNT as BSR/BSF (ignores the F3 prefix)",
+    },
+    KnownKvm {
+        applies: emulated,
+        matches: |i| i.mnemonic() == Mnemonic::Cmpxchg && i.op0_kind() == OpKind::Register,
+        reason: "KVM's emulator writes a CMPXCHG register destination back when the \
+                 comparison fails (zero-extending a 32-bit one); hardware leaves it alone",
+    },
+    KnownKvm {
+        applies: anywhere,
+        matches: |i| {
+            matches!(
+                i.mnemonic(),
+                Mnemonic::Sldt | Mnemonic::Str | Mnemonic::Smsw
+            ) && i.op0_kind() == OpKind::Memory
+        },
+        reason: "KVM's emulator (also UMIP emulation of user-mode SLDT/STR/SMSW) stores \
+                 the operand size (8 bytes with REX.W) to memory; hardware stores 16 bits",
+    },
+    KnownKvm {
+        applies: native,
+        matches: |i| {
+            matches!(
+                i.mnemonic(),
+                Mnemonic::Lar | Mnemonic::Lsl | Mnemonic::Verr | Mnemonic::Verw
+            )
+        },
+        reason: "natively run LAR/LSL/VERR/VERW check the selector against the host's \
+                 descriptor tables (PVM), not the guest's",
+    },
+];
 
 fn short_reason(e: &RunError, engine: &str) -> String {
     match e {
         RunError::EngineLimit(m) | RunError::Other(m) => {
-            // Group by instruction: "the host KVM cannot emulate `x` (bytes ...)".
+            // Group by mnemonic: "the host KVM cannot emulate `adcx eax,ecx` (bytes ..)".
             let m = m.split(" (bytes").next().unwrap_or(m);
+            let m = match m.split_once('`') {
+                Some((head, rest)) => {
+                    let insn = rest.trim_end_matches('`');
+                    let mnemonic = insn.split_whitespace().next().unwrap_or(insn);
+                    format!("{head}`{mnemonic}`")
+                }
+                None => m.to_string(),
+            };
             format!("{engine}: {m}")
         }
     }
 }
 
-/// Runs the campaign on engines `a` and `b`.
+/// The instructions of `code` (decoded at [`env::CODE`]) with their offsets.
+fn decode(code: &[u8], bitness: u32) -> Vec<(usize, Instruction)> {
+    let mut d = Decoder::with_ip(bitness, code, env::CODE, DecoderOptions::NONE);
+    let mut out = Vec::new();
+    while d.can_decode() {
+        let pos = d.position();
+        out.push((pos, d.decode()));
+    }
+    out
+}
+
+/// The sequence `code` disassembled, one line per instruction with its bytes.
+fn listing(code: &[u8], bitness: u32) -> Vec<String> {
+    decode(code, bitness)
+        .into_iter()
+        .map(|(pos, i)| {
+            let end = (pos + i.len()).min(code.len());
+            let hex: String = code[pos..end].iter().map(|b| format!("{b:02x}")).collect();
+            format!("{:#x}: {:<24} {i}", i.ip(), hex)
+        })
+        .collect()
+}
+
+/// The arithmetic flags left undefined by `insns`, skipping those in `skip`.
+fn undefined_flags(insns: &[(usize, Instruction)], skip: &[usize]) -> u64 {
+    insns
+        .iter()
+        .filter(|(pos, _)| !skip.contains(pos))
+        .fold(0, |u, (_, i)| {
+            let m = gen::arch_flags(i.rflags_modified());
+            (u & !m) | gen::arch_flags(i.rflags_undefined())
+        })
+}
+
+/// The reasons of the [`KNOWN_KVM`] rules that explain a divergence of `code`, or
+/// `None`: the matching instructions are replaced by NOPs and the patched sequence
+/// must then run the same on both engines.
+fn explain(
+    a: &mut Engine,
+    b: &mut Engine,
+    cfg: &Config,
+    setup: &Setup,
+    code: &[u8],
+) -> Option<Vec<&'static str>> {
+    let insns = decode(code, cfg.mode.bitness());
+    let mut reasons = Vec::new();
+    let mut patched = Vec::new();
+    for rule in KNOWN_KVM {
+        if !(rule.applies)(cfg.mode, cfg.privilege) {
+            continue;
+        }
+        let hits: Vec<usize> = insns
+            .iter()
+            .filter(|(_, i)| (rule.matches)(i))
+            .map(|(pos, _)| *pos)
+            .collect();
+        if !hits.is_empty() {
+            reasons.push(rule.reason);
+            patched.extend(hits);
+        }
+    }
+    if reasons.is_empty() {
+        return None;
+    }
+    let mut s = setup.clone();
+    let (_, bytes) = s.memory.iter_mut().find(|(addr, _)| *addr == env::CODE)?;
+    for (pos, i) in &insns {
+        if patched.contains(pos) {
+            bytes.get_mut(*pos..*pos + i.len())?.fill(0x90);
+        }
+    }
+    let undefined = undefined_flags(&insns, &patched);
+    let oa = a.run(cfg.mode, &s).ok()?;
+    let ob = b.run(cfg.mode, &s).ok()?;
+    compare(&oa, &ob, undefined).is_empty().then_some(reasons)
+}
+
+/// Runs the campaign on engines `a` and `b` (`a` is KVM: the classifier's rules are
+/// about it).
 pub fn run(a: &mut Engine, b: &mut Engine, cfg: &Config) -> Report {
     let codes = gen::candidates(cfg.mode.bitness(), cfg.features);
     let mut report = Report::default();
     for i in 0..cfg.count {
         let seed = cfg.seed.wrapping_add(i);
         let mut rng = Rng::new(seed);
-        let (code, insns, undefined) =
+        let (code, _, undefined) =
             gen::random_sequence(&mut rng, &codes, cfg.mode.bitness(), cfg.length, env::CODE);
         let setup = env::setup(cfg.mode, cfg.privilege, &mut rng, &code);
         report.sequences += 1;
@@ -65,45 +253,69 @@ pub fn run(a: &mut Engine, b: &mut Engine, cfg: &Config) -> Report {
         let rb = b.run(cfg.mode, &setup);
         let (oa, ob) = match (ra, rb) {
             (Ok(x), Ok(y)) => (x, y),
-            (Err(e), _) => {
-                *report
-                    .engine_limits
-                    .entry(short_reason(&e, a.name))
-                    .or_default() += 1;
-                continue;
-            }
-            (_, Err(e)) => {
-                *report
-                    .engine_limits
-                    .entry(short_reason(&e, b.name))
-                    .or_default() += 1;
+            (ra, rb) => {
+                let (e, name) = match (ra, rb) {
+                    (Err(e), _) => (e, a.name),
+                    (_, Err(e)) => (e, b.name),
+                    (Ok(_), Ok(_)) => continue,
+                };
+                match e {
+                    RunError::EngineLimit(_) => {
+                        *report
+                            .engine_limits
+                            .entry(short_reason(&e, name))
+                            .or_default() += 1;
+                    }
+                    // A hang or an unexpected end is a failure, not a limitation.
+                    RunError::Other(m) => report.divergences.push(Divergence {
+                        seed,
+                        listing: listing(&code, cfg.mode.bitness()),
+                        diffs: vec![format!("{name}: {m}")],
+                    }),
+                }
                 continue;
             }
         };
         report.compared += 1;
         let diffs = compare(&oa, &ob, undefined);
-        if !diffs.is_empty() {
-            report.divergences.push(Divergence {
-                seed,
-                listing: insns.iter().map(|i| i.to_string()).collect(),
-                diffs,
-            });
+        if diffs.is_empty() {
+            continue;
         }
+        if let Some(reasons) = explain(a, b, cfg, &setup, &code) {
+            for r in reasons {
+                *report.known_kvm.entry(r).or_default() += 1;
+            }
+            continue;
+        }
+        report.divergences.push(Divergence {
+            seed,
+            listing: listing(&code, cfg.mode.bitness()),
+            diffs,
+        });
     }
     report
 }
 
 impl Report {
-    /// A human-readable summary: counts, engine limits, and the first divergences.
+    /// A human-readable summary: counts, engine limits, known KVM-side divergences and
+    /// the first unexplained divergences.
     pub fn summary(&self, max_divergences: usize) -> String {
+        let known: u64 = self.known_kvm.values().sum();
+        let limits: u64 = self.engine_limits.values().sum();
         let mut s = format!(
-            "{} sequences, {} compared, {} divergences\n",
+            "{} sequences, {} compared, {} engine limits, {} known KVM-side divergences, {} \
+             divergences\n",
             self.sequences,
             self.compared,
+            limits,
+            known,
             self.divergences.len()
         );
         for (why, n) in &self.engine_limits {
             s.push_str(&format!("  skipped {n}: {why}\n"));
+        }
+        for (why, n) in &self.known_kvm {
+            s.push_str(&format!("  known {n}: {why}\n"));
         }
         for d in self.divergences.iter().take(max_divergences) {
             s.push_str(&format!("  seed {}: {}\n", d.seed, d.diffs.join("; ")));

@@ -371,11 +371,25 @@ pub fn random_instruction(rng: &mut Rng, code: Code, bitness: u32) -> Option<Ins
     }) {
         return None;
     }
+    // 16-bit SHLD/SHRD with a masked count above 16 leave the destination and the
+    // flags undefined (SDM: "if the count is greater than the operand size, the result
+    // is undefined"; AMD and Intel CPUs differ). A count in CL is only known at run
+    // time: those forms are not generated; immediate counts are kept to 0..=16.
+    let shxd16 = matches!(code, Code::Shld_rm16_r16_imm8 | Code::Shrd_rm16_r16_imm8);
+    if matches!(code, Code::Shld_rm16_r16_CL | Code::Shrd_rm16_r16_CL) {
+        return None;
+    }
     let want_mem = rng.chance(50);
-    let ops: Vec<Opnd> = kinds
+    let mut ops: Vec<Opnd> = kinds
         .iter()
         .map(|k| operand(rng, *k, bitness, want_mem))
         .collect::<Option<Vec<_>>>()?;
+    if shxd16 {
+        if let Some(Opnd::Imm32(c)) = ops.last_mut() {
+            // Keep the random high bits (masked away by the CPU) but a low count <= 16.
+            *c = (*c & !0x1f) | ((*c & 0x1f) % 17);
+        }
+    }
     let r = match ops.as_slice() {
         [] => Ok(Instruction::with(code)),
         [Opnd::Reg(a)] => Instruction::with1(code, *a),

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vireo_core::cpu::CpuState;
 use vireo_core::{
-    A20Gate, Bus, BusDevice, GuestMemory, MachineControl, StopReason, Vcpu, VcpuExit,
-    VcpuKicker,
+    A20Gate, Bus, BusDevice, GuestMemory, MachineControl, StopReason, Vcpu, VcpuExit, VcpuKicker,
 };
 
 /// How a run ended, as far as the comparison cares.

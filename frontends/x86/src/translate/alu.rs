@@ -218,12 +218,25 @@ impl Tr {
         let s = self.read(src, size);
         let acc = self.get_reg(0, size);
         let eq = self.b.setcond(Cond::Eq, size, acc, d);
-        let nd = self.b.select(eq, s, d);
-        self.write(dst, size, nd);
-        let skip = self.b.label();
-        self.b.br_if(eq, skip);
+        if matches!(dst, Opnd::Mem(_)) {
+            // Memory gets a write cycle whatever the comparison (its old value back
+            // on failure).
+            let nd = self.b.select(eq, s, d);
+            self.write(dst, size, nd);
+        }
+        // A register destination is written only on success, and the accumulator only
+        // on failure: the other keeps all 64 bits (no zero-extension of a 32-bit
+        // register that is not written).
+        let success = self.b.label();
+        let done = self.b.label();
+        self.b.br_if(eq, success);
         self.set_reg(0, size, d);
-        self.b.set_label(skip);
+        self.b.br(done);
+        self.b.set_label(success);
+        if !matches!(dst, Opnd::Mem(_)) {
+            self.write(dst, size, s);
+        }
+        self.b.set_label(done);
         let r = self.b.bin(BinOp::Sub, size, acc, d);
         self.set_cc(CcKind::Sub, size, r, d, None);
         Flow::Next
@@ -243,8 +256,9 @@ impl Tr {
         let hi_addr = self
             .b
             .bini(BinOp::Add, Size::B64, addr, half.bytes() as u64);
-        let lo = self.b.load(addr, half, false, mmu);
-        let hi = self.b.load(hi_addr, half, false, mmu);
+        // Both halves are checked for writing before anything is stored.
+        let lo = self.b.load_for_write(addr, half, mmu);
+        let hi = self.b.load_for_write(hi_addr, half, mmu);
         let eax = self.get_reg(0, half);
         let edx = self.get_reg(2, half);
         let ebx = self.get_reg(3, half);
@@ -356,6 +370,39 @@ impl Tr {
         let z = self.b.konst(0);
         let v = self.b.bin(BinOp::Sub, Size::B8, z, c);
         self.set_reg(0, Size::B8, v);
+        Flow::Next
+    }
+}
+
+impl Tr {
+    /// ADCX / ADOX: add with carry through CF (ADCX) or OF (ADOX) only; every other
+    /// flag is kept.
+    pub(super) fn adx(&mut self) -> Flow {
+        let flag = if self.i.mnemonic() == Mnemonic::Adcx {
+            CF
+        } else {
+            OF
+        };
+        let shift = u64::from(flag.trailing_zeros());
+        let size = self.op_size(0);
+        let dst = self.operand(0, true);
+        let src = self.operand(1, false);
+        let a = self.read(dst, size);
+        let b = self.read(src, size);
+        let f = self.eflags();
+        let fs = self.b.bini(BinOp::Shr, Size::B64, f, shift);
+        let cin = self.b.bini(BinOp::And, Size::B64, fs, 1);
+        let t = self.b.bin(BinOp::Add, size, a, b);
+        let r = self.b.bin(BinOp::Add, size, t, cin);
+        // a + b + c wrapped: a carry out iff r < a (c = 0) or r <= a (c = 1).
+        let lt = self.b.setcond(Cond::Ltu, size, r, a);
+        let le = self.b.setcond(Cond::Leu, size, r, a);
+        let cout = self.b.select(cin, le, lt);
+        let keep = self.b.bini(BinOp::And, Size::B64, f, !flag);
+        let cbit = self.b.bini(BinOp::Shl, Size::B64, cout, shift);
+        let nf = self.b.bin(BinOp::Or, Size::B64, keep, cbit);
+        self.write(dst, size, r);
+        self.set_eflags(nf);
         Flow::Next
     }
 }

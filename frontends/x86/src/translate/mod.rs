@@ -22,13 +22,14 @@
 //! - [`system`]: privileged instructions lowered to [`SysHelper`] calls.
 //!
 //! # Not translated yet
-//! MMX, SSE/AVX and the BMI/ADX extensions raise #UD (our CPUID does not
+//! MMX, SSE/AVX and the BMI extensions raise #UD (our CPUID does not
 //! advertise them). x87 (with FXSAVE/FXRSTOR) is in [`x87`].
 
 mod alu;
 mod bits;
 mod cc;
 mod control;
+mod hint;
 mod muldiv;
 mod operand;
 mod shift;
@@ -39,6 +40,8 @@ mod x87;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_lockstep;
 #[cfg(test)]
 mod tests_more;
 #[cfg(test)]
@@ -234,6 +237,9 @@ pub(crate) struct Tr {
     pub cc: CcTrack,
     /// Added to an RSP base in effective addresses (POP [rsp+x]).
     pub sp_adjust: u64,
+    /// The linear address (temp) of the last memory operand computed for writing: a
+    /// read of it is the read of a read-modify-write, loaded with write intent.
+    pub rmw_addr: Option<Temp>,
 }
 
 /// Reads the code bytes of the instruction at CS-relative `pc`: up to 15 bytes,
@@ -303,6 +309,7 @@ pub fn translate_block(cpu: &mut X86Cpu, max_insns: usize) -> Result<Block, Faul
         asize: m.addr_size(),
         cc: CcTrack::default(),
         sp_adjust: 0,
+        rmw_addr: None,
     };
     let first_page = code_linear(cpu, &m, start) >> 12;
     let mut pc = start;
@@ -420,6 +427,9 @@ impl Tr {
         if i.is_invalid() {
             return self.ud();
         }
+        if self.is_hint_nop() {
+            return self.hint_nop();
+        }
         use Mnemonic as M;
         match i.mnemonic() {
             M::Add | M::Or | M::Adc | M::Sbb | M::And | M::Sub | M::Xor | M::Cmp => self.alu2(),
@@ -466,6 +476,7 @@ impl Tr {
             M::Cbw | M::Cwde | M::Cdqe => self.cbw(),
             M::Cwd | M::Cdq | M::Cqo => self.cwd(),
             M::Xadd => self.xadd(),
+            M::Adcx | M::Adox => self.adx(),
             M::Cmpxchg => self.cmpxchg(),
             M::Cmpxchg8b | M::Cmpxchg16b => self.cmpxchg8b(),
             M::Bswap => self.bswap(),

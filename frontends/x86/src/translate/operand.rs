@@ -175,6 +175,14 @@ impl Tr {
     /// Linear address of `ea` in segment `seg` for an access of `len` bytes, with the
     /// segment-limit (16/32-bit) or canonical (64-bit) checks.
     pub fn linear(&mut self, seg: u8, ea: Temp, len: u64, write: bool) -> Temp {
+        let lin = self.linear_unrecorded(seg, ea, len, write);
+        if write {
+            self.rmw_addr = Some(lin);
+        }
+        lin
+    }
+
+    fn linear_unrecorded(&mut self, seg: u8, ea: Temp, len: u64, write: bool) -> Temp {
         let seg = seg % 6;
         let stack = usize::from(seg) == sreg::SS;
         let vector = if stack { 12 } else { 13 };
@@ -259,13 +267,18 @@ impl Tr {
         }
     }
 
-    /// Reads an operand at `size` (zero-extended).
+    /// Reads an operand at `size` (zero-extended). A memory operand computed for
+    /// writing is read with write intent (read-modify-write: see [`Tr::rmw_addr`]).
     pub fn read(&mut self, o: Opnd, size: Size) -> Temp {
         match o {
             Opnd::Reg(g) => self.read_gpr(g),
             Opnd::Mem(a) => {
                 let mmu = self.m.mmu();
-                self.b.load(a, size, false, mmu)
+                if self.rmw_addr == Some(a) {
+                    self.b.load_for_write(a, size, mmu)
+                } else {
+                    self.b.load(a, size, false, mmu)
+                }
             }
             Opnd::Imm(v) => self.b.konst(size.trunc(v)),
             Opnd::Other => self.b.konst(0),

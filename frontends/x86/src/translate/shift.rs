@@ -162,6 +162,11 @@ impl Tr {
             let a = self.b.bin(op, Size::B64, d, cnt);
             let bb = self.b.bin(back, Size::B64, s, inv);
             let r = self.b.bin(BinOp::Or, Size::B64, a, bb);
+            // A count of 0 leaves the destination as it was (the IR's shift by 64 - 0
+            // is a shift by 0 and would bring the whole source in).
+            let z = self.b.konst(0);
+            let is0 = self.b.setcond(Cond::Eq, Size::B64, cnt, z);
+            let r = self.b.select(is0, d, r);
             let a1 = self.b.bin(op, Size::B64, d, cm1);
             let b1 = self.b.bin(back, Size::B64, s, inv1);
             let s1 = self.b.bin(BinOp::Or, Size::B64, a1, b1);

@@ -168,8 +168,8 @@ impl GuestEnv for Env<'_> {
     fn set(&mut self, g: Global, v: u64) {
         self.0.set(g, v)
     }
-    fn load(&mut self, addr: u64, size: Size, mmu: MmuIdx) -> Result<u64, Fault> {
-        self.0.load(addr, size, mmu)
+    fn load(&mut self, addr: u64, size: Size, mmu: MmuIdx, write: bool) -> Result<u64, Fault> {
+        self.0.load(addr, size, mmu, write)
     }
     fn store(&mut self, addr: u64, val: u64, size: Size, mmu: MmuIdx) -> Result<(), Fault> {
         self.0.store(addr, val, size, mmu)
