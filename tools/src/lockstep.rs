@@ -13,6 +13,8 @@ pub struct Options {
     pub modes: Vec<(Mode, Privilege)>,
     pub length: usize,
     pub show: usize,
+    /// Generate x87 instructions too.
+    pub x87: bool,
 }
 
 /// Parses `real`, `pm32`, `compat32`, `long64` with an optional `:user`/`:kernel`.
@@ -47,7 +49,10 @@ pub fn run(o: &Options) -> Result<bool, String> {
             mode,
             privilege,
             length: o.length,
-            features: Features::GP,
+            features: Features {
+                x87: o.x87,
+                ..Features::GP
+            },
         };
         let t = Instant::now();
         let r = campaign::run(&mut kvm, &mut tcg, &cfg);

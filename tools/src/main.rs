@@ -92,6 +92,9 @@ enum Cmd {
         /// Divergences shown per mode.
         #[arg(long, default_value_t = 10)]
         show: usize,
+        /// Also generate x87 instructions.
+        #[arg(long)]
+        x87: bool,
     },
     /// Guest instructions per second of the TCG engine on CPU-bound micro-benchmarks.
     TcgSpeed,
@@ -166,6 +169,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             mode,
             length,
             show,
+            x87,
         } => {
             let mut modes = Vec::new();
             for m in &mode {
@@ -177,6 +181,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 modes,
                 length: length.clamp(1, 64),
                 show,
+                x87,
             };
             Ok(if lockstep::run(&o)? {
                 ExitCode::SUCCESS

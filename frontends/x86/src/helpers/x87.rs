@@ -28,7 +28,9 @@ use vireo_core::ir::{Effects, HelperId, MmuIdx};
 #[repr(u16)]
 pub enum X87Helper {
     /// `(wait, ea)`: #NM (CR0.EM/TS) and, if `wait`, #MF for a pending unmasked
-    /// exception; records FDP = `ea`. Called before the IR loads a memory operand.
+    /// exception. Called before the IR loads a memory operand. FDP is left alone, as
+    /// on processors with FDP_EXCPTN_ONLY (it only changes with unmasked exceptions,
+    /// which this model does not track per operand).
     Enter,
     /// `(fmt, lo, hi)`: FLD, FILD, FBLD, FLD1/FLDZ/FLDPI...: pushes the operand.
     Load,
@@ -149,7 +151,6 @@ fn note_ip(cpu: &mut X86Cpu) {
 
 fn enter(cpu: &mut X86Cpu, args: &[u64]) -> Result<u64, Fault> {
     enter_checks(cpu, arg(args, 0) != 0)?;
-    cpu.state.fpu.fdp = arg(args, 1);
     Ok(0)
 }
 

@@ -4,8 +4,9 @@
 //!
 //! Saves are built in a buffer and written with one `write_bytes` (every page checked
 //! before the first byte is written); restores read and validate everything before
-//! committing, so a fault leaves the state unchanged. FCS/FDS are stored as zero
-//! (deprecated on current processors). FXSAVE stores XMM0-7 outside 64-bit mode and
+//! committing, so a fault leaves the state unchanged. FCS and FDS are stored as zero:
+//! the model does not track the CS of the last x87 instruction (hardware stores it;
+//! a known lockstep difference). FXSAVE stores XMM0-7 outside 64-bit mode and
 //! XMM0-15 in it, whatever CR4.OSFXSR says.
 
 use crate::cpu::X86Cpu;
@@ -39,6 +40,7 @@ fn store_env(cpu: &X86Cpu, op32: bool, buf: &mut [u8]) {
     let tag = X87 { s: &mut s.clone() }.full_tag();
     let real = !cpu.protected();
     let (fip, fdp) = (s.fip, s.fdp);
+    let fcs = 0u64;
     if op32 {
         put(buf, 0, u64::from(s.fcw) | 0xffff_0000, 4);
         put(buf, 4, u64::from(s.fsw) | 0xffff_0000, 4);
@@ -55,9 +57,9 @@ fn store_env(cpu: &X86Cpu, op32: bool, buf: &mut [u8]) {
             put(buf, 24, (fdp >> 16 & 0xffff) << 12, 4);
         } else {
             put(buf, 12, fip & 0xffff_ffff, 4);
-            put(buf, 16, u64::from(s.fop & 0x7ff) << 16, 4);
+            put(buf, 16, fcs | u64::from(s.fop & 0x7ff) << 16, 4);
             put(buf, 20, fdp & 0xffff_ffff, 4);
-            put(buf, 24, 0, 4);
+            put(buf, 24, 0xffff_0000, 4);
         }
     } else {
         put(buf, 0, u64::from(s.fcw), 2);
@@ -75,7 +77,7 @@ fn store_env(cpu: &X86Cpu, op32: bool, buf: &mut [u8]) {
             put(buf, 12, (fdp >> 16 & 0xf) << 12, 2);
         } else {
             put(buf, 6, fip & 0xffff, 2);
-            put(buf, 8, 0, 2);
+            put(buf, 8, fcs, 2);
             put(buf, 10, fdp & 0xffff, 2);
             put(buf, 12, 0, 2);
         }

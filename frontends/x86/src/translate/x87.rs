@@ -332,6 +332,8 @@ impl Tr {
                 self.x87c(X87Helper::Control, &[code]);
                 Flow::Next
             }
+            // 8087/287 controls: no-ops since the 387.
+            M::Fneni | M::Fndisi | M::Fnsetpm => Flow::Next,
             M::Wait => {
                 self.x87c(X87Helper::Control, &[5]);
                 Flow::Next
