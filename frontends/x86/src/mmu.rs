@@ -323,7 +323,7 @@ fn write_phys_le(cpu: &mut X86Cpu, pa: u64, len: usize, v: u64) {
 /// Records a write to physical `[pa, pa+len)` for self-modifying-code detection.
 fn note_code_write(cpu: &mut X86Cpu, pa: u64, len: usize) {
     let first = pa >> 12;
-    let last = (pa + len.max(1) as u64 - 1) >> 12;
+    let last = pa.saturating_add(len.max(1) as u64 - 1) >> 12;
     for pfn in first..=last {
         if cpu.mmu.code.note_write(pfn) {
             // Self-modifying code: finish this instruction, then leave the block.
