@@ -1,5 +1,5 @@
 //! The CPUID model: what the guest is told this CPU implements. It advertises only
-//! what TCG implements (or is about to: see the notes on x87/SSE). The table is a
+//! what TCG implements. The table is a
 //! plain struct so that later work can refine it (`-cpu` models, AVX, SVM...).
 
 use crate::cpu::X86Cpu;
@@ -93,8 +93,9 @@ pub struct CpuidModel {
 impl Default for CpuidModel {
     /// The TCG model ("vireo", AuthenticAMD family 15 like QEMU's qemu64): long mode,
     /// NX, PAE/PSE/PGE, SYSCALL/SYSENTER, CMPXCHG8B/16B, POPCNT/LZCNT, RDTSCP,
-    /// FSGSBASE, SMEP/SMAP, PCID/INVPCID, ADX. FPU/MMX/FXSR/SSE/SSE2 are advertised because
-    /// the x86-64 ABI requires them: they depend on the x87/SSE translation work.
+    /// FSGSBASE, SMEP/SMAP, PCID/INVPCID, x87 (FPU) and FXSAVE/FXRSTOR. Exactly what TCG
+    /// implements: MMX, SSE and SSE2 (which the x86-64 ABI assumes) come with the SSE
+    /// translation work and are not advertised before it, nor is ADX.
     fn default() -> CpuidModel {
         let mut brand = [0u8; 48];
         let name = b"vireo TCG virtual CPU";
@@ -121,12 +122,9 @@ impl Default for CpuidModel {
                 | PAT
                 | PSE36
                 | CLFSH
-                | MMX
-                | FXSR
-                | SSE
-                | SSE2,
+                | FXSR,
             ecx1: ecx1::CX16 | ecx1::PCID | ecx1::POPCNT,
-            ebx7: leaf7::FSGSBASE | leaf7::SMEP | leaf7::INVPCID | leaf7::ADX | leaf7::SMAP,
+            ebx7: leaf7::FSGSBASE | leaf7::SMEP | leaf7::INVPCID | leaf7::SMAP,
             ecx7: 0,
             edx7: 0,
             edx_ext1: ext1::SYSCALL | ext1::NX | ext1::PDPE1GB | ext1::RDTSCP | ext1::LM,
