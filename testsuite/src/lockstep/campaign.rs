@@ -4,7 +4,7 @@
 
 use super::env::{self, Mode, Privilege, Setup};
 use super::gen::{self, Features, Rng};
-use super::runner::{compare, Engine, RunError};
+use super::runner::{compare, Engine, Outcome, RunError};
 use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpCodeTableKind, OpKind};
 use std::collections::BTreeMap;
 
@@ -27,6 +27,9 @@ pub struct Divergence {
     pub seed: u64,
     /// The sequence, disassembled.
     pub listing: Vec<String>,
+    /// The instructions left when every instruction whose replacement (see `replacement`) keeps
+    /// the engines disagreeing is replaced (a reduction of the sequence, for triage).
+    pub reduced: Vec<String>,
     pub diffs: Vec<String>,
 }
 
@@ -39,7 +42,9 @@ pub struct Report {
     pub compared: u64,
     /// Sequences skipped because an engine could not run them, by reason.
     pub engine_limits: BTreeMap<String, u64>,
-    /// Divergences explained by a known defect of the host's KVM, by reason.
+    /// Sequences whose divergence a known defect of the host's KVM explains.
+    pub known_kvm_sequences: u64,
+    /// The same by reason (a sequence may count under several).
     pub known_kvm: BTreeMap<&'static str, u64>,
     /// Unexplained divergences, hangs and unexpected ends: failures.
     pub divergences: Vec<Divergence>,
@@ -78,7 +83,7 @@ fn is_hint_nop(i: &Instruction) -> bool {
 }
 
 /// The known KVM-side divergences. A divergence is classified under a rule only if
-/// replacing the matching instructions by NOPs makes the engines agree (checked by
+/// replacing the matching instructions by NOPs (`cmp eax, eax` first when they write flags) makes the engines agree (checked by
 /// running the patched sequence on both), so a rule cannot hide a TCG bug in the
 /// rest of the sequence.
 pub const KNOWN_KVM: &[KnownKvm] = &[
@@ -183,19 +188,47 @@ fn listing(code: &[u8], bitness: u32) -> Vec<String> {
         .collect()
 }
 
-/// The arithmetic flags left undefined by `insns`, skipping those in `skip`.
-fn undefined_flags(insns: &[(usize, Instruction)], skip: &[usize]) -> u64 {
+/// The arithmetic flags undefined when the sequence stopped at code offset `stop`
+/// (the faulting instruction's, or the end): those left undefined by the
+/// instructions before it, skipping those in `skip` (replaced: see `replacement`).
+fn undefined_flags(insns: &[(usize, Instruction)], skip: &[usize], stop: usize) -> u64 {
     insns
         .iter()
-        .filter(|(pos, _)| !skip.contains(pos))
-        .fold(0, |u, (_, i)| {
-            let m = gen::arch_flags(i.rflags_modified());
-            (u & !m) | gen::arch_flags(i.rflags_undefined())
+        .filter(|(pos, _)| *pos < stop)
+        .fold(0, |u, (pos, i)| match skip.contains(pos) {
+            false => gen::after(u, i),
+            true if defines_flags(i) => 0,
+            true => u,
         })
 }
 
+/// Whether the replacement of a patched instruction is `cmp eax, eax` (which defines
+/// every arithmetic flag) rather than only NOPs: when the instruction itself writes
+/// flags, so that a later instruction reading them still reads defined values.
+fn defines_flags(i: &Instruction) -> bool {
+    i.rflags_modified() != 0 && i.len() >= 2
+}
+
+/// The bytes that replace instruction `i` in a patched sequence.
+fn replacement(i: &Instruction) -> Vec<u8> {
+    let mut r = vec![0x90; i.len()];
+    if defines_flags(i) {
+        r[..2].copy_from_slice(&[0x39, 0xc0]);
+    }
+    r
+}
+
+/// Code offset of the instruction a run stopped at (the end if unknown).
+fn stop_offset(setup: &Setup, o: &Outcome) -> usize {
+    o.stop
+        .as_ref()
+        .and_then(|s| s.rip.checked_sub(setup.state.rip))
+        .and_then(|off| usize::try_from(off).ok())
+        .unwrap_or(usize::MAX)
+}
+
 /// The reasons of the [`KNOWN_KVM`] rules that explain a divergence of `code`, or
-/// `None`: the matching instructions are replaced by NOPs and the patched sequence
+/// `None`: the matching instructions are replaced (see `replacement`) and the patched sequence
 /// must then run the same on both engines.
 fn explain(
     a: &mut Engine,
@@ -224,17 +257,88 @@ fn explain(
     if reasons.is_empty() {
         return None;
     }
-    let mut s = setup.clone();
-    let (_, bytes) = s.memory.iter_mut().find(|(addr, _)| *addr == env::CODE)?;
-    for (pos, i) in &insns {
-        if patched.contains(pos) {
-            bytes.get_mut(*pos..*pos + i.len())?.fill(0x90);
+    match run_patched(a, b, cfg, setup, &insns, &patched) {
+        Some(Patched::Agree) => Some(reasons),
+        Some(Patched::Disagree) => None,
+        None => {
+            // Patched, the sequence reaches an instruction KVM cannot run at all (it
+            // stopped before it unpatched): compare what KVM can run, the sequence
+            // up to the first patched instruction.
+            let first = patched.iter().copied().min()?;
+            let tail: Vec<usize> = insns
+                .iter()
+                .map(|(pos, _)| *pos)
+                .filter(|pos| *pos >= first)
+                .collect();
+            (run_patched(a, b, cfg, setup, &insns, &tail)? == Patched::Agree).then_some(reasons)
         }
     }
-    let undefined = undefined_flags(&insns, &patched);
-    let oa = a.run(cfg.mode, &s).ok()?;
-    let ob = b.run(cfg.mode, &s).ok()?;
-    compare(&oa, &ob, undefined).is_empty().then_some(reasons)
+}
+
+/// How a sequence with some instructions replaced ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Patched {
+    Agree,
+    Disagree,
+}
+
+/// Runs `setup` with the instructions at offsets `patched` replaced (see `replacement`) on both
+/// engines; `None` when an engine could not run it.
+fn run_patched(
+    a: &mut Engine,
+    b: &mut Engine,
+    cfg: &Config,
+    setup: &Setup,
+    insns: &[(usize, Instruction)],
+    patched: &[usize],
+) -> Option<Patched> {
+    let mut s = setup.clone();
+    let (_, bytes) = s.memory.iter_mut().find(|(addr, _)| *addr == env::CODE)?;
+    for (pos, i) in insns {
+        if patched.contains(pos) {
+            bytes
+                .get_mut(*pos..*pos + i.len())?
+                .copy_from_slice(&replacement(i));
+        }
+    }
+    let ra = a.run(cfg.mode, &s);
+    let rb = b.run(cfg.mode, &s);
+    match (ra, rb) {
+        (Ok(oa), Ok(ob))
+            if compare(
+                &oa,
+                &ob,
+                undefined_flags(insns, patched, stop_offset(setup, &oa)),
+            )
+            .is_empty() =>
+        {
+            Some(Patched::Agree)
+        }
+        (Ok(_), Ok(_)) | (Err(RunError::Other(_)), _) | (_, Err(RunError::Other(_))) => {
+            Some(Patched::Disagree)
+        }
+        _ => None,
+    }
+}
+
+/// Reduces a divergent sequence: each instruction in turn is replaced and
+/// stays replaced if the engines still disagree. Returns the listing of what is left.
+fn reduce(a: &mut Engine, b: &mut Engine, cfg: &Config, setup: &Setup, code: &[u8]) -> Vec<String> {
+    let bitness = cfg.mode.bitness();
+    let insns = decode(code, bitness);
+    let mut patched: Vec<usize> = Vec::new();
+    for (pos, _) in &insns {
+        patched.push(*pos);
+        if run_patched(a, b, cfg, setup, &insns, &patched) != Some(Patched::Disagree) {
+            patched.pop();
+        }
+    }
+    listing(code, bitness)
+        .into_iter()
+        .zip(&insns)
+        .filter(|(_, (pos, _))| !patched.contains(pos))
+        .map(|(l, _)| l)
+        .collect()
 }
 
 /// Runs the campaign on engines `a` and `b` (`a` is KVM: the classifier's rules are
@@ -245,7 +349,7 @@ pub fn run(a: &mut Engine, b: &mut Engine, cfg: &Config) -> Report {
     for i in 0..cfg.count {
         let seed = cfg.seed.wrapping_add(i);
         let mut rng = Rng::new(seed);
-        let (code, _, undefined) =
+        let (code, _, _) =
             gen::random_sequence(&mut rng, &codes, cfg.mode.bitness(), cfg.length, env::CODE);
         let setup = env::setup(cfg.mode, cfg.privilege, &mut rng, &code);
         report.sequences += 1;
@@ -270,6 +374,7 @@ pub fn run(a: &mut Engine, b: &mut Engine, cfg: &Config) -> Report {
                     RunError::Other(m) => report.divergences.push(Divergence {
                         seed,
                         listing: listing(&code, cfg.mode.bitness()),
+                        reduced: reduce(a, b, cfg, &setup, &code),
                         diffs: vec![format!("{name}: {m}")],
                     }),
                 }
@@ -277,11 +382,14 @@ pub fn run(a: &mut Engine, b: &mut Engine, cfg: &Config) -> Report {
             }
         };
         report.compared += 1;
+        let insns = decode(&code, cfg.mode.bitness());
+        let undefined = undefined_flags(&insns, &[], stop_offset(&setup, &oa));
         let diffs = compare(&oa, &ob, undefined);
         if diffs.is_empty() {
             continue;
         }
         if let Some(reasons) = explain(a, b, cfg, &setup, &code) {
+            report.known_kvm_sequences += 1;
             for r in reasons {
                 *report.known_kvm.entry(r).or_default() += 1;
             }
@@ -290,6 +398,7 @@ pub fn run(a: &mut Engine, b: &mut Engine, cfg: &Config) -> Report {
         report.divergences.push(Divergence {
             seed,
             listing: listing(&code, cfg.mode.bitness()),
+            reduced: reduce(a, b, cfg, &setup, &code),
             diffs,
         });
     }
@@ -300,7 +409,7 @@ impl Report {
     /// A human-readable summary: counts, engine limits, known KVM-side divergences and
     /// the first unexplained divergences.
     pub fn summary(&self, max_divergences: usize) -> String {
-        let known: u64 = self.known_kvm.values().sum();
+        let known = self.known_kvm_sequences;
         let limits: u64 = self.engine_limits.values().sum();
         let mut s = format!(
             "{} sequences, {} compared, {} engine limits, {} known KVM-side divergences, {} \
@@ -321,6 +430,12 @@ impl Report {
             s.push_str(&format!("  seed {}: {}\n", d.seed, d.diffs.join("; ")));
             for l in &d.listing {
                 s.push_str(&format!("      {l}\n"));
+            }
+            if d.reduced.len() < d.listing.len() {
+                s.push_str("    reduced to:\n");
+                for l in &d.reduced {
+                    s.push_str(&format!("      {l}\n"));
+                }
             }
         }
         s

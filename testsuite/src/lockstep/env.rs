@@ -104,7 +104,16 @@ pub struct Setup {
     pub end_rip: u64,
     /// The terminator's bytes (see [`terminator`]).
     pub terminator: &'static [u8],
+    /// Guest physical `[0, clear)` is zeroed before `memory` is written: everything a
+    /// sequence can reach (with paging, the mapped pages; without, all of RAM: a bit
+    /// offset of BT* reaches ±256 MiB), so that no run sees what an earlier run (on
+    /// one engine only, when they diverged) left behind.
+    pub clear: u64,
 }
+
+/// What [`Setup::clear`] covers under paging and in real mode: the system pages, code,
+/// data and stack (paging), the 64 KiB segments (real mode).
+pub const CLEAR_LOW: u64 = 0x40000;
 
 const P: u64 = 1;
 const RW: u64 = 2;
@@ -221,6 +230,7 @@ pub fn long_mode(rng: &mut Rng, code: &[u8], privilege: Privilege) -> Setup {
         state: s,
         end_rip,
         terminator: terminator(Mode::Long64, privilege),
+        clear: CLEAR_LOW,
     }
 }
 
@@ -317,6 +327,7 @@ pub fn real_mode(rng: &mut Rng, code: &[u8]) -> Setup {
         state: s,
         end_rip,
         terminator: terminator(Mode::Real, Privilege::Kernel),
+        clear: CLEAR_LOW,
     }
 }
 
@@ -398,6 +409,7 @@ pub fn protected32(rng: &mut Rng, code: &[u8], privilege: Privilege) -> Setup {
         state: s,
         end_rip,
         terminator: terminator(Mode::Protected32, privilege),
+        clear: MEM_SIZE,
     }
 }
 

@@ -453,12 +453,53 @@ pub fn random_sequence(
             continue;
         }
         bytes.extend_from_slice(&out[..len]);
-        let u = arch_flags(insn.rflags_undefined());
-        let m = arch_flags(insn.rflags_modified());
-        undefined = (undefined & !m) | u;
+        undefined = after(undefined, &insn);
         insns.push(insn);
     }
     (bytes, insns, undefined)
+}
+
+/// The arithmetic flags left undefined after `insn`, given those undefined before.
+///
+/// iced lists what an instruction may modify; a shift or rotate whose masked count is
+/// 0 modifies nothing, so a count only known at run time (CL) leaves the flags that
+/// were undefined undefined (and adds its own undefined ones), and an immediate count
+/// of 0 changes nothing. RCL/RCR of 8/16 bits rotate by the count modulo 9/17: a
+/// nonzero count that is a multiple keeps CF and leaves OF undefined.
+pub fn after(undefined: u64, insn: &Instruction) -> u64 {
+    use Mnemonic::*;
+    let u = arch_flags(insn.rflags_undefined());
+    let m = arch_flags(insn.rflags_modified());
+    let mnemonic = insn.mnemonic();
+    if !matches!(
+        mnemonic,
+        Shl | Sal | Shr | Sar | Rol | Ror | Rcl | Rcr | Shld | Shrd
+    ) {
+        return (undefined & !m) | u;
+    }
+    let last = insn.op_count().saturating_sub(1);
+    if insn.op_kind(last) == iced_x86::OpKind::Register {
+        return undefined | u;
+    }
+    let bits = insn.memory_size().size().max(1) * 8;
+    let bits = if insn.op0_kind() == iced_x86::OpKind::Register {
+        insn.op0_register().size() * 8
+    } else {
+        bits
+    };
+    let count = insn.immediate(last) & if bits == 64 { 0x3f } else { 0x1f };
+    let period = match (mnemonic, bits) {
+        (Rcl | Rcr, 8) => 9,
+        (Rcl | Rcr, 16) => 17,
+        _ => u64::MAX,
+    };
+    if count == 0 {
+        undefined
+    } else if count % period == 0 {
+        undefined | u | (1 << 11)
+    } else {
+        (undefined & !m) | u
+    }
 }
 
 /// iced's `RflagsBits` to architectural RFLAGS bit positions.

@@ -232,6 +232,12 @@ impl Engine {
         if self.stale {
             *self = Engine::new(self.kind).map_err(RunError::Other)?;
         }
+        if setup.clear >= self.mem.ram_size() {
+            self.mem.clear_ram();
+        } else if setup.clear > 0 {
+            let zeros = vec![0u8; setup.clear as usize];
+            self.mem.write(0, &zeros).map_err(other)?;
+        }
         for (addr, bytes) in &setup.memory {
             self.mem.write(*addr, bytes).map_err(other)?;
         }
