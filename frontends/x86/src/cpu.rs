@@ -189,7 +189,10 @@ impl GuestEnv for X86Cpu {
         self.stop
     }
 
+    /// Also counts the instruction in [`X86Cpu::icount`] (the default TSC source), so
+    /// that RDTSC sees every instruction started before it, within a block too.
     fn insn_start(&mut self, pc: u64) {
         self.insn_pc = pc;
+        self.icount = self.icount.wrapping_add(1);
     }
 }

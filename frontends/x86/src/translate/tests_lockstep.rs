@@ -136,3 +136,36 @@ fn port_write_stops_the_block() {
     );
     assert_eq!(cpu.state.gpr[RAX], 0);
 }
+
+/// With no TSC source the TSC counts instructions: every started instruction, within
+/// a block too (`X86Cpu::icount`, kept by `insn_start`).
+#[test]
+fn rdtsc_counts_instructions() {
+    // rdtsc; mov esi, eax; rdtsc; hlt (one block)
+    let (cpu, end) = exec(M::Long64, &[0x0f, 0x31, 0x89, 0xc6, 0x0f, 0x31], &[], 0);
+    assert_eq!(end, End::Halt);
+    assert_eq!(cpu.state.gpr[RAX].wrapping_sub(cpu.state.gpr[RSI]), 2);
+    assert_eq!(cpu.icount, 4);
+}
+
+/// In 64-bit mode the ES, DS and SS bases are ignored (only FS and GS have bases),
+/// for explicit operands, string and stack accesses alike.
+#[test]
+fn long_mode_ignores_es_ds_ss_bases() {
+    use vireo_core::cpu::sreg;
+    // mov [rbx], eax; stosb; push rax; hlt
+    let code = [0x89, 0x03, 0xaa, 0x50, 0xf4];
+    let mut cpu = machine(M::Long64, &code);
+    for s in [sreg::ES, sreg::DS, sreg::SS] {
+        cpu.state.seg[s].base = 0x10_0000;
+    }
+    cpu.state.gpr[RAX] = 0x1122_3344;
+    cpu.state.gpr[RBX] = 0x3000;
+    cpu.state.gpr[7] = 0x3100; // RDI
+    cpu.state.gpr[4] = 0x8000; // RSP
+    assert_eq!(run(&mut cpu, 10), End::Halt);
+    assert_eq!(rd(&cpu, 0x3000, 4), 0x1122_3344);
+    assert_eq!(rd(&cpu, 0x3100, 1), 0x44);
+    assert_eq!(rd(&cpu, 0x8000 - 8, 8), 0x1122_3344);
+    assert_eq!(rd(&cpu, 0x10_3000, 4), 0);
+}
