@@ -93,9 +93,8 @@ pub struct CpuidModel {
 impl Default for CpuidModel {
     /// The TCG model ("vireo", AuthenticAMD family 15 like QEMU's qemu64): long mode,
     /// NX, PAE/PSE/PGE, SYSCALL/SYSENTER, CMPXCHG8B/16B, POPCNT/LZCNT, RDTSCP,
-    /// FSGSBASE, SMEP/SMAP, PCID/INVPCID, x87 (FPU) and FXSAVE/FXRSTOR. Exactly what TCG
-    /// implements: MMX, SSE and SSE2 (which the x86-64 ABI assumes) come with the SSE
-    /// translation work and are not advertised before it, nor is ADX.
+    /// FSGSBASE, SMEP/SMAP, PCID/INVPCID, x87 (FPU), FXSAVE/FXRSTOR, MMX, SSE and SSE2.
+    /// Exactly what TCG implements (not ADX, nor SSE3 and later).
     fn default() -> CpuidModel {
         let mut brand = [0u8; 48];
         let name = b"vireo TCG virtual CPU";
@@ -122,7 +121,10 @@ impl Default for CpuidModel {
                 | PAT
                 | PSE36
                 | CLFSH
-                | FXSR,
+                | FXSR
+                | MMX
+                | SSE
+                | SSE2,
             ecx1: ecx1::CX16 | ecx1::PCID | ecx1::POPCNT,
             ebx7: leaf7::FSGSBASE | leaf7::SMEP | leaf7::INVPCID | leaf7::SMAP,
             ecx7: 0,

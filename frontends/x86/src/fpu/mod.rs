@@ -5,5 +5,7 @@
 //! exception masking, the instruction classes).
 
 pub mod ext;
+pub mod simd;
 pub mod softfloat;
+pub mod sse_fp;
 pub mod x87;

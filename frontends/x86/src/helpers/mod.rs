@@ -1,8 +1,9 @@
 //! Helper functions IR blocks call. A [`HelperId`] indexes one table per area:
 //! ids `0x000..0x100` are [`integer::TABLE`], `0x100..0x200` [`system::TABLE`],
-//! `0x200..0x300` [`x87::TABLE`].
+//! `0x200..0x300` [`x87::TABLE`], `0x300..0x400` [`sse::TABLE`].
 
 pub mod integer;
+pub mod sse;
 pub mod system;
 pub mod x87;
 mod x87_env;
@@ -29,12 +30,16 @@ pub const SYSTEM_BASE: u16 = 0x100;
 /// First id of the x87 helpers.
 pub const X87_BASE: u16 = 0x200;
 
+/// First id of the MMX/SSE helpers.
+pub const SSE_BASE: u16 = 0x300;
+
 /// The definition behind `h`.
 pub fn lookup(h: HelperId) -> Option<&'static HelperDef> {
     match h.0 {
         n if n < SYSTEM_BASE => integer::TABLE.get(usize::from(n - INTEGER_BASE)),
         n if n < SYSTEM_BASE + 0x100 => system::TABLE.get(usize::from(n - SYSTEM_BASE)),
         n if n < X87_BASE + 0x100 => x87::TABLE.get(usize::from(n - X87_BASE)),
+        n if n < SSE_BASE + 0x100 => sse::TABLE.get(usize::from(n - SSE_BASE)),
         _ => None,
     }
 }

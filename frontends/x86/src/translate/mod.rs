@@ -22,8 +22,9 @@
 //! - [`system`]: privileged instructions lowered to [`SysHelper`] calls.
 //!
 //! # Not translated yet
-//! MMX, SSE/AVX and the BMI extensions raise #UD (our CPUID does not
-//! advertise them). x87 (with FXSAVE/FXRSTOR) is in [`x87`].
+//! SSE3 and later, AVX and the BMI extensions raise #UD (our CPUID does not
+//! advertise them). x87 (with FXSAVE/FXRSTOR) is in [`x87`]; MMX, SSE and SSE2 in
+//! [`sse`].
 
 mod alu;
 mod bits;
@@ -33,6 +34,7 @@ mod hint;
 mod muldiv;
 mod operand;
 mod shift;
+mod sse;
 mod stack;
 mod string;
 mod system;
@@ -44,6 +46,8 @@ mod tests;
 mod tests_lockstep;
 #[cfg(test)]
 mod tests_more;
+#[cfg(test)]
+mod tests_sse;
 #[cfg(test)]
 mod tests_x87;
 #[cfg(test)]
@@ -541,7 +545,7 @@ impl Tr {
             M::Leave => self.leave(),
             M::Bound => self.bound(),
             M::Ud0 | M::Ud1 | M::Ud2 => self.ud(),
-            _ => match self.x87_insn() {
+            _ => match self.x87_insn().or_else(|| self.sse_insn()) {
                 Some(flow) => flow,
                 None => self.system(),
             },
