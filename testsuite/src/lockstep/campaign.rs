@@ -113,6 +113,22 @@ pub const KNOWN_KVM: &[KnownKvm] = &[
         reason: "KVM's emulator injects #UD for LAR/LSL/VERR/VERW in user-mode 32-bit code",
     },
     KnownKvm {
+        applies: |m, p| kvm_emulates(m, p) && p == Privilege::User,
+        matches: |i| {
+            matches!(
+                i.mnemonic(),
+                Mnemonic::Daa | Mnemonic::Das | Mnemonic::Aaa | Mnemonic::Aas
+            )
+        },
+        reason: "KVM's emulator injects #UD for DAA/DAS/AAA/AAS in user-mode 32-bit code",
+    },
+    KnownKvm {
+        applies: emulated,
+        matches: |i| matches!(i.mnemonic(), Mnemonic::Aam | Mnemonic::Aad),
+        reason: "KVM's emulator sets SF/ZF after AAM/AAD from the whole AX/EAX (an OR at \
+                 the operand size); the architecture sets them from AL",
+    },
+    KnownKvm {
         applies: emulated,
         matches: |i| matches!(i.mnemonic(), Mnemonic::Lzcnt | Mnemonic::Tzcnt),
         reason: "KVM's emulator runs LZCNT/TZCNT as BSR/BSF (ignores the F3 prefix)",

@@ -129,7 +129,6 @@ fn excluded(m: Mnemonic) -> bool {
             | Lfence
             | Mfence
             | Sfence
-            | Xlatb
             | Xbegin
             | Xend
             | Xabort
@@ -141,13 +140,6 @@ fn excluded(m: Mnemonic) -> bool {
             | Lgs
             | Lss
             | Arpl
-            | Salc
-            | Aad
-            | Aam
-            | Daa
-            | Das
-            | Aaa
-            | Aas
             | Clflush
             | Clflushopt
             | Clwb
@@ -158,8 +150,6 @@ fn excluded(m: Mnemonic) -> bool {
             | Getsec
             | Vmcall
             | Vmmcall
-            | Lahf
-            | Sahf
     )
 }
 
