@@ -56,7 +56,13 @@ pub struct Report {
 pub struct KnownKvm {
     pub applies: fn(Mode, Privilege) -> bool,
     pub matches: fn(&Instruction) -> bool,
+    /// Which differences the rule may explain (all of them must satisfy it).
+    pub diffs: fn(&str) -> bool,
     pub reason: &'static str,
+}
+
+fn any_diff(_: &str) -> bool {
+    true
 }
 
 /// Whether KVM runs code of this environment in its instruction emulator (on this
@@ -99,6 +105,7 @@ pub const KNOWN_KVM: &[KnownKvm] = &[
                     | Mnemonic::Wait
             ) || is_hint_nop(i)
         },
+        diffs: any_diff,
         reason: "KVM's emulator lacks MOVBE, POPCNT, ADCX/ADOX, FWAIT and most hint NOPs \
                  (0F 0D, 0F 18-1F): it injects #UD",
     },
@@ -110,6 +117,7 @@ pub const KNOWN_KVM: &[KnownKvm] = &[
                 Mnemonic::Lar | Mnemonic::Lsl | Mnemonic::Verr | Mnemonic::Verw
             )
         },
+        diffs: any_diff,
         reason: "KVM's emulator injects #UD for LAR/LSL/VERR/VERW in user-mode 32-bit code",
     },
     KnownKvm {
@@ -120,22 +128,26 @@ pub const KNOWN_KVM: &[KnownKvm] = &[
                 Mnemonic::Daa | Mnemonic::Das | Mnemonic::Aaa | Mnemonic::Aas
             )
         },
+        diffs: any_diff,
         reason: "KVM's emulator injects #UD for DAA/DAS/AAA/AAS in user-mode 32-bit code",
     },
     KnownKvm {
         applies: emulated,
         matches: |i| matches!(i.mnemonic(), Mnemonic::Aam | Mnemonic::Aad),
+        diffs: any_diff,
         reason: "KVM's emulator sets SF/ZF after AAM/AAD from the whole AX/EAX (an OR at \
                  the operand size); the architecture sets them from AL",
     },
     KnownKvm {
         applies: emulated,
         matches: |i| matches!(i.mnemonic(), Mnemonic::Lzcnt | Mnemonic::Tzcnt),
+        diffs: any_diff,
         reason: "KVM's emulator runs LZCNT/TZCNT as BSR/BSF (ignores the F3 prefix)",
     },
     KnownKvm {
         applies: emulated,
         matches: |i| i.mnemonic() == Mnemonic::Cmpxchg && i.op0_kind() == OpKind::Register,
+        diffs: any_diff,
         reason: "KVM's emulator writes a CMPXCHG register destination back when the \
                  comparison fails (zero-extending a 32-bit one); hardware leaves it alone",
     },
@@ -147,6 +159,7 @@ pub const KNOWN_KVM: &[KnownKvm] = &[
                 Mnemonic::Sldt | Mnemonic::Str | Mnemonic::Smsw
             ) && i.op0_kind() == OpKind::Memory
         },
+        diffs: any_diff,
         reason: "KVM's emulator (also UMIP emulation of user-mode SLDT/STR/SMSW) stores \
                  the operand size (8 bytes with REX.W) to memory; hardware stores 16 bits",
     },
@@ -158,8 +171,62 @@ pub const KNOWN_KVM: &[KnownKvm] = &[
                 Mnemonic::Lar | Mnemonic::Lsl | Mnemonic::Verr | Mnemonic::Verw
             )
         },
+        diffs: any_diff,
         reason: "natively run LAR/LSL/VERR/VERW check the selector against the host's \
                  descriptor tables (PVM), not the guest's",
+    },
+    KnownKvm {
+        applies: emulated,
+        matches: |i| {
+            matches!(
+                i.mnemonic(),
+                Mnemonic::Movsb
+                    | Mnemonic::Movsw
+                    | Mnemonic::Movsd
+                    | Mnemonic::Movsq
+                    | Mnemonic::Stosb
+                    | Mnemonic::Stosw
+                    | Mnemonic::Stosd
+                    | Mnemonic::Stosq
+            )
+        },
+        diffs: |d| d.starts_with("data[") || d.starts_with("stack["),
+        reason: "KVM's emulator commits the first page of a page-split string store before \
+                 the second page faults; the CPU writes nothing",
+    },
+    KnownKvm {
+        applies: emulated,
+        matches: |i| {
+            (i.has_repe_prefix() || i.has_repne_prefix())
+                && matches!(
+                    i.mnemonic(),
+                    Mnemonic::Cmpsb
+                        | Mnemonic::Cmpsw
+                        | Mnemonic::Cmpsd
+                        | Mnemonic::Cmpsq
+                        | Mnemonic::Scasb
+                        | Mnemonic::Scasw
+                        | Mnemonic::Scasd
+                        | Mnemonic::Scasq
+                )
+        },
+        diffs: |d| d.starts_with("rflags"),
+        reason: "KVM's emulator: when an iteration of REP CMPS/SCAS faults, the frame holds \
+                 RFLAGS from before the instruction, not from the last completed iteration",
+    },
+    KnownKvm {
+        applies: anywhere,
+        matches: |i| {
+            matches!(
+                i.mnemonic(),
+                Mnemonic::Cmpsb | Mnemonic::Cmpsw | Mnemonic::Cmpsd | Mnemonic::Cmpsq
+            )
+        },
+        diffs: |d| {
+            d.starts_with("exception") || d.starts_with("error code") || d.starts_with("cr2")
+        },
+        reason: "unspecified, not a KVM defect: which fault CMPS reports when both operands \
+                 fault (TCG reads ES:rDI first; KVM's emulator and the CPU under PVM differ)",
     },
 ];
 
@@ -214,6 +281,8 @@ fn undefined_flags(insns: &[(usize, Instruction)], skip: &[usize], stop: usize) 
         .fold(0, |u, (pos, i)| match skip.contains(pos) {
             false => gen::after(u, i),
             true if defines_flags(i) => 0,
+            // SAHF: all but OF.
+            true if i.rflags_modified() != 0 => u & (1 << 11),
             true => u,
         })
 }
@@ -225,11 +294,15 @@ fn defines_flags(i: &Instruction) -> bool {
     i.rflags_modified() != 0 && i.len() >= 2
 }
 
-/// The bytes that replace instruction `i` in a patched sequence.
+/// The bytes that replace instruction `i` in a patched sequence: `cmp eax, eax` and
+/// NOPs, or for a one-byte instruction that writes flags SAHF (defines all but OF from
+/// AH), or NOPs.
 fn replacement(i: &Instruction) -> Vec<u8> {
     let mut r = vec![0x90; i.len()];
     if defines_flags(i) {
         r[..2].copy_from_slice(&[0x39, 0xc0]);
+    } else if i.rflags_modified() != 0 {
+        r[0] = 0x9e;
     }
     r
 }
@@ -252,50 +325,63 @@ fn explain(
     cfg: &Config,
     setup: &Setup,
     code: &[u8],
+    diffs: &[String],
 ) -> Option<Vec<&'static str>> {
     let insns = decode(code, cfg.mode.bitness());
-    let mut reasons = Vec::new();
-    let mut patched = Vec::new();
-    for rule in KNOWN_KVM {
-        if !(rule.applies)(cfg.mode, cfg.privilege) {
-            continue;
-        }
-        let hits: Vec<usize> = insns
-            .iter()
-            .filter(|(_, i)| (rule.matches)(i))
-            .map(|(pos, _)| *pos)
-            .collect();
-        if !hits.is_empty() {
-            reasons.push(rule.reason);
-            patched.extend(hits);
-        }
-    }
-    if reasons.is_empty() {
-        return None;
-    }
-    match run_patched(a, b, cfg, setup, &insns, &patched) {
-        Some(Patched::Agree) => Some(reasons),
-        Some(Patched::Disagree) => None,
-        None => {
-            // Patched, the sequence reaches an instruction KVM cannot run at all (it
-            // stopped before it unpatched): compare what KVM can run, the sequence
-            // up to the first patched instruction.
-            let first = patched.iter().copied().min()?;
-            let tail: Vec<usize> = insns
+    let mut reasons: Vec<&'static str> = Vec::new();
+    let mut patched: Vec<usize> = Vec::new();
+    let mut diffs = diffs.to_vec();
+    // Patching one instruction can let the sequence reach another known one (KVM
+    // stopped at the first): a few rounds, each adding the rules the new differences
+    // call for.
+    for _ in 0..4 {
+        let before = patched.len();
+        for rule in KNOWN_KVM {
+            if !(rule.applies)(cfg.mode, cfg.privilege) || !diffs.iter().all(|d| (rule.diffs)(d)) {
+                continue;
+            }
+            let hits: Vec<usize> = insns
                 .iter()
+                .filter(|(pos, i)| (rule.matches)(i) && !patched.contains(pos))
                 .map(|(pos, _)| *pos)
-                .filter(|pos| *pos >= first)
                 .collect();
-            (run_patched(a, b, cfg, setup, &insns, &tail)? == Patched::Agree).then_some(reasons)
+            if !hits.is_empty() {
+                if !reasons.contains(&rule.reason) {
+                    reasons.push(rule.reason);
+                }
+                patched.extend(hits);
+            }
+        }
+        if patched.len() == before {
+            return None;
+        }
+        match run_patched(a, b, cfg, setup, &insns, &patched) {
+            Some(Patched::Agree) => return Some(reasons),
+            Some(Patched::Disagree(d)) => diffs = d,
+            None => {
+                // Patched, the sequence reaches an instruction KVM cannot run at all
+                // (it stopped before it unpatched): compare what KVM can run, the
+                // sequence up to the first patched instruction.
+                let first = patched.iter().copied().min()?;
+                let tail: Vec<usize> = insns
+                    .iter()
+                    .map(|(pos, _)| *pos)
+                    .filter(|pos| *pos >= first)
+                    .collect();
+                return (run_patched(a, b, cfg, setup, &insns, &tail)? == Patched::Agree)
+                    .then_some(reasons);
+            }
         }
     }
+    None
 }
 
 /// How a sequence with some instructions replaced ran.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Patched {
     Agree,
-    Disagree,
+    /// The differences (empty for a hang or an unexpected end).
+    Disagree(Vec<String>),
 }
 
 /// Runs `setup` with the instructions at offsets `patched` replaced (see `replacement`) on both
@@ -320,18 +406,20 @@ fn run_patched(
     let ra = a.run(cfg.mode, &s);
     let rb = b.run(cfg.mode, &s);
     match (ra, rb) {
-        (Ok(oa), Ok(ob))
-            if compare(
+        (Ok(oa), Ok(ob)) => {
+            let d = compare(
                 &oa,
                 &ob,
                 undefined_flags(insns, patched, stop_offset(setup, &oa)),
-            )
-            .is_empty() =>
-        {
-            Some(Patched::Agree)
+            );
+            Some(if d.is_empty() {
+                Patched::Agree
+            } else {
+                Patched::Disagree(d)
+            })
         }
-        (Ok(_), Ok(_)) | (Err(RunError::Other(_)), _) | (_, Err(RunError::Other(_))) => {
-            Some(Patched::Disagree)
+        (Err(RunError::Other(_)), _) | (_, Err(RunError::Other(_))) => {
+            Some(Patched::Disagree(Vec::new()))
         }
         _ => None,
     }
@@ -345,7 +433,10 @@ fn reduce(a: &mut Engine, b: &mut Engine, cfg: &Config, setup: &Setup, code: &[u
     let mut patched: Vec<usize> = Vec::new();
     for (pos, _) in &insns {
         patched.push(*pos);
-        if run_patched(a, b, cfg, setup, &insns, &patched) != Some(Patched::Disagree) {
+        if !matches!(
+            run_patched(a, b, cfg, setup, &insns, &patched),
+            Some(Patched::Disagree(_))
+        ) {
             patched.pop();
         }
     }
@@ -404,7 +495,7 @@ pub fn run(a: &mut Engine, b: &mut Engine, cfg: &Config) -> Report {
         if diffs.is_empty() {
             continue;
         }
-        if let Some(reasons) = explain(a, b, cfg, &setup, &code) {
+        if let Some(reasons) = explain(a, b, cfg, &setup, &code, &diffs) {
             report.known_kvm_sequences += 1;
             for r in reasons {
                 *report.known_kvm.entry(r).or_default() += 1;

@@ -120,7 +120,10 @@ const RW: u64 = 2;
 const US: u64 = 4;
 
 /// The last-level page table (8-byte entries, PAE and 4-level) for 0..2 MiB: system
-/// pages supervisor-only, code read-only, data and stack writable.
+/// pages supervisor-only, code read-only, data and stack writable. The page tables,
+/// GDT, IDT, TSS and stubs (0x1000-0x9fff) are read-only (CR0.WP is set): a kernel
+/// sequence that rewrote live paging structures or descriptor tables would see
+/// implementation-specific results (what the TLB and descriptor caches keep).
 fn page_table(user: bool) -> Vec<u8> {
     let mut pt = vec![0u8; 4096];
     let mut map = |page: u64, flags: u64| {
@@ -128,7 +131,8 @@ fn page_table(user: bool) -> Vec<u8> {
         pt[i..i + 8].copy_from_slice(&(page | flags).to_le_bytes());
     };
     for page in (0..0xc000).step_by(0x1000) {
-        map(page, P | RW);
+        let system = (0x1000..0xa000).contains(&page);
+        map(page, if system { P } else { P | RW });
     }
     let u = if user { US } else { 0 };
     map(CODE, P | u);
@@ -185,7 +189,7 @@ pub fn long_mode(rng: &mut Rng, code: &[u8], privilege: Privilege) -> Setup {
     common_tail(&mut mem, rng, code, terminator(Mode::Long64, privilege));
 
     let mut s = CpuState::reset();
-    random_gprs(&mut s, rng, u64::MAX);
+    random_gprs(&mut s, rng, u64::MAX, DATA);
     s.gpr[3] = DATA; // the pointer register
     s.gpr[4] = if user {
         USTACK_TOP - 0x100
@@ -278,9 +282,20 @@ fn common_tail(mem: &mut Vec<(u64, Vec<u8>)>, rng: &mut Rng, code: &[u8], end: &
     mem.push((0x30000, vec![0; 0x1000]));
 }
 
-fn random_gprs(s: &mut CpuState, rng: &mut Rng, mask: u64) {
+/// Random register values; half the time RSI and RDI point into the data page (an
+/// offset from the data segment in real mode) and RCX is a small count, so that string
+/// instructions do something other than fault.
+fn random_gprs(s: &mut CpuState, rng: &mut Rng, mask: u64, data: u64) {
     for r in s.gpr.iter_mut() {
         *r = rng.value() & mask;
+    }
+    for r in [6, 7] {
+        if rng.chance(50) {
+            s.gpr[r] = data + rng.below(super::gen::DATA_WINDOW);
+        }
+    }
+    if rng.chance(50) {
+        s.gpr[1] = rng.below(64);
     }
 }
 
@@ -306,7 +321,7 @@ pub fn real_mode(rng: &mut Rng, code: &[u8]) -> Setup {
         terminator(Mode::Real, Privilege::Kernel),
     );
     let mut s = CpuState::reset();
-    random_gprs(&mut s, rng, 0xffff_ffff);
+    random_gprs(&mut s, rng, 0xffff_ffff, 0);
     s.gpr[3] = 0; // BX: offset into the data segment
     s.gpr[4] = KSTACK_TOP - 0x100;
     s.seg[sreg::CS] = Segment::real_mode((CODE >> 4) as u16, true);
@@ -366,7 +381,7 @@ pub fn protected32(rng: &mut Rng, code: &[u8], privilege: Privilege) -> Setup {
     );
 
     let mut s = CpuState::reset();
-    random_gprs(&mut s, rng, 0xffff_ffff);
+    random_gprs(&mut s, rng, 0xffff_ffff, DATA);
     s.gpr[3] = DATA;
     s.gpr[4] = if user {
         USTACK_TOP - 0x100

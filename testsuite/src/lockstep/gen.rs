@@ -109,6 +109,9 @@ fn excluded(m: Mnemonic) -> bool {
             | Wrmsr
             | Enter
             | Leave
+            // POPA would reload the pointer register.
+            | Popa
+            | Popad
             | Popf
             | Popfd
             | Popfq
@@ -211,11 +214,6 @@ pub fn candidates(bitness: u32, f: Features) -> Vec<Code> {
                 return false;
             }
             if oc.is_input_output() || c.flow_control() != FlowControl::Next {
-                return false;
-            }
-            // Stack instructions would need a valid stack pointer policy per mode; the
-            // sequences keep RSP fixed.
-            if oc.is_stack_instruction() {
                 return false;
             }
             oc.op_kinds().iter().all(|k| operand_ok(*k))
@@ -359,7 +357,7 @@ pub fn random_instruction(rng: &mut Rng, code: Code, bitness: u32) -> Option<Ins
             OpCodeOperandKind::seg_rSI | OpCodeOperandKind::es_rDI | OpCodeOperandKind::seg_rDI
         )
     }) {
-        return None;
+        return string_instruction(rng, code, bitness);
     }
     // 16-bit SHLD/SHRD with a masked count above 16 leave the destination and the
     // flags undefined (SDM: "if the count is greater than the operand size, the result
@@ -404,6 +402,72 @@ pub fn random_instruction(rng: &mut Rng, code: Code, bitness: u32) -> Option<Ins
         insn.set_has_lock_prefix(true);
     }
     Some(insn)
+}
+
+/// A string instruction of form `code` (MOVS, STOS, LODS, SCAS, CMPS), sometimes with
+/// an address-size override, sometimes with REP/REPE/REPNE.
+///
+/// REP is used where a huge count still ends quickly and stays in the data areas:
+/// 64-bit code (paging bounds the run with a page fault; system pages are read-only)
+/// and 16-bit code (real mode: CX <= 65535 within the 64 KiB data segment). 32-bit
+/// code may run without paging (`Mode::Protected32`), where a REP with ECX = 2^32 - 1
+/// would sweep all 4 GiB and one with 16-bit addressing sweeps (and rewrites) the
+/// descriptor tables and exception stubs in the first 64 KiB.
+fn string_instruction(rng: &mut Rng, code: Code, bitness: u32) -> Option<Instruction> {
+    use iced_x86::RepPrefixKind as Rep;
+    use Mnemonic::*;
+    let asize = match (bitness, rng.chance(20)) {
+        (64, false) => 64,
+        (64, true) | (32, false) | (16, true) => 32,
+        _ => 16,
+    };
+    let rep_ok = bitness != 32;
+    let m = code.mnemonic();
+    // Without paging (`Mode::Protected32`) a store through a random rDI can rewrite the
+    // descriptor tables and exception stubs: 32-bit code only reads with strings.
+    let stores = matches!(
+        m,
+        Movsb | Movsw | Movsd | Movsq | Stosb | Stosw | Stosd | Stosq
+    );
+    if bitness == 32 && stores {
+        return None;
+    }
+    let compares = matches!(
+        m,
+        Scasb | Scasw | Scasd | Scasq | Cmpsb | Cmpsw | Cmpsd | Cmpsq
+    );
+    let rep = match (rep_ok, rng.below(4)) {
+        (false, _) | (true, 0 | 1) => Rep::None,
+        (true, 2) => Rep::Repe,
+        // REPNE only on the compares (it is no REP prefix for the others).
+        (true, _) if compares => Rep::Repne,
+        (true, _) => Rep::Repe,
+    };
+    let seg = Register::None;
+    let r = match m {
+        Movsb => Instruction::with_movsb(asize, seg, rep),
+        Movsw => Instruction::with_movsw(asize, seg, rep),
+        Movsd => Instruction::with_movsd(asize, seg, rep),
+        Movsq => Instruction::with_movsq(asize, seg, rep),
+        Stosb => Instruction::with_stosb(asize, rep),
+        Stosw => Instruction::with_stosw(asize, rep),
+        Stosd => Instruction::with_stosd(asize, rep),
+        Stosq => Instruction::with_stosq(asize, rep),
+        Lodsb => Instruction::with_lodsb(asize, seg, rep),
+        Lodsw => Instruction::with_lodsw(asize, seg, rep),
+        Lodsd => Instruction::with_lodsd(asize, seg, rep),
+        Lodsq => Instruction::with_lodsq(asize, seg, rep),
+        Scasb => Instruction::with_scasb(asize, rep),
+        Scasw => Instruction::with_scasw(asize, rep),
+        Scasd => Instruction::with_scasd(asize, rep),
+        Scasq => Instruction::with_scasq(asize, rep),
+        Cmpsb => Instruction::with_cmpsb(asize, seg, rep),
+        Cmpsw => Instruction::with_cmpsw(asize, seg, rep),
+        Cmpsd => Instruction::with_cmpsd(asize, seg, rep),
+        Cmpsq => Instruction::with_cmpsq(asize, seg, rep),
+        _ => return None,
+    };
+    r.ok()
 }
 
 /// A random sequence of `n` instructions, encoded for address `rip`, and the flags
@@ -451,8 +515,8 @@ pub fn random_sequence(
 
 /// The arithmetic flags left undefined after `insn`, given those undefined before.
 ///
-/// iced lists what an instruction may modify; a shift or rotate whose masked count is
-/// 0 modifies nothing, so a count only known at run time (CL) leaves the flags that
+/// iced lists what an instruction may modify; a REP string instruction whose count is
+/// 0 and a shift or rotate whose masked count is 0 modify nothing, so a count only known at run time (CL) leaves the flags that
 /// were undefined undefined (and adds its own undefined ones), and an immediate count
 /// of 0 changes nothing. RCL/RCR of 8/16 bits rotate by the count modulo 9/17: a
 /// nonzero count that is a multiple keeps CF and leaves OF undefined.
@@ -461,6 +525,11 @@ pub fn after(undefined: u64, insn: &Instruction) -> u64 {
     let u = arch_flags(insn.rflags_undefined());
     let m = arch_flags(insn.rflags_modified());
     let mnemonic = insn.mnemonic();
+    // A REP string instruction with a count of 0 changes no flag.
+    let repeated = insn.has_rep_prefix() || insn.has_repe_prefix() || insn.has_repne_prefix();
+    if repeated && insn.is_string_instruction() {
+        return undefined | u;
+    }
     if !matches!(
         mnemonic,
         Shl | Sal | Shr | Sar | Rol | Ror | Rcl | Rcr | Shld | Shrd
@@ -527,6 +596,9 @@ mod tests {
             Mnemonic::Cmpxchg,
             Mnemonic::Bsf,
             Mnemonic::Imul,
+            Mnemonic::Push,
+            Mnemonic::Pop,
+            Mnemonic::Lahf,
         ] {
             assert!(c64.iter().any(|c| c.mnemonic() == m), "{m:?} missing");
         }

@@ -1,6 +1,6 @@
 //! Running a lockstep setup on an engine and comparing the results.
 
-use super::env::{decode_stop, Mode, Setup, Stop, DATA, DATA_LEN, MEM_SIZE, STOP_PORT};
+use super::env::{decode_stop, Mode, Setup, Stop, DATA, DATA_LEN, MEM_SIZE, STOP_PORT, USTACK_TOP};
 use parking_lot::{Condvar, Mutex};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +17,9 @@ pub struct Outcome {
     pub stop: Option<Stop>,
     /// The data page after the run.
     pub data: Vec<u8>,
+    /// The user stack page after the run (user-mode pushes land there; the kernel
+    /// stack also holds the exception frame and is not compared as a whole).
+    pub stack: Vec<u8>,
     /// The run ended in a triple fault.
     pub shutdown: bool,
 }
@@ -268,10 +271,15 @@ impl Engine {
         };
         let mut data = vec![0u8; DATA_LEN as usize];
         self.mem.read(DATA, &mut data).map_err(other)?;
+        let mut stack = vec![0u8; 0x1000];
+        self.mem
+            .read(USTACK_TOP - 0x1000, &mut stack)
+            .map_err(other)?;
         Ok(Outcome {
             state,
             stop,
             data,
+            stack,
             shutdown,
         })
     }
@@ -325,10 +333,9 @@ pub fn compare(a: &Outcome, b: &Outcome, undefined_flags: u64) -> Vec<String> {
         }
         (x, y) => d.push(format!("stop {x:?} vs {y:?}")),
     }
-    for (i, (x, y)) in a.data.iter().zip(&b.data).enumerate() {
-        if x != y {
-            d.push(format!("data[{i:#x}] {x:#04x} vs {y:#04x}"));
-            break;
+    for (name, x, y) in [("data", &a.data, &b.data), ("stack", &a.stack, &b.stack)] {
+        if let Some(i) = x.iter().zip(y).position(|(p, q)| p != q) {
+            d.push(format!("{name}[{i:#x}] {:#04x} vs {:#04x}", x[i], y[i]));
         }
     }
     d

@@ -139,10 +139,12 @@ impl Tr {
                 self.advance(7, step);
             }
             Kind::Cmps => {
-                let sa = src_addr(self);
-                let a = self.b.load(sa, size, false, mmu);
+                // ES:rDI is checked and read first (as the CPU does: with both
+                // operands faulting, the fault is the rDI one).
                 let da = dst_addr(self, false);
                 let bv = self.b.load(da, size, false, mmu);
+                let sa = src_addr(self);
+                let a = self.b.load(sa, size, false, mmu);
                 self.advance(6, step);
                 self.advance(7, step);
                 let r = self.b.bin(BinOp::Sub, size, a, bv);

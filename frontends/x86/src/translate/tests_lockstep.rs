@@ -169,3 +169,13 @@ fn long_mode_ignores_es_ds_ss_bases() {
     assert_eq!(rd(&cpu, 0x8000 - 8, 8), 0x1122_3344);
     assert_eq!(rd(&cpu, 0x10_3000, 4), 0);
 }
+
+/// CMPS checks and reads ES:rDI before DS:rSI (with both operands faulting, the fault
+/// reported is rDI's, as on the CPU for two page faults).
+#[test]
+fn cmps_reads_es_rdi_first() {
+    // cmpsb with RSI non-canonical and RDI unmapped (beyond the identity-mapped GiB).
+    let regs = [(RSI, 0x8000_0000_0000_0000), (7, 0x8000_0000)];
+    let (_, end) = exec(M::Long64, &[0xa6], &regs, 0);
+    assert_eq!(end, End::Fault(14, Some(0)));
+}
