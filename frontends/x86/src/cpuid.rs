@@ -93,8 +93,8 @@ pub struct CpuidModel {
 impl Default for CpuidModel {
     /// The TCG model ("vireo", AuthenticAMD family 15 like QEMU's qemu64): long mode,
     /// NX, PAE/PSE/PGE, SYSCALL/SYSENTER, CMPXCHG8B/16B, POPCNT/LZCNT, RDTSCP,
-    /// FSGSBASE, SMEP/SMAP, PCID/INVPCID, x87 (FPU), FXSAVE/FXRSTOR, MMX, SSE and SSE2.
-    /// Exactly what TCG implements (not ADX, nor SSE3 and later).
+    /// FSGSBASE, SMEP/SMAP, PCID/INVPCID, ADX, x87 (FPU), FXSAVE/FXRSTOR, MMX, SSE and
+    /// SSE2. Exactly what TCG implements (not SSE3 and later).
     fn default() -> CpuidModel {
         let mut brand = [0u8; 48];
         let name = b"vireo TCG virtual CPU";
@@ -126,7 +126,7 @@ impl Default for CpuidModel {
                 | SSE
                 | SSE2,
             ecx1: ecx1::CX16 | ecx1::PCID | ecx1::POPCNT,
-            ebx7: leaf7::FSGSBASE | leaf7::SMEP | leaf7::INVPCID | leaf7::SMAP,
+            ebx7: leaf7::FSGSBASE | leaf7::SMEP | leaf7::INVPCID | leaf7::ADX | leaf7::SMAP,
             ecx7: 0,
             edx7: 0,
             edx_ext1: ext1::SYSCALL | ext1::NX | ext1::PDPE1GB | ext1::RDTSCP | ext1::LM,
