@@ -5,6 +5,8 @@ pub mod fuzz;
 pub mod lockstep;
 pub mod multiboot_kernel;
 
+pub use multiboot_kernel::machine_config as multiboot_machine;
+
 use std::path::PathBuf;
 
 /// Why KVM tests cannot run here, if they cannot.

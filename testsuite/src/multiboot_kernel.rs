@@ -291,3 +291,28 @@ pub fn build_elf_ending(ending: Ending) -> Vec<u8> {
 pub fn expected_status(mods: u32) -> i32 {
     (((0x10 + mods) << 1) | 1) as i32
 }
+
+/// A 16 MiB KVM machine running the test kernel with `ending` (written to a scratch
+/// directory named `name`), COM1 captured, isa-debug-exit at [`EXIT_PORT`].
+pub fn machine_config(
+    name: &str,
+    ending: Ending,
+    no_reboot: bool,
+) -> (vireo::MachineConfig, vireo_devices::chardev::CaptureBuffer) {
+    let kernel = crate::scratch_dir(name).join("kernel.elf");
+    std::fs::write(&kernel, build_elf_ending(ending)).expect("write the test kernel");
+    let serial = vireo_devices::chardev::CaptureBuffer::new();
+    let cfg = vireo::MachineConfig {
+        accel: vireo::Accel::Kvm,
+        ram_size: 16 << 20,
+        kernel: Some(kernel),
+        serials: vec![vireo::CharSpec::Capture(serial.clone())],
+        debug_exits: vec![vireo::config::DebugExitConfig {
+            iobase: EXIT_PORT,
+            iosize: 4,
+        }],
+        no_reboot,
+        ..vireo::MachineConfig::default()
+    };
+    (cfg, serial)
+}

@@ -1,36 +1,16 @@
 //! Hybrid execution: an instruction this host's KVM cannot emulate runs under TCG and
 //! the guest continues under KVM.
 
-use vireo::config::DebugExitConfig;
-use vireo::{Accel, CharSpec, Machine, MachineConfig, Outcome};
-use vireo_devices::chardev::CaptureBuffer;
-use vireo_testsuite::multiboot_kernel::{self, Ending};
-use vireo_testsuite::{scratch_dir, skip_without_kvm};
+use vireo::{Machine, Outcome};
+use vireo_testsuite::multiboot_kernel::Ending;
+use vireo_testsuite::{multiboot_machine, skip_without_kvm};
 
 #[test]
 fn kvm_hands_an_instruction_to_tcg_and_continues() {
     if skip_without_kvm("kvm_hands_an_instruction_to_tcg_and_continues") {
         return;
     }
-    let d = scratch_dir("hybrid");
-    let kernel = d.join("verr.elf");
-    std::fs::write(
-        &kernel,
-        multiboot_kernel::build_elf_ending(Ending::VerrThenExit),
-    )
-    .unwrap();
-    let serial = CaptureBuffer::new();
-    let cfg = MachineConfig {
-        accel: Accel::Kvm,
-        ram_size: 16 << 20,
-        kernel: Some(kernel),
-        serials: vec![CharSpec::Capture(serial.clone())],
-        debug_exits: vec![DebugExitConfig {
-            iobase: multiboot_kernel::EXIT_PORT,
-            iosize: 4,
-        }],
-        ..MachineConfig::default()
-    };
+    let (cfg, serial) = multiboot_machine("hybrid", Ending::VerrThenExit, false);
     let mut m = Machine::new(cfg).unwrap();
     let outcome = m.run().unwrap();
     assert!(serial.text().contains("hello from the vireo test kernel"));

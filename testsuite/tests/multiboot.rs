@@ -4,7 +4,7 @@
 use vireo::config::DebugExitConfig;
 use vireo::{Accel, CharSpec, Machine, MachineConfig, Outcome};
 use vireo_devices::chardev::CaptureBuffer;
-use vireo_testsuite::{multiboot_kernel, scratch_dir, skip_without_kvm};
+use vireo_testsuite::{multiboot_kernel, multiboot_machine, scratch_dir, skip_without_kvm};
 
 #[test]
 fn multiboot_kernel_prints_and_exits_under_kvm() {
@@ -87,36 +87,13 @@ fn multiboot_kernel_via_command_line() {
     );
 }
 
-fn kernel_config(
-    name: &str,
-    ending: multiboot_kernel::Ending,
-    no_reboot: bool,
-) -> (MachineConfig, CaptureBuffer) {
-    let d = scratch_dir(name);
-    let kernel = d.join("kernel.elf");
-    std::fs::write(&kernel, multiboot_kernel::build_elf_ending(ending)).unwrap();
-    let serial = CaptureBuffer::new();
-    let cfg = MachineConfig {
-        accel: Accel::Kvm,
-        ram_size: 16 << 20,
-        kernel: Some(kernel),
-        serials: vec![CharSpec::Capture(serial.clone())],
-        debug_exits: vec![DebugExitConfig {
-            iobase: multiboot_kernel::EXIT_PORT,
-            iosize: 4,
-        }],
-        no_reboot,
-        ..MachineConfig::default()
-    };
-    (cfg, serial)
-}
-
 #[test]
 fn reset_reboots_and_the_kernel_runs_again() {
     if skip_without_kvm("reset_reboots_and_the_kernel_runs_again") {
         return;
     }
-    let (cfg, serial) = kernel_config("reboot", multiboot_kernel::Ending::ResetOnceThenExit, false);
+    let (cfg, serial) =
+        multiboot_machine("reboot", multiboot_kernel::Ending::ResetOnceThenExit, false);
     let outcome = Machine::new(cfg).unwrap().run().unwrap();
     let text = serial.text();
     assert_eq!(
@@ -135,7 +112,7 @@ fn reset_with_no_reboot_exits() {
     if skip_without_kvm("reset_with_no_reboot_exits") {
         return;
     }
-    let (cfg, serial) = kernel_config(
+    let (cfg, serial) = multiboot_machine(
         "noreboot",
         multiboot_kernel::Ending::ResetOnceThenExit,
         true,
@@ -149,7 +126,7 @@ fn triple_fault_resets() {
     if skip_without_kvm("triple_fault_resets") {
         return;
     }
-    let (cfg, serial) = kernel_config("triple", multiboot_kernel::Ending::TripleFault, true);
+    let (cfg, serial) = multiboot_machine("triple", multiboot_kernel::Ending::TripleFault, true);
     assert_eq!(Machine::new(cfg).unwrap().run().unwrap(), Outcome::Reset);
     assert!(serial.text().contains("hello from"));
 }

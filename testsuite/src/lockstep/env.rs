@@ -202,32 +202,7 @@ pub fn long_mode(rng: &mut Rng, code: &[u8], privilege: Privilege) -> Setup {
     s.cr3 = PML4;
     s.cr4 = ctl::CR4_PAE | ctl::CR4_OSFXSR | ctl::CR4_OSXMMEXCPT;
     s.efer = ctl::EFER_LME | ctl::EFER_LMA | ctl::EFER_NXE | ctl::EFER_SCE;
-    let (cs, ds) = if user { (UCODE, UDATA) } else { (KCODE, KDATA) };
-    for (i, seg) in s.seg.iter_mut().enumerate() {
-        let code_seg = i == sreg::CS;
-        *seg = Segment::flat(if code_seg { cs } else { ds }, code_seg, true);
-        seg.dpl = if user { 3 } else { 0 };
-    }
-    s.gdtr = DescriptorTable {
-        base: GDT,
-        limit: 9 * 8 - 1,
-    };
-    s.idtr = DescriptorTable {
-        base: IDT,
-        limit: 256 * 16 - 1,
-    };
-    s.tr = Segment {
-        selector: TSS_SEL,
-        base: TSS,
-        limit: 0x67,
-        type_: 0xb,
-        present: true,
-        ..Segment::default()
-    };
-    s.ldtr = Segment {
-        unusable: true,
-        ..Segment::default()
-    };
+    protected_segments(&mut s, user, true, 9, 16);
     let end_rip = s.rip + code.len() as u64;
     Setup {
         memory: mem,
@@ -392,19 +367,33 @@ pub fn protected32(rng: &mut Rng, code: &[u8], privilege: Privilege) -> Setup {
     s.rflags = flags::FIXED1 | flags::IF | flags::IOPL | random_arith_flags(rng);
     s.cr0 = ctl::CR0_PE | ctl::CR0_MP | ctl::CR0_ET | ctl::CR0_NE;
     s.cr4 = ctl::CR4_OSFXSR | ctl::CR4_OSXMMEXCPT;
+    protected_segments(&mut s, user, false, 6, 8);
+    let end_rip = s.rip + code.len() as u64;
+    Setup {
+        memory: mem,
+        state: s,
+        end_rip,
+        terminator: terminator(Mode::Protected32, privilege),
+        clear: MEM_SIZE,
+    }
+}
+
+/// Flat segments for the privilege, and the GDT (`gdt_entries`), IDT (256 gates of
+/// `gate_size` bytes), TSS and LDT registers of the protected-mode environments.
+fn protected_segments(s: &mut CpuState, user: bool, long: bool, gdt_entries: u16, gate_size: u16) {
     let (cs, ds) = if user { (UCODE, UDATA) } else { (KCODE, KDATA) };
     for (i, seg) in s.seg.iter_mut().enumerate() {
         let code_seg = i == sreg::CS;
-        *seg = Segment::flat(if code_seg { cs } else { ds }, code_seg, false);
+        *seg = Segment::flat(if code_seg { cs } else { ds }, code_seg, long);
         seg.dpl = if user { 3 } else { 0 };
     }
     s.gdtr = DescriptorTable {
         base: GDT,
-        limit: 6 * 8 - 1,
+        limit: gdt_entries * 8 - 1,
     };
     s.idtr = DescriptorTable {
         base: IDT,
-        limit: 256 * 8 - 1,
+        limit: 256 * gate_size - 1,
     };
     s.tr = Segment {
         selector: TSS_SEL,
@@ -418,14 +407,6 @@ pub fn protected32(rng: &mut Rng, code: &[u8], privilege: Privilege) -> Setup {
         unusable: true,
         ..Segment::default()
     };
-    let end_rip = s.rip + code.len() as u64;
-    Setup {
-        memory: mem,
-        state: s,
-        end_rip,
-        terminator: terminator(Mode::Protected32, privilege),
-        clear: MEM_SIZE,
-    }
 }
 
 /// What a run ended with, read from the exception frame.
