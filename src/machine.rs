@@ -174,6 +174,13 @@ impl Machine {
             }
             (None, pic) => {
                 let mut tcg = TcgVcpu::new(bus.clone(), control.clone());
+                // An invariant TSC at the advertised frequency, following the virtual
+                // clock (as the PIT and RTC do), so guests see consistent time.
+                let clock = wiring.clock.clone();
+                let hz = tcg.cpu().cpuid.tsc_hz;
+                tcg.cpu().tsc_source = Some(Box::new(move || {
+                    vireo_core::clock::ns_to_ticks(clock.now_ns(), hz)
+                }));
                 if let Some(pic) = pic {
                     tcg = tcg.with_interrupts(Arc::new(PicInterrupts(pic)));
                 }

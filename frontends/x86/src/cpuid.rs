@@ -88,7 +88,14 @@ pub struct CpuidModel {
     pub brand: [u8; 48],
     /// Initial APIC ID (CPUID.1:EBX[31:24]).
     pub apic_id: u32,
+    /// The invariant TSC's frequency, advertised in leaves 15h/16h.
+    pub tsc_hz: u64,
 }
+
+/// The TSC frequency of the TCG model (leaf 15h: a 25 MHz crystal times 40).
+pub const TSC_HZ: u64 = 1_000_000_000;
+/// The crystal clock leaf 15h reports.
+const CRYSTAL_HZ: u64 = 25_000_000;
 
 impl Default for CpuidModel {
     /// The TCG model ("vireo", AuthenticAMD family 15 like QEMU's qemu64): long mode,
@@ -102,7 +109,7 @@ impl Default for CpuidModel {
         use edx1::*;
         CpuidModel {
             vendor: *b"AuthenticAMD",
-            max_leaf: 7,
+            max_leaf: 0x16,
             max_ext_leaf: 0x8000_0008,
             family: 15,
             model: 107,
@@ -137,6 +144,7 @@ impl Default for CpuidModel {
             virt_bits: 48,
             brand,
             apic_id: 0,
+            tsc_hz: TSC_HZ,
         }
     }
 }
@@ -181,6 +189,15 @@ impl CpuidModel {
                 [self.signature(), ebx, ecx, self.edx1]
             }
             7 if leaf <= self.max_leaf && sub == 0 => [0, self.ebx7, self.ecx7, self.edx7],
+            // TSC/crystal ratio and crystal frequency: TSC = crystal * EBX / EAX.
+            0x15 if leaf <= self.max_leaf => {
+                [1, (self.tsc_hz / CRYSTAL_HZ) as u32, CRYSTAL_HZ as u32, 0]
+            }
+            // Base, maximum and bus frequencies in MHz.
+            0x16 if leaf <= self.max_leaf => {
+                let mhz = (self.tsc_hz / 1_000_000) as u32;
+                [mhz, mhz, 100, 0]
+            }
             0xd if leaf <= self.max_leaf && self.has_xsave() => {
                 let size = |x: u64| if x & 4 != 0 { 0x340 } else { 0x240 };
                 match sub {

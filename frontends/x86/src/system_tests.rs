@@ -161,6 +161,13 @@ fn cpuid_leaves_are_consistent() {
         assert_ne!(l1[3] & bit, 0);
     }
     assert_eq!(l1[3] & cpuid::edx1::APIC, 0, "no APIC yet");
+    // The TSC frequency: leaf 15h crystal ratio and leaf 16h MHz.
+    let l15 = q(&mut cpu, 0x15);
+    assert_eq!(
+        u64::from(l15[2]) * u64::from(l15[1]) / u64::from(l15[0]),
+        cpuid::TSC_HZ
+    );
+    assert_eq!(u64::from(q(&mut cpu, 0x16)[0]), cpuid::TSC_HZ / 1_000_000);
     let e0 = q(&mut cpu, 0x8000_0000);
     assert!(e0[0] >= 0x8000_0008);
     let e1 = q(&mut cpu, 0x8000_0001);
