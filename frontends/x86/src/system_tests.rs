@@ -337,7 +337,7 @@ fn helper_table_dispatch() {
     let mut cpu = pm(0);
     cpu.state.gpr[reg::RAX] = 0;
     cpu.call(SysHelper::Cpuid.id(), &[]).unwrap();
-    assert_eq!(cpu.state.gpr[reg::RAX], 7);
+    assert_eq!(cpu.state.gpr[reg::RAX], 0x16);
     assert_eq!(cpu.call(SysHelper::MovFromCr.id(), &[0]), Ok(cpu.state.cr0));
     let v = cpu
         .call(SysHelper::LarLsl.id(), &[1, u64::from(K_DS)])
