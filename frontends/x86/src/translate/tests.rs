@@ -79,6 +79,29 @@ fn identity_map(bus: &SystemBus) {
 }
 
 /// A CPU in mode `m` with `code` at [`CODE`].
+/// Data area (identity-mapped) the x87 and SSE tests point RBX at.
+pub const DATA: u64 = 0x4000;
+
+/// 64-bit code assembled by `f`, followed by HLT, at [`CODE`].
+pub fn asm64(
+    f: impl FnOnce(&mut iced_x86::code_asm::CodeAssembler) -> Result<(), iced_x86::IcedError>,
+) -> Vec<u8> {
+    let mut a = iced_x86::code_asm::CodeAssembler::new(64).expect("assembler");
+    f(&mut a).expect("assemble");
+    a.hlt().expect("hlt");
+    a.assemble(CODE).expect("assemble")
+}
+
+/// Runs 64-bit `code` with `data` at [`DATA`] (RBX = DATA), after `setup`.
+pub fn run_with_data(code: &[u8], data: &[u8], setup: impl FnOnce(&mut X86Cpu)) -> (X86Cpu, End) {
+    let mut cpu = machine(M::Long64, code);
+    load(&cpu, DATA, data);
+    cpu.state.gpr[3] = DATA;
+    setup(&mut cpu);
+    let end = run(&mut cpu, 1000);
+    (cpu, end)
+}
+
 pub fn machine(m: M, code: &[u8]) -> X86Cpu {
     let bus = bus();
     identity_map(&bus);

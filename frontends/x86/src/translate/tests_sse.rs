@@ -3,30 +3,18 @@
 //! integer arithmetic and host `f32`/`f64` (round to nearest), or from the SDM
 //! (indefinite values, flags, faults).
 
-use super::tests::{load, machine, rd, run, End, M};
+use super::tests::{asm64, rd, run_with_data, End, DATA};
 use crate::cpu::X86Cpu;
 use iced_x86::code_asm::*;
 use vireo_core::cpu::ctl;
 
-/// Data area (identity-mapped); RBX points here.
-const DATA: u64 = 0x4000;
-
-fn asm(f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
-    let mut a = CodeAssembler::new(64).expect("assembler");
-    f(&mut a).expect("assemble");
-    a.hlt().expect("hlt");
-    a.assemble(super::tests::CODE).expect("assemble")
-}
-
+/// Runs with SSE enabled (CR4.OSFXSR/OSXMMEXCPT on, CR0.EM/TS off) before `setup`.
 fn run_with(code: &[u8], data: &[u8], setup: impl FnOnce(&mut X86Cpu)) -> (X86Cpu, End) {
-    let mut cpu = machine(M::Long64, code);
-    load(&cpu, DATA, data);
-    cpu.state.gpr[3] = DATA;
-    cpu.state.cr4 |= ctl::CR4_OSFXSR | ctl::CR4_OSXMMEXCPT;
-    cpu.state.cr0 &= !(ctl::CR0_EM | ctl::CR0_TS);
-    setup(&mut cpu);
-    let end = run(&mut cpu, 1000);
-    (cpu, end)
+    run_with_data(code, data, |cpu| {
+        cpu.state.cr4 |= ctl::CR4_OSFXSR | ctl::CR4_OSXMMEXCPT;
+        cpu.state.cr0 &= !(ctl::CR0_EM | ctl::CR0_TS);
+        setup(cpu);
+    })
 }
 
 fn xmm(cpu: &X86Cpu, r: usize) -> u128 {
@@ -56,7 +44,7 @@ const B: u128 = 0x7fff_8000_ffff_0001_0101_ffff_8081_7f7f;
 
 #[test]
 fn moves_and_logic() {
-    let code = asm(|a| {
+    let code = asm64(|a| {
         a.movaps(xmm0, xmmword_ptr(rbx))?;
         a.movups(xmm1, xmmword_ptr(rbx + 17))?;
         a.movdqa(xmm2, xmm0)?;
@@ -109,7 +97,7 @@ fn lanes8(v: u128) -> [u8; 16] {
 
 #[test]
 fn integer_arith() {
-    let code = asm(|a| {
+    let code = asm64(|a| {
         for (r, f) in [xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6]
             .into_iter()
             .enumerate()
@@ -162,7 +150,7 @@ fn integer_arith() {
 fn float_arith_and_compare() {
     let x = [1.5f32, -2.25, 3.0e38, 1.0e-3];
     let y = [0.1f32, 7.0, 3.0e38, 3.0];
-    let code = asm(|a| {
+    let code = asm64(|a| {
         a.movaps(xmm0, xmmword_ptr(rbx))?;
         a.movaps(xmm1, xmm0)?;
         a.addps(xmm0, xmmword_ptr(rbx + 16))?;
@@ -207,7 +195,7 @@ fn float_arith_and_compare() {
 #[test]
 fn unmasked_exception_and_alignment() {
     // Division by zero with ZM clear: #XM, destination unchanged, ZE set.
-    let code = asm(|a| a.divss(xmm0, xmm1));
+    let code = asm64(|a| a.divss(xmm0, xmm1));
     let (cpu, end) = run_with(&code, &[], |c| {
         set_xmm(c, 0, ps([1.0, 0.0, 0.0, 0.0]));
         c.state.fpu.mxcsr = 0x1f80 & !(1 << 9);
@@ -222,20 +210,20 @@ fn unmasked_exception_and_alignment() {
         c.state.cr4 &= !ctl::CR4_OSXMMEXCPT;
     });
     assert_eq!(end, End::Fault(6, None));
-    let code = asm(|a| a.movaps(xmm0, xmmword_ptr(rbx + 8)));
+    let code = asm64(|a| a.movaps(xmm0, xmmword_ptr(rbx + 8)));
     let (_, end) = run_with(&code, &[], |_| {});
     assert_eq!(end, End::Fault(13, Some(0)));
-    let code = asm(|a| a.pxor(xmm0, xmmword_ptr(rbx + 8)));
+    let code = asm64(|a| a.pxor(xmm0, xmmword_ptr(rbx + 8)));
     let (_, end) = run_with(&code, &[], |_| {});
     assert_eq!(end, End::Fault(13, Some(0)));
-    let code = asm(|a| a.movups(xmm0, xmmword_ptr(rbx + 8)));
+    let code = asm64(|a| a.movups(xmm0, xmmword_ptr(rbx + 8)));
     let (_, end) = run_with(&code, &[], |_| {});
     assert_eq!(end, End::Halt);
 }
 
 #[test]
 fn control_checks() {
-    let code = asm(|a| a.addps(xmm0, xmm1));
+    let code = asm64(|a| a.addps(xmm0, xmm1));
     let (_, end) = run_with(&code, &[], |c| c.state.cr4 &= !ctl::CR4_OSFXSR);
     assert_eq!(end, End::Fault(6, None));
     let (_, end) = run_with(&code, &[], |c| c.state.cr0 |= ctl::CR0_EM);
@@ -243,16 +231,16 @@ fn control_checks() {
     let (_, end) = run_with(&code, &[], |c| c.state.cr0 |= ctl::CR0_TS);
     assert_eq!(end, End::Fault(7, None));
     // MMX ignores OSFXSR, faults #NM on TS.
-    let mcode = asm(|a| a.paddb(mm0, mm1));
+    let mcode = asm64(|a| a.paddb(mm0, mm1));
     let (_, end) = run_with(&mcode, &[], |c| c.state.cr4 &= !ctl::CR4_OSFXSR);
     assert_eq!(end, End::Halt);
     let (_, end) = run_with(&mcode, &[], |c| c.state.cr0 |= ctl::CR0_TS);
     assert_eq!(end, End::Fault(7, None));
     // LDMXCSR with a reserved bit: #GP(0).
-    let code = asm(|a| a.ldmxcsr(dword_ptr(rbx)));
+    let code = asm64(|a| a.ldmxcsr(dword_ptr(rbx)));
     let (_, end) = run_with(&code, &0x1_0000u32.to_le_bytes(), |_| {});
     assert_eq!(end, End::Fault(13, Some(0)));
-    let code = asm(|a| {
+    let code = asm64(|a| {
         a.ldmxcsr(dword_ptr(rbx))?;
         a.stmxcsr(dword_ptr(rbx + 4))
     });
@@ -263,7 +251,7 @@ fn control_checks() {
 
 #[test]
 fn mmx_aliasing() {
-    let code = asm(|a| {
+    let code = asm64(|a| {
         a.movq(mm2, qword_ptr(rbx))?;
         a.paddusb(mm2, qword_ptr(rbx + 8))?;
         a.punpcklbw(mm3, mm2)?;
@@ -296,7 +284,7 @@ fn mmx_aliasing() {
     assert_eq!(cpu.state.gpr[0], want);
     // EMMS empties the tags.
     let (cpu, _) = run_with(
-        &asm(|a| {
+        &asm64(|a| {
             a.pxor(mm0, mm0)?;
             a.emms()
         }),
@@ -308,7 +296,7 @@ fn mmx_aliasing() {
 
 #[test]
 fn maskmovdqu_stores_selected_bytes() {
-    let code = asm(|a| {
+    let code = asm64(|a| {
         a.mov(rdi, rbx)?;
         a.maskmovdqu(xmm0, xmm1)
     });

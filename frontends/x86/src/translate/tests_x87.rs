@@ -3,29 +3,10 @@
 //! extended precision), values checked by hand (1/3 in each rounding mode), or host
 //! IEEE arithmetic where the x87 result must equal it (precision control 53 and 24).
 
-use super::tests::{load, machine, rd, run, End, M};
+use super::tests::{asm64, rd, run_with_data, End, DATA};
 use crate::cpu::X86Cpu;
 use iced_x86::code_asm::*;
 use vireo_core::cpu::ctl;
-
-/// Data area (identity-mapped); RBX points here.
-const DATA: u64 = 0x4000;
-
-fn asm(f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
-    let mut a = CodeAssembler::new(64).expect("assembler");
-    f(&mut a).expect("assemble");
-    a.hlt().expect("hlt");
-    a.assemble(super::tests::CODE).expect("assemble")
-}
-
-fn run_code(code: &[u8], data: &[u8], setup: impl FnOnce(&mut X86Cpu)) -> (X86Cpu, End) {
-    let mut cpu = machine(M::Long64, code);
-    load(&cpu, DATA, data);
-    cpu.state.gpr[3] = DATA;
-    setup(&mut cpu);
-    let end = run(&mut cpu, 1000);
-    (cpu, end)
-}
 
 fn m80(cpu: &X86Cpu, at: u64) -> (u16, u64) {
     (rd(cpu, at + 8, 2) as u16, rd(cpu, at, 8))
@@ -37,7 +18,7 @@ fn f64s(v: &[f64]) -> Vec<u8> {
 
 #[test]
 fn constants_and_extended_store() {
-    let code = asm(|a| {
+    let code = asm64(|a| {
         a.fldpi()?;
         a.fstp(tword_ptr(rbx))?;
         a.fldl2e()?;
@@ -46,7 +27,7 @@ fn constants_and_extended_store() {
         a.fstp(tword_ptr(rbx + 32))?;
         Ok(())
     });
-    let (cpu, end) = run_code(&code, &[], |_| {});
+    let (cpu, end) = run_with_data(&code, &[], |_| {});
     assert_eq!(end, End::Halt);
     assert_eq!(m80(&cpu, DATA), (0x4000, 0xc90f_daa2_2168_c235));
     assert_eq!(m80(&cpu, DATA + 16), (0x3fff, 0xb8aa_3b29_5c17_f0bc));
@@ -59,7 +40,7 @@ fn constants_and_extended_store() {
 #[test]
 fn extended_precision_beyond_double() {
     // 1 + 2^-60 is exact in extended precision, 1.0 in double.
-    let code = asm(|a| {
+    let code = asm64(|a| {
         a.fld1()?;
         a.fld(qword_ptr(rbx))?;
         a.faddp(st1, st0)?;
@@ -68,7 +49,7 @@ fn extended_precision_beyond_double() {
         a.fstp(qword_ptr(rbx + 32))?;
         Ok(())
     });
-    let (cpu, end) = run_code(&code, &f64s(&[2f64.powi(-60)]), |_| {});
+    let (cpu, end) = run_with_data(&code, &f64s(&[2f64.powi(-60)]), |_| {});
     assert_eq!(end, End::Halt);
     assert_eq!(m80(&cpu, DATA + 16), (0x3fff, 0x8000_0000_0000_0008));
     assert_eq!(rd(&cpu, DATA + 32, 8), 1f64.to_bits());
@@ -79,7 +60,7 @@ fn extended_precision_beyond_double() {
 #[test]
 fn sqrt2_and_rounding_modes() {
     // √2 = 3FFF B504F333F9DE6484 (next bits 597D...: rounds down in RN).
-    let code = asm(|a| {
+    let code = asm64(|a| {
         a.fld(qword_ptr(rbx))?;
         a.fsqrt()?;
         a.fstp(tword_ptr(rbx + 16))?;
@@ -94,7 +75,7 @@ fn sqrt2_and_rounding_modes() {
     });
     let mut data = f64s(&[2.0]);
     data.extend_from_slice(&[0, 0, 0, 0, 3, 0, 0, 0]);
-    let (cpu, end) = run_code(&code, &data, |_| {});
+    let (cpu, end) = run_with_data(&code, &data, |_| {});
     assert_eq!(end, End::Halt);
     assert_eq!(m80(&cpu, DATA + 16), (0x3fff, 0xb504_f333_f9de_6484));
     // 1/3 = 0.AAAA…AAAA|AAA… × 2^-1: nearest and up round up, down and zero truncate.
@@ -120,7 +101,7 @@ fn precision_control_matches_ieee() {
     ];
     for &x in &vals {
         for &y in &vals {
-            let code = asm(|a| {
+            let code = asm64(|a| {
                 a.fldcw(word_ptr(rbx + 64))?;
                 for (k, op) in [0, 1, 2, 3].iter().enumerate() {
                     a.fld(qword_ptr(rbx))?;
@@ -137,7 +118,7 @@ fn precision_control_matches_ieee() {
             let mut data = f64s(&[x, y]);
             data.resize(64, 0);
             data.extend_from_slice(&0x027fu16.to_le_bytes());
-            let (cpu, end) = run_code(&code, &data, |_| {});
+            let (cpu, end) = run_with_data(&code, &data, |_| {});
             assert_eq!(end, End::Halt);
             for (k, want) in [x + y, x - y, x * y, x / y].iter().enumerate() {
                 let (hi, lo) = m80(&cpu, DATA + 80 + 16 * k as u64);
@@ -153,7 +134,7 @@ fn precision_control_matches_ieee() {
 
 #[test]
 fn single_precision_control() {
-    let code = asm(|a| {
+    let code = asm64(|a| {
         a.fldcw(word_ptr(rbx + 8))?;
         a.fld(dword_ptr(rbx))?;
         a.fdiv(dword_ptr(rbx + 4))?;
@@ -164,14 +145,14 @@ fn single_precision_control() {
     data.extend_from_slice(&1.0f32.to_le_bytes());
     data.extend_from_slice(&3.0f32.to_le_bytes());
     data.extend_from_slice(&0x007fu16.to_le_bytes());
-    let (cpu, end) = run_code(&code, &data, |_| {});
+    let (cpu, end) = run_with_data(&code, &data, |_| {});
     assert_eq!(end, End::Halt);
     assert_eq!(rd(&cpu, DATA + 16, 4) as u32, (1.0f32 / 3.0).to_bits());
 }
 
 #[test]
 fn integer_conversions() {
-    let code = asm(|a| {
+    let code = asm64(|a| {
         a.fld(qword_ptr(rbx))?; // 2.5
         a.fist(dword_ptr(rbx + 16))?; // RN: 2
         a.fisttp(dword_ptr(rbx + 20))?; // trunc: 2
@@ -190,7 +171,7 @@ fn integer_conversions() {
     data.extend_from_slice(&4u16.to_le_bytes());
     data.resize(48, 0);
     data.extend_from_slice(&1e20f64.to_le_bytes());
-    let (cpu, end) = run_code(&code, &data, |_| {});
+    let (cpu, end) = run_with_data(&code, &data, |_| {});
     assert_eq!(end, End::Halt);
     assert_eq!(rd(&cpu, DATA + 16, 4), 2);
     assert_eq!(rd(&cpu, DATA + 20, 4), 2);
@@ -203,7 +184,7 @@ fn integer_conversions() {
 
 #[test]
 fn compare_and_status_word() {
-    let code = asm(|a| {
+    let code = asm64(|a| {
         a.fld(qword_ptr(rbx))?; // 1.0
         a.fld(qword_ptr(rbx + 8))?; // 2.0
         a.fcomi(st0, st1)?; // 2 > 1: ZF=PF=CF=0
@@ -223,7 +204,7 @@ fn compare_and_status_word() {
         Ok(())
     });
     let data = f64s(&[1.0, 2.0]);
-    let (cpu, end) = run_code(&code, &data, |_| {});
+    let (cpu, end) = run_with_data(&code, &data, |_| {});
     assert_eq!(end, End::Halt);
     assert_eq!(rd(&cpu, DATA + 16, 1), 0);
     let sw1 = rd(&cpu, DATA + 18, 2);
@@ -237,7 +218,7 @@ fn compare_and_status_word() {
 
 #[test]
 fn fprem_quotient_bits_and_partial() {
-    let code = asm(|a| {
+    let code = asm64(|a| {
         a.fld(qword_ptr(rbx + 8))?; // 3
         a.fld(qword_ptr(rbx))?; // 10
         a.fprem()?;
@@ -251,7 +232,7 @@ fn fprem_quotient_bits_and_partial() {
         Ok(())
     });
     let data = f64s(&[10.0, 3.0, 1e30]);
-    let (cpu, end) = run_code(&code, &data, |_| {});
+    let (cpu, end) = run_with_data(&code, &data, |_| {});
     assert_eq!(end, End::Halt);
     // q = 3: Q0 (C1) = 1, Q1 (C3) = 1, Q2 (C0) = 0; C2 = 0 (complete).
     assert_eq!(rd(&cpu, DATA + 32, 2) & 0x4700, 0x4200);
@@ -263,7 +244,7 @@ fn fprem_quotient_bits_and_partial() {
 #[test]
 fn masked_and_unmasked_exceptions() {
     // Masked zero-divide: ∞, ZE. Stack underflow: IE+SF, indefinite.
-    let code = asm(|a| {
+    let code = asm64(|a| {
         a.fld1()?;
         a.fldz()?;
         a.fdivp(st1, st0)?;
@@ -273,7 +254,7 @@ fn masked_and_unmasked_exceptions() {
         a.fnstsw(word_ptr(rbx + 32))?;
         Ok(())
     });
-    let (cpu, end) = run_code(&code, &[], |_| {});
+    let (cpu, end) = run_with_data(&code, &[], |_| {});
     assert_eq!(end, End::Halt);
     assert_eq!(m80(&cpu, DATA), (0x7fff, 0x8000_0000_0000_0000));
     assert_eq!(m80(&cpu, DATA + 16), (0xffff, 0xc000_0000_0000_0000));
@@ -282,7 +263,7 @@ fn masked_and_unmasked_exceptions() {
 
     // Unmasked zero-divide with CR0.NE: the destination is kept, ES is set, and the
     // next waiting instruction raises #MF.
-    let code = asm(|a| {
+    let code = asm64(|a| {
         a.fldcw(word_ptr(rbx))?;
         a.fld1()?;
         a.fldz()?;
@@ -291,7 +272,7 @@ fn masked_and_unmasked_exceptions() {
         a.fld1()?; // #MF here
         Ok(())
     });
-    let (cpu, end) = run_code(&code, &0x037bu16.to_le_bytes(), |c| {
+    let (cpu, end) = run_with_data(&code, &0x037bu16.to_le_bytes(), |c| {
         c.state.cr0 |= ctl::CR0_NE;
     });
     assert_eq!(end, End::Fault(16, None));
@@ -303,26 +284,26 @@ fn masked_and_unmasked_exceptions() {
 
 #[test]
 fn device_not_available() {
-    let code = asm(|a| {
+    let code = asm64(|a| {
         a.fld1()?;
         Ok(())
     });
-    let (_, end) = run_code(&code, &[], |c| c.state.cr0 |= ctl::CR0_TS);
+    let (_, end) = run_with_data(&code, &[], |c| c.state.cr0 |= ctl::CR0_TS);
     assert_eq!(end, End::Fault(7, None));
     // WAIT faults on TS only with MP.
-    let code = asm(|a| {
+    let code = asm64(|a| {
         a.wait()?;
         Ok(())
     });
-    let (_, end) = run_code(&code, &[], |c| c.state.cr0 |= ctl::CR0_TS);
+    let (_, end) = run_with_data(&code, &[], |c| c.state.cr0 |= ctl::CR0_TS);
     assert_eq!(end, End::Halt);
-    let (_, end) = run_code(&code, &[], |c| c.state.cr0 |= ctl::CR0_TS | ctl::CR0_MP);
+    let (_, end) = run_with_data(&code, &[], |c| c.state.cr0 |= ctl::CR0_TS | ctl::CR0_MP);
     assert_eq!(end, End::Fault(7, None));
 }
 
 #[test]
 fn fxsave_layout_and_round_trip() {
-    let code = asm(|a| {
+    let code = asm64(|a| {
         a.fld1()?;
         a.fldpi()?;
         a.fxsave(ptr(rbx))?;
@@ -332,7 +313,7 @@ fn fxsave_layout_and_round_trip() {
         a.fxsave(ptr(rbx + 1))?; // misaligned: #GP(0)
         Ok(())
     });
-    let (cpu, end) = run_code(&code, &[], |c| {
+    let (cpu, end) = run_with_data(&code, &[], |c| {
         c.state.fpu.xmm[3] = [0x33; 16];
         c.state.fpu.mxcsr = 0x1fa0;
     });
@@ -352,7 +333,7 @@ fn fxsave_layout_and_round_trip() {
 
 #[test]
 fn fnstenv_and_fldenv() {
-    let code = asm(|a| {
+    let code = asm64(|a| {
         a.fld1()?;
         a.fnstenv(ptr(rbx))?;
         a.fldenv(ptr(rbx + 64))?;
@@ -362,7 +343,7 @@ fn fnstenv_and_fldenv() {
     // A 28-byte environment: FCW 0x0c7f, FSW with TOP 3, all tags empty.
     data.extend_from_slice(&[0x7f, 0x0c, 0, 0, 0x00, 0x18, 0, 0, 0xff, 0xff, 0, 0]);
     data.resize(64 + 28, 0);
-    let (cpu, end) = run_code(&code, &data, |_| {});
+    let (cpu, end) = run_with_data(&code, &data, |_| {});
     assert_eq!(end, End::Halt);
     assert_eq!(rd(&cpu, DATA, 2), 0x037f);
     assert_eq!(rd(&cpu, DATA + 4, 2) >> 11 & 7, 7);
@@ -375,7 +356,7 @@ fn fnstenv_and_fldenv() {
 
 #[test]
 fn transcendentals_and_misc() {
-    let code = asm(|a| {
+    let code = asm64(|a| {
         a.fld(qword_ptr(rbx))?; // 0.5
         a.fsin()?;
         a.fstp(qword_ptr(rbx + 16))?;
@@ -399,7 +380,7 @@ fn transcendentals_and_misc() {
         Ok(())
     });
     let data = f64s(&[0.5, 8.0]);
-    let (cpu, end) = run_code(&code, &data, |_| {});
+    let (cpu, end) = run_with_data(&code, &data, |_| {});
     assert_eq!(end, End::Halt);
     assert_eq!(rd(&cpu, DATA + 16, 8), 0.5f64.sin().to_bits());
     assert_eq!(rd(&cpu, DATA + 24, 8), 3f64.to_bits());
@@ -411,7 +392,7 @@ fn transcendentals_and_misc() {
 
 #[test]
 fn fcmov_and_denormal_operand() {
-    let code = asm(|a| {
+    let code = asm64(|a| {
         a.fld(qword_ptr(rbx))?; // 1
         a.fld(qword_ptr(rbx + 8))?; // 2
         a.stc()?;
@@ -425,7 +406,7 @@ fn fcmov_and_denormal_operand() {
     });
     let mut data = f64s(&[1.0, 2.0]);
     data.extend_from_slice(&5u64.to_le_bytes());
-    let (cpu, end) = run_code(&code, &data, |_| {});
+    let (cpu, end) = run_with_data(&code, &data, |_| {});
     assert_eq!(end, End::Halt);
     assert_eq!(rd(&cpu, DATA + 24, 8), 1f64.to_bits());
     assert_eq!(rd(&cpu, DATA + 32, 2) & 0x3f, 2, "DE");
