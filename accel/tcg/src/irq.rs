@@ -115,7 +115,6 @@ impl VcpuKicker for Signal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vireo_devices::pic::{PicPair, PicPorts};
 
     #[test]
     fn wait_returns_on_kick_from_another_thread() {
@@ -133,24 +132,8 @@ mod tests {
 
     #[test]
     fn pic_requests_raise_the_hint_and_acknowledge_gives_the_vector() {
-        let pic = PicPair::new_shared();
-        {
-            let mut p = pic.lock();
-            // ICW1-4: vectors 0x08 (master) and 0x70 (slave), then unmask IRQ 0.
-            for (ports, off, v) in [
-                (PicPorts::Master, 0, 0x11),
-                (PicPorts::Master, 1, 0x08),
-                (PicPorts::Master, 1, 0x04),
-                (PicPorts::Master, 1, 0x01),
-                (PicPorts::Slave, 0, 0x11),
-                (PicPorts::Slave, 1, 0x70),
-                (PicPorts::Slave, 1, 0x02),
-                (PicPorts::Slave, 1, 0x01),
-                (PicPorts::Master, 1, 0xfe),
-            ] {
-                p.write_port(ports, off, v);
-            }
-        }
+        // ICW1-4 as a PC BIOS does (vectors 0x08 and 0x70), IRQ 0 unmasked.
+        let pic = crate::tests::pc_pic();
         let ic = PicInterrupts(pic.clone());
         let s = Signal::new();
         let s2 = s.clone();

@@ -237,7 +237,7 @@ fn stop_requests_and_kicks_stop_a_running_cpu() {
 }
 
 /// An 8259A pair initialised as a PC BIOS does (vectors 0x08 and 0x70), IRQ 0 unmasked.
-fn pc_pic() -> SharedPic {
+pub(crate) fn pc_pic() -> SharedPic {
     let pic = PicPair::new_shared();
     let mut p = pic.lock();
     for (ports, off, v) in [
