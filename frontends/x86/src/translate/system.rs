@@ -8,7 +8,7 @@ use super::{Flow, Tr};
 use crate::helpers::integer::IntHelper;
 use crate::helpers::system::SysHelper;
 use iced_x86::{Code, ConditionCode, Mnemonic, OpKind, Register};
-use vireo_core::cpu::flags::ZF;
+use vireo_core::cpu::flags::{AC, ZF};
 use vireo_core::cpu::sreg;
 use vireo_core::ir::{BinOp, Cond, ExitKind, Global, Size, Temp};
 
@@ -109,6 +109,23 @@ impl Tr {
                 let n = self.b.konst(next);
                 self.sys(SysHelper::Hlt, &[n], false);
                 self.b.exit(ExitKind::Halt);
+                Flow::End
+            }
+            M::Clac | M::Stac => {
+                // #UD at CPL > 0 and in V86 mode (where CPL is 3); real mode is CPL 0.
+                if self.m.cpl != 0 || self.m.vm86 {
+                    self.ud();
+                    return Flow::End;
+                }
+                let f = self.b.get(Global::Flags);
+                let nf = if self.i.mnemonic() == M::Clac {
+                    self.b.bini(BinOp::And, Size::B64, f, !AC)
+                } else {
+                    self.b.bini(BinOp::Or, Size::B64, f, AC)
+                };
+                self.b.set(Global::Flags, nf);
+                // SMAP checks of later accesses depend on AC: end the block.
+                self.exit_to(next);
                 Flow::End
             }
             M::Cli => {

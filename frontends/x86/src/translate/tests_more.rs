@@ -4,6 +4,7 @@
 use super::tests::{exec, machine, rd, run, End, CODE, M};
 use super::translate_block;
 use vireo_core::cpu::flags::{AF, CF, DF, OF, ZF};
+use vireo_core::cpu::sreg;
 
 #[test]
 fn mul_imul_div_idiv_and_divide_errors() {
@@ -423,6 +424,25 @@ fn misc_moves_and_flags() {
         0,
     );
     assert_eq!((c.state.gpr[0], c.rflags() & CF), (1 << 63, CF));
+}
+
+#[test]
+fn clac_stac_toggle_ac_at_cpl0_only() {
+    use vireo_core::cpu::flags::AC;
+    // stac; hlt / clac; hlt at CPL 0 (64-bit and real mode).
+    let (c, e) = exec(M::Long64, &[0x0f, 0x01, 0xcb, 0xf4], &[], 0);
+    assert_eq!((e, c.rflags() & AC), (End::Halt, AC));
+    let (c, e) = exec(M::Long64, &[0x0f, 0x01, 0xca, 0xf4], &[], AC | CF);
+    assert_eq!((e, c.rflags() & (AC | CF)), (End::Halt, CF));
+    let (c, e) = exec(M::Real, &[0x0f, 0x01, 0xcb, 0xf4], &[], 0);
+    assert_eq!((e, c.rflags() & AC), (End::Halt, AC));
+    // CPL 3: #UD, AC unchanged.
+    let mut cpu = machine(M::Long64, &[0x0f, 0x01, 0xca, 0xf4]);
+    cpu.state.seg[sreg::CS].selector |= 3;
+    cpu.state.seg[sreg::CS].dpl = 3;
+    cpu.set_rflags(cpu.rflags() | AC);
+    assert_eq!(run(&mut cpu, 10), End::Fault(6, None));
+    assert_eq!(cpu.rflags() & AC, AC);
 }
 
 #[test]
