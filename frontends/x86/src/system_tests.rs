@@ -218,6 +218,14 @@ fn msrs() {
     wr(&mut cpu, 0x201, 0xff_f000_0800).unwrap();
     assert_eq!(msr::read_msr(&cpu, 0x201), Ok(0xff_f000_0800));
     assert_eq!(msr::read_msr(&cpu, 0xfe).map(|v| v & 0xff), Ok(8));
+    // MTRRs are part of the portable state (they move between engines).
+    assert_eq!(cpu.state().msr.mtrr_def_type, 0xc06);
+    assert_eq!(cpu.state().msr.mtrr_var[1], 0xff_f000_0800);
+    // AMD SYSCFG: reads 0; the fixed-MTRR extension bits are writable, others #GP.
+    assert_eq!(msr::read_msr(&cpu, msr::AMD_SYSCFG), Ok(0));
+    wr(&mut cpu, msr::AMD_SYSCFG, 1 << 19).unwrap();
+    assert_eq!(msr::read_msr(&cpu, msr::AMD_SYSCFG), Ok(1 << 19));
+    assert!(wr(&mut cpu, msr::AMD_SYSCFG, 1 << 23).is_err());
     // Unknown: #GP(0).
     assert_eq!(msr::read_msr(&cpu, 0x1234).unwrap_err().error_code, Some(0));
     // RDMSR/WRMSR at CPL 3: #GP.
