@@ -1,9 +1,12 @@
 //! Helpers for vireo's end-to-end tests: test guests built in process, and machine
 //! runners with captured consoles.
 
+pub mod cpio;
 pub mod fuzz;
+pub mod guest;
 pub mod lockstep;
 pub mod multiboot_kernel;
+pub mod process;
 
 pub use multiboot_kernel::machine_config as multiboot_machine;
 

@@ -21,6 +21,9 @@ pub const HWCR: u32 = 0xc001_0015;
 /// AMD SYSCFG: reads as 0 (no fixed-MTRR DRAM attribute bits, no SME), writes of
 /// the MTRR extension bits kept.
 pub const AMD_SYSCFG: u32 = 0xc001_0010;
+/// AMD interrupt pending message (family 0Fh/10h C1E control): reads as 0 (no C1E,
+/// no SMI/IO message); writes of the message fields are kept.
+pub const AMD_INT_PENDING_MSG: u32 = 0xc001_0055;
 /// Variable-range MTRR pairs (base/mask) advertised in MTRRcap.
 pub const MTRR_VAR_COUNT: u32 = msr::MTRR_VAR_COUNT as u32;
 
@@ -31,6 +34,7 @@ pub struct MsrExtra {
     pub tsc_offset: u64,
     pub hwcr: u64,
     pub syscfg: u64,
+    pub int_pending_msg: u64,
 }
 
 impl X86Cpu {
@@ -77,6 +81,7 @@ pub fn read_msr(cpu: &X86Cpu, index: u32) -> Result<u64, Fault> {
         UCODE_REV => 0x0100_0065,
         HWCR => m.hwcr,
         AMD_SYSCFG => m.syscfg,
+        AMD_INT_PENDING_MSG => m.int_pending_msg,
         msr::TSC_AUX if cpu.cpuid.edx_ext1 & ext1::RDTSCP != 0 => s.msr.tsc_aux,
         msr::TSC_AUX => return Err(unknown(index, "read")),
         i => match s.msr.get(i) {
@@ -168,6 +173,14 @@ pub fn write_msr(cpu: &mut X86Cpu, index: u32, v: u64) -> Result<(), Fault> {
                 return Err(gp0());
             }
             cpu.msrs.syscfg = v;
+        }
+        // IOMsgAddr (15:0), IOMsgData (23:16), IntrPndMsgDis (24), IntrPndMsg (25) are
+        // kept; C1E enables (27, 28) would make the CPU enter C1E on HLT: refused.
+        AMD_INT_PENDING_MSG => {
+            if v & !0x3ff_ffff != 0 {
+                return Err(gp0());
+            }
+            cpu.msrs.int_pending_msg = v;
         }
         UCODE_REV => {}
         i if MTRR_FIXED.contains(&i) => {

@@ -226,6 +226,9 @@ fn msrs() {
     wr(&mut cpu, msr::AMD_SYSCFG, 1 << 19).unwrap();
     assert_eq!(msr::read_msr(&cpu, msr::AMD_SYSCFG), Ok(1 << 19));
     assert!(wr(&mut cpu, msr::AMD_SYSCFG, 1 << 23).is_err());
+    // AMD interrupt pending message: 0 (no C1E); C1E enable bits #GP.
+    assert_eq!(msr::read_msr(&cpu, msr::AMD_INT_PENDING_MSG), Ok(0));
+    assert!(wr(&mut cpu, msr::AMD_INT_PENDING_MSG, 1 << 27).is_err());
     // Unknown: #GP(0).
     assert_eq!(msr::read_msr(&cpu, 0x1234).unwrap_err().error_code, Some(0));
     // RDMSR/WRMSR at CPL 3: #GP.
