@@ -9,3 +9,6 @@ pub mod simd;
 pub mod softfloat;
 pub mod sse_fp;
 pub mod x87;
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod host_tests;
