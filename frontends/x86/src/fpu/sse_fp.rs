@@ -17,10 +17,17 @@ pub mod mx {
     pub const FTZ: u32 = 1 << 15;
 }
 
-/// One lane computation's environment: MXCSR in, flags out.
+/// One instruction's environment: MXCSR in, flags out.
+///
+/// Instructions made of dependent steps (DPPS/DPPD: the products, then the sums)
+/// end each step with [`Env::stage`]: the flags of a completed step move to
+/// `committed` (they stay set in MXCSR even if a later step raises an unmasked
+/// exception, as hardware does); `ctx.flags` holds those of the current step.
 pub struct Env {
     pub mxcsr: u32,
     pub ctx: Ctx,
+    /// Flags of the steps completed before the current one.
+    pub committed: u8,
 }
 
 impl Env {
@@ -28,9 +35,22 @@ impl Env {
         Env {
             mxcsr,
             ctx: Ctx::new(Round::from_bits(u64::from(mxcsr >> mx::RC_SHIFT))),
+            committed: 0,
         }
     }
-    fn raise(&mut self, f: u8) {
+
+    /// Ends a step: `true` if it raised an unmasked exception (the instruction stops
+    /// there), else its flags are committed and the next step starts.
+    pub fn stage(&mut self) -> bool {
+        let unmasked = u32::from(self.ctx.flags) & !(self.mxcsr >> mx::MASK_SHIFT) & 0x3f;
+        if unmasked != 0 {
+            return true;
+        }
+        self.committed |= self.ctx.flags;
+        self.ctx.flags = 0;
+        false
+    }
+    pub(super) fn raise(&mut self, f: u8) {
         self.ctx.flags |= f;
     }
     /// Applies DAZ and records DE for a denormal operand.
@@ -376,4 +396,36 @@ pub fn approx(a: u32, rsqrt: bool) -> u32 {
         return v;
     }
     v & !0x7ff
+}
+
+/// ROUNDPS/PD/SS/SD on one lane: `a` rounded to an integral value in mode `round`.
+/// A SNaN gives its QNaN with IE; an inexact result raises PE unless `no_pe`
+/// (imm8 bit 3). Denormal operands raise no DE, but DAZ applies (to a signed zero).
+pub fn round_int(e: &mut Env, t: Ieee, a: u64, round: Round, no_pe: bool) -> u64 {
+    if t.is_nan(a) {
+        if t.is_snan(a) {
+            e.raise(flag::INVALID);
+        }
+        return quiet(t, a);
+    }
+    let sign = a & sign_bit(t);
+    if t.is_denormal(a) && e.mxcsr & mx::DAZ != 0 {
+        return sign;
+    }
+    // Zeros, infinities and magnitudes of 2^fbits and more are integral already.
+    let bias = (1u64 << (t.ebits - 1)) - 1;
+    let biased = a >> t.fbits & ((1u64 << t.ebits) - 1);
+    if a & !sign == 0 || biased >= bias + u64::from(t.fbits) {
+        return a;
+    }
+    let (neg, mag, inexact) = sf::to_int(unpacked(t, a), round);
+    if inexact && !no_pe {
+        e.raise(flag::INEXACT);
+    }
+    if mag == 0 {
+        return sign;
+    }
+    // mag <= 2^fbits: exact in the format.
+    let v = mag as i64;
+    from_int(e, t, if neg { -v } else { v })
 }

@@ -1,10 +1,12 @@
-//! SSE/SSE2 floating point against the host: results and MXCSR flags under every
+//! SSE3/SSE4.1 floating point against the host: results and MXCSR flags under every
 //! rounding mode with DAZ/FTZ on and off (exceptions masked), on special values
 //! (zeros, infinities, NaNs, denormals, halfway cases, the edges of exactness) and
 //! random ones.
 
 use super::{host_ok, run2, with_imm, Rng};
+use crate::fpu::sse4_fp::fp_op;
 use crate::fpu::sse_fp::Env;
+use iced_x86::Mnemonic;
 
 const SPECIAL32: [u32; 24] = [
     0x0000_0000,
@@ -91,6 +93,13 @@ fn mxcsr(rng: &mut Rng) -> u32 {
     0x1f80 | (rng.below(4) as u32) << 13 | (rng.below(2) as u32) << 6 | (rng.below(2) as u32) << 15
 }
 
+/// Our result and MXCSR after.
+fn ours(mn: Mnemonic, d: u128, s: u128, imm: u8, mx: u32) -> (u128, u32) {
+    let mut env = Env::new(mx);
+    let r = fp_op(&mut env, mn, d, s, imm).expect("implemented");
+    (r, mx | u32::from(env.committed | env.ctx.flags))
+}
+
 fn operands(rng: &mut Rng, double: bool) -> (u128, u128) {
     if double {
         (pd(rng), pd(rng))
@@ -99,9 +108,113 @@ fn operands(rng: &mut Rng, double: bool) -> (u128, u128) {
     }
 }
 
-/// SSE/SSE2 arithmetic: a result that rounds up to the smallest normal from below
-/// it is tiny and flushed under FTZ; an invalid operation or a division by zero
-/// hides the denormal-operand exception of the same operation.
+#[test]
+fn horizontal_and_alternating_match_host() {
+    if !host_ok() {
+        return;
+    }
+    let mut rng = Rng(0x5eed_0101);
+    macro_rules! check {
+        ($($mn:ident $name:literal $double:literal),* $(,)?) => {$(
+            for _ in 0..3000 {
+                let (d, s) = operands(&mut rng, $double);
+                let mx = mxcsr(&mut rng);
+                let want = run2!($name, d, s, mx);
+                let got = ours(Mnemonic::$mn, d, s, 0, mx);
+                assert_eq!(got, want, "{} {d:#034x} {s:#034x} mxcsr {mx:#x}", $name);
+            }
+        )*};
+    }
+    check!(
+        Addsubps "addsubps" false, Addsubpd "addsubpd" true, Haddps "haddps" false,
+        Haddpd "haddpd" true, Hsubps "hsubps" false, Hsubpd "hsubpd" true,
+    );
+}
+
+#[test]
+fn round_matches_host() {
+    if !host_ok() {
+        return;
+    }
+    let mut rng = Rng(0x5eed_0102);
+    for imm in 0..=255u8 {
+        for _ in 0..40 {
+            let mx = mxcsr(&mut rng);
+            let (d, s) = operands(&mut rng, false);
+            let (d2, s2) = operands(&mut rng, true);
+            let cases = [
+                (
+                    Mnemonic::Roundps,
+                    d,
+                    s,
+                    with_imm!(imm, I => run2!("roundps", d, s, mx, I)),
+                ),
+                (
+                    Mnemonic::Roundss,
+                    d,
+                    s,
+                    with_imm!(imm, I => run2!("roundss", d, s, mx, I)),
+                ),
+                (
+                    Mnemonic::Roundpd,
+                    d2,
+                    s2,
+                    with_imm!(imm, I => run2!("roundpd", d2, s2, mx, I)),
+                ),
+                (
+                    Mnemonic::Roundsd,
+                    d2,
+                    s2,
+                    with_imm!(imm, I => run2!("roundsd", d2, s2, mx, I)),
+                ),
+            ];
+            for (mn, d, s, want) in cases {
+                let got = ours(mn, d, s, imm, mx);
+                assert_eq!(got, want, "{mn:?} imm {imm:#x} {s:#034x} mxcsr {mx:#x}");
+            }
+        }
+    }
+}
+
+#[test]
+fn dot_products_match_host() {
+    if !host_ok() {
+        return;
+    }
+    let mut rng = Rng(0x5eed_0103);
+    for imm in 0..=255u8 {
+        for _ in 0..40 {
+            let mx = mxcsr(&mut rng);
+            let (d, s) = operands(&mut rng, false);
+            let (d2, s2) = operands(&mut rng, true);
+            let cases = [
+                (
+                    Mnemonic::Dpps,
+                    d,
+                    s,
+                    with_imm!(imm, I => run2!("dpps", d, s, mx, I)),
+                ),
+                (
+                    Mnemonic::Dppd,
+                    d2,
+                    s2,
+                    with_imm!(imm, I => run2!("dppd", d2, s2, mx, I)),
+                ),
+            ];
+            for (mn, d, s, want) in cases {
+                let got = ours(mn, d, s, imm, mx);
+                assert_eq!(
+                    got, want,
+                    "{mn:?} imm {imm:#x} {d:#034x} {s:#034x} mxcsr {mx:#x}"
+                );
+            }
+        }
+    }
+}
+
+/// SSE/SSE2 arithmetic shares the rounding and FTZ code: a result that rounds up
+/// to the smallest normal from below it is tiny and flushed under FTZ (found by the
+/// dot-product comparison).
 #[test]
 fn sse2_arithmetic_matches_host() {
     use crate::fpu::sse_fp::{self as fp, Arith};

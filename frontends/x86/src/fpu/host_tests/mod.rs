@@ -1,13 +1,15 @@
-//! Host-CPU oracle tests: the SIMD arithmetic against the real instructions of the
-//! machine running the tests, on random and special operands. The expected values
-//! come from hardware (an AMD EPYC here); a host without the features prints SKIP
-//! and passes. Only masked MXCSR settings are run on the host (an unmasked exception
-//! would be a SIGFPE).
+//! Host-CPU oracle tests: the SIMD arithmetic of SSE3 to SSE4.2 and PCLMULQDQ
+//! against the real instructions of the machine running the tests, on random and
+//! special operands. The expected values come from hardware (an AMD EPYC here); a
+//! host without the features prints SKIP and passes. Only masked MXCSR settings are
+//! run on the host (an unmasked exception would be a SIGFPE).
 //!
 //! The instructions run through `asm!` with their immediates as constants:
 //! [`with_imm!`] expands a body once per imm8 value.
 
 mod fp;
+mod int;
+mod strcmp;
 
 use core::arch::x86_64::__m128i;
 
@@ -35,6 +37,9 @@ impl Rng {
     }
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
+    }
+    pub fn u128(&mut self) -> u128 {
+        u128::from(self.next()) | u128::from(self.next()) << 64
     }
 }
 
