@@ -690,3 +690,39 @@ fn every_form_is_implemented() {
     // iced-x86 1.22 lists 103 such forms (a register and a memory run of each).
     assert!(count >= 2 * 103, "{count}");
 }
+
+/// Random operands, immediates and MXCSR settings for the 0F 38 / 0F 3A opcode maps
+/// (with and without 66h/F2h, REX.W, MMX forms): whatever the outcome, nothing
+/// panics (debug builds also check arithmetic overflow).
+#[test]
+fn random_sse4_encodings_never_panic() {
+    let mut r = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        r ^= r << 13;
+        r ^= r >> 7;
+        r ^= r << 17;
+        r
+    };
+    for _ in 0..3000 {
+        let prefix: &[u8] = match next() % 4 {
+            0 => &[0x66],
+            1 => &[0xf2],
+            2 => &[0x66, 0x48],
+            _ => &[],
+        };
+        let map = if next() % 2 == 0 { 0x38 } else { 0x3a };
+        let mut code = prefix.to_vec();
+        code.extend_from_slice(&[0x0f, map, next() as u8, 0xc0 | (next() as u8 & 0x3f)]);
+        code.push(next() as u8); // imm8 (or the next instruction's first byte)
+        code.push(0xf4);
+        let data: Vec<u8> = (0..64).map(|_| next() as u8).collect();
+        let vals: Vec<u64> = (0..40).map(|_| next()).collect();
+        let _ = run_with(&code, &data, |c| {
+            for (i, x) in c.state.fpu.xmm.iter_mut().enumerate() {
+                *x = (u128::from(vals[2 * i]) | u128::from(vals[2 * i + 1]) << 64).to_le_bytes();
+            }
+            c.state.gpr[..3].copy_from_slice(&vals[32..35]);
+            c.state.fpu.mxcsr = 0x1f80 | (vals[36] as u32 & 0xe040);
+        });
+    }
+}
