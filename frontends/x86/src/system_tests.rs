@@ -161,6 +161,21 @@ fn cpuid_leaves_are_consistent() {
         assert_ne!(l1[3] & bit, 0);
     }
     assert_eq!(l1[3] & cpuid::edx1::APIC, 0, "no APIC yet");
+    for bit in [
+        cpuid::ecx1::SSE3,
+        cpuid::ecx1::PCLMULQDQ,
+        cpuid::ecx1::SSSE3,
+        cpuid::ecx1::SSE41,
+        cpuid::ecx1::SSE42,
+        cpuid::ecx1::POPCNT,
+        cpuid::ecx1::CX16,
+    ] {
+        assert_ne!(l1[2] & bit, 0, "{bit:#x}");
+    }
+    // Not implemented: MONITOR/MWAIT, AVX (bit 28), XSAVE, FMA (bit 12).
+    for bit in [cpuid::ecx1::MONITOR, cpuid::ecx1::XSAVE, 1 << 28, 1 << 12] {
+        assert_eq!(l1[2] & bit, 0, "{bit:#x}");
+    }
     // The TSC frequency: leaf 15h crystal ratio and leaf 16h MHz.
     let l15 = q(&mut cpu, 0x15);
     assert_eq!(
