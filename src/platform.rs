@@ -82,7 +82,7 @@ fn unix_now() -> i64 {
 /// Builds the PC's devices on fresh buses.
 pub fn build(config: &MachineConfig, w: &Wiring, files: Option<&GuestFiles>) -> Result<Platform> {
     let mut pio = Bus::new("pio");
-    let mmio = Bus::new("mmio");
+    let mut mmio = Bus::new("mmio");
     let mut timers: Vec<Arc<Mutex<dyn TimerDevice>>> = Vec::new();
 
     // Serial ports, debug console, debug exit.
@@ -143,9 +143,10 @@ pub fn build(config: &MachineConfig, w: &Wiring, files: Option<&GuestFiles>) -> 
         shared(port92::Port92::new(w.a20.clone(), w.control.clone())),
     )?;
 
-    // PCI host bridge (i440FX + PIIX3), with the PIIX3 reset register at 0xCF9.
+    // PCI host bridge (i440FX + PIIX3), with the PIIX3 reset register at 0xCF9; it
+    // decodes the PCI BARs on both buses.
     let host = Arc::new(Mutex::new(pci::PciHost::new(w.control.clone())));
-    pci::PciHost::register(&host, &mut pio)?;
+    pci::PciHost::register(&host, &mut pio, &mut mmio)?;
 
     // ACPI power management (SCI on IRQ 9).
     let pm = acpi_pm::AcpiPm::shared(w.clock.clone(), w.control.clone(), w.line(acpi_pm::SCI_IRQ));
