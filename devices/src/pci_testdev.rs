@@ -1,8 +1,9 @@
 //! pci-testdev: QEMU's PCI test device (`hw/misc/pci-testdev.c`), which
 //! kvm-unit-tests uses to time and check MMIO and port I/O exits.
 //!
-//! Identity: vendor 0x1B36 (Red Hat), device 0x0005, class 0xFF ("other"), revision 0,
-//! subsystem 0x1AF4:0x1100 (QEMU's default), no interrupt pin.
+//! Identity: vendor 0x1B36 (Red Hat), device 0x0005, class code 0x00FF (QEMU's
+//! `PCI_CLASS_OTHERS` as a 16-bit class ID: base class 0x00, subclass 0xFF),
+//! revision 0, subsystem 0x1AF4:0x1100 (QEMU's default), no interrupt pin.
 //! BAR 0 is 4 KiB of memory, BAR 1 256 ports; with `membar=SIZE` BAR 2 is a 64-bit
 //! prefetchable memory BAR of that size with nothing behind it (reads all ones).
 //!
@@ -40,8 +41,9 @@ const LOG: &str = "vireo::dev::pci_testdev";
 /// Red Hat's PCI vendor ID and the test device's ID.
 pub const VENDOR_ID: u16 = 0x1B36;
 pub const DEVICE_ID: u16 = 0x0005;
-/// PCI class "other".
-pub const CLASS_OTHERS: u8 = 0xFF;
+/// QEMU's class ID `PCI_CLASS_OTHERS` (0x00FF): base class 0, subclass 0xFF.
+pub const CLASS: u8 = 0x00;
+pub const SUBCLASS: u8 = 0xFF;
 /// QEMU's default subsystem.
 pub const SUBSYSTEM_VENDOR: u16 = 0x1AF4;
 pub const SUBSYSTEM_ID: u16 = 0x1100;
@@ -128,7 +130,7 @@ pub struct PciTestdev {
 impl PciTestdev {
     /// The device; `membar` > 0 adds BAR 2 of that size (a power of two, at least 16).
     pub fn new(membar: u64) -> Result<PciTestdev, PciError> {
-        let mut config = PciConfigSpace::new(VENDOR_ID, DEVICE_ID, CLASS_OTHERS, 0, 0, 0);
+        let mut config = PciConfigSpace::new(VENDOR_ID, DEVICE_ID, CLASS, SUBCLASS, 0, 0);
         config.set_subsystem(SUBSYSTEM_VENDOR, SUBSYSTEM_ID);
         config.set_interrupt_pin(0);
         config.add_bar(
