@@ -244,6 +244,20 @@ pub fn build_elf_ending(ending: Ending) -> Vec<u8> {
     for (off, bytes) in DATA {
         data[*off as usize..*off as usize + bytes.len()].copy_from_slice(bytes);
     }
+    elf_image(&code, &data)
+}
+
+/// Where code assembled for [`elf_image`] runs (its entry point).
+pub const CODE_ADDR: u32 = LOAD_ADDR + CODE_OFFSET as u32;
+/// Where the data given to [`elf_image`] is loaded.
+pub const DATA_AREA: u32 = DATA_ADDR;
+/// The most code [`elf_image`] takes.
+pub const MAX_CODE: usize = DATA_OFFSET - CODE_OFFSET;
+
+/// A Multiboot ELF32 kernel: `code` (assembled for [`CODE_ADDR`], at most
+/// [`MAX_CODE`] bytes) and `data` at [`DATA_AREA`], followed by 4 KiB of bss.
+pub fn elf_image(code: &[u8], data: &[u8]) -> Vec<u8> {
+    assert!(code.len() <= MAX_CODE, "test kernel code too long");
     let file_len = DATA_OFFSET + data.len();
     let mut f = Vec::with_capacity(file_len);
     // ELF header.
@@ -280,9 +294,9 @@ pub fn build_elf_ending(ending: Ending) -> Vec<u8> {
     f.extend_from_slice(&MB_FLAGS.to_le_bytes());
     f.extend_from_slice(&(0u32.wrapping_sub(MB_MAGIC).wrapping_sub(MB_FLAGS)).to_le_bytes());
     debug_assert_eq!(f.len(), CODE_OFFSET);
-    f.extend_from_slice(&code);
+    f.extend_from_slice(code);
     f.resize(DATA_OFFSET, 0);
-    f.extend_from_slice(&data);
+    f.extend_from_slice(data);
     f
 }
 
