@@ -248,7 +248,7 @@ pub fn parse(args: &[String]) -> Result<Command> {
     let mut log = LogConfig::default();
     let mut serials: Vec<CharRef> = Vec::new();
     let mut chardevs: HashMap<String, CharSpec> = HashMap::new();
-    let mut debugcons: Vec<(u16, Option<String>)> = Vec::new();
+    let mut debugcons: Vec<device::Debugcon> = Vec::new();
     let mut nodefaults = false;
     let mut nographic = false;
 
@@ -455,14 +455,20 @@ pub fn parse(args: &[String]) -> Result<Command> {
     if cfg.serials.len() > 4 {
         return Err(Error::usage("at most 4 -serial ports (COM1..COM4)"));
     }
-    for (port, chardev) in debugcons {
+    for device::Debugcon {
+        iobase,
+        chardev,
+        readback,
+    } in debugcons
+    {
         let spec = match chardev {
             Some(id) => resolve(&CharRef::Id(id))?.unwrap_or(CharSpec::Null),
             None => CharSpec::Stdio,
         };
         cfg.debugcons.push(DebugconConfig {
-            iobase: port,
+            iobase,
             chardev: spec,
+            readback,
         });
     }
     cfg.stdin_input = nographic || cfg.serials.iter().any(|s| matches!(s, CharSpec::Stdio));

@@ -46,6 +46,8 @@ pub struct DebugExitConfig {
 pub struct DebugconConfig {
     pub iobase: u16,
     pub chardev: CharSpec,
+    /// What reads return (QEMU's `readback`, default 0xE9).
+    pub readback: u32,
 }
 
 /// A pci-testdev device (QEMU's PCI test device).

@@ -101,9 +101,10 @@ pub fn build(config: &MachineConfig, w: &Wiring, files: Option<&GuestFiles>) -> 
         pio.insert(u64::from(port), UART_REGS, s)?;
     }
     for d in &config.debugcons {
-        let dev = shared(vireo_devices::debugcon::DebugCon::new(open_char(
-            &d.chardev,
-        )?));
+        let dev = shared(
+            vireo_devices::debugcon::DebugCon::new(open_char(&d.chardev)?)
+                .with_readback(d.readback),
+        );
         pio.insert(u64::from(d.iobase), 1, dev)?;
     }
     for d in &config.debug_exits {

@@ -116,6 +116,7 @@ pub const DEVICES: &[DeviceInfo] = &[
                 None,
             ),
             prop("iobase", "uint32", "", Some("233")),
+            prop("readback", "uint32", "", Some("233")),
         ],
     },
     DeviceInfo {
@@ -141,6 +142,14 @@ pub const DEVICES: &[DeviceInfo] = &[
         ],
     },
 ];
+
+/// An isa-debugcon as written on the command line, before its chardev ID resolves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Debugcon {
+    pub iobase: u16,
+    pub chardev: Option<String>,
+    pub readback: u32,
+}
 
 /// What a `-device` argument asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -249,13 +258,13 @@ fn parse_pci_addr(s: &str) -> Option<(u8, u8)> {
     Some((slot, func))
 }
 
-/// Parses one `-device` argument into `cfg` (isa-debugcon's `(iobase, chardev ID)`
-/// go to `debugcons`, resolved once every `-chardev` is known). Errors read like
+/// Parses one `-device` argument into `cfg` (isa-debugcons go to `debugcons`, to be
+/// resolved once every `-chardev` is known). Errors read like
 /// QEMU's, prefixed with the argument.
 pub fn parse(
     arg: &str,
     cfg: &mut MachineConfig,
-    debugcons: &mut Vec<(u16, Option<String>)>,
+    debugcons: &mut Vec<Debugcon>,
 ) -> Result<DeviceArg> {
     let err = |msg: String| Error::usage(format!("-device {arg}: {msg}"));
     let mut driver = None;
@@ -319,15 +328,24 @@ pub fn parse(
             cfg.debug_exits.push(d);
         }
         "isa-debugcon" => {
-            let mut port = vireo_devices::debugcon::DEFAULT_PORT;
-            let mut chardev = None;
+            let mut d = Debugcon {
+                iobase: vireo_devices::debugcon::DEFAULT_PORT,
+                chardev: None,
+                readback: vireo_devices::debugcon::READBACK,
+            };
             for (k, v) in props {
                 match k {
-                    "iobase" => port = int(k, v)?,
-                    _ => chardev = Some(v.to_string()),
+                    "iobase" => d.iobase = int(k, v)?,
+                    "readback" => {
+                        d.readback = parse_num(k, v)
+                            .ok()
+                            .and_then(|n| u32::try_from(n).ok())
+                            .ok_or_else(|| err(format!("Parameter '{k}' expects integer")))?
+                    }
+                    _ => d.chardev = Some(v.to_string()),
                 }
             }
-            debugcons.push((port, chardev));
+            debugcons.push(d);
         }
         "pc-testdev" => {
             if cfg.pc_testdev {
@@ -400,7 +418,8 @@ mod tests {
             props("isa-debugcon"),
             "isa-debugcon options:\n  \
              chardev=<str>          - ID of a chardev to use as a backend\n  \
-             iobase=<uint32>        -  (default: 233)\n"
+             iobase=<uint32>        -  (default: 233)\n  \
+             readback=<uint32>      -  (default: 233)\n"
         );
         assert_eq!(
             props("pci-testdev"),
@@ -470,6 +489,22 @@ mod tests {
         let (_, c) = parse_one("pci-testdev,addr=6,membar=4096").unwrap();
         assert_eq!(c.pci_testdevs[0].addr, Some((6, 0)));
         assert_eq!(c.pci_testdevs[0].membar, 4096);
+        let mut cfg = MachineConfig::default();
+        let mut dc = Vec::new();
+        parse(
+            "isa-debugcon,iobase=0x402,readback=0x1234",
+            &mut cfg,
+            &mut dc,
+        )
+        .unwrap();
+        assert_eq!(
+            dc,
+            [Debugcon {
+                iobase: 0x402,
+                chardev: None,
+                readback: 0x1234
+            }]
+        );
         assert_eq!(parse_qemu_size("1M"), Some(1 << 20));
         assert_eq!(parse_qemu_size("16E"), None);
         assert_eq!(parse_qemu_size("x"), None);
