@@ -16,7 +16,7 @@
 //! does not exist). 28-31: the port tests. 32-35: BAR 1 moved again, memory decoding
 //! disabled (BAR 0's registers gone, BAR 1's still there).
 
-use crate::multiboot_kernel::{elf_image, CODE_ADDR, DATA_AREA, EXIT_PORT};
+use crate::multiboot_kernel::{elf_with_image, EXIT_PORT, IMAGE_ADDR};
 use iced_x86::code_asm::*;
 
 /// What the kernel writes to isa-debug-exit when every check passed.
@@ -30,9 +30,11 @@ const IO_BAR: u32 = 0xB000;
 const IO_BAR_MOVED: u32 = 0xB100;
 /// pc-testdev's test memory.
 const IOMEM: u32 = 0xFF00_0000;
+/// Room for the code at the start of the image; the data area follows.
+const CODE_ROOM: u32 = 0x1000;
 /// Data area: "xy" for `rep outsb`, then room for `rep insb`.
-const XY: u32 = DATA_AREA;
-const INBUF: u32 = DATA_AREA + 0x10;
+const XY: u32 = IMAGE_ADDR + CODE_ROOM;
+const INBUF: u32 = XY + 0x10;
 
 /// The check number a failing exit value names (`value = check`).
 pub fn failed_check(status: i32) -> Option<i32> {
@@ -291,14 +293,18 @@ fn assemble() -> Result<Vec<u8>, IcedError> {
     k.a.mov(edx, 0xCFCu32)?;
     k.a.out(dx, eax)?;
     k.a.ret()?;
-    k.a.assemble(u64::from(CODE_ADDR))
+    k.a.assemble(u64::from(IMAGE_ADDR))
 }
 
 /// The kernel as a Multiboot ELF32 executable.
 pub fn build_elf() -> Vec<u8> {
-    let code = assemble().expect("the testdev kernel assembles");
-    let mut data = vec![0u8; 0x20];
-    data[..2].copy_from_slice(b"xy");
-    debug_assert_eq!(XY, DATA_AREA);
-    elf_image(&code, &data)
+    let mut image = assemble().expect("the testdev kernel assembles");
+    assert!(
+        image.len() <= CODE_ROOM as usize,
+        "testdev kernel code too long"
+    );
+    image.resize(CODE_ROOM as usize, 0);
+    image.extend_from_slice(b"xy");
+    image.resize(image.len() + 0x20, 0);
+    elf_with_image(&image)
 }
