@@ -2,13 +2,16 @@
 //!
 //! QEMU's options are single-dash long options with comma-separated properties, which
 //! derive-style parsers do not model, so this is a small hand-written parser. Every
-//! unknown option, device or value is a one-line error.
+//! unknown option, device or value is a one-line error. `-device` and its help output
+//! live in [`device`].
 
-use crate::config::{Accel, CharSpec, DebugExitConfig, DebugconConfig, MachineConfig};
+use crate::config::{Accel, CharSpec, DebugconConfig, MachineConfig};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use vireo_core::layout::MIN_RAM;
+
+pub mod device;
 
 /// What the command line asks for.
 #[derive(Debug)]
@@ -16,7 +19,10 @@ pub enum Command {
     Run(Box<MachineConfig>, LogConfig),
     Help,
     Version,
+    /// `-device help`: the device models.
     DeviceHelp,
+    /// `-device NAME,help`: the properties of one model.
+    DeviceProps(&'static str),
     CpuHelp,
     LogHelp,
     MachineHelp,
@@ -28,20 +34,6 @@ pub struct LogConfig {
     pub categories: Vec<String>,
     pub file: Option<PathBuf>,
 }
-
-/// The devices `-device` knows, as `-device help` lists them (QEMU's format).
-pub const DEVICES: &[(&str, &str, &str)] = &[
-    (
-        "isa-debug-exit",
-        "ISA",
-        "exit with status (value << 1) | 1; props iobase, iosize",
-    ),
-    (
-        "isa-debugcon",
-        "ISA",
-        "one-port debug console; props iobase, chardev",
-    ),
-];
 
 /// `-d` categories and the log targets they enable (see docs/ARCHITECTURE.md).
 pub const LOG_CATEGORIES: &[(&str, &str, &str)] = &[
@@ -100,11 +92,18 @@ Character devices:
   -chardev stdio|file|null,id=ID[,path=PATH]
   -nographic              no display; COM1 on the terminal in raw mode, Ctrl-A X quits
   -display none           no display (vireo never has one)
+  -vnc none               no VNC server (vireo never has one)
   -nodefaults             no default devices (no COM1 on stdio)
-Devices:
+Devices (properties as in QEMU; -device NAME,help lists a model's):
   -device isa-debug-exit[,iobase=0x501][,iosize=2]
   -device isa-debugcon[,iobase=0xe9][,chardev=ID]
-  -device help            list devices
+  -device pc-testdev      QEMU's ISA test device: scratch ports 0xe0/0xe8, flush
+                          port 0xe4, IRQ lines at ports 0x2000-0x2017, test memory
+                          at 0xff000000
+  -device pci-testdev[,addr=SLOT[.FN]][,membar=SIZE]
+                          QEMU's PCI test device (1b36:0005)
+  -device help|?          list devices (QEMU's format)
+  -device NAME,help       list a device's properties
 Run control and debugging:
   -no-reboot              exit instead of rebooting on reset or triple fault
   -d CAT[,CAT...]         enable log categories (-d help lists them); RUST_LOG works too
@@ -148,6 +147,7 @@ fn parse_size(s: &str) -> Result<u64> {
     Ok(((bytes as u64) + 4095) & !4095)
 }
 
+/// A decimal or `0x` hexadecimal number.
 fn parse_num(opt: &str, s: &str) -> Result<u64> {
     let r = if let Some(h) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
         u64::from_str_radix(h, 16)
@@ -248,7 +248,7 @@ pub fn parse(args: &[String]) -> Result<Command> {
     let mut log = LogConfig::default();
     let mut serials: Vec<CharRef> = Vec::new();
     let mut chardevs: HashMap<String, CharSpec> = HashMap::new();
-    let mut debugcons: Vec<(u16, Option<String>)> = Vec::new();
+    let mut debugcons: Vec<device::Debugcon> = Vec::new();
     let mut nodefaults = false;
     let mut nographic = false;
 
@@ -341,6 +341,14 @@ pub fn parse(args: &[String]) -> Result<Command> {
                     )));
                 }
             }
+            "-vnc" => {
+                let v = value()?;
+                if v != "none" {
+                    return Err(Error::usage(format!(
+                        "-vnc {v}: vireo has no display; use -vnc none"
+                    )));
+                }
+            }
             "-nodefaults" => nodefaults = true,
             "-no-reboot" => cfg.no_reboot = true,
             "-enable-kvm" => cfg.accel = Accel::Kvm,
@@ -395,65 +403,11 @@ pub fn parse(args: &[String]) -> Result<Command> {
                     None => return Err(Error::usage("-cpu: missing model")),
                 }
             }
-            "-device" => {
-                let v = value()?;
-                let (name, props) = split_props(v);
-                match name {
-                    Some("help") => return Ok(Command::DeviceHelp),
-                    Some("isa-debug-exit") => {
-                        let mut d = DebugExitConfig {
-                            iobase: vireo_devices::debug_exit::DEFAULT_IOBASE,
-                            iosize: vireo_devices::debug_exit::DEFAULT_IOSIZE,
-                        };
-                        for (k, val) in props {
-                            let n = parse_num(&format!("-device isa-debug-exit,{k}"), val)?;
-                            let n = u16::try_from(n).map_err(|_| {
-                                Error::usage(format!("-device isa-debug-exit,{k}={val}: out of range"))
-                            })?;
-                            match k {
-                                "iobase" => d.iobase = n,
-                                "iosize" => d.iosize = n,
-                                _ => {
-                                    return Err(Error::usage(format!(
-                                        "-device isa-debug-exit: unknown property '{k}'"
-                                    )))
-                                }
-                            }
-                        }
-                        if d.iosize == 0 || u32::from(d.iobase) + u32::from(d.iosize) > 0x1_0000 {
-                            return Err(Error::usage(format!(
-                                "-device {v}: iobase/iosize outside the 64 KiB port space"
-                            )));
-                        }
-                        cfg.debug_exits.push(d);
-                    }
-                    Some("isa-debugcon") => {
-                        let mut port = vireo_devices::debugcon::DEFAULT_PORT;
-                        let mut chardev = None;
-                        for (k, val) in props {
-                            match k {
-                                "iobase" => {
-                                    port = u16::try_from(parse_num("-device isa-debugcon,iobase", val)?)
-                                        .map_err(|_| Error::usage(format!("-device isa-debugcon,iobase={val}: out of range")))?
-                                }
-                                "chardev" => chardev = Some(val.to_string()),
-                                _ => {
-                                    return Err(Error::usage(format!(
-                                        "-device isa-debugcon: unknown property '{k}'"
-                                    )))
-                                }
-                            }
-                        }
-                        debugcons.push((port, chardev));
-                    }
-                    Some(other) => {
-                        return Err(Error::usage(format!(
-                            "-device {other}: '{other}' is not a valid device model name (see -device help)"
-                        )))
-                    }
-                    None => return Err(Error::usage("-device: missing device name")),
-                }
-            }
+            "-device" => match device::parse(value()?, &mut cfg, &mut debugcons)? {
+                device::DeviceArg::List => return Ok(Command::DeviceHelp),
+                device::DeviceArg::Props(name) => return Ok(Command::DeviceProps(name)),
+                device::DeviceArg::Added => {}
+            },
             "-d" => {
                 let v = value()?;
                 for c in v.split(',') {
@@ -501,14 +455,20 @@ pub fn parse(args: &[String]) -> Result<Command> {
     if cfg.serials.len() > 4 {
         return Err(Error::usage("at most 4 -serial ports (COM1..COM4)"));
     }
-    for (port, chardev) in debugcons {
+    for device::Debugcon {
+        iobase,
+        chardev,
+        readback,
+    } in debugcons
+    {
         let spec = match chardev {
             Some(id) => resolve(&CharRef::Id(id))?.unwrap_or(CharSpec::Null),
             None => CharSpec::Stdio,
         };
         cfg.debugcons.push(DebugconConfig {
-            iobase: port,
+            iobase,
             chardev: spec,
+            readback,
         });
     }
     cfg.stdin_input = nographic || cfg.serials.iter().any(|s| matches!(s, CharSpec::Stdio));
@@ -532,6 +492,7 @@ pub fn host_memory() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{DebugExitConfig, PciTestdevConfig};
 
     fn run(args: &[&str]) -> Result<MachineConfig> {
         let a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
@@ -611,5 +572,86 @@ mod tests {
         // -nodefaults removes the default COM1.
         assert!(run(&["-nodefaults"]).unwrap().serials.is_empty());
         assert_eq!(run(&[]).unwrap().serials.len(), 1);
+    }
+
+    /// The command line kvm-unit-tests' x86 runner (`x86/run`) builds for QEMU.
+    #[test]
+    fn kvm_unit_tests_command_line() {
+        let c = run(&[
+            "--no-reboot",
+            "-nodefaults",
+            "-device",
+            "pc-testdev",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x4",
+            "-vnc",
+            "none",
+            "-serial",
+            "stdio",
+            "-device",
+            "pci-testdev",
+            "-machine",
+            "accel=tcg",
+            "-kernel",
+            "x86/msr.flat",
+            "-smp",
+            "1",
+        ])
+        .unwrap();
+        assert!(c.pc_testdev && c.no_reboot);
+        assert_eq!(c.pci_testdevs, [PciTestdevConfig::default()]);
+        assert_eq!(
+            c.debug_exits[0],
+            DebugExitConfig {
+                iobase: 0xf4,
+                iosize: 4
+            }
+        );
+        assert_eq!(c.accel, Accel::Tcg);
+        // Its probes: `-device '?'` must list the test devices.
+        let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(matches!(
+            parse(&a(&["-device", "?"])),
+            Ok(Command::DeviceHelp)
+        ));
+        assert!(device::list().contains("\"pc-testdev\""));
+        assert!(matches!(
+            parse(&a(&["-device", "pci-testdev,help"])),
+            Ok(Command::DeviceProps("pci-testdev"))
+        ));
+        assert!(run(&["-vnc", ":0"]).is_err());
+    }
+
+    /// Every option `--help` names is one the parser knows.
+    #[test]
+    fn help_names_only_known_options() {
+        let mut seen = std::collections::BTreeSet::new();
+        for line in HELP.lines().filter(|l| l.starts_with("  -")) {
+            let column = line.trim_start().split("  ").next().unwrap_or("");
+            for alt in column.split([',', '|']) {
+                let opt = alt.split([' ', '[']).find(|w| !w.is_empty()).unwrap_or("");
+                if opt.starts_with('-') {
+                    seen.insert(opt.to_string());
+                }
+            }
+        }
+        for opt in &seen {
+            let args = vec![opt.clone(), "help".to_string()];
+            if let Err(e) = parse(&args) {
+                assert!(!e.to_string().contains("unknown option"), "{opt}: {e}");
+            }
+        }
+        for opt in [
+            "-vnc",
+            "-device",
+            "-no-reboot",
+            "-nodefaults",
+            "-M",
+            "-D",
+            "--help",
+            "-smp",
+        ] {
+            assert!(seen.contains(opt), "--help lacks {opt}: {seen:?}");
+        }
     }
 }

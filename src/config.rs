@@ -46,6 +46,17 @@ pub struct DebugExitConfig {
 pub struct DebugconConfig {
     pub iobase: u16,
     pub chardev: CharSpec,
+    /// What reads return (QEMU's `readback`, default 0xE9).
+    pub readback: u32,
+}
+
+/// A pci-testdev device (QEMU's PCI test device).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PciTestdevConfig {
+    /// Slot and function on bus 0 (`addr=`); the first free slot if `None`.
+    pub addr: Option<(u8, u8)>,
+    /// Size of the optional 64-bit memory BAR 2 (`membar=`); 0 = none.
+    pub membar: u64,
 }
 
 /// The whole machine.
@@ -63,6 +74,9 @@ pub struct MachineConfig {
     pub serials: Vec<CharSpec>,
     pub debugcons: Vec<DebugconConfig>,
     pub debug_exits: Vec<DebugExitConfig>,
+    /// QEMU's ISA test device (`-device pc-testdev`).
+    pub pc_testdev: bool,
+    pub pci_testdevs: Vec<PciTestdevConfig>,
     pub no_reboot: bool,
     /// Take guest input from the terminal in raw mode (Ctrl-A X quits).
     pub stdin_input: bool,
@@ -81,6 +95,8 @@ impl Default for MachineConfig {
             serials: vec![CharSpec::Stdio],
             debugcons: Vec::new(),
             debug_exits: Vec::new(),
+            pc_testdev: false,
+            pci_testdevs: Vec::new(),
             no_reboot: false,
             stdin_input: false,
         }

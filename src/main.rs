@@ -13,12 +13,8 @@ fn run() -> vireo::Result<i32> {
             "vireo {} (QEMU-compatible command line)",
             env!("CARGO_PKG_VERSION")
         ),
-        Command::DeviceHelp => {
-            println!("Misc devices:");
-            for (name, bus, desc) in cli::DEVICES {
-                println!("name \"{name}\", bus {bus}, desc \"{desc}\"");
-            }
-        }
+        Command::DeviceHelp => print!("{}", cli::device::list()),
+        Command::DeviceProps(name) => print!("{}", cli::device::props(name)),
         Command::CpuHelp => {
             println!("Available CPUs:");
             println!("  host     all features this host's KVM supports");

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vireo_core::clock::{TimerDevice, TimerWaker};
 use vireo_core::{
-    A20Gate, Bus, BusDevice, CpuState, GuestMemory, IrqChip, IrqLine, MachineControl, VirtualClock,
+    layout, A20Gate, Bus, BusDevice, CpuState, GuestMemory, IrqChip, IrqLine, MachineControl,
+    VirtualClock,
 };
 use vireo_devices::chardev::{CharOut, Stdout};
 use vireo_devices::pic::{PicPair, SharedPic};
@@ -82,7 +83,7 @@ fn unix_now() -> i64 {
 /// Builds the PC's devices on fresh buses.
 pub fn build(config: &MachineConfig, w: &Wiring, files: Option<&GuestFiles>) -> Result<Platform> {
     let mut pio = Bus::new("pio");
-    let mmio = Bus::new("mmio");
+    let mut mmio = Bus::new("mmio");
     let mut timers: Vec<Arc<Mutex<dyn TimerDevice>>> = Vec::new();
 
     // Serial ports, debug console, debug exit.
@@ -100,9 +101,10 @@ pub fn build(config: &MachineConfig, w: &Wiring, files: Option<&GuestFiles>) -> 
         pio.insert(u64::from(port), UART_REGS, s)?;
     }
     for d in &config.debugcons {
-        let dev = shared(vireo_devices::debugcon::DebugCon::new(open_char(
-            &d.chardev,
-        )?));
+        let dev = shared(
+            vireo_devices::debugcon::DebugCon::new(open_char(&d.chardev)?)
+                .with_readback(d.readback),
+        );
         pio.insert(u64::from(d.iobase), 1, dev)?;
     }
     for d in &config.debug_exits {
@@ -143,9 +145,11 @@ pub fn build(config: &MachineConfig, w: &Wiring, files: Option<&GuestFiles>) -> 
         shared(port92::Port92::new(w.a20.clone(), w.control.clone())),
     )?;
 
-    // PCI host bridge (i440FX + PIIX3), with the PIIX3 reset register at 0xCF9.
+    // PCI host bridge (i440FX + PIIX3), with the PIIX3 reset register at 0xCF9; it
+    // decodes the PCI BARs on both buses.
     let host = Arc::new(Mutex::new(pci::PciHost::new(w.control.clone())));
-    pci::PciHost::register(&host, &mut pio)?;
+    pci::PciHost::register(&host, &mut pio, &mut mmio)?;
+    add_test_devices(config, w, &host, &mut pio, &mut mmio)?;
 
     // ACPI power management (SCI on IRQ 9).
     let pm = acpi_pm::AcpiPm::shared(w.clock.clone(), w.control.clone(), w.line(acpi_pm::SCI_IRQ));
@@ -172,6 +176,50 @@ pub fn build(config: &MachineConfig, w: &Wiring, files: Option<&GuestFiles>) -> 
         timers,
         com1,
     })
+}
+
+/// QEMU's test devices (`-device pc-testdev`, `-device pci-testdev`). PCI BARs are
+/// placed as PC firmware (SeaBIOS) places them, I/O from 0xC000 and memory below the
+/// IOAPIC, since a `-kernel` guest starts without firmware.
+fn add_test_devices(
+    config: &MachineConfig,
+    w: &Wiring,
+    host: &Arc<Mutex<pci::PciHost>>,
+    pio: &mut Bus,
+    mmio: &mut Bus,
+) -> Result<()> {
+    use vireo_devices::{pc_testdev, pci_testdev};
+    if config.pc_testdev {
+        let lines = (0..pc_testdev::IRQ_LINES as u32)
+            .map(|g| w.line(g))
+            .collect();
+        let dev = Arc::new(Mutex::new(pc_testdev::PcTestdev::new(lines)));
+        pc_testdev::PcTestdev::register(&dev, pio, mmio)?;
+    }
+    let mut host = host.lock();
+    for t in &config.pci_testdevs {
+        let dev = pci_testdev::PciTestdev::new(t.membar)
+            .map_err(|e| Error::usage(format!("-device pci-testdev: {e}")))?;
+        let (slot, func) = match t.addr {
+            Some(a) => a,
+            None => (
+                host.free_slot().ok_or_else(|| {
+                    Error::usage("-device pci-testdev: no free PCI slot on bus 0")
+                })?,
+                0,
+            ),
+        };
+        host.add_device(slot, func, Arc::new(Mutex::new(dev)))
+            .map_err(|e| Error::usage(format!("-device pci-testdev: {e}")))?;
+    }
+    let mem = w.mem.map();
+    let high_end = layout::FOUR_GIB + mem.high_size;
+    host.assign_bars(
+        0xC000..0x1_0000,
+        mem.low_end..layout::IOAPIC_START,
+        high_end,
+    );
+    Ok(())
 }
 
 /// QEMU's fw_cfg kernel items, so firmware can load the kernel itself: for a bzImage

@@ -1,7 +1,9 @@
 //! Port I/O and MMIO buses: address ranges dispatched to devices.
 //!
-//! A device is registered for `[base, base+len)`; ranges may not overlap. Accesses to
-//! unassigned addresses read as all ones and drop writes, as on a PC.
+//! A device is registered for `[base, base+len)`; ranges may not overlap. Accesses no
+//! registered range claims go to the bus's fallback device if it has one (the PCI host
+//! bridge, which forwards them to whatever PCI BAR the guest placed there), and
+//! otherwise read as all ones and drop writes, as on a PC.
 
 use crate::error::{Error, Result};
 use parking_lot::Mutex;
@@ -32,6 +34,8 @@ struct Entry {
 pub struct Bus {
     name: &'static str,
     ranges: BTreeMap<u64, Entry>,
+    /// Receives the accesses no range claims, with the absolute address as offset.
+    fallback: Option<SharedDevice>,
 }
 
 impl Bus {
@@ -40,7 +44,16 @@ impl Bus {
         Bus {
             name,
             ranges: BTreeMap::new(),
+            fallback: None,
         }
+    }
+
+    /// Sets the device that receives every access no registered range claims (a
+    /// subtractive decoder such as the PCI host bridge's BAR windows). Its `offset` is
+    /// the absolute bus address; it decides itself what an address it does not
+    /// decode reads as (all ones on a PC).
+    pub fn set_fallback(&mut self, dev: SharedDevice) {
+        self.fallback = Some(dev);
     }
 
     /// Registers `dev` for `[base, base+len)`. Overlapping an existing range is an error.
@@ -77,7 +90,7 @@ impl Bus {
     }
 
     /// Reads from the device at `addr`; unassigned addresses read as all ones. Returns
-    /// whether a device took the access.
+    /// whether a device (a registered one or the fallback) took the access.
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find(addr, data.len() as u64) {
             Some((base, e)) => {
@@ -85,6 +98,10 @@ impl Bus {
                 true
             }
             None => {
+                if let Some(f) = &self.fallback {
+                    f.lock().read(addr, data);
+                    return true;
+                }
                 data.fill(0xff);
                 log::trace!(target: "vireo::bus", "{}: unassigned read {addr:#x}/{}", self.name, data.len());
                 false
@@ -100,6 +117,10 @@ impl Bus {
                 true
             }
             None => {
+                if let Some(f) = &self.fallback {
+                    f.lock().write(addr, data);
+                    return true;
+                }
                 log::trace!(target: "vireo::bus", "{}: unassigned write {addr:#x} {data:x?}", self.name);
                 false
             }
@@ -170,6 +191,32 @@ mod tests {
         assert!(bus.insert(0x10, 0, dev("empty")).is_err());
         assert!(bus.insert(u64::MAX, 2, dev("wrap")).is_err());
         assert_eq!(bus.devices().len(), 3);
+    }
+
+    #[test]
+    fn fallback_gets_what_no_range_claims() {
+        let mut bus = Bus::new("pio");
+        let a = dev("a");
+        let f = dev("fallback");
+        bus.insert(0x60, 1, a.clone()).unwrap();
+        bus.set_fallback(f.clone());
+        // A registered range still wins.
+        let mut b = [0u8; 1];
+        assert!(bus.read(0x60, &mut b));
+        assert_eq!(b, [0]);
+        bus.write(0x60, &[1]);
+        assert_eq!(a.lock().last, vec![(0, vec![1])]);
+        // Everything else reaches the fallback with its absolute address.
+        assert!(bus.read(0xc012, &mut b));
+        assert_eq!(b, [0x12]);
+        bus.write(0xc004, &[7, 8]);
+        // An access running past a registered range's end is not that device's.
+        bus.write(0x60, &[1, 2]);
+        assert_eq!(
+            f.lock().last,
+            vec![(0xc004, vec![7, 8]), (0x60, vec![1, 2])]
+        );
+        assert_eq!(a.lock().last.len(), 1);
     }
 }
 

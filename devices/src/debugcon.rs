@@ -1,5 +1,6 @@
 //! isa-debugcon: a one-port console (QEMU's, default port 0xE9). Bytes written go to
-//! the back end; reads return 0xE9 so guests can detect it.
+//! the back end; reads return the `readback` value (0xE9 by default, as QEMU) so guests
+//! can detect it.
 
 use crate::chardev::CharOut;
 use vireo_core::BusDevice;
@@ -7,15 +8,26 @@ use vireo_core::BusDevice;
 /// Default port, as in QEMU and Bochs.
 pub const DEFAULT_PORT: u16 = 0xe9;
 /// Value a read returns (QEMU's `readback` default).
-pub const READBACK: u8 = 0xe9;
+pub const READBACK: u32 = 0xe9;
 
 pub struct DebugCon {
     out: CharOut,
+    readback: u32,
 }
 
 impl DebugCon {
     pub fn new(out: CharOut) -> DebugCon {
-        DebugCon { out }
+        DebugCon {
+            out,
+            readback: READBACK,
+        }
+    }
+
+    /// Sets what reads return (QEMU's `readback` property), little endian over the
+    /// access width.
+    pub fn with_readback(mut self, readback: u32) -> DebugCon {
+        self.readback = readback;
+        self
     }
 }
 
@@ -25,7 +37,9 @@ impl BusDevice for DebugCon {
     }
     fn read(&mut self, _offset: u64, data: &mut [u8]) {
         data.fill(0);
-        data[0] = READBACK;
+        for (d, b) in data.iter_mut().zip(self.readback.to_le_bytes()) {
+            *d = b;
+        }
     }
     fn write(&mut self, _offset: u64, data: &[u8]) {
         if let Err(e) = self
@@ -53,5 +67,12 @@ mod tests {
         d.read(0, &mut r);
         assert_eq!(r[0], 0xe9);
         assert_eq!(cap.text(), "AB");
+        // readback=0x1234: a word read returns it, a byte read its low byte.
+        let mut d = DebugCon::new(Box::new(cap.clone())).with_readback(0x1234);
+        let mut w = [0u8; 2];
+        d.read(0, &mut w);
+        assert_eq!(u16::from_le_bytes(w), 0x1234);
+        d.read(0, &mut r);
+        assert_eq!(r[0], 0x34);
     }
 }

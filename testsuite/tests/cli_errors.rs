@@ -88,3 +88,52 @@ fn help_and_device_list() {
     assert_eq!(code, 0);
     assert!(out.contains("name \"isa-debug-exit\", bus ISA"));
 }
+
+/// `-device help` and `-device NAME,help` print exactly what QEMU 7.2 prints for the
+/// same devices (lines checked against `qemu-system-x86_64`), status 0; an unknown
+/// model is QEMU's one-line error, status 1.
+#[test]
+fn device_help_in_qemus_format() {
+    let list = "Misc devices:\n\
+                name \"isa-debug-exit\", bus ISA\n\
+                name \"isa-debugcon\", bus ISA\n\
+                name \"pc-testdev\", bus ISA\n\
+                name \"pci-testdev\", bus PCI, desc \"PCI Test Device\"\n";
+    for arg in ["help", "?"] {
+        let (code, out, err) = vireo(&["-device", arg]);
+        assert_eq!(
+            (code, out.as_str(), err.as_str()),
+            (0, list, ""),
+            "-device {arg}"
+        );
+    }
+    let (code, out, _) = vireo(&["-device", "pc-testdev,help"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "There are no options for pc-testdev.\n")
+    );
+    let (code, out, _) = vireo(&["-device", "isa-debug-exit,help"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (
+            0,
+            "isa-debug-exit options:\n  \
+             iobase=<uint32>        -  (default: 1281)\n  \
+             iosize=<uint32>        -  (default: 2)\n"
+        )
+    );
+    let (code, out, _) = vireo(&["-device", "pci-testdev,help"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("pci-testdev options:\n  addr=<int32>  "),
+        "{out}"
+    );
+    assert_one_line_error(
+        &["-device", "foo"],
+        "-device foo: 'foo' is not a valid device model name",
+    );
+    assert_one_line_error(
+        &["-device", "pc-testdev,bogus=1"],
+        "Property 'pc-testdev.bogus' not found",
+    );
+}

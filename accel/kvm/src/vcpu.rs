@@ -49,12 +49,28 @@ impl KvmVcpu {
                 return Ok(VcpuExit::Stopped);
             }
             self.exits += 1;
+            // The exit header, for the element size of string I/O (`rep ins/outs`
+            // arrive as one exit with `count` elements). A raw pointer, because the
+            // exit's data slice keeps `self.fd` borrowed.
+            let run: *const kvm_bindings::kvm_run = self.fd.get_kvm_run();
             match self.fd.run() {
                 Ok(KvmExit::IoIn(port, data)) => {
-                    self.pio.read(u64::from(port), data);
+                    // SAFETY: `run` is the vCPU's mmap'd kvm_run, alive as long as
+                    // `self.fd`. KVM reported KVM_EXIT_IO, so the `io` member of the
+                    // exit union is the one filled in; the data slice lies at
+                    // `io.data_offset`, past the header, so this read does not overlap it.
+                    let size = unsafe { io_element_size(run) };
+                    // One device access per element, as the CPU makes them.
+                    for element in data.chunks_mut(size) {
+                        self.pio.read(u64::from(port), element);
+                    }
                 }
                 Ok(KvmExit::IoOut(port, data)) => {
-                    self.pio.write(u64::from(port), data);
+                    // SAFETY: as for IoIn.
+                    let size = unsafe { io_element_size(run) };
+                    for element in data.chunks(size) {
+                        self.pio.write(u64::from(port), element);
+                    }
                 }
                 Ok(KvmExit::MmioRead(addr, data)) => {
                     self.mmio.read(addr, data);
@@ -105,6 +121,20 @@ impl KvmVcpu {
                 }
             }
         }
+    }
+}
+
+/// The element size (1, 2 or 4) of the port I/O exit `run` describes.
+///
+/// # Safety
+/// `run` must point at a live kvm_run whose last exit was KVM_EXIT_IO.
+unsafe fn io_element_size(run: *const kvm_bindings::kvm_run) -> usize {
+    // SAFETY: the caller guarantees `run` is live and holds an I/O exit; the header is
+    // plain data and is only read.
+    let size = unsafe { (*run).__bindgen_anon_1.io.size };
+    match size {
+        1 | 2 | 4 => usize::from(size),
+        _ => 1,
     }
 }
 
