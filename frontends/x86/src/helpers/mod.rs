@@ -6,7 +6,7 @@ pub mod integer;
 pub mod sse;
 pub mod system;
 pub mod x87;
-mod x87_env;
+pub(crate) mod x87_env;
 
 use crate::cpu::X86Cpu;
 use vireo_core::exec::Fault;

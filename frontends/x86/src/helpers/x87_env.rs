@@ -13,7 +13,7 @@ use crate::cpu::X86Cpu;
 use crate::fpu::ext::Ext;
 use crate::fpu::x87::X87;
 use crate::mmu::{self, Access, Agent};
-use vireo_core::cpu::ctl;
+use vireo_core::cpu::{ctl, FpuState};
 use vireo_core::exec::Fault;
 use vireo_core::ir::MmuIdx;
 
@@ -194,8 +194,8 @@ fn fx_checks(cpu: &X86Cpu, addr: u64) -> Result<(), Fault> {
     Ok(())
 }
 
-/// The number of XMM registers FXSAVE covers in the current mode.
-fn xmm_count(cpu: &X86Cpu) -> usize {
+/// The number of XMM registers FXSAVE (and XSAVE) covers in the current mode.
+pub(crate) fn xmm_count(cpu: &X86Cpu) -> usize {
     if cpu.long64() {
         16
     } else {
@@ -246,26 +246,38 @@ fn fxrstor(cpu: &mut X86Cpu, addr: u64, ag: Agent, wide: bool) -> Result<(), Fau
     }
     let n = xmm_count(cpu);
     let s = &mut cpu.state.fpu;
-    s.fcw = (get(&b, 0, 2) as u16 & 0x1f3f) | 0x40;
-    s.fsw = get(&b, 2, 2) as u16;
-    s.ftw = b[4];
-    s.fop = (get(&b, 6, 2) & 0x7ff) as u16;
-    if wide {
-        s.fip = get(&b, 8, 8);
-        s.fdp = get(&b, 16, 8);
-    } else {
-        s.fip = get(&b, 8, 4);
-        s.fdp = get(&b, 16, 4);
-    }
+    load_x87_image(s, &b, wide);
     s.mxcsr = mxcsr;
+    load_xmm_image(s, &b, n);
+    X87 { s }.update_es();
+    Ok(())
+}
+
+/// Loads the x87 part of a legacy (FXSAVE) image (bytes 0-23 and 32-159): FCW, FSW,
+/// abridged FTW, FOP, FIP and FDP (64-bit with `wide`, else 32-bit), ST0-7. The
+/// caller recomputes FSW.ES/B ([`X87::update_es`]) once the state is final.
+pub(crate) fn load_x87_image(s: &mut FpuState, b: &[u8; 416], wide: bool) {
+    s.fcw = (get(b, 0, 2) as u16 & 0x1f3f) | 0x40;
+    s.fsw = get(b, 2, 2) as u16;
+    s.ftw = b[4];
+    s.fop = (get(b, 6, 2) & 0x7ff) as u16;
+    if wide {
+        s.fip = get(b, 8, 8);
+        s.fdp = get(b, 16, 8);
+    } else {
+        s.fip = get(b, 8, 4);
+        s.fdp = get(b, 16, 4);
+    }
     for i in 0..8 {
         let mut slot = [0u8; 16];
         slot[..10].copy_from_slice(&b[32 + 16 * i..42 + 16 * i]);
         s.st[i] = slot;
     }
-    for i in 0..n {
+}
+
+/// Loads XMM0..`n` (8 or 16) from bytes 160.. of a legacy image.
+pub(crate) fn load_xmm_image(s: &mut FpuState, b: &[u8; 416], n: usize) {
+    for i in 0..n.min(16) {
         s.xmm[i].copy_from_slice(&b[160 + 16 * i..176 + 16 * i]);
     }
-    X87 { s }.update_es();
-    Ok(())
 }
