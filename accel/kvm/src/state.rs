@@ -203,6 +203,8 @@ pub fn get(vcpu: &VcpuFd, xsave_ok: bool) -> Result<CpuState> {
         false => fpu_from_kvm(&vcpu.get_fpu().op("KVM_GET_FPU")?),
     };
 
+    // XCR0[0] is always set; this stays when the host has no KVM_GET_XCRS.
+    s.xcr0 = 1;
     if let Ok(x) = vcpu.get_xcrs() {
         if let Some(x0) = x.xcrs[..(x.nr_xcrs as usize).min(16)]
             .iter()
