@@ -7,6 +7,7 @@
 //! changes of CR0.PG/WP/PE, of the CR4 paging bits and of EFER.NXE flush all.
 
 use crate::cpu::X86Cpu;
+use crate::cpuid::xsave_d1;
 use crate::mmu::{self, cr4, PagingMode};
 use crate::seg::{gp0, ud};
 use vireo_core::cpu::{ctl, reg};
@@ -374,21 +375,26 @@ pub fn cache_flush(cpu: &mut X86Cpu) -> Result<(), Fault> {
     require_cpl0(cpu)
 }
 
-/// XGETBV.
+/// XGETBV: ECX = 0 reads XCR0; ECX = 1 (when CPUID.(0Dh,1):EAX[2] says so) reads
+/// XCR0 AND XINUSE, the components not in their initial configuration.
 pub fn xgetbv(cpu: &mut X86Cpu) -> Result<(), Fault> {
     if cpu.state.cr4 & cr4::OSXSAVE == 0 {
         return Err(ud());
     }
-    if cpu.state.gpr[reg::RCX] as u32 != 0 {
-        return Err(gp0());
-    }
-    let v = cpu.state.xcr0;
+    let v = match cpu.state.gpr[reg::RCX] as u32 {
+        0 => cpu.state.xcr0,
+        1 if cpu.cpuid.xsave_d1 & xsave_d1::XGETBV1 != 0 => {
+            cpu.state.xcr0 & crate::xsave::xinuse(cpu)
+        }
+        _ => return Err(gp0()),
+    };
     cpu.state.gpr[reg::RAX] = v & 0xffff_ffff;
     cpu.state.gpr[reg::RDX] = v >> 32;
     Ok(())
 }
 
-/// XSETBV: XCR0 must keep x87, may only hold advertised components, AVX needs SSE.
+/// XSETBV (#UD without CR4.OSXSAVE before #GP at CPL > 0): XCR0 must keep x87, may
+/// only hold advertised components, AVX needs SSE.
 pub fn xsetbv(cpu: &mut X86Cpu) -> Result<(), Fault> {
     if cpu.state.cr4 & cr4::OSXSAVE == 0 {
         return Err(ud());

@@ -4,6 +4,7 @@
 
 use crate::cpu::X86Cpu;
 use crate::mmu::{cr4, PHYS_BITS};
+use crate::xsave;
 
 /// CPUID.1:EDX bits.
 pub mod edx1 {
@@ -42,6 +43,17 @@ pub mod ecx1 {
     pub const POPCNT: u32 = 1 << 23;
     pub const XSAVE: u32 = 1 << 26;
     pub const OSXSAVE: u32 = 1 << 27;
+}
+
+/// CPUID.(0Dh,1):EAX bits: the XSAVE extensions.
+pub mod xsave_d1 {
+    pub const XSAVEOPT: u32 = 1 << 0;
+    /// XSAVEC and the compacted form of XRSTOR.
+    pub const XSAVEC: u32 = 1 << 1;
+    /// XGETBV with ECX = 1 (XINUSE).
+    pub const XGETBV1: u32 = 1 << 2;
+    /// XSAVES/XRSTORS and IA32_XSS (not implemented).
+    pub const XSAVES: u32 = 1 << 3;
 }
 
 /// CPUID.(7,0):EBX / ECX bits.
@@ -89,6 +101,8 @@ pub struct CpuidModel {
     pub edx_ext7: u32,
     /// XCR0 bits that may be set (x87 = 1, SSE = 2, AVX = 4); used when XSAVE is on.
     pub xcr0_supported: u64,
+    /// CPUID.(0Dh,1):EAX: XSAVEOPT, XSAVEC, XGETBV(1) ([`xsave_d1`]).
+    pub xsave_d1: u32,
     pub phys_bits: u32,
     pub virt_bits: u32,
     /// 48-byte brand string.
@@ -108,8 +122,9 @@ impl Default for CpuidModel {
     /// The TCG model ("vireo", AuthenticAMD family 15 like QEMU's qemu64): long mode,
     /// NX, PAE/PSE/PGE, SYSCALL/SYSENTER, CMPXCHG8B/16B, POPCNT/LZCNT, RDTSCP,
     /// FSGSBASE, SMEP/SMAP, PCID/INVPCID, ADX, x87 (FPU), FXSAVE/FXRSTOR, MMX, SSE,
-    /// SSE2, SSE3, SSSE3, SSE4.1, SSE4.2 (with CRC32) and PCLMULQDQ. Exactly what TCG
-    /// implements: not MONITOR/MWAIT, AVX, BMI, SSE4a, XSAVE and the rest.
+    /// SSE2, SSE3, SSSE3, SSE4.1, SSE4.2 (with CRC32) and PCLMULQDQ, XSAVE with
+    /// XSAVEOPT, XSAVEC and XGETBV(1) for x87 and SSE state (XCR0 up to 3). Exactly
+    /// what TCG implements: not MONITOR/MWAIT, AVX, BMI, SSE4a, XSAVES and the rest.
     fn default() -> CpuidModel {
         let mut brand = [0u8; 48];
         let name = b"vireo TCG virtual CPU";
@@ -147,7 +162,8 @@ impl Default for CpuidModel {
                 | ecx1::PCID
                 | ecx1::SSE41
                 | ecx1::SSE42
-                | ecx1::POPCNT,
+                | ecx1::POPCNT
+                | ecx1::XSAVE,
             ebx7: leaf7::FSGSBASE | leaf7::SMEP | leaf7::INVPCID | leaf7::ADX | leaf7::SMAP,
             ecx7: 0,
             edx7: 0,
@@ -155,6 +171,7 @@ impl Default for CpuidModel {
             ecx_ext1: ext1::LAHF_LM | ext1::ABM,
             edx_ext7: 1 << 8,
             xcr0_supported: 0x3,
+            xsave_d1: xsave_d1::XSAVEOPT | xsave_d1::XSAVEC | xsave_d1::XGETBV1,
             phys_bits: PHYS_BITS,
             virt_bits: 48,
             brand,
@@ -213,19 +230,7 @@ impl CpuidModel {
                 let mhz = (self.tsc_hz / 1_000_000) as u32;
                 [mhz, mhz, 100, 0]
             }
-            0xd if leaf <= self.max_leaf && self.has_xsave() => {
-                let size = |x: u64| if x & 4 != 0 { 0x340 } else { 0x240 };
-                match sub {
-                    0 => [
-                        self.xcr0_supported as u32,
-                        size(xcr0),
-                        size(self.xcr0_supported),
-                        (self.xcr0_supported >> 32) as u32,
-                    ],
-                    2 if self.xcr0_supported & 4 != 0 => [0x100, 0x240, 0, 0],
-                    _ => [0; 4],
-                }
-            }
+            0xd if leaf <= self.max_leaf && self.has_xsave() => self.leaf_d(sub, xcr0),
             l if l <= self.max_leaf && l < 0x8000_0000 => [0; 4],
             0x8000_0000 => [self.max_ext_leaf, le(&v[0..]), le(&v[8..]), le(&v[4..])],
             0x8000_0001 if leaf <= self.max_ext_leaf => {
@@ -242,6 +247,36 @@ impl CpuidModel {
             0x8000_0008 if leaf <= self.max_ext_leaf => {
                 [self.phys_bits | (self.virt_bits << 8), 0, 0, 0]
             }
+            _ => [0; 4],
+        }
+    }
+
+    /// Leaf 0Dh: subleaf 0 gives the supported XCR0 bits and the standard-format
+    /// sizes for the current XCR0 (EBX) and for all supported components (ECX);
+    /// subleaf 1 the extensions and the compacted size for the current XCR0 (no
+    /// supervisor components); subleaf i >= 2 size and offset of component i.
+    fn leaf_d(&self, sub: u32, xcr0: u64) -> [u32; 4] {
+        let sup = self.xcr0_supported;
+        match sub {
+            0 => [
+                sup as u32,
+                xsave::standard_size(xcr0 & sup) as u32,
+                xsave::standard_size(sup) as u32,
+                (sup >> 32) as u32,
+            ],
+            1 => {
+                let compact = self.xsave_d1 & (xsave_d1::XSAVEC | xsave_d1::XSAVES) != 0;
+                let ebx = if compact {
+                    xsave::compacted_size(xcr0 & sup) as u32
+                } else {
+                    0
+                };
+                [self.xsave_d1, ebx, 0, 0]
+            }
+            i if i < 63 && sup & (1u64 << i) != 0 => match xsave::component(i) {
+                Some((size, off)) => [size as u32, off as u32, 0, 0],
+                None => [0; 4],
+            },
             _ => [0; 4],
         }
     }

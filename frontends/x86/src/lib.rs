@@ -10,7 +10,8 @@
 //! - System architecture: [`exception`] (interrupt and exception delivery), [`seg`]
 //!   (descriptors, segment loads), [`transfer`] (far JMP/CALL/RET, IRET), [`task`]
 //!   (hardware task switches), [`control`] (CRs, DRs, descriptor-table registers),
-//!   [`msr`], [`cpuid`], [`io`] (port I/O, IOPL rules), [`syscall`], [`stack`].
+//!   [`msr`], [`cpuid`], [`io`] (port I/O, IOPL rules), [`syscall`], [`stack`],
+//!   [`xsave`] (the XSAVE feature set).
 
 pub mod control;
 pub mod cpu;
@@ -36,6 +37,7 @@ pub mod transfer;
 #[cfg(test)]
 mod transfer_tests;
 pub mod translate;
+pub mod xsave;
 
 pub use cpu::X86Cpu;
 pub use exception::Shutdown;

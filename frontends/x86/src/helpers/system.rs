@@ -118,6 +118,12 @@ pub enum SysHelper {
     Xgetbv,
     /// `()`: XSETBV (EDX:EAX → XCR[ECX]). Ends the block.
     Xsetbv,
+    /// `(op)`: the #UD/#NM checks of XSAVE (op 0), XSAVEOPT (1), XSAVEC (2) and
+    /// XRSTOR (3), called before the memory operand is computed (see [`crate::xsave`]).
+    XsaveEnter,
+    /// `(op, linear_addr, user | wide << 1)`: XSAVE/XSAVEOPT/XSAVEC/XRSTOR with the
+    /// instruction mask in EDX:EAX; `wide` for the REX.W forms.
+    Xsave,
     /// `(next_pc)`: INVD/WBINVD/WBNOINVD (#GP at CPL > 0; no cache to model).
     CacheFlush,
 }
@@ -285,6 +291,19 @@ fn xgetbv(cpu: &mut X86Cpu, _a: &[u64]) -> Result<u64, Fault> {
 fn xsetbv(cpu: &mut X86Cpu, _a: &[u64]) -> Result<u64, Fault> {
     unit(control::xsetbv(cpu))
 }
+fn xsave_enter(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
+    unit(crate::xsave::enter(cpu, arg(a, 0)))
+}
+fn xsave(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
+    let f = arg(a, 2);
+    unit(crate::xsave::xsave(
+        cpu,
+        arg(a, 0),
+        arg(a, 1),
+        f & 1 != 0,
+        f & 2 != 0,
+    ))
+}
 fn cache_flush(cpu: &mut X86Cpu, _a: &[u64]) -> Result<u64, Fault> {
     unit(control::cache_flush(cpu))
 }
@@ -298,6 +317,14 @@ const ENDS: Effects = Effects {
     writes_globals: true,
     may_fault: true,
     ends_block: true,
+};
+
+/// XSAVE and XRSTOR: read EDX:EAX, write FPU state and memory (no IR global).
+const XSAVE: Effects = Effects {
+    reads_globals: true,
+    writes_globals: false,
+    may_fault: true,
+    ends_block: false,
 };
 
 /// Indexed by `SysHelper as u16`.
@@ -344,6 +371,8 @@ pub static TABLE: &[HelperDef] = &[
     def("wrfsgsbase", wr_fsgs_base, Effects::ALL),
     def("xgetbv", xgetbv, Effects::ALL),
     def("xsetbv", xsetbv, ENDS),
+    def("xsave_enter", xsave_enter, XSAVE),
+    def("xsave", xsave, XSAVE),
     def("cache_flush", cache_flush, Effects::ALL),
 ];
 
@@ -357,5 +386,6 @@ mod tests {
         assert_eq!(TABLE[SysHelper::Iret as usize].name, "iret");
         assert_eq!(TABLE[SysHelper::Sti as usize].name, "sti");
         assert_eq!(TABLE[SysHelper::Xsetbv as usize].name, "xsetbv");
+        assert_eq!(TABLE[SysHelper::Xsave as usize].name, "xsave");
     }
 }

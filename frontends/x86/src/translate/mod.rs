@@ -22,7 +22,8 @@
 //! - [`system`]: privileged instructions lowered to [`SysHelper`] calls.
 //!
 //! x87 (with FXSAVE/FXRSTOR) is in [`x87`]; MMX, SSE, SSE2, SSE3, SSSE3, SSE4.1,
-//! SSE4.2 and PCLMULQDQ in [`sse`] (CRC32 in [`bits`]).
+//! SSE4.2 and PCLMULQDQ in [`sse`] (CRC32 in [`bits`]); XSAVE, XSAVEOPT, XSAVEC
+//! and XRSTOR in [`system`] (helpers in [`crate::xsave`]).
 //!
 //! # Not translated yet
 //! MONITOR/MWAIT, AVX (VEX/EVEX encodings) and the BMI extensions raise #UD (our
@@ -56,6 +57,8 @@ mod tests_sse4;
 mod tests_sse42;
 #[cfg(test)]
 mod tests_x87;
+#[cfg(test)]
+mod tests_xsave;
 #[cfg(test)]
 mod vectors286;
 

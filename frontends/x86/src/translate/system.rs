@@ -7,6 +7,7 @@ use super::operand::{gpr, sreg_index, Opnd};
 use super::{Flow, Tr};
 use crate::helpers::integer::IntHelper;
 use crate::helpers::system::SysHelper;
+use crate::xsave::XsaveOp;
 use iced_x86::{Code, ConditionCode, Mnemonic, OpKind, Register};
 use vireo_core::cpu::flags::{AC, ZF};
 use vireo_core::cpu::sreg;
@@ -154,12 +155,16 @@ impl Tr {
                 self.simple(SysHelper::Wrmsr)
             }
             M::Xgetbv => self.simple(SysHelper::Xgetbv),
-            M::Xsetbv => {
-                if self.need_cpl0() {
-                    return Flow::End;
-                }
-                self.simple(SysHelper::Xsetbv)
-            }
+            // The helper checks CR4.OSXSAVE (#UD) before the CPL (#GP).
+            M::Xsetbv => self.simple(SysHelper::Xsetbv),
+            M::Xsave
+            | M::Xsave64
+            | M::Xsaveopt
+            | M::Xsaveopt64
+            | M::Xsavec
+            | M::Xsavec64
+            | M::Xrstor
+            | M::Xrstor64 => self.xsave_insn(),
             M::Swapgs => self.simple(SysHelper::Swapgs),
             M::Sysenter => self.simple(SysHelper::Sysenter),
             M::Syscall => {
@@ -344,6 +349,29 @@ impl Tr {
     }
 
     /// A helper without arguments; ends the block if the helper does.
+    /// XSAVE, XSAVEOPT, XSAVEC, XRSTOR and their REX.W forms: #UD/#NM checks, then
+    /// the operand (segment limit checked for the 576-byte legacy region and header),
+    /// then the operation.
+    fn xsave_insn(&mut self) -> Flow {
+        use Mnemonic as M;
+        let mn = self.i.mnemonic();
+        let op = match mn {
+            M::Xsave | M::Xsave64 => XsaveOp::Xsave,
+            M::Xsaveopt | M::Xsaveopt64 => XsaveOp::Xsaveopt,
+            M::Xsavec | M::Xsavec64 => XsaveOp::Xsavec,
+            _ => XsaveOp::Xrstor,
+        };
+        let wide = matches!(mn, M::Xsave64 | M::Xsaveopt64 | M::Xsavec64 | M::Xrstor64);
+        let o = self.b.konst(op as u64);
+        self.sys(SysHelper::XsaveEnter, &[o], false);
+        let a = self.mem_addr(crate::xsave::EXT_START, op != XsaveOp::Xrstor);
+        let f = self
+            .b
+            .konst(u64::from(self.m.cpl == 3) | u64::from(wide) << 1);
+        self.sys(SysHelper::Xsave, &[o, a, f], false);
+        Flow::Next
+    }
+
     fn simple(&mut self, h: SysHelper) -> Flow {
         let ends = crate::helpers::lookup(h.id()).is_some_and(|d| d.effects.ends_block);
         self.sys(h, &[], false);
