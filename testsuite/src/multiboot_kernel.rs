@@ -56,7 +56,16 @@ pub enum Ending {
     /// VERR on the flat data selector (0x10), then exit with `0x30 + ZF`: an
     /// instruction this host's software KVM cannot emulate at CPL 0 (hybrid execution).
     VerrThenExit,
+    /// Enable XSAVE (CR4.OSFXSR/OSXSAVE, XCR0 = x87 | SSE), put [`XSAVE_VALUE`] in
+    /// XMM0, XSAVE it to [`XSAVE_AREA`], clear XMM0, XRSTOR, and exit with XMM0's low
+    /// dword: the XSAVE family at CPL 0, which this host's KVM hands to TCG.
+    XsaveThenExit,
 }
+
+/// The value [`Ending::XsaveThenExit`] saves and restores in XMM0.
+pub const XSAVE_VALUE: u32 = 0x2d;
+/// The (zeroed, 64-byte aligned) XSAVE area of [`Ending::XsaveThenExit`].
+const XSAVE_AREA: u32 = 0x20_0000;
 
 /// CMOS NVRAM byte the reset test uses to count boots (it survives a reset).
 pub const BOOT_MARK_INDEX: u8 = 0x40;
@@ -142,6 +151,26 @@ fn assemble(ending: Ending) -> Result<Vec<u8>, IcedError> {
             a.setz(al)?;
             a.movzx(eax, al)?;
             a.add(eax, 0x30)?;
+            a.mov(dx, EXIT_PORT as u32)?;
+            a.out(dx, eax)?;
+            a.jmp(hang)?;
+        }
+        Ending::XsaveThenExit => {
+            a.mov(eax, cr4)?;
+            a.or(eax, (1 << 9) | (1 << 18))?;
+            a.mov(cr4, eax)?;
+            a.xor(ecx, ecx)?;
+            a.xor(edx, edx)?;
+            a.mov(eax, 3u32)?;
+            a.xsetbv()?;
+            a.mov(eax, XSAVE_VALUE)?;
+            a.movd(xmm0, eax)?;
+            a.mov(edi, XSAVE_AREA)?;
+            a.mov(eax, 3u32)?;
+            a.xsave(ptr(edi))?;
+            a.pxor(xmm0, xmm0)?;
+            a.xrstor(ptr(edi))?;
+            a.movd(eax, xmm0)?;
             a.mov(dx, EXIT_PORT as u32)?;
             a.out(dx, eax)?;
             a.jmp(hang)?;

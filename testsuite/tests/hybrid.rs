@@ -2,7 +2,7 @@
 //! the guest continues under KVM.
 
 use vireo::{Machine, Outcome};
-use vireo_testsuite::multiboot_kernel::Ending;
+use vireo_testsuite::multiboot_kernel::{Ending, XSAVE_VALUE};
 use vireo_testsuite::{multiboot_machine, skip_without_kvm};
 
 #[test]
@@ -21,5 +21,23 @@ fn kvm_hands_an_instruction_to_tcg_and_continues() {
     println!("hybrid steps: {}", m.hybrid_steps());
     if std::path::Path::new("/sys/module/kvm_pvm").exists() {
         assert!(m.hybrid_steps() >= 1, "kvm_pvm ran VERR itself?");
+    }
+}
+
+#[test]
+fn kvm_hands_xsave_and_xrstor_to_tcg() {
+    if skip_without_kvm("kvm_hands_xsave_and_xrstor_to_tcg") {
+        return;
+    }
+    // XSETBV, XSAVE and XRSTOR at CPL 0 (KVM's XCR0 and CR4 go to TCG and back): XMM0
+    // survives the round trip through memory.
+    let (cfg, serial) = multiboot_machine("hybrid-xsave", Ending::XsaveThenExit, false);
+    let mut m = Machine::new(cfg).unwrap();
+    let outcome = m.run().unwrap();
+    assert!(serial.text().contains("hello from the vireo test kernel"));
+    assert_eq!(outcome, Outcome::DebugExit(((XSAVE_VALUE << 1) | 1) as i32));
+    println!("hybrid steps: {}", m.hybrid_steps());
+    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        assert!(m.hybrid_steps() >= 2, "kvm_pvm ran XSAVE/XRSTOR itself?");
     }
 }
