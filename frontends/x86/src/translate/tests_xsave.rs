@@ -504,9 +504,14 @@ fn ud_and_nm_rules() {
     assert_eq!(go(&xsavec, &no_c), End::Fault(6, None));
     let no_xsave = |c: &mut X86Cpu| c.cpuid.ecx1 &= !cpuid::ecx1::XSAVE;
     assert_eq!(go(&xsave, &no_xsave), End::Fault(6, None));
-    // LOCK XSAVE [rbx]: #UD. XSAVES/XRSTORS are not offered: #UD.
-    let (_, end) = run_xs(&[0xf0, 0x0f, 0xae, 0x23, 0xf4], &area, |_| {});
-    assert_eq!(end, End::Fault(6, None));
+    // LOCK, 66h, F2h or F3h with XSAVE [rbx] (or XRSTOR [rbx]): #UD.
+    for p in [0xf0, 0x66, 0xf2, 0xf3] {
+        for reg in [0x23, 0x2b] {
+            let (_, end) = run_xs(&[p, 0x0f, 0xae, reg, 0xf4], &area, |_| {});
+            assert_eq!(end, End::Fault(6, None), "{p:#x} {reg:#x}");
+        }
+    }
+    // XSAVES/XRSTORS are not offered: #UD.
     let xsaves = asm64(|a| a.xsaves(ptr(rbx)));
     assert_eq!(go(&xsaves, &|_| {}), End::Fault(6, None));
     let xrstors = asm64(|a| a.xrstors(ptr(rbx)));
