@@ -143,6 +143,10 @@ const CPUID_FLAGS: &[(&str, u32, &str)] = &[
     ("1.ecx", 29, "f16c"),
     ("1.ecx", 30, "rdrand"),
     ("1.ecx", 31, "hypervisor"),
+    ("d1.eax", 0, "xsaveopt"),
+    ("d1.eax", 1, "xsavec"),
+    ("d1.eax", 2, "xgetbv1"),
+    ("d1.eax", 3, "xsaves"),
     ("7.ebx", 0, "fsgsbase"),
     ("7.ebx", 3, "bmi1"),
     ("7.ebx", 5, "avx2"),
@@ -197,9 +201,7 @@ const SYNTHETIC: &[&str] = &[
     "vmmcall",
     "arat",
     "tsc_adjust",
-    "xsaveopt",
-    "xsavec",
-    "xgetbv1",
+    // CPUID.1:ECX[27] mirrors CR4.OSXSAVE, which Linux sets itself.
     "osxsave",
 ];
 
@@ -214,6 +216,7 @@ fn expected_flags() -> Vec<&'static str> {
             "7.ecx" => m.ecx7,
             "e1.edx" => m.edx_ext1,
             "e1.ecx" => m.ecx_ext1,
+            "d1.eax" if m.has_xsave() => m.xsave_d1,
             _ => 0,
         }
     };
