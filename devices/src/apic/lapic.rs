@@ -220,6 +220,16 @@ impl LocalApic {
         self.event_notify = Some(event);
     }
 
+    /// Installs only the interrupt callback (see [`LocalApic::set_notify`]).
+    pub fn set_irq_notify(&mut self, irq: Notify) {
+        self.irq_notify = Some(irq);
+    }
+
+    /// Installs only the event callback (see [`LocalApic::set_notify`]).
+    pub fn set_event_notify(&mut self, event: Notify) {
+        self.event_notify = Some(event);
+    }
+
     pub(super) fn set_bus_index(&mut self, i: usize) {
         self.bus_index = i;
     }
@@ -308,6 +318,8 @@ impl LocalApic {
         }
         log::debug!(target: LOG, "APIC {}: base {v:#x}", self.id);
         self.wake_timer();
+        // The 8259A path may have opened (a disabled APIC passes INTR through).
+        self.notify_irq();
         Ok(())
     }
 
@@ -414,7 +426,7 @@ impl LocalApic {
         !self.events.is_empty()
     }
 
-    fn notify_irq(&self) {
+    pub(super) fn notify_irq(&self) {
         if let Some(n) = &self.irq_notify {
             n();
         }

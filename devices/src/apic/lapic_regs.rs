@@ -122,6 +122,10 @@ impl LocalApic {
                     let new_mode = self.timer_mode();
                     self.timer.mode_changed(old_mode, new_mode, now);
                     self.wake_timer();
+                } else if i == lvt::LINT0 {
+                    // The virtual wire may have opened to a waiting 8259A request
+                    // (whose rising edge the CPU already saw).
+                    self.notify_irq();
                 }
             }
             reg::TIMER_INITIAL => {

@@ -32,7 +32,9 @@ pub mod edx1 {
 pub mod ecx1 {
     pub const CX16: u32 = 1 << 13;
     pub const PCID: u32 = 1 << 17;
+    pub const X2APIC: u32 = 1 << 21;
     pub const POPCNT: u32 = 1 << 23;
+    pub const TSC_DEADLINE: u32 = 1 << 24;
     pub const XSAVE: u32 = 1 << 26;
     pub const OSXSAVE: u32 = 1 << 27;
 }
@@ -92,16 +94,19 @@ pub struct CpuidModel {
     pub tsc_hz: u64,
 }
 
-/// The TSC frequency of the TCG model (leaf 15h: a 25 MHz crystal times 40).
+/// The TSC frequency of the TCG model (leaf 15h: the crystal clock times 1).
 pub const TSC_HZ: u64 = 1_000_000_000;
-/// The crystal clock leaf 15h reports.
-const CRYSTAL_HZ: u64 = 25_000_000;
+/// The core crystal clock leaf 15h reports: 1 GHz, the clock of the local APIC
+/// timer too (the SDM's APIC timer clock when leaf 15h enumerates the crystal; the
+/// TCG APIC model runs its timer at this rate, as KVM and QEMU do).
+pub const CRYSTAL_HZ: u64 = 1_000_000_000;
 
 impl Default for CpuidModel {
     /// The TCG model ("vireo", AuthenticAMD family 15 like QEMU's qemu64): long mode,
     /// NX, PAE/PSE/PGE, SYSCALL/SYSENTER, CMPXCHG8B/16B, POPCNT/LZCNT, RDTSCP,
     /// FSGSBASE, SMEP/SMAP, PCID/INVPCID, ADX, x87 (FPU), FXSAVE/FXRSTOR, MMX, SSE and
-    /// SSE2. Exactly what TCG implements (not SSE3 and later).
+    /// SSE2. Exactly what TCG implements (not SSE3 and later). The APIC, x2APIC and
+    /// TSC-deadline flags are added when a local APIC is attached ([`crate::apic`]).
     fn default() -> CpuidModel {
         let mut brand = [0u8; 48];
         let name = b"vireo TCG virtual CPU";

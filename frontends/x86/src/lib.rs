@@ -10,8 +10,10 @@
 //! - System architecture: [`exception`] (interrupt and exception delivery), [`seg`]
 //!   (descriptors, segment loads), [`transfer`] (far JMP/CALL/RET, IRET), [`task`]
 //!   (hardware task switches), [`control`] (CRs, DRs, descriptor-table registers),
-//!   [`msr`], [`cpuid`], [`io`] (port I/O, IOPL rules), [`syscall`], [`stack`].
+//!   [`msr`], [`cpuid`], [`io`] (port I/O, IOPL rules), [`syscall`], [`stack`],
+//!   [`apic`] (the CPU's side of its local APIC: register page, MSRs, CR8, INIT/SIPI).
 
+pub mod apic;
 pub mod control;
 pub mod cpu;
 pub mod cpuid;
