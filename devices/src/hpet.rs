@@ -259,6 +259,7 @@ impl Hpet {
         }
         for (g, &w) in want.iter().enumerate() {
             if w != self.levels[g] {
+                log::trace!(target: LOG, "GSI {g} {}", if w { "high" } else { "low" });
                 self.levels[g] = w;
                 if let Some(l) = self.lines.get(g) {
                     l.set(w);

@@ -244,7 +244,19 @@ pub fn build_elf_ending(ending: Ending) -> Vec<u8> {
     for (off, bytes) in DATA {
         data[*off as usize..*off as usize + bytes.len()].copy_from_slice(bytes);
     }
-    let file_len = DATA_OFFSET + data.len();
+    let mut image = code;
+    image.resize(DATA_OFFSET - CODE_OFFSET, 0);
+    image.extend_from_slice(&data);
+    elf_with_image(&image)
+}
+
+/// Address the first byte of an [`elf_with_image`] image is loaded at (the entry).
+pub const IMAGE_ADDR: u32 = LOAD_ADDR + CODE_OFFSET as u32;
+
+/// An ELF32 Multiboot kernel whose loaded image, after the ELF and Multiboot headers,
+/// is `image` (entered at its first byte, [`IMAGE_ADDR`]), plus 4 KiB of bss.
+pub fn elf_with_image(image: &[u8]) -> Vec<u8> {
+    let file_len = CODE_OFFSET + image.len();
     let mut f = Vec::with_capacity(file_len);
     // ELF header.
     f.extend_from_slice(&[0x7f, b'E', b'L', b'F', 1, 1, 1, 0]);
@@ -280,9 +292,7 @@ pub fn build_elf_ending(ending: Ending) -> Vec<u8> {
     f.extend_from_slice(&MB_FLAGS.to_le_bytes());
     f.extend_from_slice(&(0u32.wrapping_sub(MB_MAGIC).wrapping_sub(MB_FLAGS)).to_le_bytes());
     debug_assert_eq!(f.len(), CODE_OFFSET);
-    f.extend_from_slice(&code);
-    f.resize(DATA_OFFSET, 0);
-    f.extend_from_slice(&data);
+    f.extend_from_slice(image);
     f
 }
 

@@ -13,9 +13,9 @@
 //! a request is waiting), polarity (13), remote IRR (14, read-only), trigger mode (15:
 //! level), mask (16), destination (63:56). After reset every entry is masked.
 //!
-//! - Edge-triggered pins latch a rising edge and send one message; an edge that
-//!   arrives while the pin is masked waits and is sent when it is unmasked (as KVM and
-//!   QEMU do).
+//! - Edge-triggered pins send one message per rising edge; an edge that arrives while
+//!   the pin is masked is ignored, neither delivered nor held pending (datasheet,
+//!   "Interrupt Mask"; KVM's in-kernel IOAPIC drops it too, QEMU's would hold it).
 //! - Level-triggered pins send a message while asserted and remote IRR is clear, and
 //!   set remote IRR; the local APIC's EOI of that vector (broadcast on the bus) clears
 //!   it, and a still-asserted pin sends again.
@@ -65,7 +65,7 @@ pub struct Ioapic {
     redir: [u64; PINS],
     /// Asserted inputs (bit n = pin n).
     asserted: u32,
-    /// Requests not yet sent: latched edges, asserted levels.
+    /// Requests not yet sent: edges not yet delivered, asserted levels.
     irr: u32,
     bus: Arc<ApicBus>,
 }
@@ -108,8 +108,9 @@ impl Ioapic {
         let Some(&e) = self.redir.get(pin) else {
             return 0;
         };
-        let waiting =
-            self.irr & (1 << pin) != 0 && (e & entry::MASKED != 0 || e & entry::REMOTE_IRR != 0);
+        // A request held back by the mask (a level-triggered pin asserted while
+        // masked).
+        let waiting = self.irr & (1 << pin) != 0 && e & entry::MASKED != 0;
         if waiting {
             e | entry::DELIVERY_STATUS
         } else {
@@ -136,7 +137,7 @@ impl Ioapic {
             } else {
                 self.irr &= !bit;
             }
-        } else if level && !was {
+        } else if level && !was && self.redir[pin] & entry::MASKED == 0 {
             self.irr |= bit;
             self.service(pin);
         }
@@ -223,11 +224,15 @@ impl Ioapic {
                 }
                 self.redir[pin] = new;
                 log::debug!(target: LOG, "pin {pin}: entry {new:#018x}");
-                // An edge-triggered pin keeps its latched edge; a level pin requests
-                // while asserted.
-                if new & entry::LEVEL != 0 && self.asserted & (1 << pin) != 0 {
-                    self.irr |= 1 << pin;
-                }
+                // A level pin requests exactly while asserted; an edge pin has no
+                // request left (edges are sent at once or ignored while masked).
+                let bit = 1u32 << pin;
+                self.irr = (self.irr & !bit)
+                    | if new & entry::LEVEL != 0 {
+                        self.asserted & bit
+                    } else {
+                        0
+                    };
                 self.service(pin);
             }
             _ => log::debug!(target: LOG, "write of read-only register {index:#x}"),

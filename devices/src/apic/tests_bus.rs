@@ -254,14 +254,29 @@ fn ioapic_edge_inputs() {
     eoi(&cpus[1]);
     assert_eq!(ack(&cpus[1]), None);
     io.lock().set_irq(4, false);
-    // An edge while masked waits (delivery status shows it) until the unmask.
+    // An edge while masked is ignored (82093AA: neither delivered nor held pending).
     set_entry(&io, 4, (1 << 56) | 0x1_0034);
     io.lock().set_irq(4, true);
-    assert_ne!(read_indirect(&io, 0x18) & (1 << 12), 0, "delivery status");
-    assert_eq!(ack(&cpus[1]), None);
+    io.lock().set_irq(4, false);
+    assert_eq!(read_indirect(&io, 0x18) & (1 << 12), 0, "nothing pending");
     set_entry(&io, 4, (1 << 56) | 0x34);
+    assert_eq!(ack(&cpus[1]), None);
+    io.lock().set_irq(4, true);
     assert_eq!(ack(&cpus[1]), Some(0x34));
-    assert_eq!(read_indirect(&io, 0x18) & (1 << 12), 0);
+}
+
+#[test]
+fn ioapic_level_request_waits_while_masked() {
+    let (_, cpus, io) = ioapic_system();
+    // A level-triggered pin asserted while masked is sent once unmasked (it is still
+    // asserted), with delivery status showing the wait.
+    set_entry(&io, 10, 0x1_803a);
+    io.lock().set_irq(10, true);
+    assert_ne!(read_indirect(&io, 0x24) & (1 << 12), 0, "delivery status");
+    assert_eq!(ack(&cpus[0]), None);
+    set_entry(&io, 10, 0x803a);
+    assert_eq!(ack(&cpus[0]), Some(0x3a));
+    assert_eq!(read_indirect(&io, 0x24) & (1 << 12), 0);
 }
 
 #[test]
