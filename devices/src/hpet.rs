@@ -305,7 +305,7 @@ impl Hpet {
         t.next = if t.config & tn::PERIODIC != 0 && period != 0 {
             let mut n = m.wrapping_add(period);
             if n <= c {
-                n = n.wrapping_add(((c - n) / period + 1).saturating_mul(period));
+                n = n.wrapping_add(((c - n) / period).saturating_add(1).saturating_mul(period));
             }
             t.cmp = n & mask;
             Some(n)
