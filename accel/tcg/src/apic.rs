@@ -23,6 +23,7 @@ pub struct ApicInterrupts {
 }
 
 impl ApicInterrupts {
+    /// The controller of the CPU that owns `lapic`, with `pic` behind its LINT0.
     pub fn new(lapic: LapicHandle, pic: Option<SharedPic>) -> ApicInterrupts {
         ApicInterrupts { lapic, pic }
     }

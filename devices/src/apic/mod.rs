@@ -150,6 +150,7 @@ pub struct ApicBus {
 }
 
 impl ApicBus {
+    /// A bus with no local APIC and no EOI listener yet.
     pub fn new() -> Arc<ApicBus> {
         Arc::new(ApicBus::default())
     }

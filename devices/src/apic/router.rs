@@ -19,6 +19,7 @@ pub struct ApicIrqRouter {
 }
 
 impl ApicIrqRouter {
+    /// A router feeding `pic` and `ioapic`.
     pub fn new(pic: SharedPic, ioapic: SharedIoapic) -> ApicIrqRouter {
         ApicIrqRouter { pic, ioapic }
     }
