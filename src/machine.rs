@@ -204,6 +204,11 @@ impl Machine {
                 Box::new(tcg)
             }
         };
+        let mut state = state;
+        if files.is_some() {
+            // No firmware ran before a directly booted kernel: set what it would have.
+            crate::boot::firmware_mtrrs(&mut state, vcpu.phys_addr_bits());
+        }
         vcpu.set_state(&state)?;
         let kicker = vcpu.kicker();
         control.add_kick(Box::new(move || kicker.kick()));

@@ -212,22 +212,47 @@ impl Default for FpuState {
 
 impl MsrState {
     /// The MSR numbers held here (APIC_BASE aside: engines keep it with the APIC).
-    pub const INDICES: [u32; 12] = [
-        msr::SYSENTER_CS,
-        msr::SYSENTER_ESP,
-        msr::SYSENTER_EIP,
-        msr::PAT,
-        msr::MISC_ENABLE,
-        msr::STAR,
-        msr::LSTAR,
-        msr::CSTAR,
-        msr::SFMASK,
-        msr::KERNEL_GS_BASE,
-        msr::TSC_AUX,
-        msr::TSC,
-    ];
+    pub const INDICES: [u32; 40] = Self::indices();
+
+    const fn indices() -> [u32; 40] {
+        let fixed = [
+            msr::SYSENTER_CS,
+            msr::SYSENTER_ESP,
+            msr::SYSENTER_EIP,
+            msr::PAT,
+            msr::MISC_ENABLE,
+            msr::STAR,
+            msr::LSTAR,
+            msr::CSTAR,
+            msr::SFMASK,
+            msr::KERNEL_GS_BASE,
+            msr::TSC_AUX,
+            msr::TSC,
+            msr::MTRR_DEF_TYPE,
+        ];
+        let mut out = [0u32; 40];
+        let mut n = 0;
+        while n < fixed.len() {
+            out[n] = fixed[n];
+            n += 1;
+        }
+        let mut i = 0;
+        while i < msr::MTRR_FIXED.len() {
+            out[n] = msr::MTRR_FIXED[i];
+            n += 1;
+            i += 1;
+        }
+        let mut i = 0;
+        while i < 2 * msr::MTRR_VAR_COUNT {
+            out[n] = msr::MTRR_PHYS_BASE0 + i as u32;
+            n += 1;
+            i += 1;
+        }
+        out
+    }
 
     fn slot(&mut self, index: u32) -> Option<&mut u64> {
+        const VAR_END: u32 = msr::MTRR_PHYS_BASE0 + 2 * msr::MTRR_VAR_COUNT as u32;
         Some(match index {
             msr::SYSENTER_CS => &mut self.sysenter_cs,
             msr::SYSENTER_ESP => &mut self.sysenter_esp,
@@ -242,7 +267,14 @@ impl MsrState {
             msr::TSC_AUX => &mut self.tsc_aux,
             msr::TSC => &mut self.tsc,
             msr::APIC_BASE => &mut self.apic_base,
-            _ => return None,
+            msr::MTRR_DEF_TYPE => &mut self.mtrr_def_type,
+            i if (msr::MTRR_PHYS_BASE0..VAR_END).contains(&i) => {
+                &mut self.mtrr_var[(i - msr::MTRR_PHYS_BASE0) as usize]
+            }
+            i => {
+                let p = msr::MTRR_FIXED.iter().position(|&x| x == i)?;
+                &mut self.mtrr_fixed[p]
+            }
         })
     }
 
@@ -318,6 +350,15 @@ pub mod msr {
     pub const GS_BASE: u32 = 0xc000_0101;
     pub const KERNEL_GS_BASE: u32 = 0xc000_0102;
     pub const TSC_AUX: u32 = 0xc000_0103;
+    /// Variable-range MTRRs: PhysBase n at `0x200 + 2n`, PhysMask n at `0x201 + 2n`.
+    pub const MTRR_PHYS_BASE0: u32 = 0x200;
+    pub const MTRR_DEF_TYPE: u32 = 0x2ff;
+    /// The fixed-range MTRRs (64K at 0, 16K at 0x80000 and 0xA0000, 4K from 0xC0000).
+    pub const MTRR_FIXED: [u32; 11] = [
+        0x250, 0x258, 0x259, 0x268, 0x269, 0x26a, 0x26b, 0x26c, 0x26d, 0x26e, 0x26f,
+    ];
+    /// Variable-range MTRR pairs.
+    pub const MTRR_VAR_COUNT: usize = 8;
 }
 
 /// Model-specific registers carried in the state (the others live in engine tables).
@@ -336,6 +377,12 @@ pub struct MsrState {
     pub pat: u64,
     pub apic_base: u64,
     pub misc_enable: u64,
+    /// MTRRdefType.
+    pub mtrr_def_type: u64,
+    /// Fixed-range MTRRs, in the order of [`msr::MTRR_FIXED`].
+    pub mtrr_fixed: [u64; 11],
+    /// Variable-range MTRRs: base, mask, base, mask, ...
+    pub mtrr_var: [u64; 2 * msr::MTRR_VAR_COUNT],
 }
 
 /// The complete architectural state of one CPU.

@@ -42,4 +42,9 @@ pub trait Vcpu: Send {
     fn kicker(&self) -> Arc<dyn VcpuKicker>;
     /// The engine's name for logs and `info` output (`"kvm"`, `"tcg"`).
     fn engine(&self) -> &'static str;
+    /// MAXPHYADDR as the guest sees it (CPUID 8000_0008h EAX[7:0]); firmware set-up
+    /// (MTRR masks) needs it.
+    fn phys_addr_bits(&self) -> u32 {
+        36
+    }
 }

@@ -9,13 +9,42 @@
 //! - [`linux`]: the Linux x86 boot protocol (bzImage, 64-bit entry point).
 //! - [`multiboot`]: Multiboot v1 (ELF32/ELF64 or a.out-kludge kernels, 32-bit entry).
 //!
-//! [`detect`] tells which of the two a file is.
+//! [`detect`] tells which of the two a file is; [`firmware_mtrrs`] sets the MTRRs as
+//! a PC firmware leaves them, since no firmware runs before a directly booted kernel.
 
 pub mod linux;
 pub mod multiboot;
 
-use vireo_core::layout::RegionKind;
+use vireo_core::cpu::msr;
+use vireo_core::layout::{self, RegionKind};
 use vireo_core::{CpuState, GuestMemory};
+
+/// MTRR memory types.
+const MTRR_UC: u64 = 0;
+const MTRR_WB: u64 = 6;
+/// MTRRdefType: MTRRs enabled (E), fixed ranges enabled (FE).
+const MTRR_DEF_E_FE: u64 = 0xc00;
+/// PhysMask valid bit.
+const MTRR_MASK_VALID: u64 = 0x800;
+
+/// The MTRRs a PC firmware sets up (as SeaBIOS does): write-back by default and for
+/// low RAM, the legacy VGA window 0xA0000-0xBFFFF uncached (fixed ranges), the 32-bit
+/// PCI/device hole from [`layout::PCI_HOLE_START`] to 4 GiB uncached (variable range 0).
+/// `phys_bits` is the CPU's MAXPHYADDR, which the mask must cover.
+pub fn firmware_mtrrs(state: &mut CpuState, phys_bits: u32) {
+    let all = |t: u64| t * 0x0101_0101_0101_0101;
+    let m = &mut state.msr;
+    m.mtrr_fixed = [all(MTRR_WB); 11];
+    // MTRRfix16K_A0000 (index 2 of [`msr::MTRR_FIXED`]) covers 0xA0000-0xBFFFF.
+    debug_assert_eq!(msr::MTRR_FIXED[2], 0x259);
+    m.mtrr_fixed[2] = all(MTRR_UC);
+    let phys_mask = (1u64 << phys_bits.clamp(36, 52)) - 1;
+    let hole = layout::FOUR_GIB - layout::PCI_HOLE_START;
+    m.mtrr_var = [0; 2 * msr::MTRR_VAR_COUNT];
+    m.mtrr_var[0] = layout::PCI_HOLE_START | MTRR_UC;
+    m.mtrr_var[1] = (!(hole - 1) & phys_mask & !0xfff) | MTRR_MASK_VALID;
+    m.mtrr_def_type = MTRR_DEF_E_FE | MTRR_WB;
+}
 
 /// Why a kernel could not be loaded. Messages are one line, meant for the user.
 #[derive(Debug, thiserror::Error)]
@@ -151,5 +180,58 @@ mod tests {
         let e = detect(b"hello, world").unwrap_err();
         assert_eq!(e.to_string(), "not a Linux bzImage or Multiboot kernel");
         assert!(matches!(detect(&[]), Err(BootError::NotAKernel)));
+    }
+
+    /// The memory type the MTRRs give physical address `a` (SDM 11.11.4: fixed ranges
+    /// below 1 MiB, else a matching variable range, else the default type).
+    fn mtrr_type(s: &CpuState, a: u64) -> u64 {
+        let m = &s.msr;
+        if a < 0x8_0000 {
+            return (m.mtrr_fixed[0] >> ((a >> 16) * 8)) & 0xff;
+        }
+        if a < 0xc_0000 {
+            let i = 1 + ((a - 0x8_0000) >> 17) as usize;
+            return (m.mtrr_fixed[i] >> (((a >> 14) & 7) * 8)) & 0xff;
+        }
+        if a < 0x10_0000 {
+            let i = 3 + ((a - 0xc_0000) >> 15) as usize;
+            return (m.mtrr_fixed[i] >> (((a >> 12) & 7) * 8)) & 0xff;
+        }
+        for r in 0..msr::MTRR_VAR_COUNT {
+            let (base, mask) = (m.mtrr_var[2 * r], m.mtrr_var[2 * r + 1]);
+            if mask & MTRR_MASK_VALID != 0 && (a & mask & !0xfff) == (base & mask & !0xfff) {
+                return base & 0xff;
+            }
+        }
+        m.mtrr_def_type & 0xff
+    }
+
+    #[test]
+    fn firmware_mtrrs_match_a_pc_firmware() {
+        for bits in [36, 40, 48] {
+            let mut s = CpuState::reset();
+            firmware_mtrrs(&mut s, bits);
+            assert_eq!(s.msr.mtrr_def_type, 0xc06);
+            let top = 1u64 << bits;
+            for (a, t) in [
+                (0, MTRR_WB),
+                (0x9_f000, MTRR_WB),
+                (0xa_0000, MTRR_UC),
+                (0xb_8000, MTRR_UC),
+                (0xc_0000, MTRR_WB),
+                (0xf_f000, MTRR_WB),
+                (0x10_0000, MTRR_WB),
+                (0xbfff_f000, MTRR_WB),
+                (0xc000_0000, MTRR_UC),
+                (0xfee0_0000, MTRR_UC),
+                (0x1_0000_0000, MTRR_WB),
+                (0x1_c000_0000, MTRR_WB),
+                (top - 0x4000_0000, MTRR_WB),
+            ] {
+                assert_eq!(mtrr_type(&s, a), t, "{bits} bits, {a:#x}");
+            }
+            // The mask has no bits beyond MAXPHYADDR (KVM and CPUs #GP on them).
+            assert_eq!(s.msr.mtrr_var[1] >> bits, 0);
+        }
     }
 }

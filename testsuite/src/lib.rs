@@ -2,9 +2,12 @@
 //! runners with captured consoles.
 
 pub mod apic_kernel;
+pub mod cpio;
 pub mod fuzz;
+pub mod guest;
 pub mod lockstep;
 pub mod multiboot_kernel;
+pub mod process;
 
 pub use multiboot_kernel::machine_config as multiboot_machine;
 

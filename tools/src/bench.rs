@@ -11,12 +11,12 @@
 //! kills it otherwise (QEMU may not find the ACPI tables vireo's firmware expects, so
 //! it may never power off).
 
-use crate::process::{self, End, Next, Running};
 use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use vireo_testsuite::process::{self, End, Next, Running};
 
 /// Options of `bench`.
 #[derive(Debug, Clone)]

@@ -2,14 +2,14 @@
 //! far it got. A diagnostic, not a test: a software-only KVM runs Linux slowly, and
 //! the run is cut at the timeout.
 
-use crate::guest::{self, CMD_DONE, INIT_MARKER};
-use crate::process::{self, End, Line, Next, Running};
 use std::collections::VecDeque;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use vireo_testsuite::guest::{self, CMD_DONE, INIT_MARKER};
+use vireo_testsuite::process::{self, End, Line, Next, Running};
 
 /// Options of `linux-boot`.
 #[derive(Debug, Clone)]

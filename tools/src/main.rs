@@ -11,16 +11,14 @@
 
 mod bench;
 mod boot;
-mod cpio;
-mod guest;
 mod lockstep;
-mod process;
 mod tcgbench;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+use vireo_testsuite::guest;
 
 #[derive(Parser, Debug)]
 #[command(name = "vireo-tools", version, about = "vireo's helper programs")]

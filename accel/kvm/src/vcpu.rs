@@ -15,6 +15,8 @@ pub struct KvmVcpu {
     kicker: Arc<Kicker>,
     /// FPU state goes through KVM_GET/SET_XSAVE (the host's area fits in 4 KiB).
     xsave_ok: bool,
+    /// MAXPHYADDR from the CPUID table given to KVM.
+    phys_bits: u32,
     /// Number of exits served, for statistics.
     pub exits: u64,
 }
@@ -26,6 +28,7 @@ impl KvmVcpu {
         mmio: Arc<Bus>,
         control: Arc<MachineControl>,
         xsave_ok: bool,
+        phys_bits: u32,
     ) -> KvmVcpu {
         kick::install_handler();
         KvmVcpu {
@@ -35,6 +38,7 @@ impl KvmVcpu {
             control,
             kicker: Kicker::new(),
             xsave_ok,
+            phys_bits,
             exits: 0,
         }
     }
@@ -166,5 +170,9 @@ impl Vcpu for KvmVcpu {
 
     fn engine(&self) -> &'static str {
         "kvm"
+    }
+
+    fn phys_addr_bits(&self) -> u32 {
+        self.phys_bits
     }
 }

@@ -101,11 +101,18 @@ impl KvmVm {
         let fd = self.vm.create_vcpu(u64::from(id)).op("KVM_CREATE_VCPU")?;
         let table = cpuid::build(&self.kvm, self.config.cpu_model, id, self.config.cpus)?;
         fd.set_cpuid2(&table).op("KVM_SET_CPUID2")?;
+        let phys_bits = table
+            .as_slice()
+            .iter()
+            .find(|e| e.function == 0x8000_0008)
+            .map(|e| e.eax & 0xff)
+            .filter(|&b| b >= 32)
+            .unwrap_or(36);
         // KVM_CAP_XSAVE2 gives the XSAVE area size (0 when only the 4 KiB legacy
         // interface exists); larger areas (AMX) would need KVM_GET_XSAVE2.
         let xsave_size = self.vm.check_extension_int(Cap::Xsave2);
         let xsave_ok = self.kvm.check_extension(Cap::Xsave) && xsave_size <= 4096;
-        Ok(KvmVcpu::new(fd, pio, mmio, control, xsave_ok))
+        Ok(KvmVcpu::new(fd, pio, mmio, control, xsave_ok, phys_bits))
     }
 }
 

@@ -48,6 +48,12 @@ fn long_mode_state() -> CpuState {
     s.msr.set(msr::SYSENTER_EIP, 0xffff_ffff_8100_2000);
     s.msr.set(msr::SYSENTER_ESP, 0xffff_c900_0000_0000);
     s.msr.set(msr::TSC_AUX, 7);
+    // MTRRs as a firmware leaves them (write-back default, a UC range at 3 GiB).
+    s.msr.set(msr::MTRR_DEF_TYPE, 0xc06);
+    s.msr.set(msr::MTRR_FIXED[0], 0x0606_0606_0606_0606);
+    s.msr.set(msr::MTRR_FIXED[2], 0);
+    s.msr.set(msr::MTRR_PHYS_BASE0, 0xc000_0000);
+    s.msr.set(msr::MTRR_PHYS_BASE0 + 1, 0xf_c000_0800);
     s.fpu.fcw = 0x27f;
     s.fpu.mxcsr = 0x1fa0;
     for (i, x) in s.fpu.xmm.iter_mut().enumerate() {

@@ -542,4 +542,8 @@ impl Vcpu for TcgVcpu {
     fn engine(&self) -> &'static str {
         "tcg"
     }
+
+    fn phys_addr_bits(&self) -> u32 {
+        self.cpu.cpuid.phys_bits
+    }
 }

@@ -22,7 +22,7 @@
 //! the MP start-up protocol; the engine's run loop calls them for the APIC's events.
 
 use crate::cpu::X86Cpu;
-use crate::cpuid::{ecx1, edx1};
+use crate::cpuid::{ecx1, edx1, CpuidModel};
 use crate::seg::gp0;
 use vireo_core::cpu::{ctl, msr, reg, sreg, CpuState, Segment};
 use vireo_core::exec::Fault;
@@ -66,14 +66,24 @@ pub trait LocalApicPort: Send {
     fn set_tpr(&self, v: u8);
 }
 
+impl CpuidModel {
+    /// The model of a CPU with a local APIC (initial APIC ID `apic_id`): the APIC,
+    /// x2APIC and TSC-deadline timer flags and the ID in leaf 1 EBX[31:24].
+    pub fn with_local_apic(mut self, apic_id: u32) -> CpuidModel {
+        self.apic_id = apic_id;
+        self.edx1 |= edx1::APIC;
+        self.ecx1 |= ecx1::X2APIC | ecx1::TSC_DEADLINE;
+        self
+    }
+}
+
 impl X86Cpu {
-    /// Attaches this CPU's local APIC (initial APIC ID `apic_id`) and advertises it,
-    /// x2APIC and the TSC-deadline timer in CPUID.
+    /// Attaches this CPU's local APIC (initial APIC ID `apic_id`) and advertises it
+    /// in CPUID ([`CpuidModel::with_local_apic`]).
     pub fn attach_apic(&mut self, apic: Box<dyn LocalApicPort>, apic_id: u32) {
         apic.load_apic_base(self.state.msr.apic_base);
         self.apic = Some(apic);
-        self.cpuid.apic_id = apic_id;
-        self.cpuid.ecx1 |= ecx1::X2APIC | ecx1::TSC_DEADLINE;
+        self.cpuid = self.cpuid.clone().with_local_apic(apic_id);
         self.refresh_apic();
     }
 

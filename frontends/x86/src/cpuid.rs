@@ -30,8 +30,15 @@ pub mod edx1 {
 
 /// CPUID.1:ECX bits.
 pub mod ecx1 {
+    pub const SSE3: u32 = 1 << 0;
+    pub const PCLMULQDQ: u32 = 1 << 1;
+    /// MONITOR/MWAIT (not implemented by TCG: never advertised).
+    pub const MONITOR: u32 = 1 << 3;
+    pub const SSSE3: u32 = 1 << 9;
     pub const CX16: u32 = 1 << 13;
     pub const PCID: u32 = 1 << 17;
+    pub const SSE41: u32 = 1 << 19;
+    pub const SSE42: u32 = 1 << 20;
     pub const X2APIC: u32 = 1 << 21;
     pub const POPCNT: u32 = 1 << 23;
     pub const TSC_DEADLINE: u32 = 1 << 24;
@@ -104,9 +111,11 @@ pub const CRYSTAL_HZ: u64 = 1_000_000_000;
 impl Default for CpuidModel {
     /// The TCG model ("vireo", AuthenticAMD family 15 like QEMU's qemu64): long mode,
     /// NX, PAE/PSE/PGE, SYSCALL/SYSENTER, CMPXCHG8B/16B, POPCNT/LZCNT, RDTSCP,
-    /// FSGSBASE, SMEP/SMAP, PCID/INVPCID, ADX, x87 (FPU), FXSAVE/FXRSTOR, MMX, SSE and
-    /// SSE2. Exactly what TCG implements (not SSE3 and later). The APIC, x2APIC and
-    /// TSC-deadline flags are added when a local APIC is attached ([`crate::apic`]).
+    /// FSGSBASE, SMEP/SMAP, PCID/INVPCID, ADX, x87 (FPU), FXSAVE/FXRSTOR, MMX, SSE,
+    /// SSE2, SSE3, SSSE3, SSE4.1, SSE4.2 (with CRC32) and PCLMULQDQ. Exactly what TCG
+    /// implements: not MONITOR/MWAIT, AVX, BMI, SSE4a, XSAVE and the rest. The APIC,
+    /// x2APIC and TSC-deadline flags are added when a local APIC is attached
+    /// ([`crate::apic`]).
     fn default() -> CpuidModel {
         let mut brand = [0u8; 48];
         let name = b"vireo TCG virtual CPU";
@@ -137,7 +146,14 @@ impl Default for CpuidModel {
                 | MMX
                 | SSE
                 | SSE2,
-            ecx1: ecx1::CX16 | ecx1::PCID | ecx1::POPCNT,
+            ecx1: ecx1::SSE3
+                | ecx1::PCLMULQDQ
+                | ecx1::SSSE3
+                | ecx1::CX16
+                | ecx1::PCID
+                | ecx1::SSE41
+                | ecx1::SSE42
+                | ecx1::POPCNT,
             ebx7: leaf7::FSGSBASE | leaf7::SMEP | leaf7::INVPCID | leaf7::ADX | leaf7::SMAP,
             ecx7: 0,
             edx7: 0,

@@ -15,26 +15,26 @@ use vireo_core::exec::Fault;
 pub type TscSource = Box<dyn Fn() -> u64 + Send>;
 
 pub const MTRR_CAP: u32 = 0xfe;
-pub const MTRR_DEF_TYPE: u32 = 0x2ff;
+pub use msr::{MTRR_DEF_TYPE, MTRR_FIXED};
 pub const UCODE_REV: u32 = 0x8b;
 pub const HWCR: u32 = 0xc001_0015;
-/// Fixed-range MTRRs, in [`MsrExtra::mtrr_fixed`] order.
-pub const MTRR_FIXED: [u32; 11] = [
-    0x250, 0x258, 0x259, 0x268, 0x269, 0x26a, 0x26b, 0x26c, 0x26d, 0x26e, 0x26f,
-];
+/// AMD SYSCFG: reads as 0 (no fixed-MTRR DRAM attribute bits, no SME), writes of
+/// the MTRR extension bits kept.
+pub const AMD_SYSCFG: u32 = 0xc001_0010;
+/// AMD interrupt pending message (family 0Fh/10h C1E control): reads as 0 (no C1E,
+/// no SMI/IO message); writes of the message fields are kept.
+pub const AMD_INT_PENDING_MSG: u32 = 0xc001_0055;
 /// Variable-range MTRR pairs (base/mask) advertised in MTRRcap.
-pub const MTRR_VAR_COUNT: u32 = 8;
+pub const MTRR_VAR_COUNT: u32 = msr::MTRR_VAR_COUNT as u32;
 
 /// MSRs kept by the TCG engine beyond [`vireo_core::cpu::MsrState`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MsrExtra {
     /// TSC = source + `tsc_offset` (wrapping).
     pub tsc_offset: u64,
-    pub mtrr_def_type: u64,
-    pub mtrr_fixed: [u64; 11],
-    /// PHYSBASE0, PHYSMASK0, PHYSBASE1...
-    pub mtrr_var: [u64; 2 * MTRR_VAR_COUNT as usize],
     pub hwcr: u64,
+    pub syscfg: u64,
+    pub int_pending_msg: u64,
 }
 
 impl X86Cpu {
@@ -81,13 +81,10 @@ pub fn read_msr(cpu: &X86Cpu, index: u32) -> Result<u64, Fault> {
         msr::FS_BASE => s.seg[4].base,
         msr::GS_BASE => s.seg[5].base,
         MTRR_CAP => 0x500 | u64::from(MTRR_VAR_COUNT),
-        MTRR_DEF_TYPE => m.mtrr_def_type,
-        0x200..=0x20f => m.mtrr_var[(index - 0x200) as usize],
         UCODE_REV => 0x0100_0065,
         HWCR => m.hwcr,
-        i if MTRR_FIXED.contains(&i) => {
-            m.mtrr_fixed[MTRR_FIXED.iter().position(|&x| x == i).unwrap_or(0)]
-        }
+        AMD_SYSCFG => m.syscfg,
+        AMD_INT_PENDING_MSG => m.int_pending_msg,
         msr::TSC_AUX if cpu.cpuid.edx_ext1 & ext1::RDTSCP != 0 => s.msr.tsc_aux,
         msr::TSC_AUX => return Err(unknown(index, "read")),
         i => match s.msr.get(i) {
@@ -160,7 +157,7 @@ pub fn write_msr(cpu: &mut X86Cpu, index: u32, v: u64) -> Result<(), Fault> {
             if v & !0xcff != 0 || !valid_mem_type(v & 0xff, false) {
                 return Err(gp0());
             }
-            cpu.msrs.mtrr_def_type = v;
+            cpu.state.msr.mtrr_def_type = v;
         }
         0x200..=0x20f => {
             let i = (index - 0x200) as usize;
@@ -172,16 +169,32 @@ pub fn write_msr(cpu: &mut X86Cpu, index: u32, v: u64) -> Result<(), Fault> {
             if !ok {
                 return Err(gp0());
             }
-            cpu.msrs.mtrr_var[i] = v;
+            cpu.state.msr.mtrr_var[i] = v;
         }
         HWCR => cpu.msrs.hwcr = v,
+        // MtrrFixDramEn (18), MtrrFixDramModEn (19), MtrrVarDramEn (20), Tom2ForceMemTypeWB
+        // (22) are kept; the other bits (SME, SNP, ...) are reserved here.
+        AMD_SYSCFG => {
+            if v & !((1 << 18) | (1 << 19) | (1 << 20) | (1 << 22)) != 0 {
+                return Err(gp0());
+            }
+            cpu.msrs.syscfg = v;
+        }
+        // IOMsgAddr (15:0), IOMsgData (23:16), IntrPndMsgDis (24), IntrPndMsg (25) are
+        // kept; C1E enables (27, 28) would make the CPU enter C1E on HLT: refused.
+        AMD_INT_PENDING_MSG => {
+            if v & !0x3ff_ffff != 0 {
+                return Err(gp0());
+            }
+            cpu.msrs.int_pending_msg = v;
+        }
         UCODE_REV => {}
         i if MTRR_FIXED.contains(&i) => {
             if !all_types_valid(v, false) {
                 return Err(gp0());
             }
             let p = MTRR_FIXED.iter().position(|&x| x == i).unwrap_or(0);
-            cpu.msrs.mtrr_fixed[p] = v;
+            cpu.state.msr.mtrr_fixed[p] = v;
         }
         i => return Err(unknown(i, "write")),
     }

@@ -161,6 +161,21 @@ fn cpuid_leaves_are_consistent() {
         assert_ne!(l1[3] & bit, 0);
     }
     assert_eq!(l1[3] & cpuid::edx1::APIC, 0, "no APIC yet");
+    for bit in [
+        cpuid::ecx1::SSE3,
+        cpuid::ecx1::PCLMULQDQ,
+        cpuid::ecx1::SSSE3,
+        cpuid::ecx1::SSE41,
+        cpuid::ecx1::SSE42,
+        cpuid::ecx1::POPCNT,
+        cpuid::ecx1::CX16,
+    ] {
+        assert_ne!(l1[2] & bit, 0, "{bit:#x}");
+    }
+    // Not implemented: MONITOR/MWAIT, AVX (bit 28), XSAVE, FMA (bit 12).
+    for bit in [cpuid::ecx1::MONITOR, cpuid::ecx1::XSAVE, 1 << 28, 1 << 12] {
+        assert_eq!(l1[2] & bit, 0, "{bit:#x}");
+    }
     // The TSC frequency: leaf 15h crystal ratio and leaf 16h MHz.
     let l15 = q(&mut cpu, 0x15);
     assert_eq!(
@@ -218,6 +233,17 @@ fn msrs() {
     wr(&mut cpu, 0x201, 0xff_f000_0800).unwrap();
     assert_eq!(msr::read_msr(&cpu, 0x201), Ok(0xff_f000_0800));
     assert_eq!(msr::read_msr(&cpu, 0xfe).map(|v| v & 0xff), Ok(8));
+    // MTRRs are part of the portable state (they move between engines).
+    assert_eq!(cpu.state().msr.mtrr_def_type, 0xc06);
+    assert_eq!(cpu.state().msr.mtrr_var[1], 0xff_f000_0800);
+    // AMD SYSCFG: reads 0; the fixed-MTRR extension bits are writable, others #GP.
+    assert_eq!(msr::read_msr(&cpu, msr::AMD_SYSCFG), Ok(0));
+    wr(&mut cpu, msr::AMD_SYSCFG, 1 << 19).unwrap();
+    assert_eq!(msr::read_msr(&cpu, msr::AMD_SYSCFG), Ok(1 << 19));
+    assert!(wr(&mut cpu, msr::AMD_SYSCFG, 1 << 23).is_err());
+    // AMD interrupt pending message: 0 (no C1E); C1E enable bits #GP.
+    assert_eq!(msr::read_msr(&cpu, msr::AMD_INT_PENDING_MSG), Ok(0));
+    assert!(wr(&mut cpu, msr::AMD_INT_PENDING_MSG, 1 << 27).is_err());
     // Unknown: #GP(0).
     assert_eq!(msr::read_msr(&cpu, 0x1234).unwrap_err().error_code, Some(0));
     // RDMSR/WRMSR at CPL 3: #GP.

@@ -41,12 +41,14 @@ pub fn sx(v: u64, bits: u32) -> i64 {
     ((v << sh) as i64) >> sh
 }
 
-fn sat_s(v: i64, bits: u32) -> u64 {
+/// `v` saturated to a signed integer of `bits`.
+pub fn sat_s(v: i64, bits: u32) -> u64 {
     let max = (1i64 << (bits - 1)) - 1;
     v.clamp(-max - 1, max) as u64
 }
 
-fn sat_u(v: i64, bits: u32) -> u64 {
+/// `v` saturated to an unsigned integer of `bits`.
+pub fn sat_u(v: i64, bits: u32) -> u64 {
     v.clamp(0, (1i64 << bits) - 1) as u64
 }
 

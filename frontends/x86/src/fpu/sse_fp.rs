@@ -17,10 +17,17 @@ pub mod mx {
     pub const FTZ: u32 = 1 << 15;
 }
 
-/// One lane computation's environment: MXCSR in, flags out.
+/// One instruction's environment: MXCSR in, flags out.
+///
+/// Instructions made of dependent steps (DPPS/DPPD: the products, then the sums)
+/// end each step with [`Env::stage`]: the flags of a completed step move to
+/// `committed` (they stay set in MXCSR even if a later step raises an unmasked
+/// exception, as hardware does); `ctx.flags` holds those of the current step.
 pub struct Env {
     pub mxcsr: u32,
     pub ctx: Ctx,
+    /// Flags of the steps completed before the current one.
+    pub committed: u8,
 }
 
 impl Env {
@@ -28,9 +35,22 @@ impl Env {
         Env {
             mxcsr,
             ctx: Ctx::new(Round::from_bits(u64::from(mxcsr >> mx::RC_SHIFT))),
+            committed: 0,
         }
     }
-    fn raise(&mut self, f: u8) {
+
+    /// Ends a step: `true` if it raised an unmasked exception (the instruction stops
+    /// there), else its flags are committed and the next step starts.
+    pub fn stage(&mut self) -> bool {
+        let unmasked = u32::from(self.ctx.flags) & !(self.mxcsr >> mx::MASK_SHIFT) & 0x3f;
+        if unmasked != 0 {
+            return true;
+        }
+        self.committed |= self.ctx.flags;
+        self.ctx.flags = 0;
+        false
+    }
+    pub(super) fn raise(&mut self, f: u8) {
         self.ctx.flags |= f;
     }
     /// Applies DAZ and records DE for a denormal operand.
@@ -43,11 +63,16 @@ impl Env {
         }
         v
     }
-    /// Packs a rounded result, applying FTZ to tiny results.
-    fn output(&mut self, t: Ieee, r: sf::Rounded) -> u64 {
-        let v = t.pack(r);
-        let tiny =
-            t.is_denormal(v) || (v & !sign_bit(t) == 0 && self.ctx.flags & flag::UNDERFLOW != 0);
+    /// Computes and packs one rounded result, applying FTZ when it is tiny: a
+    /// denormal, or any result whose rounding raised the (masked) underflow flag —
+    /// which includes a result rounded up to the smallest normal from below it
+    /// (tininess is judged on the value rounded with an unbounded exponent).
+    fn output(&mut self, t: Ieee, f: impl FnOnce(&mut Ctx) -> sf::Rounded) -> u64 {
+        let earlier = self.ctx.flags;
+        self.ctx.flags = 0;
+        let v = t.pack(f(&mut self.ctx));
+        let tiny = t.is_denormal(v) || self.ctx.flags & flag::UNDERFLOW != 0;
+        self.ctx.flags |= earlier;
         let um = self.mxcsr >> mx::MASK_SHIFT & u32::from(flag::UNDERFLOW) != 0;
         if tiny && self.mxcsr & mx::FTZ != 0 && um {
             self.raise(flag::UNDERFLOW | flag::INEXACT);
@@ -107,11 +132,33 @@ fn nan2(e: &mut Env, t: Ieee, a: u64, b: u64) -> Option<u64> {
     }
 }
 
+/// Runs one lane operation with the SDM's exception priority: an invalid-operation
+/// or divide-by-zero exception hides a denormal-operand exception of the same
+/// operation (x/0 with a denormal x, the square root of a negative denormal).
+fn prioritised(e: &mut Env, f: impl FnOnce(&mut Env) -> u64) -> u64 {
+    let earlier = e.ctx.flags;
+    e.ctx.flags = 0;
+    let v = f(e);
+    if e.ctx.flags & (flag::INVALID | flag::ZERO_DIV) != 0 {
+        e.ctx.flags &= !flag::DENORMAL;
+    }
+    e.ctx.flags |= earlier;
+    v
+}
+
 /// `a op b` in format `t`.
 pub fn arith(e: &mut Env, t: Ieee, op: Arith, a: u64, b: u64) -> u64 {
+    prioritised(e, |e| arith_lane(e, t, op, a, b))
+}
+
+fn arith_lane(e: &mut Env, t: Ieee, op: Arith, a: u64, b: u64) -> u64 {
     if matches!(op, Arith::Min | Arith::Max) {
         if t.is_nan(a) || t.is_nan(b) {
             e.raise(flag::INVALID);
+            // The second operand is returned as read: flushed under DAZ.
+            if t.is_denormal(b) && e.mxcsr & mx::DAZ != 0 {
+                return b & sign_bit(t);
+            }
             return b;
         }
         let (a, b) = (e.input(t, a), e.input(t, b));
@@ -147,8 +194,7 @@ pub fn arith(e: &mut Env, t: Ieee, op: Arith, a: u64, b: u64) -> u64 {
                 _ => {
                     let mut ub = unpacked(t, b);
                     ub.sign = sb;
-                    let r = sf::add(&mut e.ctx, unpacked(t, a), ub, f);
-                    e.output(t, r)
+                    e.output(t, |c| sf::add(c, unpacked(t, a), ub, f))
                 }
             }
         }
@@ -156,10 +202,7 @@ pub fn arith(e: &mut Env, t: Ieee, op: Arith, a: u64, b: u64) -> u64 {
             (Class::Inf, Class::Zero) | (Class::Zero, Class::Inf) => invalid(e),
             (Class::Inf, _) | (_, Class::Inf) => inf(sa ^ sb),
             (Class::Zero, _) | (_, Class::Zero) => zero(sa ^ sb),
-            _ => {
-                let r = sf::mul(&mut e.ctx, unpacked(t, a), unpacked(t, b), f);
-                e.output(t, r)
-            }
+            _ => e.output(t, |c| sf::mul(c, unpacked(t, a), unpacked(t, b), f)),
         },
         _ => match (ca, cb) {
             (Class::Inf, Class::Inf) | (Class::Zero, Class::Zero) => invalid(e),
@@ -170,10 +213,7 @@ pub fn arith(e: &mut Env, t: Ieee, op: Arith, a: u64, b: u64) -> u64 {
                 e.raise(flag::ZERO_DIV);
                 inf(sa ^ sb)
             }
-            _ => {
-                let r = sf::div(&mut e.ctx, unpacked(t, a), unpacked(t, b), f);
-                e.output(t, r)
-            }
+            _ => e.output(t, |c| sf::div(c, unpacked(t, a), unpacked(t, b), f)),
         },
     }
 }
@@ -195,6 +235,10 @@ fn less(t: Ieee, a: u64, b: u64) -> bool {
 
 /// Square root.
 pub fn sqrt(e: &mut Env, t: Ieee, a: u64) -> u64 {
+    prioritised(e, |e| sqrt_lane(e, t, a))
+}
+
+fn sqrt_lane(e: &mut Env, t: Ieee, a: u64) -> u64 {
     if t.is_nan(a) {
         if t.is_snan(a) {
             e.raise(flag::INVALID);
@@ -210,10 +254,7 @@ pub fn sqrt(e: &mut Env, t: Ieee, a: u64) -> u64 {
             t.indefinite()
         }
         Class::Inf => a,
-        _ => {
-            let r = sf::sqrt(&mut e.ctx, unpacked(t, a), t.fmt);
-            e.output(t, r)
-        }
+        _ => e.output(t, |c| sf::sqrt(c, unpacked(t, a), t.fmt)),
     }
 }
 
@@ -271,15 +312,15 @@ pub fn comi(e: &mut Env, t: Ieee, signal: bool, a: u64, b: u64) -> u64 {
 }
 
 /// Float → integer of `ibits` (32/64), rounding with MXCSR.RC or truncating; the
-/// integer indefinite (only the sign bit set) with IE when out of range or NaN.
+/// integer indefinite (only the sign bit set) with IE when out of range or NaN. A
+/// denormal source raises no DE (the conversions signal only IE and PE); DAZ applies.
 pub fn to_int(e: &mut Env, t: Ieee, a: u64, ibits: u32, truncate: bool) -> u64 {
     let indef = 1u64 << (ibits - 1);
     if t.is_nan(a) || class(t, a) == Class::Inf {
         e.raise(flag::INVALID);
         return indef;
     }
-    let a = e.input(t, a);
-    if class(t, a) == Class::Zero {
+    if class(t, a) == Class::Zero || (t.is_denormal(a) && e.mxcsr & mx::DAZ != 0) {
         return 0;
     }
     let round = if truncate { Round::Zero } else { e.ctx.round };
@@ -329,8 +370,7 @@ pub fn convert(e: &mut Env, from: Ieee, to: Ieee, a: u64) -> u64 {
         Class::Zero | Class::Inf => to.from_ext(&mut e.ctx, x),
         _ => {
             let u = x.unpack();
-            let r = sf::round_pack(&mut e.ctx, u.sign, u.exp, u.sig, to.fmt);
-            e.output(to, r)
+            e.output(to, |c| sf::round_pack(c, u.sign, u.exp, u.sig, to.fmt))
         }
     }
 }
@@ -356,4 +396,36 @@ pub fn approx(a: u32, rsqrt: bool) -> u32 {
         return v;
     }
     v & !0x7ff
+}
+
+/// ROUNDPS/PD/SS/SD on one lane: `a` rounded to an integral value in mode `round`.
+/// A SNaN gives its QNaN with IE; an inexact result raises PE unless `no_pe`
+/// (imm8 bit 3). Denormal operands raise no DE, but DAZ applies (to a signed zero).
+pub fn round_int(e: &mut Env, t: Ieee, a: u64, round: Round, no_pe: bool) -> u64 {
+    if t.is_nan(a) {
+        if t.is_snan(a) {
+            e.raise(flag::INVALID);
+        }
+        return quiet(t, a);
+    }
+    let sign = a & sign_bit(t);
+    if t.is_denormal(a) && e.mxcsr & mx::DAZ != 0 {
+        return sign;
+    }
+    // Zeros, infinities and magnitudes of 2^fbits and more are integral already.
+    let bias = (1u64 << (t.ebits - 1)) - 1;
+    let biased = a >> t.fbits & ((1u64 << t.ebits) - 1);
+    if a & !sign == 0 || biased >= bias + u64::from(t.fbits) {
+        return a;
+    }
+    let (neg, mag, inexact) = sf::to_int(unpacked(t, a), round);
+    if inexact && !no_pe {
+        e.raise(flag::INEXACT);
+    }
+    if mag == 0 {
+        return sign;
+    }
+    // mag <= 2^fbits: exact in the format.
+    let v = mag as i64;
+    from_int(e, t, if neg { -v } else { v })
 }

@@ -1,6 +1,6 @@
 //! Integer helpers: the parts of general-purpose instructions that are simpler in Rust
 //! than in IR (flag evaluation, division with #DE, BCD adjustments, rotates through
-//! carry) and the segment-limit check of non-flat segments.
+//! carry, CRC32) and the segment-limit check of non-flat segments.
 //!
 //! [`IntHelper`] is the contract between the translator and this table, like
 //! [`super::system::SysHelper`]. Helpers that update the arithmetic flags store them
@@ -43,6 +43,9 @@ pub enum IntHelper {
     AamAad,
     /// `() -> cr0`: SMSW (#GP(0) at CPL > 0 with CR4.UMIP).
     Smsw,
+    /// `(crc, data, bytes) -> crc`: CRC32 (pure): the CRC-32C of the low `bytes`
+    /// bytes of `data` continued from the low 32 bits of `crc`.
+    Crc32,
 }
 
 impl IntHelper {
@@ -352,6 +355,32 @@ fn smsw(cpu: &mut X86Cpu, _args: &[u64]) -> Result<u64, Fault> {
     Ok(cpu.state.cr0)
 }
 
+/// CRC-32C (Castagnoli) of `bytes` bytes of `data` (least significant first) from
+/// `crc`: the SSE4.2 CRC32 instruction, polynomial 0x1EDC6F41 in its bit-reflected
+/// form 0x82F63B78, without initial or final inversion.
+pub fn crc32c(crc: u32, data: u64, bytes: u32) -> u32 {
+    let mut c = crc;
+    for i in 0..bytes.min(8) {
+        c ^= (data >> (8 * i)) as u8 as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                c >> 1 ^ 0x82f6_3b78
+            } else {
+                c >> 1
+            };
+        }
+    }
+    c
+}
+
+fn crc32(_cpu: &mut X86Cpu, args: &[u64]) -> Result<u64, Fault> {
+    Ok(u64::from(crc32c(
+        arg(args, 0) as u32,
+        arg(args, 1),
+        arg(args, 2) as u32,
+    )))
+}
+
 const PURE: Effects = Effects::PURE;
 const FAULT_ONLY: Effects = Effects {
     reads_globals: false,
@@ -416,6 +445,11 @@ pub static TABLE: &[HelperDef] = &[
         f: smsw,
         effects: FAULT_ONLY,
     },
+    HelperDef {
+        name: "crc32",
+        f: crc32,
+        effects: PURE,
+    },
 ];
 
 #[cfg(test)]
@@ -424,8 +458,9 @@ mod tests {
 
     #[test]
     fn table_matches_enum() {
-        assert_eq!(TABLE.len(), IntHelper::Smsw as usize + 1);
+        assert_eq!(TABLE.len(), IntHelper::Crc32 as usize + 1);
         assert_eq!(TABLE[IntHelper::Smsw as usize].name, "smsw");
+        assert_eq!(TABLE[IntHelper::Crc32 as usize].name, "crc32");
         assert_eq!(
             TABLE[IntHelper::ComputeEflags as usize].name,
             "compute_eflags"
@@ -437,5 +472,17 @@ mod tests {
         assert_eq!(TABLE[IntHelper::Rcx as usize].name, "rcx");
         assert_eq!(TABLE[IntHelper::Bcd as usize].name, "bcd");
         assert_eq!(TABLE[IntHelper::AamAad as usize].name, "aam_aad");
+    }
+
+    #[test]
+    fn crc32c_check_value() {
+        // The CRC-32C check value: "123456789" from !0, inverted at the end.
+        let c = b"123456789"
+            .iter()
+            .fold(!0u32, |c, &b| crc32c(c, u64::from(b), 1));
+        assert_eq!(!c, 0xe306_9283);
+        // The same bytes as one qword plus a byte.
+        let q = u64::from_le_bytes(*b"12345678");
+        assert_eq!(!crc32c(crc32c(!0, q, 8), u64::from(b'9'), 1), 0xe306_9283);
     }
 }

@@ -1,4 +1,4 @@
-//! MMX/SSE/SSE2 helpers.
+//! MMX, SSE, SSE2, SSE3, SSSE3, SSE4.1, SSE4.2 and PCLMULQDQ helpers.
 //!
 //! The translator calls [`SseHelper::Enter`] first (the #UD/#NM/#MF checks, and for
 //! MMX the switch of the x87 stack to MMX mode), then loads a memory source in IR, then
@@ -19,15 +19,26 @@
 //! | 33 | high qword wanted (stores) |
 //! | 34 | store: return a qword of the source register instead of writing |
 //!
-//! `Op` returns a value for instructions with a GPR or flags result (PMOVMSKB,
-//! PEXTRW, MOVD r32, CVTSS2SI, COMISS's EFLAGS...) and for stores. Floating-point
-//! results are computed lane by lane on copies; an unmasked exception sets the
-//! MXCSR flags and raises #XM (CR4.OSXMMEXCPT) or #UD with the register unchanged.
+//! `Op` returns a value for instructions with a GPR, memory or flags result
+//! (PMOVMSKB, PEXTRB/W/D/Q, EXTRACTPS, MOVD r32, CVTSS2SI, the EFLAGS of COMISS and
+//! PTEST...) and for stores. The explicit-length string comparisons take a fourth
+//! argument, the lengths (absolute values of rAX and rDX, saturated to 16) as
+//! `len1 | len2 << 8`; PCMPxSTRI returns `index | eflags << 32`, PCMPxSTRM writes XMM0
+//! and returns the EFLAGS. BLENDVPS/BLENDVPD/PBLENDVB read XMM0 as their mask.
+//!
+//! Floating-point results are computed lane by lane on copies; an unmasked exception
+//! sets the MXCSR flags and raises #XM (CR4.OSXMMEXCPT) or #UD with the register
+//! unchanged. When one lane raises an unmasked invalid-operation, denormal or
+//! divide-by-zero exception, only those (pre-computation) flags are recorded; flags
+//! of completed steps of a multi-step instruction (DPPS/DPPD) are kept.
 
 use super::{HelperDef, SSE_BASE};
 use crate::cpu::X86Cpu;
+use crate::fpu::pcmpstr;
 use crate::fpu::simd::{self, lane, set_lane};
+use crate::fpu::simd4::{self, Extra};
 use crate::fpu::softfloat::flag;
+use crate::fpu::sse4_fp;
 use crate::fpu::sse_fp::{self as fp, Arith, Env};
 use iced_x86::Mnemonic;
 use vireo_core::cpu::ctl;
@@ -42,7 +53,7 @@ pub enum SseHelper {
     /// `sse`; if `mmx`, the MMX ones (#UD, #NM, #MF) and the switch to MMX mode (TOP =
     /// 0, all tags valid).
     Enter,
-    /// `(spec, lo, hi) -> value`: one instruction (see the module docs).
+    /// `(spec, lo, hi[, lens]) -> value`: one instruction (see the module docs).
     Op,
 }
 
@@ -318,12 +329,18 @@ fn fp_op(env: &mut Env, mn: Mnemonic, d: u128, s: u128, imm: u8, w64: bool) -> O
 }
 
 /// Non-floating-point instructions; `None` if `mn` is not one.
-fn int_op(mn: Mnemonic, d: u128, s: u128, sp: u64, bytes: u32) -> Option<Out> {
+fn int_op(mn: Mnemonic, d: u128, s: u128, sp: u64, bytes: u32, xmm0: u128) -> Option<Out> {
     use Mnemonic as M;
     let imm = (sp >> spec::IMM_SHIFT) as u8;
     let mem = sp & spec::SRC_MEM != 0;
     if let Some(r) = simd::int_op(mn, d, s, bytes) {
         return Some(Out::Reg(r));
+    }
+    if let Some(r) = simd4::int_op(mn, d, s, bytes, &Extra { imm, mem, xmm0 }) {
+        return Some(Out::Reg(r));
+    }
+    if let Some(v) = simd4::extract(mn, s, imm) {
+        return Some(Out::Val(v));
     }
     let lo64 = |v: u128| v & u128::from(u64::MAX);
     Some(match mn {
@@ -366,6 +383,7 @@ fn int_op(mn: Mnemonic, d: u128, s: u128, sp: u64, bytes: u32) -> Option<Out> {
         }
         // MOVD/MOVQ to a GPR or memory: the low dword/qword.
         M::Movd => Out::Val(s as u64 & 0xffff_ffff),
+        M::Ptest => Out::Val(simd4::ptest(d, s)),
         M::Emms => Out::None,
         _ => return None,
     })
@@ -403,9 +421,31 @@ fn op(cpu: &mut X86Cpu, args: &[u64]) -> Result<u64, Fault> {
         }
         Mnemonic::Stmxcsr => return Ok(u64::from(cpu.state.fpu.mxcsr)),
         Mnemonic::Maskmovq | Mnemonic::Maskmovdqu => return maskmov(cpu, sp, args),
+        Mnemonic::Pcmpestri
+        | Mnemonic::Pcmpestri64
+        | Mnemonic::Pcmpestrm
+        | Mnemonic::Pcmpestrm64
+        | Mnemonic::Pcmpistri
+        | Mnemonic::Pcmpistrm => {
+            let a = read_reg(cpu, dst, false);
+            let imm = (sp >> spec::IMM_SHIFT) as u8;
+            let explicit = !matches!(mn, Mnemonic::Pcmpistri | Mnemonic::Pcmpistrm);
+            let l = arg(args, 3);
+            let lens = explicit.then_some((l as u32 & 0xff, (l >> 8) as u32 & 0xff));
+            let r = pcmpstr::compare(a, s, imm, lens);
+            if matches!(
+                mn,
+                Mnemonic::Pcmpestri | Mnemonic::Pcmpestri64 | Mnemonic::Pcmpistri
+            ) {
+                return Ok(u64::from(r.index(imm)) | r.flags << 32);
+            }
+            write_reg(cpu, 0, false, r.mask(imm));
+            return Ok(r.flags);
+        }
         _ => {}
     }
     let d = read_reg(cpu, dst, dmmx);
+    let xmm0 = read_reg(cpu, 0, false);
     let bytes = if dmmx || (smmx && sp & spec::SRC_REG != 0) {
         8
     } else {
@@ -414,15 +454,19 @@ fn op(cpu: &mut X86Cpu, args: &[u64]) -> Result<u64, Fault> {
     let mxcsr = cpu.state.fpu.mxcsr;
     let mut env = Env::new(mxcsr);
     let imm = (sp >> spec::IMM_SHIFT) as u8;
-    let out = match int_op(mn, d, s, sp, bytes) {
-        Some(o) => o,
-        None => match fp_op(&mut env, mn, d, s, imm, sp & spec::W64 != 0) {
+    let out = if let Some(o) = int_op(mn, d, s, sp, bytes, xmm0) {
+        o
+    } else if let Some(r) = sse4_fp::fp_op(&mut env, mn, d, s, imm) {
+        Out::Reg(r)
+    } else {
+        match fp_op(&mut env, mn, d, s, imm, sp & spec::W64 != 0) {
             Some(o) => o,
             None => return Err(Fault::new(6)),
-        },
+        }
     };
     let flags = u32::from(env.ctx.flags) & 0x3f;
-    if flags != 0 {
+    let committed = u32::from(env.committed) & 0x3f;
+    if flags | committed != 0 {
         let unmasked = flags & !(mxcsr >> 7) & 0x3f;
         let pre = u32::from(flag::INVALID | flag::DENORMAL | flag::ZERO_DIV);
         let recorded = if unmasked & pre != 0 {
@@ -430,7 +474,7 @@ fn op(cpu: &mut X86Cpu, args: &[u64]) -> Result<u64, Fault> {
         } else {
             flags
         };
-        cpu.state.fpu.mxcsr |= recorded;
+        cpu.state.fpu.mxcsr |= committed | recorded;
         if unmasked != 0 {
             return Err(if cpu.state.cr4 & ctl::CR4_OSXMMEXCPT != 0 {
                 Fault::new(19)

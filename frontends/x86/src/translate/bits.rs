@@ -1,4 +1,4 @@
-//! Bit instructions: BT/BTS/BTR/BTC, BSF/BSR, TZCNT/LZCNT, POPCNT, and BOUND.
+//! Bit instructions: BT/BTS/BTR/BTC, BSF/BSR, TZCNT/LZCNT, POPCNT, CRC32 and BOUND.
 //!
 //! Flags: BT* set CF and keep every other flag (ZF is architecturally unchanged, the
 //! rest undefined). BSF/BSR set ZF from the source and CF = OF = 0, SF/PF from the
@@ -8,6 +8,7 @@
 use super::operand::{sreg_index, Opnd};
 use super::{Flow, Tr};
 use crate::flags::CcKind;
+use crate::helpers::integer::IntHelper;
 use iced_x86::{Mnemonic, OpKind};
 use vireo_core::cpu::flags::{CF, ZF};
 use vireo_core::cpu::sreg;
@@ -127,6 +128,24 @@ impl Tr {
         let dst = self.operand(0, true);
         self.write(dst, size, r);
         self.set_cc(CcKind::Popcnt, size, r, s, None);
+        Flow::Next
+    }
+
+    /// CRC32 r32/r64, r/m8/16/32/64: the CRC-32C of the source continued from the low
+    /// dword of the destination, written zero-extended. No flags, no SSE checks.
+    pub(super) fn crc32(&mut self) -> Flow {
+        let Some(g) = self.reg_op(0) else {
+            return self.ud();
+        };
+        let size = self.op_size(1);
+        let so = self.operand(1, false);
+        let src = self.read(so, size);
+        let crc = self.get_reg(g.idx, Size::B32);
+        let n = self.b.konst(size.bytes() as u64);
+        let Some(r) = self.int(IntHelper::Crc32, &[crc, src, n], true) else {
+            return self.ud();
+        };
+        self.set_reg(g.idx, Size::B32, r);
         Flow::Next
     }
 

@@ -21,10 +21,12 @@
 //! - [`control`], [`stack`]: branches, calls, stack operations;
 //! - [`system`]: privileged instructions lowered to [`SysHelper`] calls.
 //!
+//! x87 (with FXSAVE/FXRSTOR) is in [`x87`]; MMX, SSE, SSE2, SSE3, SSSE3, SSE4.1,
+//! SSE4.2 and PCLMULQDQ in [`sse`] (CRC32 in [`bits`]).
+//!
 //! # Not translated yet
-//! SSE3 and later, AVX and the BMI extensions raise #UD (our CPUID does not
-//! advertise them). x87 (with FXSAVE/FXRSTOR) is in [`x87`]; MMX, SSE and SSE2 in
-//! [`sse`].
+//! MONITOR/MWAIT, AVX (VEX/EVEX encodings) and the BMI extensions raise #UD (our
+//! CPUID does not advertise them).
 
 mod alu;
 mod bits;
@@ -48,6 +50,10 @@ mod tests_lockstep;
 mod tests_more;
 #[cfg(test)]
 mod tests_sse;
+#[cfg(test)]
+mod tests_sse4;
+#[cfg(test)]
+mod tests_sse42;
 #[cfg(test)]
 mod tests_x87;
 #[cfg(test)]
@@ -509,6 +515,7 @@ impl Tr {
             M::Bsf | M::Bsr => self.bsf(),
             M::Tzcnt | M::Lzcnt => self.tzcnt(),
             M::Popcnt => self.popcnt(),
+            M::Crc32 => self.crc32(),
             M::Movsb | M::Movsw | M::Movsd | M::Movsq if self.string_form() => self.string(),
             M::Cmpsb | M::Cmpsw | M::Cmpsd | M::Cmpsq if self.string_form() => self.string(),
             M::Stosb | M::Stosw | M::Stosd | M::Stosq => self.string(),

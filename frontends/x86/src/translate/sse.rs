@@ -1,18 +1,26 @@
-//! MMX, SSE and SSE2, lowered to [`SseHelper`] calls.
+//! MMX, SSE, SSE2, SSE3, SSSE3, SSE4.1, SSE4.2 and PCLMULQDQ (legacy encodings),
+//! lowered to [`SseHelper`] calls. CRC32 (SSE4.2, but a general-purpose instruction
+//! without the SSE checks) is in [`super::bits`], FISTTP (SSE3) in [`super::x87`];
+//! MONITOR/MWAIT are not implemented (#UD, and CPUID does not advertise them).
 //!
 //! Every instruction calls `Enter` (the #UD/#NM/#MF checks; MMX forms switch the x87
 //! to MMX mode), then computes the address of a memory operand (segment checks, then
 //! the 16-byte alignment #GP(0) of the aligned forms), loads a memory source in IR and
 //! calls `Op`, which reads and writes the registers. Stores get the register's
 //! qwords from `Op` and write them in IR; an unaligned 16-byte store first probes both
-//! qwords for writing so that a fault on the second leaves memory unchanged.
+//! qwords for writing so that a fault on the second leaves memory unchanged. The
+//! extracting stores (PEXTRB/W/D/Q, EXTRACTPS) get their element from `Op`.
+//!
+//! The string comparisons read their explicit lengths from rAX/rDX (RAX/RDX with
+//! REX.W), take the absolute values saturated to 16 in IR, and write ECX (index
+//! forms; XMM0 is written by the helper for the mask forms) and the flags.
 
 use super::operand::sreg_index;
 use super::{Flow, Tr};
 use crate::helpers::sse::{spec, SseHelper};
 use iced_x86::{CpuidFeature, Mnemonic, OpKind, Register};
 use vireo_core::cpu::sreg;
-use vireo_core::ir::{BinOp, Size, Temp};
+use vireo_core::ir::{BinOp, Cond, Size, Temp};
 
 /// Register operand kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,11 +52,40 @@ fn kind_of(i: &iced_x86::Instruction, n: u32) -> Option<Kind> {
     })
 }
 
-/// Forms with a 16-byte memory operand that need no alignment.
+/// Forms with a 16-byte memory operand that need no alignment (the SDM's exception
+/// type 4 footnote: LDDQU and the string comparisons; checked on hardware).
 fn unaligned_ok(mn: Mnemonic) -> bool {
+    use Mnemonic as M;
     matches!(
         mn,
-        Mnemonic::Movups | Mnemonic::Movupd | Mnemonic::Movdqu | Mnemonic::Lddqu
+        M::Movups
+            | M::Movupd
+            | M::Movdqu
+            | M::Lddqu
+            | M::Pcmpestri
+            | M::Pcmpestri64
+            | M::Pcmpestrm
+            | M::Pcmpestrm64
+            | M::Pcmpistri
+            | M::Pcmpistrm
+    )
+}
+
+/// The CPUID features whose instructions this module translates.
+fn simd_feature(f: CpuidFeature) -> bool {
+    use CpuidFeature as F;
+    matches!(
+        f,
+        F::MMX | F::SSE | F::SSE2 | F::SSE3 | F::SSSE3 | F::SSE4_1 | F::SSE4_2 | F::PCLMULQDQ
+    )
+}
+
+/// Extracting stores: `Op` computes the element to store.
+fn extracts(mn: Mnemonic) -> bool {
+    use Mnemonic as M;
+    matches!(
+        mn,
+        M::Pextrb | M::Pextrw | M::Pextrd | M::Pextrq | M::Extractps
     )
 }
 
@@ -81,17 +118,30 @@ impl Tr {
         }
     }
 
-    /// Translates an MMX/SSE/SSE2 instruction; `None` if it is not one.
+    /// The length of a string operand in register `reg` (EAX/EDX, RAX/RDX if `w64`):
+    /// its absolute value saturated to 16.
+    fn str_len(&mut self, reg: u8, w64: bool) -> Temp {
+        let v = if w64 {
+            self.get_reg(reg, Size::B64)
+        } else {
+            let r = self.get_reg(reg, Size::B32);
+            self.b.ext(r, Size::B32, true)
+        };
+        let zero = self.b.konst(0);
+        let neg = self.b.bin(BinOp::Sub, Size::B64, zero, v);
+        let is_neg = self.b.setcond(Cond::Lt, Size::B64, v, zero);
+        let abs = self.b.select(is_neg, neg, v);
+        let max = self.b.konst(16);
+        let big = self.b.setcond(Cond::Gtu, Size::B64, abs, max);
+        self.b.select(big, max, abs)
+    }
+
+    /// Translates an MMX/SSE/SSE2/SSE3/SSSE3/SSE4.1/SSE4.2/PCLMULQDQ instruction;
+    /// `None` if it is not one.
     pub(crate) fn sse_insn(&mut self) -> Option<Flow> {
         let i = self.i;
         let feats = i.cpuid_features();
-        let simd = feats.iter().all(|f| {
-            matches!(
-                f,
-                CpuidFeature::MMX | CpuidFeature::SSE | CpuidFeature::SSE2
-            )
-        });
-        if feats.is_empty() || !simd {
+        if feats.is_empty() || !feats.iter().all(|f| simd_feature(*f)) {
             return None;
         }
         let mn = i.mnemonic();
@@ -169,7 +219,10 @@ impl Tr {
                     Kind::Mm(r) => (r, true),
                     _ => return Some(self.ud()),
                 };
-                sp |= spec::STORE | u64::from(r) << spec::SRC_SHIFT | spec::SRC_REG;
+                sp |= u64::from(r) << spec::SRC_SHIFT | spec::SRC_REG;
+                if !extracts(mn) {
+                    sp |= spec::STORE;
+                }
                 if rmmx {
                     sp |= spec::SRC_MMX;
                 }
@@ -232,6 +285,25 @@ impl Tr {
                     sp |= spec::STORE;
                 }
                 let s = self.b.konst(sp);
+                use Mnemonic as M;
+                match mn {
+                    M::Pcmpestri | M::Pcmpestri64 | M::Pcmpestrm | M::Pcmpestrm64 => {
+                        let w64 = matches!(mn, M::Pcmpestri64 | M::Pcmpestrm64);
+                        let la = self.str_len(0, w64);
+                        let lb = self.str_len(2, w64);
+                        let lb8 = self.b.bini(BinOp::Shl, Size::B64, lb, 8);
+                        let lens = self.b.bin(BinOp::Or, Size::B64, la, lb8);
+                        let v = self.sse(SseHelper::Op, &[s, lo, hi, lens], true)?;
+                        self.str_result(mn, v);
+                        return Some(Flow::Next);
+                    }
+                    M::Pcmpistri | M::Pcmpistrm => {
+                        let v = self.sse(SseHelper::Op, &[s, lo, hi], true)?;
+                        self.str_result(mn, v);
+                        return Some(Flow::Next);
+                    }
+                    _ => {}
+                }
                 let v = self.sse(SseHelper::Op, &[s, lo, hi], true)?;
                 if gpr_dst {
                     let o = self.operand(0, true);
@@ -239,12 +311,29 @@ impl Tr {
                     self.write(o, size, v);
                 } else if matches!(
                     mn,
-                    Mnemonic::Comiss | Mnemonic::Ucomiss | Mnemonic::Comisd | Mnemonic::Ucomisd
+                    M::Comiss | M::Ucomiss | M::Comisd | M::Ucomisd | M::Ptest
                 ) {
                     self.set_eflags(v);
                 }
             }
         }
         Some(Flow::Next)
+    }
+}
+
+impl Tr {
+    /// The results of a string comparison: `index | eflags << 32` for the index
+    /// forms (the index to ECX), the EFLAGS for the mask forms.
+    fn str_result(&mut self, mn: Mnemonic, v: Temp) {
+        if matches!(
+            mn,
+            Mnemonic::Pcmpestri | Mnemonic::Pcmpestri64 | Mnemonic::Pcmpistri
+        ) {
+            self.set_reg(1, Size::B32, v);
+            let f = self.b.bini(BinOp::Shr, Size::B64, v, 32);
+            self.set_eflags(f);
+        } else {
+            self.set_eflags(v);
+        }
     }
 }

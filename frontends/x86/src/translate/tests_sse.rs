@@ -9,7 +9,7 @@ use iced_x86::code_asm::*;
 use vireo_core::cpu::ctl;
 
 /// Runs with SSE enabled (CR4.OSFXSR/OSXMMEXCPT on, CR0.EM/TS off) before `setup`.
-fn run_with(code: &[u8], data: &[u8], setup: impl FnOnce(&mut X86Cpu)) -> (X86Cpu, End) {
+pub(super) fn run_with(code: &[u8], data: &[u8], setup: impl FnOnce(&mut X86Cpu)) -> (X86Cpu, End) {
     run_with_data(code, data, |cpu| {
         cpu.state.cr4 |= ctl::CR4_OSFXSR | ctl::CR4_OSXMMEXCPT;
         cpu.state.cr0 &= !(ctl::CR0_EM | ctl::CR0_TS);
@@ -17,25 +17,25 @@ fn run_with(code: &[u8], data: &[u8], setup: impl FnOnce(&mut X86Cpu)) -> (X86Cp
     })
 }
 
-fn xmm(cpu: &X86Cpu, r: usize) -> u128 {
+pub(super) fn xmm(cpu: &X86Cpu, r: usize) -> u128 {
     u128::from_le_bytes(cpu.state.fpu.xmm[r])
 }
 
-fn set_xmm(cpu: &mut X86Cpu, r: usize, v: u128) {
+pub(super) fn set_xmm(cpu: &mut X86Cpu, r: usize, v: u128) {
     cpu.state.fpu.xmm[r] = v.to_le_bytes();
 }
 
-fn bytes(v: &[u128]) -> Vec<u8> {
+pub(super) fn bytes(v: &[u128]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-fn ps(v: [f32; 4]) -> u128 {
+pub(super) fn ps(v: [f32; 4]) -> u128 {
     v.iter()
         .enumerate()
         .fold(0, |a, (i, x)| a | u128::from(x.to_bits()) << (32 * i))
 }
 
-fn pd(v: [f64; 2]) -> u128 {
+pub(super) fn pd(v: [f64; 2]) -> u128 {
     u128::from(v[0].to_bits()) | u128::from(v[1].to_bits()) << 64
 }
 

@@ -1,5 +1,6 @@
 //! A child process whose stdout is read line by line with arrival times, and whose
-//! stderr is collected, shared by `linux-boot` and `bench`.
+//! stderr is collected, shared by the Linux tests and
+//! `vireo-tools` (`linux-boot`, `bench`).
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -43,10 +44,10 @@ impl End {
         }
     }
 
-    /// `exit 0`, `exit 33`, `signal 9`, or `killed by vireo-tools`.
+    /// `exit 0`, `exit 33`, `signal 9`, or `killed at the deadline`.
     pub fn describe(&self) -> String {
         match self {
-            End::Killed { .. } => "killed by vireo-tools".to_string(),
+            End::Killed { .. } => "killed at the deadline".to_string(),
             End::Exited { status, .. } => describe_status(status),
         }
     }
@@ -116,6 +117,19 @@ impl Running {
             lines,
             stderr,
         })
+    }
+
+    /// CPU time (user + system, all threads) the running child has used so far, from
+    /// `/proc/<pid>/stat`; `None` once it has exited or where procfs is missing.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // Fields after the parenthesised command name (which may hold spaces).
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the line: 12 and 13 after ')'.
+        let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        // procfs counts in USER_HZ, fixed at 100 by the Linux ABI on x86.
+        Some(Duration::from_millis(ticks * 10))
     }
 
     /// The next stdout line, waiting at most until `deadline`.

@@ -1,4 +1,4 @@
-//! `prepare-guest`: a Debian cloud kernel and a busybox initramfs for Linux boot tests.
+//! `prepare-guest` (and the Linux tests): a Debian cloud kernel and a busybox initramfs for Linux boot tests.
 //!
 //! Cache layout (under `target/guest/` by default, never in git):
 //!
@@ -7,6 +7,7 @@
 //! extract/     one `dpkg -x` tree per package, plus a `.done` marker each
 //! vmlinuz      the kernel (a copy of extract/<kernel>/boot/vmlinuz-*)
 //! initramfs.cpio   the initramfs, rebuilt on every run (cheap; picks up /init changes)
+//! busybox      the static busybox of the initramfs, for host-side comparisons
 //! ```
 //!
 //! The initramfs is an uncompressed newc cpio archive written by [`crate::cpio`]:
@@ -181,6 +182,9 @@ pub fn encode_cmd(cmd: &str) -> String {
 pub struct Guest {
     pub kernel: PathBuf,
     pub initramfs: PathBuf,
+    /// The same static busybox the initramfs holds, runnable on the host (tests compare
+    /// guest results with it).
+    pub busybox: PathBuf,
     /// The kernel release, from the `vmlinuz-<release>` file name.
     pub release: String,
 }
@@ -198,7 +202,8 @@ pub fn default_dir() -> PathBuf {
 pub fn prepared(dir: &Path) -> Result<Guest, String> {
     let kernel = dir.join("vmlinuz");
     let initramfs = dir.join("initramfs.cpio");
-    for p in [&kernel, &initramfs] {
+    let busybox = dir.join("busybox");
+    for p in [&kernel, &initramfs, &busybox] {
         if !p.is_file() {
             return Err(format!(
                 "{} is missing; run `vireo-tools prepare-guest --dir {}` first",
@@ -214,6 +219,7 @@ pub fn prepared(dir: &Path) -> Result<Guest, String> {
     Ok(Guest {
         kernel,
         initramfs,
+        busybox,
         release,
     })
 }
@@ -434,6 +440,14 @@ pub fn prepare(dir: &Path) -> Result<Guest, String> {
     fs::write(&rel_file, format!("{release}\n"))
         .map_err(|e| format!("{}: {e}", rel_file.display()))?;
 
+    let host_busybox = dir.join("busybox");
+    fs::copy(&busybox_path, &host_busybox).map_err(|e| {
+        format!(
+            "copy {} -> {}: {e}",
+            busybox_path.display(),
+            host_busybox.display()
+        )
+    })?;
     let image = build_initramfs(&busybox, &modules)?;
     // Self-check: the archive parses back.
     let entries = cpio::parse(&image).map_err(|e| format!("initramfs self-check: {e}"))?;
@@ -452,6 +466,7 @@ pub fn prepare(dir: &Path) -> Result<Guest, String> {
     Ok(Guest {
         kernel,
         initramfs,
+        busybox: host_busybox,
         release,
     })
 }
