@@ -279,20 +279,16 @@ fn boot(g: &Guest, accel: &str, timeout: Duration) -> Run {
     let mut lines = Vec::new();
     let mut idle_start = None;
     let mut idle = None;
-    loop {
-        match child.next_line(deadline) {
-            Next::Line(l) => {
-                if l.text == "IDLE-BEGIN" {
-                    idle_start = child.cpu_time().map(|c| (c, l.at));
-                } else if l.text == "IDLE-END" {
-                    if let (Some((c0, t0)), Some(c1)) = (idle_start, child.cpu_time()) {
-                        idle = Some((c1.saturating_sub(c0), l.at - t0));
-                    }
-                }
-                lines.push(l);
+    // Until end of output or the deadline.
+    while let Next::Line(l) = child.next_line(deadline) {
+        if l.text == "IDLE-BEGIN" {
+            idle_start = child.cpu_time().map(|c| (c, l.at));
+        } else if l.text == "IDLE-END" {
+            if let (Some((c0, t0)), Some(c1)) = (idle_start, child.cpu_time()) {
+                idle = Some((c1.saturating_sub(c0), l.at - t0));
             }
-            Next::Eof | Next::Timeout => break,
         }
+        lines.push(l);
     }
     let (end, stderr) = child.finish(deadline);
     let run = Run { lines, idle };
