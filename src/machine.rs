@@ -12,9 +12,10 @@ use vireo_core::{
     A20Gate, CpuState, GuestMemory, IrqChip, MachineControl, StopReason, SystemBus, Vcpu, VcpuExit,
     VirtualClock,
 };
-use vireo_devices::pic::{PicIrqChip, PicPair, SharedPic};
+use vireo_devices::apic::{self, ApicBus, ApicIrqRouter, Ioapic, LapicHandle, LocalApic};
+use vireo_devices::pic::{PicPair, SharedPic};
 use vireo_devices::serial::Serial;
-use vireo_tcg::{PicInterrupts, TcgVcpu};
+use vireo_tcg::TcgVcpu;
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +105,8 @@ pub struct Machine {
     hybrid: Option<TcgVcpu>,
     hybrid_steps: u64,
     config: MachineConfig,
+    /// Devices a reset puts back in their power-up state.
+    resets: Vec<Box<dyn Fn() + Send>>,
 }
 
 impl Machine {
@@ -122,12 +125,14 @@ impl Machine {
 
         let a20 = A20Gate::new();
         // The engine's interrupt controller: KVM's in-kernel irqchip, or for TCG the
-        // userspace 8259A pair (ISA IRQ n = GSI n), which the platform puts on the
-        // port bus.
-        let (vm, irq, pic): (
+        // userspace 8259A pair and IOAPIC behind the PC GSI router (the platform puts
+        // them on the buses), with a local APIC per CPU on one APIC bus.
+        let mut apic_bus = None;
+        let (vm, irq, pic, ioapic): (
             Option<vireo_kvm::KvmVm>,
             Arc<dyn IrqChip>,
             Option<SharedPic>,
+            Option<apic::SharedIoapic>,
         ) = match config.accel {
             Accel::Kvm => {
                 let model = config.cpu_model.parse()?;
@@ -139,11 +144,16 @@ impl Machine {
                     },
                 )?;
                 let irq = vm.irq_chip();
-                (Some(vm), irq, None)
+                (Some(vm), irq, None, None)
             }
             Accel::Tcg => {
                 let pic = PicPair::new_shared();
-                (None, Arc::new(PicIrqChip(pic.clone())), Some(pic))
+                let bus = ApicBus::new();
+                // The IOAPIC's ID follows the CPUs' (as the MADT says).
+                let io = Ioapic::attach(config.cpus as u8, &bus);
+                apic_bus = Some(bus);
+                let router = ApicIrqRouter::new(pic.clone(), io.clone());
+                (None, Arc::new(router), Some(pic), Some(io))
             }
         };
         let wiring = Wiring {
@@ -154,8 +164,9 @@ impl Machine {
             control: control.clone(),
             a20: a20.clone(),
             pic: pic.clone(),
+            ioapic,
         };
-        let plat = platform::build(&config, &wiring, files.as_ref())?;
+        let mut plat = platform::build(&config, &wiring, files.as_ref())?;
         let rsdp = platform::write_tables(&config, &mem)?;
         let state = match &files {
             Some(f) => platform::load_kernel(&config, &mem, f, rsdp)?,
@@ -181,8 +192,14 @@ impl Machine {
                 tcg.cpu().tsc_source = Some(Box::new(move || {
                     vireo_core::clock::ns_to_ticks(clock.now_ns(), hz)
                 }));
-                if let Some(pic) = pic {
-                    tcg = tcg.with_interrupts(Arc::new(PicInterrupts(pic)));
+                if let Some(bus) = apic_bus {
+                    // CPU 0's local APIC (the BSP), its timer polled with the others.
+                    let l = apic::shared(LocalApic::new(0, true, wiring.clock.clone(), hz));
+                    l.lock().set_waker(wiring.waker.clone());
+                    plat.timers.push(l.clone());
+                    let l2 = l.clone();
+                    plat.resets.push(Box::new(move || l2.lock().reset()));
+                    tcg = tcg.with_apic(LapicHandle::attach(l, bus), pic);
                 }
                 Box::new(tcg)
             }
@@ -207,6 +224,7 @@ impl Machine {
             hybrid: None,
             hybrid_steps: 0,
             config,
+            resets: plat.resets,
         })
     }
 
@@ -328,6 +346,9 @@ impl Machine {
     fn reboot(&mut self) -> Result<()> {
         log::info!(target: "vireo::machine", "reboot");
         self.mem.clear_ram();
+        for r in &self.resets {
+            r();
+        }
         let rsdp = platform::write_tables(&self.config, &self.mem)?;
         let state = match platform::read_guest_files(&self.config)? {
             Some(f) => platform::load_kernel(&self.config, &self.mem, &f, rsdp)?,

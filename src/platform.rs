@@ -12,7 +12,9 @@ use vireo_core::{
     layout, A20Gate, Bus, BusDevice, CpuState, GuestMemory, IrqChip, IrqLine, MachineControl,
     VirtualClock,
 };
+use vireo_devices::apic::{ioapic, SharedIoapic};
 use vireo_devices::chardev::{CharOut, Stdout};
+use vireo_devices::hpet::{self, Hpet, LegacyGate};
 use vireo_devices::pic::{PicPair, SharedPic};
 use vireo_devices::serial::{Serial, COM_PORTS, UART_REGS};
 use vireo_devices::{acpi, acpi_pm, fw_cfg, i8042, pci, pit, port92, rtc};
@@ -28,6 +30,8 @@ pub struct Wiring {
     /// The userspace 8259A pair when the engine has no interrupt controller of its
     /// own (TCG): its ports go on the port bus.
     pub pic: Option<SharedPic>,
+    /// The userspace IOAPIC in the same case: it goes on the MMIO bus.
+    pub ioapic: Option<SharedIoapic>,
 }
 
 impl Wiring {
@@ -43,6 +47,9 @@ pub struct Platform {
     pub timers: Vec<Arc<Mutex<dyn TimerDevice>>>,
     /// COM1 when it is on the terminal (for console input).
     pub com1: Option<Arc<Mutex<Serial>>>,
+    /// What a machine reset must put back in its power-up state (the HPET, the
+    /// IOAPIC).
+    pub resets: Vec<Box<dyn Fn() + Send>>,
 }
 
 fn open_char(spec: &CharSpec) -> Result<CharOut> {
@@ -85,6 +92,7 @@ pub fn build(config: &MachineConfig, w: &Wiring, files: Option<&GuestFiles>) -> 
     let mut pio = Bus::new("pio");
     let mut mmio = Bus::new("mmio");
     let mut timers: Vec<Arc<Mutex<dyn TimerDevice>>> = Vec::new();
+    let mut resets: Vec<Box<dyn Fn() + Send>> = Vec::new();
 
     // Serial ports, debug console, debug exit.
     let mut com1 = None;
@@ -112,19 +120,37 @@ pub fn build(config: &MachineConfig, w: &Wiring, files: Option<&GuestFiles>) -> 
         pio.insert(u64::from(d.iobase), u64::from(d.iosize), dev)?;
     }
 
-    // Interrupt controller (TCG): master 0x20, slave 0xA0, ELCR 0x4D0.
+    // Interrupt controllers (TCG): PIC master 0x20, slave 0xA0, ELCR 0x4D0; the
+    // IOAPIC's registers.
     if let Some(pic) = &w.pic {
         PicPair::register(pic, &mut pio)?;
     }
+    if let Some(io) = &w.ioapic {
+        mmio.insert(layout::IOAPIC_START, ioapic::MMIO_LEN, io.clone())?;
+        let io = io.clone();
+        resets.push(Box::new(move || io.lock().reset()));
+    }
+
+    // HPET (both engines: KVM has no in-kernel one); its legacy replacement route
+    // takes GSIs 0 and 8 from the PIT and the RTC.
+    let lines = (0..hpet::NUM_LINES as u32).map(|g| w.line(g)).collect();
+    let mut h = Hpet::new(w.clock.clone(), lines);
+    h.set_waker(w.waker.clone());
+    let legacy: Arc<dyn vireo_core::IrqChip> =
+        Arc::new(LegacyGate::new(w.irq.clone(), h.legacy_flag()));
+    let h = hpet::shared(h);
+    mmio.insert(layout::HPET_START, hpet::MMIO_LEN, h.clone())?;
+    timers.push(h.clone());
+    resets.push(Box::new(move || h.lock().reset()));
 
     // Timers: PIT (IRQ 0) with port 0x61, RTC/CMOS (IRQ 8).
-    let mut p = pit::Pit::new(w.clock.clone(), w.line(0));
+    let mut p = pit::Pit::new(w.clock.clone(), IrqLine::new(legacy.clone(), 0));
     p.set_waker(w.waker.clone());
     let p = Arc::new(Mutex::new(p));
     pit::Pit::register(&p, &mut pio)?;
     timers.push(p);
 
-    let mut r = rtc::Rtc::new(w.clock.clone(), w.line(8), unix_now());
+    let mut r = rtc::Rtc::new(w.clock.clone(), IrqLine::new(legacy, 8), unix_now());
     r.set_waker(w.waker.clone());
     r.set_memory(w.mem.map().low_end, w.mem.map().high_size);
     let r = shared(r);
@@ -175,6 +201,7 @@ pub fn build(config: &MachineConfig, w: &Wiring, files: Option<&GuestFiles>) -> 
         mmio,
         timers,
         com1,
+        resets,
     })
 }
 

@@ -327,6 +327,9 @@ pub struct EventState {
     pub interrupt_shadow: bool,
     /// The CPU is halted (HLT) until an interrupt arrives.
     pub halted: bool,
+    /// An application processor after INIT: it runs nothing until a start-up IPI
+    /// (SIPI) arrives (the SDM's wait-for-SIPI state, KVM's `INIT_RECEIVED`).
+    pub wait_for_sipi: bool,
 }
 
 /// Architectural MSR numbers of the registers in [`MsrState`].

@@ -7,12 +7,14 @@
 //! ```text
 //! 0x000  RSDP   revision 2 ("RSD PTR "), RSDT and XSDT addresses, both checksums
 //! 0x040  FACS   (64-byte aligned, as the spec requires)
-//! 0x080  DSDT   AML: \_S5_ and \_SB_.PCI0 (PNP0A03 host bridge with _CRS, optional _PRT)
+//! 0x080  DSDT   AML: \_S5_, \_SB_.PCI0 (PNP0A03 host bridge with _CRS, optional _PRT),
+//!               \_SB_.HPET (PNP0103 with its register block, when there is an HPET)
 //! ...    FADT   revision 6.5: PM1a_EVT 0x600/4, PM1a_CNT 0x604/2, PM_TMR 0x608/4, SCI 9,
 //!               SMI_CMD 0 (always in ACPI mode), RESET_REG = I/O 0xCF9 value 0x06
 //! ...    MADT   local APIC per CPU, IOAPIC, IRQ0->GSI2 and IRQ9 (SCI) overrides, LINT1 NMI
+//! ...    HPET   (IA-PC HPET specification 1.0a, table 3) when there is an HPET
 //! ...    extra tables given in [`AcpiConfig::extra_tables`] (SRAT, SLIT, ... later)
-//! ...    XSDT   FADT, MADT, extra tables (64-bit pointers)
+//! ...    XSDT   FADT, MADT, HPET, extra tables (64-bit pointers)
 //! ...    RSDT   the same with 32-bit pointers, for ACPI 1.0 guests
 //! ```
 //!
@@ -23,7 +25,8 @@
 //! layouts and the generic [`Sdt`] container with its checksum handling. Its RSDP type
 //! cannot carry an RSDT address and its MADT has no x86 interrupt source override or
 //! local APIC NMI structures, so the RSDP and the MADT entries are encoded here by hand
-//! (a few fixed-layout bytes each).
+//! (a few fixed-layout bytes each); it has no HPET table either (20 bytes after the
+//! header, written here too).
 
 use acpi_tables::aml;
 use acpi_tables::facs::FACS;
@@ -34,7 +37,7 @@ use acpi_tables::Aml;
 use vireo_core::layout::{self, MemoryMap};
 use vireo_core::GuestMemory;
 
-use crate::acpi_pm;
+use crate::{acpi_pm, hpet};
 
 /// OEM ID in every table header.
 pub const OEM_ID: [u8; 6] = *b"VIREO ";
@@ -107,6 +110,8 @@ pub struct AcpiConfig {
     /// Complete extra tables (header included) to list in the XSDT/RSDT, such as SRAT
     /// or SLIT. Their checksums are recomputed.
     pub extra_tables: Vec<Vec<u8>>,
+    /// The HPET's register block (an HPET table and a `PNP0103` device), if any.
+    pub hpet: Option<u64>,
 }
 
 impl Default for AcpiConfig {
@@ -118,6 +123,7 @@ impl Default for AcpiConfig {
             pci_irq_routes: Vec::new(),
             pci_level_irqs: Vec::new(),
             extra_tables: Vec::new(),
+            hpet: Some(layout::HPET_START),
         }
     }
 }
@@ -233,8 +239,54 @@ fn dsdt_aml(cfg: &AcpiConfig) -> Vec<u8> {
         children.push(&prt);
     }
     let pci0 = aml::Device::new("PCI0".into(), children);
-    aml::Scope::new("\\_SB_".into(), vec![&pci0]).to_aml_bytes(&mut body);
+
+    // The HPET: its register block, always present (_STA 0x0F).
+    let hpet_hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0103"));
+    let hpet_uid = aml::Name::new("_UID".into(), &aml::ZERO);
+    let sta = 0x0fu8;
+    let hpet_sta = aml::Name::new("_STA".into(), &sta);
+    let hpet_mem =
+        aml::Memory32Fixed::new(false, cfg.hpet.unwrap_or(0) as u32, hpet::MMIO_LEN as u32);
+    let hpet_res = aml::ResourceTemplate::new(vec![&hpet_mem]);
+    let hpet_crs = aml::Name::new("_CRS".into(), &hpet_res);
+    let hpet_dev = aml::Device::new(
+        "HPET".into(),
+        vec![&hpet_hid, &hpet_uid, &hpet_sta, &hpet_crs],
+    );
+    let mut devices: Vec<&dyn Aml> = vec![&pci0];
+    if cfg.hpet.is_some() {
+        devices.push(&hpet_dev);
+    }
+    aml::Scope::new("\\_SB_".into(), devices).to_aml_bytes(&mut body);
     body
+}
+
+/// The HPET description table (IA-PC HPET specification 1.0a, table 3) for the
+/// register block at `addr`.
+fn hpet_table(addr: u64) -> Vec<u8> {
+    let mut t = new_sdt(*b"HPET", 1);
+    let mut body = Vec::new();
+    // Event Timer Block ID: the capabilities register's low half.
+    body.extend_from_slice(&hpet::BLOCK_ID.to_le_bytes());
+    // Base address (GAS): system memory, 64-bit registers.
+    let gas = GAS::new(
+        AddressSpace::SystemMemory,
+        64,
+        0,
+        AccessSize::Undefined,
+        addr,
+    );
+    gas.to_aml_bytes(&mut body);
+    // HPET sequence number.
+    body.push(0);
+    // Main counter minimum clock tick in periodic mode: the shortest period that
+    // interrupts without coalescing.
+    let min_ticks = (hpet::MIN_PERIOD_NS * hpet::HPET_HZ / 1_000_000_000) as u16;
+    body.extend_from_slice(&min_ticks.to_le_bytes());
+    // Page protection and OEM attribute: none.
+    body.push(0);
+    t.append_slice(&body);
+    t.as_slice().to_vec()
 }
 
 fn dsdt(cfg: &AcpiConfig) -> Vec<u8> {
@@ -394,6 +446,11 @@ pub fn build(cfg: &AcpiConfig, base_gpa: u64) -> Result<Vec<u8>, AcpiError> {
     let dsdt = dsdt(cfg);
     let madt = madt(cfg);
     let fadt_len = acpi_tables::fadt::FADT::len();
+    // Tables listed after the MADT: the HPET's, then the caller's.
+    let mut extras = extras;
+    if let Some(addr) = cfg.hpet {
+        extras.insert(0, hpet_table(addr));
+    }
 
     // Offsets of everything.
     let dsdt_off = FACS_OFFSET + FACS_LEN;
@@ -528,7 +585,7 @@ mod tests {
         assert_eq!(&r[..4], b"RSDT");
         assert_eq!(sum(r), 0);
         let addrs = xsdt_entries(&blob);
-        assert_eq!(addrs.len(), 3);
+        assert_eq!(addrs.len(), 4);
         // The RSDT lists the same tables.
         let rs: Vec<u64> = (36..r.len())
             .step_by(4)
@@ -548,13 +605,70 @@ mod tests {
     }
 
     #[test]
-    fn xsdt_points_to_fadt_and_madt() {
+    fn xsdt_points_to_fadt_madt_and_hpet() {
+        let sigs = |cfg: &AcpiConfig| -> Vec<[u8; 4]> {
+            let blob = build(cfg, BASE).unwrap();
+            xsdt_entries(&blob)
+                .into_iter()
+                .map(|a| table(&blob, a)[..4].try_into().unwrap())
+                .collect()
+        };
+        assert_eq!(
+            sigs(&AcpiConfig::default()),
+            vec![*b"FACP", *b"APIC", *b"HPET"]
+        );
+        let no_hpet = AcpiConfig {
+            hpet: None,
+            ..AcpiConfig::default()
+        };
+        assert_eq!(sigs(&no_hpet), vec![*b"FACP", *b"APIC"]);
+    }
+
+    #[test]
+    fn hpet_table_describes_the_block() {
         let blob = build(&AcpiConfig::default(), BASE).unwrap();
-        let sigs: Vec<[u8; 4]> = xsdt_entries(&blob)
-            .into_iter()
-            .map(|a| table(&blob, a)[..4].try_into().unwrap())
-            .collect();
-        assert_eq!(sigs, vec![*b"FACP", *b"APIC"]);
+        let h = find(&blob, b"HPET");
+        // 36-byte header + block ID (4) + GAS (12) + number (1) + min tick (2) +
+        // attributes (1).
+        assert_eq!(h.len(), 56);
+        assert_eq!(h[8], 1, "revision");
+        assert_eq!(sum(&h), 0);
+        // Block ID: vendor 8086h, legacy capable, 64-bit counter, 3 timers, rev 1.
+        assert_eq!(u32_at(&h, 36), 0x8086_a201);
+        // GAS: system memory (0), 64-bit, offset 0, address 0xFED00000.
+        assert_eq!((h[40], h[41], h[42]), (0, 64, 0));
+        assert_eq!(u64_at(&h, 44), 0xfed0_0000);
+        assert_eq!(h[52], 0);
+        // 10 us at 100 MHz.
+        assert_eq!(u16::from_le_bytes([h[53], h[54]]), 1000);
+        assert_eq!(h[55], 0);
+    }
+
+    #[test]
+    fn dsdt_declares_the_hpet_device() {
+        let dsdt_of = |cfg: &AcpiConfig| {
+            let blob = build(cfg, BASE).unwrap();
+            let f = find(&blob, b"FACP");
+            table(&blob, u64::from(u32_at(&f, 40))).to_vec()
+        };
+        let d = dsdt_of(&AcpiConfig::default());
+        let has = |d: &[u8], n: &[u8]| d.windows(n.len()).any(|w| w == n);
+        // _HID EISAID("PNP0103") = 0x0301D041.
+        assert!(has(
+            &d,
+            &[0x08, b'_', b'H', b'I', b'D', 0x0c, 0x41, 0xd0, 0x01, 0x03]
+        ));
+        assert!(has(&d, b"HPET"));
+        // Memory32Fixed (read-only) 0xFED00000, length 0x400.
+        assert!(has(
+            &d,
+            &[0x86, 9, 0, 0, 0x00, 0x00, 0xd0, 0xfe, 0x00, 0x04, 0, 0]
+        ));
+        let none = dsdt_of(&AcpiConfig {
+            hpet: None,
+            ..AcpiConfig::default()
+        });
+        assert!(!has(&none, b"HPET"));
     }
 
     #[test]

@@ -5,10 +5,12 @@
 
 pub mod acpi;
 pub mod acpi_pm;
+pub mod apic;
 pub mod chardev;
 pub mod debug_exit;
 pub mod debugcon;
 pub mod fw_cfg;
+pub mod hpet;
 pub mod i8042;
 pub mod pc_testdev;
 pub mod pci;

@@ -1,6 +1,7 @@
 //! Helpers for vireo's end-to-end tests: test guests built in process, and machine
 //! runners with captured consoles.
 
+pub mod apic_kernel;
 pub mod cpio;
 pub mod fuzz;
 pub mod guest;

@@ -205,9 +205,10 @@ const SYNTHETIC: &[&str] = &[
     "osxsave",
 ];
 
-/// The flags the TCG model's CPUID should make Linux show.
+/// The flags the TCG model's CPUID should make Linux show (the machine's CPU 0 has a
+/// local APIC).
 fn expected_flags() -> Vec<&'static str> {
-    let m = vireo_x86::cpuid::CpuidModel::default();
+    let m = vireo_x86::cpuid::CpuidModel::default().with_local_apic(0);
     let reg = |name: &str| -> u32 {
         match name {
             "1.edx" => m.edx1,

@@ -3,7 +3,8 @@
 use crate::error::{IoctlContext, Result};
 use kvm_bindings::{
     kvm_dtable, kvm_fpu, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, kvm_xcr,
-    kvm_xcrs, kvm_xsave, Msrs, KVM_MP_STATE_HALTED, KVM_MP_STATE_RUNNABLE,
+    kvm_xcrs, kvm_xsave, Msrs, KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED,
+    KVM_MP_STATE_RUNNABLE,
 };
 use kvm_ioctls::VcpuFd;
 use vireo_core::cpu::{CpuState, DescriptorTable, FpuState, MsrState, PendingEvent, Segment};
@@ -251,6 +252,7 @@ pub fn get(vcpu: &VcpuFd, xsave_ok: bool) -> Result<CpuState> {
     s.events.nmi_masked = ev.nmi.masked != 0;
     if let Ok(mp) = vcpu.get_mp_state() {
         s.events.halted = mp.mp_state == KVM_MP_STATE_HALTED;
+        s.events.wait_for_sipi = mp.mp_state == KVM_MP_STATE_INIT_RECEIVED;
     }
     Ok(s)
 }
@@ -373,7 +375,9 @@ pub fn set(vcpu: &VcpuFd, s: &CpuState, xsave_ok: bool) -> Result<()> {
     vcpu.set_vcpu_events(&ev).op("KVM_SET_VCPU_EVENTS")?;
 
     let mp = kvm_mp_state {
-        mp_state: if s.events.halted {
+        mp_state: if s.events.wait_for_sipi {
+            KVM_MP_STATE_INIT_RECEIVED
+        } else if s.events.halted {
             KVM_MP_STATE_HALTED
         } else {
             KVM_MP_STATE_RUNNABLE

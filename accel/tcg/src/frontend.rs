@@ -78,3 +78,8 @@ pub fn deliver_interrupt(cpu: &mut X86Cpu, vector: u8) -> Result<(), DeliveryErr
     cpu.deliver_interrupt(vector)
         .map_err(|_| DeliveryError::TripleFault)
 }
+
+/// Delivers an NMI (vector 2) at the current RIP; further NMIs are blocked until IRET.
+pub fn deliver_nmi(cpu: &mut X86Cpu) -> Result<(), DeliveryError> {
+    cpu.deliver_nmi().map_err(|_| DeliveryError::TripleFault)
+}

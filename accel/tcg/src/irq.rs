@@ -1,19 +1,21 @@
 //! External interrupts and wake-ups: the interrupt-controller boundary of the engine
-//! and the [`Signal`] that kicks and interrupt requests reach a running or halted vCPU
-//! through.
+//! and the [`Signal`] that kicks, interrupt requests and CPU events reach a running or
+//! halted vCPU through.
 
 use parking_lot::{Condvar, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use vireo_core::VcpuKicker;
+use vireo_devices::apic::CpuEvent;
 use vireo_devices::pic::SharedPic;
 
 /// Called when the controller's interrupt output may have gone high. It may run with
 /// the controller locked and on any thread: it must only flag and wake.
 pub type IntrNotify = Box<dyn Fn() + Send + Sync>;
 
-/// What delivers external interrupts to the CPU (the 8259A pair now; a local APIC
-/// later).
+/// What delivers external interrupts to the CPU: the 8259A pair alone
+/// ([`PicInterrupts`]) or a local APIC with the 8259A behind its LINT0
+/// ([`crate::apic::ApicInterrupts`]).
 pub trait InterruptController: Send + Sync {
     /// The interrupt output (INTR) is asserted.
     fn pending(&self) -> bool;
@@ -22,6 +24,18 @@ pub trait InterruptController: Send + Sync {
     fn acknowledge(&self) -> Option<u8>;
     /// Installs the callback for a rising interrupt output.
     fn set_notify(&self, notify: IntrNotify);
+    /// Installs the callback for a new CPU event (NMI, INIT, SIPI), for controllers
+    /// that have them.
+    fn set_event_notify(&self, _notify: IntrNotify) {}
+    /// Takes the next CPU event (NMI, INIT, SIPI).
+    fn take_event(&self) -> Option<CpuEvent> {
+        None
+    }
+    /// Whether this controller delivers CPU events at all: then a CPU halted with IF
+    /// clear, or waiting for SIPI, can still be woken.
+    fn has_events(&self) -> bool {
+        false
+    }
 }
 
 /// The userspace 8259A pair as the CPU's interrupt controller.
@@ -51,6 +65,8 @@ pub struct Signal {
     kicked: AtomicBool,
     /// An interrupt may be pending at the controller (a hint: the controller decides).
     irq: AtomicBool,
+    /// A CPU event (NMI, INIT, SIPI) may be waiting at the controller.
+    event: AtomicBool,
     lock: Mutex<()>,
     cv: Condvar,
 }
@@ -77,6 +93,22 @@ impl Signal {
         self.wake();
     }
 
+    /// Notes that the controller has a CPU event.
+    pub fn raise_event(&self) {
+        self.event.store(true, Ordering::SeqCst);
+        self.wake();
+    }
+
+    /// Whether a CPU event may be waiting (cheap: one relaxed load).
+    pub fn event_hint(&self) -> bool {
+        self.event.load(Ordering::Relaxed)
+    }
+
+    /// Takes the event hint (before asking the controller).
+    pub fn take_event(&self) -> bool {
+        self.event.swap(false, Ordering::SeqCst)
+    }
+
     /// Takes the kick flag.
     pub fn take_kick(&self) -> bool {
         self.kicked.load(Ordering::Relaxed) && self.kicked.swap(false, Ordering::SeqCst)
@@ -97,10 +129,25 @@ impl Signal {
         self.irq.store(true, Ordering::SeqCst);
     }
 
-    /// Sleeps until a kick or an interrupt hint (without taking either).
+    /// Sleeps until a kick, an interrupt hint or an event hint (without taking any).
     pub fn wait(&self) {
+        self.wait_for(true);
+    }
+
+    /// Sleeps until a kick or an event hint: interrupt hints do not wake (the CPU
+    /// cannot take an interrupt now).
+    pub fn wait_events(&self) {
+        self.wait_for(false);
+    }
+
+    fn wait_for(&self, irq: bool) {
         let mut guard = self.lock.lock();
-        while !self.kicked.load(Ordering::SeqCst) && !self.irq.load(Ordering::SeqCst) {
+        let ready = || {
+            self.kicked.load(Ordering::SeqCst)
+                || self.event.load(Ordering::SeqCst)
+                || (irq && self.irq.load(Ordering::SeqCst))
+        };
+        while !ready() {
             self.cv.wait(&mut guard);
         }
     }

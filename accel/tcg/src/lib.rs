@@ -6,17 +6,23 @@
 //! - [`cache`]: the block cache (keys, page index for self-modifying code, links).
 //! - [`irq`]: the interrupt-controller boundary ([`irq::InterruptController`], the
 //!   8259A adapter) and the wake-up [`irq::Signal`].
+//! - [`apic`]: the local APIC as the CPU's interrupt controller and the frontend's
+//!   APIC port (register page, MSRs, CR8).
 //! - [`frontend`]: the calls into the x86 frontend, in one place.
 //! - [`disas`]: guest disassembly for `-d in_asm`.
 
+pub mod apic;
 pub mod cache;
 pub mod disas;
 pub mod frontend;
 pub mod irq;
 pub mod vcpu;
 
+pub use apic::{ApicInterrupts, CpuApicPort};
 pub use irq::{InterruptController, PicInterrupts};
 pub use vcpu::{TcgStats, TcgVcpu};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_apic;

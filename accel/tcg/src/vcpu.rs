@@ -5,14 +5,20 @@
 //!
 //! 1. a kick (stop request, another thread) returns [`VcpuExit::Stopped`]; an exhausted
 //!    instruction budget does too;
-//! 2. a halted CPU waits for an interrupt (on the [`Signal`]'s condition variable) or
-//!    returns [`VcpuExit::Halted`] when nothing can wake it (IF clear, no controller);
-//! 3. with interrupts enabled and the controller's output up, the interrupt is
-//!    acknowledged and delivered;
-//! 4. the next block is found: through the previous block's link when it jumped to a
+//! 2. CPU events from the controller (a local APIC's NMI, INIT, SIPI) are taken: an
+//!    NMI becomes pending, INIT resets the CPU (an application processor then waits
+//!    for SIPI), SIPI starts a waiting CPU in real mode at `vector << 12`;
+//! 3. a halted CPU, or one waiting for SIPI, sleeps on the [`Signal`]'s condition
+//!    variable until something can wake it (an interrupt it may take, an NMI, INIT,
+//!    SIPI, a kick), or returns [`VcpuExit::Halted`] when nothing can (IF clear and a
+//!    controller without events, or no controller);
+//! 4. a pending NMI is delivered unless NMIs are blocked (until IRET) or an interrupt
+//!    shadow is in force; else, with interrupts enabled and the controller's output
+//!    up, the interrupt is acknowledged and delivered;
+//! 5. the next block is found: through the previous block's link when it jumped to a
 //!    known PC on its own page, else by its key (physical address of CS.base+RIP, RIP,
 //!    CS base, mode key) in the cache, translated on a miss;
-//! 5. the block runs in the interpreter; afterwards, code pages written during the
+//! 6. the block runs in the interpreter; afterwards, code pages written during the
 //!    block lose their blocks, a fault is delivered (a triple fault is
 //!    [`VcpuExit::Shutdown`]), HLT halts the CPU.
 
@@ -24,6 +30,8 @@ use vireo_core::cpu::{flags, sreg};
 use vireo_core::exec::{BlockOutcome, Fault};
 use vireo_core::ir::ExitKind;
 use vireo_core::{CpuState, MachineControl, SystemBus, Vcpu, VcpuExit, VcpuKicker};
+use vireo_devices::apic::{CpuEvent, LapicHandle};
+use vireo_devices::pic::SharedPic;
 use vireo_interp::{Interp, Prepared};
 use vireo_x86::X86Cpu;
 
@@ -98,10 +106,23 @@ impl TcgVcpu {
     pub fn with_interrupts(mut self, intc: Arc<dyn InterruptController>) -> TcgVcpu {
         let signal = self.signal.clone();
         intc.set_notify(Box::new(move || signal.raise_irq()));
-        // A request may already be waiting.
+        let signal = self.signal.clone();
+        intc.set_event_notify(Box::new(move || signal.raise_event()));
+        // A request or an event may already be waiting.
         self.signal.rearm_irq();
+        self.signal.raise_event();
         self.intc = Some(intc);
         self
+    }
+
+    /// Gives this CPU its local APIC (on its bus, with the 8259A pair `pic` behind
+    /// LINT0): the APIC becomes the interrupt controller, and the frontend routes the
+    /// register page, the APIC MSRs and CR8 to it.
+    pub fn with_apic(mut self, lapic: LapicHandle, pic: Option<SharedPic>) -> TcgVcpu {
+        let id = lapic.lapic.lock().id();
+        self.cpu
+            .attach_apic(Box::new(crate::apic::CpuApicPort(lapic.clone())), id);
+        self.with_interrupts(Arc::new(crate::apic::ApicInterrupts::new(lapic, pic)))
     }
 
     /// Replaces the translator (tests of the engine with a toy guest), dropping every
@@ -175,7 +196,11 @@ impl TcgVcpu {
             if self.budget.is_some_and(|b| self.interp.insns >= b) {
                 return VcpuExit::Stopped;
             }
-            if self.cpu.state.events.halted {
+            if self.signal.event_hint() {
+                self.take_events();
+            }
+            let ev = &self.cpu.state.events;
+            if ev.halted || ev.wait_for_sipi {
                 if let Some(exit) = self.halted() {
                     return exit;
                 }
@@ -190,18 +215,59 @@ impl TcgVcpu {
         }
     }
 
-    /// A halted CPU: waits for an interrupt it may take. Returns the exit when
-    /// nothing can wake it or a kick came, `None` when the loop should go on.
+    /// Moves the controller's CPU events into the CPU: NMI pending, INIT, SIPI.
+    fn take_events(&mut self) {
+        let Some(intc) = self.intc.clone() else {
+            return;
+        };
+        self.signal.take_event();
+        while let Some(ev) = intc.take_event() {
+            log::trace!(target: LOG_EXEC, "event {ev:?} at {:#x}", self.cpu.state.rip);
+            match ev {
+                CpuEvent::Nmi => self.cpu.state.events.nmi_pending = true,
+                CpuEvent::Init => self.cpu.init_reset(),
+                CpuEvent::StartUp(v) => self.cpu.start_up(v),
+            }
+            self.chain_from = None;
+        }
+    }
+
+    /// Whether the controller can wake a CPU that takes no interrupts (NMI, INIT,
+    /// SIPI).
+    fn has_events(&self) -> bool {
+        self.intc.as_ref().is_some_and(|i| i.has_events())
+    }
+
+    /// A halted CPU, or one waiting for SIPI: sleeps until something it responds to
+    /// arrives. Returns the exit when nothing can wake it or a kick came, `None` when
+    /// the loop should go on.
     fn halted(&mut self) -> Option<VcpuExit> {
         self.chain_from = None;
-        if self.intc.is_none() || self.cpu.state.rflags & flags::IF == 0 {
-            return Some(VcpuExit::Halted);
-        }
         loop {
             if self.signal.take_kick() {
                 return Some(VcpuExit::Stopped);
             }
-            if self.signal.irq_hint() {
+            if self.signal.event_hint() {
+                self.take_events();
+            }
+            let ev = self.cpu.state.events;
+            if ev.wait_for_sipi {
+                if !self.has_events() {
+                    return Some(VcpuExit::Halted);
+                }
+                self.signal.wait_events();
+                continue;
+            }
+            if !ev.halted {
+                return None; // INIT of the BSP restarted it
+            }
+            if ev.nmi_pending && !ev.nmi_masked {
+                // An NMI ends the halt; the loop delivers it.
+                self.cpu.state.events.halted = false;
+                return None;
+            }
+            let irq_ok = self.intc.is_some() && self.cpu.state.rflags & flags::IF != 0;
+            if irq_ok && self.signal.irq_hint() {
                 match self.take_interrupt() {
                     Some(Step::Exit(e)) => return Some(e),
                     Some(Step::Continue) => return None,
@@ -209,12 +275,30 @@ impl TcgVcpu {
                     None => continue,
                 }
             }
-            self.signal.wait();
+            if irq_ok {
+                self.signal.wait();
+            } else if self.has_events() {
+                self.signal.wait_events();
+            } else {
+                return Some(VcpuExit::Halted);
+            }
         }
     }
 
-    /// Delivers a pending external interrupt if the CPU may take one now.
+    /// Delivers a pending NMI, or a pending external interrupt, if the CPU may take
+    /// one now.
     fn poll_interrupt(&mut self) -> Step {
+        let ev = &self.cpu.state.events;
+        if ev.nmi_pending && !ev.nmi_masked && !ev.interrupt_shadow {
+            self.cpu.state.events.nmi_pending = false;
+            self.chain_from = None;
+            self.stats.interrupts += 1;
+            log::trace!(target: LOG_EXEC, "NMI at {:#x}", self.cpu.state.rip);
+            return match frontend::deliver_nmi(&mut self.cpu) {
+                Ok(()) => Step::Continue,
+                Err(e) => Step::Exit(delivery_exit(e)),
+            };
+        }
         if self.intc.is_none()
             || !self.signal.irq_hint()
             || !frontend::interrupts_enabled(&self.cpu)

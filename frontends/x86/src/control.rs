@@ -168,7 +168,7 @@ pub fn mov_to_cr(cpu: &mut X86Cpu, cr: u64, v: u64) -> Result<(), Fault> {
             if v & !0xf != 0 {
                 return Err(gp0());
             }
-            cpu.state.cr8 = v;
+            crate::apic::write_cr8(cpu, v);
             Ok(())
         }
     }
@@ -186,7 +186,7 @@ pub fn mov_from_cr(cpu: &mut X86Cpu, cr: u64) -> Result<u64, Fault> {
         2 => s.cr2,
         3 => s.cr3,
         4 => s.cr4,
-        _ => s.cr8,
+        _ => crate::apic::read_cr8(cpu),
     })
 }
 

@@ -43,6 +43,10 @@ pub struct X86Cpu {
     /// running (a fault in the new task after a task switch): the return address
     /// [`X86Cpu::deliver_exception`] pushes instead of its `insn_pc`.
     pub fault_pc: Option<u64>,
+    /// This CPU's local APIC, if the engine attached one ([`crate::apic`]).
+    pub apic: Option<Box<dyn crate::apic::LocalApicPort>>,
+    /// The physical page the APIC's registers are decoded at (cached from it).
+    pub(crate) apic_page: Option<u64>,
 }
 
 impl X86Cpu {
@@ -59,6 +63,8 @@ impl X86Cpu {
             tsc_source: None,
             icount: 0,
             fault_pc: None,
+            apic: None,
+            apic_page: None,
         };
         cpu.set_state(state);
         cpu
@@ -81,16 +87,21 @@ impl X86Cpu {
         };
     }
 
-    /// The architectural state with RFLAGS complete (and `msr.tsc` the current TSC).
+    /// The architectural state with RFLAGS complete (`msr.tsc` the current TSC, and with
+    /// an APIC attached, `msr.apic_base` and `cr8` the APIC's).
     pub fn state(&self) -> CpuState {
         let mut s = self.state.clone();
         s.rflags = self.rflags();
         s.msr.tsc = self.tsc();
+        if let Some(a) = &self.apic {
+            s.msr.apic_base = a.apic_base();
+            s.cr8 = u64::from(a.tpr() >> 4);
+        }
         s
     }
 
     /// Loads a complete architectural state (flushes the TLB; the TSC continues from
-    /// `msr.tsc`).
+    /// `msr.tsc`; an attached APIC takes `msr.apic_base` and the TPR from `cr8`).
     pub fn set_state(&mut self, s: CpuState) {
         let rflags = s.rflags;
         let tsc = s.msr.tsc;
@@ -99,6 +110,11 @@ impl X86Cpu {
         self.set_tsc(tsc);
         self.mmu.flush();
         self.mmu.set_pcid(self.current_pcid());
+        if let Some(a) = &self.apic {
+            a.load_apic_base(self.state.msr.apic_base);
+            a.set_tpr(((self.state.cr8 & 0xf) as u8) << 4);
+        }
+        self.refresh_apic();
     }
 
     /// The PCID translations are tagged with (CR3[11:0] under CR4.PCIDE).

@@ -40,7 +40,9 @@ pub mod ecx1 {
     pub const PCID: u32 = 1 << 17;
     pub const SSE41: u32 = 1 << 19;
     pub const SSE42: u32 = 1 << 20;
+    pub const X2APIC: u32 = 1 << 21;
     pub const POPCNT: u32 = 1 << 23;
+    pub const TSC_DEADLINE: u32 = 1 << 24;
     pub const XSAVE: u32 = 1 << 26;
     pub const OSXSAVE: u32 = 1 << 27;
 }
@@ -113,10 +115,12 @@ pub struct CpuidModel {
     pub tsc_hz: u64,
 }
 
-/// The TSC frequency of the TCG model (leaf 15h: a 25 MHz crystal times 40).
+/// The TSC frequency of the TCG model (leaf 15h: the crystal clock times 1).
 pub const TSC_HZ: u64 = 1_000_000_000;
-/// The crystal clock leaf 15h reports.
-const CRYSTAL_HZ: u64 = 25_000_000;
+/// The core crystal clock leaf 15h reports: 1 GHz, the clock of the local APIC
+/// timer too (the SDM's APIC timer clock when leaf 15h enumerates the crystal; the
+/// TCG APIC model runs its timer at this rate, as KVM and QEMU do).
+pub const CRYSTAL_HZ: u64 = 1_000_000_000;
 
 impl Default for CpuidModel {
     /// The TCG model ("vireo", AuthenticAMD family 15 like QEMU's qemu64): long mode,
@@ -125,6 +129,8 @@ impl Default for CpuidModel {
     /// SSE2, SSE3, SSSE3, SSE4.1, SSE4.2 (with CRC32) and PCLMULQDQ, XSAVE with
     /// XSAVEOPT, XSAVEC and XGETBV(1) for x87 and SSE state (XCR0 up to 3). Exactly
     /// what TCG implements: not MONITOR/MWAIT, AVX, BMI, SSE4a, XSAVES and the rest.
+    /// The APIC, x2APIC and TSC-deadline flags are added when a local APIC is attached
+    /// ([`crate::apic`]).
     fn default() -> CpuidModel {
         let mut brand = [0u8; 48];
         let name = b"vireo TCG virtual CPU";

@@ -11,8 +11,10 @@
 //!   (descriptors, segment loads), [`transfer`] (far JMP/CALL/RET, IRET), [`task`]
 //!   (hardware task switches), [`control`] (CRs, DRs, descriptor-table registers),
 //!   [`msr`], [`cpuid`], [`io`] (port I/O, IOPL rules), [`syscall`], [`stack`],
+//!   [`apic`] (the CPU's side of its local APIC: register page, MSRs, CR8, INIT/SIPI),
 //!   [`xsave`] (the XSAVE feature set).
 
+pub mod apic;
 pub mod control;
 pub mod cpu;
 pub mod cpuid;

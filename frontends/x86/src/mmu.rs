@@ -16,9 +16,10 @@
 //!   with separate read / write / execute tags, tagged with the PCID and the global
 //!   bit so that CR3 writes, INVLPG and INVPCID flush exactly what the architecture
 //!   allows to survive (flushing more would also be correct; flushing less never).
-//! - Physical accesses go to RAM/ROM through `GuestMemory` (ROM writes are dropped)
-//!   and anything else to the MMIO bus; A20 masking applies to every physical address
-//!   including page-table reads.
+//! - Physical accesses go to the CPU's own local APIC page first (see [`crate::apic`]),
+//!   then to RAM/ROM through `GuestMemory` (ROM writes are dropped) and anything else
+//!   to the MMIO bus; A20 masking applies to every physical address including
+//!   page-table reads.
 //!
 //! An access that crosses a page boundary translates both pages before touching
 //! memory, so a fault on the second page leaves memory unwritten.
@@ -294,16 +295,22 @@ fn a20_mask(cpu: &X86Cpu) -> u64 {
     }
 }
 
-/// Reads physical memory: RAM/ROM, else MMIO (unassigned reads all ones).
+/// Reads physical memory: this CPU's APIC page, else RAM/ROM, else MMIO (unassigned
+/// reads all ones).
 pub fn read_phys(cpu: &X86Cpu, pa: u64, buf: &mut [u8]) {
-    if cpu.bus.mem.read(pa, buf).is_err() {
+    if let Some(a) = crate::apic::claim(cpu, pa) {
+        a.mmio_read(pa & 0xfff, buf);
+    } else if cpu.bus.mem.read(pa, buf).is_err() {
         cpu.bus.mmio.read(pa, buf);
     }
 }
 
-/// Writes physical memory: RAM, else MMIO (ROM and unassigned writes are dropped).
+/// Writes physical memory: this CPU's APIC page, else RAM, else MMIO (ROM and
+/// unassigned writes are dropped).
 pub fn write_phys(cpu: &X86Cpu, pa: u64, data: &[u8]) {
-    if cpu.bus.mem.write(pa, data).is_err() {
+    if let Some(a) = crate::apic::claim(cpu, pa) {
+        a.mmio_write(pa & 0xfff, data);
+    } else if cpu.bus.mem.write(pa, data).is_err() {
         cpu.bus.mmio.write(pa, data);
     }
 }

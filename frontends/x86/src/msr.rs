@@ -70,6 +70,9 @@ fn phys_rsvd() -> u64 {
 
 /// Reads MSR `index` (no privilege check: the helper does it).
 pub fn read_msr(cpu: &X86Cpu, index: u32) -> Result<u64, Fault> {
+    if let Some(r) = crate::apic::read_msr(cpu, index) {
+        return r;
+    }
     let s = &cpu.state;
     let m = &cpu.msrs;
     Ok(match index {
@@ -98,6 +101,9 @@ fn unknown(index: u32, what: &str) -> Fault {
 
 /// Writes MSR `index` with every validity check first (#GP(0) leaves it unchanged).
 pub fn write_msr(cpu: &mut X86Cpu, index: u32, v: u64) -> Result<(), Fault> {
+    if let Some(r) = crate::apic::write_msr(cpu, index, v) {
+        return r;
+    }
     let canon = |v: u64| {
         if mmu::is_canonical(v) {
             Ok(())
