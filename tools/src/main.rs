@@ -92,9 +92,20 @@ enum Cmd {
         /// Divergences shown per mode.
         #[arg(long, default_value_t = 10)]
         show: usize,
-        /// Also generate x87 instructions.
+        /// Also generate x87 instructions, from a random x87 state.
         #[arg(long)]
         x87: bool,
+        /// Also generate MMX and SSE instructions (as far as TCG's CPUID model
+        /// advertises them), from random MXCSR, XMM and MMX registers.
+        #[arg(long)]
+        sse: bool,
+        /// Both --x87 and --sse.
+        #[arg(long)]
+        fp: bool,
+        /// Print the initial floating-point state (and FP memory operands) of the
+        /// divergences shown.
+        #[arg(long)]
+        state: bool,
     },
     /// Guest instructions per second of the TCG engine on CPU-bound micro-benchmarks.
     TcgSpeed,
@@ -170,6 +181,9 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             length,
             show,
             x87,
+            sse,
+            fp,
+            state,
         } => {
             let mut modes = Vec::new();
             for m in &mode {
@@ -181,7 +195,9 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 modes,
                 length: length.clamp(1, 64),
                 show,
-                x87,
+                x87: x87 || fp,
+                sse: sse || fp,
+                state,
             };
             Ok(if lockstep::run(&o)? {
                 ExitCode::SUCCESS

@@ -4,6 +4,7 @@
 //! touch I/O, read nondeterministic sources), so the generator covers the instruction
 //! set rather than a hand-picked list.
 
+use super::fp;
 use iced_x86::{
     Code, CpuidFeature, EncodingKind, FlowControl, Instruction, MemoryOperand, Mnemonic,
     OpCodeOperandKind, Register, RflagsBits,
@@ -46,11 +47,15 @@ impl Rng {
     }
 }
 
-/// Which instructions a sequence may contain.
+/// Which instructions a sequence may contain: the general-purpose ones always, the
+/// floating-point groups as far as TCG's CPUID model advertises them (see
+/// [`fp::advertised`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Features {
-    /// General-purpose instructions (always).
+    /// x87 instructions (FPU), with a random initial x87 state.
     pub x87: bool,
+    /// MMX, SSE and later SSE levels (and FXSAVE/FXRSTOR), with a random MXCSR and
+    /// random XMM/MMX registers.
     pub mmx_sse: bool,
     /// Privileged instructions (only meaningful at CPL 0).
     pub system: bool,
@@ -62,7 +67,23 @@ impl Features {
         mmx_sse: false,
         system: false,
     };
+    /// General-purpose, x87, MMX and SSE instructions.
+    pub const FP: Features = Features {
+        x87: true,
+        mmx_sse: true,
+        system: false,
+    };
+
+    /// Whether sequences use floating-point state (which is then randomised).
+    pub fn fp(self) -> bool {
+        self.x87 || self.mmx_sse
+    }
 }
+
+/// How many times each floating-point form is listed among the candidates when a
+/// floating-point group is on, so that most of a sequence is floating point (there
+/// are about as many general-purpose forms as floating-point ones).
+pub const FP_WEIGHT: usize = 3;
 
 /// The register that always points at the data area (never an operand).
 pub fn pointer_register(bitness: u32) -> Register {
@@ -216,22 +237,51 @@ pub fn candidates(bitness: u32, f: Features) -> Vec<Code> {
             if oc.is_input_output() || c.flow_control() != FlowControl::Next {
                 return false;
             }
-            oc.op_kinds().iter().all(|k| operand_ok(*k))
+            if fp::approximate(c.mnemonic()) {
+                return false;
+            }
+            oc.op_kinds()
+                .iter()
+                .all(|k| operand_ok(*k) || fp::operand_ok(*k))
                 && c.cpuid_features().iter().all(|x| feature_ok(*x, f))
+        })
+        .flat_map(|c| {
+            let n = if f.fp() && fp::is_fp(c) { FP_WEIGHT } else { 1 };
+            std::iter::repeat_n(c, n)
         })
         .collect()
 }
 
-/// Whether an instruction needing CPUID feature `x` belongs to the feature set.
+/// Whether an instruction needing CPUID feature `x` belongs to the feature set: the
+/// floating-point groups when they are on and TCG's CPUID model advertises them.
 fn feature_ok(x: CpuidFeature, f: Features) -> bool {
     use CpuidFeature::*;
-    match x {
-        INTEL8086 | INTEL186 | INTEL286 | INTEL386 | INTEL486 | X64 | CMOV | CX8 | CMPXCHG16B
-        | MOVBE | POPCNT | LZCNT | ADX | MULTIBYTENOP | PAUSE => true,
-        FPU | FPU287 | FPU387 => f.x87,
-        MMX | SSE | SSE2 | SSE3 | SSSE3 | SSE4_1 | SSE4_2 => f.mmx_sse,
-        _ => false,
+    if let Some(advertised) = fp::advertised(x) {
+        let on = if fp::is_x87_feature(x) {
+            f.x87
+        } else {
+            f.mmx_sse
+        };
+        return on && advertised;
     }
+    matches!(
+        x,
+        INTEL8086
+            | INTEL186
+            | INTEL286
+            | INTEL386
+            | INTEL486
+            | X64
+            | CMOV
+            | CX8
+            | CMPXCHG16B
+            | MOVBE
+            | POPCNT
+            | LZCNT
+            | ADX
+            | MULTIBYTENOP
+            | PAUSE
+    )
 }
 
 fn gpr(size: u32, index: u64) -> Register {
@@ -314,14 +364,27 @@ enum Opnd {
 /// Size of the data area a memory operand may reach from the pointer register.
 pub const DATA_WINDOW: u64 = 0xf00;
 
-fn operand(rng: &mut Rng, k: OpCodeOperandKind, bitness: u32, want_mem: bool) -> Option<Opnd> {
+/// A random operand of kind `k`; memory operands are `align`-byte aligned.
+fn operand(
+    rng: &mut Rng,
+    k: OpCodeOperandKind,
+    bitness: u32,
+    want_mem: bool,
+    align: u64,
+) -> Option<Opnd> {
     use OpCodeOperandKind::*;
     let memop = |rng: &mut Rng| {
         Opnd::Mem(MemoryOperand::with_base_displ(
             pointer_register(bitness),
-            rng.below(DATA_WINDOW) as i64,
+            (rng.below(DATA_WINDOW) & !(align - 1)) as i64,
         ))
     };
+    if fp::operand_ok(k) {
+        return Some(match fp::register(rng, k, bitness, want_mem) {
+            Some(r) => Opnd::Reg(r),
+            Option::None => memop(rng),
+        });
+    }
     Some(match k {
         mem => memop(rng),
         r8_or_mem if want_mem => memop(rng),
@@ -350,6 +413,12 @@ fn operand(rng: &mut Rng, k: OpCodeOperandKind, bitness: u32, want_mem: bool) ->
 pub fn random_instruction(rng: &mut Rng, code: Code, bitness: u32) -> Option<Instruction> {
     let oc = code.op_code();
     let kinds = oc.op_kinds();
+    if matches!(
+        code,
+        Code::Maskmovq_rDI_mm_mm | Code::Maskmovdqu_rDI_xmm_xmm
+    ) {
+        return maskmov(rng, code, bitness);
+    }
     // String instructions take implicit operands: build them with iced's helpers.
     if kinds.iter().any(|k| {
         matches!(
@@ -368,9 +437,16 @@ pub fn random_instruction(rng: &mut Rng, code: Code, bitness: u32) -> Option<Ins
         return None;
     }
     let want_mem = rng.chance(50);
+    // Floating-point memory operands are often aligned to their size: the aligned SSE
+    // forms fault otherwise, and the data page's float values sit at those boundaries.
+    let align = if fp::is_fp(code) && rng.chance(60) {
+        fp::alignment(oc.memory_size().size())
+    } else {
+        1
+    };
     let mut ops: Vec<Opnd> = kinds
         .iter()
-        .map(|k| operand(rng, *k, bitness, want_mem))
+        .map(|k| operand(rng, *k, bitness, want_mem, align))
         .collect::<Option<Vec<_>>>()?;
     if shxd16 {
         if let Some(Opnd::Imm32(c)) = ops.last_mut() {
@@ -402,6 +478,34 @@ pub fn random_instruction(rng: &mut Rng, code: Code, bitness: u32) -> Option<Ins
         insn.set_has_lock_prefix(true);
     }
     Some(insn)
+}
+
+/// MASKMOVQ/MASKMOVDQU (store through DS:rDI, sometimes with an address-size
+/// override); not in 32-bit code, for the reason string stores are not (see
+/// [`string_instruction`]).
+fn maskmov(rng: &mut Rng, code: Code, bitness: u32) -> Option<Instruction> {
+    if bitness == 32 {
+        return None;
+    }
+    let asize = match (bitness, rng.chance(20)) {
+        (64, false) => 64,
+        (64, true) | (32, false) | (16, true) => 32,
+        _ => 16,
+    };
+    let mmx = code == Code::Maskmovq_rDI_mm_mm;
+    let k = if mmx {
+        OpCodeOperandKind::mm_reg
+    } else {
+        OpCodeOperandKind::xmm_reg
+    };
+    let a = fp::register(rng, k, bitness, false)?;
+    let b = fp::register(rng, k, bitness, false)?;
+    let r = if mmx {
+        Instruction::with_maskmovq(asize, a, b, Register::None)
+    } else {
+        Instruction::with_maskmovdqu(asize, a, b, Register::None)
+    };
+    r.ok()
 }
 
 /// A string instruction of form `code` (MOVS, STOS, LODS, SCAS, CMPS), sometimes with
@@ -483,14 +587,18 @@ pub fn random_sequence(
     let mut bytes = Vec::new();
     let mut insns = Vec::new();
     let mut undefined = 0u64;
+    let mut undefined_cc = 0u16;
     while insns.len() < n {
         let code = codes[rng.below(codes.len() as u64) as usize];
         let Some(insn) = random_instruction(rng, code, bitness) else {
             continue;
         };
         // An instruction that reads a flag the sequence left undefined would make its
-        // own results undefined: pick another.
+        // own results undefined: pick another. The same for the x87 condition codes.
         if arch_flags(insn.rflags_read()) & undefined != 0 {
+            continue;
+        }
+        if undefined_cc != 0 && fp::reads_cc(&insn) {
             continue;
         }
         let r = enc.encode(&insn, rip + bytes.len() as u64);
@@ -508,6 +616,7 @@ pub fn random_sequence(
         }
         bytes.extend_from_slice(&out[..len]);
         undefined = after(undefined, &insn);
+        undefined_cc = fp::cc_after(undefined_cc, &insn);
         insns.push(insn);
     }
     (bytes, insns, undefined)
