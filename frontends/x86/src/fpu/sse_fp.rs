@@ -25,23 +25,33 @@ pub struct Env {
 
 impl Env {
     pub fn new(mxcsr: u32) -> Env {
-        Env {
-            mxcsr,
-            ctx: Ctx::new(Round::from_bits(u64::from(mxcsr >> mx::RC_SHIFT))),
-        }
+        let mut ctx = Ctx::new(Round::from_bits(u64::from(mxcsr >> mx::RC_SHIFT)));
+        // With overflow or underflow unmasked the result is not delivered (#XM), but
+        // the CPU reports PE as for a result rounded with an unbounded exponent, and UE
+        // for any tiny result: the x87's biased rounding gives both.
+        let masks = mxcsr >> mx::MASK_SHIFT;
+        ctx.wrap_overflow = masks & u32::from(flag::OVERFLOW) == 0;
+        ctx.wrap_underflow = masks & u32::from(flag::UNDERFLOW) == 0;
+        Env { mxcsr, ctx }
     }
     fn raise(&mut self, f: u8) {
         self.ctx.flags |= f;
     }
+    /// Applies DAZ (a denormal operand reads as a zero of its sign).
+    fn daz(&self, t: Ieee, v: u64) -> u64 {
+        if t.is_denormal(v) && self.mxcsr & mx::DAZ != 0 {
+            v & sign_bit(t)
+        } else {
+            v
+        }
+    }
     /// Applies DAZ and records DE for a denormal operand.
     fn input(&mut self, t: Ieee, v: u64) -> u64 {
-        if t.is_denormal(v) {
-            if self.mxcsr & mx::DAZ != 0 {
-                return v & sign_bit(t);
-            }
+        let d = self.daz(t, v);
+        if t.is_denormal(d) {
             self.raise(flag::DENORMAL);
         }
-        v
+        d
     }
     /// Packs a rounded result, applying FTZ to tiny results.
     fn output(&mut self, t: Ieee, r: sf::Rounded) -> u64 {
@@ -111,8 +121,9 @@ fn nan2(e: &mut Env, t: Ieee, a: u64, b: u64) -> Option<u64> {
 pub fn arith(e: &mut Env, t: Ieee, op: Arith, a: u64, b: u64) -> u64 {
     if matches!(op, Arith::Min | Arith::Max) {
         if t.is_nan(a) || t.is_nan(b) {
+            // The second operand, as DAZ reads it.
             e.raise(flag::INVALID);
-            return b;
+            return e.daz(t, b);
         }
         let (a, b) = (e.input(t, a), e.input(t, b));
         let lt = less(t, a, b);
@@ -126,7 +137,16 @@ pub fn arith(e: &mut Env, t: Ieee, op: Arith, a: u64, b: u64) -> u64 {
     if let Some(n) = nan2(e, t, a, b) {
         return n;
     }
-    let (a, b) = (e.input(t, a), e.input(t, b));
+    // A finite non-zero value divided by zero signals only the zero divide, not a
+    // denormal dividend (as the CPU does).
+    let divide_by_zero = op == Arith::Div
+        && class(t, e.daz(t, b)) == Class::Zero
+        && !matches!(class(t, e.daz(t, a)), Class::Zero | Class::Inf);
+    let (a, b) = if divide_by_zero {
+        (e.daz(t, a), e.daz(t, b))
+    } else {
+        (e.input(t, a), e.input(t, b))
+    };
     let (ca, cb) = (class(t, a), class(t, b));
     let sa = a & sign_bit(t) != 0;
     let sb = b & sign_bit(t) != 0;
@@ -201,14 +221,15 @@ pub fn sqrt(e: &mut Env, t: Ieee, a: u64) -> u64 {
         }
         return quiet(t, a);
     }
-    let a = e.input(t, a);
+    // A negative operand is invalid before it is a denormal (no DE).
     let neg = a & sign_bit(t) != 0;
+    if neg && class(t, e.daz(t, a)) != Class::Zero {
+        e.raise(flag::INVALID);
+        return t.indefinite();
+    }
+    let a = e.input(t, a);
     match class(t, a) {
         Class::Zero => a,
-        _ if neg => {
-            e.raise(flag::INVALID);
-            t.indefinite()
-        }
         Class::Inf => a,
         _ => {
             let r = sf::sqrt(&mut e.ctx, unpacked(t, a), t.fmt);
@@ -271,14 +292,15 @@ pub fn comi(e: &mut Env, t: Ieee, signal: bool, a: u64, b: u64) -> u64 {
 }
 
 /// Float → integer of `ibits` (32/64), rounding with MXCSR.RC or truncating; the
-/// integer indefinite (only the sign bit set) with IE when out of range or NaN.
+/// integer indefinite (only the sign bit set) with IE when out of range or NaN. A
+/// denormal source signals no DE (the conversions report only IE and PE; DAZ applies).
 pub fn to_int(e: &mut Env, t: Ieee, a: u64, ibits: u32, truncate: bool) -> u64 {
     let indef = 1u64 << (ibits - 1);
     if t.is_nan(a) || class(t, a) == Class::Inf {
         e.raise(flag::INVALID);
         return indef;
     }
-    let a = e.input(t, a);
+    let a = e.daz(t, a);
     if class(t, a) == Class::Zero {
         return 0;
     }

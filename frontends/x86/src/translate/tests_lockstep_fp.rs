@@ -449,6 +449,155 @@ fn ffree_clears_c1() {
     assert_eq!((fsw(&cpu), cpu.state.fpu.ftw), (0, 0x01));
 }
 
+// ---- SSE ------------------------------------------------------------------------
+
+fn sse(code: &[u8], data: &[u8], mxcsr: u32, xmm: &[(usize, u128)]) -> (X86Cpu, Result<(), Fault>) {
+    let mut cpu = cpu_with(code, data);
+    cpu.state.fpu.mxcsr = mxcsr;
+    for &(r, v) in xmm {
+        cpu.state.fpu.xmm[r] = v.to_le_bytes();
+    }
+    let r = go(&mut cpu);
+    (cpu, r)
+}
+
+fn xmm(cpu: &X86Cpu, r: usize) -> u128 {
+    u128::from_le_bytes(cpu.state.fpu.xmm[r])
+}
+
+/// Float-to-integer conversions report IE and PE, never DE (a denormal source with DE
+/// unmasked converts to 0, inexact; with DAZ exactly).
+#[test]
+fn conversions_report_no_denormal() {
+    // cvtsd2si rax, xmm1 (denormal 3 × 2^-1074), DE unmasked.
+    let code = [0xf2, 0x48, 0x0f, 0x2d, 0xc1];
+    let (cpu, r) = sse(&code, &[], 0x1e80, &[(1, 3)]);
+    assert!(r.is_ok());
+    assert_eq!((cpu.state.gpr[0], cpu.state.fpu.mxcsr), (0, 0x1ea0));
+    let (cpu, _) = sse(&code, &[], 0x1ec0, &[(1, 3)]);
+    assert_eq!(cpu.state.fpu.mxcsr, 0x1ec0);
+    // cvttps2dq xmm0, xmm1, a denormal lane.
+    let (cpu, r) = sse(&[0xf3, 0x0f, 0x5b, 0xc1], &[], 0x1e80, &[(1, 1)]);
+    assert!(r.is_ok());
+    assert_eq!((xmm(&cpu, 0), cpu.state.fpu.mxcsr), (0, 0x1ea0));
+}
+
+/// A denormal divided by zero is only a zero divide.
+#[test]
+fn denormal_divided_by_zero() {
+    // divss xmm0, xmm1.
+    let code = [0xf3, 0x0f, 0x5e, 0xc1];
+    let (cpu, _) = sse(&code, &[], 0x1f80, &[(0, 6), (1, 0)]);
+    assert_eq!((xmm(&cpu, 0), cpu.state.fpu.mxcsr), (0x7f80_0000, 0x1f84));
+    let (cpu, r) = sse(&code, &[], 0x1d80, &[(0, 6), (1, 0)]);
+    assert_eq!(r.map_err(|f| f.vector), Err(19));
+    assert_eq!(cpu.state.fpu.mxcsr, 0x1d84);
+}
+
+/// With overflow or underflow unmasked (#XM, no result), PE reports whether the result
+/// rounded with an unbounded exponent is inexact, and a tiny result is an underflow
+/// even when exact. Lanes without the unmasked exception report their flags as usual.
+#[test]
+fn unmasked_overflow_and_underflow_flags() {
+    let divss = [0xf3, 0x0f, 0x5e, 0xc1];
+    // 6 × 2^-149 / -2^97: exact; 2^-149 / 3: inexact.
+    for (a, b, flags) in [(6, 0xf000_0000, 0x12), (1, 0x4040_0000, 0x32)] {
+        let (cpu, r) = sse(&divss, &[], 0x1780, &[(0, a), (1, b)]);
+        assert_eq!(r.map_err(|f| f.vector), Err(19));
+        assert_eq!(cpu.state.fpu.mxcsr, 0x1780 | flags);
+    }
+    // divsd: 0.25 / (0xca0578 × 2^-1074) overflows, inexact; 2^1023 / 0.5 exact.
+    let divsd = [0xf2, 0x0f, 0x5e, 0xc1];
+    for (a, b, flags) in [
+        (0x3fd0_0000_0000_0000u128, 0xca_0578u128, 0x2a),
+        (0x7fe0_0000_0000_0000, 0x3fe0_0000_0000_0000, 0x08),
+    ] {
+        let (cpu, _) = sse(&divsd, &[], 0x1b80, &[(0, a), (1, b)]);
+        assert_eq!(cpu.state.fpu.mxcsr, 0x1b80 | flags);
+    }
+    // cvtsd2ss of 2^-1027 (exact, far below the single range): DE UE.
+    let (cpu, _) = sse(&[0xf2, 0x0f, 0x5a, 0xc1], &[], 0x1780, &[(1, 1 << 47)]);
+    assert_eq!(cpu.state.fpu.mxcsr, 0x1792);
+    // subps: lane 0 is 0 - 2^-134 (exact, tiny), lane 1 is inexact: DE UE PE.
+    let a = 0x739d_82c0u128 << 32;
+    let b = 0x8000u128 | 7 << 32;
+    let (cpu, _) = sse(&[0x0f, 0x5c, 0xc1], &[], 0x7380, &[(0, a), (1, b)]);
+    assert_eq!(cpu.state.fpu.mxcsr, 0x73b2);
+}
+
+/// MINSD/MAXSD with a NaN return the second operand as DAZ reads it.
+#[test]
+fn min_max_with_a_nan_return_the_daz_source() {
+    // minsd xmm0, xmm1 / maxsd xmm0, xmm1 with DAZ.
+    for (code, a) in [
+        ([0xf2, 0x0f, 0x5d, 0xc1], 0x7ff8_0001_0000_0000u128),
+        ([0xf2, 0x0f, 0x5f, 0xc1], 0xffff_ffff_ffff_fffd),
+    ] {
+        let (cpu, _) = sse(&code, &[], 0x1fc0, &[(0, a), (1, 0x30ea_153f)]);
+        assert_eq!((xmm(&cpu, 0), cpu.state.fpu.mxcsr), (0, 0x1fc1));
+    }
+}
+
+/// CVTSI2SD/CVTSI2SS with REX.W convert a 64-bit memory operand.
+#[test]
+fn cvtsi2sd_of_a_64_bit_memory_operand() {
+    // cvtsi2sd xmm7, qword [rbx]
+    let code = [0xf2, 0x48, 0x0f, 0x2a, 0x3b];
+    let v = 0x7f80_0000_42ff_5946u64;
+    let (cpu, _) = sse(&code, &v.to_le_bytes(), 0x1f80, &[]);
+    assert_eq!(xmm(&cpu, 7), u128::from(0x43df_e000_0010_bfd6u64));
+    assert_eq!(cpu.state.fpu.mxcsr, 0x1fa0);
+}
+
+/// SQRTSD of a negative denormal is invalid only (no DE).
+#[test]
+fn sqrt_of_a_negative_denormal() {
+    let (cpu, _) = sse(
+        &[0xf2, 0x0f, 0x51, 0xc1],
+        &[],
+        0x1f80,
+        &[(1, 0x8000_0000_7fff_ffff)],
+    );
+    assert_eq!(xmm(&cpu, 0), u128::from(0xfff8_0000_0000_0000u64));
+    assert_eq!(cpu.state.fpu.mxcsr, 0x1f81);
+}
+
+/// A fault on the memory operand of an MMX instruction leaves the x87 state alone (no
+/// switch to MMX mode); an #XM comes after the switch; MASKMOVQ switches before its
+/// store faults, and with an all-zero mask still checks its destination for writing.
+#[test]
+fn mmx_mode_switch_and_faults() {
+    let x = X87::new(0x037f, 3 << 11, 0x08, ZERO, ZERO);
+    // cvtpd2pi mm0, [rbx+1] (misaligned: #GP), paddb mm0, [rbx] (RBX unmapped: #PF).
+    for (code, rbx, vector) in [
+        (&[0x66, 0x0f, 0x2d, 0x43, 0x01][..], DATA, 13),
+        (&[0x0f, 0xfc, 0x03][..], 0x4000_0000, 14),
+    ] {
+        let mut cpu = cpu_with(code, &[]);
+        set_x87(&mut cpu, &x);
+        cpu.state.gpr[3] = rbx;
+        assert_eq!(go(&mut cpu).map_err(|f| f.vector), Err(vector));
+        assert_eq!((fsw(&cpu), cpu.state.fpu.ftw), (3 << 11, 0x08));
+    }
+    // cvtpd2pi mm0, xmm1 of a QNaN with IE unmasked: #XM after the switch.
+    let mut cpu = cpu_with(&[0x66, 0x0f, 0x2d, 0xc1], &[]);
+    set_x87(&mut cpu, &x);
+    cpu.state.fpu.mxcsr = 0x1f00;
+    cpu.state.fpu.xmm[1] = u128::from(0x7ff8_0000_0000_0000u64).to_le_bytes();
+    assert_eq!(go(&mut cpu).map_err(|f| f.vector), Err(19));
+    assert_eq!((fsw(&cpu), cpu.state.fpu.ftw), (0, 0xff));
+    // maskmovq mm0, mm1 with a zero mask to an unmapped RDI: #PF for a write.
+    let mut cpu = cpu_with(&[0x0f, 0xf7, 0xc1], &[]);
+    set_x87(&mut cpu, &x);
+    cpu.state.gpr[7] = 0x4000_0010;
+    let f = go(&mut cpu).expect_err("page fault");
+    assert_eq!(
+        (f.vector, f.error_code, f.address),
+        (14, Some(2), Some(0x4000_0010))
+    );
+    assert_eq!((fsw(&cpu), cpu.state.fpu.ftw), (0, 0xff));
+}
+
 /// FXSAVE/FXRSTOR check their whole 512-byte area; a page fault reports its last
 /// byte (CR2), and nothing is written.
 #[test]
@@ -462,4 +611,24 @@ fn fxsave_checks_the_whole_area() {
         assert_eq!((f.vector, f.error_code), (14, Some(err)));
         assert_eq!(f.address, Some(at + 511));
     }
+}
+
+/// An access crossing from canonical into non-canonical addresses (2^47) is a #GP
+/// before any page is walked.
+#[test]
+fn access_crossing_into_non_canonical_addresses() {
+    for (code, at) in [
+        (&[0x8b, 0x03][..], 0x7fff_ffff_fffd),       // mov eax, [rbx]
+        (&[0x48, 0x8b, 0x03][..], 0x7fff_ffff_fff9), // mov rax, [rbx]
+        (&[0xf3, 0x0f, 0x6f, 0x03][..], 0x7fff_ffff_fff1), // movdqu xmm0, [rbx]
+    ] {
+        let mut cpu = cpu_with(code, &[]);
+        cpu.state.gpr[3] = at;
+        let f = go(&mut cpu).expect_err("fault");
+        assert_eq!((f.vector, f.error_code), (13, Some(0)), "{code:02x?}");
+    }
+    // The last canonical bytes themselves: a page fault (not mapped here).
+    let mut cpu = cpu_with(&[0x8b, 0x03], &[]);
+    cpu.state.gpr[3] = 0x7fff_ffff_fffc - 4;
+    assert_eq!(go(&mut cpu).map_err(|f| f.vector), Err(14));
 }
