@@ -658,12 +658,19 @@ fn fprem(f: &mut X87, ctx: &mut Ctx, a: Ext, b: Ext, nearest: bool) {
         ctx.flags |= flag::DENORMAL;
     }
     if ca == Class::Zero || cb == Class::Inf {
+        // ST(0) is the remainder, written back as a result: a pseudo-denormal
+        // normalised, a denormal with underflow unmasked biased (UE).
+        let mut c = f.result_ctx();
+        let r = if ca == Class::Denormal {
+            let u = a.unpack();
+            Ext::from_rounded(sf::round_pack(&mut c, u.sign, u.exp, u.sig, sf::ext(64)))
+        } else {
+            a
+        };
+        ctx.flags |= c.flags & flag::UNDERFLOW;
         if f.finish(ctx) {
             f.s.fsw &= !(sw::CC);
-            // ST(0) stays, but a pseudo-denormal is written back normalised.
-            if a.exp == 0 && a.sig >> 63 != 0 {
-                f.set_st(0, Ext { exp: 1, ..a });
-            }
+            f.set_st(0, r);
         }
         return;
     }

@@ -348,7 +348,8 @@ fn unmasked_overflow_and_underflow() {
 
 /// FPREM/FPREM1: C1 and C2 cleared whatever happens (here a stack underflow); an
 /// unsupported operand beats a NaN; a pseudo-denormal ST(0) with an infinite divisor
-/// is written back normalised; a tiny remainder with UE unmasked is delivered biased.
+/// is written back normalised; a tiny remainder (or denormal ST(0) with an infinite
+/// divisor) with UE unmasked is delivered biased.
 #[test]
 fn fprem_corner_cases() {
     let (cpu, _) = x87(
@@ -375,6 +376,10 @@ fn fprem_corner_cases() {
     let x = X87::new(0x036f, 0, 0x03, (0, 1), (0x4002, 0xa000_0000_0000_0000));
     let (cpu, _) = x87(&[0xd9, 0xf5], &[], &x);
     assert_eq!((fsw(&cpu), st(&cpu, 0)), (0x8092, (0x5fc2, 1 << 63)));
+    // fprem: a denormal ST(0) with an infinite divisor and UE unmasked: biased too.
+    let x = X87::new(0x0c4e, 0x4400, 0x03, (0, 0x8001), (0x7fff, 1 << 63));
+    let (cpu, _) = x87(&[0xd9, 0xf8], &[], &x);
+    assert_eq!((fsw(&cpu), st(&cpu, 0)), (0x8092, (0x5fd1, 0x8001 << 48)));
 }
 
 /// Precision control applies to the basic arithmetic and FSQRT only, not to FSCALE.
