@@ -79,12 +79,11 @@ enum Cmd {
         seed: u64,
         #[arg(long, default_value_t = 10_000)]
         count: u64,
-        /// Modes: real, pm32, compat32, long64, each optionally :user or :kernel.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "long64:user,compat32:user,pm32:user,long64:kernel,pm32:kernel,real"
-        )]
+        /// Modes: real, pm32, compat32, long64, each optionally :user or :kernel
+        /// [default: long64:user,compat32:user,pm32:user,long64:kernel,pm32:kernel,real;
+        /// with --x87/--sse/--fp long64:user, the only environment whose floating point
+        /// KVM runs (natively): its emulator lacks nearly all of it]
+        #[arg(long, value_delimiter = ',')]
         mode: Vec<String>,
         /// Instructions per sequence.
         #[arg(long, default_value_t = 8)]
@@ -185,6 +184,20 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             fp,
             state,
         } => {
+            let mode = match (mode.is_empty(), x87 || sse || fp) {
+                (false, _) => mode,
+                (true, true) => vec!["long64:user".to_string()],
+                (true, false) => [
+                    "long64:user",
+                    "compat32:user",
+                    "pm32:user",
+                    "long64:kernel",
+                    "pm32:kernel",
+                    "real",
+                ]
+                .map(String::from)
+                .to_vec(),
+            };
             let mut modes = Vec::new();
             for m in &mode {
                 modes.extend(lockstep::parse_mode(m)?);

@@ -125,12 +125,42 @@ fn is_hint_nop(i: &Instruction) -> bool {
 /// rest of the sequence.
 pub const KNOWN_KVM: &[KnownKvm] = &[
     KnownKvm {
-        applies: anywhere,
-        matches: |i| matches!(i.mnemonic(), Mnemonic::Fxsave | Mnemonic::Fxsave64),
+        applies: emulated,
+        matches: |i| {
+            matches!(
+                i.mnemonic(),
+                Mnemonic::Fxsave | Mnemonic::Fxsave64 | Mnemonic::Fxrstor | Mnemonic::Fxrstor64
+            )
+        },
         diffs: any_diff,
-        reason: "not a KVM defect: FXSAVE stores MXCSR_MASK, a property of the CPU model \
-                 (this host: 0x2ffff, with AMD's misaligned-SSE mode bit; TCG: 0xffff); \
-                 a later load of the image sees it",
+        reason: "KVM's emulator runs FXSAVE/FXRSTOR piecewise (a save crossing into a \
+                 faulting page writes the first part, CR2 the page start) and without \
+                 the XMM registers when CR4.OSFXSR is clear (implementation-specific; TCG \
+                 saves them)",
+    },
+    KnownKvm {
+        applies: |m, p| kvm_emulates(m, p) && p == Privilege::User,
+        matches: |i| {
+            i.cpuid_features()
+                .iter()
+                .any(|x| fp::advertised(*x).is_some())
+        },
+        diffs: any_diff,
+        reason: "KVM's emulator injects #UD for the x87, MMX and SSE instructions it lacks \
+                 (nearly all) in user-mode 32-bit code",
+    },
+    KnownKvm {
+        applies: anywhere,
+        matches: |i| {
+            matches!(
+                i.mnemonic(),
+                Mnemonic::Ldmxcsr | Mnemonic::Fxrstor | Mnemonic::Fxrstor64
+            )
+        },
+        diffs: any_diff,
+        reason: "not a KVM defect: this host's CPU has AMD's misaligned-SSE mode, MXCSR \
+                 bit 17 (MM; MXCSR_MASK 0x2ffff): loading it is valid there, #GP in TCG's \
+                 model (MXCSR_MASK 0xffff)",
     },
     KnownKvm {
         applies: native,

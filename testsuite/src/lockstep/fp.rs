@@ -173,6 +173,17 @@ pub fn cc_after(undefined: u16, insn: &Instruction) -> u16 {
     }
 }
 
+/// The data-page bytes (offsets from [`DATA`]) the explicit memory operand of `insn`
+/// covers, if it has one off the pointer register (every generated one is).
+pub fn data_operand(insn: &Instruction) -> Option<Range<usize>> {
+    let mem = (0..insn.op_count()).any(|n| insn.op_kind(n) == OpKind::Memory);
+    if !mem || insn.memory_base() == Register::None {
+        return None;
+    }
+    let at = usize::try_from(insn.memory_displacement64()).ok()?;
+    Some(at..at + insn.memory_size().size().max(1))
+}
+
 /// The bytes of the data page (offsets from [`DATA`]) that `insn` may write but are
 /// not compared: the instruction and data pointers, opcode and selectors of the
 /// FNSTENV/FNSAVE/FXSAVE images (see the module docs), and FXSAVE's MXCSR_MASK.
