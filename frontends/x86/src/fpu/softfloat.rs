@@ -87,9 +87,10 @@ pub struct Ctx {
     pub flags: u8,
     /// Set when the last rounding increased the magnitude (x87 C1).
     pub rounded_up: bool,
-    /// Set when the last rounding produced a tiny non-zero result (tininess after
-    /// rounding), exact or not: an unmasked underflow exception is signalled for it
-    /// even when exact (the masked UNDERFLOW flag needs inexactness too).
+    /// Set when the last rounding had a tiny non-zero result (tininess before
+    /// rounding, as x86 detects it), exact or not: an unmasked underflow exception is
+    /// signalled for it even when exact (the masked UNDERFLOW flag needs inexactness
+    /// too), and FTZ flushes it.
     pub tiny: bool,
     /// The overflow (underflow) exception is unmasked: a result too large (tiny) is
     /// rounded as if the exponent range were unbounded and delivered with its
@@ -229,25 +230,17 @@ pub fn round_pack(ctx: &mut Ctx, sign: bool, exp: i32, sig: u128, f: Format) -> 
         }
     };
     if exp < f.emin {
-        // Tiny before rounding; tiny after rounding unless rounding at full precision
-        // with an unbounded exponent carries up to 2^emin.
-        let bits = sig & round_mask;
-        let carries = exp == f.emin - 1
-            && inc(bits, sig >> lsb_shift & 1 != 0, ctx.round)
-            && (sig | round_mask) == u128::MAX;
-        let tiny = !carries;
-        if tiny && ctx.wrap_underflow {
+        // Tiny: x86 detects tininess before rounding (a result that rounds up to 2^emin
+        // is tiny too; the CPU, x87 and SSE alike, signals underflow for it).
+        if ctx.wrap_underflow {
             return ctx.wrapped(false, sign, exp0, sig0, f);
         }
-        ctx.tiny = tiny;
+        ctx.tiny = true;
         sig = shr_jam(sig, (f.emin - exp) as u32);
         exp = f.emin;
         let bits = sig & round_mask;
         if bits != 0 {
-            ctx.flags |= flag::INEXACT;
-            if tiny {
-                ctx.flags |= flag::UNDERFLOW;
-            }
+            ctx.flags |= flag::INEXACT | flag::UNDERFLOW;
         }
         let up = inc(bits, sig >> lsb_shift & 1 != 0, ctx.round);
         sig &= !round_mask;

@@ -53,11 +53,11 @@ impl Env {
         }
         d
     }
-    /// Packs a rounded result, applying FTZ to tiny results.
+    /// Packs a rounded result, applying FTZ to tiny results (tiny before rounding: one
+    /// that rounds up to the smallest normal is flushed too, as on the CPU).
     fn output(&mut self, t: Ieee, r: sf::Rounded) -> u64 {
         let v = t.pack(r);
-        let tiny =
-            t.is_denormal(v) || (v & !sign_bit(t) == 0 && self.ctx.flags & flag::UNDERFLOW != 0);
+        let tiny = self.ctx.tiny;
         let um = self.mxcsr >> mx::MASK_SHIFT & u32::from(flag::UNDERFLOW) != 0;
         if tiny && self.mxcsr & mx::FTZ != 0 && um {
             self.raise(flag::UNDERFLOW | flag::INEXACT);
@@ -119,6 +119,8 @@ fn nan2(e: &mut Env, t: Ieee, a: u64, b: u64) -> Option<u64> {
 
 /// `a op b` in format `t`.
 pub fn arith(e: &mut Env, t: Ieee, op: Arith, a: u64, b: u64) -> u64 {
+    // `output` reads the tininess of this lane's rounding only.
+    e.ctx.tiny = false;
     if matches!(op, Arith::Min | Arith::Max) {
         if t.is_nan(a) || t.is_nan(b) {
             // The second operand, as DAZ reads it.
@@ -215,6 +217,8 @@ fn less(t: Ieee, a: u64, b: u64) -> bool {
 
 /// Square root.
 pub fn sqrt(e: &mut Env, t: Ieee, a: u64) -> u64 {
+    // `output` reads the tininess of this lane's rounding only.
+    e.ctx.tiny = false;
     if t.is_nan(a) {
         if t.is_snan(a) {
             e.raise(flag::INVALID);
@@ -339,6 +343,8 @@ pub fn from_int(e: &mut Env, t: Ieee, v: i64) -> u64 {
 
 /// Converts between single and double (`from` → `to`).
 pub fn convert(e: &mut Env, from: Ieee, to: Ieee, a: u64) -> u64 {
+    // `output` reads the tininess of this lane's rounding only.
+    e.ctx.tiny = false;
     if from.is_snan(a) {
         e.raise(flag::INVALID);
     }

@@ -530,6 +530,28 @@ fn unmasked_overflow_and_underflow_flags() {
     assert_eq!(cpu.state.fpu.mxcsr, 0x73b2);
 }
 
+/// Tininess is detected before rounding (SSE and x87): a product that rounds up to the
+/// smallest normal still signals underflow (masked: with PE), and FTZ flushes it.
+#[test]
+fn tininess_before_rounding() {
+    // mulss xmm0, xmm1: -(2^24 - 1) × 2^-16 × 2^-134 = -(2^-126 - 2^-150), a tie
+    // that rounds (to even) to -2^-126.
+    let code = [0xf3, 0x0f, 0x59, 0xc1];
+    let regs = [(0, 0xc37f_ffffu128), (1, 0x8000)];
+    let (cpu, _) = sse(&code, &[], 0x1f80, &regs);
+    assert_eq!((xmm(&cpu, 0), cpu.state.fpu.mxcsr), (0x8080_0000, 0x1fb2));
+    let (cpu, _) = sse(&code, &[], 0x9f80, &regs);
+    assert_eq!((xmm(&cpu, 0), cpu.state.fpu.mxcsr), (0x8000_0000, 0x9fb2));
+    // fmul st, st(1): (2^64 - 1) × 2^-63 × 2^-16383 rounds to 2^-16382: UE PE (DE).
+    let x = X87::new(0x037f, 0, 0x03, (0x3fff, u64::MAX), (0, 1 << 62));
+    let (cpu, _) = x87(&[0xd8, 0xc9], &[], &x);
+    assert_eq!((fsw(&cpu), st(&cpu, 0)), (0x0232, (0x0001, 1 << 63)));
+    // The same with UE unmasked: delivered exact and biased.
+    let x = X87::new(0x036f, 0, 0x03, (0x3fff, u64::MAX), (0, 1 << 62));
+    let (cpu, _) = x87(&[0xd8, 0xc9], &[], &x);
+    assert_eq!((fsw(&cpu), st(&cpu, 0)), (0x8092, (0x6000, u64::MAX)));
+}
+
 /// MINSD/MAXSD with a NaN return the second operand as DAZ reads it.
 #[test]
 fn min_max_with_a_nan_return_the_daz_source() {
