@@ -12,7 +12,9 @@
 //! compared: the x87 instruction and data pointers and the last opcode (FIP, FDP, FOP,
 //! and the FCS/FDS selectors of the environment images): which of them a CPU updates
 //! is model-specific (FDP_EXCPTN_ONLY, AMD's save-on-error-only pointers), and the CPU
-//! under PVM runs the guest with the host's code selector.
+//! under PVM runs the guest with the host's code selector. Nor FXSAVE's MXCSR_MASK (a
+//! property of the CPU model). The generator never emits a read of those image bytes
+//! ([`uncompared_bytes`], [`data_operand`]).
 
 use super::env::{Setup, DATA};
 use super::gen::Rng;

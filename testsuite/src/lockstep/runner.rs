@@ -286,6 +286,12 @@ impl Engine {
     }
 }
 
+/// The general-purpose registers as differences name them, in `CpuState::gpr` order.
+pub const GPR_NAMES: [&str; 16] = [
+    "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13",
+    "r14", "r15",
+];
+
 /// What a comparison leaves out: what the sequence left undefined, and bytes of the
 /// data page that hold state not compared.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -358,11 +364,7 @@ pub fn compare(a: &Outcome, b: &Outcome, ignore: &Ignore) -> Vec<String> {
         d.push(format!("shutdown {} vs {}", a.shutdown, b.shutdown));
         return d;
     }
-    const NAMES: [&str; 16] = [
-        "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12",
-        "r13", "r14", "r15",
-    ];
-    for (i, name) in NAMES.iter().enumerate() {
+    for (i, name) in GPR_NAMES.iter().enumerate() {
         if a.state.gpr[i] != b.state.gpr[i] {
             d.push(format!(
                 "{name} {:#x} vs {:#x}",
