@@ -22,11 +22,15 @@ use iced_x86::{Code, CpuidFeature, Instruction, Mnemonic, OpCodeOperandKind, OpK
 use std::ops::Range;
 use vireo_x86::cpuid::{edx1, CpuidModel};
 
-/// FSW condition-code bits C0, C1, C2, C3.
+/// FSW condition code C0.
 pub const C0: u16 = 1 << 8;
+/// FSW condition code C1.
 pub const C1: u16 = 1 << 9;
+/// FSW condition code C2.
 pub const C2: u16 = 1 << 10;
+/// FSW condition code C3.
 pub const C3: u16 = 1 << 14;
+/// All four condition codes.
 pub const CC: u16 = C0 | C1 | C2 | C3;
 
 /// Whether TCG's CPUID model advertises floating-point/SIMD feature `x`: `None` if `x`

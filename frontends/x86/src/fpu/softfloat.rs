@@ -87,10 +87,11 @@ pub struct Ctx {
     pub flags: u8,
     /// Set when the last rounding increased the magnitude (x87 C1).
     pub rounded_up: bool,
-    /// Set when the last rounding had a tiny non-zero result (tininess before
-    /// rounding, as x86 detects it), exact or not: an unmasked underflow exception is
-    /// signalled for it even when exact (the masked UNDERFLOW flag needs inexactness
-    /// too), and FTZ flushes it.
+    /// Set when the last rounding had a tiny non-zero result (tininess after rounding
+    /// with an unbounded exponent, as x86 detects it), exact or not: an unmasked
+    /// underflow exception is signalled for it even when exact (the masked UNDERFLOW
+    /// flag needs inexactness too), and FTZ flushes it even when it rounds to the
+    /// smallest normal.
     pub tiny: bool,
     /// The overflow (underflow) exception is unmasked: a result too large (tiny) is
     /// rounded as if the exponent range were unbounded and delivered with its
@@ -230,17 +231,28 @@ pub fn round_pack(ctx: &mut Ctx, sign: bool, exp: i32, sig: u128, f: Format) -> 
         }
     };
     if exp < f.emin {
-        // Tiny: x86 detects tininess before rounding (a result that rounds up to 2^emin
-        // is tiny too; the CPU, x87 and SSE alike, signals underflow for it).
-        if ctx.wrap_underflow {
+        // Tiny before rounding; tiny after rounding (what x86 detects, x87 and SSE
+        // alike) unless rounding at the format's precision with an unbounded exponent
+        // carries up to 2^emin. A result just below 2^emin whose significand is exact
+        // at that precision (a tie rounding up to 2^emin in the denormal format) is
+        // tiny; one whose rounding at that precision reaches 2^emin is not.
+        let bits = sig & round_mask;
+        let carries = exp == f.emin - 1
+            && inc(bits, sig >> lsb_shift & 1 != 0, ctx.round)
+            && (sig | round_mask) == u128::MAX;
+        let tiny = !carries;
+        if tiny && ctx.wrap_underflow {
             return ctx.wrapped(false, sign, exp0, sig0, f);
         }
-        ctx.tiny = true;
+        ctx.tiny = tiny;
         sig = shr_jam(sig, (f.emin - exp) as u32);
         exp = f.emin;
         let bits = sig & round_mask;
         if bits != 0 {
-            ctx.flags |= flag::INEXACT | flag::UNDERFLOW;
+            ctx.flags |= flag::INEXACT;
+            if tiny {
+                ctx.flags |= flag::UNDERFLOW;
+            }
         }
         let up = inc(bits, sig >> lsb_shift & 1 != 0, ctx.round);
         sig &= !round_mask;

@@ -53,8 +53,9 @@ impl Env {
         }
         d
     }
-    /// Packs a rounded result, applying FTZ to tiny results (tiny before rounding: one
-    /// that rounds up to the smallest normal is flushed too, as on the CPU).
+    /// Packs a rounded result, applying FTZ to tiny results (as the rounding detected
+    /// them: one whose denormal rounding reaches the smallest normal is flushed too,
+    /// as on the CPU).
     fn output(&mut self, t: Ieee, r: sf::Rounded) -> u64 {
         let v = t.pack(r);
         let tiny = self.ctx.tiny;

@@ -530,10 +530,14 @@ fn unmasked_overflow_and_underflow_flags() {
     assert_eq!(cpu.state.fpu.mxcsr, 0x73b2);
 }
 
-/// Tininess is detected before rounding (SSE and x87): a product that rounds up to the
-/// smallest normal still signals underflow (masked: with PE), and FTZ flushes it.
+/// Tininess is detected after rounding with an unbounded exponent (SSE and x87): a
+/// result exact at the format's precision but just below the smallest normal is tiny
+/// even though its denormal rounding reaches the smallest normal: it signals underflow
+/// (masked: with PE), is delivered biased with UE unmasked, and FTZ flushes it (TCG
+/// flushed only denormal results). A result whose rounding at the precision (here PC
+/// 24) reaches the smallest normal is not tiny.
 #[test]
-fn tininess_before_rounding() {
+fn tininess_after_rounding_and_ftz() {
     // mulss xmm0, xmm1: -(2^24 - 1) × 2^-16 × 2^-134 = -(2^-126 - 2^-150), a tie
     // that rounds (to even) to -2^-126.
     let code = [0xf3, 0x0f, 0x59, 0xc1];
@@ -550,6 +554,12 @@ fn tininess_before_rounding() {
     let x = X87::new(0x036f, 0, 0x03, (0x3fff, u64::MAX), (0, 1 << 62));
     let (cpu, _) = x87(&[0xd8, 0xc9], &[], &x);
     assert_eq!((fsw(&cpu), st(&cpu, 0)), (0x8092, (0x6000, u64::MAX)));
+    // fsub st(3), st at PC 24, RC up: 2^-16382 (1 + 7 × 2^-63) - 0x1f3231d × 2^-16445
+    // rounds at 24 bits to 2^-16382: DE PE C1, no UE.
+    let mut x = X87::new(0x087f, 0, 0x09, (0, 0x1f3_231d), ZERO);
+    x.st[3] = (0, 0x8000_0000_0000_0007);
+    let (cpu, _) = x87(&[0xdc, 0xeb], &[], &x);
+    assert_eq!((fsw(&cpu), st(&cpu, 3)), (0x0222, (0x0001, 1 << 63)));
 }
 
 /// MINSD/MAXSD with a NaN return the second operand as DAZ reads it.
