@@ -179,12 +179,13 @@ pub const KNOWN_KVM: &[KnownKvm] = &[
                  model (MXCSR_MASK 0xffff)",
     },
     KnownKvm {
-        applies: native,
+        applies: anywhere,
         matches: accesses_memory,
         diffs: |d| d.starts_with("exception #14 vs #13") || d.starts_with("error code"),
-        reason: "a natively run access crossing into non-canonical addresses (2^47) raises \
-                 #GP, which PVM hands to KVM's instruction emulator: it checks only the \
-                 first byte and reports a #PF (the CPU on the bare host raises #GP)",
+        reason: "an access crossing into non-canonical addresses (2^47) goes to KVM's \
+                 instruction emulator (natively run code: PVM hands it the #GP), which \
+                 checks only the first byte and reports a #PF (the CPU on the bare host \
+                 raises #GP)",
     },
     KnownKvm {
         applies: native,
