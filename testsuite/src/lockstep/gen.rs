@@ -728,6 +728,52 @@ mod tests {
     }
 
     #[test]
+    fn fp_candidates_cover_x87_mmx_and_sse() {
+        let c = candidates(64, Features::FP);
+        for code in [
+            Code::Fadd_st0_sti,
+            Code::Fadd_sti_st0,
+            Code::Fxch_st0_sti,
+            Code::Fld_m80fp,
+            Code::Fcmovb_st0_sti,
+            Code::Paddb_mm_mmm64,
+            Code::Addps_xmm_xmmm128,
+            Code::Cvtsd2si_r64_xmmm64,
+            Code::Maskmovq_rDI_mm_mm,
+            Code::Fxsave_m512byte,
+        ] {
+            assert!(c.contains(&code), "{code:?} missing");
+        }
+        // Implementation-specific approximations, and what TCG does not advertise.
+        for m in [
+            Mnemonic::Fsin,
+            Mnemonic::Rcpps,
+            Mnemonic::Addsubps,
+            Mnemonic::Pshufb,
+        ] {
+            assert!(!c.iter().any(|x| x.mnemonic() == m), "{m:?} generated");
+        }
+        // Floating-point forms are weighted: most of the list.
+        let fp = c.iter().filter(|x| fp::is_fp(**x)).count();
+        assert!(fp * 3 > c.len() * 2, "{fp} of {}", c.len());
+        // None in the general-purpose set.
+        assert!(!candidates(64, Features::GP).iter().any(|x| fp::is_fp(*x)));
+        let mut rng = Rng::new(11);
+        let (bytes, insns, _) = random_sequence(&mut rng, &c, 64, 300, 0x10000);
+        let mut d = iced_x86::Decoder::with_ip(64, &bytes, 0x10000, iced_x86::DecoderOptions::NONE);
+        let decoded: Vec<Instruction> =
+            std::iter::from_fn(|| d.can_decode().then(|| d.decode())).collect();
+        assert_eq!(decoded.len(), insns.len());
+        assert!(decoded.iter().all(|i| !i.is_invalid()));
+        // No instruction reads an undefined condition code.
+        let mut cc = 0;
+        for i in &decoded {
+            assert!(cc == 0 || !fp::reads_cc(i), "{i} reads undefined C0-C3");
+            cc = fp::cc_after(cc, i);
+        }
+    }
+
+    #[test]
     fn sequences_decode_back() {
         let mut rng = Rng::new(7);
         let codes = candidates(64, Features::GP);
