@@ -13,8 +13,12 @@ pub struct Options {
     pub modes: Vec<(Mode, Privilege)>,
     pub length: usize,
     pub show: usize,
-    /// Generate x87 instructions too.
+    /// Generate x87 instructions too (random initial x87 state).
     pub x87: bool,
+    /// Generate MMX and SSE instructions too (random MXCSR, XMM and MMX registers).
+    pub sse: bool,
+    /// Print the initial floating-point state of the divergences shown.
+    pub state: bool,
 }
 
 /// Parses `real`, `pm32`, `compat32`, `long64` with an optional `:user`/`:kernel`.
@@ -51,6 +55,7 @@ pub fn run(o: &Options) -> Result<bool, String> {
             length: o.length,
             features: Features {
                 x87: o.x87,
+                mmx_sse: o.sse,
                 ..Features::GP
             },
         };
@@ -63,6 +68,12 @@ pub fn run(o: &Options) -> Result<bool, String> {
             t.elapsed().as_secs_f64()
         );
         print!("{}", r.summary(o.show));
+        if o.state {
+            for d in r.divergences.iter().take(o.show) {
+                println!("-- seed {}:", d.seed);
+                print!("{}", campaign::describe_fp(&cfg, d.seed));
+            }
+        }
         clean &= r.divergences.is_empty();
     }
     Ok(clean)

@@ -77,12 +77,11 @@ enum Cmd {
         seed: u64,
         #[arg(long, default_value_t = 10_000)]
         count: u64,
-        /// Modes: real, pm32, compat32, long64, each optionally :user or :kernel.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "long64:user,compat32:user,pm32:user,long64:kernel,pm32:kernel,real"
-        )]
+        /// Modes: real, pm32, compat32, long64, each optionally :user or :kernel
+        /// [default: long64:user,compat32:user,pm32:user,long64:kernel,pm32:kernel,real;
+        /// with --x87/--sse/--fp long64:user, the only environment whose floating point
+        /// KVM runs (natively): its emulator lacks nearly all of it]
+        #[arg(long, value_delimiter = ',')]
         mode: Vec<String>,
         /// Instructions per sequence.
         #[arg(long, default_value_t = 8)]
@@ -90,9 +89,20 @@ enum Cmd {
         /// Divergences shown per mode.
         #[arg(long, default_value_t = 10)]
         show: usize,
-        /// Also generate x87 instructions.
+        /// Also generate x87 instructions, from a random x87 state.
         #[arg(long)]
         x87: bool,
+        /// Also generate MMX and SSE instructions (as far as TCG's CPUID model
+        /// advertises them), from random MXCSR, XMM and MMX registers.
+        #[arg(long)]
+        sse: bool,
+        /// Both --x87 and --sse.
+        #[arg(long)]
+        fp: bool,
+        /// Print the initial floating-point state (and FP memory operands) of the
+        /// divergences shown.
+        #[arg(long)]
+        state: bool,
     },
     /// Guest instructions per second of the TCG engine on CPU-bound micro-benchmarks.
     TcgSpeed,
@@ -168,7 +178,24 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             length,
             show,
             x87,
+            sse,
+            fp,
+            state,
         } => {
+            let mode = match (mode.is_empty(), x87 || sse || fp) {
+                (false, _) => mode,
+                (true, true) => vec!["long64:user".to_string()],
+                (true, false) => [
+                    "long64:user",
+                    "compat32:user",
+                    "pm32:user",
+                    "long64:kernel",
+                    "pm32:kernel",
+                    "real",
+                ]
+                .map(String::from)
+                .to_vec(),
+            };
             let mut modes = Vec::new();
             for m in &mode {
                 modes.extend(lockstep::parse_mode(m)?);
@@ -179,7 +206,9 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 modes,
                 length: length.clamp(1, 64),
                 show,
-                x87,
+                x87: x87 || fp,
+                sse: sse || fp,
+                state,
             };
             Ok(if lockstep::run(&o)? {
                 ExitCode::SUCCESS

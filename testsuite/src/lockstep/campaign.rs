@@ -3,8 +3,9 @@
 //! explains are classified apart (see [`KNOWN_KVM`] and `docs/LOCKSTEP.md`).
 
 use super::env::{self, Mode, Privilege, Setup};
+use super::fp;
 use super::gen::{self, Features, Rng};
-use super::runner::{compare, Engine, Outcome, RunError};
+use super::runner::{self, compare, Engine, Ignore, Outcome, RunError};
 use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpCodeTableKind, OpKind};
 use std::collections::BTreeMap;
 
@@ -28,8 +29,12 @@ pub struct Divergence {
     /// The sequence, disassembled.
     pub listing: Vec<String>,
     /// The instructions left when every instruction whose replacement (see `replacement`) keeps
-    /// the engines disagreeing is replaced (a reduction of the sequence, for triage).
-    pub reduced: Vec<String>,
+    /// the engines disagreeing is replaced (a reduction of the sequence, for triage),
+    /// and the differences then.
+    pub reduced: Reduced,
+    /// When known KVM-side rules matched but did not explain everything: the
+    /// differences left with their instructions replaced.
+    pub after_known: Vec<String>,
     pub diffs: Vec<String>,
 }
 
@@ -83,6 +88,32 @@ fn anywhere(_: Mode, _: Privilege) -> bool {
     true
 }
 
+/// Whether `i` accesses memory (an explicit operand or a string operand).
+fn accesses_memory(i: &Instruction) -> bool {
+    (0..i.op_count()).any(|n| {
+        matches!(
+            i.op_kind(n),
+            OpKind::Memory
+                | OpKind::MemorySegSI
+                | OpKind::MemorySegESI
+                | OpKind::MemorySegRSI
+                | OpKind::MemorySegDI
+                | OpKind::MemorySegEDI
+                | OpKind::MemorySegRDI
+                | OpKind::MemoryESDI
+                | OpKind::MemoryESEDI
+                | OpKind::MemoryESRDI
+        )
+    })
+}
+
+/// An MMX/SSE instruction (or FXSAVE/FXRSTOR, LDMXCSR...): not x87, not general purpose.
+fn is_simd(i: &Instruction) -> bool {
+    i.cpuid_features()
+        .iter()
+        .any(|x| fp::advertised(*x).is_some() && !fp::is_x87_feature(*x))
+}
+
 fn is_hint_nop(i: &Instruction) -> bool {
     let oc = i.op_code();
     oc.table() == OpCodeTableKind::T0F && matches!(oc.op_code(), 0x0d | 0x18..=0x1f)
@@ -93,6 +124,90 @@ fn is_hint_nop(i: &Instruction) -> bool {
 /// running the patched sequence on both), so a rule cannot hide a TCG bug in the
 /// rest of the sequence.
 pub const KNOWN_KVM: &[KnownKvm] = &[
+    KnownKvm {
+        applies: anywhere,
+        matches: |i| {
+            matches!(
+                i.mnemonic(),
+                Mnemonic::Fnstenv | Mnemonic::Fnsave | Mnemonic::Fxsave | Mnemonic::Fxsave64
+            )
+        },
+        diffs: |d| {
+            let what = d.split([' ', '[']).next().unwrap_or("");
+            what == "data" || what == "stack" || runner::GPR_NAMES.contains(&what)
+        },
+        reason: "not compared: the pointer fields (FIP, FDP, FOP, FCS, FDS) or MXCSR_MASK of \
+                 an FPU image, copied elsewhere by an instruction with a run-time address \
+                 (string instructions: the generator avoids only static reads of them)",
+    },
+    KnownKvm {
+        applies: emulated,
+        matches: |i| {
+            matches!(
+                i.mnemonic(),
+                Mnemonic::Fxsave | Mnemonic::Fxsave64 | Mnemonic::Fxrstor | Mnemonic::Fxrstor64
+            )
+        },
+        diffs: any_diff,
+        reason: "KVM's emulator runs FXSAVE/FXRSTOR piecewise (a save crossing into a \
+                 faulting page writes the first part, CR2 the page start) and without \
+                 the XMM registers when CR4.OSFXSR is clear (implementation-specific; TCG \
+                 saves them)",
+    },
+    KnownKvm {
+        applies: |m, p| kvm_emulates(m, p) && p == Privilege::User,
+        matches: |i| {
+            i.cpuid_features()
+                .iter()
+                .any(|x| fp::advertised(*x).is_some())
+        },
+        diffs: any_diff,
+        reason: "KVM's emulator injects #UD for the x87, MMX and SSE instructions it lacks \
+                 (nearly all) in user-mode 32-bit code",
+    },
+    KnownKvm {
+        applies: anywhere,
+        matches: |i| {
+            matches!(
+                i.mnemonic(),
+                Mnemonic::Ldmxcsr | Mnemonic::Fxrstor | Mnemonic::Fxrstor64
+            )
+        },
+        diffs: any_diff,
+        reason: "not a KVM defect: this host's CPU has AMD's misaligned-SSE mode, MXCSR \
+                 bit 17 (MM; MXCSR_MASK 0x2ffff): loading it is valid there, #GP in TCG's \
+                 model (MXCSR_MASK 0xffff)",
+    },
+    KnownKvm {
+        applies: anywhere,
+        matches: accesses_memory,
+        diffs: |d| d.starts_with("exception #14 vs #13") || d.starts_with("error code"),
+        reason: "an access crossing into non-canonical addresses (2^47) goes to KVM's \
+                 instruction emulator (natively run code: PVM hands it the #GP), which \
+                 checks only the first byte and reports a #PF (the CPU on the bare host \
+                 raises #GP)",
+    },
+    KnownKvm {
+        applies: native,
+        matches: |i| {
+            matches!(
+                i.mnemonic(),
+                Mnemonic::Fxsave | Mnemonic::Fxsave64 | Mnemonic::Fxrstor | Mnemonic::Fxrstor64
+            ) && i.memory_displacement64() % 16 != 0
+        },
+        diffs: any_diff,
+        reason: "natively run FXSAVE/FXRSTOR with a misaligned operand: the #GP goes to \
+                 KVM's instruction emulator (PVM), which saves/restores without the \
+                 16-byte alignment check",
+    },
+    KnownKvm {
+        applies: native,
+        matches: is_simd,
+        diffs: |d| d.starts_with("exception #6 vs #13") || d.starts_with("rsp "),
+        reason: "a #GP of natively run MMX/SSE code (misaligned 16-byte operand, reserved \
+                 MXCSR bits) goes to KVM's instruction emulator (PVM), which lacks the \
+                 instruction and injects #UD",
+    },
     KnownKvm {
         applies: emulated,
         matches: |i| {
@@ -271,20 +386,27 @@ fn listing(code: &[u8], bitness: u32) -> Vec<String> {
         .collect()
 }
 
-/// The arithmetic flags undefined when the sequence stopped at code offset `stop`
-/// (the faulting instruction's, or the end): those left undefined by the
-/// instructions before it, skipping those in `skip` (replaced: see `replacement`).
-fn undefined_flags(insns: &[(usize, Instruction)], skip: &[usize], stop: usize) -> u64 {
-    insns
+/// What the comparison leaves out when the sequence stopped at code offset `stop` (the
+/// faulting instruction's, or the end): the arithmetic flags and x87 condition codes
+/// left undefined by the instructions before it, skipping those in `skip` (replaced:
+/// see `replacement`), and the uncompared bytes of FPU environment images.
+fn ignore(insns: &[(usize, Instruction)], skip: &[usize], stop: usize) -> Ignore {
+    let before = || insns.iter().filter(|(pos, _)| *pos < stop);
+    let flags = before().fold(0, |u, (pos, i)| match skip.contains(pos) {
+        false => gen::after(u, i),
+        true if defines_flags(i) => 0,
+        // SAHF: all but OF.
+        true if i.rflags_modified() != 0 => u & (1 << 11),
+        true => u,
+    });
+    let fsw = before()
+        .filter(|(pos, _)| !skip.contains(pos))
+        .fold(0, |u, (_, i)| fp::cc_after(u, i));
+    let data = insns
         .iter()
-        .filter(|(pos, _)| *pos < stop)
-        .fold(0, |u, (pos, i)| match skip.contains(pos) {
-            false => gen::after(u, i),
-            true if defines_flags(i) => 0,
-            // SAHF: all but OF.
-            true if i.rflags_modified() != 0 => u & (1 << 11),
-            true => u,
-        })
+        .filter_map(|(_, i)| fp::uncompared_bytes(i))
+        .collect();
+    Ignore { flags, fsw, data }
 }
 
 /// Whether the replacement of a patched instruction is `cmp eax, eax` (which defines
@@ -317,8 +439,8 @@ fn stop_offset(setup: &Setup, o: &Outcome) -> usize {
 }
 
 /// The reasons of the [`KNOWN_KVM`] rules that explain a divergence of `code`, or
-/// `None`: the matching instructions are replaced (see `replacement`) and the patched sequence
-/// must then run the same on both engines.
+/// the differences left once the matching instructions are replaced (see
+/// `replacement`; the patched sequence must run the same on both engines).
 fn explain(
     a: &mut Engine,
     b: &mut Engine,
@@ -326,11 +448,23 @@ fn explain(
     setup: &Setup,
     code: &[u8],
     diffs: &[String],
+) -> Result<Vec<&'static str>, Vec<String>> {
+    let mut left = diffs.to_vec();
+    explain_rounds(a, b, cfg, setup, code, &mut left).ok_or(left)
+}
+
+/// [`explain`]'s rounds; `diffs` ends as the differences of the last patched run.
+fn explain_rounds(
+    a: &mut Engine,
+    b: &mut Engine,
+    cfg: &Config,
+    setup: &Setup,
+    code: &[u8],
+    diffs: &mut Vec<String>,
 ) -> Option<Vec<&'static str>> {
     let insns = decode(code, cfg.mode.bitness());
     let mut reasons: Vec<&'static str> = Vec::new();
     let mut patched: Vec<usize> = Vec::new();
-    let mut diffs = diffs.to_vec();
     // Patching one instruction can let the sequence reach another known one (KVM
     // stopped at the first): a few rounds, each adding the rules the new differences
     // call for.
@@ -357,7 +491,7 @@ fn explain(
         }
         match run_patched(a, b, cfg, setup, &insns, &patched) {
             Some(Patched::Agree) => return Some(reasons),
-            Some(Patched::Disagree(d)) => diffs = d,
+            Some(Patched::Disagree(d)) => *diffs = d,
             None => {
                 // Patched, the sequence reaches an instruction KVM cannot run at all
                 // (it stopped before it unpatched): compare what KVM can run, the
@@ -407,11 +541,7 @@ fn run_patched(
     let rb = b.run(cfg.mode, &s);
     match (ra, rb) {
         (Ok(oa), Ok(ob)) => {
-            let d = compare(
-                &oa,
-                &ob,
-                undefined_flags(insns, patched, stop_offset(setup, &oa)),
-            );
+            let d = compare(&oa, &ob, &ignore(insns, patched, stop_offset(setup, &oa)));
             Some(if d.is_empty() {
                 Patched::Agree
             } else {
@@ -427,25 +557,60 @@ fn run_patched(
 
 /// Reduces a divergent sequence: each instruction in turn is replaced and
 /// stays replaced if the engines still disagree. Returns the listing of what is left.
-fn reduce(a: &mut Engine, b: &mut Engine, cfg: &Config, setup: &Setup, code: &[u8]) -> Vec<String> {
+fn reduce(a: &mut Engine, b: &mut Engine, cfg: &Config, setup: &Setup, code: &[u8]) -> Reduced {
     let bitness = cfg.mode.bitness();
     let insns = decode(code, bitness);
     let mut patched: Vec<usize> = Vec::new();
+    let mut diffs = Vec::new();
     for (pos, _) in &insns {
         patched.push(*pos);
-        if !matches!(
-            run_patched(a, b, cfg, setup, &insns, &patched),
-            Some(Patched::Disagree(_))
-        ) {
-            patched.pop();
+        match run_patched(a, b, cfg, setup, &insns, &patched) {
+            Some(Patched::Disagree(d)) => diffs = d,
+            _ => {
+                patched.pop();
+            }
         }
     }
-    listing(code, bitness)
+    let listing = listing(code, bitness)
         .into_iter()
         .zip(&insns)
         .filter(|(_, (pos, _))| !patched.contains(pos))
         .map(|(l, _)| l)
-        .collect()
+        .collect();
+    Reduced { listing, diffs }
+}
+
+/// A reduced divergent sequence.
+#[derive(Debug, Clone, Default)]
+pub struct Reduced {
+    /// The instructions left.
+    pub listing: Vec<String>,
+    /// How the engines disagree on it (empty if nothing could be replaced).
+    pub diffs: Vec<String>,
+}
+
+/// The code and environment of sequence `seed` (`codes`: the candidates of `cfg`).
+fn sequence(cfg: &Config, codes: &[iced_x86::Code], seed: u64) -> (Vec<u8>, Setup) {
+    let mut rng = Rng::new(seed);
+    let (code, insns, _) =
+        gen::random_sequence(&mut rng, codes, cfg.mode.bitness(), cfg.length, env::CODE);
+    let mut setup = env::setup(cfg.mode, cfg.privilege, &mut rng, &code);
+    if cfg.features.fp() {
+        fp::randomize(&mut rng, &mut setup, &insns);
+    }
+    (code, setup)
+}
+
+/// The initial floating-point state of sequence `seed` and the memory operands of its
+/// floating-point instructions, for triage (see [`fp::describe`]).
+pub fn describe_fp(cfg: &Config, seed: u64) -> String {
+    let codes = gen::candidates(cfg.mode.bitness(), cfg.features);
+    let (code, setup) = sequence(cfg, &codes, seed);
+    let insns: Vec<Instruction> = decode(&code, cfg.mode.bitness())
+        .into_iter()
+        .map(|(_, i)| i)
+        .collect();
+    fp::describe(&setup, &insns)
 }
 
 /// Runs the campaign on engines `a` and `b` (`a` is KVM: the classifier's rules are
@@ -455,10 +620,7 @@ pub fn run(a: &mut Engine, b: &mut Engine, cfg: &Config) -> Report {
     let mut report = Report::default();
     for i in 0..cfg.count {
         let seed = cfg.seed.wrapping_add(i);
-        let mut rng = Rng::new(seed);
-        let (code, _, _) =
-            gen::random_sequence(&mut rng, &codes, cfg.mode.bitness(), cfg.length, env::CODE);
-        let setup = env::setup(cfg.mode, cfg.privilege, &mut rng, &code);
+        let (code, setup) = sequence(cfg, &codes, seed);
         report.sequences += 1;
         let ra = a.run(cfg.mode, &setup);
         let rb = b.run(cfg.mode, &setup);
@@ -482,6 +644,7 @@ pub fn run(a: &mut Engine, b: &mut Engine, cfg: &Config) -> Report {
                         seed,
                         listing: listing(&code, cfg.mode.bitness()),
                         reduced: reduce(a, b, cfg, &setup, &code),
+                        after_known: Vec::new(),
                         diffs: vec![format!("{name}: {m}")],
                     }),
                 }
@@ -490,22 +653,29 @@ pub fn run(a: &mut Engine, b: &mut Engine, cfg: &Config) -> Report {
         };
         report.compared += 1;
         let insns = decode(&code, cfg.mode.bitness());
-        let undefined = undefined_flags(&insns, &[], stop_offset(&setup, &oa));
-        let diffs = compare(&oa, &ob, undefined);
+        let diffs = compare(&oa, &ob, &ignore(&insns, &[], stop_offset(&setup, &oa)));
         if diffs.is_empty() {
             continue;
         }
-        if let Some(reasons) = explain(a, b, cfg, &setup, &code, &diffs) {
-            report.known_kvm_sequences += 1;
-            for r in reasons {
-                *report.known_kvm.entry(r).or_default() += 1;
+        let after_known = match explain(a, b, cfg, &setup, &code, &diffs) {
+            Ok(reasons) => {
+                report.known_kvm_sequences += 1;
+                for r in reasons {
+                    *report.known_kvm.entry(r).or_default() += 1;
+                }
+                continue;
             }
-            continue;
-        }
+            Err(left) => left,
+        };
         report.divergences.push(Divergence {
             seed,
             listing: listing(&code, cfg.mode.bitness()),
             reduced: reduce(a, b, cfg, &setup, &code),
+            after_known: if after_known == diffs {
+                Vec::new()
+            } else {
+                after_known
+            },
             diffs,
         });
     }
@@ -538,9 +708,18 @@ impl Report {
             for l in &d.listing {
                 s.push_str(&format!("      {l}\n"));
             }
-            if d.reduced.len() < d.listing.len() {
-                s.push_str("    reduced to:\n");
-                for l in &d.reduced {
+            if !d.after_known.is_empty() {
+                s.push_str(&format!(
+                    "    known KVM-side rules leave: {}\n",
+                    d.after_known.join("; ")
+                ));
+            }
+            if d.reduced.listing.len() < d.listing.len() {
+                s.push_str(&format!(
+                    "    reduced to ({}):\n",
+                    d.reduced.diffs.join("; ")
+                ));
+                for l in &d.reduced.listing {
                     s.push_str(&format!("      {l}\n"));
                 }
             }

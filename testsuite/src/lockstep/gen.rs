@@ -4,6 +4,7 @@
 //! touch I/O, read nondeterministic sources), so the generator covers the instruction
 //! set rather than a hand-picked list.
 
+use super::fp;
 use iced_x86::{
     Code, CpuidFeature, EncodingKind, FlowControl, Instruction, MemoryOperand, Mnemonic,
     OpCodeOperandKind, Register, RflagsBits,
@@ -46,11 +47,15 @@ impl Rng {
     }
 }
 
-/// Which instructions a sequence may contain.
+/// Which instructions a sequence may contain: the general-purpose ones always, the
+/// floating-point groups as far as TCG's CPUID model advertises them (see
+/// [`fp::advertised`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Features {
-    /// General-purpose instructions (always).
+    /// x87 instructions (FPU), with a random initial x87 state.
     pub x87: bool,
+    /// MMX, SSE and later SSE levels (and FXSAVE/FXRSTOR), with a random MXCSR and
+    /// random XMM/MMX registers.
     pub mmx_sse: bool,
     /// Privileged instructions (only meaningful at CPL 0).
     pub system: bool,
@@ -62,7 +67,23 @@ impl Features {
         mmx_sse: false,
         system: false,
     };
+    /// General-purpose, x87, MMX and SSE instructions.
+    pub const FP: Features = Features {
+        x87: true,
+        mmx_sse: true,
+        system: false,
+    };
+
+    /// Whether sequences use floating-point state (which is then randomised).
+    pub fn fp(self) -> bool {
+        self.x87 || self.mmx_sse
+    }
 }
+
+/// How many times each floating-point form is listed among the candidates when a
+/// floating-point group is on, so that most of a sequence is floating point (there
+/// are about as many general-purpose forms as floating-point ones).
+pub const FP_WEIGHT: usize = 3;
 
 /// The register that always points at the data area (never an operand).
 pub fn pointer_register(bitness: u32) -> Register {
@@ -216,22 +237,51 @@ pub fn candidates(bitness: u32, f: Features) -> Vec<Code> {
             if oc.is_input_output() || c.flow_control() != FlowControl::Next {
                 return false;
             }
-            oc.op_kinds().iter().all(|k| operand_ok(*k))
+            if fp::approximate(c.mnemonic()) {
+                return false;
+            }
+            oc.op_kinds()
+                .iter()
+                .all(|k| operand_ok(*k) || fp::operand_ok(*k))
                 && c.cpuid_features().iter().all(|x| feature_ok(*x, f))
+        })
+        .flat_map(|c| {
+            let n = if f.fp() && fp::is_fp(c) { FP_WEIGHT } else { 1 };
+            std::iter::repeat_n(c, n)
         })
         .collect()
 }
 
-/// Whether an instruction needing CPUID feature `x` belongs to the feature set.
+/// Whether an instruction needing CPUID feature `x` belongs to the feature set: the
+/// floating-point groups when they are on and TCG's CPUID model advertises them.
 fn feature_ok(x: CpuidFeature, f: Features) -> bool {
     use CpuidFeature::*;
-    match x {
-        INTEL8086 | INTEL186 | INTEL286 | INTEL386 | INTEL486 | X64 | CMOV | CX8 | CMPXCHG16B
-        | MOVBE | POPCNT | LZCNT | ADX | MULTIBYTENOP | PAUSE => true,
-        FPU | FPU287 | FPU387 => f.x87,
-        MMX | SSE | SSE2 | SSE3 | SSSE3 | SSE4_1 | SSE4_2 => f.mmx_sse,
-        _ => false,
+    if let Some(advertised) = fp::advertised(x) {
+        let on = if fp::is_x87_feature(x) {
+            f.x87
+        } else {
+            f.mmx_sse
+        };
+        return on && advertised;
     }
+    matches!(
+        x,
+        INTEL8086
+            | INTEL186
+            | INTEL286
+            | INTEL386
+            | INTEL486
+            | X64
+            | CMOV
+            | CX8
+            | CMPXCHG16B
+            | MOVBE
+            | POPCNT
+            | LZCNT
+            | ADX
+            | MULTIBYTENOP
+            | PAUSE
+    )
 }
 
 fn gpr(size: u32, index: u64) -> Register {
@@ -314,14 +364,27 @@ enum Opnd {
 /// Size of the data area a memory operand may reach from the pointer register.
 pub const DATA_WINDOW: u64 = 0xf00;
 
-fn operand(rng: &mut Rng, k: OpCodeOperandKind, bitness: u32, want_mem: bool) -> Option<Opnd> {
+/// A random operand of kind `k`; memory operands are `align`-byte aligned.
+fn operand(
+    rng: &mut Rng,
+    k: OpCodeOperandKind,
+    bitness: u32,
+    want_mem: bool,
+    align: u64,
+) -> Option<Opnd> {
     use OpCodeOperandKind::*;
     let memop = |rng: &mut Rng| {
         Opnd::Mem(MemoryOperand::with_base_displ(
             pointer_register(bitness),
-            rng.below(DATA_WINDOW) as i64,
+            (rng.below(DATA_WINDOW) & !(align - 1)) as i64,
         ))
     };
+    if fp::operand_ok(k) {
+        return Some(match fp::register(rng, k, bitness, want_mem) {
+            Some(r) => Opnd::Reg(r),
+            Option::None => memop(rng),
+        });
+    }
     Some(match k {
         mem => memop(rng),
         r8_or_mem if want_mem => memop(rng),
@@ -350,6 +413,12 @@ fn operand(rng: &mut Rng, k: OpCodeOperandKind, bitness: u32, want_mem: bool) ->
 pub fn random_instruction(rng: &mut Rng, code: Code, bitness: u32) -> Option<Instruction> {
     let oc = code.op_code();
     let kinds = oc.op_kinds();
+    if matches!(
+        code,
+        Code::Maskmovq_rDI_mm_mm | Code::Maskmovdqu_rDI_xmm_xmm
+    ) {
+        return maskmov(rng, code, bitness);
+    }
     // String instructions take implicit operands: build them with iced's helpers.
     if kinds.iter().any(|k| {
         matches!(
@@ -368,9 +437,17 @@ pub fn random_instruction(rng: &mut Rng, code: Code, bitness: u32) -> Option<Ins
         return None;
     }
     let want_mem = rng.chance(50);
+    // Floating-point memory operands are mostly aligned to their size: the aligned SSE
+    // forms fault otherwise (which natively run code cannot show: see KNOWN_KVM), and
+    // the data page's float values sit at those boundaries.
+    let align = if fp::is_fp(code) && rng.chance(90) {
+        fp::alignment(oc.memory_size().size())
+    } else {
+        1
+    };
     let mut ops: Vec<Opnd> = kinds
         .iter()
-        .map(|k| operand(rng, *k, bitness, want_mem))
+        .map(|k| operand(rng, *k, bitness, want_mem, align))
         .collect::<Option<Vec<_>>>()?;
     if shxd16 {
         if let Some(Opnd::Imm32(c)) = ops.last_mut() {
@@ -402,6 +479,34 @@ pub fn random_instruction(rng: &mut Rng, code: Code, bitness: u32) -> Option<Ins
         insn.set_has_lock_prefix(true);
     }
     Some(insn)
+}
+
+/// MASKMOVQ/MASKMOVDQU (store through DS:rDI, sometimes with an address-size
+/// override); not in 32-bit code, for the reason string stores are not (see
+/// [`string_instruction`]).
+fn maskmov(rng: &mut Rng, code: Code, bitness: u32) -> Option<Instruction> {
+    if bitness == 32 {
+        return None;
+    }
+    let asize = match (bitness, rng.chance(20)) {
+        (64, false) => 64,
+        (64, true) | (32, false) | (16, true) => 32,
+        _ => 16,
+    };
+    let mmx = code == Code::Maskmovq_rDI_mm_mm;
+    let k = if mmx {
+        OpCodeOperandKind::mm_reg
+    } else {
+        OpCodeOperandKind::xmm_reg
+    };
+    let a = fp::register(rng, k, bitness, false)?;
+    let b = fp::register(rng, k, bitness, false)?;
+    let r = if mmx {
+        Instruction::with_maskmovq(asize, a, b, Register::None)
+    } else {
+        Instruction::with_maskmovdqu(asize, a, b, Register::None)
+    };
+    r.ok()
 }
 
 /// A string instruction of form `code` (MOVS, STOS, LODS, SCAS, CMPS), sometimes with
@@ -471,7 +576,8 @@ fn string_instruction(rng: &mut Rng, code: Code, bitness: u32) -> Option<Instruc
 }
 
 /// A random sequence of `n` instructions, encoded for address `rip`, and the flags
-/// (architectural RFLAGS bits) whose final value is undefined.
+/// (architectural RFLAGS bits) whose final value is undefined. No instruction reads an
+/// undefined flag or x87 condition code, or a data-page byte that is not compared.
 pub fn random_sequence(
     rng: &mut Rng,
     codes: &[Code],
@@ -483,15 +589,29 @@ pub fn random_sequence(
     let mut bytes = Vec::new();
     let mut insns = Vec::new();
     let mut undefined = 0u64;
+    let mut undefined_cc = 0u16;
+    // Data-page bytes not compared (FPU environment images): nothing may read them.
+    let mut uncompared: Vec<std::ops::Range<usize>> = Vec::new();
     while insns.len() < n {
         let code = codes[rng.below(codes.len() as u64) as usize];
         let Some(insn) = random_instruction(rng, code, bitness) else {
             continue;
         };
         // An instruction that reads a flag the sequence left undefined would make its
-        // own results undefined: pick another.
+        // own results undefined: pick another. The same for the x87 condition codes.
         if arch_flags(insn.rflags_read()) & undefined != 0 {
             continue;
+        }
+        if undefined_cc != 0 && fp::reads_cc(&insn) {
+            continue;
+        }
+        if let Some(r) = fp::data_operand(&insn) {
+            if uncompared
+                .iter()
+                .any(|u| u.start < r.end && r.start < u.end)
+            {
+                continue;
+            }
         }
         let r = enc.encode(&insn, rip + bytes.len() as u64);
         // Take the buffer even after a failure: a failed encode can leave bytes in it.
@@ -508,6 +628,8 @@ pub fn random_sequence(
         }
         bytes.extend_from_slice(&out[..len]);
         undefined = after(undefined, &insn);
+        undefined_cc = fp::cc_after(undefined_cc, &insn);
+        uncompared.extend(fp::uncompared_bytes(&insn));
         insns.push(insn);
     }
     (bytes, insns, undefined)
@@ -603,6 +725,52 @@ mod tests {
             assert!(c64.iter().any(|c| c.mnemonic() == m), "{m:?} missing");
         }
         assert!(!c64.iter().any(|c| c.mnemonic() == Mnemonic::Rdtsc));
+    }
+
+    #[test]
+    fn fp_candidates_cover_x87_mmx_and_sse() {
+        let c = candidates(64, Features::FP);
+        for code in [
+            Code::Fadd_st0_sti,
+            Code::Fadd_sti_st0,
+            Code::Fxch_st0_sti,
+            Code::Fld_m80fp,
+            Code::Fcmovb_st0_sti,
+            Code::Paddb_mm_mmm64,
+            Code::Addps_xmm_xmmm128,
+            Code::Cvtsd2si_r64_xmmm64,
+            Code::Maskmovq_rDI_mm_mm,
+            Code::Fxsave_m512byte,
+        ] {
+            assert!(c.contains(&code), "{code:?} missing");
+        }
+        // Implementation-specific approximations, and what TCG does not advertise.
+        for m in [
+            Mnemonic::Fsin,
+            Mnemonic::Rcpps,
+            Mnemonic::Addsubps,
+            Mnemonic::Pshufb,
+        ] {
+            assert!(!c.iter().any(|x| x.mnemonic() == m), "{m:?} generated");
+        }
+        // Floating-point forms are weighted: most of the list.
+        let fp = c.iter().filter(|x| fp::is_fp(**x)).count();
+        assert!(fp * 3 > c.len() * 2, "{fp} of {}", c.len());
+        // None in the general-purpose set.
+        assert!(!candidates(64, Features::GP).iter().any(|x| fp::is_fp(*x)));
+        let mut rng = Rng::new(11);
+        let (bytes, insns, _) = random_sequence(&mut rng, &c, 64, 300, 0x10000);
+        let mut d = iced_x86::Decoder::with_ip(64, &bytes, 0x10000, iced_x86::DecoderOptions::NONE);
+        let decoded: Vec<Instruction> =
+            std::iter::from_fn(|| d.can_decode().then(|| d.decode())).collect();
+        assert_eq!(decoded.len(), insns.len());
+        assert!(decoded.iter().all(|i| !i.is_invalid()));
+        // No instruction reads an undefined condition code.
+        let mut cc = 0;
+        for i in &decoded {
+            assert!(cc == 0 || !fp::reads_cc(i), "{i} reads undefined C0-C3");
+            cc = fp::cc_after(cc, i);
+        }
     }
 
     #[test]

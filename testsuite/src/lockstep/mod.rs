@@ -4,5 +4,6 @@
 
 pub mod campaign;
 pub mod env;
+pub mod fp;
 pub mod gen;
 pub mod runner;

@@ -2,9 +2,10 @@
 
 use super::env::{decode_stop, Mode, Setup, Stop, DATA, DATA_LEN, MEM_SIZE, STOP_PORT, USTACK_TOP};
 use parking_lot::{Condvar, Mutex};
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vireo_core::cpu::CpuState;
+use vireo_core::cpu::{CpuState, FpuState};
 use vireo_core::{
     A20Gate, Bus, BusDevice, GuestMemory, MachineControl, StopReason, Vcpu, VcpuExit, VcpuKicker,
 };
@@ -285,19 +286,85 @@ impl Engine {
     }
 }
 
-/// Differences between two outcomes, ignoring the flags in `undefined_flags` (the
-/// arithmetic flags the sequence left undefined).
-pub fn compare(a: &Outcome, b: &Outcome, undefined_flags: u64) -> Vec<String> {
+/// The general-purpose registers as differences name them, in `CpuState::gpr` order.
+pub const GPR_NAMES: [&str; 16] = [
+    "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13",
+    "r14", "r15",
+];
+
+/// What a comparison leaves out: what the sequence left undefined, and bytes of the
+/// data page that hold state not compared.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ignore {
+    /// Arithmetic flags (RFLAGS bits) left undefined.
+    pub flags: u64,
+    /// x87 condition codes (FSW bits C0-C3) left undefined.
+    pub fsw: u16,
+    /// Data-page byte ranges not compared (see [`super::fp::uncompared_bytes`]).
+    pub data: Vec<Range<usize>>,
+}
+
+impl Ignore {
+    /// Only the undefined arithmetic flags `flags`.
+    pub fn flags(flags: u64) -> Ignore {
+        Ignore {
+            flags,
+            ..Ignore::default()
+        }
+    }
+}
+
+/// Differences of the x87/MMX/SSE state (see [`super::fp`] for what is compared).
+fn compare_fpu(a: &FpuState, b: &FpuState, fsw_undefined: u16, d: &mut Vec<String>) {
+    if a.fcw != b.fcw {
+        d.push(format!("fcw {:#06x} vs {:#06x}", a.fcw, b.fcw));
+    }
+    let m = !fsw_undefined;
+    if a.fsw & m != b.fsw & m {
+        d.push(format!(
+            "fsw {:#06x} vs {:#06x} (undefined {fsw_undefined:#06x})",
+            a.fsw, b.fsw
+        ));
+    }
+    if a.ftw != b.ftw {
+        d.push(format!("ftw {:#04x} vs {:#04x}", a.ftw, b.ftw));
+    }
+    let f80 = |s: &[u8; 16]| {
+        let mut v = [0u8; 16];
+        v[..10].copy_from_slice(&s[..10]);
+        u128::from_le_bytes(v)
+    };
+    for (i, (x, y)) in a.st.iter().zip(&b.st).enumerate() {
+        if f80(x) != f80(y) {
+            d.push(format!("st{i} {:#022x} vs {:#022x}", f80(x), f80(y)));
+        }
+    }
+    if a.mxcsr != b.mxcsr {
+        d.push(format!("mxcsr {:#06x} vs {:#06x}", a.mxcsr, b.mxcsr));
+    }
+    for (i, (x, y)) in a.xmm.iter().zip(&b.xmm).enumerate() {
+        if x != y {
+            d.push(format!(
+                "xmm{i} {:#034x} vs {:#034x}",
+                u128::from_le_bytes(*x),
+                u128::from_le_bytes(*y)
+            ));
+        }
+    }
+    if a.ymmh != b.ymmh {
+        d.push("ymm upper halves differ".into());
+    }
+}
+
+/// Differences between two outcomes, leaving out what `ignore` names.
+pub fn compare(a: &Outcome, b: &Outcome, ignore: &Ignore) -> Vec<String> {
+    let undefined_flags = ignore.flags;
     let mut d = Vec::new();
     if a.shutdown != b.shutdown {
         d.push(format!("shutdown {} vs {}", a.shutdown, b.shutdown));
         return d;
     }
-    const NAMES: [&str; 16] = [
-        "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12",
-        "r13", "r14", "r15",
-    ];
-    for (i, name) in NAMES.iter().enumerate() {
+    for (i, name) in GPR_NAMES.iter().enumerate() {
         if a.state.gpr[i] != b.state.gpr[i] {
             d.push(format!(
                 "{name} {:#x} vs {:#x}",
@@ -333,8 +400,14 @@ pub fn compare(a: &Outcome, b: &Outcome, undefined_flags: u64) -> Vec<String> {
         }
         (x, y) => d.push(format!("stop {x:?} vs {y:?}")),
     }
-    for (name, x, y) in [("data", &a.data, &b.data), ("stack", &a.stack, &b.stack)] {
-        if let Some(i) = x.iter().zip(y).position(|(p, q)| p != q) {
+    compare_fpu(&a.state.fpu, &b.state.fpu, ignore.fsw, &mut d);
+    for (name, x, y, skip) in [
+        ("data", &a.data, &b.data, ignore.data.as_slice()),
+        ("stack", &a.stack, &b.stack, &[]),
+    ] {
+        let differ =
+            |(i, (p, q)): &(usize, (&u8, &u8))| p != q && !skip.iter().any(|r| r.contains(i));
+        if let Some((i, _)) = x.iter().zip(y).enumerate().find(differ) {
             d.push(format!("{name}[{i:#x}] {:#04x} vs {:#04x}", x[i], y[i]));
         }
     }

@@ -304,8 +304,9 @@ impl Ieee {
     }
 }
 
-/// Converts packed BCD (18 digits, sign in bit 79) to an extended value; `None` for
-/// invalid digits (the result is then undefined; we return the indefinite).
+/// Converts packed BCD (18 digits, sign in bit 79) to an extended value. Invalid
+/// digits (A-F) give an undefined result (SDM); like the CPU, they count with their
+/// value (10-15) in the sum of digit × 10^k, which still fits 63 bits exactly.
 pub fn from_bcd(lo: u64, hi: u64) -> Ext {
     let mut v: i64 = 0;
     for i in (0..18).rev() {
@@ -319,7 +320,7 @@ pub fn from_bcd(lo: u64, hi: u64) -> Ext {
         } else {
             byte >> 4 & 0xf
         };
-        v = v * 10 + digit.min(9) as i64;
+        v = v * 10 + digit as i64;
     }
     let e = Ext::from_i64(v);
     Ext {

@@ -87,6 +87,27 @@ pub struct Ctx {
     pub flags: u8,
     /// Set when the last rounding increased the magnitude (x87 C1).
     pub rounded_up: bool,
+    /// Set when the last rounding had a tiny non-zero result (tininess after rounding
+    /// with an unbounded exponent, as x86 detects it), exact or not: an unmasked
+    /// underflow exception is signalled for it even when exact (the masked UNDERFLOW
+    /// flag needs inexactness too), and FTZ flushes it even when it rounds to the
+    /// smallest normal.
+    pub tiny: bool,
+    /// The overflow (underflow) exception is unmasked: a result too large (tiny) is
+    /// rounded as if the exponent range were unbounded and delivered with its
+    /// exponent biased by −(+)[`Format::wrap_bias`] (SDM Vol. 1, 8.5.4 and 8.5.5: the
+    /// x87 delivers it to a register; SSE only reports its flags), signalling OE (UE,
+    /// also when exact) and PE if that rounding is inexact.
+    pub wrap_overflow: bool,
+    pub wrap_underflow: bool,
+}
+
+impl Format {
+    /// The exponent bias of results delivered with an unmasked overflow or
+    /// underflow: 3 × 2^(exponent bits − 2) (24576 for the x87's extended format).
+    pub const fn wrap_bias(self) -> i32 {
+        3 * (self.emax + 1) / 2
+    }
 }
 
 impl Ctx {
@@ -95,6 +116,61 @@ impl Ctx {
             round,
             flags: 0,
             rounded_up: false,
+            tiny: false,
+            wrap_overflow: false,
+            wrap_underflow: false,
+        }
+    }
+
+    /// The result of an unmasked overflow (`over`) or underflow: `sig × 2^(exp −
+    /// 127)` rounded at `f`'s precision with an unbounded exponent, then biased by
+    /// ∓[`Format::wrap_bias`] (a result still out of range after the bias, which
+    /// only FSCALE and narrowing conversions can produce, becomes an infinity or a
+    /// zero; the x87, which delivers it, then reports it inexact and rounded up, as
+    /// the CPU does, while SSE reports the exactness of the unbounded rounding).
+    fn wrapped(&mut self, over: bool, sign: bool, exp: i32, sig: u128, f: Format) -> Rounded {
+        let wide = Format {
+            emin: f.emin - (1 << 20),
+            emax: f.emax + (1 << 20),
+            ..f
+        };
+        let (o, u) = (self.wrap_overflow, self.wrap_underflow);
+        self.wrap_overflow = false;
+        self.wrap_underflow = false;
+        let r = round_pack(self, sign, exp, sig, wide);
+        self.wrap_overflow = o;
+        self.wrap_underflow = u;
+        self.flags |= if over {
+            flag::OVERFLOW
+        } else {
+            flag::UNDERFLOW
+        };
+        self.tiny = !over;
+        match r {
+            Rounded::Finite(mut v) => {
+                v.exp += if over { -f.wrap_bias() } else { f.wrap_bias() };
+                let x87 = f.emax == ext(64).emax;
+                if v.exp > f.emax {
+                    if x87 {
+                        self.flags |= flag::INEXACT;
+                        self.rounded_up = true;
+                    }
+                    Rounded::Inf(sign)
+                } else if v.exp < f.emin {
+                    if x87 {
+                        self.flags |= flag::INEXACT;
+                        self.rounded_up = false;
+                    }
+                    Rounded::Finite(Unpacked {
+                        sign,
+                        exp: f.emin,
+                        sig: 0,
+                    })
+                } else {
+                    Rounded::Finite(v)
+                }
+            }
+            inf => inf,
         }
     }
 }
@@ -131,6 +207,7 @@ pub fn shr_jam(v: u128, n: u32) -> u128 {
 /// Rounds `value = sig × 2^(exp − 127)` to format `f` (sig need not be normalised).
 pub fn round_pack(ctx: &mut Ctx, sign: bool, exp: i32, sig: u128, f: Format) -> Rounded {
     ctx.rounded_up = false;
+    ctx.tiny = false;
     if sig == 0 {
         return Rounded::Finite(Unpacked {
             sign,
@@ -138,6 +215,7 @@ pub fn round_pack(ctx: &mut Ctx, sign: bool, exp: i32, sig: u128, f: Format) -> 
             sig: 0,
         });
     }
+    let (exp0, sig0) = (exp, sig);
     let lz = sig.leading_zeros();
     let mut sig = sig << lz;
     let mut exp = exp - lz as i32;
@@ -153,13 +231,20 @@ pub fn round_pack(ctx: &mut Ctx, sign: bool, exp: i32, sig: u128, f: Format) -> 
         }
     };
     if exp < f.emin {
-        // Tiny before rounding; tiny after rounding unless rounding at full precision
-        // with an unbounded exponent carries up to 2^emin.
+        // Tiny before rounding; tiny after rounding (what x86 detects, x87 and SSE
+        // alike) unless rounding at the format's precision with an unbounded exponent
+        // carries up to 2^emin. A result just below 2^emin whose significand is exact
+        // at that precision (a tie rounding up to 2^emin in the denormal format) is
+        // tiny; one whose rounding at that precision reaches 2^emin is not.
         let bits = sig & round_mask;
         let carries = exp == f.emin - 1
             && inc(bits, sig >> lsb_shift & 1 != 0, ctx.round)
             && (sig | round_mask) == u128::MAX;
         let tiny = !carries;
+        if tiny && ctx.wrap_underflow {
+            return ctx.wrapped(false, sign, exp0, sig0, f);
+        }
+        ctx.tiny = tiny;
         sig = shr_jam(sig, (f.emin - exp) as u32);
         exp = f.emin;
         let bits = sig & round_mask;
@@ -192,6 +277,9 @@ pub fn round_pack(ctx: &mut Ctx, sign: bool, exp: i32, sig: u128, f: Format) -> 
                 exp += 1;
             }
         }
+    }
+    if exp > f.emax && ctx.wrap_overflow {
+        return ctx.wrapped(true, sign, exp0, sig0, f);
     }
     if exp > f.emax {
         ctx.flags |= flag::OVERFLOW | flag::INEXACT;

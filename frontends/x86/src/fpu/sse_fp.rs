@@ -32,9 +32,16 @@ pub struct Env {
 
 impl Env {
     pub fn new(mxcsr: u32) -> Env {
+        let mut ctx = Ctx::new(Round::from_bits(u64::from(mxcsr >> mx::RC_SHIFT)));
+        // With overflow or underflow unmasked the result is not delivered (#XM), but
+        // the CPU reports PE as for a result rounded with an unbounded exponent, and UE
+        // for any tiny result: the x87's biased rounding gives both.
+        let masks = mxcsr >> mx::MASK_SHIFT;
+        ctx.wrap_overflow = masks & u32::from(flag::OVERFLOW) == 0;
+        ctx.wrap_underflow = masks & u32::from(flag::UNDERFLOW) == 0;
         Env {
             mxcsr,
-            ctx: Ctx::new(Round::from_bits(u64::from(mxcsr >> mx::RC_SHIFT))),
+            ctx,
             committed: 0,
         }
     }
@@ -53,26 +60,29 @@ impl Env {
     pub(super) fn raise(&mut self, f: u8) {
         self.ctx.flags |= f;
     }
+    /// Applies DAZ (a denormal operand reads as a zero of its sign).
+    fn daz(&self, t: Ieee, v: u64) -> u64 {
+        if t.is_denormal(v) && self.mxcsr & mx::DAZ != 0 {
+            v & sign_bit(t)
+        } else {
+            v
+        }
+    }
     /// Applies DAZ and records DE for a denormal operand.
     fn input(&mut self, t: Ieee, v: u64) -> u64 {
-        if t.is_denormal(v) {
-            if self.mxcsr & mx::DAZ != 0 {
-                return v & sign_bit(t);
-            }
+        let d = self.daz(t, v);
+        if t.is_denormal(d) {
             self.raise(flag::DENORMAL);
         }
-        v
+        d
     }
-    /// Computes and packs one rounded result, applying FTZ when it is tiny: a
-    /// denormal, or any result whose rounding raised the (masked) underflow flag —
-    /// which includes a result rounded up to the smallest normal from below it
-    /// (tininess is judged on the value rounded with an unbounded exponent).
+    /// Computes and packs one rounded result, applying FTZ to tiny results (as the
+    /// rounding detected them: one whose denormal rounding reaches the smallest normal
+    /// is flushed too, as on the CPU).
     fn output(&mut self, t: Ieee, f: impl FnOnce(&mut Ctx) -> sf::Rounded) -> u64 {
-        let earlier = self.ctx.flags;
-        self.ctx.flags = 0;
+        self.ctx.tiny = false;
         let v = t.pack(f(&mut self.ctx));
-        let tiny = t.is_denormal(v) || self.ctx.flags & flag::UNDERFLOW != 0;
-        self.ctx.flags |= earlier;
+        let tiny = self.ctx.tiny;
         let um = self.mxcsr >> mx::MASK_SHIFT & u32::from(flag::UNDERFLOW) != 0;
         if tiny && self.mxcsr & mx::FTZ != 0 && um {
             self.raise(flag::UNDERFLOW | flag::INEXACT);
@@ -154,12 +164,9 @@ pub fn arith(e: &mut Env, t: Ieee, op: Arith, a: u64, b: u64) -> u64 {
 fn arith_lane(e: &mut Env, t: Ieee, op: Arith, a: u64, b: u64) -> u64 {
     if matches!(op, Arith::Min | Arith::Max) {
         if t.is_nan(a) || t.is_nan(b) {
+            // The second operand, as DAZ reads it.
             e.raise(flag::INVALID);
-            // The second operand is returned as read: flushed under DAZ.
-            if t.is_denormal(b) && e.mxcsr & mx::DAZ != 0 {
-                return b & sign_bit(t);
-            }
-            return b;
+            return e.daz(t, b);
         }
         let (a, b) = (e.input(t, a), e.input(t, b));
         let lt = less(t, a, b);
@@ -173,7 +180,16 @@ fn arith_lane(e: &mut Env, t: Ieee, op: Arith, a: u64, b: u64) -> u64 {
     if let Some(n) = nan2(e, t, a, b) {
         return n;
     }
-    let (a, b) = (e.input(t, a), e.input(t, b));
+    // A finite non-zero value divided by zero signals only the zero divide, not a
+    // denormal dividend (as the CPU does).
+    let divide_by_zero = op == Arith::Div
+        && class(t, e.daz(t, b)) == Class::Zero
+        && !matches!(class(t, e.daz(t, a)), Class::Zero | Class::Inf);
+    let (a, b) = if divide_by_zero {
+        (e.daz(t, a), e.daz(t, b))
+    } else {
+        (e.input(t, a), e.input(t, b))
+    };
     let (ca, cb) = (class(t, a), class(t, b));
     let sa = a & sign_bit(t) != 0;
     let sb = b & sign_bit(t) != 0;
@@ -245,14 +261,15 @@ fn sqrt_lane(e: &mut Env, t: Ieee, a: u64) -> u64 {
         }
         return quiet(t, a);
     }
-    let a = e.input(t, a);
+    // A negative operand is invalid before it is a denormal (no DE).
     let neg = a & sign_bit(t) != 0;
+    if neg && class(t, e.daz(t, a)) != Class::Zero {
+        e.raise(flag::INVALID);
+        return t.indefinite();
+    }
+    let a = e.input(t, a);
     match class(t, a) {
         Class::Zero => a,
-        _ if neg => {
-            e.raise(flag::INVALID);
-            t.indefinite()
-        }
         Class::Inf => a,
         _ => e.output(t, |c| sf::sqrt(c, unpacked(t, a), t.fmt)),
     }
@@ -313,14 +330,15 @@ pub fn comi(e: &mut Env, t: Ieee, signal: bool, a: u64, b: u64) -> u64 {
 
 /// Float → integer of `ibits` (32/64), rounding with MXCSR.RC or truncating; the
 /// integer indefinite (only the sign bit set) with IE when out of range or NaN. A
-/// denormal source raises no DE (the conversions signal only IE and PE); DAZ applies.
+/// denormal source signals no DE (the conversions report only IE and PE; DAZ applies).
 pub fn to_int(e: &mut Env, t: Ieee, a: u64, ibits: u32, truncate: bool) -> u64 {
     let indef = 1u64 << (ibits - 1);
     if t.is_nan(a) || class(t, a) == Class::Inf {
         e.raise(flag::INVALID);
         return indef;
     }
-    if class(t, a) == Class::Zero || (t.is_denormal(a) && e.mxcsr & mx::DAZ != 0) {
+    let a = e.daz(t, a);
+    if class(t, a) == Class::Zero {
         return 0;
     }
     let round = if truncate { Round::Zero } else { e.ctx.round };
@@ -358,6 +376,8 @@ pub fn from_int(e: &mut Env, t: Ieee, v: i64) -> u64 {
 
 /// Converts between single and double (`from` → `to`).
 pub fn convert(e: &mut Env, from: Ieee, to: Ieee, a: u64) -> u64 {
+    // `output` reads the tininess of this lane's rounding only.
+    e.ctx.tiny = false;
     if from.is_snan(a) {
         e.raise(flag::INVALID);
     }

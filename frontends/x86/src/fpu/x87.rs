@@ -82,6 +82,14 @@ impl X87<'_> {
         self.set_valid(i, true);
     }
 
+    /// Loads TOP with `t` without moving the physical registers (FNINIT, FLDENV): the
+    /// slots rotate so that slot i is still ST(i).
+    pub fn load_top(&mut self, t: u8) {
+        let k = t.wrapping_sub(self.top()) & 7;
+        self.s.st.rotate_left(usize::from(k));
+        self.set_top(t);
+    }
+
     /// TOP − 1 (rotates the slots so that slot i stays ST(i)).
     pub fn dec_top(&mut self) {
         self.s.st.rotate_right(1);
@@ -117,6 +125,16 @@ impl X87<'_> {
 
     pub fn ctx(&self) -> Ctx {
         Ctx::new(self.round())
+    }
+
+    /// The rounding context of a computation whose result goes to a register: with
+    /// the overflow or underflow exception unmasked, out-of-range results are
+    /// delivered with a biased exponent (see [`Ctx::wrap_overflow`]).
+    pub fn result_ctx(&self) -> Ctx {
+        let mut c = self.ctx();
+        c.wrap_overflow = self.s.fcw & u16::from(flag::OVERFLOW) == 0;
+        c.wrap_underflow = self.s.fcw & u16::from(flag::UNDERFLOW) == 0;
+        c
     }
 
     /// Clears C1 (most instructions do, or set it from rounding).
@@ -157,16 +175,21 @@ impl X87<'_> {
     }
 
     /// Applies the flags of a computation that produced a result: returns true if the
-    /// result may be written (false: an unmasked pre-computation exception). Sets C1
-    /// from the rounding direction when inexact.
+    /// result may be written (false: an unmasked pre-computation exception, IE, DE or
+    /// ZE: the operation is not carried out, only those flags are recorded). Clears
+    /// C1, or sets it from the rounding direction when inexact.
     pub fn finish(&mut self, c: &Ctx) -> bool {
         let pre = c.flags & (flag::INVALID | flag::DENORMAL | flag::ZERO_DIV);
-        let unmasked = self.signal(c.flags);
         self.clear_c1();
+        if pre & !(self.s.fcw as u8) != 0 {
+            self.signal(pre);
+            return false;
+        }
+        self.signal(c.flags);
         if c.flags & flag::INEXACT != 0 && c.rounded_up {
             self.s.fsw |= sw::C1;
         }
-        !(unmasked && pre & !(self.s.fcw as u8) != 0)
+        true
     }
 
     /// Pushes `v` (stack overflow: masked → indefinite). Returns false if nothing was
@@ -203,8 +226,9 @@ impl X87<'_> {
         }
     }
 
-    /// FINIT state.
+    /// FINIT state (the registers keep their contents: TOP 0 renames them).
     pub fn init(&mut self) {
+        self.load_top(0);
         self.s.fcw = 0x37f;
         self.s.fsw = 0;
         self.s.ftw = 0;
@@ -245,14 +269,23 @@ impl X87<'_> {
     }
 }
 
-/// The result of a NaN operand (x87 rules: the QNaN with the larger significand, SNaNs
+/// The result of a NaN operand (x87 rules, SDM Vol. 1 table 4-7: of an SNaN and a
+/// QNaN the QNaN, of two of a kind the one with the larger significand, SNaNs
 /// quieted), with the invalid flag for SNaNs.
 pub fn propagate_nan(ctx: &mut Ctx, a: Ext, b: Ext) -> Ext {
     let (an, bn) = (a.is_nan(), b.is_nan());
-    if a.class() == Class::SNan || b.class() == Class::SNan {
+    let (sa, sb) = (a.class() == Class::SNan, b.class() == Class::SNan);
+    if sa || sb {
         ctx.flags |= flag::INVALID;
     }
     match (an, bn) {
+        (true, true) if sa != sb => {
+            if sa {
+                b
+            } else {
+                a
+            }
+        }
         (true, true) => {
             let (qa, qb) = (a.quiet(), b.quiet());
             if qa.sig > qb.sig || (qa.sig == qb.sig && !qa.sign) {
@@ -270,11 +303,14 @@ pub fn propagate_nan(ctx: &mut Ctx, a: Ext, b: Ext) -> Ext {
 /// the operation is decided, and adds the denormal flag for denormal operands.
 fn screen(ctx: &mut Ctx, a: Ext, b: Ext) -> Option<Ext> {
     let (ca, cb) = (a.class(), b.class());
+    // An unsupported or NaN operand takes precedence over a denormal one (the DE a
+    // denormal memory operand signalled on conversion is withdrawn).
     if ca == Class::Unsupported || cb == Class::Unsupported {
-        ctx.flags |= flag::INVALID;
+        ctx.flags = (ctx.flags & !flag::DENORMAL) | flag::INVALID;
         return Some(Ext::INDEFINITE);
     }
     if a.is_nan() || b.is_nan() {
+        ctx.flags &= !flag::DENORMAL;
         return Some(propagate_nan(ctx, a, b));
     }
     if ca == Class::Denormal || cb == Class::Denormal {
@@ -322,8 +358,9 @@ pub fn arith(ctx: &mut Ctx, op: ArithOp, a: Ext, b: Ext, prec: u32) -> Ext {
                 (Class::Inf, Class::Inf) | (Class::Zero, Class::Zero) => invalid(ctx),
                 (Class::Inf, _) => Ext::inf(sign),
                 (_, Class::Inf) => Ext::zero(sign),
+                // A zero divide signals no DE for a denormal dividend.
                 (_, Class::Zero) => {
-                    ctx.flags |= flag::ZERO_DIV;
+                    ctx.flags = (ctx.flags & !flag::DENORMAL) | flag::ZERO_DIV;
                     Ext::inf(sign)
                 }
                 _ => Ext::from_rounded(sf::div(ctx, a.unpack(), b.unpack(), f)),
@@ -339,8 +376,9 @@ pub fn sqrt(ctx: &mut Ctx, a: Ext, prec: u32) -> Ext {
     }
     match a.class() {
         Class::Zero => a,
+        // A negative operand is invalid before it is a denormal (no DE).
         _ if a.sign => {
-            ctx.flags |= flag::INVALID;
+            ctx.flags = (ctx.flags & !flag::DENORMAL) | flag::INVALID;
             Ext::INDEFINITE
         }
         Class::Inf => a,
@@ -361,10 +399,11 @@ pub enum Order {
 pub fn compare(ctx: &mut Ctx, a: Ext, b: Ext, quiet: bool) -> Order {
     let (ca, cb) = (a.class(), b.class());
     if ca == Class::Unsupported || cb == Class::Unsupported {
-        ctx.flags |= flag::INVALID;
+        ctx.flags = (ctx.flags & !flag::DENORMAL) | flag::INVALID;
         return Order::Unordered;
     }
     if a.is_nan() || b.is_nan() {
+        ctx.flags &= !flag::DENORMAL;
         if !quiet || ca == Class::SNan || cb == Class::SNan {
             ctx.flags |= flag::INVALID;
         }
@@ -439,7 +478,8 @@ pub fn round_int(ctx: &mut Ctx, a: Ext) -> Ext {
 }
 
 /// Converts to a signed integer of `bits` bits in mode `round`: `None` (invalid) when
-/// out of range or not a number.
+/// out of range or not a number. A denormal signals no DE (FIST and FBSTP report only
+/// IS, IA and P).
 pub fn to_int(ctx: &mut Ctx, a: Ext, bits: u32, round: Round) -> Option<i64> {
     match a.class() {
         Class::Zero => return Some(0),
@@ -448,9 +488,6 @@ pub fn to_int(ctx: &mut Ctx, a: Ext, bits: u32, round: Round) -> Option<i64> {
             ctx.flags |= flag::INVALID;
             return None;
         }
-    }
-    if a.class() == Class::Denormal {
-        ctx.flags |= flag::DENORMAL;
     }
     let (neg, mag, inexact) = sf::to_int(a.unpack(), round);
     let lim = 1u128 << (bits - 1);

@@ -40,6 +40,7 @@ use crate::fpu::simd4::{self, Extra};
 use crate::fpu::softfloat::flag;
 use crate::fpu::sse4_fp;
 use crate::fpu::sse_fp::{self as fp, Arith, Env};
+use crate::mmu::Agent;
 use iced_x86::Mnemonic;
 use vireo_core::cpu::ctl;
 use vireo_core::exec::Fault;
@@ -49,11 +50,15 @@ use vireo_core::ir::{Effects, HelperId, MmuIdx, Size};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u16)]
 pub enum SseHelper {
-    /// `(mmx | sse << 1)`: the SSE checks (CR0.EM, CR4.OSFXSR: #UD; CR0.TS: #NM) if
-    /// `sse`; if `mmx`, the MMX ones (#UD, #NM, #MF) and the switch to MMX mode (TOP =
-    /// 0, all tags valid).
+    /// `(mmx | sse << 1 | switch << 2)`: the SSE checks (CR0.EM, CR4.OSFXSR: #UD;
+    /// CR0.TS: #NM) if `sse`; if `mmx`, the MMX ones (#UD, #NM, #MF); if `switch`
+    /// (MASKMOVQ), the switch to MMX mode.
     Enter,
-    /// `(spec, lo, hi[, lens]) -> value`: one instruction (see the module docs).
+    /// `(spec, lo, hi[, lens]) -> value`: one instruction (see the module docs). An
+    /// MMX register operand first switches the x87 to MMX mode (TOP = 0, all tags
+    /// valid): the translator loads a memory source before, and checks a store's
+    /// destination for writing before, so that a memory fault leaves the x87 state
+    /// alone (as on the CPU; MASKMOVQ switches before its store faults).
     Op,
 }
 
@@ -113,14 +118,14 @@ fn mmx_mode(cpu: &mut X86Cpu) {
 
 fn enter(cpu: &mut X86Cpu, args: &[u64]) -> Result<u64, Fault> {
     let a = arg(args, 0);
-    let mmx = a & 1 != 0;
     if a & 2 != 0 {
         enter_checks(cpu, false)?;
     }
-    if mmx {
+    if a & 1 != 0 {
         enter_checks(cpu, true)?;
     }
-    if mmx {
+    // MASKMOVQ switches to MMX mode before any check of its destination.
+    if a & 4 != 0 {
         mmx_mode(cpu);
     }
     Ok(0)
@@ -398,6 +403,11 @@ fn op(cpu: &mut X86Cpu, args: &[u64]) -> Result<u64, Fault> {
     let dmmx = sp & spec::DST_MMX != 0;
     let src = (sp >> spec::SRC_SHIFT & 15) as usize;
     let smmx = sp & spec::SRC_MMX != 0;
+    // The switch to MMX mode comes after the memory operand was read (a fault there
+    // leaves the x87 state alone), before the operation (which may raise #XM).
+    if dmmx || smmx || mn == Mnemonic::Emms {
+        mmx_mode(cpu);
+    }
     let s = if sp & spec::SRC_REG != 0 {
         read_reg(cpu, src, smmx)
     } else {
@@ -494,8 +504,10 @@ fn op(cpu: &mut X86Cpu, args: &[u64]) -> Result<u64, Fault> {
 }
 
 /// MASKMOVQ/MASKMOVDQU `(spec, addr, user)`: stores the bytes of the destination
-/// register whose mask byte (source register) has its top bit set. Every byte's page
-/// is translated for writing before the first byte is written.
+/// register whose mask byte (source register) has its top bit set. Every byte of the
+/// 8/16-byte destination is checked for writing before the first byte is written,
+/// selected or not, also with an all-zero mask (implementation-specific per the SDM;
+/// what the CPU does).
 fn maskmov(cpu: &mut X86Cpu, sp: u64, args: &[u64]) -> Result<u64, Fault> {
     let mmx = sp & spec::DST_MMX != 0;
     let data = read_reg(cpu, (sp >> spec::DST_SHIFT & 15) as usize, mmx);
@@ -509,8 +521,8 @@ fn maskmov(cpu: &mut X86Cpu, sp: u64, args: &[u64]) -> Result<u64, Fault> {
         .filter(|&i| lane(mask, 8, i) & 0x80 != 0)
         .map(u64::from)
         .collect();
-    for &i in &sel {
-        crate::mmu::read(cpu, wrap(addr.wrapping_add(i)), Size::B8, mmu)?;
+    for i in 0..u64::from(n) {
+        crate::mmu::probe_write(cpu, wrap(addr.wrapping_add(i)), 1, Agent::from(mmu))?;
     }
     for &i in &sel {
         let a = wrap(addr.wrapping_add(i));

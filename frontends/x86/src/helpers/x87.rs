@@ -13,7 +13,6 @@
 
 use super::{HelperDef, X87_BASE};
 use crate::cpu::X86Cpu;
-use crate::flags::{self};
 use crate::fpu::ext::{self, Class, Ext, F32, F64};
 use crate::fpu::softfloat::{self as sf, flag, Ctx, Round};
 use crate::fpu::x87::{self as x, sw, ArithOp, Order, X87};
@@ -70,7 +69,7 @@ impl X87Helper {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum StackOp {
-    /// FST/FSTP ST(i) (`arg` = pop).
+    /// FST/FSTP ST(i) (`arg`: bit 0 pop, bit 1 FSTPNCE, which does not check ST(0)).
     StoreReg,
     Fxch,
     Ffree,
@@ -203,12 +202,19 @@ fn load(cpu: &mut X86Cpu, args: &[u64]) -> Result<u64, Fault> {
     };
     let mut ctx = f.ctx();
     let Some(v) = operand(&mut f, &mut ctx, fmt, lo, hi) else {
-        // FLD ST(i) of an empty register: masked → push the indefinite.
+        // FLD ST(i) of an empty register: masked → push the indefinite (the underflow
+        // is the exception reported, even if ST(7) is full too).
         if f.s.fcw & 1 != 0 {
-            f.push(Ext::INDEFINITE);
+            f.dec_top();
+            f.set_st(0, Ext::INDEFINITE);
         }
         return Ok(0);
     };
+    // A stack overflow is the only exception then (no DE or IE for the operand).
+    if !f.empty(7) {
+        f.push(v);
+        return Ok(0);
+    }
     // FLD m32/m64 of an SNaN: invalid; the value is quieted.
     let v = if (fmt <= 1) && v.class() == Class::SNan {
         ctx.flags |= flag::INVALID;
@@ -216,9 +222,14 @@ fn load(cpu: &mut X86Cpu, args: &[u64]) -> Result<u64, Fault> {
     } else {
         v
     };
+    // A denormal source is loaded even with DE unmasked (the conversion is exact);
+    // an unmasked IE (SNaN) loads nothing.
+    let de = ctx.flags & flag::DENORMAL;
+    ctx.flags &= !flag::DENORMAL;
     if !f.finish(&ctx) {
         return Ok(0);
     }
+    f.signal(de);
     f.push(v);
     Ok(0)
 }
@@ -241,7 +252,7 @@ fn arith(cpu: &mut X86Cpu, args: &[u64]) -> Result<u64, Fault> {
     let mut f = X87 {
         s: &mut cpu.state.fpu,
     };
-    let mut ctx = f.ctx();
+    let mut ctx = f.result_ctx();
     let (d, s) = if dest_sti {
         (f.read(dest), f.read(0))
     } else {
@@ -273,27 +284,29 @@ fn compare(cpu: &mut X86Cpu, args: &[u64]) -> Result<u64, Fault> {
     let quiet = spec & 1 != 0;
     let pops = (spec >> 1) & 3;
     let eflags = spec & 8 != 0;
-    let old = flags::compute(cpu.cc.op, cpu.cc.dst, cpu.cc.src, cpu.cc.src2);
     let mut f = X87 {
         s: &mut cpu.state.fpu,
     };
     let mut ctx = f.ctx();
     let a = f.read(0);
     let b = operand(&mut f, &mut ctx, arg(args, 1), arg(args, 2), arg(args, 3));
-    let order = match (a, b) {
+    // The condition codes (EFLAGS for FCOMI) are set even when an unmasked exception
+    // is raised (stack underflow, denormal, and on the CPU also an invalid operand,
+    // for which Intel's SDM says they are not); the pops happen only when the
+    // instruction completes.
+    let (order, complete) = match (a, b) {
         (Some(a), Some(b)) => {
             let o = x::compare(&mut ctx, a, b, quiet);
-            if !f.finish(&ctx) {
-                return Ok(old & (ZF | PF | CF));
+            let c1 = f.s.fsw & sw::C1;
+            let complete = f.finish(&ctx);
+            // FCOMI/FUCOMI leave C1 alone unless the stack underflows (as the CPU
+            // does; Intel's SDM says they clear it).
+            if eflags {
+                f.s.fsw = (f.s.fsw & !sw::C1) | c1;
             }
-            o
+            (o, complete)
         }
-        _ => {
-            if f.s.fcw & 1 == 0 {
-                return Ok(old & (ZF | PF | CF));
-            }
-            Order::Unordered
-        }
+        _ => (Order::Unordered, f.s.fcw & 1 != 0),
     };
     let mut out = 0;
     if eflags {
@@ -303,7 +316,6 @@ fn compare(cpu: &mut X86Cpu, args: &[u64]) -> Result<u64, Fault> {
             Order::Equal => ZF,
             Order::Unordered => ZF | PF | CF,
         };
-        f.s.fsw &= !sw::C1;
     } else {
         let c1 = f.s.fsw & sw::C1;
         f.s.fsw = (f.s.fsw & !sw::CC) | x::compare_cc(order) | c1;
@@ -311,8 +323,10 @@ fn compare(cpu: &mut X86Cpu, args: &[u64]) -> Result<u64, Fault> {
             f.s.fsw &= !sw::C1;
         }
     }
-    for _ in 0..pops {
-        f.pop();
+    if complete {
+        for _ in 0..pops {
+            f.pop();
+        }
     }
     Ok(out)
 }
@@ -350,15 +364,26 @@ fn store_bytes(f: &mut X87, v: Option<Ext>, fmt: u64, trunc: bool) -> Option<([u
         return Some((out, len));
     };
     match fmt {
+        // FST m32/m64 reports IS, IA, U, O and P: no DE for a denormal source.
         0 | 1 => {
             let ieee = if fmt == 0 { F32 } else { F64 };
             if v.class() == Class::SNan || v.class() == Class::Unsupported {
                 ctx.flags |= flag::INVALID;
             }
-            if v.class() == Class::Denormal {
-                ctx.flags |= flag::DENORMAL;
-            }
             let bits = ieee.from_ext(&mut ctx, v);
+            // An unmasked overflow or underflow stores nothing (no biased result fits
+            // a memory format): only that exception is recorded.
+            let over = ctx.flags & flag::OVERFLOW != 0 && f.s.fcw & 8 == 0;
+            let under = (ctx.flags & flag::UNDERFLOW != 0 || ctx.tiny) && f.s.fcw & 16 == 0;
+            if over || under {
+                f.clear_c1();
+                f.signal(if over {
+                    flag::OVERFLOW
+                } else {
+                    flag::UNDERFLOW
+                });
+                return None;
+            }
             put(&mut out, bits, len);
         }
         2 => out = v.to_bytes(),
@@ -377,8 +402,9 @@ fn store_bytes(f: &mut X87, v: Option<Ext>, fmt: u64, trunc: bool) -> Option<([u
                     out[8] = hi as u8;
                     out[9] = (hi >> 8) as u8;
                 }
+                // Out of range: invalid only (not inexact, whatever the rounding).
                 _ => {
-                    ctx.flags |= flag::INVALID;
+                    ctx.flags = (ctx.flags & !flag::INEXACT) | flag::INVALID;
                     put(&mut out, 0xc000_0000_0000_0000, 8);
                     out[8] = 0xff;
                     out[9] = 0xff;
@@ -445,18 +471,27 @@ fn stack(cpu: &mut X86Cpu, args: &[u64]) -> Result<u64, Fault> {
     let mut f = X87 {
         s: &mut cpu.state.fpu,
     };
-    let mut ctx = f.ctx();
+    let mut ctx = f.result_ctx();
     let prec = f.prec();
     match op {
+        // FSTPNCE (`arg` bit 1) with ST(0) empty only pops: no stack fault, no write.
+        StackOp::StoreReg if a2 & 2 != 0 && f.empty(0) => {
+            f.clear_c1();
+            f.pop();
+        }
         StackOp::StoreReg => {
             match f.read(0) {
-                Some(v) => f.set_st(i, v),
+                Some(v) => {
+                    f.set_st(i, v);
+                    f.clear_c1();
+                }
+                // An unmasked stack underflow leaves the stack alone (no pop).
+                None if f.s.fcw & 1 == 0 => return Ok(0),
                 None => f.underflow_result(i),
             }
-            if a2 != 0 {
+            if a2 & 1 != 0 {
                 f.pop();
             }
-            f.clear_c1();
         }
         StackOp::Fxch => {
             let (a, b) = (f.empty(0), f.empty(i));
@@ -475,15 +510,17 @@ fn stack(cpu: &mut X86Cpu, args: &[u64]) -> Result<u64, Fault> {
                 f.clear_c1();
             }
         }
+        // C1 is undefined after FFREE; the CPU clears it.
         StackOp::Ffree | StackOp::Ffreep => {
+            f.clear_c1();
             f.set_valid(i, false);
             if op == StackOp::Ffreep {
                 f.pop();
             }
         }
+        // C1 only changes on a stack underflow (cleared by the stack fault).
         StackOp::Fcmov => match (f.read(0), f.read(i)) {
             (Some(_), Some(v)) => {
-                f.clear_c1();
                 if a2 != 0 {
                     f.set_st(0, v);
                 }
@@ -521,12 +558,18 @@ fn unary(f: &mut X87, ctx: &mut Ctx, op: StackOp, prec: u32) {
             | StackOp::Fpatan
     );
     let pushes = matches!(op, StackOp::Fxtract | StackOp::Fptan | StackOp::Fsincos);
+    // FPREM/FPREM1 clear C1 and C2 first, whatever happens next.
+    if matches!(op, StackOp::Fprem | StackOp::Fprem1) {
+        f.s.fsw &= !(sw::C1 | sw::C2);
+    }
     let a = f.read(0);
     let b = if two { f.read(1) } else { Some(Ext::ZERO) };
     let (Some(a), Some(b)) = (a, b) else {
         f.underflow_result(0);
+        // The underflow is the exception reported, even if ST(7) is full too.
         if pushes && f.s.fcw & 1 != 0 {
-            f.push(Ext::INDEFINITE);
+            f.dec_top();
+            f.set_st(0, Ext::INDEFINITE);
         }
         if matches!(op, StackOp::Fyl2x | StackOp::Fyl2xp1 | StackOp::Fpatan) && f.s.fcw & 1 != 0 {
             f.set_st(1, Ext::INDEFINITE);
@@ -561,7 +604,8 @@ fn unary(f: &mut X87, ctx: &mut Ctx, op: StackOp, prec: u32) {
             }
         }
         StackOp::Fscale => {
-            let r = x::scale(ctx, a, b, prec);
+            // Precision control applies to the basic arithmetic and FSQRT only.
+            let r = x::scale(ctx, a, b, 64);
             if f.finish(ctx) {
                 f.set_st(0, r);
             }
@@ -588,20 +632,17 @@ fn unary(f: &mut X87, ctx: &mut Ctx, op: StackOp, prec: u32) {
                 }
             }
         }
-        _ => transcendental(f, ctx, op, a, b, prec),
+        _ => transcendental(f, ctx, op, a, b, 64),
     }
 }
 
 fn fprem(f: &mut X87, ctx: &mut Ctx, a: Ext, b: Ext, nearest: bool) {
     let (ca, cb) = (a.class(), b.class());
-    let invalid = a.is_nan()
-        || b.is_nan()
-        || ca == Class::Inf
-        || cb == Class::Zero
-        || ca == Class::Unsupported
-        || cb == Class::Unsupported;
+    let unsupported = ca == Class::Unsupported || cb == Class::Unsupported;
+    let invalid = a.is_nan() || b.is_nan() || ca == Class::Inf || cb == Class::Zero || unsupported;
     if invalid {
-        let r = if a.is_nan() || b.is_nan() {
+        // An unsupported operand takes precedence over a NaN.
+        let r = if !unsupported && (a.is_nan() || b.is_nan()) {
             x::propagate_nan(ctx, a, b)
         } else {
             ctx.flags |= flag::INVALID;
@@ -617,15 +658,28 @@ fn fprem(f: &mut X87, ctx: &mut Ctx, a: Ext, b: Ext, nearest: bool) {
         ctx.flags |= flag::DENORMAL;
     }
     if ca == Class::Zero || cb == Class::Inf {
+        // ST(0) is the remainder, written back as a result: a pseudo-denormal
+        // normalised, a denormal with underflow unmasked biased (UE).
+        let mut c = f.result_ctx();
+        let r = if ca == Class::Denormal {
+            let u = a.unpack();
+            Ext::from_rounded(sf::round_pack(&mut c, u.sign, u.exp, u.sig, sf::ext(64)))
+        } else {
+            a
+        };
+        ctx.flags |= c.flags & flag::UNDERFLOW;
         if f.finish(ctx) {
             f.s.fsw &= !(sw::CC);
+            f.set_st(0, r);
         }
         return;
     }
     let (r, q, done) = sf::rem(a.unpack(), b.unpack(), nearest);
-    // The remainder is exact; a tiny one is a denormal (underflow only if unmasked).
-    let mut c = Ctx::new(Round::Nearest);
+    // The remainder is exact; a tiny one is a denormal, or with underflow unmasked is
+    // delivered biased (UE).
+    let mut c = f.result_ctx();
     let v = Ext::from_rounded(sf::round_pack(&mut c, r.sign, r.exp, r.sig, sf::ext(64)));
+    ctx.flags |= c.flags & flag::UNDERFLOW;
     let v = if r.sig == 0 { Ext::zero(a.sign) } else { v };
     if !f.finish(ctx) {
         return;

@@ -113,8 +113,10 @@ fn load_env(real: bool, op32: bool, buf: &[u8], s: &mut vireo_core::cpu::FpuStat
         }
     }
     s.fcw = (fcw as u16 & 0x1f3f) | 0x40;
-    s.fsw = fsw as u16;
     let mut x = X87 { s };
+    // The physical registers stay where they are under the new TOP.
+    x.load_top((fsw >> 11 & 7) as u8);
+    x.s.fsw = fsw as u16;
     x.set_full_tag(tag as u16);
     x.update_es();
 }
@@ -156,7 +158,12 @@ pub fn env(cpu: &mut X86Cpu, args: &[u64]) -> Result<u64, Fault> {
                 }
                 .init();
             } else {
+                // FNSTENV masks every exception: none is pending any more (ES, B).
                 cpu.state.fpu.fcw |= 0x3f;
+                X87 {
+                    s: &mut cpu.state.fpu,
+                }
+                .update_es();
             }
         }
         1 | 3 => {
@@ -166,7 +173,8 @@ pub fn env(cpu: &mut X86Cpu, args: &[u64]) -> Result<u64, Fault> {
             mmu::read_bytes(cpu, addr, &mut buf[..len], Access::Read, ag)?;
             let real = !cpu.protected();
             let mut s = cpu.state.fpu.clone();
-            // The registers first (tags of FRSTOR refer to them).
+            load_env(real, op32, &buf, &mut s);
+            // FRSTOR's registers are in ST(i) order of the loaded TOP.
             if op == 3 {
                 for i in 0..8 {
                     let o = env_len + 10 * i;
@@ -174,7 +182,6 @@ pub fn env(cpu: &mut X86Cpu, args: &[u64]) -> Result<u64, Fault> {
                     s.st[i] = v.to_slot();
                 }
             }
-            load_env(real, op32, &buf, &mut s);
             cpu.state.fpu = s;
         }
         4 => fxsave(cpu, addr, ag, wide)?,
@@ -232,23 +239,32 @@ pub fn fxsave_image(cpu: &X86Cpu, wide: bool) -> [u8; 512] {
 fn fxsave(cpu: &mut X86Cpu, addr: u64, ag: Agent, wide: bool) -> Result<(), Fault> {
     fx_checks(cpu, addr)?;
     let img = fxsave_image(cpu, wide);
-    // Bytes 416..512 are left alone (available to software).
+    // The whole 512-byte area must be writable (its last byte is checked first: the
+    // address a page fault reports, as on the CPU); bytes 416..512 are left alone
+    // (available to software).
+    mmu::probe_write(cpu, addr.wrapping_add(511), 1, ag)?;
+    mmu::probe_write(cpu, addr, 512, ag)?;
     mmu::write_bytes(cpu, addr, &img[..416], ag)
 }
 
 fn fxrstor(cpu: &mut X86Cpu, addr: u64, ag: Agent, wide: bool) -> Result<(), Fault> {
     fx_checks(cpu, addr)?;
-    let mut b = [0u8; 416];
+    // The whole 512-byte area is read (a fault anywhere in it is taken; the last byte
+    // is checked first: the address a page fault reports, as on the CPU).
+    let mut b = [0u8; 512];
+    mmu::read_bytes(cpu, addr.wrapping_add(511), &mut b[..1], Access::Read, ag)?;
     mmu::read_bytes(cpu, addr, &mut b, Access::Read, ag)?;
     let mxcsr = get(&b, 24, 4) as u32;
     if mxcsr & !MXCSR_MASK != 0 {
         return Err(Fault::with_error(13, 0));
     }
     let n = xmm_count(cpu);
+    let mut img = [0u8; 416];
+    img.copy_from_slice(&b[..416]);
     let s = &mut cpu.state.fpu;
-    load_x87_image(s, &b, wide);
+    load_x87_image(s, &img, wide);
     s.mxcsr = mxcsr;
-    load_xmm_image(s, &b, n);
+    load_xmm_image(s, &img, n);
     X87 { s }.update_es();
     Ok(())
 }

@@ -48,6 +48,8 @@ mod tests;
 #[cfg(test)]
 mod tests_lockstep;
 #[cfg(test)]
+mod tests_lockstep_fp;
+#[cfg(test)]
 mod tests_more;
 #[cfg(test)]
 mod tests_sse;
@@ -500,7 +502,7 @@ impl Tr {
             M::Clc | M::Stc | M::Cmc => self.carry_op(),
             M::Cld | M::Std => self.df_op(),
             M::Salc => self.salc(),
-            M::Nop | M::Pause | M::Fnop | M::Endbr32 | M::Endbr64 => Flow::Next,
+            M::Nop | M::Pause | M::Endbr32 | M::Endbr64 => Flow::Next,
             M::Prefetch | M::Prefetchw | M::Prefetchnta | M::Prefetcht0 | M::Prefetcht1 => {
                 Flow::Next
             }

@@ -193,12 +193,16 @@ impl Tr {
             } else {
                 ea
             };
-            // Non-canonical: bits 63..47 not all equal.
+            // Non-canonical: bits 63..47 of the first or the last byte's address not
+            // all equal (an access crossing 2^47 faults before any page is walked).
+            // With b = lin + 2^47, the first byte is canonical iff b < 2^48, the last
+            // iff b + len - 1 < 2^48.
             let biased = self
                 .b
                 .bini(BinOp::Add, Size::B64, lin, 0x0000_8000_0000_0000);
-            let high = self.b.bini(BinOp::Shr, Size::B64, biased, 48);
-            self.raise_if(high, vector, true);
+            let limit = self.b.konst((1u64 << 48) - len.max(1));
+            let bad = self.b.setcond(Cond::Gtu, Size::B64, biased, limit);
+            self.raise_if(bad, vector, true);
             return lin;
         }
         match self.m.seg[usize::from(seg)] {

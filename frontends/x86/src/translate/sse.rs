@@ -3,12 +3,13 @@
 //! without the SSE checks) is in [`super::bits`], FISTTP (SSE3) in [`super::x87`];
 //! MONITOR/MWAIT are not implemented (#UD, and CPUID does not advertise them).
 //!
-//! Every instruction calls `Enter` (the #UD/#NM/#MF checks; MMX forms switch the x87
-//! to MMX mode), then computes the address of a memory operand (segment checks, then
-//! the 16-byte alignment #GP(0) of the aligned forms), loads a memory source in IR and
-//! calls `Op`, which reads and writes the registers. Stores get the register's
-//! qwords from `Op` and write them in IR; an unaligned 16-byte store first probes both
-//! qwords for writing so that a fault on the second leaves memory unchanged. The
+//! Every instruction calls `Enter` (the #UD/#NM/#MF checks), then computes the address
+//! of a memory operand (segment checks, then the 16-byte alignment #GP(0) of the
+//! aligned forms), loads a memory source in IR and calls `Op`, which switches the x87
+//! to MMX mode for MMX register operands and reads and writes the registers. Stores
+//! get the register's qwords from `Op` and write them in IR; an unaligned 16-byte
+//! store first probes both qwords for writing so that a fault on the second leaves
+//! memory unchanged, and an MMX store probes its destination before `Op`. The
 //! extracting stores (PEXTRB/W/D/Q, EXTRACTPS) get their element from `Op`.
 //!
 //! The string comparisons read their explicit lengths from rAX/rDX (RAX/RDX with
@@ -158,17 +159,20 @@ impl Tr {
         let has_xmm = kinds.iter().any(|k| matches!(k, Kind::Xmm(_)));
         let sse_checks = has_xmm || matches!(mn, Mnemonic::Ldmxcsr | Mnemonic::Stmxcsr);
         let mmx = has_mm || mn == Mnemonic::Emms;
+        let maskmovq = mn == Mnemonic::Maskmovq;
         let e = self
             .b
-            .konst(u64::from(mmx) | u64::from(sse_checks || !mmx) << 1);
+            .konst(u64::from(mmx) | u64::from(sse_checks || !mmx) << 1 | u64::from(maskmovq) << 2);
         self.sse(SseHelper::Enter, &[e], false);
 
         let mut sp = mn as u64;
         if i.op_count() >= 2 && i.op_kind(i.op_count() - 1) == OpKind::Immediate8 {
             sp |= (i.immediate8() as u64) << spec::IMM_SHIFT;
         }
+        // A 64-bit integer operand: a 64-bit GPR, or (CVTSI2SS/SD with REX.W) memory.
         let w64 = (0..i.op_count())
-            .any(|n| i.op_kind(n) == OpKind::Register && i.op_register(n).is_gpr64());
+            .any(|n| i.op_kind(n) == OpKind::Register && i.op_register(n).is_gpr64())
+            || i.memory_size() == iced_x86::MemorySize::Int64;
         if w64 {
             sp |= spec::W64;
         }
@@ -228,6 +232,11 @@ impl Tr {
                 }
                 let len = i.memory_size().size();
                 let addr = self.sse_addr(true);
+                if rmmx {
+                    // The store must not fault after Op switched to MMX mode.
+                    let size = Size::from_bytes(len).unwrap_or(Size::B64);
+                    self.b.load(addr, size, true, mmu);
+                }
                 let s = self.b.konst(sp);
                 let lo = self.sse(SseHelper::Op, &[s, zero, zero], true)?;
                 if len == 16 {

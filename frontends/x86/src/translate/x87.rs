@@ -158,8 +158,9 @@ impl Tr {
                 self.x87(X87Helper::Load, &[fmt, lo, hi], false);
                 Flow::Next
             }
-            M::Fst | M::Fstp | M::Fist | M::Fistp | M::Fisttp | M::Fbstp => {
-                let pop = matches!(mn, M::Fstp | M::Fistp | M::Fisttp | M::Fbstp);
+            // FSTPNCE (D9 D8+i, "FSTP1") is FSTP ST(i).
+            M::Fst | M::Fstp | M::Fstpnce | M::Fist | M::Fistp | M::Fisttp | M::Fbstp => {
+                let pop = matches!(mn, M::Fstp | M::Fstpnce | M::Fistp | M::Fisttp | M::Fbstp);
                 if self.has_mem() {
                     let fmt = mem_fmt(self.i.memory_size())?;
                     let trunc = mn == M::Fisttp;
@@ -171,9 +172,10 @@ impl Tr {
                     self.x87(X87Helper::Store, &[spec, addr, m], false);
                 } else {
                     let i = self.st_index(0).unwrap_or(0);
+                    let nce = u64::from(mn == M::Fstpnce) << 1;
                     self.x87c(
                         X87Helper::Stack,
-                        &[StackOp::StoreReg as u64, i, u64::from(pop)],
+                        &[StackOp::StoreReg as u64, i, u64::from(pop) | nce],
                     );
                 }
                 Flow::Next
@@ -239,7 +241,18 @@ impl Tr {
             | M::Fcmovne
             | M::Fcmovnbe
             | M::Fcmovnu => {
-                let cc = self.i.condition_code();
+                // iced's condition_code() knows no FCMOVcc: map the mnemonic.
+                use iced_x86::ConditionCode as C;
+                let cc = match mn {
+                    M::Fcmovb => C::b,
+                    M::Fcmove => C::e,
+                    M::Fcmovbe => C::be,
+                    M::Fcmovu => C::p,
+                    M::Fcmovnb => C::ae,
+                    M::Fcmovne => C::ne,
+                    M::Fcmovnbe => C::a,
+                    _ => C::np,
+                };
                 let c = self.cond(cc);
                 let i = self.st_index(1).unwrap_or(0);
                 let op = self.b.konst(StackOp::Fcmov as u64);
@@ -334,6 +347,11 @@ impl Tr {
             }
             // 8087/287 controls: no-ops since the 387.
             M::Fneni | M::Fndisi | M::Fnsetpm => Flow::Next,
+            // FNOP is a waiting instruction despite its name (#MF, as on the CPU).
+            M::Fnop => {
+                self.x87c(X87Helper::Enter, &[1, 0]);
+                Flow::Next
+            }
             M::Wait => {
                 self.x87c(X87Helper::Control, &[5]);
                 Flow::Next
