@@ -213,6 +213,35 @@ fn faults_go_through_the_ivt() {
 }
 
 #[test]
+fn trap_flag_single_steps_through_the_ivt() {
+    // TF set: inc ax; inc ax; jmp +0; inc ax; hlt. IVT[1] = 0000:0200 with iret (the
+    // handler runs with TF clear, IRET restores it). One #DB after each instruction
+    // but HLT; the first trap returns to 0x101.
+    let mut t = Toy::new(&[0x40, 0x40, 0xEB, 0x00, 0x40, 0xF4]);
+    t.mem.write_u16(4, 0x200).unwrap();
+    t.mem.write(0x200, &[0xCF]).unwrap();
+    let mut s = t.vcpu.state().unwrap();
+    s.rflags |= flags::TF;
+    t.vcpu.set_state(&s).unwrap();
+    assert_eq!(t.vcpu.run().unwrap(), VcpuExit::Halted);
+    let s = t.vcpu.state().unwrap();
+    assert_eq!(s.gpr[reg::RAX], 3);
+    assert_eq!(s.rip, 0x106);
+    assert_eq!(t.vcpu.stats.exceptions, 4);
+    assert_ne!(s.dr[4] & (1 << 14), 0, "DR6.BS");
+    // The last frame (below the final SP): IP after the third inc, FLAGS with TF.
+    assert_eq!(t.mem.read_u16(0x8000 - 6).unwrap(), 0x105);
+    assert_ne!(
+        u64::from(t.mem.read_u16(0x8000 - 2).unwrap()) & flags::TF,
+        0
+    );
+    // Without TF the same code runs in one block and takes no trap.
+    let mut t = Toy::new(&[0x40, 0x40, 0xEB, 0x00, 0x40, 0xF4]);
+    assert_eq!(t.vcpu.run().unwrap(), VcpuExit::Halted);
+    assert_eq!(t.vcpu.stats.exceptions, 0);
+}
+
+#[test]
 fn halt_with_interrupts_disabled_or_no_controller_returns_halted() {
     let mut t = Toy::new(&[0xF4]);
     assert_eq!(t.vcpu.run().unwrap(), VcpuExit::Halted);

@@ -342,6 +342,9 @@ impl TcgVcpu {
     fn step(&mut self) -> Step {
         let pc = self.cpu.state.rip;
         let prev = self.chain_from.take();
+        // RFLAGS.TF: one-instruction blocks (cached apart) and a #DB trap after each.
+        let single_step = self.cpu.state.rflags & flags::TF != 0;
+        let prev = prev.filter(|_| !single_step);
         let linked = prev.and_then(|(from, to_pc)| {
             let next = self.cache.get(from)?.link_to(to_pc)?;
             (to_pc == pc && self.cache.get(next).is_some()).then_some(next)
@@ -372,6 +375,13 @@ impl TcgVcpu {
             self.cpu.state.events.interrupt_shadow = false;
         }
         self.after_block();
+        if single_step {
+            if let BlockOutcome::Exit(ExitKind::Jump(_) | ExitKind::Indirect | ExitKind::Sync) =
+                outcome
+            {
+                return self.single_step_trap();
+            }
+        }
         match outcome {
             BlockOutcome::Exit(ExitKind::Jump(target)) => {
                 self.chain_from = Some((id, target));
@@ -384,6 +394,22 @@ impl TcgVcpu {
             }
             BlockOutcome::Stopped { .. } => Step::Continue,
             BlockOutcome::Fault { fault, pc } => self.fault(fault, pc),
+        }
+    }
+
+    /// The single-step trap after an instruction that started with TF set: #DB with
+    /// DR6.BS, returning to the next instruction. (Faults, software interrupts and HLT
+    /// take precedence and give no trap, as on the CPU; MOV SS's suppression of the
+    /// trap for the following instruction is not modelled.)
+    fn single_step_trap(&mut self) -> Step {
+        const DR6_BS: u64 = 1 << 14;
+        self.cpu.state.dr[4] |= DR6_BS;
+        self.stats.exceptions += 1;
+        let next = self.cpu.state.rip;
+        log::trace!(target: LOG_EXEC, "single-step #DB at {next:#x}");
+        match frontend::deliver_exception(&mut self.cpu, Fault::new(1), next) {
+            Ok(()) => Step::Continue,
+            Err(e) => Step::Exit(delivery_exit(e)),
         }
     }
 
@@ -408,7 +434,7 @@ impl TcgVcpu {
             phys,
             pc,
             cs_base: self.cpu.state.seg[sreg::CS].base,
-            mode: frontend::mode_key(&self.cpu),
+            mode: frontend::mode_key(&self.cpu) | u64::from(self.single_stepping()) << 63,
         };
         let id = match self.cache.lookup(&key) {
             Some(id) if self.second_page_matches(id)? => id,
@@ -442,10 +468,20 @@ impl TcgVcpu {
         Ok(phys2 >> 12 == pfn2)
     }
 
+    /// RFLAGS.TF is set: blocks are one instruction long.
+    fn single_stepping(&self) -> bool {
+        self.cpu.state.rflags & flags::TF != 0
+    }
+
     /// Translates the block for `key` (at CS:RIP, linear address `linear`) and
     /// caches it.
     fn translate(&mut self, key: TbKey, linear: u64) -> Result<TbId, Step> {
-        let block = match (self.translator)(&mut self.cpu, self.max_insns) {
+        let max = if self.single_stepping() {
+            1
+        } else {
+            self.max_insns
+        };
+        let block = match (self.translator)(&mut self.cpu, max) {
             Ok(b) => b,
             Err(TranslateError::Fault(f)) => return Err(self.fault(f, key.pc)),
             Err(TranslateError::Unavailable(why)) => {
