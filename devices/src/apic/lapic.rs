@@ -239,9 +239,9 @@ impl LocalApic {
         self.id
     }
 
-    /// The registers' power-up values (SDM 10.4.7.1), ID and base kept.
+    /// The registers' power-up values (SDM 10.4.7.1), ID and base kept (an INIT keeps
+    /// the APIC ID register, SDM 10.4.7.3).
     fn reset_registers(&mut self) {
-        self.xapic_id = self.id as u8;
         self.tpr = 0;
         self.ldr = 0;
         self.dfr = u32::MAX;
@@ -267,6 +267,7 @@ impl LocalApic {
         let bsp = self.bsp();
         self.base = DEFAULT_BASE | base::EN | if bsp { base::BSP } else { 0 };
         self.events.clear();
+        self.xapic_id = self.id as u8;
         self.reset_registers();
     }
 
@@ -314,6 +315,7 @@ impl LocalApic {
         if was_enabled && !en {
             // SDM 10.4.3: the APIC may return to its power-up state; it does here.
             self.events.clear();
+            self.xapic_id = self.id as u8;
             self.reset_registers();
         }
         log::debug!(target: LOG, "APIC {}: base {v:#x}", self.id);

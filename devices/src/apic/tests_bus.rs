@@ -57,14 +57,16 @@ fn ipi(h: &LapicHandle, dest: u8, low: u32) {
 #[test]
 fn init_and_sipi_reach_the_other_cpu() {
     let (_, cpus) = system(2);
-    // The AP had some state: INIT resets it (ID kept).
+    // The AP had some state: INIT resets it, except the APIC ID register.
     write(&cpus[1], reg::TPR, 0x40);
     write(&cpus[1], reg::LDR, 0x0200_0000);
-    // The MP start-up sequence: INIT assert (level), INIT de-assert, SIPI x2.
-    ipi(&cpus[0], 1, 0x0000_c500);
-    ipi(&cpus[0], 1, 0x0000_8500);
-    ipi(&cpus[0], 1, 0x0000_069a);
-    ipi(&cpus[0], 1, 0x0000_069a);
+    write(&cpus[1], reg::ID, 0x0500_0000);
+    // The MP start-up sequence: INIT assert (level), INIT de-assert, SIPI x2 (to the
+    // APIC ID the AP has now).
+    ipi(&cpus[0], 5, 0x0000_c500);
+    ipi(&cpus[0], 5, 0x0000_8500);
+    ipi(&cpus[0], 5, 0x0000_069a);
+    ipi(&cpus[0], 5, 0x0000_069a);
     let mut ap = cpus[1].lapic.lock();
     assert_eq!(ap.take_event(), Some(CpuEvent::Init));
     assert_eq!(ap.take_event(), Some(CpuEvent::StartUp(0x9a)));
@@ -73,7 +75,7 @@ fn init_and_sipi_reach_the_other_cpu() {
     assert_eq!(ap.tpr(), 0);
     assert!(!ap.bsp());
     drop(ap);
-    assert_eq!(read(&cpus[1], reg::ID), 1 << 24, "ID kept");
+    assert_eq!(read(&cpus[1], reg::ID), 5 << 24, "ID kept");
     assert_eq!(read(&cpus[1], reg::LDR), 0);
     assert_eq!(
         read(&cpus[1], reg::SVR),
