@@ -613,6 +613,10 @@ pub fn random_sequence(
                 continue;
             }
         }
+        // A string instruction's run-time address could read them too.
+        if !uncompared.is_empty() && insn.is_string_instruction() {
+            continue;
+        }
         let r = enc.encode(&insn, rip + bytes.len() as u64);
         // Take the buffer even after a failure: a failed encode can leave bytes in it.
         let out = enc.take_buffer();
