@@ -343,7 +343,7 @@ impl TcgVcpu {
         let pc = self.cpu.state.rip;
         let prev = self.chain_from.take();
         // RFLAGS.TF: one-instruction blocks (cached apart) and a #DB trap after each.
-        let single_step = self.cpu.state.rflags & flags::TF != 0;
+        let single_step = self.single_stepping();
         let prev = prev.filter(|_| !single_step);
         let linked = prev.and_then(|(from, to_pc)| {
             let next = self.cache.get(from)?.link_to(to_pc)?;

@@ -157,11 +157,10 @@ pub fn write_msr(cpu: &mut X86Cpu, index: u32, v: u64) -> Result<(), Fault> {
             if v & !0xcff != 0 || !valid_mem_type(v & 0xff, false) {
                 return Err(gp0());
             }
-            cpu.state.msr.mtrr_def_type = v;
+            cpu.state.msr.set(index, v);
         }
         0x200..=0x20f => {
-            let i = (index - 0x200) as usize;
-            let ok = if i % 2 == 0 {
+            let ok = if index % 2 == 0 {
                 valid_mem_type(v & 0xff, false) && v & (0xf00 | phys_rsvd()) == 0
             } else {
                 v & (0x7ff | phys_rsvd()) == 0
@@ -169,7 +168,7 @@ pub fn write_msr(cpu: &mut X86Cpu, index: u32, v: u64) -> Result<(), Fault> {
             if !ok {
                 return Err(gp0());
             }
-            cpu.state.msr.mtrr_var[i] = v;
+            cpu.state.msr.set(index, v);
         }
         HWCR => cpu.msrs.hwcr = v,
         // MtrrFixDramEn (18), MtrrFixDramModEn (19), MtrrVarDramEn (20), Tom2ForceMemTypeWB
@@ -193,8 +192,7 @@ pub fn write_msr(cpu: &mut X86Cpu, index: u32, v: u64) -> Result<(), Fault> {
             if !all_types_valid(v, false) {
                 return Err(gp0());
             }
-            let p = MTRR_FIXED.iter().position(|&x| x == i).unwrap_or(0);
-            cpu.state.msr.mtrr_fixed[p] = v;
+            cpu.state.msr.set(i, v);
         }
         i => return Err(unknown(i, "write")),
     }
