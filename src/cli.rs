@@ -77,7 +77,8 @@ long mode, a report on the serial port, then ACPI power-off (exit status 0).
 
 Machine:
   -m [size=]SIZE          guest RAM; MiB by default, suffixes K, M, G (default 128M)
-  -smp [cpus=]N           number of CPUs (only 1 for now)
+  -smp [cpus=]N[,sockets=N][,maxcpus=N]
+                          number of CPUs (each its own socket)
   -machine|-M [pc][,accel=kvm|tcg]   machine type (pc, i440FX) and properties
   -accel kvm|tcg          execution engine (default: kvm; tcg: translator + IR interpreter)
   -enable-kvm             same as -accel kvm
@@ -155,6 +156,44 @@ fn parse_num(opt: &str, s: &str) -> Result<u64> {
         s.parse()
     };
     r.map_err(|_| Error::usage(format!("{opt}: '{s}' is not a number")))
+}
+
+/// `-smp [cpus=]N[,maxcpus=N][,sockets=S][,dies=1][,cores=1][,threads=1]`: the number
+/// of CPUs. As in QEMU, a missing count is the product of the topology. vireo models
+/// every CPU as its own socket and has no CPU hotplug, so cores, threads and dies
+/// above 1 and a `maxcpus` other than the count are refused.
+fn parse_smp(v: &str) -> Result<u32> {
+    let bad = |why: String| Error::usage(format!("-smp {v}: {why}"));
+    let (first, props) = split_props(v);
+    let mut cpus = first.map(|n| parse_num("-smp", n)).transpose()?;
+    let (mut maxcpus, mut sockets) = (None, None);
+    for (k, val) in props {
+        let n = parse_num("-smp", val)?;
+        match k {
+            "cpus" => cpus = Some(n),
+            "maxcpus" => maxcpus = Some(n),
+            "sockets" => sockets = Some(n),
+            "dies" | "clusters" | "cores" | "threads" if n == 1 => {}
+            "dies" | "clusters" | "cores" | "threads" => return Err(bad(format!(
+                "{k}={n}: vireo models each CPU as its own socket (use sockets= or a plain count)"
+            ))),
+            _ => return Err(bad(format!("unknown property '{k}'"))),
+        }
+    }
+    let n = cpus.or(sockets).or(maxcpus).unwrap_or(1);
+    if sockets.is_some_and(|s| s != n) {
+        return Err(bad(format!("sockets must equal the CPU count {n}")));
+    }
+    if maxcpus.is_some_and(|m| m != n) {
+        return Err(bad(format!(
+            "maxcpus must equal the CPU count {n} (vireo has no CPU hotplug)"
+        )));
+    }
+    let max = u64::from(crate::machine::MAX_CPUS);
+    if n == 0 || n > max {
+        return Err(bad(format!("expected 1 to {max} CPUs")));
+    }
+    Ok(n as u32)
 }
 
 /// Splits `name,key=val,...` into the first bare word and the properties.
@@ -300,23 +339,7 @@ pub fn parse(args: &[String]) -> Result<Command> {
                 }
                 cfg.ram_size = bytes;
             }
-            "-smp" => {
-                let v = value()?;
-                let (first, props) = split_props(v);
-                let n = match first {
-                    Some(n) => parse_num("-smp", n)?,
-                    None => match props.iter().find(|(k, _)| *k == "cpus") {
-                        Some((_, n)) => parse_num("-smp", n)?,
-                        None => 1,
-                    },
-                };
-                if n != 1 {
-                    return Err(Error::usage(format!(
-                        "-smp {v}: vireo runs 1 CPU for now (SMP arrives with the TCG system work)"
-                    )));
-                }
-                cfg.cpus = 1;
-            }
+            "-smp" => cfg.cpus = parse_smp(value()?)?,
             "-kernel" => cfg.kernel = Some(PathBuf::from(value()?)),
             "-initrd" => {
                 cfg.initrd = crate::boot::multiboot::parse_module_specs(value()?)
@@ -514,12 +537,32 @@ mod tests {
     }
 
     #[test]
+    fn smp_takes_a_count_or_sockets_as_qemu_does() {
+        for (v, n) in [
+            ("1", 1),
+            ("2", 2),
+            ("cpus=4", 4),
+            ("4,maxcpus=4", 4),
+            ("sockets=3", 3),
+            ("2,sockets=2,cores=1,threads=1,dies=1", 2),
+            ("254", 254),
+        ] {
+            assert_eq!(parse_smp(v).unwrap(), n, "-smp {v}");
+        }
+    }
+
+    #[test]
     fn bad_input_is_one_line_error() {
         for args in [
             &["-m", "0"][..],
             &["-m", "100000G"],
             &["-device", "sb16"],
-            &["-smp", "2"],
+            &["-smp", "0"],
+            &["-smp", "255"],
+            &["-smp", "4,cores=2"],
+            &["-smp", "2,maxcpus=4"],
+            &["-smp", "2,sockets=3"],
+            &["-smp", "2,turbo=on"],
             &["-frobnicate"],
             &["-kernel"],
             &["-serial", "pty"],

@@ -1,4 +1,10 @@
-//! Machine assembly: memory, buses, devices, firmware or kernel, and one engine.
+//! Machine assembly: memory, buses, devices, firmware or kernel, and the vCPUs of one
+//! engine.
+//!
+//! The vCPUs run as the engine wants them to: under KVM each on its own thread for
+//! the length of a run (until a stop request), under TCG round-robin on the calling
+//! thread ([`RoundRobin`]). A triple fault or reset request on any CPU resets the
+//! whole machine; CPU 0 is the bootstrap processor, the others wait for INIT/SIPI.
 
 use crate::config::{Accel, MachineConfig};
 use crate::error::{Error, Result};
@@ -15,7 +21,7 @@ use vireo_core::{
 use vireo_devices::apic::{self, ApicBus, ApicIrqRouter, Ioapic, LapicHandle, LocalApic};
 use vireo_devices::pic::{PicPair, SharedPic};
 use vireo_devices::serial::Serial;
-use vireo_tcg::TcgVcpu;
+use vireo_tcg::{RoundRobin, TcgVcpu};
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,11 +94,28 @@ impl Drop for TimerThread {
     }
 }
 
+/// The vCPUs of the machine.
+enum Cpus {
+    /// KVM: one host thread per vCPU while the machine runs.
+    Threads(Vec<VcpuRunner>),
+    /// TCG: every vCPU on the calling thread, round-robin.
+    RoundRobin(RoundRobin),
+}
+
+/// A vCPU of a threaded engine (KVM), with the TCG engine that runs the single
+/// instructions it cannot (hybrid execution, created on first need).
+struct VcpuRunner {
+    index: usize,
+    vcpu: Box<dyn Vcpu>,
+    hybrid: Option<TcgVcpu>,
+    hybrid_steps: u64,
+}
+
 /// A PC with one engine, ready to run.
 pub struct Machine {
-    // Fields drop in declaration order: the vCPU, the timer thread and the VM (none
+    // Fields drop in declaration order: the vCPUs, the timer thread and the VM (none
     // under TCG) go before the guest memory they reference.
-    vcpu: Box<dyn Vcpu>,
+    cpus: Cpus,
     _timers: TimerThread,
     _vm: Option<vireo_kvm::KvmVm>,
     /// COM1, for console input.
@@ -101,19 +124,25 @@ pub struct Machine {
     mem: Arc<GuestMemory>,
     /// What the CPU reaches (for the hybrid TCG engine).
     bus: SystemBus,
-    /// TCG engine that runs single instructions KVM cannot (created on first need).
-    hybrid: Option<TcgVcpu>,
-    hybrid_steps: u64,
+    /// MAXPHYADDR of the vCPUs (MTRR masks of a direct kernel boot).
+    phys_bits: u32,
     config: MachineConfig,
     /// Devices a reset puts back in their power-up state.
     resets: Vec<Box<dyn Fn() + Send>>,
 }
 
+/// Most vCPUs a machine may have: APIC IDs 0..N-1 and the IOAPIC's ID N must fit the
+/// 8-bit xAPIC ID space below the broadcast ID 0xFF.
+pub const MAX_CPUS: u32 = 254;
+
 impl Machine {
     /// Builds the machine `config` describes.
     pub fn new(config: MachineConfig) -> Result<Machine> {
-        if config.cpus != 1 {
-            return Err(Error::usage("vireo runs 1 CPU for now"));
+        if config.cpus == 0 || config.cpus > MAX_CPUS {
+            return Err(Error::usage(format!(
+                "-smp {}: expected 1 to {MAX_CPUS} CPUs",
+                config.cpus
+            )));
         }
         // Read the guest files first: a missing kernel is reported before anything
         // heavier happens.
@@ -168,7 +197,7 @@ impl Machine {
         };
         let mut plat = platform::build(&config, &wiring, files.as_ref())?;
         let rsdp = platform::write_tables(&config, &mem)?;
-        let state = match &files {
+        let boot_state = match &files {
             Some(f) => platform::load_kernel(&config, &mem, f, rsdp)?,
             None => CpuState::reset(),
         };
@@ -179,53 +208,107 @@ impl Machine {
             mmio: Arc::new(plat.mmio),
             a20,
         };
-        let mut vcpu: Box<dyn Vcpu> = match (&vm, pic) {
-            (Some(vm), _) => {
-                Box::new(vm.create_vcpu(0, bus.pio.clone(), bus.mmio.clone(), control.clone())?)
-            }
-            (None, pic) => {
-                let mut tcg = TcgVcpu::new(bus.clone(), control.clone());
-                // An invariant TSC at the advertised frequency, following the virtual
-                // clock (as the PIT and RTC do), so guests see consistent time.
-                let clock = wiring.clock.clone();
-                let hz = tcg.cpu().cpuid.tsc_hz;
-                tcg.cpu().tsc_source = Some(Box::new(move || {
-                    vireo_core::clock::ns_to_ticks(clock.now_ns(), hz)
-                }));
-                if let Some(bus) = apic_bus {
-                    // CPU 0's local APIC (the BSP), its timer polled with the others.
-                    let l = apic::shared(LocalApic::new(0, true, wiring.clock.clone(), hz));
-                    l.lock().set_waker(wiring.waker.clone());
-                    plat.timers.push(l.clone());
-                    let l2 = l.clone();
-                    plat.resets.push(Box::new(move || l2.lock().reset()));
-                    tcg = tcg.with_apic(LapicHandle::attach(l, bus), pic);
+        let mut cpus = match &vm {
+            Some(vm) => {
+                let mut runners = Vec::new();
+                for i in 0..config.cpus {
+                    let v =
+                        vm.create_vcpu(i, bus.pio.clone(), bus.mmio.clone(), control.clone())?;
+                    runners.push(VcpuRunner {
+                        index: i as usize,
+                        vcpu: Box::new(v),
+                        hybrid: None,
+                        hybrid_steps: 0,
+                    });
                 }
-                Box::new(tcg)
+                Cpus::Threads(runners)
+            }
+            None => {
+                let mut rr = RoundRobin::new(control.clone());
+                for i in 0..config.cpus {
+                    let mut tcg = TcgVcpu::new(bus.clone(), control.clone());
+                    // An invariant TSC at the advertised frequency, following the
+                    // virtual clock (as the PIT and RTC do), so guests see consistent
+                    // time on every CPU.
+                    let clock = wiring.clock.clone();
+                    let hz = tcg.cpu().cpuid.tsc_hz;
+                    tcg.cpu().tsc_source = Some(Box::new(move || {
+                        vireo_core::clock::ns_to_ticks(clock.now_ns(), hz)
+                    }));
+                    if let Some(bus) = &apic_bus {
+                        // CPU i's local APIC (APIC ID i; CPU 0 is the BSP), its timer
+                        // polled with the other timers. The 8259A pair is wired to
+                        // the BSP's LINT0 only, where virtual-wire mode uses it.
+                        let l = apic::shared(LocalApic::new(i, i == 0, wiring.clock.clone(), hz));
+                        l.lock().set_waker(wiring.waker.clone());
+                        plat.timers.push(l.clone());
+                        let l2 = l.clone();
+                        plat.resets.push(Box::new(move || l2.lock().reset()));
+                        let pic = if i == 0 { pic.clone() } else { None };
+                        tcg = tcg.with_apic(LapicHandle::attach(l, bus.clone()), pic);
+                    }
+                    rr.add(tcg);
+                }
+                Cpus::RoundRobin(rr)
             }
         };
-        let mut state = state;
-        if files.is_some() {
-            // No firmware ran before a directly booted kernel: set what it would have.
-            crate::boot::firmware_mtrrs(&mut state, vcpu.phys_addr_bits());
+        let phys_bits = match &mut cpus {
+            Cpus::Threads(r) => r.first().map(|r| r.vcpu.phys_addr_bits()),
+            Cpus::RoundRobin(rr) => rr.vcpu(0).map(|v| v.phys_addr_bits()),
         }
-        vcpu.set_state(&state)?;
-        let kicker = vcpu.kicker();
-        control.add_kick(Box::new(move || kicker.kick()));
+        .unwrap_or(36);
+        for kicker in kickers(&mut cpus) {
+            control.add_kick(Box::new(move || kicker.kick()));
+        }
         let timers = TimerThread::spawn(wiring.clock, wiring.waker, plat.timers)?;
-        Ok(Machine {
-            vcpu,
+        let mut m = Machine {
+            cpus,
             _timers: timers,
             _vm: vm,
             com1: plat.com1,
             control,
             mem,
             bus,
-            hybrid: None,
-            hybrid_steps: 0,
+            phys_bits,
             config,
             resets: plat.resets,
-        })
+        };
+        m.set_boot_states(boot_state, files.is_some())?;
+        Ok(m)
+    }
+
+    /// Puts every CPU in its power-up state: the BSP in `boot` (the reset state, or
+    /// the entry state of a directly loaded kernel), the others waiting for SIPI.
+    /// Without firmware (`direct`), the MTRRs are set on all CPUs as firmware would.
+    fn set_boot_states(&mut self, boot: CpuState, direct: bool) -> Result<()> {
+        let phys_bits = self.phys_bits;
+        let state = |i: usize| {
+            let mut s = if i == 0 {
+                boot.clone()
+            } else {
+                CpuState::reset_ap()
+            };
+            if direct {
+                // No firmware ran before a directly booted kernel: set what it would
+                // have (on every CPU, as SeaBIOS does, so they agree).
+                crate::boot::firmware_mtrrs(&mut s, phys_bits);
+            }
+            s
+        };
+        match &mut self.cpus {
+            Cpus::Threads(runners) => {
+                for r in runners {
+                    r.vcpu.set_state(&state(r.index))?;
+                }
+            }
+            Cpus::RoundRobin(rr) => {
+                for (i, v) in rr.vcpus().iter_mut().enumerate() {
+                    v.set_state(&state(i))?;
+                }
+                rr.align_tsc();
+            }
+        }
+        Ok(())
     }
 
     /// The machine's stop control (for tests and signal handlers).
@@ -238,9 +321,22 @@ impl Machine {
         &self.mem
     }
 
-    /// The vCPU (state inspection in tests).
-    pub fn vcpu(&mut self) -> &mut dyn Vcpu {
-        self.vcpu.as_mut()
+    /// Number of vCPUs.
+    pub fn cpu_count(&self) -> usize {
+        match &self.cpus {
+            Cpus::Threads(r) => r.len(),
+            Cpus::RoundRobin(rr) => rr.len(),
+        }
+    }
+
+    /// The architectural state of CPU `i` (tests and debugging; call while the
+    /// machine is not running).
+    pub fn cpu_state(&mut self, i: usize) -> Result<CpuState> {
+        let missing = || Error::Machine(format!("no CPU {i}"));
+        Ok(match &mut self.cpus {
+            Cpus::Threads(r) => r.get_mut(i).ok_or_else(missing)?.vcpu.state()?,
+            Cpus::RoundRobin(rr) => rr.vcpu(i).ok_or_else(missing)?.state()?,
+        })
     }
 
     /// Forwards the terminal to COM1 (when COM1 is on stdio).
@@ -254,44 +350,142 @@ impl Machine {
     /// `-no-reboot`.
     pub fn run(&mut self) -> Result<Outcome> {
         loop {
-            let exit = self.vcpu.run()?;
-            log::debug!(target: "vireo::machine", "vcpu exit: {exit:?}");
-            let reset = match exit {
-                VcpuExit::Stopped => match self.control.stop_reason() {
-                    Some(StopReason::PowerOff) => return Ok(Outcome::PowerOff),
-                    Some(StopReason::DebugExit(s)) => return Ok(Outcome::DebugExit(s)),
-                    Some(StopReason::Quit) => return Ok(Outcome::Quit),
-                    Some(StopReason::Reset) => true,
-                    None => false,
-                },
-                VcpuExit::Shutdown => {
-                    log::info!(target: "vireo::machine", "triple fault");
-                    true
+            match &mut self.cpus {
+                Cpus::Threads(runners) => run_threads(runners, &self.control, &self.bus)?,
+                Cpus::RoundRobin(rr) => {
+                    let exit = rr.run()?;
+                    log::debug!(target: "vireo::machine", "vcpus exit: {exit:?}");
+                    settle(exit, &self.control)?;
                 }
-                VcpuExit::Halted => {
-                    // Only an outside event can wake a CPU halted with no interrupt
-                    // source: wait for a stop request.
-                    while self.control.stop_reason().is_none() {
-                        std::thread::sleep(Duration::from_millis(10));
+            }
+            match self.control.stop_reason() {
+                Some(StopReason::PowerOff) => return Ok(Outcome::PowerOff),
+                Some(StopReason::DebugExit(s)) => return Ok(Outcome::DebugExit(s)),
+                Some(StopReason::Quit) => return Ok(Outcome::Quit),
+                Some(StopReason::Reset) => {
+                    if self.config.no_reboot {
+                        return Ok(Outcome::Reset);
                     }
-                    false
+                    self.reboot()?;
                 }
-                VcpuExit::Unsupported(msg) => {
-                    self.hybrid_step(&msg)?;
-                    false
-                }
+                // The engine returned without a stop request (a stale kick): go on.
+                None => {}
+            }
+        }
+    }
+
+    /// Instructions run under TCG on behalf of KVM so far (hybrid execution), over
+    /// all vCPUs.
+    pub fn hybrid_steps(&self) -> u64 {
+        match &self.cpus {
+            Cpus::Threads(r) => r.iter().map(|r| r.hybrid_steps).sum(),
+            Cpus::RoundRobin(_) => 0,
+        }
+    }
+
+    /// A warm reboot: RAM cleared, tables and kernel written again, CPUs reset.
+    fn reboot(&mut self) -> Result<()> {
+        log::info!(target: "vireo::machine", "reboot");
+        self.mem.clear_ram();
+        for r in &self.resets {
+            r();
+        }
+        let rsdp = platform::write_tables(&self.config, &self.mem)?;
+        let files = platform::read_guest_files(&self.config)?;
+        let boot = match &files {
+            Some(f) => platform::load_kernel(&self.config, &self.mem, f, rsdp)?,
+            None => CpuState::reset(),
+        };
+        self.set_boot_states(boot, files.is_some())?;
+        self.control.clear();
+        Ok(())
+    }
+}
+
+/// The kick handles of every vCPU.
+fn kickers(cpus: &mut Cpus) -> Vec<Arc<dyn vireo_core::VcpuKicker>> {
+    match cpus {
+        Cpus::Threads(r) => r.iter().map(|r| r.vcpu.kicker()).collect(),
+        Cpus::RoundRobin(rr) => rr.vcpus().iter().map(|v| v.kicker()).collect(),
+    }
+}
+
+/// Turns an engine exit into a stop request (or an error): a triple fault resets the
+/// machine; a CPU that can never wake again waits for an outside stop (the user,
+/// a signal).
+fn settle(exit: VcpuExit, control: &MachineControl) -> Result<()> {
+    match exit {
+        VcpuExit::Stopped => {}
+        VcpuExit::Shutdown => {
+            log::info!(target: "vireo::machine", "triple fault");
+            control.request_stop(StopReason::Reset);
+        }
+        VcpuExit::Halted => {
+            while control.stop_reason().is_none() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        VcpuExit::Unsupported(msg) | VcpuExit::Failed(msg) => {
+            return Err(Error::Machine(format!("guest stopped: {msg}")));
+        }
+    }
+    Ok(())
+}
+
+/// Runs each vCPU on its own thread until a stop is requested. The first error any
+/// of them meets stops the others and is returned.
+fn run_threads(
+    runners: &mut [VcpuRunner],
+    control: &Arc<MachineControl>,
+    bus: &SystemBus,
+) -> Result<()> {
+    let failure: Mutex<Option<Error>> = Mutex::new(None);
+    let fail = |e: Error| {
+        failure.lock().get_or_insert(e);
+        control.request_stop(StopReason::Quit);
+    };
+    std::thread::scope(|scope| {
+        for r in runners.iter_mut() {
+            let name = format!("vireo-cpu{}", r.index);
+            let fail = &fail;
+            let spawned = std::thread::Builder::new()
+                .name(name)
+                .spawn_scoped(scope, move || {
+                    if let Err(e) = r.run_until_stop(control, bus) {
+                        fail(e);
+                    }
+                });
+            if let Err(e) = spawned {
+                fail(Error::Machine(format!("cannot start a vCPU thread: {e}")));
+            }
+        }
+    });
+    match failure.into_inner() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+impl VcpuRunner {
+    /// Runs the vCPU, serving the exits it cannot serve itself, until a stop is
+    /// requested.
+    fn run_until_stop(&mut self, control: &Arc<MachineControl>, bus: &SystemBus) -> Result<()> {
+        loop {
+            let exit = self.vcpu.run()?;
+            log::debug!(target: "vireo::machine", "CPU {} exit: {exit:?}", self.index);
+            match exit {
+                VcpuExit::Unsupported(msg) => self.hybrid_step(&msg, control, bus)?,
                 VcpuExit::Failed(msg) => {
                     let rip = self.vcpu.state().map(|s| s.rip).unwrap_or(0);
                     return Err(Error::Machine(format!(
-                        "guest stopped: {msg} (rip {rip:#x})"
+                        "guest stopped: CPU {}: {msg} (rip {rip:#x})",
+                        self.index
                     )));
                 }
-            };
-            if reset {
-                if self.config.no_reboot {
-                    return Ok(Outcome::Reset);
-                }
-                self.reboot()?;
+                other => settle(other, control)?,
+            }
+            if control.stop_reason().is_some() {
+                return Ok(());
             }
         }
     }
@@ -300,18 +494,21 @@ impl Machine {
     /// TCG executes exactly that one instruction on the same memory and buses, and the
     /// state goes back to the engine. Counters the guest reads for time (TSC) and the
     /// APIC base stay the engine's.
-    fn hybrid_step(&mut self, why: &str) -> Result<()> {
+    fn hybrid_step(
+        &mut self,
+        why: &str,
+        control: &Arc<MachineControl>,
+        bus: &SystemBus,
+    ) -> Result<()> {
         let before = self.vcpu.state()?;
-        if self.hybrid.is_none() {
+        let index = self.index;
+        let tcg = self.hybrid.get_or_insert_with(|| {
             log::info!(target: "vireo::machine",
-                "hybrid execution: {why} at rip {:#x}; running it under TCG", before.rip);
-            let mut tcg = TcgVcpu::new(self.bus.clone(), self.control.clone());
+                "hybrid execution on CPU {index}: {why} at rip {:#x}; running it under TCG", before.rip);
+            let mut tcg = TcgVcpu::new(bus.clone(), control.clone());
             tcg.set_max_block_insns(1);
-            self.hybrid = Some(tcg);
-        }
-        let Some(tcg) = self.hybrid.as_mut() else {
-            return Err(Error::Machine("hybrid engine missing".into()));
-        };
+            tcg
+        });
         tcg.set_state(&before)?;
         tcg.set_insn_limit(Some(tcg.insns() + 1));
         match tcg.run()? {
@@ -333,29 +530,7 @@ impl Machine {
         after.msr.apic_base = before.msr.apic_base;
         self.vcpu.set_state(&after)?;
         self.hybrid_steps += 1;
-        log::debug!(target: "vireo::machine", "hybrid step {}: {why}", self.hybrid_steps);
-        Ok(())
-    }
-
-    /// Instructions run under TCG on behalf of KVM so far (hybrid execution).
-    pub fn hybrid_steps(&self) -> u64 {
-        self.hybrid_steps
-    }
-
-    /// A warm reboot: RAM cleared, tables and kernel written again, CPU reset.
-    fn reboot(&mut self) -> Result<()> {
-        log::info!(target: "vireo::machine", "reboot");
-        self.mem.clear_ram();
-        for r in &self.resets {
-            r();
-        }
-        let rsdp = platform::write_tables(&self.config, &self.mem)?;
-        let state = match platform::read_guest_files(&self.config)? {
-            Some(f) => platform::load_kernel(&self.config, &self.mem, &f, rsdp)?,
-            None => CpuState::reset(),
-        };
-        self.vcpu.set_state(&state)?;
-        self.control.clear();
+        log::debug!(target: "vireo::machine", "CPU {index}: hybrid step {}: {why}", self.hybrid_steps);
         Ok(())
     }
 }

@@ -449,6 +449,15 @@ impl CpuState {
         s
     }
 
+    /// The state of an application processor after RESET: as [`CpuState::reset`],
+    /// but IA32_APIC_BASE without the BSP flag, and waiting for a start-up IPI.
+    pub fn reset_ap() -> CpuState {
+        let mut s = CpuState::reset();
+        s.msr.apic_base &= !(1 << 8);
+        s.events.wait_for_sipi = true;
+        s
+    }
+
     /// Current privilege level (CS.DPL outside real mode, as SS.DPL would be).
     pub fn cpl(&self) -> u8 {
         if self.cr0 & ctl::CR0_PE == 0 {
@@ -506,5 +515,14 @@ mod tests {
         assert_eq!(cs.base + s.rip, 0xffff_fff0);
         assert_eq!(s.cpl(), 0);
         assert!(!s.long_mode());
+    }
+
+    #[test]
+    fn an_application_processor_waits_for_sipi_without_the_bsp_flag() {
+        let (bsp, ap) = (CpuState::reset(), CpuState::reset_ap());
+        assert_ne!(bsp.msr.apic_base & (1 << 8), 0);
+        assert_eq!(ap.msr.apic_base & (1 << 8), 0);
+        assert_eq!(ap.msr.apic_base, bsp.msr.apic_base & !(1 << 8));
+        assert!(ap.events.wait_for_sipi && !bsp.events.wait_for_sipi);
     }
 }

@@ -234,6 +234,10 @@ pub enum ExitKind {
     Sync,
     /// HLT: the CPU waits for an interrupt.
     Halt,
+    /// PAUSE (a spin-wait hint): continue at the guest PC known at translation time,
+    /// as [`ExitKind::Jump`]; a scheduler running several vCPUs on one thread may
+    /// switch to another one first (the spinning CPU waits for another's progress).
+    Pause(u64),
 }
 
 /// One IR operation.
@@ -726,6 +730,7 @@ impl fmt::Display for Op {
                 ExitKind::Indirect => write!(f, "exit indirect"),
                 ExitKind::Sync => write!(f, "exit sync"),
                 ExitKind::Halt => write!(f, "exit halt"),
+                ExitKind::Pause(pc) => write!(f, "exit pause {pc:#x}"),
             },
         }
     }

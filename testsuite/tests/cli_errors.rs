@@ -66,7 +66,8 @@ fn bad_memory_sizes() {
 fn unknown_device_and_option() {
     assert_one_line_error(&["-device", "sb16"], "sb16");
     assert_one_line_error(&["-fancy-option"], "unknown option");
-    assert_one_line_error(&["-smp", "4"], "1 CPU");
+    assert_one_line_error(&["-smp", "4,cores=2"], "own socket");
+    assert_one_line_error(&["-smp", "300"], "1 to 254");
 }
 
 #[test]

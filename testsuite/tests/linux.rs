@@ -19,11 +19,16 @@ const SEQ_N: u32 = 150_000;
 /// The md5 job hashes this many bytes of repeated `seq` output.
 const MD5_BYTES: usize = 32 << 20;
 
+/// What the kernel log must not hold. (The brackets keep the pattern from matching
+/// the command line that holds it.) Besides warnings and oopses: a TSC that Linux
+/// found to differ between CPUs, and MTRRs that differ between CPUs.
+const BADLOG: &str = "dmesg | grep -E 'WARN[I]NG|BU[G]|Oop[s]|Call Tra[c]e|unchecked MS[R]\
+|TSC unstabl[e]|inconsisten[t]' | sed 's/^/BADLOG: /'";
+
 /// The job `/init` runs. Every result is on a line of its own with a tag.
 fn job() -> String {
     [
-        // (The brackets keep the pattern from matching the command line that holds it.)
-        "dmesg | grep -E 'WARN[I]NG|BU[G]|Oop[s]|Call Tra[c]e|unchecked MS[R]' | sed 's/^/BADLOG: /'",
+        BADLOG,
         "grep -m1 ^flags /proc/cpuinfo | sed 's/^/CPUFLAGS: /'",
         "echo ONLINE: $(cat /sys/devices/system/cpu/online)",
         &format!("seq 1 {SEQ_N} > /tmp/s"),
@@ -41,8 +46,13 @@ fn job() -> String {
 
 /// The generated data, as the guest builds it.
 fn seq_output() -> Vec<u8> {
+    seq_output_n(SEQ_N)
+}
+
+/// The output of `seq 1 n`.
+fn seq_output_n(n: u32) -> Vec<u8> {
     let mut s = Vec::new();
-    for i in 1..=SEQ_N {
+    for i in 1..=n {
         writeln!(s, "{i}").expect("write to a Vec");
     }
     s
@@ -256,11 +266,15 @@ impl Run {
     }
 }
 
-/// Boots the guest under `accel` with the job and collects its output.
-fn boot(g: &Guest, accel: &str, timeout: Duration) -> Run {
+/// One Linux guest at a time: the timing checks need the host's cores.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Boots the guest under `accel` with `cpus` CPUs and `job`, and collects its output.
+fn boot(g: &Guest, accel: &str, cpus: u32, job: &str, timeout: Duration) -> Run {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let append = format!(
         "console=ttyS0 panic=-1 rdinit=/init vireo.cmd={}",
-        guest::encode_cmd(&job())
+        guest::encode_cmd(job)
     );
     let mut cmd = Command::new(vireo_bin());
     cmd.args([
@@ -268,6 +282,8 @@ fn boot(g: &Guest, accel: &str, timeout: Duration) -> Run {
         accel,
         "-m",
         "512",
+        "-smp",
+        &cpus.to_string(),
         "-nodefaults",
         "-display",
         "none",
@@ -312,7 +328,7 @@ fn linux_boots_and_runs_the_job(accel: &str, test: &str) {
     let Some(g) = guest_or_skip(test) else {
         return;
     };
-    let run = boot(&g, accel, Duration::from_secs(1500));
+    let run = boot(&g, accel, 1, &job(), Duration::from_secs(1500));
     let ctx = run.tail();
     let mut bad: Vec<String> = Vec::new();
     let mut check = |ok: bool, what: String| {
@@ -435,4 +451,77 @@ fn linux_under_kvm() {
         return;
     }
     linux_boots_and_runs_the_job("kvm", "linux_under_kvm");
+}
+
+/// Lines of `seq 1 N` each pinned job hashes, repeated [`PIN_REPEAT`] times.
+const PIN_SEQ: u32 = 100_000;
+const PIN_REPEAT: usize = 8;
+
+/// The `-smp 2` job: both CPUs online, and a job pinned to each CPU with `taskset`,
+/// both running at once. Each reports its md5sum and the CPU its last process ran on
+/// (field 39 of `/proc/self/stat`).
+fn smp_job() -> String {
+    let pinned = |c: u32| {
+        format!(
+            "taskset -c {c} sh -c 'i=0; while [ $i -lt {PIN_REPEAT} ]; do cat /tmp/s; \
+             i=$((i+1)); done | md5sum | sed \"s/^/PIN{c}: /\"; \
+             cut -d\" \" -f39 /proc/self/stat | sed \"s/^/ONCPU{c}: /\"'"
+        )
+    };
+    format!(
+        "{BADLOG}; echo ONLINE: $(cat /sys/devices/system/cpu/online); seq 1 {PIN_SEQ} > /tmp/s; \
+         {} & {} & wait",
+        pinned(0),
+        pinned(1)
+    )
+}
+
+/// `-smp 2`: Linux brings up both CPUs, the kernel log stays clean (no TSC warp
+/// between CPUs, no MTRR mismatch), and a job pinned to each CPU gives the host's
+/// result on that CPU.
+fn linux_smp2(accel: &str, test: &str) {
+    let Some(g) = guest_or_skip(test) else {
+        return;
+    };
+    let run = boot(&g, accel, 2, &smp_job(), Duration::from_secs(1500));
+    let ctx = run.tail();
+    let mut bad: Vec<String> = Vec::new();
+    let mut check = |ok: bool, what: String| {
+        if !ok {
+            bad.push(what);
+        }
+    };
+    check(
+        run.tagged(CMD_DONE) == ["0"],
+        format!("job status {:?}", run.tagged(CMD_DONE)),
+    );
+    let badlog = run.tagged("BADLOG:");
+    check(badlog.is_empty(), format!("kernel log: {badlog:#?}"));
+    let online = run.tagged("ONLINE:");
+    check(online == ["0-1"], format!("CPUs online: {online:?}"));
+    let data = seq_output_n(PIN_SEQ).repeat(PIN_REPEAT);
+    let md5sum = vireo_testsuite::process::find_in_path("md5sum").unwrap_or(g.busybox.clone());
+    let want = host_md5(&md5sum, &data);
+    for c in 0..2 {
+        let got: Vec<&str> = run
+            .tagged(&format!("PIN{c}:"))
+            .iter()
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        check(
+            got == [want.as_str()],
+            format!("job pinned to CPU {c}: md5 {got:?}, host {want}"),
+        );
+        let on = run.tagged(&format!("ONCPU{c}:"));
+        check(
+            on == [c.to_string().as_str()],
+            format!("job pinned to CPU {c} ran on {on:?}"),
+        );
+    }
+    assert!(bad.is_empty(), "{}\n\nserial tail:\n{ctx}", bad.join("\n"));
+}
+
+#[test]
+fn linux_smp2_under_tcg() {
+    linux_smp2("tcg", "linux_smp2_under_tcg");
 }

@@ -19,6 +19,8 @@ pub struct Options {
     pub cmd: String,
     pub vireo: Option<PathBuf>,
     pub mem_mib: u32,
+    /// Number of vCPUs (`-smp`).
+    pub cpus: u32,
     pub dir: PathBuf,
     /// Extra kernel command-line arguments.
     pub append: Option<String>,
@@ -63,6 +65,7 @@ pub fn run(o: &Options) -> Result<bool, String> {
     let append = kernel_cmdline(&o.cmd, o.append.as_deref());
     let mut cmd = Command::new(&vireo);
     cmd.args(["-accel", &o.accel, "-m", &o.mem_mib.to_string()])
+        .args(["-smp", &o.cpus.to_string()])
         .args([
             "-nodefaults",
             "-display",

@@ -58,6 +58,9 @@ enum Cmd {
         /// Guest RAM in MiB.
         #[arg(short = 'm', long = "mem", default_value_t = 512)]
         mem: u32,
+        /// Number of vCPUs.
+        #[arg(long, default_value_t = 1)]
+        smp: u32,
         /// Extra kernel command-line arguments.
         #[arg(long)]
         append: Option<String>,
@@ -147,6 +150,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             cmd,
             vireo,
             mem,
+            smp,
             append,
             quiet,
             dir,
@@ -157,6 +161,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 cmd,
                 vireo,
                 mem_mib: mem,
+                cpus: smp,
                 dir: dir.unwrap_or_else(guest::default_dir),
                 append,
                 quiet,

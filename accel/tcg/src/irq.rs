@@ -4,7 +4,7 @@
 
 use parking_lot::{Condvar, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use vireo_core::VcpuKicker;
 use vireo_devices::apic::CpuEvent;
 use vireo_devices::pic::SharedPic;
@@ -69,6 +69,43 @@ pub struct Signal {
     event: AtomicBool,
     lock: Mutex<()>,
     cv: Condvar,
+    /// The doorbell of the round-robin group this vCPU belongs to: every raised flag
+    /// rings it too, so the group's scheduler wakes for any of its vCPUs.
+    doorbell: OnceLock<Arc<Doorbell>>,
+}
+
+/// A counter with a condition variable: the scheduler of several vCPUs sleeps on it
+/// until any of their [`Signal`]s is raised. Reading the count before looking at the
+/// vCPUs and waiting for it to change loses no wake-up.
+#[derive(Default)]
+pub struct Doorbell {
+    rings: Mutex<u64>,
+    cv: Condvar,
+}
+
+impl Doorbell {
+    pub fn new() -> Arc<Doorbell> {
+        Arc::new(Doorbell::default())
+    }
+
+    /// Rings: wakes a waiter.
+    pub fn ring(&self) {
+        *self.rings.lock() += 1;
+        self.cv.notify_all();
+    }
+
+    /// The number of rings so far.
+    pub fn count(&self) -> u64 {
+        *self.rings.lock()
+    }
+
+    /// Sleeps until the count differs from `seen`.
+    pub fn wait_past(&self, seen: u64) {
+        let mut rings = self.rings.lock();
+        while *rings == seen {
+            self.cv.wait(&mut rings);
+        }
+    }
 }
 
 impl Signal {
@@ -77,8 +114,18 @@ impl Signal {
     }
 
     fn wake(&self) {
-        let _guard = self.lock.lock();
-        self.cv.notify_all();
+        {
+            let _guard = self.lock.lock();
+            self.cv.notify_all();
+        }
+        if let Some(bell) = self.doorbell.get() {
+            bell.ring();
+        }
+    }
+
+    /// Makes every raised flag ring `bell` too (once; later calls are ignored).
+    pub fn set_doorbell(&self, bell: Arc<Doorbell>) {
+        let _ = self.doorbell.set(bell);
     }
 
     /// Asks the vCPU to return from `run` at the next block boundary.

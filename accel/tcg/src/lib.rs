@@ -8,6 +8,7 @@
 //!   8259A adapter) and the wake-up [`irq::Signal`].
 //! - [`apic`]: the local APIC as the CPU's interrupt controller and the frontend's
 //!   APIC port (register page, MSRs, CR8).
+//! - [`smp`]: several vCPUs round-robin on one thread, sharing one block cache.
 //! - [`frontend`]: the calls into the x86 frontend, in one place.
 //! - [`disas`]: guest disassembly for `-d in_asm`.
 
@@ -16,10 +17,12 @@ pub mod cache;
 pub mod disas;
 pub mod frontend;
 pub mod irq;
+pub mod smp;
 pub mod vcpu;
 
 pub use apic::{ApicInterrupts, CpuApicPort};
 pub use irq::{InterruptController, PicInterrupts};
+pub use smp::RoundRobin;
 pub use vcpu::{TcgStats, TcgVcpu};
 
 #[cfg(test)]

@@ -25,6 +25,7 @@
 use crate::cache::{BlockCache, Limits, Tb, TbId, TbKey};
 use crate::frontend::{self, DeliveryError, TranslateError};
 use crate::irq::{InterruptController, Signal};
+use crate::smp::{CodeShare, SharedCode};
 use std::sync::Arc;
 use vireo_core::cpu::{flags, sreg};
 use vireo_core::exec::{BlockOutcome, Fault};
@@ -33,6 +34,7 @@ use vireo_core::{CpuState, MachineControl, SystemBus, Vcpu, VcpuExit, VcpuKicker
 use vireo_devices::apic::{CpuEvent, LapicHandle};
 use vireo_devices::pic::SharedPic;
 use vireo_interp::{Interp, Prepared};
+use vireo_x86::mmu::CodeWatch;
 use vireo_x86::X86Cpu;
 
 /// Most guest instructions in one block (QEMU's TCG_MAX_INSNS).
@@ -82,6 +84,25 @@ pub struct TcgVcpu {
     max_insns: usize,
     translator: Translator,
     pub stats: TcgStats,
+    /// The block cache and code watch of a round-robin group, when this vCPU is in
+    /// one ([`crate::smp::RoundRobin`]): `cache` and `cpu.mmu.code` hold them while
+    /// [`Vcpu::run`] runs (checked out), placeholders otherwise.
+    share: Option<CodeShare>,
+    checked_out: bool,
+    /// In a group: return from `run` instead of sleeping when idle, and after PAUSE.
+    group_mode: GroupMode,
+    /// Set when `run` returned [`VcpuExit::Halted`] in a group: whether an interrupt
+    /// or CPU event can still wake this CPU.
+    wakeable: bool,
+}
+
+/// How a vCPU in a round-robin group gives way to the others.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct GroupMode {
+    /// An idle CPU returns [`VcpuExit::Halted`] (the scheduler sleeps for the group).
+    pub yield_idle: bool,
+    /// PAUSE (a spin-wait) ends the time slice.
+    pub yield_pause: bool,
 }
 
 impl TcgVcpu {
@@ -99,6 +120,10 @@ impl TcgVcpu {
             max_insns: MAX_BLOCK_INSNS,
             translator: frontend::translate,
             stats: TcgStats::default(),
+            share: None,
+            checked_out: false,
+            group_mode: GroupMode::default(),
+            wakeable: true,
         }
     }
 
@@ -134,8 +159,10 @@ impl TcgVcpu {
 
     /// Replaces the cache limits (tests of the flush path), dropping every block.
     pub fn set_cache_limits(&mut self, limits: Limits) {
-        self.cache.flush(&mut self.cpu.mmu.code);
-        self.cache = BlockCache::new(limits);
+        self.with_code(|cache, watch| {
+            cache.flush(watch);
+            *cache = BlockCache::new(limits);
+        });
         self.chain_from = None;
     }
 
@@ -157,27 +184,93 @@ impl TcgVcpu {
     }
 
     /// Block-cache counters.
-    pub fn cache_stats(&self) -> crate::cache::CacheStats {
-        self.cache.stats
+    pub fn cache_stats(&mut self) -> crate::cache::CacheStats {
+        self.with_code(|cache, _| cache.stats)
     }
 
     /// Number of blocks in the cache.
-    pub fn cached_blocks(&self) -> usize {
-        self.cache.len()
+    pub fn cached_blocks(&mut self) -> usize {
+        self.with_code(|cache, _| cache.len())
     }
 
     /// Drops every translated block (guest code was replaced behind the engine's
     /// back: a loader, DMA, a test harness).
     pub fn flush_code(&mut self) {
-        self.cache.flush(&mut self.cpu.mmu.code);
+        self.with_code(|cache, watch| cache.flush(watch));
         self.chain_from = None;
     }
 
     /// Drops the blocks with code in physical `[start, start+len)`.
     pub fn invalidate_code(&mut self, start: u64, len: u64) {
-        self.cache
-            .invalidate_range(start, len, &mut self.cpu.mmu.code);
+        self.with_code(|cache, watch| cache.invalidate_range(start, len, watch));
         self.chain_from = None;
+    }
+
+    /// Runs `f` on the block cache and code watch this vCPU uses: its own, or its
+    /// group's (from the share when it is not checked out).
+    fn with_code<R>(&mut self, f: impl FnOnce(&mut BlockCache, &mut CodeWatch) -> R) -> R {
+        if let (Some(share), false) = (self.share.clone(), self.checked_out) {
+            if let Some(code) = share.lock().as_mut() {
+                return f(&mut code.cache, &mut code.watch);
+            }
+        }
+        f(&mut self.cache, &mut self.cpu.mmu.code)
+    }
+
+    /// Joins a round-robin group: from now on the group's block cache and code watch
+    /// are used (this vCPU's own are dropped).
+    pub(crate) fn join_group(&mut self, share: CodeShare) {
+        self.cache = BlockCache::default();
+        self.cpu.mmu.code = CodeWatch::default();
+        self.share = Some(share);
+        self.checked_out = false;
+        self.chain_from = None;
+    }
+
+    /// How this vCPU gives way to the others of its group.
+    pub(crate) fn set_group_mode(&mut self, mode: GroupMode) {
+        self.group_mode = mode;
+    }
+
+    /// The wake-up flags of this vCPU (a group sets their doorbell).
+    pub(crate) fn signal(&self) -> &Arc<Signal> {
+        &self.signal
+    }
+
+    /// After `run` returned [`VcpuExit::Halted`]: whether something can still wake
+    /// this CPU (an interrupt it may take, or an NMI/INIT/SIPI).
+    pub fn wakeable(&self) -> bool {
+        self.wakeable
+    }
+
+    /// Takes the group's code into this vCPU for a run. Fails if another vCPU holds
+    /// it (the group's vCPUs must run one at a time).
+    fn check_out(&mut self) -> Result<(), VcpuExit> {
+        let Some(share) = self.share.clone() else {
+            return Ok(());
+        };
+        let Some(code) = share.lock().take() else {
+            return Err(VcpuExit::Failed(
+                "TCG: two vCPUs of one group ran at the same time".into(),
+            ));
+        };
+        self.cache = code.cache;
+        self.cpu.mmu.code = code.watch;
+        self.checked_out = true;
+        // Links name blocks of the cache as it was; other vCPUs changed it since.
+        self.chain_from = None;
+        Ok(())
+    }
+
+    /// Gives the group's code back after a run.
+    fn check_in(&mut self) {
+        if let (Some(share), true) = (&self.share, self.checked_out) {
+            *share.lock() = Some(SharedCode {
+                cache: std::mem::take(&mut self.cache),
+                watch: std::mem::take(&mut self.cpu.mmu.code),
+            });
+            self.checked_out = false;
+        }
     }
 
     /// The frontend CPU (tests and debugging).
@@ -253,7 +346,10 @@ impl TcgVcpu {
             let ev = self.cpu.state.events;
             if ev.wait_for_sipi {
                 if !self.has_events() {
-                    return Some(VcpuExit::Halted);
+                    return Some(self.idle(false));
+                }
+                if self.group_mode.yield_idle {
+                    return Some(self.idle(true));
                 }
                 self.signal.wait_events();
                 continue;
@@ -275,14 +371,23 @@ impl TcgVcpu {
                     None => continue,
                 }
             }
+            let wakeable = irq_ok || self.has_events();
+            if !wakeable || self.group_mode.yield_idle {
+                return Some(self.idle(wakeable));
+            }
             if irq_ok {
                 self.signal.wait();
-            } else if self.has_events() {
-                self.signal.wait_events();
             } else {
-                return Some(VcpuExit::Halted);
+                self.signal.wait_events();
             }
         }
+    }
+
+    /// The exit of a CPU that has nothing to run: [`VcpuExit::Halted`], noting whether
+    /// it can still be woken.
+    fn idle(&mut self, wakeable: bool) -> VcpuExit {
+        self.wakeable = wakeable;
+        VcpuExit::Halted
     }
 
     /// Delivers a pending NMI, or a pending external interrupt, if the CPU may take
@@ -376,8 +481,9 @@ impl TcgVcpu {
         }
         self.after_block();
         if single_step {
-            if let BlockOutcome::Exit(ExitKind::Jump(_) | ExitKind::Indirect | ExitKind::Sync) =
-                outcome
+            if let BlockOutcome::Exit(
+                ExitKind::Jump(_) | ExitKind::Pause(_) | ExitKind::Indirect | ExitKind::Sync,
+            ) = outcome
             {
                 return self.single_step_trap();
             }
@@ -386,6 +492,15 @@ impl TcgVcpu {
             BlockOutcome::Exit(ExitKind::Jump(target)) => {
                 self.chain_from = Some((id, target));
                 Step::Continue
+            }
+            BlockOutcome::Exit(ExitKind::Pause(target)) => {
+                self.chain_from = Some((id, target));
+                if self.group_mode.yield_pause {
+                    // A spin-wait: the CPU it waits for runs first.
+                    Step::Exit(VcpuExit::Stopped)
+                } else {
+                    Step::Continue
+                }
             }
             BlockOutcome::Exit(ExitKind::Indirect | ExitKind::Sync) => Step::Continue,
             BlockOutcome::Exit(ExitKind::Halt) => {
@@ -553,7 +668,11 @@ fn delivery_exit(e: DeliveryError) -> VcpuExit {
 
 impl Vcpu for TcgVcpu {
     fn run(&mut self) -> vireo_core::Result<VcpuExit> {
+        if let Err(exit) = self.check_out() {
+            return Ok(exit);
+        }
         let exit = self.run_loop();
+        self.check_in();
         log::debug!(target: "vireo::tcg", "run: {exit:?} after {} insns, {} blocks ({} chained, {} translated)",
             self.interp.insns, self.stats.blocks, self.stats.chained, self.stats.translations);
         Ok(exit)

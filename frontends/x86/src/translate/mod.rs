@@ -502,9 +502,16 @@ impl Tr {
             M::Clc | M::Stc | M::Cmc => self.carry_op(),
             M::Cld | M::Std => self.df_op(),
             M::Salc => self.salc(),
-            M::Nop | M::Pause | M::Endbr32 | M::Endbr64 => Flow::Next,
+            M::Nop | M::Endbr32 | M::Endbr64 => Flow::Next,
             M::Prefetch | M::Prefetchw | M::Prefetchnta | M::Prefetcht0 | M::Prefetcht1 => {
                 Flow::Next
+            }
+            M::Pause => {
+                // Ends the block: a spin-wait loop lets another vCPU run.
+                let t = self.b.konst(self.next_pc);
+                self.b.set(Global::Pc, t);
+                self.b.exit(ExitKind::Pause(self.next_pc));
+                Flow::End
             }
             M::Prefetcht2 | M::Lfence | M::Sfence | M::Mfence => Flow::Next,
             M::Rol | M::Ror | M::Rcl | M::Rcr | M::Shl | M::Sal | M::Shr | M::Sar => self.shift(),
