@@ -174,9 +174,11 @@ fn parse_smp(v: &str) -> Result<u32> {
             "maxcpus" => maxcpus = Some(n),
             "sockets" => sockets = Some(n),
             "dies" | "clusters" | "cores" | "threads" if n == 1 => {}
-            "dies" | "clusters" | "cores" | "threads" => return Err(bad(format!(
+            "dies" | "clusters" | "cores" | "threads" => {
+                return Err(bad(format!(
                 "{k}={n}: vireo models each CPU as its own socket (use sockets= or a plain count)"
-            ))),
+            )))
+            }
             _ => return Err(bad(format!("unknown property '{k}'"))),
         }
     }

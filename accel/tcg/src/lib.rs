@@ -29,3 +29,5 @@ pub use vcpu::{TcgStats, TcgVcpu};
 mod tests;
 #[cfg(test)]
 mod tests_apic;
+#[cfg(test)]
+mod tests_smp;

@@ -15,15 +15,15 @@ use vireo_core::{
 use vireo_devices::apic::{self, ApicBus, LapicHandle, LocalApic};
 use vireo_devices::pic::PicPorts;
 
-const GDT: u64 = 0x500;
+pub(crate) const GDT: u64 = 0x500;
 const IDT: u64 = 0x600;
-const DATA: u64 = 0x7000;
-const APIC: u32 = 0xfee0_0000;
+pub(crate) const DATA: u64 = 0x7000;
+pub(crate) const APIC: u32 = 0xfee0_0000;
 
-struct Mp {
-    mem: Arc<GuestMemory>,
+pub(crate) struct Mp {
+    pub(crate) mem: Arc<GuestMemory>,
     bus: SystemBus,
-    control: Arc<MachineControl>,
+    pub(crate) control: Arc<MachineControl>,
     clock: Arc<VirtualClock>,
     waker: Arc<TimerWaker>,
     apic_bus: Arc<ApicBus>,
@@ -31,7 +31,7 @@ struct Mp {
 }
 
 impl Mp {
-    fn new() -> Mp {
+    pub(crate) fn new() -> Mp {
         let mem = Arc::new(GuestMemory::new_flat(2 << 20).unwrap());
         let bus = SystemBus {
             mem: mem.clone(),
@@ -58,7 +58,7 @@ impl Mp {
     }
 
     /// A vCPU with local APIC `id` (the BSP when 0).
-    fn cpu(&mut self, id: u32) -> TcgVcpu {
+    pub(crate) fn cpu(&mut self, id: u32) -> TcgVcpu {
         let l = apic::shared(LocalApic::new(
             id,
             id == 0,
@@ -80,32 +80,45 @@ impl Mp {
     }
 
     /// Assembles 32-bit code at `addr`.
-    fn code(&self, addr: u64, f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) {
+    pub(crate) fn code(
+        &self,
+        addr: u64,
+        f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
+    ) {
         let mut a = CodeAssembler::new(32).unwrap();
         f(&mut a).unwrap();
         self.mem.write(addr, &a.assemble(addr).unwrap()).unwrap();
     }
 
+    /// The system bus (for vCPUs without an APIC).
+    pub(crate) fn bus(&self) -> SystemBus {
+        self.bus.clone()
+    }
+
     /// Real-mode (16-bit) code at `addr`.
-    fn code16(&self, addr: u64, f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) {
+    pub(crate) fn code16(
+        &self,
+        addr: u64,
+        f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
+    ) {
         let mut a = CodeAssembler::new(16).unwrap();
         f(&mut a).unwrap();
         self.mem.write(addr, &a.assemble(addr).unwrap()).unwrap();
     }
 
     /// A 32-bit interrupt gate for `vector` to `handler`.
-    fn gate(&self, vector: u64, handler: u32) {
+    pub(crate) fn gate(&self, vector: u64, handler: u32) {
         let h = u64::from(handler);
         let g = (h & 0xffff) | (0x08 << 16) | (0x8e << 40) | ((h >> 16) << 48);
         self.mem.write_u64(IDT + 8 * vector, g).unwrap();
     }
 
-    fn r32(&self, a: u64) -> u32 {
+    pub(crate) fn r32(&self, a: u64) -> u32 {
         self.mem.read_u32(a).unwrap()
     }
 
     /// Polls the APIC timers like the machine's timer thread, until dropped.
-    fn timer_thread(&self) -> TimerThread {
+    pub(crate) fn timer_thread(&self) -> TimerThread {
         let stop = Arc::new(AtomicBool::new(false));
         let (s, w, c) = (stop.clone(), self.waker.clone(), self.clock.clone());
         let lapics = self.lapics.clone();
@@ -127,7 +140,7 @@ impl Mp {
     }
 
     /// Waits until `cond` holds (at most 10 s), then stops every vCPU.
-    fn wait_then_stop(&self, what: &str, cond: impl Fn() -> bool) {
+    pub(crate) fn wait_then_stop(&self, what: &str, cond: impl Fn() -> bool) {
         let t0 = Instant::now();
         while !cond() {
             assert!(t0.elapsed() < Duration::from_secs(10), "timed out: {what}");
@@ -137,7 +150,7 @@ impl Mp {
     }
 }
 
-struct TimerThread {
+pub(crate) struct TimerThread {
     stop: Arc<AtomicBool>,
     waker: Arc<TimerWaker>,
     handle: Option<std::thread::JoinHandle<()>>,
@@ -154,7 +167,7 @@ impl Drop for TimerThread {
 }
 
 /// Flat 32-bit protected mode at `rip`, stack below 0x9000.
-fn pm_state(base: u64, rip: u64) -> CpuState {
+pub(crate) fn pm_state(base: u64, rip: u64) -> CpuState {
     let mut s = CpuState::reset();
     s.cr0 = ctl::CR0_PE | ctl::CR0_ET;
     s.seg[sreg::CS] = Segment::flat(0x08, true, false);
