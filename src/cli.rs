@@ -82,7 +82,7 @@ Machine:
   -machine|-M [pc][,accel=kvm|tcg]   machine type (pc, i440FX) and properties
   -accel kvm|tcg          execution engine (default: kvm; tcg: translator + IR interpreter)
   -enable-kvm             same as -accel kvm
-  -cpu host|max|qemu64    CPU model (default host); -cpu help lists them
+  -cpu host|max|qemu64    CPU model (default: host under KVM, max under TCG); -cpu help
 Boot:
   -kernel FILE            Linux bzImage or Multiboot v1 kernel (ELF or a.out kludge)
   -initrd FILE[,FILE...]  Linux initrd, or Multiboot modules (\"path args\" each)
@@ -419,7 +419,7 @@ pub fn parse(args: &[String]) -> Result<Command> {
                 let (model, _props) = split_props(v);
                 match model {
                     Some("help") => return Ok(Command::CpuHelp),
-                    Some(m @ ("host" | "max" | "qemu64")) => cfg.cpu_model = m.to_string(),
+                    Some(m @ ("host" | "max" | "qemu64")) => cfg.cpu_model = Some(m.to_string()),
                     Some(m) => {
                         return Err(Error::usage(format!(
                             "-cpu {m}: unknown CPU model (host, max, qemu64; -cpu help)"

@@ -65,7 +65,8 @@ pub struct MachineConfig {
     pub ram_size: u64,
     pub cpus: u32,
     pub accel: Accel,
-    pub cpu_model: String,
+    /// `-cpu NAME`; `None` is the engine's default (KVM: `host`, TCG: `max`).
+    pub cpu_model: Option<String>,
     pub kernel: Option<PathBuf>,
     /// `-initrd` items: a Linux initrd, or Multiboot modules as `"path args"`.
     pub initrd: Vec<String>,
@@ -88,7 +89,7 @@ impl Default for MachineConfig {
             ram_size: 128 << 20,
             cpus: 1,
             accel: Accel::Kvm,
-            cpu_model: "host".to_string(),
+            cpu_model: None,
             kernel: None,
             initrd: Vec::new(),
             append: String::new(),

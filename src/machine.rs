@@ -164,7 +164,7 @@ impl Machine {
             Option<apic::SharedIoapic>,
         ) = match config.accel {
             Accel::Kvm => {
-                let model = config.cpu_model.parse()?;
+                let model = config.cpu_model.as_deref().unwrap_or("host").parse()?;
                 let vm = vireo_kvm::KvmVm::new(
                     &mem,
                     vireo_kvm::VmConfig {
@@ -224,9 +224,11 @@ impl Machine {
                 Cpus::Threads(runners)
             }
             None => {
+                let model = tcg_model(config.cpu_model.as_deref())?;
                 let mut rr = RoundRobin::new(control.clone());
                 for i in 0..config.cpus {
                     let mut tcg = TcgVcpu::new(bus.clone(), control.clone());
+                    tcg.cpu().cpuid = model.clone();
                     // An invariant TSC at the advertised frequency, following the
                     // virtual clock (as the PIT and RTC do), so guests see consistent
                     // time on every CPU.
@@ -400,6 +402,25 @@ impl Machine {
         self.control.clear();
         Ok(())
     }
+}
+
+/// The TCG CPUID model `-cpu` names (`max` by default).
+fn tcg_model(name: Option<&str>) -> Result<vireo_x86::cpuid::CpuidModel> {
+    let name = name.unwrap_or("max");
+    vireo_x86::cpuid::CpuidModel::named(name).ok_or_else(|| {
+        let known: Vec<&str> = vireo_x86::cpuid::MODELS.iter().map(|m| m.0).collect();
+        if name == "host" {
+            Error::usage(format!(
+                "-cpu host: the host CPU model needs -accel kvm (TCG has {})",
+                known.join(", ")
+            ))
+        } else {
+            Error::usage(format!(
+                "-cpu {name}: not a TCG model ({})",
+                known.join(", ")
+            ))
+        }
+    })
 }
 
 /// The kick handles of every vCPU.

@@ -17,9 +17,9 @@ fn run() -> vireo::Result<i32> {
         Command::DeviceProps(name) => print!("{}", cli::device::props(name)),
         Command::CpuHelp => {
             println!("Available CPUs:");
-            println!("  host     all features this host's KVM supports");
-            println!("  max      same as host under KVM");
-            println!("  qemu64   QEMU's baseline x86-64 model");
+            println!("  host     all features this host's KVM supports (KVM only)");
+            println!("  max      KVM: same as host; TCG: everything vireo's TCG implements");
+            println!("  qemu64   QEMU's baseline x86-64 model (both engines)");
         }
         Command::MachineHelp => {
             println!("Supported machines are:");

@@ -132,6 +132,12 @@ mod cpu {
         (u64::from(hi) << 32) | u64::from(lo)
     }
 
+    /// CPUID leaf `leaf` (subleaf 0): EAX, EBX, ECX, EDX.
+    pub fn cpuid(leaf: u32) -> [u32; 4] {
+        let r = core::arch::x86_64::__cpuid_count(leaf, 0);
+        [r.eax, r.ebx, r.ecx, r.edx]
+    }
+
     /// Disables interrupts and halts forever.
     pub fn halt_forever() -> ! {
         loop {
@@ -296,6 +302,48 @@ fn cmos_ram_bytes() -> u64 {
     };
     let above_4g = u64::from_le_bytes([cmos(0x5B), cmos(0x5C), cmos(0x5D), 0, 0, 0, 0, 0]);
     low + above_4g * (64 << 10)
+}
+
+/// The text of a NUL-padded CPUID string.
+fn cpuid_text(b: &[u8]) -> &str {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    core::str::from_utf8(&b[..end]).map(str::trim).unwrap_or("?")
+}
+
+/// The CPU's vendor, brand string and family/model (CPUID 0, 1, 8000_0002h-4h).
+struct CpuName;
+
+impl core::fmt::Display for CpuName {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let l0 = cpu::cpuid(0);
+        let mut vendor = [0u8; 12];
+        for (i, w) in [l0[1], l0[3], l0[2]].iter().enumerate() {
+            vendor[4 * i..4 * i + 4].copy_from_slice(&w.to_le_bytes());
+        }
+        let sig = cpu::cpuid(1)[0];
+        let family = ((sig >> 8) & 0xf) + if (sig >> 8) & 0xf == 0xf { (sig >> 20) & 0xff } else { 0 };
+        let model = ((sig >> 4) & 0xf) | (((sig >> 16) & 0xf) << 4);
+        let mut brand = [0u8; 48];
+        if cpu::cpuid(0x8000_0000)[0] >= 0x8000_0004 {
+            for (i, leaf) in (0x8000_0002u32..=0x8000_0004).enumerate() {
+                for (j, w) in cpu::cpuid(leaf).iter().enumerate() {
+                    let o = 16 * i + 4 * j;
+                    brand[o..o + 4].copy_from_slice(&w.to_le_bytes());
+                }
+            }
+        }
+        let brand = cpuid_text(&brand);
+        if !brand.is_empty() {
+            write!(f, "{brand} ")?;
+        }
+        write!(
+            f,
+            "({}, family {:#x} model {:#x})",
+            cpuid_text(&vendor),
+            family,
+            model
+        )
+    }
 }
 
 /// A byte count printed as MiB when it is a whole number of MiB, else as KiB.
@@ -646,6 +694,8 @@ extern "C" fn firmware_main(stages: u32) -> ! {
             efer
         );
     }
+
+    say!(out, "CPU: {}", CpuName);
 
     let ram = cmos_ram_bytes();
     match FwCfg::probe() {

@@ -31,6 +31,8 @@ pub struct Serial {
     uart: Uart<IrqTrigger, vm_superio::serial::NoEvents, CharOut>,
     /// Guest input not yet taken by the FIFO.
     pending: VecDeque<u8>,
+    /// Output errors so far (only the first is logged as a warning).
+    output_errors: u64,
 }
 
 impl Serial {
@@ -40,6 +42,7 @@ impl Serial {
             name: name.to_string(),
             uart: Uart::new(IrqTrigger(irq), out),
             pending: VecDeque::new(),
+            output_errors: 0,
         }
     }
 
@@ -83,8 +86,15 @@ impl BusDevice for Serial {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let Err(e) = self.uart.write(offset as u8, data[0]) {
-            // A host-side write error (closed stdout, full disk) must not stop the guest.
-            log::warn!(target: "vireo::dev::serial", "{}: output error: {e:?}", self.name);
+            // A host-side write error (closed stdout, full disk) must not stop the
+            // guest, nor flood the log: one warning, then the output is dropped.
+            self.output_errors += 1;
+            if self.output_errors == 1 {
+                log::warn!(target: "vireo::dev::serial",
+                    "{}: output error: {e:?}; dropping further output that fails", self.name);
+            } else {
+                log::debug!(target: "vireo::dev::serial", "{}: output error: {e:?}", self.name);
+            }
         }
     }
 }
@@ -122,6 +132,28 @@ mod tests {
         }
         assert_eq!(cap.text(), "ok\n");
         assert_eq!(rec.rising_edges(4), 0, "no interrupt while IER is 0");
+    }
+
+    /// A host side that refuses every write (a closed pipe).
+    struct Closed;
+    impl std::io::Write for Closed {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_closed_output_is_counted_and_the_uart_keeps_working() {
+        let rec = IrqRecorder::new();
+        let mut s = Serial::new("serial0", rec.line(4), Box::new(Closed));
+        for b in b"lost" {
+            s.write(THR, &[*b]);
+        }
+        assert_eq!(s.output_errors, 4);
+        assert_eq!(rd(&mut s, LSR) & 0x60, 0x60, "the transmitter still drains");
     }
 
     #[test]

@@ -68,6 +68,7 @@ fn unknown_device_and_option() {
     assert_one_line_error(&["-fancy-option"], "unknown option");
     assert_one_line_error(&["-smp", "4,cores=2"], "own socket");
     assert_one_line_error(&["-smp", "300"], "1 to 254");
+    assert_one_line_error(&["-accel", "tcg", "-cpu", "host"], "needs -accel kvm");
 }
 
 #[test]

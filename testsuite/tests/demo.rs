@@ -62,3 +62,32 @@ fn demo_guest_with_more_memory() {
     assert_eq!(Machine::new(cfg).unwrap().run().unwrap(), Outcome::PowerOff);
     assert!(serial.text().contains("RAM 1536 MiB"), "{}", serial.text());
 }
+
+/// The firmware prints the CPU's CPUID identity: under TCG it is the model `-cpu`
+/// names (`max` by default), and `-smp` reaches the firmware through fw_cfg.
+#[test]
+fn demo_guest_under_tcg_sees_the_named_cpu_model() {
+    for (model, brand) in [
+        (None, "vireo TCG virtual CPU"),
+        (Some("max"), "vireo TCG virtual CPU"),
+        (Some("qemu64"), "QEMU Virtual CPU version 2.5+"),
+    ] {
+        let serial = CaptureBuffer::new();
+        let cfg = MachineConfig {
+            accel: Accel::Tcg,
+            cpus: 2,
+            cpu_model: model.map(str::to_string),
+            serials: vec![CharSpec::Capture(serial.clone())],
+            ..MachineConfig::default()
+        };
+        assert_eq!(Machine::new(cfg).unwrap().run().unwrap(), Outcome::PowerOff);
+        let text = serial.text();
+        assert!(
+            text.contains(&format!(
+                "CPU: {brand} (AuthenticAMD, family 0xf model 0x6b)"
+            )),
+            "-cpu {model:?}: {text}"
+        );
+        assert!(text.contains("2 CPUs"), "{text}");
+    }
+}

@@ -1,6 +1,8 @@
 //! The CPUID model: what the guest is told this CPU implements. It advertises only
-//! what TCG implements. The table is a
-//! plain struct so that later work can refine it (`-cpu` models, AVX, SVM...).
+//! what TCG implements, and the translator raises #UD for an instruction whose CPUID
+//! feature the model does not advertise ([`CpuidModel::allows`]), as a CPU without
+//! the feature would. Named models ([`CpuidModel::named`], `-cpu`): `max`, everything
+//! TCG implements; `qemu64`, QEMU's baseline x86-64 CPU.
 
 use crate::cpu::X86Cpu;
 use crate::mmu::{cr4, PHYS_BITS};
@@ -37,6 +39,7 @@ pub mod ecx1 {
     pub const MONITOR: u32 = 1 << 3;
     pub const SSSE3: u32 = 1 << 9;
     pub const CX16: u32 = 1 << 13;
+    pub const MOVBE: u32 = 1 << 22;
     pub const PCID: u32 = 1 << 17;
     pub const SSE41: u32 = 1 << 19;
     pub const SSE42: u32 = 1 << 20;
@@ -115,6 +118,15 @@ pub struct CpuidModel {
     pub tsc_hz: u64,
 }
 
+/// The named TCG models and what they are (`-cpu help`).
+pub const MODELS: &[(&str, &str)] = &[
+    ("max", "everything vireo's TCG implements"),
+    (
+        "qemu64",
+        "QEMU's baseline x86-64 CPU (SSE3, CX16, no SSSE3/SSE4/XSAVE...)",
+    ),
+];
+
 /// The TSC frequency of the TCG model (leaf 15h: the crystal clock times 1).
 pub const TSC_HZ: u64 = 1_000_000_000;
 /// The core crystal clock leaf 15h reports: 1 GHz, the clock of the local APIC
@@ -168,6 +180,7 @@ impl Default for CpuidModel {
                 | ecx1::PCID
                 | ecx1::SSE41
                 | ecx1::SSE42
+                | ecx1::MOVBE
                 | ecx1::POPCNT
                 | ecx1::XSAVE,
             ebx7: leaf7::FSGSBASE | leaf7::SMEP | leaf7::INVPCID | leaf7::ADX | leaf7::SMAP,
@@ -194,6 +207,79 @@ fn le(b: &[u8]) -> u32 {
 }
 
 impl CpuidModel {
+    /// The model `-cpu NAME` names under TCG (see [`MODELS`]).
+    pub fn named(name: &str) -> Option<CpuidModel> {
+        match name {
+            "max" => Some(CpuidModel::default()),
+            "qemu64" => Some(CpuidModel::qemu64()),
+            _ => None,
+        }
+    }
+
+    /// QEMU's `qemu64`: the x86-64 baseline (SSE2 plus SSE3 and CMPXCHG16B; LAHF in
+    /// long mode), AuthenticAMD family 15 model 107. Leaves 15h/16h stay (the TSC
+    /// frequency); QEMU's SVM, MCE and MCA bits are left out, since TCG does not
+    /// implement them.
+    pub fn qemu64() -> CpuidModel {
+        let mut brand = [0u8; 48];
+        let name = b"QEMU Virtual CPU version 2.5+";
+        brand[..name.len()].copy_from_slice(name);
+        CpuidModel {
+            ecx1: ecx1::SSE3 | ecx1::CX16,
+            ebx7: 0,
+            ecx7: 0,
+            edx7: 0,
+            edx_ext1: ext1::SYSCALL | ext1::NX | ext1::LM,
+            ecx_ext1: ext1::LAHF_LM,
+            xsave_d1: 0,
+            xcr0_supported: 0x3,
+            brand,
+            ..CpuidModel::default()
+        }
+    }
+
+    /// Whether an instruction that needs CPUID feature `f` may run on this model.
+    /// Features without a bit here are part of every x86-64 CPU vireo models, or not
+    /// implemented at all (the translator raises #UD for those anyway).
+    pub fn allows(&self, f: iced_x86::CpuidFeature) -> bool {
+        use iced_x86::CpuidFeature as F;
+        let (reg, bit) = match f {
+            F::FPU => (self.edx1, edx1::FPU),
+            F::TSC => (self.edx1, edx1::TSC),
+            F::MSR => (self.edx1, edx1::MSR),
+            F::CX8 => (self.edx1, edx1::CX8),
+            F::SEP => (self.edx1, edx1::SEP),
+            F::CMOV => (self.edx1, edx1::CMOV),
+            F::CLFSH => (self.edx1, edx1::CLFSH),
+            F::MMX => (self.edx1, edx1::MMX),
+            F::FXSR => (self.edx1, edx1::FXSR),
+            F::SSE => (self.edx1, edx1::SSE),
+            F::SSE2 => (self.edx1, edx1::SSE2),
+            F::SSE3 => (self.ecx1, ecx1::SSE3),
+            F::PCLMULQDQ => (self.ecx1, ecx1::PCLMULQDQ),
+            F::MONITOR => (self.ecx1, ecx1::MONITOR),
+            F::SSSE3 => (self.ecx1, ecx1::SSSE3),
+            F::CMPXCHG16B => (self.ecx1, ecx1::CX16),
+            F::SSE4_1 => (self.ecx1, ecx1::SSE41),
+            F::SSE4_2 => (self.ecx1, ecx1::SSE42),
+            F::MOVBE => (self.ecx1, ecx1::MOVBE),
+            F::POPCNT => (self.ecx1, ecx1::POPCNT),
+            F::XSAVE => (self.ecx1, ecx1::XSAVE),
+            F::XSAVEOPT => (self.xsave_d1, xsave_d1::XSAVEOPT),
+            F::XSAVEC => (self.xsave_d1, xsave_d1::XSAVEC),
+            F::XSAVES => (self.xsave_d1, xsave_d1::XSAVES),
+            F::FSGSBASE => (self.ebx7, leaf7::FSGSBASE),
+            F::INVPCID => (self.ebx7, leaf7::INVPCID),
+            F::ADX => (self.ebx7, leaf7::ADX),
+            F::SMAP => (self.ebx7, leaf7::SMAP),
+            F::SYSCALL => (self.edx_ext1, ext1::SYSCALL),
+            F::RDTSCP => (self.edx_ext1, ext1::RDTSCP),
+            F::LZCNT => (self.ecx_ext1, ext1::ABM),
+            _ => return true,
+        };
+        reg & bit != 0
+    }
+
     pub fn has_xsave(&self) -> bool {
         self.ecx1 & ecx1::XSAVE != 0
     }

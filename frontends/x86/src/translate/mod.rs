@@ -10,7 +10,9 @@
 //!
 //! # What a block depends on: [`mode_key`]
 //! The translation reads nothing of the CPU but the bits [`mode_key`] returns (plus
-//! the code bytes), so a block cache keyed on (physical PC, mode key) is correct.
+//! the code bytes and the CPUID model, which is fixed for the life of an engine and
+//! the same on all its CPUs), so a block cache keyed on (physical PC, mode key) is
+//! correct.
 //!
 //! # Layout
 //! - this file: the [`Tr`] context, the block loop, the instruction dispatch;
@@ -49,6 +51,8 @@ mod tests;
 mod tests_lockstep;
 #[cfg(test)]
 mod tests_lockstep_fp;
+#[cfg(test)]
+mod tests_model;
 #[cfg(test)]
 mod tests_more;
 #[cfg(test)]
@@ -255,6 +259,9 @@ pub(crate) struct Tr {
     /// The linear address (temp) of the last memory operand computed for writing: a
     /// read of it is the read of a read-modify-write, loaded with write intent.
     pub rmw_addr: Option<Temp>,
+    /// The CPUID model: an instruction whose feature it lacks raises #UD. (Fixed for
+    /// the life of an engine, and the same on all its CPUs, so not in the mode key.)
+    pub model: crate::cpuid::CpuidModel,
 }
 
 /// Reads the code bytes of the instruction at CS-relative `pc`: up to 15 bytes,
@@ -325,6 +332,7 @@ pub fn translate_block(cpu: &mut X86Cpu, max_insns: usize) -> Result<Block, Faul
         cc: CcTrack::default(),
         sp_adjust: 0,
         rmw_addr: None,
+        model: cpu.cpuid.clone(),
     };
     let first_page = code_linear(cpu, &m, start) >> 12;
     let mut pc = start;
@@ -440,6 +448,10 @@ impl Tr {
     fn insn(&mut self) -> Flow {
         let i = self.i;
         if i.is_invalid() {
+            return self.ud();
+        }
+        if !i.cpuid_features().iter().all(|f| self.model.allows(*f)) {
+            // The model does not advertise the instruction's feature.
             return self.ud();
         }
         if self.is_hint_nop() {
