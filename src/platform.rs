@@ -17,7 +17,7 @@ use vireo_devices::chardev::{CharOut, Stdout};
 use vireo_devices::hpet::{self, Hpet, LegacyGate};
 use vireo_devices::pic::{PicPair, SharedPic};
 use vireo_devices::serial::{Serial, COM_PORTS, UART_REGS};
-use vireo_devices::{acpi, acpi_pm, fw_cfg, i8042, pci, pit, port92, rtc};
+use vireo_devices::{acpi, acpi_pm, fw_cfg, i8042, mptable, pci, pit, port92, rtc};
 
 /// The machine-wide services devices are wired to.
 pub struct Wiring {
@@ -278,9 +278,13 @@ fn add_kernel_items(fw: &mut fw_cfg::FwCfg, config: &MachineConfig, f: &GuestFil
     fw.add_item(fw_cfg::FW_CFG_CMDLINE_DATA, c);
 }
 
-/// Writes the ACPI tables into guest memory; returns the RSDP address.
+/// Writes the firmware tables into guest memory: the MP tables (Intel MP spec 1.4,
+/// for guests that do not use ACPI) and the ACPI tables, both describing the same
+/// CPUs and interrupt routing. Returns the RSDP address.
 pub fn write_tables(config: &MachineConfig, mem: &GuestMemory) -> Result<u64> {
     let cfg = acpi::AcpiConfig::new(config.cpus, mem.map());
+    mptable::write_config(mem, &mptable::MpConfig::from(&cfg))
+        .map_err(|e| Error::Machine(format!("MP tables: {e}")))?;
     acpi::write_tables(mem, &cfg).map_err(|e| Error::Machine(format!("ACPI tables: {e}")))
 }
 

@@ -1,9 +1,11 @@
 //! The PC physical memory map, shared by firmware, loaders and both engines.
 //!
 //! ```text
-//! 0x0000_0000 .. 0x000A_0000   low RAM (IVT, BDA, EBDA at the top)
+//! 0x0000_0000 .. 0x000A_0000   low RAM (IVT, BDA, EBDA at the top; the MP floating
+//!                              pointer is the EBDA's first 16 bytes)
 //! 0x000A_0000 .. 0x000C_0000   legacy VGA window (unassigned: reads all ones)
-//! 0x000C_0000 .. 0x000F_0000   RAM (option-ROM area; ACPI tables live at 0xE0000)
+//! 0x000C_0000 .. 0x000F_0000   RAM (option-ROM area; ACPI tables live at 0xE0000, the
+//!                              MP configuration table at 0xEE000)
 //! 0x000F_0000 .. 0x0010_0000   firmware ROM (vireo's BIOS), read-only
 //! 0x0010_0000 .. low_end       RAM
 //! low_end     .. 0xFEC0_0000   PCI hole (MMIO; low_end is at most 3 GiB)
@@ -20,8 +22,19 @@ pub const EBDA_START: u64 = 0x9_FC00;
 pub const OPTION_ROM_START: u64 = 0xC_0000;
 /// Where the VMM writes the ACPI tables (RSDP first, inside the BIOS search area).
 pub const ACPI_TABLES_START: u64 = 0xE_0000;
-/// Size of the area reserved for ACPI tables.
-pub const ACPI_TABLES_SIZE: u64 = 0x1_0000;
+/// Size of the area reserved for ACPI tables (up to the MP configuration table).
+pub const ACPI_TABLES_SIZE: u64 = MPTABLE_START - ACPI_TABLES_START;
+/// Where the VMM writes the MP floating pointer structure (Intel MultiProcessor
+/// Specification 1.4): the first 16 bytes of the EBDA. Linux scans the last KiB of base
+/// memory (639 KiB) for it whatever the BDA says, E820 reserves the EBDA, and the other
+/// places Linux scans are the IVT and the read-only firmware ROM at 0xF0000.
+pub const MPTABLE_FLOATING: u64 = EBDA_START;
+/// Where the VMM writes the MP configuration table: the last 8 KiB of the RAM below the
+/// firmware ROM, after the ACPI tables (E820 reserved). 254 CPUs take about 5.3 KiB;
+/// the rest of the EBDA (1 KiB) would hold only some 40.
+pub const MPTABLE_START: u64 = 0xE_E000;
+/// Size of the area reserved for the MP configuration table.
+pub const MPTABLE_SIZE: u64 = BIOS_START - MPTABLE_START;
 /// Firmware ROM base below 1 MiB.
 pub const BIOS_START: u64 = 0xF_0000;
 /// Firmware ROM size.
@@ -204,6 +217,27 @@ mod tests {
             .map(|e| e.1)
             .sum();
         assert_eq!(usable, (5 << 30) - (HIGH_MEMORY_START - EBDA_START));
+    }
+
+    #[test]
+    fn mp_tables_sit_in_reserved_ram() {
+        let m = MemoryMap::pc(MIN_RAM);
+        let reserved = |a: u64, len: u64| {
+            m.e820()
+                .iter()
+                .any(|e| e.2 == E820_RESERVED && e.0 <= a && a + len <= e.0 + e.1)
+        };
+        let ram = |a: u64, len: u64| {
+            m.regions
+                .iter()
+                .any(|r| r.kind == RegionKind::Ram && r.gpa <= a && a + len <= r.gpa + r.len)
+        };
+        for (a, len) in [(MPTABLE_FLOATING, 16), (MPTABLE_START, MPTABLE_SIZE)] {
+            assert!(reserved(a, len) && ram(a, len), "{a:#x}+{len:#x}");
+            assert_eq!(a % 16, 0);
+        }
+        assert_eq!(ACPI_TABLES_START + ACPI_TABLES_SIZE, MPTABLE_START);
+        assert_eq!(MPTABLE_START + MPTABLE_SIZE, BIOS_START);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod debugcon;
 pub mod fw_cfg;
 pub mod hpet;
 pub mod i8042;
+pub mod mptable;
 pub mod pc_testdev;
 pub mod pci;
 pub mod pci_testdev;

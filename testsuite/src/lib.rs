@@ -8,6 +8,7 @@ pub mod guest;
 pub mod lockstep;
 pub mod multiboot_kernel;
 pub mod process;
+pub mod smp_kernel;
 pub mod testdev_kernel;
 
 pub use multiboot_kernel::machine_config as multiboot_machine;
