@@ -2,14 +2,12 @@
 //! APs with INIT-SIPI-SIPI, every CPU checks in, counts on one shared counter with
 //! `lock inc`, runs a job that depends on its APIC ID, and IPIs go both ways.
 //!
-//! - `vireo_*`: the `vireo` binary with `-smp 2` and `-smp 4` under `-accel tcg` and
-//!   `-accel kvm` (skipped without /dev/kvm). They fail until the SMP machine work
-//!   lands (today vireo refuses `-smp 2`), and they expect the MP table
-//!   (`vireo_devices::mptable::write`, called from `platform::write_tables`) besides
-//!   the MADT.
-//! - `uniprocessor_*`: the kernel on today's one-CPU machine, in process, with the MP
-//!   table written into guest memory by the test: everything but starting APs (fw_cfg,
-//!   MADT and MP table as the guest finds them, PIT delays, the job, the counter).
+//! - `vireo_*`: the `vireo` binary with `-smp 2` and `-smp 4` under `-accel tcg`
+//!   (round-robin) and `-accel kvm` (one thread per vCPU; skipped without /dev/kvm);
+//!   the guest must find the CPUs in fw_cfg, the MADT and the MP table alike.
+//! - `uniprocessor_*`: the kernel on a one-CPU machine, in process: everything but
+//!   starting APs (fw_cfg, MADT and MP table as the guest finds them, PIT delays, the
+//!   job, the counter).
 //! - `qemu_*`: the same kernel under QEMU's TCG with 2, 4 and 8 CPUs (skipped when
 //!   `qemu-system-x86_64` is not installed): the reference the kernel was written
 //!   against.
@@ -21,7 +19,6 @@ use vireo::config::DebugExitConfig;
 use vireo::{Accel, CharSpec, Machine, MachineConfig, Outcome};
 use vireo_core::StopReason;
 use vireo_devices::chardev::CaptureBuffer;
-use vireo_devices::mptable;
 use vireo_testsuite::smp_kernel::{self, expected_status, job_line};
 use vireo_testsuite::{multiboot_kernel, scratch_dir, skip_without_kvm, vireo_bin};
 
@@ -139,9 +136,6 @@ fn vireo(accel: &str, cpus: u32) {
     assert_pass(code, &text, cpus, true);
 }
 
-// vireo: these need the SMP machine (`-smp N`) and the MP table wired into
-// `platform::write_tables`; until then they fail with "vireo runs 1 CPU for now".
-
 #[test]
 fn vireo_smp2_under_tcg() {
     vireo("tcg", 2);
@@ -168,8 +162,8 @@ fn vireo_smp4_under_kvm() {
     vireo("kvm", 4);
 }
 
-/// One CPU, in process, with the MP table written after the machine is built (until
-/// `platform::write_tables` writes it).
+/// One CPU, in process (`Machine`): the kernel finds one CPU everywhere, and the parts
+/// that need APs report so.
 fn uniprocessor(accel: Accel, name: &str) {
     let d = scratch_dir(name);
     let serial = CaptureBuffer::new();
@@ -186,7 +180,6 @@ fn uniprocessor(accel: Accel, name: &str) {
         ..MachineConfig::default()
     };
     let mut m = Machine::new(cfg).expect("machine");
-    mptable::write(m.memory(), 1).expect("MP tables");
     let control = m.control();
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let dog = std::thread::spawn(move || {
