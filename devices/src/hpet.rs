@@ -285,6 +285,31 @@ impl Hpet {
         };
     }
 
+    /// Comparator `i` neither interrupts nor sets a status bit (edge-triggered with
+    /// interrupts off), though it may still move (periodic, or a 32-bit wrap): only
+    /// a guest reading the comparator sees its matches, so the timer thread is not
+    /// woken for them. (Linux leaves its HPET clockevent like this, periodic at HZ,
+    /// once the local APIC timer takes over.)
+    fn silent(&self, i: usize) -> bool {
+        self.timers[i].config & (tn::INT_ENABLE | tn::LEVEL) == 0
+    }
+
+    /// Carries out the matches of silent comparators that are due, so that the
+    /// comparators read, and the matches armed from them, are up to date.
+    fn catch_up(&mut self, now: u64) {
+        if !self.enabled() {
+            return;
+        }
+        let c = self.counter_at(now);
+        for i in 0..NUM_TIMERS {
+            if let Some(m) = self.timers[i].next.filter(|_| self.silent(i)) {
+                if self.tick_time(m) <= now {
+                    self.matched(i, m, c);
+                }
+            }
+        }
+    }
+
     fn arm_all(&mut self, now: u64) {
         for i in 0..NUM_TIMERS {
             self.arm(i, now);
@@ -453,6 +478,7 @@ impl BusDevice for Hpet {
 
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         let now = self.clock.now_ns();
+        self.catch_up(now);
         let v = self.read_reg(offset & !7, now);
         let shift = offset & 7;
         for (i, b) in data.iter_mut().enumerate() {
@@ -463,6 +489,7 @@ impl BusDevice for Hpet {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         let now = self.clock.now_ns();
+        self.catch_up(now);
         let (v, mask) = place(data, offset & 7);
         self.write_reg(offset & !7, v, mask, now);
     }
@@ -484,7 +511,7 @@ impl TimerDevice for Hpet {
                     fired = true;
                 }
             }
-            if let Some(m) = self.timers[i].next {
+            if let Some(m) = self.timers[i].next.filter(|_| !self.silent(i)) {
                 let t = &self.timers[i];
                 let short = t.config & tn::PERIODIC != 0
                     && (t.period & t.width_mask()).saturating_mul(TICK_NS) < MIN_PERIOD_NS;

@@ -141,6 +141,38 @@ fn periodic_timer_adds_its_period() {
     assert_eq!(r64(&mut h, tcmp(0)), 13_000);
 }
 
+/// A periodic comparator with interrupts off (Linux's HPET clockevent after the
+/// LAPIC timer took over) wakes nobody, yet reads as if it had kept matching, and
+/// fires on the same grid once interrupts are on again.
+#[test]
+fn a_silent_periodic_comparator_moves_without_waking_the_timer_thread() {
+    let (clock, rec, mut h) = setup();
+    w64(
+        &mut h,
+        tcfg(0),
+        tn::PERIODIC | tn::VAL_SET | (16 << tn::ROUTE_SHIFT),
+    );
+    w64(&mut h, tcmp(0), 1000);
+    w64(&mut h, tcmp(0), 1000);
+    w64(&mut h, 0x10, cfg::ENABLE);
+    assert_eq!(h.poll_timer(0), None, "no deadline for a silent comparator");
+    clock.set(45_000); // 4500 ticks: matches at 1000, 2000, 3000, 4000
+    assert_eq!(h.poll_timer(45_000), None);
+    assert_eq!(r64(&mut h, tcmp(0)), 5000, "the comparator kept moving");
+    assert_eq!(rec.rising_edges(16), 0);
+    // Interrupts on: the next match on the grid fires.
+    clock.set(47_000);
+    w64(
+        &mut h,
+        tcfg(0),
+        tn::INT_ENABLE | tn::PERIODIC | (16 << tn::ROUTE_SHIFT),
+    );
+    assert_eq!(h.poll_timer(47_000), Some(50_000));
+    clock.set(50_000);
+    assert_eq!(h.poll_timer(50_000), Some(60_000));
+    assert_eq!(rec.rising_edges(16), 1);
+}
+
 #[test]
 fn thirty_two_bit_one_shot_matches_again_after_a_wrap() {
     let (clock, rec, mut h) = setup();
