@@ -83,6 +83,8 @@ Machine:
   -accel kvm|tcg          execution engine (default: kvm; tcg: translator + IR interpreter)
   -enable-kvm             same as -accel kvm
   -cpu host|max|qemu64    CPU model (default: host under KVM, max under TCG); -cpu help
+  -tcg-backend interp|jit what runs TCG's translated blocks: the IR interpreter
+                          (default) or the x86-64 JIT
 Boot:
   -kernel FILE            Linux bzImage or Multiboot v1 kernel (ELF or a.out kludge)
   -initrd FILE[,FILE...]  Linux initrd, or Multiboot modules (\"path args\" each)
@@ -414,6 +416,12 @@ pub fn parse(args: &[String]) -> Result<Command> {
                     }
                 }
             }
+            "-tcg-backend" => {
+                let v = value()?;
+                cfg.tcg_backend = v
+                    .parse()
+                    .map_err(|e: String| Error::usage(format!("-tcg-backend: {e}")))?;
+            }
             "-cpu" => {
                 let v = value()?;
                 let (model, _props) = split_props(v);
@@ -617,6 +625,17 @@ mod tests {
         // -nodefaults removes the default COM1.
         assert!(run(&["-nodefaults"]).unwrap().serials.is_empty());
         assert_eq!(run(&[]).unwrap().serials.len(), 1);
+    }
+
+    #[test]
+    fn tcg_backend_option() {
+        assert_eq!(run(&[]).unwrap().tcg_backend, vireo_tcg::Backend::Interp);
+        let c = run(&["-accel", "tcg", "-tcg-backend", "jit"]).unwrap();
+        assert_eq!(c.tcg_backend, vireo_tcg::Backend::Jit);
+        let c = run(&["-tcg-backend", "interp"]).unwrap();
+        assert_eq!(c.tcg_backend, vireo_tcg::Backend::Interp);
+        assert!(run(&["-tcg-backend", "llvm"]).is_err());
+        assert!(HELP.contains("-tcg-backend"));
     }
 
     /// The command line kvm-unit-tests' x86 runner (`x86/run`) builds for QEMU.

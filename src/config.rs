@@ -67,6 +67,8 @@ pub struct MachineConfig {
     pub accel: Accel,
     /// `-cpu NAME`; `None` is the engine's default (KVM: `host`, TCG: `max`).
     pub cpu_model: Option<String>,
+    /// `-tcg-backend`: what runs translated blocks under TCG.
+    pub tcg_backend: vireo_tcg::Backend,
     pub kernel: Option<PathBuf>,
     /// `-initrd` items: a Linux initrd, or Multiboot modules as `"path args"`.
     pub initrd: Vec<String>,
@@ -90,6 +92,7 @@ impl Default for MachineConfig {
             cpus: 1,
             accel: Accel::Kvm,
             cpu_model: None,
+            tcg_backend: vireo_tcg::Backend::Interp,
             kernel: None,
             initrd: Vec::new(),
             append: String::new(),

@@ -228,6 +228,7 @@ impl Machine {
                 let mut rr = RoundRobin::new(control.clone());
                 for i in 0..config.cpus {
                     let mut tcg = TcgVcpu::new(bus.clone(), control.clone());
+                    tcg.set_backend(config.tcg_backend);
                     tcg.cpu().cpuid = model.clone();
                     // An invariant TSC at the advertised frequency, following the
                     // virtual clock (as the PIT and RTC do), so guests see consistent

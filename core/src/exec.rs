@@ -63,3 +63,43 @@ pub trait GuestEnv {
     /// state: helpers that fault need the PC of the current instruction).
     fn insn_start(&mut self, pc: u64);
 }
+
+/// Direct access to guest state for a JIT: which globals are plain `u64` fields of the
+/// environment, and whether instruction boundaries can be handled inline. Both are
+/// optional (`None`: the JIT goes through [`GuestEnv`]'s methods).
+///
+/// # Safety
+///
+/// Generated code reads and writes the environment's memory at the offsets given, from
+/// the environment's base pointer (`*mut Self`). An implementation promises:
+///
+/// - `global_offset(g) == Some(off)`: the 8 bytes at `off` are an aligned `u64` inside
+///   `Self`, `GuestEnv::get(g)` returns it and `GuestEnv::set(g, v)` stores exactly `v`
+///   there, with no other effect;
+/// - `insn_hooks() == Some(h)`: `h.stop` is a `bool` inside `Self` that
+///   `GuestEnv::stop_requested` returns (with no other effect), and
+///   `GuestEnv::insn_start(pc)` does exactly: store `pc` in the `u64` at `h.pc` and
+///   add 1 (wrapping) to the `u64` at `h.counter`.
+pub unsafe trait DirectGlobals {
+    /// Byte offset of global `g` from the environment's base pointer, if it is a plain
+    /// `u64` field.
+    fn global_offset(_g: Global) -> Option<usize> {
+        None
+    }
+    /// Offsets that let generated code do `insn_start`/`stop_requested` inline.
+    fn insn_hooks() -> Option<InsnHooks> {
+        None
+    }
+}
+
+/// Where [`GuestEnv::insn_start`] and [`GuestEnv::stop_requested`] keep their state (see
+/// [`DirectGlobals::insn_hooks`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InsnHooks {
+    /// Offset of the `bool` that `stop_requested` returns.
+    pub stop: usize,
+    /// Offset of the `u64` that `insn_start(pc)` sets to `pc`.
+    pub pc: usize,
+    /// Offset of the `u64` counter that `insn_start` increments.
+    pub counter: usize,
+}

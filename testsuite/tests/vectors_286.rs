@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vireo_core::cpu::{reg, sreg, Segment};
 use vireo_core::{A20Gate, Bus, CpuState, GuestMemory, MachineControl, SystemBus, Vcpu, VcpuExit};
-use vireo_tcg::TcgVcpu;
+use vireo_tcg::{Backend, TcgVcpu};
 
 /// The pass rate the non-excluded tests must reach.
 const REQUIRED_PASS_RATE: f64 = 99.5;
@@ -524,6 +524,16 @@ fn vectors_dir() -> PathBuf {
 
 #[test]
 fn vectors_286_real_mode() {
+    run_vectors(Backend::Interp);
+}
+
+/// The same vectors with every block compiled by the JIT.
+#[test]
+fn vectors_286_real_mode_jit() {
+    run_vectors(Backend::Jit);
+}
+
+fn run_vectors(backend: Backend) {
     let dir = vectors_dir();
     let Ok(meta_text) = std::fs::read_to_string(dir.join("metadata.json")) else {
         println!(
@@ -546,6 +556,7 @@ fn vectors_286_real_mode() {
         a20: A20Gate::new(),
     };
     let mut vcpu = TcgVcpu::new(bus, MachineControl::new());
+    vcpu.set_backend(backend);
 
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .expect("vectors directory")
@@ -644,17 +655,23 @@ fn vectors_286_real_mode() {
         100.0 * (compared - failed) as f64 / compared as f64
     };
     println!(
-        "80286 real mode: {} of {compared} passed ({rate:.2}%), {failed} failed in {} forms, {excluded} excluded, {:.1} s",
+        "80286 real mode ({backend:?}): {} of {compared} passed ({rate:.2}%), {failed} failed in {} forms, {excluded} excluded, {:.1} s",
         compared - failed,
         rows.len(),
         started.elapsed().as_secs_f64()
     );
+    let cs = vcpu.cache_stats();
     println!(
-        "insns {}, blocks {}, translations {}",
+        "insns {}, blocks {}, translations {}, JIT-compiled {} (failed {})",
         vcpu.insns(),
         vcpu.stats.blocks,
-        vcpu.stats.translations
+        vcpu.stats.translations,
+        cs.jit_compiled,
+        cs.jit_failed
     );
+    if backend == Backend::Jit {
+        assert!(cs.jit_compiled > 0 && cs.jit_failed == 0, "{cs:?}");
+    }
     assert!(
         rate >= REQUIRED_PASS_RATE,
         "pass rate {rate:.2}% below {REQUIRED_PASS_RATE}%"

@@ -15,6 +15,8 @@ use vireo_testsuite::process::{self, End, Line, Next, Running};
 #[derive(Debug, Clone)]
 pub struct Options {
     pub accel: String,
+    /// `-tcg-backend` (used under TCG).
+    pub tcg_backend: String,
     pub timeout: Duration,
     pub cmd: String,
     pub vireo: Option<PathBuf>,
@@ -64,8 +66,11 @@ pub fn run(o: &Options) -> Result<bool, String> {
     let vireo = process::vireo_binary(o.vireo.as_deref())?;
     let append = kernel_cmdline(&o.cmd, o.append.as_deref());
     let mut cmd = Command::new(&vireo);
-    cmd.args(["-accel", &o.accel, "-m", &o.mem_mib.to_string()])
-        .args(["-smp", &o.cpus.to_string()])
+    cmd.args(["-accel", &o.accel, "-m", &o.mem_mib.to_string()]);
+    if o.accel == "tcg" {
+        cmd.args(["-tcg-backend", &o.tcg_backend]);
+    }
+    cmd.args(["-smp", &o.cpus.to_string()])
         .args([
             "-nodefaults",
             "-display",

@@ -5,7 +5,8 @@
 //! - `linux-boot`: boot that guest under vireo and report how far it got.
 //! - `bench`: boot-to-marker times of vireo against QEMU, both with KVM.
 //! - `lockstep`: long lockstep campaigns, KVM against TCG, from a seed.
-//! - `tcg-speed`: guest instructions per second of the TCG engine on CPU-bound loops.
+//! - `tcg-speed`: guest instructions per second of the TCG engine on CPU-bound loops
+//!   (interpreter and JIT).
 //!
 //! Errors are one line, `vireo-tools: ...`, with exit status 1.
 
@@ -46,6 +47,9 @@ enum Cmd {
         /// Execution engine passed to vireo's -accel.
         #[arg(long, default_value = "kvm", value_parser = ["kvm", "tcg"])]
         accel: String,
+        /// TCG backend passed to vireo's -tcg-backend (under --accel tcg).
+        #[arg(long, default_value = "interp", value_parser = ["interp", "jit"])]
+        tcg_backend: String,
         /// Stop (kill vireo) after this many seconds.
         #[arg(long, default_value_t = 120)]
         timeout: u64,
@@ -146,6 +150,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         }
         Cmd::LinuxBoot {
             accel,
+            tcg_backend,
             timeout,
             cmd,
             vireo,
@@ -157,6 +162,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         } => {
             let o = boot::Options {
                 accel,
+                tcg_backend,
                 timeout: Duration::from_secs(timeout),
                 cmd,
                 vireo,

@@ -1,4 +1,5 @@
-//! `tcg-speed`: guest instructions per second of the TCG engine on CPU-bound loops.
+//! `tcg-speed`: guest instructions per second of the TCG engine on CPU-bound loops,
+//! with each backend (the IR interpreter and the x86-64 JIT).
 
 use iced_x86::code_asm::*;
 use std::sync::Arc;
@@ -66,7 +67,7 @@ fn long_mode_state(mem: &GuestMemory) -> CpuState {
 }
 
 /// Runs one program to its HLT; returns (instructions, seconds).
-fn run(code: &[u8]) -> Result<(u64, f64), String> {
+fn run(code: &[u8], backend: vireo_tcg::Backend) -> Result<(u64, f64), String> {
     let mem = Arc::new(GuestMemory::new_flat(8 << 20).map_err(|e| e.to_string())?);
     mem.write(CODE, code).map_err(|e| e.to_string())?;
     let state = long_mode_state(&mem);
@@ -77,6 +78,7 @@ fn run(code: &[u8]) -> Result<(u64, f64), String> {
         a20: A20Gate::new(),
     };
     let mut vcpu = vireo_tcg::TcgVcpu::new(bus, MachineControl::new());
+    vcpu.set_backend(backend);
     vcpu.set_state(&state).map_err(|e| e.to_string())?;
     let t = Instant::now();
     loop {
@@ -100,14 +102,21 @@ pub fn run_all() -> Result<(), String> {
         ),
     ];
     println!(
-        "{:<28} {:>14} {:>9} {:>16}",
-        "program", "instructions", "seconds", "MIPS (interp)"
+        "{:<28} {:>14} {:>9} {:>9} {:>9} {:>9}",
+        "program", "instructions", "s interp", "MIPS", "s jit", "MIPS"
     );
     for (name, code) in progs {
-        let (n, secs) = run(&code)?;
+        let (n, secs) = run(&code, vireo_tcg::Backend::Interp)?;
+        let (nj, secs_j) = run(&code, vireo_tcg::Backend::Jit)?;
+        if nj != n {
+            return Err(format!(
+                "{name}: the JIT ran {nj} instructions, the interpreter {n}"
+            ));
+        }
         println!(
-            "{name:<28} {n:>14} {secs:>9.3} {:>16.1}",
-            n as f64 / secs / 1e6
+            "{name:<28} {n:>14} {secs:>9.3} {:>9.1} {secs_j:>9.3} {:>9.1}",
+            n as f64 / secs / 1e6,
+            n as f64 / secs_j / 1e6
         );
     }
     Ok(())

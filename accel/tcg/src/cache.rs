@@ -9,6 +9,11 @@
 //! all. The cache is bounded: when it holds too many blocks or IR ops, it is flushed
 //! whole, as QEMU does when its code buffer fills.
 //!
+//! Under the JIT backend a block also carries its host code ([`Tb::jit`]), held in the
+//! cache's [`JitCache`]: a flush (full cache, or the JIT's code buffer full) resets the
+//! code buffer with the blocks; an invalidated block's code stays in the buffer,
+//! unreachable, until the next flush.
+//!
 //! Each block keeps up to two *links*: the block that followed it through a
 //! `ExitKind::Jump` to a PC on the same linear page. The run loop follows a link
 //! without hashing or walking page tables; links die with their target's generation.
@@ -16,7 +21,9 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use vireo_interp::Prepared;
+use vireo_jit::{JitBlock, JitCache, JitError};
 use vireo_x86::mmu::CodeWatch;
+use vireo_x86::X86Cpu;
 
 /// What identifies a translation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -50,6 +57,8 @@ pub struct Link {
 pub struct Tb {
     pub key: TbKey,
     pub code: Prepared,
+    /// The block compiled by the JIT (backend `Jit`, unless it could not be compiled).
+    pub jit: Option<JitBlock>,
     /// Physical page numbers (address >> 12) holding its guest code: the first page,
     /// and the second when the code crosses a page boundary.
     pub pages: [Option<u64>; 2],
@@ -128,6 +137,10 @@ pub struct CacheStats {
     pub invalidated: u64,
     /// Whole-cache flushes (full cache, state replaced).
     pub flushes: u64,
+    /// Blocks compiled by the JIT.
+    pub jit_compiled: u64,
+    /// Blocks the JIT could not compile (they run in the interpreter).
+    pub jit_failed: u64,
 }
 
 /// The block cache of one vCPU.
@@ -141,6 +154,8 @@ pub struct BlockCache {
     len: usize,
     ops: usize,
     limits: Limits,
+    /// Host code of the blocks (JIT backend).
+    pub jit: JitCache<X86Cpu>,
     pub stats: CacheStats,
 }
 
@@ -159,6 +174,47 @@ impl BlockCache {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Flushes everything if a block of `ops` IR ops would not fit. Called before
+    /// compiling a block (so that the insertion that follows does not flush the code
+    /// just compiled), and by [`BlockCache::insert`].
+    pub fn make_room(&mut self, ops: usize, watch: &mut CodeWatch) {
+        if self.len + 1 > self.limits.blocks || self.ops + ops > self.limits.ops {
+            log::debug!(target: "vireo::tcg", "block cache full ({} blocks, {} ops): flush",
+                self.len, self.ops);
+            self.flush(watch);
+        }
+    }
+
+    /// Compiles `block` with the JIT for a block about to be inserted. When the code
+    /// buffer is full the whole cache is flushed first (as when it holds too many
+    /// blocks). `None` if the JIT cannot compile it: it runs in the interpreter.
+    pub fn compile(
+        &mut self,
+        block: &vireo_core::ir::Block,
+        watch: &mut CodeWatch,
+    ) -> Option<JitBlock> {
+        let r = match self.jit.compile(block) {
+            Err(JitError::Full { .. }) => {
+                log::debug!(target: "vireo::tcg", "JIT code buffer full ({} bytes): flush",
+                    self.jit.bytes_used());
+                self.flush(watch);
+                self.jit.compile(block)
+            }
+            r => r,
+        };
+        match r {
+            Ok(b) => {
+                self.stats.jit_compiled += 1;
+                Some(b)
+            }
+            Err(e) => {
+                log::debug!(target: "vireo::tcg", "block {:#x} stays interpreted: {e}", block.pc);
+                self.stats.jit_failed += 1;
+                None
+            }
+        }
     }
 
     /// The block for `key`, if translated.
@@ -188,11 +244,7 @@ impl BlockCache {
     /// Adds `tb` (replacing a block with the same key), watching its code pages.
     /// Flushes everything first when the cache is full.
     pub fn insert(&mut self, tb: Tb, watch: &mut CodeWatch) -> TbId {
-        if self.len + 1 > self.limits.blocks || self.ops + tb.ops() > self.limits.ops {
-            log::debug!(target: "vireo::tcg", "block cache full ({} blocks, {} ops): flush",
-                self.len, self.ops);
-            self.flush(watch);
-        }
+        self.make_room(tb.ops(), watch);
         if let Some(old) = self.map.get(&tb.key).copied() {
             self.remove(old, watch);
         }
@@ -315,6 +367,7 @@ impl BlockCache {
         }
         self.len = 0;
         self.ops = 0;
+        self.jit.flush();
         self.stats.flushes += 1;
     }
 }
@@ -338,6 +391,7 @@ mod tests {
                 mode: 0,
             },
             code: Prepared::new(b.finish()),
+            jit: None,
             pages,
             linear_page: phys >> 12,
             links: [None; 2],

@@ -23,7 +23,23 @@ pub mod vcpu;
 pub use apic::{ApicInterrupts, CpuApicPort};
 pub use irq::{InterruptController, PicInterrupts};
 pub use smp::RoundRobin;
-pub use vcpu::{TcgStats, TcgVcpu};
+pub use vcpu::{Backend, TcgStats, TcgVcpu};
+
+/// Re-runs the named tests of the enclosing test module with the JIT backend (in a
+/// module `jit`).
+#[cfg(test)]
+macro_rules! jit_variants {
+    ($($t:ident),* $(,)?) => {
+        mod jit {
+            $(
+                #[test]
+                fn $t() {
+                    crate::vcpu::with_test_backend(crate::Backend::Jit, super::$t)
+                }
+            )*
+        }
+    };
+}
 
 #[cfg(test)]
 mod tests;

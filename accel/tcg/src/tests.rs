@@ -152,6 +152,14 @@ fn loop_runs_through_links_until_the_instruction_limit() {
     assert_eq!(t.vcpu.stats.translations, 1);
     assert_eq!(t.vcpu.stats.blocks, 1000);
     assert!(t.vcpu.stats.chained >= 998, "{:?}", t.vcpu.stats);
+    let cs = t.vcpu.cache_stats();
+    if t.vcpu.backend() == crate::Backend::Jit {
+        // The block really ran as host code.
+        assert_eq!((cs.jit_compiled, cs.jit_failed), (1, 0));
+        assert!(t.vcpu.jit_bytes() > 0);
+    } else {
+        assert_eq!(cs.jit_compiled, 0);
+    }
 }
 
 #[test]
@@ -334,3 +342,16 @@ fn halted_cpu_wakes_for_an_interrupt_from_another_thread() {
     // The frame returned after the first HLT.
     assert_eq!(t.mem.read_u16(0x8000 - 6).unwrap(), 0x102);
 }
+
+// The same tests with blocks compiled by the JIT.
+jit_variants!(
+    loop_runs_through_links_until_the_instruction_limit,
+    one_instruction_blocks_and_cache_flushes,
+    self_modifying_code_is_retranslated,
+    stale_code_after_set_state_is_not_run,
+    faults_go_through_the_ivt,
+    trap_flag_single_steps_through_the_ivt,
+    halt_with_interrupts_disabled_or_no_controller_returns_halted,
+    stop_requests_and_kicks_stop_a_running_cpu,
+    halted_cpu_wakes_for_an_interrupt_from_another_thread,
+);

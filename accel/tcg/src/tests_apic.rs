@@ -460,3 +460,14 @@ fn apic_timer_clock_is_the_cpuid_crystal() {
         vireo_x86::cpuid::CRYSTAL_HZ
     );
 }
+
+// The same tests with blocks compiled by the JIT.
+jit_variants!(
+    init_and_sipi_start_the_second_cpu,
+    a_cpu_waiting_for_sipi_runs_nothing,
+    periodic_timer_wakes_hlt_and_eoi_lets_the_next_one_in,
+    nmi_is_blocked_until_iret,
+    pic_interrupts_arrive_through_lint0,
+    tsc_deadline_timer_from_the_guest,
+    apic_timer_clock_is_the_cpuid_crystal,
+);

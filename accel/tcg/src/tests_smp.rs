@@ -237,3 +237,12 @@ fn a_group_that_can_never_wake_returns_halted() {
     assert_eq!(exit, VcpuExit::Halted);
     assert_eq!(mp.r32(DATA), 2, "each CPU ran the code once");
 }
+
+// The same tests with blocks compiled by the JIT.
+jit_variants!(
+    init_and_sipi_start_the_second_cpu_on_the_same_thread,
+    code_one_cpu_rewrites_is_retranslated_for_the_other,
+    pause_gives_way_to_the_cpu_being_waited_for,
+    idle_group_sleeps_until_a_timer_interrupt,
+    a_group_that_can_never_wake_returns_halted,
+);

@@ -18,7 +18,8 @@
 //! 5. the next block is found: through the previous block's link when it jumped to a
 //!    known PC on its own page, else by its key (physical address of CS.base+RIP, RIP,
 //!    CS base, mode key) in the cache, translated on a miss;
-//! 6. the block runs in the interpreter; afterwards, code pages written during the
+//! 6. the block runs, in the interpreter or (backend [`Backend::Jit`]) as host code
+//!    compiled at translation (a block the JIT cannot compile is interpreted); afterwards, code pages written during the
 //!    block lose their blocks, a fault is delivered (a triple fault is
 //!    [`VcpuExit::Shutdown`]), HLT halts the CPU.
 
@@ -34,6 +35,7 @@ use vireo_core::{CpuState, MachineControl, SystemBus, Vcpu, VcpuExit, VcpuKicker
 use vireo_devices::apic::{CpuEvent, LapicHandle};
 use vireo_devices::pic::SharedPic;
 use vireo_interp::{Interp, Prepared};
+use vireo_jit::JitState;
 use vireo_x86::mmu::CodeWatch;
 use vireo_x86::X86Cpu;
 
@@ -59,6 +61,47 @@ pub struct TcgStats {
     pub interrupts: u64,
 }
 
+/// What runs translated blocks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// The IR interpreter (`vireo-interp`).
+    #[default]
+    Interp,
+    /// The x86-64 JIT (`vireo-jit`): blocks are compiled when translated.
+    Jit,
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Backend, String> {
+        match s {
+            "interp" => Ok(Backend::Interp),
+            "jit" => Ok(Backend::Jit),
+            _ => Err(format!("unknown TCG backend '{s}' (interp, jit)")),
+        }
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// The backend new vCPUs get in this test thread (tests run under both).
+    static TEST_BACKEND: std::cell::Cell<Backend> = const { std::cell::Cell::new(Backend::Interp) };
+}
+
+/// Runs test `f` with the vCPUs it creates on `backend`.
+#[cfg(test)]
+pub(crate) fn with_test_backend(backend: Backend, f: impl FnOnce()) {
+    TEST_BACKEND.with(|b| b.set(backend));
+    f();
+}
+
+fn default_backend() -> Backend {
+    #[cfg(test)]
+    return TEST_BACKEND.with(|b| b.get());
+    #[cfg(not(test))]
+    Backend::default()
+}
+
 /// A translator: the block at the CPU's CS:RIP, at most `max_insns` instructions.
 pub type Translator = fn(&mut X86Cpu, usize) -> Result<vireo_core::ir::Block, TranslateError>;
 
@@ -73,6 +116,8 @@ pub struct TcgVcpu {
     cpu: X86Cpu,
     cache: BlockCache,
     interp: Interp,
+    backend: Backend,
+    jit: JitState,
     control: Arc<MachineControl>,
     signal: Arc<Signal>,
     intc: Option<Arc<dyn InterruptController>>,
@@ -112,6 +157,8 @@ impl TcgVcpu {
             cpu: X86Cpu::new(bus, CpuState::reset()),
             cache: BlockCache::new(Limits::default()),
             interp: Interp::new(),
+            backend: default_backend(),
+            jit: JitState::new(),
             control,
             signal: Signal::new(),
             intc: None,
@@ -172,9 +219,26 @@ impl TcgVcpu {
         self.flush_code();
     }
 
+    /// Selects the backend that runs blocks, dropping every block (a block carries
+    /// host code only when translated under the JIT).
+    pub fn set_backend(&mut self, backend: Backend) {
+        self.backend = backend;
+        self.flush_code();
+    }
+
+    /// The backend that runs blocks.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
     /// Guest instructions executed so far (each started instruction counts).
     pub fn insns(&self) -> u64 {
-        self.interp.insns
+        self.interp.insns + self.jit.insns
+    }
+
+    /// Bytes of host code the JIT holds for this vCPU's block cache.
+    pub fn jit_bytes(&mut self) -> usize {
+        self.with_code(|cache, _| cache.jit.bytes_used())
     }
 
     /// Makes `run` return [`VcpuExit::Stopped`] once [`TcgVcpu::insns`] reaches
@@ -286,7 +350,7 @@ impl TcgVcpu {
             if self.signal.take_kick() {
                 return VcpuExit::Stopped;
             }
-            if self.budget.is_some_and(|b| self.interp.insns >= b) {
+            if self.budget.is_some_and(|b| self.insns() >= b) {
                 return VcpuExit::Stopped;
             }
             if self.signal.event_hint() {
@@ -473,7 +537,14 @@ impl TcgVcpu {
         }
         let shadow = self.cpu.state.events.interrupt_shadow;
         self.stats.blocks += 1;
-        let outcome = self.interp.run(&tb.code, &mut self.cpu);
+        let compiled = match (self.backend, &tb.jit) {
+            (Backend::Jit, Some(code)) => self.cache.jit.run(code, &mut self.cpu, &mut self.jit),
+            _ => None,
+        };
+        let outcome = match compiled {
+            Some(o) => o,
+            None => self.interp.run(&tb.code, &mut self.cpu),
+        };
         if shadow {
             // The interrupt shadow (STI, MOV SS) covers the instruction after; a
             // block is at least that instruction.
@@ -620,9 +691,18 @@ impl TcgVcpu {
             None
         };
         self.log_translation(&block, key, page2);
+        let jit = match self.backend {
+            Backend::Jit => {
+                self.cache
+                    .make_room(block.ops.len(), &mut self.cpu.mmu.code);
+                self.cache.compile(&block, &mut self.cpu.mmu.code)
+            }
+            Backend::Interp => None,
+        };
         let tb = Tb {
             key,
             code: Prepared::new(block),
+            jit,
             pages: [Some(key.phys >> 12), page2],
             linear_page: linear >> 12,
             links: [None; 2],
@@ -674,7 +754,7 @@ impl Vcpu for TcgVcpu {
         let exit = self.run_loop();
         self.check_in();
         log::debug!(target: "vireo::tcg", "run: {exit:?} after {} insns, {} blocks ({} chained, {} translated)",
-            self.interp.insns, self.stats.blocks, self.stats.chained, self.stats.translations);
+            self.insns(), self.stats.blocks, self.stats.chained, self.stats.translations);
         Ok(exit)
     }
 

@@ -2,7 +2,7 @@
 
 use crate::flags::{self, ARITH, CC_EFLAGS};
 use vireo_core::cpu::{flags as fl, CpuState};
-use vireo_core::exec::{Fault, GuestEnv};
+use vireo_core::exec::{DirectGlobals, Fault, GuestEnv, InsnHooks};
 use vireo_core::ir::{Global, HelperId, MmuIdx, Size};
 use vireo_core::SystemBus;
 
@@ -210,5 +210,84 @@ impl GuestEnv for X86Cpu {
     fn insn_start(&mut self, pc: u64) {
         self.insn_pc = pc;
         self.icount = self.icount.wrapping_add(1);
+    }
+}
+
+// SAFETY: every offset is that of a plain `u64` field of `X86Cpu` that `get`/`set`
+// read and write as is (GPRs, RIP, the lazy-flag quadruple, the segment bases; not
+// `Flags`, which `set` masks); `stop` is the `bool` `stop_requested` returns, and
+// `insn_start` does exactly: `insn_pc = pc; icount += 1` (wrapping).
+unsafe impl DirectGlobals for X86Cpu {
+    fn global_offset(g: Global) -> Option<usize> {
+        use std::mem::{offset_of, size_of};
+        let state = offset_of!(X86Cpu, state);
+        let cc = offset_of!(X86Cpu, cc);
+        Some(match g {
+            Global::Gpr(n) if n < 16 => state + offset_of!(CpuState, gpr) + 8 * usize::from(n),
+            Global::Pc => state + offset_of!(CpuState, rip),
+            Global::CcOp => cc + offset_of!(LazyFlags, op),
+            Global::CcDst => cc + offset_of!(LazyFlags, dst),
+            Global::CcSrc => cc + offset_of!(LazyFlags, src),
+            Global::CcSrc2 => cc + offset_of!(LazyFlags, src2),
+            Global::SegBase(n) if n < 6 => {
+                state
+                    + offset_of!(CpuState, seg)
+                    + size_of::<vireo_core::cpu::Segment>() * usize::from(n)
+                    + offset_of!(vireo_core::cpu::Segment, base)
+            }
+            _ => return None,
+        })
+    }
+
+    fn insn_hooks() -> Option<InsnHooks> {
+        Some(InsnHooks {
+            stop: std::mem::offset_of!(X86Cpu, stop),
+            pc: std::mem::offset_of!(X86Cpu, insn_pc),
+            counter: std::mem::offset_of!(X86Cpu, icount),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The direct-access offsets name the fields `get`/`set` use.
+    #[test]
+    fn direct_global_offsets() {
+        let mut cpu = crate::testutil::machine();
+        let mut globals: Vec<Global> = (0..16).map(Global::Gpr).collect();
+        globals.extend((0..6).map(Global::SegBase));
+        globals.extend([
+            Global::Pc,
+            Global::CcOp,
+            Global::CcDst,
+            Global::CcSrc,
+            Global::CcSrc2,
+        ]);
+        for (i, g) in globals.iter().enumerate() {
+            let off = X86Cpu::global_offset(*g).expect("direct");
+            let v = 0x1234_5678_0000_0000 | i as u64;
+            cpu.set(*g, v);
+            let base = (&raw const cpu).cast::<u8>();
+            // SAFETY: the offset is inside `X86Cpu` (that is what is tested: a wrong
+            // one would read another field, and the values are all different).
+            let raw = unsafe { base.add(off).cast::<u64>().read() };
+            assert_eq!(raw, v, "{g}");
+        }
+        assert_eq!(X86Cpu::global_offset(Global::Flags), None);
+        let h = X86Cpu::insn_hooks().expect("hooks");
+        cpu.insn_start(0x4242);
+        cpu.stop = true;
+        let base = (&raw const cpu).cast::<u8>();
+        // SAFETY: as above.
+        let (pc, n, stop) = unsafe {
+            (
+                base.add(h.pc).cast::<u64>().read(),
+                base.add(h.counter).cast::<u64>().read(),
+                base.add(h.stop).cast::<bool>().read(),
+            )
+        };
+        assert_eq!((pc, n, stop), (0x4242, cpu.icount, true));
     }
 }

@@ -120,8 +120,14 @@ pub fn rd(cpu: &X86Cpu, at: u64, n: usize) -> u64 {
 
 /// Runs until HLT, a fault or `max_blocks` blocks. Until the system helpers exist, a
 /// #UD on an `F4` byte (the HLT helper stand-in) counts as a halt.
+///
+/// Blocks run in the interpreter, or in the JIT when `VIREO_TEST_BACKEND=jit` (the
+/// whole translator test set under the JIT: `.ci/run` does both).
 pub fn run(cpu: &mut X86Cpu, max_blocks: usize) -> End {
     let mut interp = Interp::new();
+    let use_jit = std::env::var("VIREO_TEST_BACKEND").is_ok_and(|v| v == "jit");
+    let mut jit = vireo_jit::JitCache::<X86Cpu>::new(64 << 20);
+    let mut jit_state = vireo_jit::JitState::new();
     for _ in 0..max_blocks {
         let block = match translate_block(cpu, 32) {
             Ok(b) => b,
@@ -130,8 +136,17 @@ pub fn run(cpu: &mut X86Cpu, max_blocks: usize) -> End {
         if let Err(e) = block.validate() {
             panic!("invalid block: {e}\n{block}");
         }
-        let p = Prepared::new(block);
-        match interp.run(&p, cpu) {
+        let compiled = if use_jit {
+            let code = jit.compile(&block).expect("JIT compile");
+            jit.run(&code, cpu, &mut jit_state)
+        } else {
+            None
+        };
+        let outcome = match compiled {
+            Some(o) => o,
+            None => interp.run(&Prepared::new(block), cpu),
+        };
+        match outcome {
             BlockOutcome::Exit(ExitKind::Halt) => return End::Halt,
             BlockOutcome::Exit(_) => {}
             BlockOutcome::Stopped { .. } => cpu.stop = false,

@@ -1,0 +1,625 @@
+//! IR to x86-64: one pass over the ops, every temporary in its slot of the temp area.
+//!
+//! Registers while a block runs:
+//!
+//! | register | holds |
+//! | --- | --- |
+//! | `rbx` | the [`Ctx`] |
+//! | `r12` | the environment (`*mut E`): direct globals are `[r12 + offset]` |
+//! | `r13` | the temp area: temp `n` is `[r13 + 8n]` |
+//! | `[rsp]` | the PC of the current instruction (reported with a fault) |
+//! | `rax`, `rcx`, `rdx`, `rsi`, `rdi`, `r8`-`r11` | scratch |
+//!
+//! The block is `extern "C" fn(ctx, env, temps) -> u64`; it returns [`RET_FAULT`]
+//! (a fault or a panic is parked in the context, `ctx.pc` is the instruction's PC),
+//! [`RET_STOP`] (`ctx.pc` is the PC to stop at) or `RET_EXIT + i` for the block's
+//! `i`-th exit (see [`Compiled::exits`]).
+
+// dynasm's dynamic registers (`Rq(r)`) expand to `r.into()`.
+#![allow(clippy::useless_conversion)]
+
+use crate::tramp::{self, Ctx};
+use crate::JitError;
+use dynasmrt::x64::X64Relocation;
+use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler};
+use std::mem::offset_of;
+use vireo_core::exec::{DirectGlobals, GuestEnv};
+use vireo_core::ir::{BinOp, Block, Cond, ExitKind, Global, Op, Size, Temp, UnOp};
+
+/// Return code: fault (or panic) at `ctx.pc`.
+pub const RET_FAULT: u64 = 0;
+/// Return code: stopped before `ctx.pc`.
+pub const RET_STOP: u64 = 1;
+/// Return code of the first exit.
+pub const RET_EXIT: u64 = 2;
+
+const RAX: u8 = 0;
+const RCX: u8 = 1;
+const RDX: u8 = 2;
+
+const CTX_PC: i32 = offset_of!(Ctx, pc) as i32;
+const CTX_INSNS: i32 = offset_of!(Ctx, insns) as i32;
+
+/// A compiled block, position-independent (relative branches inside, absolute
+/// addresses of the trampolines).
+pub struct Compiled {
+    pub code: Vec<u8>,
+    /// Exit `i` is returned as `RET_EXIT + i`.
+    pub exits: Vec<ExitKind>,
+}
+
+type Asm = VecAssembler<X64Relocation>;
+
+struct Gen<'a> {
+    ops: Asm,
+    block: &'a Block,
+    labels: Vec<DynamicLabel>,
+    epilogue: DynamicLabel,
+    fault: DynamicLabel,
+    exits: Vec<ExitKind>,
+    popcnt: bool,
+}
+
+/// Compiles `block` for environment type `E`.
+pub fn compile<E: GuestEnv + DirectGlobals>(block: &Block) -> Result<Compiled, JitError> {
+    if block.temps >= 1 << 28 {
+        return Err(JitError::Unsupported("too many temporaries".into()));
+    }
+    let mut ops = Asm::new(0);
+    let labels = (0..block.labels).map(|_| ops.new_dynamic_label()).collect();
+    let epilogue = ops.new_dynamic_label();
+    let fault = ops.new_dynamic_label();
+    let mut g = Gen {
+        ops,
+        block,
+        labels,
+        epilogue,
+        fault,
+        exits: Vec::new(),
+        popcnt: std::arch::is_x86_feature_detected!("popcnt"),
+    };
+    g.prologue();
+    for op in &block.ops {
+        g.op::<E>(op)?;
+    }
+    // A block without a final exit falls off its end: an indirect exit, as in the
+    // interpreter (validated blocks never do).
+    g.exit(ExitKind::Indirect);
+    g.epilogue();
+    let code = g.ops.finalize().map_err(|e| JitError::Asm(e.to_string()))?;
+    Ok(Compiled {
+        code,
+        exits: g.exits,
+    })
+}
+
+fn toff(t: Temp) -> i32 {
+    // In range: `compile` checked `temps < 2^28`, and `Block::validate` that every
+    // temp is below `temps` (an unvalidated out-of-range temp still fits an i32).
+    (t.0 as i32).wrapping_mul(8)
+}
+
+impl Gen<'_> {
+    fn prologue(&mut self) {
+        let pc = self.block.pc as i64;
+        dynasm!(self.ops
+            ; .arch x64
+            ; push rbp
+            ; mov rbp, rsp
+            ; push rbx
+            ; push r12
+            ; push r13
+            ; push r14
+            ; sub rsp, 16
+            ; mov rbx, rdi
+            ; mov r12, rsi
+            ; mov r13, rdx
+            ; mov rax, QWORD pc
+            ; mov [rsp], rax
+        );
+    }
+
+    fn epilogue(&mut self) {
+        let (epilogue, fault) = (self.epilogue, self.fault);
+        dynasm!(self.ops
+            ; .arch x64
+            ; =>fault
+            ; mov rax, [rsp]
+            ; mov [rbx + CTX_PC], rax
+            ; mov eax, RET_FAULT as i32
+            ; =>epilogue
+            ; add rsp, 16
+            ; pop r14
+            ; pop r13
+            ; pop r12
+            ; pop rbx
+            ; pop rbp
+            ; ret
+        );
+    }
+
+    fn ld(&mut self, r: u8, t: Temp) {
+        let off = toff(t);
+        dynasm!(self.ops ; .arch x64 ; mov Rq(r), QWORD [r13 + off]);
+    }
+
+    fn st(&mut self, t: Temp, r: u8) {
+        let off = toff(t);
+        dynasm!(self.ops ; .arch x64 ; mov QWORD [r13 + off], Rq(r));
+    }
+
+    fn imm(&mut self, r: u8, v: u64) {
+        if v <= u32::MAX as u64 {
+            dynasm!(self.ops ; .arch x64 ; mov Rd(r), v as u32 as i32);
+        } else {
+            dynasm!(self.ops ; .arch x64 ; mov Rq(r), QWORD v as i64);
+        }
+    }
+
+    /// Truncates register `r` to `size`, zero-extended.
+    fn trunc(&mut self, r: u8, size: Size) {
+        match size {
+            Size::B8 => dynasm!(self.ops ; .arch x64 ; movzx Rd(r), Rb(r)),
+            Size::B16 => dynasm!(self.ops ; .arch x64 ; movzx Rd(r), Rw(r)),
+            Size::B32 => dynasm!(self.ops ; .arch x64 ; mov Rd(r), Rd(r)),
+            Size::B64 => {}
+        }
+    }
+
+    /// Sign-extends the low `size` bits of register `r` to 64.
+    fn sext(&mut self, r: u8, size: Size) {
+        match size {
+            Size::B8 => dynasm!(self.ops ; .arch x64 ; movsx Rq(r), Rb(r)),
+            Size::B16 => dynasm!(self.ops ; .arch x64 ; movsx Rq(r), Rw(r)),
+            Size::B32 => dynasm!(self.ops ; .arch x64 ; movsxd Rq(r), Rd(r)),
+            Size::B64 => {}
+        }
+    }
+
+    /// Calls `f` (an `extern "C"` trampoline; arguments already in place).
+    fn call(&mut self, f: usize) {
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov rax, QWORD f as i64
+            ; call rax
+        );
+    }
+
+    /// Leaves through the fault path unless the status in `rax` is OK.
+    fn check_status(&mut self) {
+        let fault = self.fault;
+        dynasm!(self.ops
+            ; .arch x64
+            ; test rax, rax
+            ; jnz =>fault
+        );
+    }
+
+    fn exit(&mut self, kind: ExitKind) {
+        let code = RET_EXIT as usize + self.exits.len();
+        self.exits.push(kind);
+        let epilogue = self.epilogue;
+        self.imm(RAX, code as u64);
+        dynasm!(self.ops ; .arch x64 ; jmp =>epilogue);
+    }
+
+    fn op<E: GuestEnv + DirectGlobals>(&mut self, op: &Op) -> Result<(), JitError> {
+        match *op {
+            Op::InsnStart { pc, .. } => self.insn_start::<E>(pc),
+            Op::Const { dst, value } => {
+                let off = toff(dst);
+                if i32::try_from(value as i64).is_ok() {
+                    dynasm!(self.ops ; .arch x64 ; mov QWORD [r13 + off], value as i32);
+                } else {
+                    self.imm(RAX, value);
+                    self.st(dst, RAX);
+                }
+            }
+            Op::Mov { dst, src } => {
+                self.ld(RAX, src);
+                self.st(dst, RAX);
+            }
+            Op::Get { dst, src } => {
+                match direct::<E>(src) {
+                    Some(off) => dynasm!(self.ops ; .arch x64 ; mov rax, [r12 + off]),
+                    None => {
+                        let g = tramp::pack_global(src) as i32;
+                        dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov esi, g);
+                        self.call(tramp::get_tramp::<E> as *const () as usize);
+                        self.check_status();
+                        dynasm!(self.ops ; .arch x64 ; mov rax, rdx);
+                    }
+                }
+                self.st(dst, RAX);
+            }
+            Op::Set { dst, src } => match direct::<E>(dst) {
+                Some(off) => {
+                    self.ld(RAX, src);
+                    dynasm!(self.ops ; .arch x64 ; mov [r12 + off], rax);
+                }
+                None => {
+                    let g = tramp::pack_global(dst) as i32;
+                    self.ld(RDX, src);
+                    dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov esi, g);
+                    self.call(tramp::set_tramp::<E> as *const () as usize);
+                    self.check_status();
+                }
+            },
+            Op::Bin {
+                op,
+                size,
+                dst,
+                a,
+                b,
+            } => {
+                self.ld(RAX, a);
+                self.ld(RCX, b);
+                self.bin(op, size);
+                self.st(dst, RAX);
+            }
+            Op::Un { op, size, dst, a } => {
+                self.ld(RAX, a);
+                self.un(op, size)?;
+                self.st(dst, RAX);
+            }
+            Op::Ext {
+                dst,
+                src,
+                from,
+                signed,
+            } => {
+                self.ld(RAX, src);
+                if signed {
+                    self.sext(RAX, from);
+                } else {
+                    self.trunc(RAX, from);
+                }
+                self.st(dst, RAX);
+            }
+            Op::SetCond {
+                cond,
+                size,
+                dst,
+                a,
+                b,
+            } => {
+                self.ld(RAX, a);
+                self.ld(RCX, b);
+                match size {
+                    Size::B8 => dynasm!(self.ops ; .arch x64 ; cmp al, cl),
+                    Size::B16 => dynasm!(self.ops ; .arch x64 ; cmp ax, cx),
+                    Size::B32 => dynasm!(self.ops ; .arch x64 ; cmp eax, ecx),
+                    Size::B64 => dynasm!(self.ops ; .arch x64 ; cmp rax, rcx),
+                }
+                match cond {
+                    Cond::Eq => dynasm!(self.ops ; .arch x64 ; sete al),
+                    Cond::Ne => dynasm!(self.ops ; .arch x64 ; setne al),
+                    Cond::Ltu => dynasm!(self.ops ; .arch x64 ; setb al),
+                    Cond::Leu => dynasm!(self.ops ; .arch x64 ; setbe al),
+                    Cond::Gtu => dynasm!(self.ops ; .arch x64 ; seta al),
+                    Cond::Geu => dynasm!(self.ops ; .arch x64 ; setae al),
+                    Cond::Lt => dynasm!(self.ops ; .arch x64 ; setl al),
+                    Cond::Le => dynasm!(self.ops ; .arch x64 ; setle al),
+                    Cond::Gt => dynasm!(self.ops ; .arch x64 ; setg al),
+                    Cond::Ge => dynasm!(self.ops ; .arch x64 ; setge al),
+                }
+                dynasm!(self.ops ; .arch x64 ; movzx eax, al);
+                self.st(dst, RAX);
+            }
+            Op::Select { dst, cond, a, b } => {
+                let c = toff(cond);
+                self.ld(RAX, a);
+                self.ld(RCX, b);
+                dynasm!(self.ops
+                    ; .arch x64
+                    ; cmp QWORD [r13 + c], 0
+                    ; cmove rax, rcx
+                );
+                self.st(dst, RAX);
+            }
+            Op::Load {
+                dst,
+                addr,
+                size,
+                signed,
+                mmu,
+                write,
+            } => {
+                let packed = tramp::pack_access(size, mmu, write, signed) as i32;
+                self.ld(RSI, addr);
+                dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov edx, packed);
+                self.call(tramp::load_tramp::<E> as *const () as usize);
+                self.check_status();
+                self.st(dst, RDX);
+            }
+            Op::Store {
+                addr,
+                val,
+                size,
+                mmu,
+            } => {
+                let packed = tramp::pack_access(size, mmu, false, false) as i32;
+                self.ld(RSI, addr);
+                self.ld(RDX, val);
+                dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov ecx, packed);
+                self.call(tramp::store_tramp::<E> as *const () as usize);
+                self.check_status();
+            }
+            Op::Label(l) => {
+                let l = self.label(l.0)?;
+                dynasm!(self.ops ; .arch x64 ; =>l);
+            }
+            Op::Br(l) => {
+                let l = self.label(l.0)?;
+                dynasm!(self.ops ; .arch x64 ; jmp =>l);
+            }
+            Op::BrIf { cond, target } => {
+                let l = self.label(target.0)?;
+                let c = toff(cond);
+                dynasm!(self.ops
+                    ; .arch x64
+                    ; cmp QWORD [r13 + c], 0
+                    ; jne =>l
+                );
+            }
+            Op::Call {
+                helper,
+                ref args,
+                ret,
+                ..
+            } => {
+                // Arguments 1-4 of the helper go to rdx, rcx, r8, r9.
+                const ARG_REGS: [u8; 4] = [RDX, RCX, 8, 9];
+                for (k, a) in args.iter().take(4).enumerate() {
+                    self.ld(ARG_REGS[k], *a);
+                }
+                let hn = u64::from(helper.0) | (args.len().min(4) as u64) << 16;
+                dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov esi, hn as i32);
+                self.call(tramp::call_tramp::<E> as *const () as usize);
+                self.check_status();
+                if let Some(r) = ret {
+                    self.st(r, RDX);
+                }
+            }
+            Op::Raise { vector, error } => {
+                match error {
+                    Some(e) => {
+                        self.ld(RCX, e);
+                        dynasm!(self.ops ; .arch x64 ; mov edx, 1);
+                    }
+                    None => dynasm!(self.ops ; .arch x64 ; xor edx, edx ; xor ecx, ecx),
+                }
+                let fault = self.fault;
+                dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov esi, i32::from(vector));
+                self.call(tramp::raise_tramp as *const () as usize);
+                dynasm!(self.ops ; .arch x64 ; jmp =>fault);
+            }
+            Op::Exit(kind) => self.exit(kind),
+        }
+        Ok(())
+    }
+
+    fn label(&self, l: u32) -> Result<DynamicLabel, JitError> {
+        self.labels
+            .get(l as usize)
+            .copied()
+            .ok_or_else(|| JitError::Unsupported(format!("label L{l} out of range")))
+    }
+
+    fn insn_start<E: GuestEnv + DirectGlobals>(&mut self, pc: u64) {
+        let epilogue = self.epilogue;
+        match E::insn_hooks() {
+            Some(h) => {
+                let (stop, hpc, counter) = (h.stop as i32, h.pc as i32, h.counter as i32);
+                self.imm(RAX, pc);
+                dynasm!(self.ops
+                    ; .arch x64
+                    ; cmp BYTE [r12 + stop], 0
+                    ; je >go
+                    ; mov [rbx + CTX_PC], rax
+                    ; mov eax, RET_STOP as i32
+                    ; jmp =>epilogue
+                    ; go:
+                    ; mov [rsp], rax
+                    ; mov [r12 + hpc], rax
+                    ; add QWORD [r12 + counter], 1
+                    ; add QWORD [rbx + CTX_INSNS], 1
+                );
+            }
+            None => {
+                self.imm(RSI, pc);
+                dynasm!(self.ops ; .arch x64 ; mov [rsp], rsi ; mov rdi, rbx);
+                self.call(tramp::insn_tramp::<E> as *const () as usize);
+                let fault = self.fault;
+                dynasm!(self.ops
+                    ; .arch x64
+                    ; test rax, rax
+                    ; jz >go
+                    ; cmp rax, tramp::ST_STOP as i32
+                    ; jne =>fault
+                    ; mov eax, RET_STOP as i32
+                    ; jmp =>epilogue
+                    ; go:
+                );
+            }
+        }
+    }
+
+    /// `rax = rax op rcx` at `size`, zero-extended.
+    fn bin(&mut self, op: BinOp, size: Size) {
+        let bits = size.bits() as i32;
+        match op {
+            BinOp::Add => dynasm!(self.ops ; .arch x64 ; add rax, rcx),
+            BinOp::Sub => dynasm!(self.ops ; .arch x64 ; sub rax, rcx),
+            BinOp::And => dynasm!(self.ops ; .arch x64 ; and rax, rcx),
+            BinOp::Or => dynasm!(self.ops ; .arch x64 ; or rax, rcx),
+            BinOp::Xor => dynasm!(self.ops ; .arch x64 ; xor rax, rcx),
+            BinOp::Mul => dynasm!(self.ops ; .arch x64 ; imul rax, rcx),
+            BinOp::Shl | BinOp::Shr | BinOp::Sar => {
+                // 32- and 64-bit shifts take the count modulo the width themselves.
+                match size {
+                    Size::B8 | Size::B16 => {
+                        match op {
+                            BinOp::Shr => self.trunc(RAX, size),
+                            BinOp::Sar => self.sext(RAX, size),
+                            _ => {}
+                        }
+                        dynasm!(self.ops ; .arch x64 ; and ecx, bits - 1);
+                        match op {
+                            BinOp::Shl => dynasm!(self.ops ; .arch x64 ; shl rax, cl),
+                            BinOp::Shr => dynasm!(self.ops ; .arch x64 ; shr rax, cl),
+                            _ => dynasm!(self.ops ; .arch x64 ; sar rax, cl),
+                        }
+                    }
+                    Size::B32 => match op {
+                        BinOp::Shl => dynasm!(self.ops ; .arch x64 ; shl eax, cl),
+                        BinOp::Shr => dynasm!(self.ops ; .arch x64 ; shr eax, cl),
+                        _ => dynasm!(self.ops ; .arch x64 ; sar eax, cl),
+                    },
+                    Size::B64 => match op {
+                        BinOp::Shl => dynasm!(self.ops ; .arch x64 ; shl rax, cl),
+                        BinOp::Shr => dynasm!(self.ops ; .arch x64 ; shr rax, cl),
+                        _ => dynasm!(self.ops ; .arch x64 ; sar rax, cl),
+                    },
+                }
+            }
+            // Rotates at the operand width: the CPU takes the count modulo the width
+            // (8- and 16-bit rotates: count & 31, then modulo the width).
+            BinOp::Rol => match size {
+                Size::B8 => dynasm!(self.ops ; .arch x64 ; rol al, cl),
+                Size::B16 => dynasm!(self.ops ; .arch x64 ; rol ax, cl),
+                Size::B32 => dynasm!(self.ops ; .arch x64 ; rol eax, cl),
+                Size::B64 => dynasm!(self.ops ; .arch x64 ; rol rax, cl),
+            },
+            BinOp::Ror => match size {
+                Size::B8 => dynasm!(self.ops ; .arch x64 ; ror al, cl),
+                Size::B16 => dynasm!(self.ops ; .arch x64 ; ror ax, cl),
+                Size::B32 => dynasm!(self.ops ; .arch x64 ; ror eax, cl),
+                Size::B64 => dynasm!(self.ops ; .arch x64 ; ror rax, cl),
+            },
+            BinOp::MulHiU => {
+                if size == Size::B64 {
+                    dynasm!(self.ops ; .arch x64 ; mul rcx ; mov rax, rdx);
+                } else {
+                    // The product of two values of at most 32 bits fits 64 bits.
+                    self.trunc(RAX, size);
+                    self.trunc(RCX, size);
+                    dynasm!(self.ops ; .arch x64 ; imul rax, rcx ; shr rax, bits as i8);
+                }
+            }
+            BinOp::MulHiS => {
+                if size == Size::B64 {
+                    dynasm!(self.ops ; .arch x64 ; imul rcx ; mov rax, rdx);
+                } else {
+                    self.sext(RAX, size);
+                    self.sext(RCX, size);
+                    dynasm!(self.ops ; .arch x64 ; imul rax, rcx ; sar rax, bits as i8);
+                }
+            }
+            BinOp::DivU | BinOp::RemU => {
+                self.trunc(RAX, size);
+                self.trunc(RCX, size);
+                dynasm!(self.ops
+                    ; .arch x64
+                    ; test rcx, rcx
+                    ; jz >zero
+                    ; xor edx, edx
+                    ; div rcx
+                );
+                if op == BinOp::RemU {
+                    dynasm!(self.ops ; .arch x64 ; mov rax, rdx);
+                }
+                dynasm!(self.ops
+                    ; .arch x64
+                    ; jmp >done
+                    ; zero:
+                    ; xor eax, eax
+                    ; done:
+                );
+            }
+            BinOp::DivS | BinOp::RemS => {
+                // As `i64::checked_div`/`checked_rem` on the sign-extended values: a
+                // zero divisor gives 0, and so does i64::MIN / -1 (which would trap).
+                self.sext(RAX, size);
+                self.sext(RCX, size);
+                dynasm!(self.ops
+                    ; .arch x64
+                    ; test rcx, rcx
+                    ; jz >zero
+                    ; cmp rcx, -1
+                    ; je >minus1
+                    ; cqo
+                    ; idiv rcx
+                );
+                if op == BinOp::RemS {
+                    dynasm!(self.ops ; .arch x64 ; mov rax, rdx);
+                }
+                dynasm!(self.ops ; .arch x64 ; jmp >done ; minus1:);
+                if op == BinOp::DivS {
+                    // x / -1 = -x; i64::MIN overflows: 0. (x % -1 is always 0.)
+                    dynasm!(self.ops ; .arch x64 ; neg rax ; jno >done);
+                }
+                dynasm!(self.ops
+                    ; .arch x64
+                    ; zero:
+                    ; xor eax, eax
+                    ; done:
+                );
+            }
+        }
+        self.trunc(RAX, size);
+    }
+
+    /// `rax = op rax` at `size`, zero-extended.
+    fn un(&mut self, op: UnOp, size: Size) -> Result<(), JitError> {
+        let bits = size.bits() as i32;
+        match op {
+            UnOp::Neg => dynasm!(self.ops ; .arch x64 ; neg rax),
+            UnOp::Not => dynasm!(self.ops ; .arch x64 ; not rax),
+            UnOp::Bswap => match size {
+                // One byte swapped within itself.
+                Size::B8 => {}
+                Size::B16 => dynasm!(self.ops ; .arch x64 ; rol ax, 8),
+                Size::B32 => dynasm!(self.ops ; .arch x64 ; bswap eax),
+                Size::B64 => dynasm!(self.ops ; .arch x64 ; bswap rax),
+            },
+            UnOp::Popcnt => {
+                if !self.popcnt {
+                    return Err(JitError::Unsupported("popcnt (host CPU lacks it)".into()));
+                }
+                self.trunc(RAX, size);
+                dynasm!(self.ops ; .arch x64 ; popcnt rax, rax);
+            }
+            UnOp::Ctz => {
+                self.trunc(RAX, size);
+                dynasm!(self.ops
+                    ; .arch x64
+                    ; mov ecx, bits
+                    ; bsf rax, rax
+                    ; cmovz rax, rcx
+                );
+            }
+            UnOp::Clz => {
+                // (bits - 1) - index of the highest set bit; index -1 for zero.
+                self.trunc(RAX, size);
+                dynasm!(self.ops
+                    ; .arch x64
+                    ; mov rcx, -1
+                    ; bsr rax, rax
+                    ; cmovz rax, rcx
+                    ; neg rax
+                    ; add rax, bits - 1
+                );
+            }
+        }
+        self.trunc(RAX, size);
+        Ok(())
+    }
+}
+
+const RSI: u8 = 6;
+
+/// The offset of `g` from the environment's base, if direct and addressable.
+fn direct<E: DirectGlobals>(g: Global) -> Option<i32> {
+    E::global_offset(g).and_then(|o| i32::try_from(o).ok())
+}

@@ -1,0 +1,788 @@
+//! Differential tests: random IR blocks run by the interpreter (the oracle) and by the
+//! JIT on identical fake environments; every global, the memory, the helper calls,
+//! the outcome and the instruction count must agree.
+
+use crate::{JitCache, JitError, JitState};
+use vireo_core::exec::{BlockOutcome, DirectGlobals, Fault, GuestEnv, InsnHooks};
+use vireo_core::ir::{
+    BinOp, Block, Builder, Cond, Effects, ExitKind, Global, HelperId, Label, MmuIdx, Op, Size,
+    Temp, UnOp,
+};
+use vireo_interp::{Interp, Prepared};
+
+const MEM: usize = 256;
+/// A store into `[CODE, CODE + 16)` asks the block to stop (as a write to a code page
+/// does on x86).
+const CODE: u64 = 0x80;
+
+/// A fake guest. `DIRECT`: globals r0-r3 and pc are declared direct and instruction
+/// boundaries inline (`DirectGlobals`); otherwise everything goes through the
+/// trampolines.
+#[derive(Debug, Clone, PartialEq)]
+struct Env<const DIRECT: bool> {
+    regs: [u64; 8],
+    pc: u64,
+    cc: [u64; 4],
+    flags: u64,
+    segbase: [u64; 2],
+    mem: Vec<u8>,
+    calls: Vec<(u16, Vec<u64>)>,
+    stop: bool,
+    insn_pc: u64,
+    icount: u64,
+    /// Helper 4 panics when set.
+    panic_in_helper: bool,
+}
+
+impl<const D: bool> Env<D> {
+    fn new(rng: &mut Rng) -> Self {
+        let mut e = Env {
+            regs: [0; 8],
+            pc: 0,
+            cc: [0; 4],
+            flags: 2,
+            segbase: [0; 2],
+            mem: (0..MEM).map(|_| rng.next() as u8).collect(),
+            calls: Vec::new(),
+            stop: false,
+            insn_pc: 0,
+            icount: 0,
+            panic_in_helper: false,
+        };
+        for r in &mut e.regs {
+            *r = rng.value();
+        }
+        for c in &mut e.cc {
+            *c = rng.value();
+        }
+        e.segbase = [rng.value(), rng.value()];
+        e
+    }
+}
+
+impl<const D: bool> GuestEnv for Env<D> {
+    fn get(&mut self, g: Global) -> u64 {
+        match g {
+            Global::Gpr(n) => self.regs[usize::from(n) % 8],
+            Global::Pc => self.pc,
+            Global::CcOp => self.cc[0],
+            Global::CcDst => self.cc[1],
+            Global::CcSrc => self.cc[2],
+            Global::CcSrc2 => self.cc[3],
+            Global::Flags => self.flags & 0xf00,
+            Global::SegBase(n) => self.segbase[usize::from(n) % 2],
+        }
+    }
+    fn set(&mut self, g: Global, v: u64) {
+        match g {
+            Global::Gpr(n) => self.regs[usize::from(n) % 8] = v,
+            Global::Pc => self.pc = v,
+            Global::CcOp => self.cc[0] = v,
+            Global::CcDst => self.cc[1] = v,
+            Global::CcSrc => self.cc[2] = v,
+            Global::CcSrc2 => self.cc[3] = v,
+            // A global with masking: not a plain field.
+            Global::Flags => self.flags = (v & 0xf00) | 2,
+            Global::SegBase(n) => self.segbase[usize::from(n) % 2] = v,
+        }
+    }
+    fn load(&mut self, addr: u64, size: Size, _: MmuIdx, write: bool) -> Result<u64, Fault> {
+        let a = usize::try_from(addr).unwrap_or(usize::MAX);
+        let Some(bytes) = a
+            .checked_add(size.bytes())
+            .and_then(|end| self.mem.get(a..end))
+        else {
+            return Err(Fault {
+                vector: 14,
+                error_code: Some(if write { 2 } else { 0 }),
+                address: Some(addr),
+            });
+        };
+        let mut b = [0u8; 8];
+        b[..size.bytes()].copy_from_slice(bytes);
+        // Garbage above the width: backends must truncate or extend.
+        Ok(u64::from_le_bytes(b) | (0xdead_0000_0000_0000 * u64::from(size != Size::B64)))
+    }
+    fn store(&mut self, addr: u64, val: u64, size: Size, _: MmuIdx) -> Result<(), Fault> {
+        let a = usize::try_from(addr).unwrap_or(usize::MAX);
+        let n = size.bytes();
+        let Some(dst) = a.checked_add(n).and_then(|end| self.mem.get_mut(a..end)) else {
+            return Err(Fault {
+                vector: 14,
+                error_code: Some(2),
+                address: Some(addr),
+            });
+        };
+        dst.copy_from_slice(&val.to_le_bytes()[..n]);
+        if (CODE..CODE + 16).contains(&addr) {
+            self.stop = true;
+        }
+        Ok(())
+    }
+    fn call(&mut self, h: HelperId, args: &[u64]) -> Result<u64, Fault> {
+        self.calls.push((h.0, args.to_vec()));
+        let a = |i: usize| args.get(i).copied().unwrap_or(0x55);
+        match h.0 {
+            0 => Ok(a(0).wrapping_mul(3).wrapping_add(a(1).rotate_left(7))
+                ^ a(2).wrapping_sub(a(3))
+                ^ args.len() as u64),
+            1 if a(0) & 1 != 0 => Err(Fault::with_error(13, a(0) as u32)),
+            1 => Ok(a(0).wrapping_add(1)),
+            2 => {
+                self.stop = true;
+                Ok(7)
+            }
+            3 => {
+                // Reads and writes globals (direct and not).
+                self.regs[5] = a(0);
+                self.regs[1] = a(1);
+                Ok(self.regs[0] ^ self.regs[6])
+            }
+            4 if self.panic_in_helper => panic!("helper 4 panicked"),
+            _ => Ok(!a(0)),
+        }
+    }
+    fn stop_requested(&mut self) -> bool {
+        self.stop
+    }
+    fn insn_start(&mut self, pc: u64) {
+        self.insn_pc = pc;
+        self.icount = self.icount.wrapping_add(1);
+    }
+}
+
+// SAFETY: the offsets are those of plain `u64` fields (and the `bool` stop flag)
+// that `get`/`set`/`insn_start`/`stop_requested` use exactly as the trait requires.
+unsafe impl DirectGlobals for Env<true> {
+    fn global_offset(g: Global) -> Option<usize> {
+        match g {
+            Global::Gpr(n) if n < 4 => {
+                Some(std::mem::offset_of!(Env<true>, regs) + 8 * usize::from(n))
+            }
+            Global::Pc => Some(std::mem::offset_of!(Env<true>, pc)),
+            _ => None,
+        }
+    }
+    fn insn_hooks() -> Option<InsnHooks> {
+        Some(InsnHooks {
+            stop: std::mem::offset_of!(Env<true>, stop),
+            pc: std::mem::offset_of!(Env<true>, insn_pc),
+            counter: std::mem::offset_of!(Env<true>, icount),
+        })
+    }
+}
+
+// SAFETY: declares nothing direct.
+unsafe impl DirectGlobals for Env<false> {}
+
+/// SplitMix64.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
+        xs[self.below(xs.len() as u64) as usize]
+    }
+    /// A value with a bias towards edge cases.
+    fn value(&mut self) -> u64 {
+        const EDGES: [u64; 16] = [
+            0,
+            1,
+            2,
+            7,
+            8,
+            31,
+            63,
+            0x7f,
+            0x80,
+            0xff,
+            0x7fff,
+            0x8000,
+            0xffff,
+            0x8000_0000,
+            0xffff_ffff,
+            0x8000_0000_0000_0000,
+        ];
+        match self.below(6) {
+            0 => self.pick(&EDGES),
+            1 => self.pick(&EDGES).wrapping_neg(),
+            2 => self.below(300),
+            3 => self.below(64),
+            _ => self.next(),
+        }
+    }
+    fn size(&mut self) -> Size {
+        self.pick(&[Size::B8, Size::B16, Size::B32, Size::B64])
+    }
+}
+
+const BINOPS: [BinOp; 17] = [
+    BinOp::Add,
+    BinOp::Sub,
+    BinOp::And,
+    BinOp::Or,
+    BinOp::Xor,
+    BinOp::Shl,
+    BinOp::Shr,
+    BinOp::Sar,
+    BinOp::Rol,
+    BinOp::Ror,
+    BinOp::Mul,
+    BinOp::MulHiU,
+    BinOp::MulHiS,
+    BinOp::DivU,
+    BinOp::DivS,
+    BinOp::RemU,
+    BinOp::RemS,
+];
+const UNOPS: [UnOp; 6] = [
+    UnOp::Neg,
+    UnOp::Not,
+    UnOp::Bswap,
+    UnOp::Popcnt,
+    UnOp::Ctz,
+    UnOp::Clz,
+];
+const CONDS: [Cond; 10] = [
+    Cond::Eq,
+    Cond::Ne,
+    Cond::Ltu,
+    Cond::Leu,
+    Cond::Gtu,
+    Cond::Geu,
+    Cond::Lt,
+    Cond::Le,
+    Cond::Gt,
+    Cond::Ge,
+];
+
+fn global(rng: &mut Rng) -> Global {
+    match rng.below(12) {
+        0..=5 => Global::Gpr(rng.below(8) as u8),
+        6 => Global::Pc,
+        7 => Global::CcOp,
+        8 => Global::CcSrc,
+        9 => Global::CcSrc2,
+        10 => Global::Flags,
+        _ => Global::SegBase(rng.below(2) as u8),
+    }
+}
+
+fn exit_kind(rng: &mut Rng) -> ExitKind {
+    match rng.below(5) {
+        0 => ExitKind::Jump(rng.next() & 0xffff),
+        1 => ExitKind::Indirect,
+        2 => ExitKind::Sync,
+        3 => ExitKind::Halt,
+        _ => ExitKind::Pause(rng.next() & 0xffff),
+    }
+}
+
+/// A random valid block: forward branches, at most one bounded loop at a time
+/// (temp 0 is its counter, which nothing else writes), loads and stores around the
+/// fake memory (some fault), helper calls (some fault, some ask to stop), exits
+/// and raises in the middle.
+fn random_block(rng: &mut Rng) -> Block {
+    let pc0 = rng.below(0x1000) * 4;
+    let mut b = Builder::new(pc0);
+    let ntemps = 2 + rng.below(14) as u32;
+    let temps: Vec<Temp> = (0..ntemps).map(|_| b.temp()).collect();
+    let pick = |rng: &mut Rng| temps[rng.below(u64::from(ntemps)) as usize];
+    let pick_dst = |rng: &mut Rng| temps[1 + rng.below(u64::from(ntemps) - 1) as usize];
+    let mut pc = pc0;
+    // Temps start defined (the interpreter's and the JIT's temp areas are reused).
+    b.insn_start(pc, 1);
+    pc += 1;
+    for t in &temps {
+        let v = rng.value();
+        b.push(Op::Const { dst: *t, value: v });
+    }
+    let mut pending: Vec<Label> = Vec::new();
+    let mut in_loop: Option<Label> = None;
+    let ninsns = 1 + rng.below(12);
+    for _ in 0..ninsns {
+        let len = 1 + rng.below(6) as u8;
+        b.insn_start(pc, len);
+        pc += u64::from(len);
+        if in_loop.is_none() && rng.chance(8) {
+            // Jumps never enter or leave a loop body.
+            for l in pending.drain(..) {
+                b.set_label(l);
+            }
+            let init = 1 + rng.below(3);
+            b.push(Op::Const {
+                dst: temps[0],
+                value: init,
+            });
+            let top = b.label();
+            b.set_label(top);
+            in_loop = Some(top);
+        }
+        for _ in 0..1 + rng.below(6) {
+            random_op(rng, &mut b, &pick, &pick_dst, &mut pending);
+        }
+        if let Some(top) = in_loop {
+            if rng.chance(30) {
+                for l in pending.drain(..) {
+                    b.set_label(l);
+                }
+                let one = pick_dst(rng);
+                b.push(Op::Const { dst: one, value: 1 });
+                b.push(Op::Bin {
+                    op: BinOp::Sub,
+                    size: Size::B64,
+                    dst: temps[0],
+                    a: temps[0],
+                    b: one,
+                });
+                let zero = pick_dst(rng);
+                b.push(Op::Const {
+                    dst: zero,
+                    value: 0,
+                });
+                let c = pick_dst(rng);
+                b.push(Op::SetCond {
+                    cond: Cond::Ne,
+                    size: Size::B64,
+                    dst: c,
+                    a: temps[0],
+                    b: zero,
+                });
+                b.br_if(c, top);
+                in_loop = None;
+            }
+        }
+        if in_loop.is_none() && rng.chance(5) {
+            for l in pending.drain(..) {
+                b.set_label(l);
+            }
+        }
+    }
+    if let Some(top) = in_loop {
+        // Close the loop (a single pass more at most: the counter is 1..3).
+        for l in pending.drain(..) {
+            b.set_label(l);
+        }
+        let z = pick_dst(rng);
+        b.push(Op::Const {
+            dst: temps[0],
+            value: 0,
+        });
+        b.push(Op::Const { dst: z, value: 0 });
+        b.br_if(z, top);
+    }
+    for l in pending.drain(..) {
+        b.set_label(l);
+    }
+    if rng.chance(10) {
+        let e = rng.chance(50).then(|| pick(rng));
+        b.raise(rng.pick(&[0u8, 6, 13, 14]), e);
+    } else {
+        b.exit(exit_kind(rng));
+    }
+    let blk = b.finish();
+    blk.validate().expect("generator made an invalid block");
+    blk
+}
+
+fn random_op(
+    rng: &mut Rng,
+    b: &mut Builder,
+    pick: &dyn Fn(&mut Rng) -> Temp,
+    pick_dst: &dyn Fn(&mut Rng) -> Temp,
+    pending: &mut Vec<Label>,
+) {
+    let mmu = |rng: &mut Rng| rng.pick(&[MmuIdx::Kernel, MmuIdx::User]);
+    match rng.below(100) {
+        0..=7 => {
+            let v = rng.value();
+            b.push(Op::Const {
+                dst: pick_dst(rng),
+                value: v,
+            })
+        }
+        8..=10 => b.push(Op::Mov {
+            dst: pick_dst(rng),
+            src: pick(rng),
+        }),
+        11..=17 => {
+            let g = global(rng);
+            b.push(Op::Get {
+                dst: pick_dst(rng),
+                src: g,
+            })
+        }
+        18..=23 => {
+            let g = global(rng);
+            b.push(Op::Set {
+                dst: g,
+                src: pick(rng),
+            })
+        }
+        24..=45 => b.push(Op::Bin {
+            op: rng.pick(&BINOPS),
+            size: rng.size(),
+            dst: pick_dst(rng),
+            a: pick(rng),
+            b: pick(rng),
+        }),
+        46..=51 => b.push(Op::Un {
+            op: rng.pick(&UNOPS),
+            size: rng.size(),
+            dst: pick_dst(rng),
+            a: pick(rng),
+        }),
+        52..=55 => b.push(Op::Ext {
+            dst: pick_dst(rng),
+            src: pick(rng),
+            from: rng.size(),
+            signed: rng.chance(50),
+        }),
+        56..=61 => b.push(Op::SetCond {
+            cond: rng.pick(&CONDS),
+            size: rng.size(),
+            dst: pick_dst(rng),
+            a: pick(rng),
+            b: pick(rng),
+        }),
+        62..=64 => b.push(Op::Select {
+            dst: pick_dst(rng),
+            cond: pick(rng),
+            a: pick(rng),
+            b: pick(rng),
+        }),
+        65..=72 => {
+            // An address mostly inside the memory: a constant, or a temp masked.
+            let addr = pick_dst(rng);
+            let a = rng.below(MEM as u64 + 8);
+            b.push(Op::Const {
+                dst: addr,
+                value: a,
+            });
+            let size = rng.size();
+            b.push(Op::Load {
+                dst: pick_dst(rng),
+                addr,
+                size,
+                signed: rng.chance(50),
+                mmu: mmu(rng),
+                write: rng.chance(30),
+            });
+        }
+        73..=79 => {
+            let addr = pick_dst(rng);
+            let a = if rng.chance(15) {
+                CODE + rng.below(16)
+            } else {
+                rng.below(MEM as u64 + 8)
+            };
+            b.push(Op::Const {
+                dst: addr,
+                value: a,
+            });
+            let size = rng.size();
+            b.push(Op::Store {
+                addr,
+                val: pick(rng),
+                size,
+                mmu: mmu(rng),
+            });
+        }
+        80..=84 => {
+            let l = b.label();
+            b.br_if(pick(rng), l);
+            pending.push(l);
+        }
+        85 => {
+            let l = b.label();
+            b.br(l);
+            pending.push(l);
+        }
+        86..=91 => {
+            let n = rng.below(5) as usize;
+            let args: Vec<Temp> = (0..n).map(|_| pick(rng)).collect();
+            let helper = rng.pick(&[0u16, 0, 1, 1, 2, 3, 5]);
+            let ret = rng.chance(70).then(|| pick_dst(rng));
+            b.push(Op::Call {
+                helper: HelperId(helper),
+                args,
+                ret,
+                effects: Effects::ALL,
+            });
+        }
+        92..=95 => {
+            // A conditional exit in the middle.
+            let skip = b.label();
+            b.br_if(pick(rng), skip);
+            b.exit(exit_kind(rng));
+            b.set_label(skip);
+        }
+        96 => {
+            let skip = b.label();
+            b.br_if(pick(rng), skip);
+            let e = rng.chance(50).then(|| pick(rng));
+            b.raise(rng.pick(&[0u8, 6, 13, 14]), e);
+            b.set_label(skip);
+        }
+        _ => {
+            // Large and negative constants, the temp area's edges.
+            let v = rng.pick(&[u64::MAX, i64::MIN as u64, 0x1234_5678_9abc_def0, 1 << 31]);
+            b.push(Op::Const {
+                dst: pick_dst(rng),
+                value: v,
+            })
+        }
+    }
+}
+
+/// Runs `blk` in both backends from `env`; panics with the block on a mismatch.
+fn check<const D: bool>(jit: &mut JitCache<Env<D>>, blk: &Block, env: &Env<D>) -> BlockOutcome
+where
+    Env<D>: DirectGlobals,
+{
+    let mut e1 = env.clone();
+    let mut interp = Interp::new();
+    let o1 = interp.run(&Prepared::new(blk.clone()), &mut e1);
+
+    let code = match jit.compile(blk) {
+        Ok(c) => c,
+        Err(JitError::Full { .. }) => {
+            jit.flush();
+            jit.compile(blk).expect("compile after flush")
+        }
+        Err(e) => panic!("compile failed: {e}\n{blk}"),
+    };
+    let mut e2 = env.clone();
+    let mut st = JitState::new();
+    let o2 = jit.run(&code, &mut e2, &mut st).expect("live block");
+    assert_eq!(o1, o2, "outcome (direct={D})\n{blk}");
+    assert_eq!(interp.insns, st.insns, "insns (direct={D})\n{blk}");
+    assert_eq!(e1, e2, "environment (direct={D})\n{blk}");
+    o1
+}
+
+#[test]
+fn differential_random_blocks() {
+    let mut direct: JitCache<Env<true>> = JitCache::new(8 << 20);
+    let mut indirect: JitCache<Env<false>> = JitCache::new(8 << 20);
+    let mut seen = std::collections::HashMap::new();
+    for seed in 0..4000u64 {
+        let mut rng = Rng(seed);
+        let blk = random_block(&mut rng);
+        let mut env_rng = Rng(seed ^ 0xabcdef);
+        let env_d = Env::<true>::new(&mut env_rng);
+        let mut env_rng = Rng(seed ^ 0xabcdef);
+        let env_i = Env::<false>::new(&mut env_rng);
+        let o = check(&mut direct, &blk, &env_d);
+        check(&mut indirect, &blk, &env_i);
+        let kind = match o {
+            BlockOutcome::Exit(_) => "exit",
+            BlockOutcome::Fault { .. } => "fault",
+            BlockOutcome::Stopped { .. } => "stopped",
+        };
+        *seen.entry(kind).or_insert(0u32) += 1;
+    }
+    // The generator must exercise every way out of a block.
+    for k in ["exit", "fault", "stopped"] {
+        assert!(seen.get(k).copied().unwrap_or(0) > 100, "{seen:?}");
+    }
+}
+
+/// Every binary and unary op at every width on edge values, one op per block.
+#[test]
+fn differential_ops_exhaustive_edges() {
+    let vals = [
+        0u64,
+        1,
+        2,
+        3,
+        7,
+        8,
+        9,
+        15,
+        16,
+        31,
+        32,
+        33,
+        63,
+        64,
+        65,
+        0x7f,
+        0x80,
+        0xff,
+        0x100,
+        0x7fff,
+        0x8000,
+        0xffff,
+        0x7fff_ffff,
+        0x8000_0000,
+        0xffff_ffff,
+        0x1_0000_0000,
+        i64::MAX as u64,
+        i64::MIN as u64,
+        u64::MAX,
+        u64::MAX - 1,
+        0xdead_beef_cafe_f00d,
+    ];
+    let mut jit: JitCache<Env<true>> = JitCache::new(64 << 20);
+    let mut rng = Rng(1);
+    let env = Env::<true>::new(&mut rng);
+    for size in [Size::B8, Size::B16, Size::B32, Size::B64] {
+        let mut b = Builder::new(0);
+        b.insn_start(0, 1);
+        let mut out = 0u8;
+        for &x in &vals {
+            for &y in &vals {
+                let (tx, ty) = (b.konst(x), b.konst(y));
+                for op in BINOPS {
+                    let r = b.bin(op, size, tx, ty);
+                    b.set(Global::Gpr(out % 8), r);
+                    out = out.wrapping_add(1);
+                    // Fold every result into memory so nothing is lost.
+                    let a = b.konst(u64::from(out) * 8 % 248);
+                    b.store(a, r, Size::B64, MmuIdx::Kernel);
+                }
+                let c = b.setcond(CONDS[usize::from(out) % 10], size, tx, ty);
+                let a = b.konst(250);
+                b.store(a, c, Size::B8, MmuIdx::Kernel);
+            }
+            for op in UNOPS {
+                let tx = b.konst(x);
+                let r = b.un(op, size, tx);
+                let a = b.konst(u64::from(op as u8) * 8 + 100);
+                b.store(a, r, Size::B64, MmuIdx::Kernel);
+                let e = b.ext(tx, size, out % 2 == 0);
+                b.set(Global::CcDst, e);
+                out = out.wrapping_add(1);
+            }
+        }
+        b.exit(ExitKind::Indirect);
+        let blk = b.finish();
+        // Compare after every op: split into one block per op would be slow to
+        // diagnose; instead compare the final state and, on a mismatch, the ops.
+        check(&mut jit, &blk, &env);
+    }
+    // One op per block for precise diagnosis of the divisions (the trap-prone ops).
+    for size in [Size::B8, Size::B16, Size::B32, Size::B64] {
+        for op in [
+            BinOp::DivS,
+            BinOp::RemS,
+            BinOp::DivU,
+            BinOp::RemU,
+            BinOp::MulHiS,
+        ] {
+            for &x in &vals {
+                for &y in &vals {
+                    let mut b = Builder::new(0);
+                    b.insn_start(0, 1);
+                    let (tx, ty) = (b.konst(x), b.konst(y));
+                    let r = b.bin(op, size, tx, ty);
+                    b.set(Global::Gpr(0), r);
+                    b.exit(ExitKind::Indirect);
+                    check(&mut jit, &b.finish(), &env);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn faults_stops_and_panics() {
+    let mut jit: JitCache<Env<true>> = JitCache::new(1 << 20);
+    let mut rng = Rng(5);
+    let env = Env::<true>::new(&mut rng);
+
+    // A fault in the second instruction reports its pc; the first one's write stays.
+    let mut b = Builder::new(0x10);
+    b.insn_start(0x10, 1);
+    let one = b.konst(1);
+    b.set(Global::Gpr(0), one);
+    b.insn_start(0x11, 3);
+    let a = b.konst(1000);
+    b.load(a, Size::B32, false, MmuIdx::Kernel);
+    b.exit(ExitKind::Indirect);
+    let blk = b.finish();
+    let o = check(&mut jit, &blk, &env);
+    assert_eq!(
+        o,
+        BlockOutcome::Fault {
+            fault: Fault {
+                vector: 14,
+                error_code: Some(0),
+                address: Some(1000)
+            },
+            pc: 0x11
+        }
+    );
+
+    // A stop request before the second instruction: pc is set, the first counted.
+    let mut b = Builder::new(0x20);
+    b.insn_start(0x20, 1);
+    let a = b.konst(CODE);
+    b.store(a, a, Size::B8, MmuIdx::Kernel);
+    b.insn_start(0x21, 1);
+    b.exit(ExitKind::Jump(0x22));
+    let blk = b.finish();
+    assert_eq!(
+        check(&mut jit, &blk, &env),
+        BlockOutcome::Stopped { pc: 0x21 }
+    );
+    let mut e = env.clone();
+    let mut st = JitState::new();
+    let code = jit.compile(&blk).unwrap();
+    jit.run(&code, &mut e, &mut st).unwrap();
+    assert_eq!((e.pc, e.icount, st.insns), (0x21, env.icount + 1, 1));
+
+    // A panic in a helper unwinds out of `run`, not through generated code.
+    let mut b = Builder::new(0);
+    b.insn_start(0, 1);
+    b.call(HelperId(4), &[], false, Effects::ALL);
+    b.exit(ExitKind::Indirect);
+    let code = jit.compile(&b.finish()).unwrap();
+    let mut e = env.clone();
+    e.panic_in_helper = true;
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        jit.run(&code, &mut e, &mut JitState::new())
+    }));
+    assert!(r.is_err());
+
+    // A flush retires blocks: they no longer run.
+    assert!(jit.bytes_used() > 0);
+    jit.flush();
+    assert_eq!(jit.bytes_used(), 0);
+    assert!(jit.run(&code, &mut e, &mut JitState::new()).is_none());
+}
+
+#[test]
+fn full_cache_reports_full() {
+    let mut jit: JitCache<Env<false>> = JitCache::new(4096);
+    let mut b = Builder::new(0);
+    for i in 0..200 {
+        b.insn_start(i, 1);
+        let t = b.konst(i);
+        b.set(Global::Gpr(5), t);
+    }
+    b.exit(ExitKind::Indirect);
+    let blk = b.finish();
+    assert!(matches!(jit.compile(&blk), Err(JitError::Full { .. })));
+    // An invalid block is refused, not compiled.
+    let mut bad = Builder::new(0);
+    let l = bad.label();
+    bad.br(l);
+    assert!(matches!(
+        jit.compile(&bad.finish()),
+        Err(JitError::Unsupported(_))
+    ));
+}
