@@ -269,21 +269,32 @@ impl Run {
 /// One Linux guest at a time: the timing checks need the host's cores.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Boots the guest under `accel` with `cpus` CPUs and `job`, and collects its output.
-fn boot(g: &Guest, accel: &str, cpus: u32, job: &str, timeout: Duration) -> Run {
+/// How vireo runs the guest: the engine, TCG's backend, the number of CPUs.
+struct Engine<'a> {
+    accel: &'a str,
+    /// `-tcg-backend` (TCG only).
+    backend: Option<&'a str>,
+    cpus: u32,
+}
+
+/// Boots the guest on `e` with `job`, and collects its output.
+fn boot(g: &Guest, e: &Engine<'_>, job: &str, timeout: Duration) -> Run {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let append = format!(
         "console=ttyS0 panic=-1 rdinit=/init vireo.cmd={}",
         guest::encode_cmd(job)
     );
     let mut cmd = Command::new(vireo_bin());
+    if let Some(b) = e.backend {
+        cmd.args(["-tcg-backend", b]);
+    }
     cmd.args([
         "-accel",
-        accel,
+        e.accel,
         "-m",
         "512",
         "-smp",
-        &cpus.to_string(),
+        &e.cpus.to_string(),
         "-nodefaults",
         "-display",
         "none",
@@ -328,7 +339,12 @@ fn linux_boots_and_runs_the_job(accel: &str, test: &str) {
     let Some(g) = guest_or_skip(test) else {
         return;
     };
-    let run = boot(&g, accel, 1, &job(), Duration::from_secs(1500));
+    let e = Engine {
+        accel,
+        backend: None,
+        cpus: 1,
+    };
+    let run = boot(&g, &e, &job(), Duration::from_secs(1500));
     let ctx = run.tail();
     let mut bad: Vec<String> = Vec::new();
     let mut check = |ok: bool, what: String| {
@@ -478,12 +494,18 @@ fn smp_job() -> String {
 
 /// `-smp 2`: Linux brings up both CPUs, the kernel log stays clean (no TSC warp
 /// between CPUs, no MTRR mismatch), and a job pinned to each CPU gives the host's
-/// result on that CPU.
-fn linux_smp2(accel: &str, test: &str) {
+/// result on that CPU. Under TCG this runs on the JIT backend (the one-CPU test runs
+/// the interpreter), so both backends boot Linux in CI.
+fn linux_smp2(accel: &str, backend: Option<&str>, test: &str) {
     let Some(g) = guest_or_skip(test) else {
         return;
     };
-    let run = boot(&g, accel, 2, &smp_job(), Duration::from_secs(1500));
+    let e = Engine {
+        accel,
+        backend,
+        cpus: 2,
+    };
+    let run = boot(&g, &e, &smp_job(), Duration::from_secs(1500));
     let ctx = run.tail();
     let mut bad: Vec<String> = Vec::new();
     let mut check = |ok: bool, what: String| {
@@ -523,5 +545,5 @@ fn linux_smp2(accel: &str, test: &str) {
 
 #[test]
 fn linux_smp2_under_tcg() {
-    linux_smp2("tcg", "linux_smp2_under_tcg");
+    linux_smp2("tcg", Some("jit"), "linux_smp2_under_tcg");
 }
