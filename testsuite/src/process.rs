@@ -1,6 +1,7 @@
 //! A child process whose stdout is read line by line with arrival times, and whose
 //! stderr is collected, shared by the Linux tests and
-//! `vireo-tools` (`linux-boot`, `bench`).
+//! `vireo-tools` (`linux-boot`, `bench`, `bench-linux`, which also takes the child's
+//! peak RSS from `wait4`).
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -160,6 +161,30 @@ impl Running {
         (end, self.stderr_text())
     }
 
+    /// Like [`Running::finish`], but reaps the child with `wait4` so its resource use
+    /// (peak RSS, CPU time) comes back too; `None` only if `wait4` failed.
+    pub fn finish_with_usage(mut self, deadline: Instant) -> (End, String, Option<Usage>) {
+        let pid = self.child.id() as libc::pid_t;
+        let (end, usage) = loop {
+            match wait4(pid, libc::WNOHANG) {
+                Ok(Some((status, usage))) => {
+                    let at = self.start.elapsed();
+                    break (End::Exited { status, at }, Some(usage));
+                }
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_micros(200)),
+                Ok(None) => {
+                    let at = self.start.elapsed();
+                    let _ = self.child.kill();
+                    // Reaped here, so std's `Child` never waits on (or signals) it again.
+                    let usage = wait4(pid, 0).ok().flatten().map(|(_, u)| u);
+                    break (End::Killed { at }, usage);
+                }
+                Err(_) => break (self.kill(), None),
+            }
+        };
+        (end, self.stderr_text(), usage)
+    }
+
     /// Kills the child now; returns how it ended and its stderr.
     pub fn kill_now(mut self) -> (End, String) {
         let end = match self.child.try_wait() {
@@ -184,6 +209,48 @@ impl Running {
             .take()
             .and_then(|h| h.join().ok())
             .unwrap_or_default()
+    }
+}
+
+/// Resource use of a child that has exited, from `wait4`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Peak resident set size in KiB (`ru_maxrss`).
+    pub max_rss_kib: u64,
+    /// User CPU time.
+    pub user: Duration,
+    /// System CPU time.
+    pub system: Duration,
+}
+
+/// `wait4(pid, flags)`: `None` while a `WNOHANG` wait finds the child still running.
+fn wait4(pid: libc::pid_t, flags: libc::c_int) -> std::io::Result<Option<(ExitStatus, Usage)>> {
+    use std::os::unix::process::ExitStatusExt;
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: an all-zero `rusage` is a valid value (integers and timevals).
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `status` and `ru` are valid for writes for the duration of the call.
+        let r = unsafe { libc::wait4(pid, &mut status, flags, &mut ru) };
+        if r == 0 {
+            return Ok(None);
+        }
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let usage = Usage {
+            max_rss_kib: ru.ru_maxrss.max(0) as u64,
+            user: tv(ru.ru_utime),
+            system: tv(ru.ru_stime),
+        };
+        return Ok(Some((ExitStatus::from_raw(status), usage)));
     }
 }
 
@@ -262,6 +329,26 @@ mod tests {
         let (end, _) = r.finish(deadline);
         assert!(matches!(end, End::Killed { .. }));
         assert!(end.at() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn reports_resource_use() {
+        let mut r = Running::spawn(Command::new("sh").args(["-c", "echo hi; exit 4"])).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut got = Vec::new();
+        while let Next::Line(l) = r.next_line(deadline) {
+            got.push(l.text);
+        }
+        let (end, _, usage) = r.finish_with_usage(deadline);
+        assert_eq!(end.describe(), "exit 4");
+        assert_eq!(got, ["hi"]);
+        let u = usage.expect("wait4 gives the usage");
+        assert!(u.max_rss_kib > 0, "{u:?}");
+
+        let r = Running::spawn(Command::new("sleep").arg("30")).unwrap();
+        let (end, _, usage) = r.finish_with_usage(Instant::now() + Duration::from_millis(50));
+        assert!(matches!(end, End::Killed { .. }));
+        assert!(usage.is_some());
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //!   initramfs (cached under `target/guest/`).
 //! - `linux-boot`: boot that guest under vireo and report how far it got.
 //! - `bench`: boot-to-marker times of vireo against QEMU, both with KVM.
+//! - `bench-linux`: Linux under TCG, vireo against QEMU: boot time, CPU-bound jobs in
+//!   the guest, whole-process wall time and peak RSS.
 //! - `lockstep`: long lockstep campaigns, KVM against TCG, from a seed.
 //! - `tcg-speed`: guest instructions per second of the TCG engine on CPU-bound loops
 //!   (interpreter and JIT).
@@ -11,6 +13,7 @@
 //! Errors are one line, `vireo-tools: ...`, with exit status 1.
 
 mod bench;
+mod bench_linux;
 mod boot;
 mod lockstep;
 mod tcgbench;
@@ -137,6 +140,57 @@ enum Cmd {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Linux under TCG: vireo against qemu-system-x86_64 -accel tcg on the same guest.
+    ///
+    /// Boots the prepared Debian kernel and busybox initramfs (`prepare-guest`) with the
+    /// same kernel command line, `-m` and machine options under each engine, and measures
+    /// spawn to the /init marker, CPU-bound jobs timed between marker lines the guest
+    /// prints (md5sum and gzip of generated files, a shell arithmetic loop), and the
+    /// whole process (wall time, peak RSS) of the boot that runs md5. Prints medians and
+    /// each engine's ratio to QEMU (25.3x = it takes 25.3 times QEMU's time).
+    BenchLinux {
+        /// Runs per engine.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        runs: u64,
+        /// What to measure: boot (on every boot anyway; alone: boots only), md5, gzip, loop.
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "boot,md5,gzip,loop"
+        )]
+        jobs: Vec<bench_linux::Job>,
+        /// Engines: vireo-tcg, qemu-tcg (or qemu, vireo) [default: all]
+        #[arg(long, value_delimiter = ',', value_parser = bench_linux::parse_engine)]
+        engines: Vec<&'static bench_linux::Variant>,
+        /// MiB of generated data md5sum hashes.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        md5_mib: u32,
+        /// MiB of generated data gzip compresses.
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        gzip_mib: u32,
+        /// Iterations of the shell loop.
+        #[arg(long = "loop", default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(1..))]
+        loop_iters: u64,
+        /// Guest RAM in MiB (at least twice the larger data file plus 128).
+        #[arg(short = 'm', long = "mem", default_value_t = 512)]
+        mem: u32,
+        /// Seconds one boot may take, spawn to exit, before it is killed.
+        #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+        timeout: u64,
+        /// The vireo binary [default: `vireo` next to this program]
+        #[arg(long)]
+        vireo: Option<PathBuf>,
+        /// The QEMU binary [default: qemu-system-x86_64 in $PATH]
+        #[arg(long)]
+        qemu: Option<PathBuf>,
+        /// Guest cache directory [default: <target dir>/guest]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Also write the samples and medians to this file as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
@@ -253,6 +307,67 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             bench::run(&o)?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::BenchLinux {
+            runs,
+            jobs,
+            engines,
+            md5_mib,
+            gzip_mib,
+            loop_iters,
+            mem,
+            timeout,
+            vireo,
+            qemu,
+            dir,
+            json,
+        } => {
+            let sizes = bench_linux::Sizes {
+                md5_mib: if jobs.contains(&bench_linux::Job::Md5) {
+                    md5_mib
+                } else {
+                    0
+                },
+                gzip_mib: if jobs.contains(&bench_linux::Job::Gzip) {
+                    gzip_mib
+                } else {
+                    0
+                },
+                loop_iters,
+            };
+            let need = 2 * u64::from(sizes.md5_mib.max(sizes.gzip_mib)) + 128;
+            if u64::from(mem) < need {
+                return Err(format!(
+                    "-m {mem}: the jobs need at least {need} MiB of guest RAM \
+                     (twice the larger data file plus 128)"
+                ));
+            }
+            let engines_given = !engines.is_empty();
+            let mut chosen: Vec<&'static bench_linux::Variant> = Vec::new();
+            for v in if engines_given {
+                engines
+            } else {
+                bench_linux::VARIANTS.iter().collect()
+            } {
+                if !chosen.contains(&v) {
+                    chosen.push(v);
+                }
+            }
+            let o = bench_linux::Options {
+                runs: runs as usize,
+                jobs,
+                engines: chosen,
+                engines_given,
+                sizes,
+                mem_mib: mem,
+                timeout: Duration::from_secs(timeout),
+                vireo,
+                qemu,
+                dir: dir.unwrap_or_else(guest::default_dir),
+                json,
+            };
+            bench_linux::run(&o)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -292,5 +407,86 @@ mod tests {
         assert!(matches!(c.command, Cmd::Bench { runs: 3, .. }));
         assert!(Cli::try_parse_from(["vireo-tools", "bench", "--runs", "0"]).is_err());
         assert!(Cli::try_parse_from(["vireo-tools", "linux-boot", "--accel", "xen"]).is_err());
+    }
+
+    #[test]
+    fn parses_bench_linux() {
+        use bench_linux::Job;
+        let c = Cli::try_parse_from(["vireo-tools", "bench-linux"]).unwrap();
+        let Cmd::BenchLinux {
+            runs,
+            jobs,
+            engines,
+            md5_mib,
+            gzip_mib,
+            loop_iters,
+            mem,
+            ..
+        } = c.command
+        else {
+            panic!("not bench-linux");
+        };
+        assert_eq!(
+            (runs, md5_mib, gzip_mib, loop_iters, mem),
+            (3, 64, 16, 300_000, 512)
+        );
+        assert_eq!(jobs, [Job::Boot, Job::Md5, Job::Gzip, Job::Loop]);
+        assert!(engines.is_empty());
+
+        let c = Cli::try_parse_from([
+            "vireo-tools",
+            "bench-linux",
+            "--runs",
+            "1",
+            "--jobs",
+            "boot,md5",
+            "--engines",
+            "vireo-tcg,qemu",
+            "--md5-mib",
+            "8",
+            "--loop",
+            "30000",
+            "--json",
+            "/tmp/x.json",
+        ])
+        .unwrap();
+        let Cmd::BenchLinux {
+            runs,
+            jobs,
+            engines,
+            md5_mib,
+            loop_iters,
+            json,
+            ..
+        } = c.command
+        else {
+            panic!("not bench-linux");
+        };
+        assert_eq!((runs, md5_mib, loop_iters), (1, 8, 30_000));
+        assert_eq!(jobs, [Job::Boot, Job::Md5]);
+        let names: Vec<&str> = engines.iter().map(|v| v.name).collect();
+        assert_eq!(names, ["vireo-tcg", "qemu-tcg"]);
+        assert_eq!(json, Some(PathBuf::from("/tmp/x.json")));
+
+        for bad in [
+            &["--runs", "0"][..],
+            &["--jobs", "sha1"],
+            &["--engines", "bochs"],
+            &["--md5-mib", "0"],
+            &["--loop", "-5"],
+            &["--loop", "many"],
+            &["--timeout", "0"],
+        ] {
+            let mut argv = vec!["vireo-tools", "bench-linux"];
+            argv.extend_from_slice(bad);
+            assert!(Cli::try_parse_from(&argv).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bench_linux_checks_guest_ram() {
+        let c = Cli::try_parse_from(["vireo-tools", "bench-linux", "-m", "200"]).unwrap();
+        let e = run(c).unwrap_err();
+        assert!(e.contains("at least 256 MiB"), "{e}");
     }
 }
