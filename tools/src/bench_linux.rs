@@ -36,8 +36,7 @@ pub enum Program {
     Qemu,
 }
 
-/// An engine variant: a program and the arguments that select its engine. Add vireo's
-/// JIT here as one more entry.
+/// An engine variant: a program and the arguments that select its engine.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Variant {
     pub name: &'static str,
@@ -53,7 +52,13 @@ pub const VARIANTS: &[Variant] = &[
         name: "vireo-tcg",
         program: Program::Vireo,
         args: &["-accel", "tcg"],
-        about: "vireo, TCG with the IR interpreter; its one TCG CPU model",
+        about: "vireo, TCG with the IR interpreter, CPU model max",
+    },
+    Variant {
+        name: "vireo-jit",
+        program: Program::Vireo,
+        args: &["-accel", "tcg", "-tcg-backend", "jit"],
+        about: "vireo, TCG with the x86-64 JIT, CPU model max",
     },
     Variant {
         name: "qemu-tcg",
@@ -487,9 +492,16 @@ mod tests {
         let i = Path::new("/g/initramfs.cpio");
         let strip =
             |v: &Variant| engine_args(v, 512, k, i, "console=ttyS0")[v.args.len()..].to_vec();
-        let [vireo, qemu] = [&VARIANTS[0], &VARIANTS[1]].map(strip);
-        assert_eq!(vireo, qemu, "both engines get the same machine and guest");
-        let a = engine_args(&VARIANTS[1], 512, k, i, "console=ttyS0");
+        let qemu = parse_engine("qemu").unwrap();
+        for v in VARIANTS {
+            assert_eq!(
+                strip(v),
+                strip(qemu),
+                "{}: the same machine and guest",
+                v.name
+            );
+        }
+        let a = engine_args(qemu, 512, k, i, "console=ttyS0");
         let a: Vec<&str> = a.iter().map(|s| s.to_str().unwrap()).collect();
         assert_eq!(
             a,

@@ -160,7 +160,7 @@ enum Cmd {
             default_value = "boot,md5,gzip,loop"
         )]
         jobs: Vec<bench_linux::Job>,
-        /// Engines: vireo-tcg, qemu-tcg (or qemu, vireo) [default: all]
+        /// Engines: vireo-tcg, vireo-jit, qemu-tcg (or qemu, vireo) [default: all]
         #[arg(long, value_delimiter = ',', value_parser = bench_linux::parse_engine)]
         engines: Vec<&'static bench_linux::Variant>,
         /// MiB of generated data md5sum hashes.
