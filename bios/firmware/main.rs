@@ -304,45 +304,50 @@ fn cmos_ram_bytes() -> u64 {
     low + above_4g * (64 << 10)
 }
 
-/// The text of a NUL-padded CPUID string.
-fn cpuid_text(b: &[u8]) -> &str {
-    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    core::str::from_utf8(&b[..end]).map(str::trim).unwrap_or("?")
+/// Writes the characters of a CPUID string held in `words` (little-endian bytes),
+/// without NULs and, until `started`, blanks; other non-ASCII bytes print as `?`.
+/// (Byte by byte from the registers: a buffer would be zeroed with vector
+/// instructions, which this firmware must not use.)
+fn write_cpuid_str(
+    f: &mut core::fmt::Formatter<'_>,
+    words: &[u32],
+    started: &mut bool,
+) -> core::fmt::Result {
+    use core::fmt::Write;
+    for w in words {
+        for b in w.to_le_bytes() {
+            if b == 0 || (!*started && b == b' ') {
+                continue;
+            }
+            *started = true;
+            f.write_char(if b.is_ascii_graphic() || b == b' ' { b as char } else { '?' })?;
+        }
+    }
+    Ok(())
 }
 
-/// The CPU's vendor, brand string and family/model (CPUID 0, 1, 8000_0002h-4h).
+/// The CPU's brand string, vendor and family/model (CPUID 8000_0002h-4h, 0, 1).
 struct CpuName;
 
 impl core::fmt::Display for CpuName {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let l0 = cpu::cpuid(0);
-        let mut vendor = [0u8; 12];
-        for (i, w) in [l0[1], l0[3], l0[2]].iter().enumerate() {
-            vendor[4 * i..4 * i + 4].copy_from_slice(&w.to_le_bytes());
-        }
-        let sig = cpu::cpuid(1)[0];
-        let family = ((sig >> 8) & 0xf) + if (sig >> 8) & 0xf == 0xf { (sig >> 20) & 0xff } else { 0 };
-        let model = ((sig >> 4) & 0xf) | (((sig >> 16) & 0xf) << 4);
-        let mut brand = [0u8; 48];
+        let mut started = false;
         if cpu::cpuid(0x8000_0000)[0] >= 0x8000_0004 {
-            for (i, leaf) in (0x8000_0002u32..=0x8000_0004).enumerate() {
-                for (j, w) in cpu::cpuid(leaf).iter().enumerate() {
-                    let o = 16 * i + 4 * j;
-                    brand[o..o + 4].copy_from_slice(&w.to_le_bytes());
-                }
+            for leaf in 0x8000_0002u32..=0x8000_0004 {
+                write_cpuid_str(f, &cpu::cpuid(leaf), &mut started)?;
             }
         }
-        let brand = cpuid_text(&brand);
-        if !brand.is_empty() {
-            write!(f, "{brand} ")?;
+        if started {
+            f.write_str(" ")?;
         }
-        write!(
-            f,
-            "({}, family {:#x} model {:#x})",
-            cpuid_text(&vendor),
-            family,
-            model
-        )
+        let l0 = cpu::cpuid(0);
+        f.write_str("(")?;
+        write_cpuid_str(f, &[l0[1], l0[3], l0[2]], &mut false)?;
+        let sig = cpu::cpuid(1)[0];
+        let base = (sig >> 8) & 0xf;
+        let family = base + if base == 0xf { (sig >> 20) & 0xff } else { 0 };
+        let model = ((sig >> 4) & 0xf) | (((sig >> 16) & 0xf) << 4);
+        write!(f, ", family {family:#x} model {model:#x})")
     }
 }
 
