@@ -359,8 +359,9 @@ fn programs(o: &Options) -> Result<Vec<(&'static Variant, PathBuf)>, String> {
     Ok(out)
 }
 
-/// Runs the benchmark and prints the table.
-pub fn run(o: &Options) -> Result<(), String> {
+/// Runs the benchmark and prints the table; returns whether every boot gave all its
+/// figures.
+pub fn run(o: &Options) -> Result<bool, String> {
     let started = Instant::now();
     let load_start = load();
     let g = guest::prepared(&o.dir)?;
@@ -474,7 +475,7 @@ pub fn run(o: &Options) -> Result<(), String> {
         write_json(path, o, &rows, &engines, &appends, &load_start)?;
         println!("json: {}", path.display());
     }
-    Ok(())
+    Ok(engines.iter().all(|e| e.errors.is_empty()))
 }
 
 #[cfg(test)]

@@ -134,10 +134,10 @@ pub fn table_rows(engines: &[EngineRuns], o: &Options, boots: &[Vec<Job>]) -> Ve
 pub fn print_table(rows: &[Row], engines: &[EngineRuns], boots: &[Vec<Job>]) {
     println!();
     println!(
-        "{:<10} {:<16} {:>5} {:>10} {:>10} {:>10} {:>10}  vs QEMU",
+        "{:<10} {:<20} {:>5} {:>10} {:>10} {:>10} {:>10}  vs QEMU",
         "engine", "job", "ok", "median", "min", "max", "guest med"
     );
-    println!("{}", "-".repeat(88));
+    println!("{}", "-".repeat(92));
     for r in rows {
         let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| show(r.metric, v));
         let min = r.values.iter().copied().reduce(f64::min);
@@ -148,7 +148,7 @@ pub fn print_table(rows: &[Row], engines: &[EngineRuns], boots: &[Vec<Job>]) {
             (false, None) => "-".to_string(),
         };
         println!(
-            "{:<10} {:<16} {:>5} {:>10} {:>10} {:>10} {:>10}  {}",
+            "{:<10} {:<20} {:>5} {:>10} {:>10} {:>10} {:>10}  {}",
             r.engine,
             r.label,
             format!("{}/{}", r.values.len(), r.planned),
@@ -159,7 +159,7 @@ pub fn print_table(rows: &[Row], engines: &[EngineRuns], boots: &[Vec<Job>]) {
             ratio
         );
     }
-    println!("{}", "-".repeat(88));
+    println!("{}", "-".repeat(92));
     println!(
         "ok: good samples of those planned; boot: spawn -> /init marker; jobs: host time between the \
          guest's begin/end marker lines (guest med: the same by the guest's /proc/uptime); \
@@ -170,7 +170,7 @@ pub fn print_table(rows: &[Row], engines: &[EngineRuns], boots: &[Vec<Job>]) {
     for r in rows.iter().filter(|r| r.engine != REFERENCE) {
         if let Some(x) = r.ratio {
             println!(
-                "  {:<16} {}",
+                "  {:<20} {}",
                 r.label,
                 ratio_sentence(r.engine, r.metric, x)
             );
