@@ -19,9 +19,10 @@
 //!    known PC on its own page, else by its key (physical address of CS.base+RIP, RIP,
 //!    CS base, mode key) in the cache, translated on a miss;
 //! 6. the block runs, in the interpreter or (backend [`Backend::Jit`]) as host code
-//!    compiled at translation (a block the JIT cannot compile is interpreted); afterwards, code pages written during the
-//!    block lose their blocks, a fault is delivered (a triple fault is
-//!    [`VcpuExit::Shutdown`]), HLT halts the CPU.
+//!    compiled at translation (a block the JIT cannot compile is interpreted);
+//!    afterwards, code pages written during the block lose their blocks, a fault is
+//!    delivered (a triple fault is [`VcpuExit::Shutdown`]), HLT halts the CPU, PAUSE
+//!    ends a round-robin time slice.
 
 use crate::cache::{BlockCache, Limits, Tb, TbId, TbKey};
 use crate::frontend::{self, DeliveryError, TranslateError};
