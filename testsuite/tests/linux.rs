@@ -460,8 +460,9 @@ fn linux_under_tcg() {
 }
 
 #[test]
-#[ignore = "this host's KVM (kvm_pvm) emulates the kernel's CPL0 code and stalls after XRSTOR \
-            setup (see docs/ARCHITECTURE.md, hybrid execution); run with --ignored elsewhere"]
+#[ignore = "this host's KVM (kvm_pvm) emulates the kernel's CPL0 code: with hybrid execution the \
+            kernel gets to its clocksource switch in ~470 s, then stalls (docs/ARCHITECTURE.md, \
+            hybrid execution); run with --ignored elsewhere"]
 fn linux_under_kvm() {
     if vireo_testsuite::skip_without_kvm("linux_under_kvm") {
         return;
