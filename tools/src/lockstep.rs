@@ -1,10 +1,11 @@
-//! `lockstep`: long lockstep campaigns (KVM against TCG) from a seed.
+//! `lockstep`: long lockstep campaigns (KVM against TCG, or TCG's JIT against its
+//! interpreter) from a seed.
 
 use std::time::Instant;
 use vireo_testsuite::lockstep::campaign::{self, Config};
 use vireo_testsuite::lockstep::env::{Mode, Privilege};
 use vireo_testsuite::lockstep::gen::Features;
-use vireo_testsuite::lockstep::runner::Engine;
+use vireo_testsuite::lockstep::runner::{Engine, EngineKind};
 
 /// Options of one campaign.
 pub struct Options {
@@ -19,6 +20,27 @@ pub struct Options {
     pub sse: bool,
     /// Print the initial floating-point state of the divergences shown.
     pub state: bool,
+    /// The engines compared (KVM first when it is one of them).
+    pub engines: (EngineKind, EngineKind),
+}
+
+/// Parses the two engines of `--engines`: `kvm`, `tcg`/`interp`, `jit`.
+pub fn parse_engines(names: &[String]) -> Result<(EngineKind, EngineKind), String> {
+    let kind = |n: &str| match n {
+        "kvm" => Ok(EngineKind::Kvm),
+        "tcg" | "interp" => Ok(EngineKind::Tcg),
+        "jit" => Ok(EngineKind::TcgJit),
+        _ => Err(format!("unknown engine '{n}' (kvm, tcg/interp, jit)")),
+    };
+    let [a, b] = names else {
+        return Err("--engines takes two engines, e.g. kvm,tcg or interp,jit".into());
+    };
+    let (a, b) = (kind(a)?, kind(b)?);
+    if a == b {
+        return Err("--engines: the two engines must differ".into());
+    }
+    // KVM first: the classifier's rules are about it.
+    Ok(if b == EngineKind::Kvm { (b, a) } else { (a, b) })
 }
 
 /// Parses `real`, `pm32`, `compat32`, `long64` with an optional `:user`/`:kernel`.
@@ -43,8 +65,8 @@ pub fn parse_mode(s: &str) -> Result<Vec<(Mode, Privilege)>, String> {
 
 /// Runs the campaigns; returns whether no divergence was found.
 pub fn run(o: &Options) -> Result<bool, String> {
-    let mut kvm = Engine::kvm()?;
-    let mut tcg = Engine::tcg()?;
+    let mut a = Engine::new(o.engines.0)?;
+    let mut b = Engine::new(o.engines.1)?;
     let mut clean = true;
     for &(mode, privilege) in &o.modes {
         let cfg = Config {
@@ -60,9 +82,11 @@ pub fn run(o: &Options) -> Result<bool, String> {
             },
         };
         let t = Instant::now();
-        let r = campaign::run(&mut kvm, &mut tcg, &cfg);
+        let r = campaign::run(&mut a, &mut b, &cfg);
         println!(
-            "== {mode:?} {privilege:?}, seeds {}..{} ({:.1} s)",
+            "== {} vs {}, {mode:?} {privilege:?}, seeds {}..{} ({:.1} s)",
+            a.name,
+            b.name,
             o.seed,
             o.seed + o.count,
             t.elapsed().as_secs_f64()

@@ -6,7 +6,8 @@
 //! - `bench`: boot-to-marker times of vireo against QEMU, both with KVM.
 //! - `bench-linux`: Linux under TCG, vireo against QEMU: boot time, CPU-bound jobs in
 //!   the guest, whole-process wall time and peak RSS.
-//! - `lockstep`: long lockstep campaigns, KVM against TCG, from a seed.
+//! - `lockstep`: long lockstep campaigns, KVM against TCG (or TCG's JIT against its
+//!   interpreter), from a seed.
 //! - `tcg-speed`: guest instructions per second of the TCG engine on CPU-bound loops
 //!   (interpreter and JIT).
 //!
@@ -23,6 +24,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use vireo_testsuite::guest;
+use vireo_testsuite::lockstep::runner::EngineKind;
 
 #[derive(Parser, Debug)]
 #[command(name = "vireo-tools", version, about = "vireo's helper programs")]
@@ -78,7 +80,8 @@ enum Cmd {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
-    /// Lockstep: random instruction sequences run under KVM and TCG and compared.
+    /// Lockstep: random instruction sequences run under KVM and TCG (or TCG's JIT and
+    /// interpreter: --engines interp,jit) and compared.
     ///
     /// Sequence i uses seed SEED+i, so a divergence can be replayed alone with
     /// `--seed S --count 1`. Exit status: 0 without divergences, 2 with, 1 on errors.
@@ -90,7 +93,8 @@ enum Cmd {
         /// Modes: real, pm32, compat32, long64, each optionally :user or :kernel
         /// [default: long64:user,compat32:user,pm32:user,long64:kernel,pm32:kernel,real;
         /// with --x87/--sse/--fp long64:user, the only environment whose floating point
-        /// KVM runs (natively): its emulator lacks nearly all of it]
+        /// KVM runs (natively): its emulator lacks nearly all of it; all of them with
+        /// --engines interp,jit]
         #[arg(long, value_delimiter = ',')]
         mode: Vec<String>,
         /// Instructions per sequence.
@@ -113,6 +117,11 @@ enum Cmd {
         /// divergences shown.
         #[arg(long)]
         state: bool,
+        /// The two engines compared: `kvm,tcg` (KVM against TCG's interpreter, the
+        /// default) or `interp,jit` (TCG's JIT against its interpreter: no /dev/kvm
+        /// needed, everything compared bit for bit, nothing excused).
+        #[arg(long, value_delimiter = ',', default_value = "kvm,tcg")]
+        engines: Vec<String>,
     },
     /// Guest instructions per second of the TCG engine on CPU-bound micro-benchmarks.
     TcgSpeed,
@@ -249,8 +258,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             sse,
             fp,
             state,
+            engines,
         } => {
-            let mode = match (mode.is_empty(), x87 || sse || fp) {
+            let engines = lockstep::parse_engines(&engines)?;
+            let kvm = engines.0 == EngineKind::Kvm;
+            let mode = match (mode.is_empty(), (x87 || sse || fp) && kvm) {
                 (false, _) => mode,
                 (true, true) => vec!["long64:user".to_string()],
                 (true, false) => [
@@ -277,6 +289,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 x87: x87 || fp,
                 sse: sse || fp,
                 state,
+                engines,
             };
             Ok(if lockstep::run(&o)? {
                 ExitCode::SUCCESS

@@ -5,7 +5,7 @@
 use super::env::{self, Mode, Privilege, Setup};
 use super::fp;
 use super::gen::{self, Features, Rng};
-use super::runner::{compare, Engine, Ignore, Outcome, RunError};
+use super::runner::{compare, Engine, EngineKind, Ignore, Outcome, RunError};
 use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpCodeTableKind, OpKind};
 use std::collections::BTreeMap;
 
@@ -414,6 +414,30 @@ fn ignore(insns: &[(usize, Instruction)], skip: &[usize], stop: usize) -> Ignore
     Ignore { flags, fsw, data }
 }
 
+/// Whether neither engine is KVM (TCG's JIT against its interpreter): both run the
+/// same IR, so everything is compared bit for bit (no undefined flags or condition
+/// codes, every byte of the data page) and no known KVM-side rule applies.
+pub fn strict(a: &Engine, b: &Engine) -> bool {
+    a.kind != EngineKind::Kvm && b.kind != EngineKind::Kvm
+}
+
+/// What the comparison of `a`'s outcome `oa` with `b`'s leaves out: nothing when
+/// [`strict`], else what [`ignore`] says.
+fn comparison(
+    a: &Engine,
+    b: &Engine,
+    insns: &[(usize, Instruction)],
+    patched: &[usize],
+    setup: &Setup,
+    oa: &Outcome,
+) -> Ignore {
+    if strict(a, b) {
+        Ignore::default()
+    } else {
+        ignore(insns, patched, stop_offset(setup, oa))
+    }
+}
+
 /// Whether the replacement of a patched instruction is `cmp eax, eax` (which defines
 /// every arithmetic flag) rather than only NOPs: when the instruction itself writes
 /// flags, so that a later instruction reading them still reads defined values.
@@ -549,7 +573,7 @@ fn run_patched(
     let rb = b.run(cfg.mode, &s);
     match (ra, rb) {
         (Ok(oa), Ok(ob)) => {
-            let d = compare(&oa, &ob, &ignore(insns, patched, stop_offset(setup, &oa)));
+            let d = compare(&oa, &ob, &comparison(a, b, insns, patched, setup, &oa));
             Some(if d.is_empty() {
                 Patched::Agree
             } else {
@@ -621,8 +645,9 @@ pub fn describe_fp(cfg: &Config, seed: u64) -> String {
     fp::describe(&setup, &insns)
 }
 
-/// Runs the campaign on engines `a` and `b` (`a` is KVM: the classifier's rules are
-/// about it).
+/// Runs the campaign on engines `a` and `b`: KVM (as `a`: the classifier's rules are
+/// about it) against TCG, or two TCG backends (the JIT against the interpreter), which
+/// must agree on everything (see [`strict`]).
 pub fn run(a: &mut Engine, b: &mut Engine, cfg: &Config) -> Report {
     let codes = gen::candidates(cfg.mode.bitness(), cfg.features);
     let mut report = Report::default();
@@ -661,11 +686,17 @@ pub fn run(a: &mut Engine, b: &mut Engine, cfg: &Config) -> Report {
         };
         report.compared += 1;
         let insns = decode(&code, cfg.mode.bitness());
-        let diffs = compare(&oa, &ob, &ignore(&insns, &[], stop_offset(&setup, &oa)));
+        let diffs = compare(&oa, &ob, &comparison(a, b, &insns, &[], &setup, &oa));
         if diffs.is_empty() {
             continue;
         }
-        let after_known = match explain(a, b, cfg, &setup, &code, &diffs) {
+        // Between two TCG backends nothing is excused: no KVM-side rule applies.
+        let explained = if strict(a, b) {
+            Err(diffs.clone())
+        } else {
+            explain(a, b, cfg, &setup, &code, &diffs)
+        };
+        let after_known = match explained {
             Ok(reasons) => {
                 report.known_kvm_sequences += 1;
                 for r in reasons {

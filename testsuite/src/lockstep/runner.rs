@@ -128,13 +128,15 @@ impl Drop for Watchdog {
     }
 }
 
-/// Which engine an [`Engine`] runs (more will come: TCG's JIT against its interpreter).
+/// Which engine an [`Engine`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EngineKind {
     /// The host's KVM.
     Kvm,
     /// TCG with the IR interpreter.
     Tcg,
+    /// TCG with the x86-64 JIT backend.
+    TcgJit,
 }
 
 /// A vCPU of either engine on a small flat machine with the stop port.
@@ -194,6 +196,16 @@ impl Engine {
 
     /// A TCG vCPU (IR interpreter backend).
     pub fn tcg() -> Result<Engine, String> {
+        Engine::tcg_with(vireo_tcg::Backend::Interp)
+    }
+
+    /// A TCG vCPU running its blocks with the x86-64 JIT backend.
+    pub fn tcg_jit() -> Result<Engine, String> {
+        Engine::tcg_with(vireo_tcg::Backend::Jit)
+    }
+
+    /// A TCG vCPU with `backend`.
+    fn tcg_with(backend: vireo_tcg::Backend) -> Result<Engine, String> {
         let mem = Arc::new(GuestMemory::new_flat(MEM_SIZE).map_err(|e| e.to_string())?);
         let control = MachineControl::new();
         let (pio, mmio) = buses(&control)?;
@@ -203,16 +215,21 @@ impl Engine {
             mmio,
             a20: A20Gate::new(),
         };
-        let vcpu = vireo_tcg::TcgVcpu::new(bus, control.clone());
+        let mut vcpu = vireo_tcg::TcgVcpu::new(bus, control.clone());
+        vcpu.set_backend(backend);
         // As `Machine` does: a stop request (the stop port) kicks the run loop, which
         // returns at the next block boundary. (KVM's loop reads the stop request after
         // every exit; a self-kick there would linger into the next run.)
         let kicker = vcpu.kicker();
         control.add_kick(Box::new(move || kicker.kick()));
         let watchdog = Watchdog::new(vcpu.kicker());
+        let (name, kind) = match backend {
+            vireo_tcg::Backend::Interp => ("tcg", EngineKind::Tcg),
+            vireo_tcg::Backend::Jit => ("jit", EngineKind::TcgJit),
+        };
         Ok(Engine {
-            name: "tcg",
-            kind: EngineKind::Tcg,
+            name,
+            kind,
             mem,
             control,
             vcpu: Box::new(vcpu),
@@ -227,6 +244,7 @@ impl Engine {
         match kind {
             EngineKind::Kvm => Engine::kvm(),
             EngineKind::Tcg => Engine::tcg(),
+            EngineKind::TcgJit => Engine::tcg_jit(),
         }
     }
 
