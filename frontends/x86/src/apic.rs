@@ -116,7 +116,12 @@ impl X86Cpu {
         s.cr0 = (s.cr0 & !cache) | (old.cr0 & cache);
         s.gpr[reg::RDX] = u64::from(self.cpuid.signature());
         s.events.wait_for_sipi = old.msr.apic_base & (1 << 8) == 0;
+        // The TSC keeps counting as it was: keep its offset rather than setting the
+        // value read a moment ago (which would move it back by the time in between,
+        // and Linux measures that as a TSC warp between CPUs).
+        let tsc_offset = self.msrs.tsc_offset;
         self.set_state(s);
+        self.msrs.tsc_offset = tsc_offset;
     }
 
     /// A start-up IPI with `vector`: a CPU waiting for SIPI starts in real mode at

@@ -189,6 +189,25 @@ fn cr8_is_the_task_priority() {
     assert_eq!(f.st().tpr, 0x30);
 }
 
+/// INIT keeps the TSC running as it was: its offset stays, even though time passes
+/// between reading the old state and setting the new one.
+#[test]
+fn init_keeps_the_tsc_offset() {
+    let (mut cpu, f) = with_apic();
+    f.st().base = 0xfee0_0800;
+    cpu.state.msr.apic_base = 0xfee0_0800;
+    let clock = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let c = clock.clone();
+    // A source that moves on at every read.
+    cpu.tsc_source = Some(Box::new(move || {
+        c.fetch_add(1000, std::sync::atomic::Ordering::SeqCst)
+    }));
+    cpu.set_tsc(5_000_000);
+    let offset = cpu.msrs.tsc_offset;
+    cpu.init_reset();
+    assert_eq!(cpu.msrs.tsc_offset, offset);
+}
+
 #[test]
 fn init_keeps_what_the_sdm_keeps() {
     let (mut cpu, f) = with_apic();
