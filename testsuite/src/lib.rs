@@ -5,6 +5,7 @@ pub mod apic_kernel;
 pub mod cpio;
 pub mod fuzz;
 pub mod guest;
+pub mod kernel_asm;
 pub mod lockstep;
 pub mod multiboot_kernel;
 pub mod process;

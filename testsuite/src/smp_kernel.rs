@@ -37,7 +37,6 @@ use crate::multiboot_kernel::{elf_with_image, EXIT_PORT, IMAGE_ADDR};
 use iced_x86::code_asm::*;
 use iced_x86::BlockEncoderOptions;
 
-const COM1: u16 = 0x3f8;
 const APIC: u32 = 0xfee0_0000;
 const APIC_ID: u32 = APIC + 0x20;
 const APIC_EOI: u32 = APIC + 0xb0;
@@ -939,63 +938,8 @@ fn assemble_pass(prev: Addrs) -> Result<(Vec<u8>, Addrs), IcedError> {
         k.a.ret()?;
     }
 
-    // puts: ESI -> COM1 until NUL.
-    let mut ps_done = k.a.create_label();
-    let mut puts_l = k.puts;
-    k.a.set_label(&mut puts_l)?;
-    k.a.lodsb()?;
-    k.a.test(al, al)?;
-    k.a.jz(ps_done)?;
-    k.a.call(k.putc)?;
-    k.a.jmp(k.puts)?;
-    k.a.set_label(&mut ps_done)?;
-    k.a.ret()?;
-
-    // putc: AL -> COM1 after THR empty.
-    let mut putc_l = k.putc;
-    k.a.set_label(&mut putc_l)?;
-    let mut wait = k.a.create_label();
-    k.a.push(eax)?;
-    k.a.push(edx)?;
-    k.a.mov(ah, al)?;
-    k.a.set_label(&mut wait)?;
-    k.a.mov(dx, u32::from(COM1 + 5))?;
-    k.a.in_(al, dx)?;
-    k.a.test(al, 0x20)?;
-    k.a.jz(wait)?;
-    k.a.mov(al, ah)?;
-    k.a.mov(dx, u32::from(COM1))?;
-    k.a.out(dx, al)?;
-    k.a.pop(edx)?;
-    k.a.pop(eax)?;
-    k.a.ret()?;
-
-    // puthex: EAX as 8 hex digits.
-    let mut puthex_l = k.puthex;
-    k.a.set_label(&mut puthex_l)?;
-    let mut digit = k.a.create_label();
-    let mut dec_digit = k.a.create_label();
-    k.a.push(eax)?;
-    k.a.push(ebx)?;
-    k.a.push(ecx)?;
-    k.a.mov(ebx, eax)?;
-    k.a.mov(ecx, 8u32)?;
-    k.a.set_label(&mut digit)?;
-    k.a.rol(ebx, 4)?;
-    k.a.mov(eax, ebx)?;
-    k.a.and(eax, 0xf)?;
-    k.a.add(al, u32::from(b'0'))?;
-    k.a.cmp(al, u32::from(b'9'))?;
-    k.a.jbe(dec_digit)?;
-    k.a.add(al, u32::from(b'a' - b'9' - 1))?;
-    k.a.set_label(&mut dec_digit)?;
-    k.a.call(k.putc)?;
-    k.a.dec(ecx)?;
-    k.a.jnz(digit)?;
-    k.a.pop(ecx)?;
-    k.a.pop(ebx)?;
-    k.a.pop(eax)?;
-    k.a.ret()?;
+    // puts, putc and puthex on COM1.
+    crate::kernel_asm::serial_routines(&mut k.a, k.putc, k.puts, k.puthex)?;
 
     // The trampoline (it jumps to the AP entry of the previous pass) and the strings.
     let blob = trampoline(k.addr(ap_entry))?;
