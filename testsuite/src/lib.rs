@@ -52,3 +52,19 @@ pub fn vireo_bin() -> PathBuf {
     }
     p.join("vireo")
 }
+
+/// Runs `m` until it stops by itself, or stops it (`Quit`) after `limit`: a guest that
+/// hangs fails its test instead of blocking the run.
+pub fn run_with_watchdog(m: &mut vireo::Machine, limit: std::time::Duration) -> vireo::Outcome {
+    let control = m.control();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let dog = std::thread::spawn(move || {
+        if rx.recv_timeout(limit).is_err() {
+            control.request_stop(vireo_core::StopReason::Quit);
+        }
+    });
+    let outcome = m.run().expect("run");
+    let _ = tx.send(());
+    dog.join().expect("watchdog");
+    outcome
+}

@@ -15,7 +15,6 @@
 use std::time::Duration;
 use vireo::config::DebugExitConfig;
 use vireo::{Accel, CharSpec, Machine, MachineConfig, Outcome};
-use vireo_core::StopReason;
 use vireo_devices::chardev::CaptureBuffer;
 use vireo_testsuite::apic_kernel::{self, pass};
 use vireo_testsuite::{multiboot_kernel, scratch_dir, skip_without_kvm};
@@ -38,16 +37,7 @@ fn run(accel: Accel, name: &str, limit: Duration) -> (Outcome, String) {
         ..MachineConfig::default()
     };
     let mut m = Machine::new(cfg).expect("machine");
-    let control = m.control();
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let dog = std::thread::spawn(move || {
-        if rx.recv_timeout(limit).is_err() {
-            control.request_stop(StopReason::Quit);
-        }
-    });
-    let outcome = m.run().expect("run");
-    let _ = tx.send(());
-    dog.join().expect("watchdog");
+    let outcome = vireo_testsuite::run_with_watchdog(&mut m, limit);
     (outcome, serial.text())
 }
 

@@ -17,7 +17,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use vireo::config::DebugExitConfig;
 use vireo::{Accel, CharSpec, Machine, MachineConfig, Outcome};
-use vireo_core::StopReason;
 use vireo_devices::chardev::CaptureBuffer;
 use vireo_testsuite::smp_kernel::{self, expected_status, job_line};
 use vireo_testsuite::{multiboot_kernel, scratch_dir, skip_without_kvm, vireo_bin};
@@ -180,16 +179,7 @@ fn uniprocessor(accel: Accel, name: &str) {
         ..MachineConfig::default()
     };
     let mut m = Machine::new(cfg).expect("machine");
-    let control = m.control();
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let dog = std::thread::spawn(move || {
-        if rx.recv_timeout(Duration::from_secs(300)).is_err() {
-            control.request_stop(StopReason::Quit);
-        }
-    });
-    let outcome = m.run().expect("run");
-    let _ = tx.send(());
-    dog.join().expect("watchdog");
+    let outcome = vireo_testsuite::run_with_watchdog(&mut m, Duration::from_secs(300));
     let text = serial.text();
     assert_eq!(outcome, Outcome::DebugExit(expected_status(1)), "{text}");
     for want in [

@@ -5,7 +5,6 @@
 use std::time::Duration;
 use vireo::config::DebugExitConfig;
 use vireo::{Accel, CharSpec, Machine, MachineConfig, Outcome};
-use vireo_core::StopReason;
 use vireo_devices::chardev::CaptureBuffer;
 use vireo_tcg::Backend;
 use vireo_testsuite::{multiboot_kernel, scratch_dir};
@@ -17,17 +16,7 @@ fn run_tcg(cfg: MachineConfig, limit: Duration) -> Outcome {
         ..cfg
     })
     .expect("machine");
-    let control = m.control();
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let dog = std::thread::spawn(move || {
-        if rx.recv_timeout(limit).is_err() {
-            control.request_stop(StopReason::Quit);
-        }
-    });
-    let outcome = m.run().expect("run");
-    let _ = tx.send(());
-    dog.join().expect("watchdog");
-    outcome
+    vireo_testsuite::run_with_watchdog(&mut m, limit)
 }
 
 #[test]

@@ -7,7 +7,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 use vireo::config::{DebugExitConfig, PciTestdevConfig};
 use vireo::{Accel, Machine, MachineConfig, Outcome};
-use vireo_core::StopReason;
 use vireo_testsuite::testdev_kernel::{self, failed_check, PASS_STATUS};
 use vireo_testsuite::{scratch_dir, skip_without_kvm, vireo_bin};
 
@@ -34,17 +33,7 @@ fn run(accel: Accel, name: &str) -> Outcome {
         ..MachineConfig::default()
     };
     let mut m = Machine::new(cfg).expect("machine");
-    let control = m.control();
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let dog = std::thread::spawn(move || {
-        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
-            control.request_stop(StopReason::Quit);
-        }
-    });
-    let outcome = m.run().expect("run");
-    let _ = tx.send(());
-    dog.join().expect("watchdog");
-    outcome
+    vireo_testsuite::run_with_watchdog(&mut m, Duration::from_secs(60))
 }
 
 fn assert_pass(outcome: Outcome) {
