@@ -198,8 +198,40 @@ pub fn default_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("target/guest"))
 }
 
+/// Locks the cache directory `dir` (which must exist) for as long as the returned
+/// file is open: exclusive while [`prepare`] fills it, shared while [`prepared`] looks
+/// at it. Test binaries run in parallel (and threads within them) may all want the
+/// guest on a fresh machine; without the lock two of them unpacked the same package
+/// into the same tree at once and `dpkg -x` failed.
+fn lock_cache(dir: &Path, exclusive: bool) -> Result<fs::File, String> {
+    let path = dir.join(".lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let locked = if exclusive {
+        file.lock()
+    } else {
+        file.lock_shared()
+    };
+    locked.map_err(|e| format!("lock {}: {e}", path.display()))?;
+    Ok(file)
+}
+
 /// Where the kernel and initramfs live in a prepared cache, if they are there.
+/// Waits for a [`prepare`] running elsewhere on the same cache to finish.
 pub fn prepared(dir: &Path) -> Result<Guest, String> {
+    let _lock = if dir.is_dir() {
+        Some(lock_cache(dir, false)?)
+    } else {
+        None
+    };
+    prepared_unlocked(dir)
+}
+
+fn prepared_unlocked(dir: &Path) -> Result<Guest, String> {
     let kernel = dir.join("vmlinuz");
     let initramfs = dir.join("initramfs.cpio");
     let busybox = dir.join("busybox");
@@ -399,8 +431,24 @@ pub fn build_initramfs(busybox: &[u8], modules: &[(String, Vec<u8>)]) -> Result<
     Ok(w.finish())
 }
 
-/// Downloads (or reuses), unpacks and assembles the guest in `dir`.
+/// Writes `data` to `dest` with `mode` by renaming a finished temporary file over it.
+fn install(dest: &Path, data: &[u8], mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut tmp = dest.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = PathBuf::from(tmp);
+    let e = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+    fs::write(&tmp, data).map_err(|err| e(&tmp, err))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).map_err(|err| e(&tmp, err))?;
+    fs::rename(&tmp, dest).map_err(|err| e(dest, err))
+}
+
+/// Downloads (or reuses), unpacks and assembles the guest in `dir`; one process or
+/// thread at a time. The kernel, busybox and initramfs are replaced by renaming, so a
+/// guest already running from an earlier [`prepared`] keeps intact files.
 pub fn prepare(dir: &Path) -> Result<Guest, String> {
+    fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let _lock = lock_cache(dir, true)?;
     let debs = dir.join("debs");
     let extract = dir.join("extract");
     for d in [&debs, &extract] {
@@ -434,25 +482,16 @@ pub fn prepare(dir: &Path) -> Result<Guest, String> {
     }
 
     let kernel = dir.join("vmlinuz");
-    fs::copy(&vmlinuz, &kernel)
-        .map_err(|e| format!("copy {} -> {}: {e}", vmlinuz.display(), kernel.display()))?;
+    install(&kernel, &read(&vmlinuz)?, 0o644)?;
     let rel_file = dir.join("release");
-    fs::write(&rel_file, format!("{release}\n"))
-        .map_err(|e| format!("{}: {e}", rel_file.display()))?;
-
+    install(&rel_file, format!("{release}\n").as_bytes(), 0o644)?;
     let host_busybox = dir.join("busybox");
-    fs::copy(&busybox_path, &host_busybox).map_err(|e| {
-        format!(
-            "copy {} -> {}: {e}",
-            busybox_path.display(),
-            host_busybox.display()
-        )
-    })?;
+    install(&host_busybox, &busybox, 0o755)?;
     let image = build_initramfs(&busybox, &modules)?;
     // Self-check: the archive parses back.
     let entries = cpio::parse(&image).map_err(|e| format!("initramfs self-check: {e}"))?;
     let initramfs = dir.join("initramfs.cpio");
-    fs::write(&initramfs, &image).map_err(|e| format!("{}: {e}", initramfs.display()))?;
+    install(&initramfs, &image, 0o644)?;
     let count = |k: u32| entries.iter().filter(|e| e.kind() == k).count();
     println!(
         "initramfs   {} entries ({} dirs, {} files, {} symlinks, {} devices), {} KiB",
@@ -493,6 +532,30 @@ fn cached_kernel_deb(debs: &Path) -> Result<Option<PathBuf>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prepared_waits_for_a_prepare_in_progress() {
+        let dir = std::env::temp_dir().join(format!("vireo-guest-lock-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        // Another preparer holds the cache and has written only part of it.
+        let held = lock_cache(&dir, true).unwrap();
+        install(&dir.join("vmlinuz"), b"k", 0o644).unwrap();
+        let d = dir.clone();
+        let reader = std::thread::spawn(move || prepared(&d).map(|g| g.release));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(
+            !reader.is_finished(),
+            "prepared() read a cache being prepared"
+        );
+        install(&dir.join("busybox"), b"b", 0o755).unwrap();
+        install(&dir.join("initramfs.cpio"), b"i", 0o644).unwrap();
+        install(&dir.join("release"), b"6.1.0-test\n", 0o644).unwrap();
+        drop(held);
+        assert_eq!(reader.join().unwrap().as_deref(), Ok("6.1.0-test"));
+        assert!(!dir.join("initramfs.cpio.new").exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn parses_apt_cache_depends() {
