@@ -55,7 +55,7 @@ impl GuestMemory {
         if ram_size < MIN_RAM {
             return Err(Error::BadMemorySize(ram_size, "vireo needs at least 2 MiB"));
         }
-        if ram_size % 4096 != 0 {
+        if !ram_size.is_multiple_of(4096) {
             return Err(Error::BadMemorySize(ram_size, "not a multiple of 4 KiB"));
         }
         let len = usize::try_from(ram_size)

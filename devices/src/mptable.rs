@@ -564,7 +564,7 @@ mod tests {
         assert_eq!(at, layout::EBDA_START);
         assert_eq!(linux_scan(&mem), Some(at));
         // The floating pointer is in the last KiB of base memory, which Linux scans.
-        assert!((639 * 1024..640 * 1024 - 16).contains(&at) && at % 16 == 0);
+        assert!((639 * 1024..640 * 1024 - 16).contains(&at) && at.is_multiple_of(16));
         let mut f = [0u8; 16];
         mem.read(at, &mut f).unwrap();
         check_floating(&f, BASE as u32);

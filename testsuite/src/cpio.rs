@@ -188,7 +188,7 @@ pub fn parse(archive: &[u8]) -> Result<Vec<Entry>, CpioError> {
     let mut entries = Vec::new();
     let mut pos = 0usize;
     loop {
-        if pos % 4 != 0 {
+        if !pos.is_multiple_of(4) {
             return err(format!("entry at offset {pos} is not 4-byte aligned"));
         }
         let Some(hdr) = archive.get(pos..pos + HEADER_LEN) else {

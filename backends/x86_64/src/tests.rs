@@ -663,7 +663,7 @@ fn differential_ops_exhaustive_edges() {
                 let r = b.un(op, size, tx);
                 let a = b.konst(u64::from(op as u8) * 8 + 100);
                 b.store(a, r, Size::B64, MmuIdx::Kernel);
-                let e = b.ext(tx, size, out % 2 == 0);
+                let e = b.ext(tx, size, out.is_multiple_of(2));
                 b.set(Global::CcDst, e);
                 out = out.wrapping_add(1);
             }

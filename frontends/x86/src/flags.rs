@@ -95,7 +95,7 @@ pub fn decode(op: u64) -> (CcKind, Size) {
 }
 
 fn parity(v: u64) -> u64 {
-    if (v as u8).count_ones() % 2 == 0 {
+    if (v as u8).count_ones().is_multiple_of(2) {
         PF
     } else {
         0

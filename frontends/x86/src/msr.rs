@@ -160,7 +160,7 @@ pub fn write_msr(cpu: &mut X86Cpu, index: u32, v: u64) -> Result<(), Fault> {
             cpu.state.msr.set(index, v);
         }
         0x200..=0x20f => {
-            let ok = if index % 2 == 0 {
+            let ok = if index.is_multiple_of(2) {
                 valid_mem_type(v & 0xff, false) && v & (0xf00 | phys_rsvd()) == 0
             } else {
                 v & (0x7ff | phys_rsvd()) == 0

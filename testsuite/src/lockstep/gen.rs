@@ -680,7 +680,7 @@ pub fn after(undefined: u64, insn: &Instruction) -> u64 {
     };
     if count == 0 {
         undefined
-    } else if count % period == 0 {
+    } else if count.is_multiple_of(period) {
         undefined | u | (1 << 11)
     } else {
         (undefined & !m) | u

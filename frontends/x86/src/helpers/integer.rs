@@ -92,7 +92,7 @@ fn set_flags(cpu: &mut X86Cpu, f: u64) {
 }
 
 fn parity(v: u64) -> u64 {
-    if (v as u8).count_ones() % 2 == 0 {
+    if (v as u8).count_ones().is_multiple_of(2) {
         PF
     } else {
         0

@@ -207,7 +207,7 @@ pub fn szp(bits: u32, r: u64) -> u64 {
     if r >> (bits - 1) & 1 == 1 {
         f |= SF;
     }
-    if (r as u8).count_ones() % 2 == 0 {
+    if (r as u8).count_ones().is_multiple_of(2) {
         f |= PF;
     }
     f
