@@ -79,7 +79,16 @@ pub trait GuestEnv {
 /// - `insn_hooks() == Some(h)`: `h.stop` is a `bool` inside `Self` that
 ///   `GuestEnv::stop_requested` returns (with no other effect), and
 ///   `GuestEnv::insn_start(pc)` does exactly: store `pc` in the `u64` at `h.pc` and
-///   add 1 (wrapping) to the `u64` at `h.counter`.
+///   add 1 (wrapping) to the `u64` at `h.counter`;
+/// - `fast_tlb() == Some(t)`: the tables described by `t` lie inside `Self`; for an
+///   access of `len` bytes (1-8) at linear address `la` by MMU index `m`, let `e` be
+///   entry `(la >> 12) % 2^t.index_bits` of `m`'s table: if the `u64` read tag of `e`
+///   (for a load without `write`) or its write tag (for a store, or a load with
+///   `write`) equals `(la + len - 1) >> 12` (wrapping), then the `len` bytes at host
+///   address `la + addend` (wrapping) are readable (and, for the write tag, writable)
+///   memory that stays mapped while `Self` lives, and `GuestEnv::load`/`store` of
+///   that access would do nothing but read or write exactly those bytes, little
+///   endian (no fault, no other effect; statistics aside).
 pub unsafe trait DirectGlobals {
     /// Byte offset of global `g` from the environment's base pointer, if it is a plain
     /// `u64` field.
@@ -89,6 +98,39 @@ pub unsafe trait DirectGlobals {
     /// Offsets that let generated code do `insn_start`/`stop_requested` inline.
     fn insn_hooks() -> Option<InsnHooks> {
         None
+    }
+    /// The environment's fast TLB, which generated code may look up inline.
+    fn fast_tlb() -> Option<FastTlbLayout> {
+        None
+    }
+}
+
+/// Where an environment keeps its fast TLB (see [`DirectGlobals::fast_tlb`]): two
+/// tables of `2^index_bits` entries of `2^entry_shift` bytes each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FastTlbLayout {
+    /// Offset of the tables from the environment's base.
+    pub table: usize,
+    /// Offset of the supervisor ([`MmuIdx::Kernel`]) table from `table`.
+    pub kernel_table: usize,
+    /// Offset of the user ([`MmuIdx::User`]) table from `table`.
+    pub user_table: usize,
+    pub index_bits: u32,
+    pub entry_shift: u32,
+    /// Offsets inside an entry: the `u64` read tag, write tag and host addend.
+    pub read_tag: usize,
+    pub write_tag: usize,
+    pub addend: usize,
+}
+
+impl FastTlbLayout {
+    /// Offset of `mmu`'s table from the environment's base.
+    pub fn table_of(&self, mmu: MmuIdx) -> usize {
+        self.table
+            + match mmu {
+                MmuIdx::Kernel => self.kernel_table,
+                MmuIdx::User => self.user_table,
+            }
     }
 }
 

@@ -538,6 +538,7 @@ impl TcgVcpu {
         }
         let shadow = self.cpu.state.events.interrupt_shadow;
         self.stats.blocks += 1;
+        vireo_x86::mmu::sync_fast_tlb(&mut self.cpu);
         let compiled = match (self.backend, &tb.jit) {
             (Backend::Jit, Some(code)) => self.cache.jit.run(code, &mut self.cpu, &mut self.jit),
             _ => None,

@@ -24,7 +24,7 @@ use dynasmrt::x64::X64Relocation;
 use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler};
 use std::mem::offset_of;
 use vireo_core::exec::{DirectGlobals, GuestEnv};
-use vireo_core::ir::{BinOp, Block, Cond, ExitKind, Global, Op, Size, Temp, UnOp};
+use vireo_core::ir::{BinOp, Block, Cond, ExitKind, Global, MmuIdx, Op, Size, Temp, UnOp};
 
 /// Return code: fault (or panic) at `ctx.pc`.
 pub const RET_FAULT: u64 = 0;
@@ -327,9 +327,40 @@ impl Gen<'_> {
             } => {
                 let packed = tramp::pack_access(size, mmu, write, signed) as i32;
                 self.ld(RSI, addr);
+                let fast = self.fast_lookup::<E>(mmu, size, write);
+                if fast {
+                    // rsi + rax is the host address.
+                    match (size, signed) {
+                        (Size::B8, false) => {
+                            dynasm!(self.ops ; .arch x64 ; movzx edx, BYTE [rsi + rax])
+                        }
+                        (Size::B8, true) => {
+                            dynasm!(self.ops ; .arch x64 ; movsx rdx, BYTE [rsi + rax])
+                        }
+                        (Size::B16, false) => {
+                            dynasm!(self.ops ; .arch x64 ; movzx edx, WORD [rsi + rax])
+                        }
+                        (Size::B16, true) => {
+                            dynasm!(self.ops ; .arch x64 ; movsx rdx, WORD [rsi + rax])
+                        }
+                        (Size::B32, false) => {
+                            dynasm!(self.ops ; .arch x64 ; mov edx, DWORD [rsi + rax])
+                        }
+                        (Size::B32, true) => {
+                            dynasm!(self.ops ; .arch x64 ; movsxd rdx, DWORD [rsi + rax])
+                        }
+                        (Size::B64, _) => {
+                            dynasm!(self.ops ; .arch x64 ; mov rdx, QWORD [rsi + rax])
+                        }
+                    }
+                    dynasm!(self.ops ; .arch x64 ; jmp >done ; slow:);
+                }
                 dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov edx, packed);
                 self.call(tramp::load_tramp::<E> as *const () as usize);
                 self.check_status();
+                if fast {
+                    dynasm!(self.ops ; .arch x64 ; done:);
+                }
                 self.st(dst, RDX);
             }
             Op::Store {
@@ -341,9 +372,22 @@ impl Gen<'_> {
                 let packed = tramp::pack_access(size, mmu, false, false) as i32;
                 self.ld(RSI, addr);
                 self.ld(RDX, val);
+                let fast = self.fast_lookup::<E>(mmu, size, true);
+                if fast {
+                    match size {
+                        Size::B8 => dynasm!(self.ops ; .arch x64 ; mov BYTE [rsi + rax], dl),
+                        Size::B16 => dynasm!(self.ops ; .arch x64 ; mov WORD [rsi + rax], dx),
+                        Size::B32 => dynasm!(self.ops ; .arch x64 ; mov DWORD [rsi + rax], edx),
+                        Size::B64 => dynasm!(self.ops ; .arch x64 ; mov QWORD [rsi + rax], rdx),
+                    }
+                    dynasm!(self.ops ; .arch x64 ; jmp >done ; slow:);
+                }
                 dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov ecx, packed);
                 self.call(tramp::store_tramp::<E> as *const () as usize);
                 self.check_status();
+                if fast {
+                    dynasm!(self.ops ; .arch x64 ; done:);
+                }
             }
             Op::Label(l) => {
                 let l = self.label(l.0)?;
@@ -397,6 +441,43 @@ impl Gen<'_> {
             Op::Exit(kind) => self.exit(kind),
         }
         Ok(())
+    }
+
+    /// The inline fast TLB lookup for an access of `size` at the linear address in
+    /// `rsi` (see [`vireo_core::exec::DirectGlobals::fast_tlb`]): on a hit, `rax`
+    /// holds the host addend (the access is at `rsi + rax`) and the code falls
+    /// through; on a miss it jumps to the local label `slow`, which the caller
+    /// defines. Clobbers `rcx`. `false` (nothing emitted) when the environment has no
+    /// fast TLB.
+    fn fast_lookup<E: DirectGlobals>(&mut self, mmu: MmuIdx, size: Size, write: bool) -> bool {
+        let Some(t) = E::fast_tlb() else {
+            return false;
+        };
+        let tag = if write { t.write_tag } else { t.read_tag };
+        let table = t.table_of(mmu);
+        let (Ok(tag), Ok(addend)) = (i32::try_from(table + tag), i32::try_from(table + t.addend))
+        else {
+            return false;
+        };
+        if t.index_bits == 0 || t.index_bits + t.entry_shift > 30 {
+            return false;
+        }
+        let mask = ((1u32 << t.index_bits) - 1) as i32;
+        let shift = t.entry_shift as i8;
+        let last = size.bytes() as i32 - 1;
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov rax, rsi
+            ; shr rax, 12
+            ; and eax, mask
+            ; shl eax, shift
+            ; lea rcx, [rsi + last]
+            ; shr rcx, 12
+            ; cmp rcx, QWORD [r12 + rax + tag]
+            ; jne >slow
+            ; mov rax, QWORD [r12 + rax + addend]
+        );
+        true
     }
 
     fn label(&self, l: u32) -> Result<DynamicLabel, JitError> {

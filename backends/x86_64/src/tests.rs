@@ -3,14 +3,16 @@
 //! the outcome and the instruction count must agree.
 
 use crate::{JitCache, JitError, JitState};
-use vireo_core::exec::{BlockOutcome, DirectGlobals, Fault, GuestEnv, InsnHooks};
+use vireo_core::exec::{BlockOutcome, DirectGlobals, FastTlbLayout, Fault, GuestEnv, InsnHooks};
 use vireo_core::ir::{
     BinOp, Block, Builder, Cond, Effects, ExitKind, Global, HelperId, Label, MmuIdx, Op, Size,
     Temp, UnOp,
 };
 use vireo_interp::{Interp, Prepared};
 
-const MEM: usize = 256;
+/// Two 4 KiB pages: the fast TLB of `Env<true>` maps both (page 0, which holds
+/// `CODE`, for reads only).
+const MEM: usize = 0x2000;
 /// A store into `[CODE, CODE + 16)` asks the block to stop (as a write to a code page
 /// does on x86).
 const CODE: u64 = 0x80;
@@ -32,6 +34,19 @@ struct Env<const DIRECT: bool> {
     icount: u64,
     /// Helper 4 panics when set.
     panic_in_helper: bool,
+    tlb: FakeTlb,
+}
+
+/// The fast TLB of `Env<true>` (see [`Env::map_pages`]): two tables (kernel, user)
+/// of four entries `[read tag, write tag, addend, unused]`.
+#[derive(Debug, Clone)]
+struct FakeTlb([[u64; 4]; 8]);
+
+/// The tables follow from where the memory is: not part of the compared state.
+impl PartialEq for FakeTlb {
+    fn eq(&self, _: &FakeTlb) -> bool {
+        true
+    }
 }
 
 impl<const D: bool> Env<D> {
@@ -48,6 +63,7 @@ impl<const D: bool> Env<D> {
             insn_pc: 0,
             icount: 0,
             panic_in_helper: false,
+            tlb: FakeTlb([[u64::MAX; 4]; 8]),
         };
         for r in &mut e.regs {
             *r = rng.value();
@@ -57,6 +73,20 @@ impl<const D: bool> Env<D> {
         }
         e.segbase = [rng.value(), rng.value()];
         e
+    }
+}
+
+impl<const D: bool> Env<D> {
+    /// Fills the fast TLB for this memory: pages 0 and 1 readable by both MMU
+    /// indexes, page 1 writable by the kernel (page 0 holds `CODE`, whose writes must
+    /// reach `store`). Called again on a clone (the memory moved).
+    fn map_pages(&mut self) {
+        let addend = self.mem.as_ptr() as u64;
+        self.tlb = FakeTlb([[u64::MAX; 4]; 8]);
+        for (table, writable) in [(0usize, true), (4, false)] {
+            self.tlb.0[table] = [0, u64::MAX, addend, 0];
+            self.tlb.0[table + 1] = [1, if writable { 1 } else { u64::MAX }, addend, 0];
+        }
     }
 }
 
@@ -168,6 +198,20 @@ unsafe impl DirectGlobals for Env<true> {
             stop: std::mem::offset_of!(Env<true>, stop),
             pc: std::mem::offset_of!(Env<true>, insn_pc),
             counter: std::mem::offset_of!(Env<true>, icount),
+        })
+    }
+    // The entries `map_pages` makes map whole pages of `mem` (2 pages long), with
+    // write tags only where `store` has no effect beyond writing memory.
+    fn fast_tlb() -> Option<FastTlbLayout> {
+        Some(FastTlbLayout {
+            table: std::mem::offset_of!(Env<true>, tlb),
+            kernel_table: 0,
+            user_table: 4 * 32,
+            index_bits: 2,
+            entry_shift: 5,
+            read_tag: 0,
+            write_tag: 8,
+            addend: 16,
         })
     }
 }
@@ -397,6 +441,12 @@ fn random_block(rng: &mut Rng) -> Block {
     blk
 }
 
+/// A memory address: in page 0, across the page boundary, in page 1, or across the
+/// end of the memory.
+fn address(rng: &mut Rng) -> u64 {
+    rng.pick(&[0, 0xf80, 0x1000, 0x1f80]) + rng.below(0x108)
+}
+
 fn random_op(
     rng: &mut Rng,
     b: &mut Builder,
@@ -466,7 +516,7 @@ fn random_op(
         65..=72 => {
             // An address mostly inside the memory: a constant, or a temp masked.
             let addr = pick_dst(rng);
-            let a = rng.below(MEM as u64 + 8);
+            let a = address(rng);
             b.push(Op::Const {
                 dst: addr,
                 value: a,
@@ -486,7 +536,7 @@ fn random_op(
             let a = if rng.chance(15) {
                 CODE + rng.below(16)
             } else {
-                rng.below(MEM as u64 + 8)
+                address(rng)
             };
             b.push(Op::Const {
                 dst: addr,
@@ -565,6 +615,7 @@ where
         Err(e) => panic!("compile failed: {e}\n{blk}"),
     };
     let mut e2 = env.clone();
+    e2.map_pages();
     let mut st = JitState::new();
     let o2 = jit.run(&code, &mut e2, &mut st).expect("live block");
     assert_eq!(o1, o2, "outcome (direct={D})\n{blk}");
@@ -710,7 +761,7 @@ fn faults_stops_and_panics() {
     let one = b.konst(1);
     b.set(Global::Gpr(0), one);
     b.insn_start(0x11, 3);
-    let a = b.konst(1000);
+    let a = b.konst(MEM as u64 + 1000);
     b.load(a, Size::B32, false, MmuIdx::Kernel);
     b.exit(ExitKind::Indirect);
     let blk = b.finish();
@@ -721,7 +772,7 @@ fn faults_stops_and_panics() {
             fault: Fault {
                 vector: 14,
                 error_code: Some(0),
-                address: Some(1000)
+                address: Some(MEM as u64 + 1000)
             },
             pc: 0x11
         }

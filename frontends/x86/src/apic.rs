@@ -90,6 +90,8 @@ impl X86Cpu {
     /// Recomputes what depends on IA32_APIC_BASE: the decoded register page and the
     /// CPUID APIC flag.
     pub(crate) fn refresh_apic(&mut self) {
+        // Fast TLB entries were made knowing where the APIC page was.
+        self.mmu.fast.flush();
         let Some(a) = &self.apic else {
             self.apic_page = None;
             return;

@@ -2,7 +2,7 @@
 
 use crate::flags::{self, ARITH, CC_EFLAGS};
 use vireo_core::cpu::{flags as fl, CpuState};
-use vireo_core::exec::{DirectGlobals, Fault, GuestEnv, InsnHooks};
+use vireo_core::exec::{DirectGlobals, FastTlbLayout, Fault, GuestEnv, InsnHooks};
 use vireo_core::ir::{Global, HelperId, MmuIdx, Size};
 use vireo_core::SystemBus;
 
@@ -216,7 +216,11 @@ impl GuestEnv for X86Cpu {
 // SAFETY: every offset is that of a plain `u64` field of `X86Cpu` that `get`/`set`
 // read and write as is (GPRs, RIP, the lazy-flag quadruple, the segment bases; not
 // `Flags`, which `set` masks); `stop` is the `bool` `stop_requested` returns, and
-// `insn_start` does exactly: `insn_pc = pc; icount += 1` (wrapping).
+// `insn_start` does exactly: `insn_pc = pc; icount += 1` (wrapping). The fast TLB
+// is `mmu.fast`, whose entries hold exactly what the contract asks (see
+// `crate::fasttlb`: entries only for whole RAM/ROM pages of the guest memory the TLB
+// keeps alive, write tags only for RAM pages without code, and `load`/`store` take
+// the same entries first).
 unsafe impl DirectGlobals for X86Cpu {
     fn global_offset(g: Global) -> Option<usize> {
         use std::mem::{offset_of, size_of};
@@ -245,6 +249,13 @@ unsafe impl DirectGlobals for X86Cpu {
             pc: std::mem::offset_of!(X86Cpu, insn_pc),
             counter: std::mem::offset_of!(X86Cpu, icount),
         })
+    }
+
+    fn fast_tlb() -> Option<FastTlbLayout> {
+        use std::mem::offset_of;
+        Some(crate::fasttlb::FastTlb::layout(
+            offset_of!(X86Cpu, mmu) + offset_of!(crate::mmu::Mmu, fast),
+        ))
     }
 }
 

@@ -21,6 +21,7 @@ pub mod cpuid;
 pub mod exception;
 #[cfg(test)]
 mod exception_tests;
+pub mod fasttlb;
 pub mod flags;
 pub mod fpu;
 pub mod helpers;

@@ -25,9 +25,11 @@
 //! memory, so a fault on the second page leaves memory unwritten.
 
 use crate::cpu::X86Cpu;
+use crate::fasttlb::FastTlb;
 use vireo_core::cpu::{ctl, flags as fl};
 use vireo_core::exec::Fault;
 use vireo_core::ir::{MmuIdx, Size};
+use vireo_core::layout::RegionKind;
 
 /// CR4 bits the MMU depends on.
 pub mod cr4 {
@@ -87,14 +89,21 @@ pub struct CodeWatch {
     low: Vec<u64>,
     /// Watched pages written since [`CodeWatch::take_dirty`].
     dirty: Vec<u64>,
+    /// Changes whenever a page starts being watched; unique across all watches.
+    gen: u64,
 }
+
+/// Source of [`CodeWatch`] generations (0: a watch that never watched a page).
+static WATCH_GEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 const LOW_PAGES: u64 = 1 << 20;
 
 impl CodeWatch {
     /// Starts watching physical page `pfn` (address >> 12).
     pub fn watch(&mut self, pfn: u64) {
-        self.pages.insert(pfn);
+        if self.pages.insert(pfn) {
+            self.gen = WATCH_GEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         if pfn < LOW_PAGES {
             if self.low.is_empty() {
                 self.low = vec![0; (LOW_PAGES / 64) as usize];
@@ -130,6 +139,11 @@ impl CodeWatch {
         } else {
             false
         }
+    }
+    /// Changes whenever a page starts being watched (the fast TLB then drops its
+    /// write tags); no two watches share a nonzero value.
+    pub fn generation(&self) -> u64 {
+        self.gen
     }
     /// Code pages written since the last call.
     pub fn take_dirty(&mut self) -> Vec<u64> {
@@ -210,11 +224,14 @@ pub struct Mmu {
     pcid: u16,
     /// Walks done (statistics, tests).
     pub walks: u64,
+    /// Host pointers for plain RAM accesses ([`crate::fasttlb`]).
+    pub fast: FastTlb,
 }
 
 impl Default for Mmu {
     fn default() -> Mmu {
         Mmu {
+            fast: FastTlb::default(),
             code: CodeWatch::default(),
             tlb: vec![EMPTY; CLASSES * TLB_SIZE],
             pcid: 0,
@@ -227,6 +244,7 @@ impl Mmu {
     /// Drops every cached translation, global ones included.
     pub fn flush(&mut self) {
         self.tlb.fill(EMPTY);
+        self.fast.flush();
     }
 
     /// Drops every non-global translation (a CR3 write with CR4.PGE).
@@ -234,6 +252,7 @@ impl Mmu {
         for e in self.tlb.iter_mut().filter(|e| !e.global) {
             *e = EMPTY;
         }
+        self.fast.flush();
     }
 
     /// Drops the non-global translations of `pcid` (a CR3 write with PCIDE that does
@@ -241,6 +260,10 @@ impl Mmu {
     pub fn flush_pcid(&mut self, pcid: u16) {
         for e in self.tlb.iter_mut().filter(|e| !e.global && e.pcid == pcid) {
             *e = EMPTY;
+        }
+        // The fast entries all belong to the current PCID.
+        if pcid == self.pcid {
+            self.fast.flush();
         }
     }
 
@@ -256,6 +279,7 @@ impl Mmu {
                 }
             }
         }
+        self.fast.flush_page(vpn);
     }
 
     /// Drops the translations of `la` for `pcid` only (INVPCID individual address);
@@ -266,6 +290,9 @@ impl Mmu {
 
     /// Sets the PCID translations are tagged with.
     pub fn set_pcid(&mut self, pcid: u16) {
+        if self.pcid != pcid & 0xfff {
+            self.fast.flush();
+        }
         self.pcid = pcid & 0xfff;
     }
 
@@ -691,22 +718,98 @@ pub fn probe_write(cpu: &mut X86Cpu, la: u64, len: usize, agent: Agent) -> Resul
 
 /// Reads `size` bytes at linear address `addr`.
 pub fn read(cpu: &mut X86Cpu, addr: u64, size: Size, mmu: MmuIdx) -> Result<u64, Fault> {
-    read_le(cpu, addr, size.bytes(), Agent::from(mmu))
+    let len = size.bytes().min(8);
+    if let Some(v) = cpu.mmu.fast.read(addr, len, mmu, false) {
+        return Ok(v);
+    }
+    let v = read_le(cpu, addr, len, Agent::from(mmu))?;
+    fill_fast(cpu, addr, len, mmu, Access::Read);
+    Ok(v)
 }
 
 /// Reads `size` bytes at linear address `addr` for a read-modify-write: every page
 /// is translated and checked for write permission (a fault carries the W bit, as on
 /// hardware, which checks an RMW destination before reading it).
 pub fn read_for_write(cpu: &mut X86Cpu, addr: u64, size: Size, mmu: MmuIdx) -> Result<u64, Fault> {
-    let mut b = [0u8; 8];
     let len = size.bytes().min(8);
+    if let Some(v) = cpu.mmu.fast.read(addr, len, mmu, true) {
+        return Ok(v);
+    }
+    let mut b = [0u8; 8];
     read_bytes(cpu, addr, &mut b[..len], Access::Write, Agent::from(mmu))?;
+    fill_fast(cpu, addr, len, mmu, Access::Write);
     Ok(u64::from_le_bytes(b))
 }
 
 /// Writes the low `size` bytes of `val` at linear address `addr`.
 pub fn write(cpu: &mut X86Cpu, addr: u64, val: u64, size: Size, mmu: MmuIdx) -> Result<(), Fault> {
-    write_le(cpu, addr, size.bytes(), val, Agent::from(mmu))
+    let len = size.bytes().min(8);
+    if cpu.mmu.fast.write(addr, len, val, mmu) {
+        return Ok(());
+    }
+    write_le(cpu, addr, len, val, Agent::from(mmu))?;
+    fill_fast(cpu, addr, len, mmu, Access::Write);
+    Ok(())
+}
+
+/// After a successful explicit access of `len` bytes at `la`: makes a fast TLB entry
+/// for its page if the access was a plain RAM (reads: or ROM) access that any later
+/// access of the same kind would repeat (the rules are in [`crate::fasttlb`]).
+fn fill_fast(cpu: &mut X86Cpu, la: u64, len: usize, mmu: MmuIdx, access: Access) {
+    if (la & 0xfff) as usize + len > 0x1000 || !cpu.bus.a20.enabled() {
+        return;
+    }
+    if cpu.state.efer & ctl::EFER_LMA == 0 && la > 0xffff_ffff {
+        return; // wraps at 4 GiB: the entry's tag would not be the page accessed
+    }
+    let agent = Agent::from(mmu);
+    let class = class_of(cpu, agent);
+    if class == 2 && cpu.state.cr4 & cr4::SMAP != 0 {
+        return; // RFLAGS.AC opened SMAP for now; the tag does not hold AC
+    }
+    let Ok(pa) = translate(cpu, la, access, agent) else {
+        return;
+    };
+    let vpn = la >> 12;
+    let entry = cpu.mmu.tlb[Mmu::slot(class, vpn)];
+    let page_mask = if entry.vpn() == Some(vpn) {
+        entry.page_mask
+    } else {
+        u64::MAX // unknown: any INVLPG drops the entry
+    };
+    if crate::apic::claim(cpu, pa).is_some() {
+        return;
+    }
+    let page = pa & !0xfff;
+    let Some(r) = cpu.bus.mem.region_of(page, 0x1000) else {
+        return;
+    };
+    let write = access == Access::Write;
+    if cpu.mmu.fast.watch_gen != cpu.mmu.code.generation() {
+        cpu.mmu.fast.flush_writes();
+        cpu.mmu.fast.watch_gen = cpu.mmu.code.generation();
+    }
+    if write && (r.kind != RegionKind::Ram || cpu.mmu.code.is_watched(page >> 12)) {
+        return;
+    }
+    let host = r.host_addr + (page - r.gpa);
+    cpu.mmu
+        .fast
+        .fill(&cpu.bus.mem, vpn, page_mask, host, mmu, write);
+}
+
+/// Brings the fast TLB up to date with what may change outside the MMU between two
+/// blocks: pages that became code (their write tags go) and the A20 gate (all entries
+/// go while it is off).
+pub fn sync_fast_tlb(cpu: &mut X86Cpu) {
+    let gen = cpu.mmu.code.generation();
+    if cpu.mmu.fast.watch_gen != gen {
+        cpu.mmu.fast.flush_writes();
+        cpu.mmu.fast.watch_gen = gen;
+    }
+    if !cpu.bus.a20.enabled() {
+        cpu.mmu.fast.flush();
+    }
 }
 
 /// Reads a little-endian value of `len` (1-8) bytes.

@@ -231,6 +231,12 @@ fn smep_and_smap() {
     assert!(write(&mut cpu, la, 1, Size::B8, MmuIdx::Kernel).is_ok());
     let f = read_sys(&mut cpu, la, 8).unwrap_err();
     assert_eq!(f.error_code, Some(pferr::P));
+    // Those accesses left no fast TLB entry that would outlive AC.
+    cpu.state.rflags &= !vireo_core::cpu::flags::AC;
+    let (e, _) = pf_err(read(&mut cpu, la, Size::B8, MmuIdx::Kernel));
+    assert_eq!(e, pferr::P);
+    let (e, _) = pf_err(write(&mut cpu, la, 1, Size::B8, MmuIdx::Kernel).map(|_| 0));
+    assert_eq!(e, pferr::P | pferr::W);
     // User code is unaffected.
     assert!(fetch(&mut cpu, la, &mut b).is_err());
     cpu.state.seg[1].dpl = 3;
@@ -342,6 +348,9 @@ fn paging_off_a20_and_smc() {
     w32(&cpu, 0x5000, 0xabcd);
     assert_eq!(read(&mut cpu, 0x10_5000, Size::B32, MmuIdx::Kernel), Ok(0));
     cpu.bus.a20.set(false);
+    // The run loop does this before each block (A20 changes through a port write,
+    // which ends the block).
+    sync_fast_tlb(&mut cpu);
     assert_eq!(
         read(&mut cpu, 0x10_5000, Size::B32, MmuIdx::Kernel),
         Ok(0xabcd)
@@ -371,4 +380,71 @@ fn code_watch_bitmap() {
     assert!(!w.note_write(4));
     w.unwatch(3);
     assert!(!w.is_watched(3));
+}
+
+#[test]
+fn fast_tlb_serves_repeated_accesses() {
+    let mut cpu = legacy(P | RW | US, P | RW | US);
+    w32(&cpu, 0x20010, 0x1234_5678);
+    assert_eq!(
+        read(&mut cpu, 0x400010, Size::B32, MmuIdx::User),
+        Ok(0x1234_5678)
+    );
+    let (fills, hits) = (cpu.mmu.fast.fills, cpu.mmu.fast.hits);
+    assert_eq!(
+        read(&mut cpu, 0x400012, Size::B16, MmuIdx::User),
+        Ok(0x1234)
+    );
+    assert_eq!(cpu.mmu.fast.hits, hits + 1);
+    // Reads do not open the page for writes: the first write takes the slow path
+    // (setting D), later ones hit.
+    write(
+        &mut cpu,
+        0x400ff8,
+        0x0102_0304_0506_0708,
+        Size::B64,
+        MmuIdx::User,
+    )
+    .unwrap();
+    assert_eq!(u64::from(r32(&cpu, PT)) & D, D);
+    assert_eq!(cpu.mmu.fast.fills, fills + 1);
+    write(&mut cpu, 0x400ffc, 0xaabb_ccdd, Size::B32, MmuIdx::User).unwrap();
+    assert_eq!(cpu.mmu.fast.hits, hits + 2);
+    assert_eq!(r64(&cpu, 0x20ff8), 0xaabb_ccdd_0506_0708);
+    // The supervisor table is separate, and an access crossing the page misses.
+    assert_eq!(
+        read(&mut cpu, 0x400010, Size::B32, MmuIdx::Kernel),
+        Ok(0x1234_5678)
+    );
+    assert_eq!(cpu.mmu.fast.hits, hits + 2);
+    let _ = read(&mut cpu, 0x400ffe, Size::B32, MmuIdx::User);
+    assert_eq!(cpu.mmu.fast.hits, hits + 2);
+}
+
+#[test]
+fn fast_tlb_gives_way_to_code_pages_and_remaps() {
+    let mut cpu = legacy(P | RW | US, P | RW | US);
+    write(&mut cpu, 0x400000, 1, Size::B32, MmuIdx::Kernel).unwrap();
+    write(&mut cpu, 0x400004, 2, Size::B32, MmuIdx::Kernel).unwrap();
+    let hits = cpu.mmu.fast.hits;
+    assert!(hits > 0 && !cpu.stop);
+    // Code is translated from the page: its writes are seen again (the run loop syncs
+    // before each block).
+    cpu.mmu.code.watch(0x20);
+    sync_fast_tlb(&mut cpu);
+    write(&mut cpu, 0x400008, 3, Size::B32, MmuIdx::Kernel).unwrap();
+    assert!(cpu.stop);
+    assert_eq!(cpu.mmu.code.take_dirty(), vec![0x20]);
+    assert_eq!(cpu.mmu.fast.hits, hits);
+    // Reads still hit.
+    assert_eq!(read(&mut cpu, 0x400008, Size::B32, MmuIdx::Kernel), Ok(3));
+    assert_eq!(cpu.mmu.fast.hits, hits + 1);
+    // Remapped and INVLPG'd: the new page.
+    w32(&cpu, 0x30000, 0x77);
+    w32(&cpu, PT, (0x30000 | P | RW | US) as u32);
+    crate::control::invlpg(&mut cpu, 0x400000).unwrap();
+    assert_eq!(
+        read(&mut cpu, 0x400000, Size::B32, MmuIdx::Kernel),
+        Ok(0x77)
+    );
 }

@@ -1,0 +1,344 @@
+//! The fast TLB: linear page → host pointer, for loads and stores that touch plain
+//! RAM (or ROM, for reads) and nothing else.
+//!
+//! The softmmu TLB of [`crate::mmu`] caches translations to physical addresses; every
+//! access through it still finds the region, checks the APIC page, A20 and the code
+//! watch. The fast TLB caches the end result for the common case: an entry holds, for
+//! one 4 KiB linear page and one [`MmuIdx`], the difference between the host address
+//! of the page and its linear address, and a tag for reads and one for writes. An
+//! access that hits (the tag equals the page number of its *last* byte, which also
+//! rules out accesses that cross a page) reads or writes host memory directly: in
+//! Rust here ([`FastTlb::read`], [`FastTlb::write`]) and inline in the JIT's code
+//! (the layout is exported through [`vireo_core::exec::FastTlbLayout`]).
+//!
+//! An entry is only made when the access is exactly a host memory access:
+//! - the translation succeeded in the softmmu TLB for that access (a write tag only
+//!   for a page whose dirty bit is set);
+//! - A20 is enabled (the entries are dropped when it goes off: [`FastTlb::sync`]);
+//! - the physical page is a whole page of RAM (reads: RAM or ROM), not this CPU's
+//!   APIC page (dropped when the APIC base moves);
+//! - writes: the page holds no translated code (a page that becomes watched loses its
+//!   write tags: [`FastTlb::sync`] compares the code watch's generation);
+//! - supervisor entries: only when SMAP cannot change the answer (SMAP enforced for
+//!   the access, or CR4.SMAP clear), since RFLAGS.AC is not part of the tag.
+//!
+//! Every flush of the softmmu TLB flushes the fast TLB too (or the part that covers
+//! the flushed pages). The entries keep the guest memory they point into alive.
+
+use std::sync::Arc;
+use vireo_core::exec::FastTlbLayout;
+use vireo_core::ir::MmuIdx;
+use vireo_core::GuestMemory;
+
+/// log2 of the entries per MMU index.
+pub const FAST_BITS: u32 = 8;
+/// Entries per MMU index.
+pub const FAST_SIZE: usize = 1 << FAST_BITS;
+const INVALID: u64 = u64::MAX;
+
+/// One entry (32 bytes: the JIT indexes with a shift).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct FastEntry {
+    /// Linear page number (address >> 12) reads may use this entry for.
+    read: u64,
+    /// Linear page number writes (and the reads of read-modify-writes) may use it for.
+    write: u64,
+    /// Host address of the page minus its linear address.
+    addend: u64,
+    /// Size - 1 of the mapping the entry is a 4 KiB piece of (INVLPG of a large
+    /// page drops all its pieces).
+    page_mask: u64,
+}
+
+const EMPTY: FastEntry = FastEntry {
+    read: INVALID,
+    write: INVALID,
+    addend: 0,
+    page_mask: 0xfff,
+};
+
+/// The fast TLB of one CPU: [`FAST_SIZE`] direct-mapped entries per [`MmuIdx`].
+pub struct FastTlb {
+    /// `entries[idx(mmu)][vpn % FAST_SIZE]`.
+    entries: [[FastEntry; FAST_SIZE]; 2],
+    /// The guest memory the entries point into (kept alive while they exist).
+    mem: Option<Arc<GuestMemory>>,
+    /// The code watch generation the write tags were checked against.
+    pub(crate) watch_gen: u64,
+    /// Whether any entry may be valid (skips needless flushes).
+    used: bool,
+    /// Hits and fills (statistics, tests).
+    pub hits: u64,
+    pub fills: u64,
+}
+
+impl std::fmt::Debug for FastTlb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FastTlb")
+            .field("used", &self.used)
+            .field("hits", &self.hits)
+            .field("fills", &self.fills)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for FastTlb {
+    fn default() -> FastTlb {
+        FastTlb {
+            entries: [[EMPTY; FAST_SIZE]; 2],
+            mem: None,
+            watch_gen: 0,
+            used: false,
+            hits: 0,
+            fills: 0,
+        }
+    }
+}
+
+/// The table of an MMU index.
+fn idx(mmu: MmuIdx) -> usize {
+    match mmu {
+        MmuIdx::Kernel => 0,
+        MmuIdx::User => 1,
+    }
+}
+
+fn slot(vpn: u64) -> usize {
+    (vpn as usize) & (FAST_SIZE - 1)
+}
+
+/// The page number of the last byte of `[la, la+len)`: the tag a hit must match.
+fn last_vpn(la: u64, len: usize) -> u64 {
+    la.wrapping_add(len as u64 - 1) >> 12
+}
+
+impl FastTlb {
+    /// Where the entries are inside `FastTlb`, for the JIT (`base`: offset of this
+    /// `FastTlb` from the environment's base).
+    pub fn layout(base: usize) -> FastTlbLayout {
+        use std::mem::{offset_of, size_of};
+        FastTlbLayout {
+            table: base + offset_of!(FastTlb, entries),
+            kernel_table: 0,
+            user_table: FAST_SIZE * size_of::<FastEntry>(),
+            index_bits: FAST_BITS,
+            entry_shift: size_of::<FastEntry>().trailing_zeros(),
+            read_tag: offset_of!(FastEntry, read),
+            write_tag: offset_of!(FastEntry, write),
+            addend: offset_of!(FastEntry, addend),
+        }
+    }
+
+    /// Drops every entry.
+    pub fn flush(&mut self) {
+        if self.used {
+            for t in self.entries.iter_mut() {
+                t.fill(EMPTY);
+            }
+            self.used = false;
+        }
+    }
+
+    /// Drops every write tag.
+    pub fn flush_writes(&mut self) {
+        if self.used {
+            for e in self.entries.iter_mut().flatten() {
+                e.write = INVALID;
+            }
+        }
+    }
+
+    /// Drops the entries of the mapping that holds linear page `vpn` (INVLPG).
+    pub fn flush_page(&mut self, vpn: u64) {
+        if !self.used {
+            return;
+        }
+        for e in self.entries.iter_mut().flatten() {
+            let mask = !(e.page_mask >> 12);
+            if [e.read, e.write]
+                .into_iter()
+                .any(|t| t != INVALID && (t ^ vpn) & mask == 0)
+            {
+                *e = EMPTY;
+            }
+        }
+    }
+
+    /// The host address for `len` bytes at `la`, if an entry allows the access.
+    #[inline]
+    fn host(&self, la: u64, len: usize, mmu: MmuIdx, write: bool) -> Option<*mut u8> {
+        let e = &self.entries[idx(mmu)][slot(la >> 12)];
+        let tag = if write { e.write } else { e.read };
+        (tag == last_vpn(la, len)).then(|| la.wrapping_add(e.addend) as *mut u8)
+    }
+
+    /// Reads `len` (1-8) bytes at `la` if an entry allows it (`write`: for a
+    /// read-modify-write, which needs the write tag).
+    #[inline]
+    pub fn read(&mut self, la: u64, len: usize, mmu: MmuIdx, write: bool) -> Option<u64> {
+        let len = len.min(8);
+        let p = self.host(la, len, mmu, write)?;
+        let mut b = [0u8; 8];
+        // SAFETY: an entry is made only for a whole 4 KiB page of a region of
+        // `self.mem`, which this struct keeps alive (`fill`); a hit means
+        // `[la, la+len)` lies in that page (the tag is the page of the last byte and
+        // the slot the page of the first, so both are the entry's page), so `p` points
+        // at `len` bytes inside the mapping. Guest memory is never borrowed as a Rust
+        // reference, so a raw copy does not alias one.
+        unsafe { std::ptr::copy_nonoverlapping(p, b.as_mut_ptr(), len) };
+        self.hits += 1;
+        Some(u64::from_le_bytes(b))
+    }
+
+    /// Writes the low `len` (1-8) bytes of `v` at `la` if an entry allows it.
+    #[inline]
+    pub fn write(&mut self, la: u64, len: usize, v: u64, mmu: MmuIdx) -> bool {
+        let len = len.min(8);
+        let Some(p) = self.host(la, len, mmu, true) else {
+            return false;
+        };
+        // SAFETY: as in `read`; write tags are only made for RAM pages (never ROM),
+        // so the page is writable host memory.
+        unsafe { std::ptr::copy_nonoverlapping(v.to_le_bytes().as_ptr(), p, len) };
+        self.hits += 1;
+        true
+    }
+
+    /// Records that linear page `vpn` (a piece of a mapping of `page_mask + 1`
+    /// bytes) is the whole page of `mem` at host address `host`, for reads or
+    /// (`write`) writes by `mmu`. The caller vouches for the conditions in the module
+    /// documentation.
+    pub(crate) fn fill(
+        &mut self,
+        mem: &Arc<GuestMemory>,
+        vpn: u64,
+        page_mask: u64,
+        host: u64,
+        mmu: MmuIdx,
+        write: bool,
+    ) {
+        if !self.mem.as_ref().is_some_and(|m| Arc::ptr_eq(m, mem)) {
+            self.used = true;
+            self.flush();
+            self.mem = Some(Arc::clone(mem));
+        }
+        let addend = host.wrapping_sub(vpn << 12);
+        let e = &mut self.entries[idx(mmu)][slot(vpn)];
+        let same = e.addend == addend && (e.read == vpn || e.write == vpn);
+        if !same {
+            *e = EMPTY;
+        }
+        e.addend = addend;
+        e.page_mask = e.page_mask.max(page_mask);
+        // A writable page is readable (x86 has no write-only pages).
+        e.read = vpn;
+        if write {
+            e.write = vpn;
+        }
+        self.used = true;
+        self.fills += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mem() -> Arc<GuestMemory> {
+        Arc::new(GuestMemory::new_flat(4 << 20).unwrap())
+    }
+
+    fn host_of(m: &GuestMemory, pa: u64) -> u64 {
+        let r = m.region_of(pa, 1).unwrap();
+        r.host_addr + (pa - r.gpa)
+    }
+
+    #[test]
+    fn hits_only_within_the_filled_page_and_access_kind() {
+        let m = mem();
+        m.write(0x3ff8, &0x1122_3344_5566_7788u64.to_le_bytes())
+            .unwrap();
+        let mut t = FastTlb::default();
+        // Linear page 0x12345 maps to physical page 3.
+        t.fill(
+            &m,
+            0x12345,
+            0xfff,
+            host_of(&m, 0x3000),
+            MmuIdx::Kernel,
+            false,
+        );
+        let la = 0x1234_5ff8;
+        assert_eq!(
+            t.read(la, 8, MmuIdx::Kernel, false),
+            Some(0x1122_3344_5566_7788)
+        );
+        assert_eq!(t.read(la + 4, 4, MmuIdx::Kernel, false), Some(0x1122_3344));
+        // Crossing into the next page, another MMU index, a write: misses.
+        assert_eq!(t.read(la + 4, 8, MmuIdx::Kernel, false), None);
+        assert_eq!(t.read(la, 8, MmuIdx::User, false), None);
+        assert_eq!(t.read(la, 8, MmuIdx::Kernel, true), None);
+        assert!(!t.write(la, 8, 0, MmuIdx::Kernel));
+        // An alias in the same slot, another linear page: misses.
+        assert_eq!(
+            t.read(la + ((FAST_SIZE as u64) << 12), 1, MmuIdx::Kernel, false),
+            None
+        );
+        t.fill(
+            &m,
+            0x12345,
+            0xfff,
+            host_of(&m, 0x3000),
+            MmuIdx::Kernel,
+            true,
+        );
+        assert!(t.write(la, 2, 0xabcd, MmuIdx::Kernel));
+        assert_eq!(m.read_u64(0x3ff8).unwrap(), 0x1122_3344_5566_abcd);
+        // The read tag survived the write fill of the same page.
+        assert_eq!(t.read(la, 2, MmuIdx::Kernel, false), Some(0xabcd));
+        t.flush_writes();
+        assert!(!t.write(la, 1, 0, MmuIdx::Kernel));
+        assert!(t.read(la, 1, MmuIdx::Kernel, false).is_some());
+    }
+
+    #[test]
+    fn page_flushes_cover_large_pages() {
+        let m = mem();
+        let mut t = FastTlb::default();
+        // 0x200-0x3ff: pieces of a 2 MiB page; 0x410, 0x401: 4 KiB pages (all in
+        // different slots).
+        for vpn in [0x200, 0x3ff, 0x410, 0x401] {
+            let mask = if vpn < 0x400 { 0x1f_ffff } else { 0xfff };
+            t.fill(
+                &m,
+                vpn,
+                mask,
+                host_of(&m, (vpn & 0x3ff) << 12),
+                MmuIdx::User,
+                false,
+            );
+        }
+        t.flush_page(0x401);
+        assert!(t.read(0x401 << 12, 1, MmuIdx::User, false).is_none());
+        assert!(t.read(0x410 << 12, 1, MmuIdx::User, false).is_some());
+        assert!(t.read(0x200 << 12, 1, MmuIdx::User, false).is_some());
+        // INVLPG anywhere in the 2 MiB page drops all of its 4 KiB pieces.
+        t.flush_page(0x2ab);
+        assert!(t.read(0x200 << 12, 1, MmuIdx::User, false).is_none());
+        assert!(t.read(0x3ff << 12, 1, MmuIdx::User, false).is_none());
+        assert!(t.read(0x410 << 12, 1, MmuIdx::User, false).is_some());
+        t.flush();
+        assert!(t.read(0x410 << 12, 1, MmuIdx::User, false).is_none());
+    }
+
+    #[test]
+    fn another_memory_drops_the_old_entries() {
+        let (m1, m2) = (mem(), mem());
+        let mut t = FastTlb::default();
+        t.fill(&m1, 1, 0xfff, host_of(&m1, 0x1000), MmuIdx::Kernel, false);
+        t.fill(&m2, 2, 0xfff, host_of(&m2, 0x2000), MmuIdx::Kernel, false);
+        assert!(t.read(0x1000, 1, MmuIdx::Kernel, false).is_none());
+        assert!(t.read(0x2000, 1, MmuIdx::Kernel, false).is_some());
+    }
+}
