@@ -88,7 +88,8 @@ pub trait GuestEnv {
 ///   address `la + addend` (wrapping) are readable (and, for the write tag, writable)
 ///   memory that stays mapped while `Self` lives, and `GuestEnv::load`/`store` of
 ///   that access would do nothing but read or write exactly those bytes, little
-///   endian (no fault, no other effect; statistics aside).
+///   endian (no fault, no other effect; statistics aside);
+/// - every offset in `chain_guards()` is that of a `bool` inside `Self`.
 pub unsafe trait DirectGlobals {
     /// Byte offset of global `g` from the environment's base pointer, if it is a plain
     /// `u64` field.
@@ -102,6 +103,12 @@ pub unsafe trait DirectGlobals {
     /// The environment's fast TLB, which generated code may look up inline.
     fn fast_tlb() -> Option<FastTlbLayout> {
         None
+    }
+    /// Offsets of `bool`s inside `Self` that must all be false for a block to go on
+    /// directly into the next one (besides [`InsnHooks::stop`]); a JIT chains blocks
+    /// only when the environment has [`DirectGlobals::insn_hooks`].
+    fn chain_guards() -> Vec<usize> {
+        Vec::new()
     }
 }
 

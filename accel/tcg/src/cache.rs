@@ -45,6 +45,19 @@ pub struct TbId {
     gen: u32,
 }
 
+impl TbId {
+    /// As one number (the tag of the block's JIT cell).
+    pub fn to_tag(self) -> u64 {
+        u64::from(self.index) << 32 | u64::from(self.gen)
+    }
+    pub fn from_tag(tag: u64) -> TbId {
+        TbId {
+            index: (tag >> 32) as u32,
+            gen: tag as u32,
+        }
+    }
+}
+
 /// A direct successor: the block that runs when this one exits to `pc`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Link {
@@ -267,6 +280,9 @@ impl BlockCache {
         self.len += 1;
         self.ops += tb.ops();
         self.stats.inserted += 1;
+        if let Some(j) = &tb.jit {
+            self.jit.set_tag(j, id.to_tag());
+        }
         self.slots[index as usize].tb = Some(tb);
         id
     }
@@ -274,6 +290,17 @@ impl BlockCache {
     /// Records that `from` continues at `pc` with block `to` (at most two links per
     /// block; a third replaces the older).
     pub fn link(&mut self, from: TbId, pc: u64, to: TbId) {
+        // Compiled code goes straight on, too.
+        fn jit_of(slots: &[Slot], id: TbId) -> Option<&JitBlock> {
+            let slot = slots.get(id.index as usize)?;
+            if slot.gen != id.gen {
+                return None;
+            }
+            slot.tb.as_ref()?.jit.as_ref()
+        }
+        if let (Some(f), Some(t)) = (jit_of(&self.slots, from), jit_of(&self.slots, to)) {
+            self.jit.link(f, pc, t);
+        }
         if let Some(tb) = self.get_mut(from) {
             let link = Some(Link { pc, target: to });
             match tb.links {
@@ -297,6 +324,9 @@ impl BlockCache {
             return;
         };
         slot.gen = slot.gen.wrapping_add(1);
+        if let Some(j) = &tb.jit {
+            self.jit.kill(j);
+        }
         self.free.push(id.index);
         self.len -= 1;
         self.ops -= tb.ops();

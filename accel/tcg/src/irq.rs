@@ -62,11 +62,12 @@ impl InterruptController for PicInterrupts {
 /// checks the flags under that lock, so no wake-up is lost.
 #[derive(Default)]
 pub struct Signal {
-    kicked: AtomicBool,
-    /// An interrupt may be pending at the controller (a hint: the controller decides).
-    irq: AtomicBool,
-    /// A CPU event (NMI, INIT, SIPI) may be waiting at the controller.
-    event: AtomicBool,
+    /// `flags[KICK]`: return from `run`; `flags[IRQ]`: an interrupt may be pending
+    /// at the controller (a hint: the controller decides); `flags[EVENT]`: a CPU event
+    /// (NMI, INIT, SIPI) may be waiting at the controller; the fourth is always clear.
+    /// Compiled code chains blocks only while all four are clear
+    /// ([`Signal::chain_flags`]).
+    flags: [AtomicBool; 4],
     lock: Mutex<()>,
     cv: Condvar,
     /// The doorbell of the round-robin group this vCPU belongs to: every raised flag
@@ -108,9 +109,19 @@ impl Doorbell {
     }
 }
 
+const KICK: usize = 0;
+const IRQ: usize = 1;
+const EVENT: usize = 2;
+
 impl Signal {
     pub fn new() -> Arc<Signal> {
         Arc::new(Signal::default())
+    }
+
+    /// The flags compiled code looks at before chaining to the next block: any set
+    /// means "return to the run loop".
+    pub fn chain_flags(&self) -> &[AtomicBool; 4] {
+        &self.flags
     }
 
     fn wake(&self) {
@@ -130,50 +141,50 @@ impl Signal {
 
     /// Asks the vCPU to return from `run` at the next block boundary.
     pub fn kick(&self) {
-        self.kicked.store(true, Ordering::SeqCst);
+        self.flags[KICK].store(true, Ordering::SeqCst);
         self.wake();
     }
 
     /// Notes that the interrupt controller's output went up.
     pub fn raise_irq(&self) {
-        self.irq.store(true, Ordering::SeqCst);
+        self.flags[IRQ].store(true, Ordering::SeqCst);
         self.wake();
     }
 
     /// Notes that the controller has a CPU event.
     pub fn raise_event(&self) {
-        self.event.store(true, Ordering::SeqCst);
+        self.flags[EVENT].store(true, Ordering::SeqCst);
         self.wake();
     }
 
     /// Whether a CPU event may be waiting (cheap: one relaxed load).
     pub fn event_hint(&self) -> bool {
-        self.event.load(Ordering::Relaxed)
+        self.flags[EVENT].load(Ordering::Relaxed)
     }
 
     /// Takes the event hint (before asking the controller).
     pub fn take_event(&self) -> bool {
-        self.event.swap(false, Ordering::SeqCst)
+        self.flags[EVENT].swap(false, Ordering::SeqCst)
     }
 
     /// Takes the kick flag.
     pub fn take_kick(&self) -> bool {
-        self.kicked.load(Ordering::Relaxed) && self.kicked.swap(false, Ordering::SeqCst)
+        self.flags[KICK].load(Ordering::Relaxed) && self.flags[KICK].swap(false, Ordering::SeqCst)
     }
 
     /// Whether an interrupt may be pending (cheap: one relaxed load).
     pub fn irq_hint(&self) -> bool {
-        self.irq.load(Ordering::Relaxed)
+        self.flags[IRQ].load(Ordering::Relaxed)
     }
 
     /// Takes the interrupt hint (before asking the controller).
     pub fn take_irq(&self) -> bool {
-        self.irq.swap(false, Ordering::SeqCst)
+        self.flags[IRQ].swap(false, Ordering::SeqCst)
     }
 
     /// Re-arms the interrupt hint (the controller may hold more requests).
     pub fn rearm_irq(&self) {
-        self.irq.store(true, Ordering::SeqCst);
+        self.flags[IRQ].store(true, Ordering::SeqCst);
     }
 
     /// Sleeps until a kick, an interrupt hint or an event hint (without taking any).
@@ -190,9 +201,9 @@ impl Signal {
     fn wait_for(&self, irq: bool) {
         let mut guard = self.lock.lock();
         let ready = || {
-            self.kicked.load(Ordering::SeqCst)
-                || self.event.load(Ordering::SeqCst)
-                || (irq && self.irq.load(Ordering::SeqCst))
+            self.flags[KICK].load(Ordering::SeqCst)
+                || self.flags[EVENT].load(Ordering::SeqCst)
+                || (irq && self.flags[IRQ].load(Ordering::SeqCst))
         };
         while !ready() {
             self.cv.wait(&mut guard);

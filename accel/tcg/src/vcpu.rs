@@ -540,12 +540,33 @@ impl TcgVcpu {
         self.stats.blocks += 1;
         vireo_x86::mmu::sync_fast_tlb(&mut self.cpu);
         let compiled = match (self.backend, &tb.jit) {
-            (Backend::Jit, Some(code)) => self.cache.jit.run(code, &mut self.cpu, &mut self.jit),
+            (Backend::Jit, Some(code)) => {
+                // Compiled code may go on into linked blocks until the budget is
+                // spent or something for the run loop comes up (never while
+                // single-stepping: each instruction traps).
+                let limit = match self.budget {
+                    _ if single_step => 0,
+                    Some(b) => b.saturating_sub(self.insns()),
+                    None => u64::MAX,
+                };
+                self.cache.jit.run_chained(
+                    code,
+                    &mut self.cpu,
+                    &mut self.jit,
+                    self.signal.chain_flags(),
+                    limit,
+                )
+            }
             _ => None,
         };
-        let outcome = match compiled {
-            Some(o) => o,
-            None => self.interp.run(&tb.code, &mut self.cpu),
+        let (outcome, id) = match compiled {
+            Some(r) if r.chained > 0 => {
+                self.stats.chained += r.chained;
+                self.stats.blocks += r.chained;
+                (r.outcome, TbId::from_tag(r.tag))
+            }
+            Some(r) => (r.outcome, id),
+            None => (self.interp.run(&tb.code, &mut self.cpu), id),
         };
         if shadow {
             // The interrupt shadow (STI, MOV SS) covers the instruction after; a

@@ -12,8 +12,18 @@
 //!
 //! The block is `extern "C" fn(ctx, env, temps) -> u64`; it returns [`RET_FAULT`]
 //! (a fault or a panic is parked in the context, `ctx.pc` is the instruction's PC),
-//! [`RET_STOP`] (`ctx.pc` is the PC to stop at) or `RET_EXIT + i` for the block's
-//! `i`-th exit (see [`Compiled::exits`]).
+//! [`RET_STOP`] (`ctx.pc` is the PC to stop at) or `RET_EXIT + k` for an exit of kind
+//! `k` (see [`exit_of`]; the target of a `Jump` or `Pause` is in `ctx.target`).
+//!
+//! **Chaining.** After the prologue is the block's *chain entry*, where another
+//! block with the same frame may jump straight in: it records the block's PC and
+//! cell (`ctx.last`). A `Jump` exit to a PC one of the block's two chain slots serves
+//! loads the slot (the target's cell, or 0), the target's chain entry from it (0 once
+//! the target was dropped), and jumps there if the run may go on: fewer than
+//! `ctx.limit` instructions started, the four bytes at `ctx.flags` clear (the vCPU's
+//! kick / interrupt / event flags) and the environment's guard bools clear (the stop
+//! request, the interrupt shadow). Otherwise it returns as any exit does. Code is
+//! never patched: the slots are data in the cell.
 
 // dynasm's dynamic registers (`Rq(r)`) expand to `r.into()`.
 #![allow(clippy::useless_conversion)]
@@ -40,12 +50,44 @@ const RDX: u8 = 2;
 const CTX_PC: i32 = offset_of!(Ctx, pc) as i32;
 const CTX_INSNS: i32 = offset_of!(Ctx, insns) as i32;
 
+const CTX_LIMIT: i32 = offset_of!(Ctx, limit) as i32;
+const CTX_FLAGS: i32 = offset_of!(Ctx, flags) as i32;
+const CTX_LAST: i32 = offset_of!(Ctx, last) as i32;
+const CTX_TARGET: i32 = offset_of!(Ctx, target) as i32;
+const CTX_CHAINS: i32 = offset_of!(Ctx, chains) as i32;
+const CELL_ENTRY: i32 = offset_of!(crate::Cell, entry) as i32;
+const CELL_SLOTS: i32 = offset_of!(crate::Cell, slots) as i32;
+
 /// A compiled block, position-independent (relative branches inside, absolute
-/// addresses of the trampolines).
+/// addresses of the trampolines and of its cell).
 pub struct Compiled {
     pub code: Vec<u8>,
-    /// Exit `i` is returned as `RET_EXIT + i`.
-    pub exits: Vec<ExitKind>,
+    /// Offset of the chain entry in `code`.
+    pub chain_entry: usize,
+    /// The `Jump` targets served by chain slots 0 and 1.
+    pub slot_targets: [Option<u64>; 2],
+}
+
+/// The exit a return code `n >= RET_EXIT` stands for (`target` from `ctx.target`).
+pub fn exit_of(n: u64, target: u64) -> ExitKind {
+    match n.wrapping_sub(RET_EXIT) {
+        0 => ExitKind::Jump(target),
+        1 => ExitKind::Pause(target),
+        3 => ExitKind::Sync,
+        4 => ExitKind::Halt,
+        _ => ExitKind::Indirect,
+    }
+}
+
+/// The return code of exit `kind` (and the target it stores, if any).
+fn exit_code(kind: ExitKind) -> (u64, Option<u64>) {
+    match kind {
+        ExitKind::Jump(t) => (RET_EXIT, Some(t)),
+        ExitKind::Pause(t) => (RET_EXIT + 1, Some(t)),
+        ExitKind::Indirect => (RET_EXIT + 2, None),
+        ExitKind::Sync => (RET_EXIT + 3, None),
+        ExitKind::Halt => (RET_EXIT + 4, None),
+    }
 }
 
 type Asm = VecAssembler<X64Relocation>;
@@ -56,12 +98,20 @@ struct Gen<'a> {
     labels: Vec<DynamicLabel>,
     epilogue: DynamicLabel,
     fault: DynamicLabel,
-    exits: Vec<ExitKind>,
+    /// Address of the block's cell.
+    cell: usize,
+    /// The `Jump` targets served by the chain slots.
+    slot_targets: [Option<u64>; 2],
+    /// Offsets of the bools that must be false to chain; `None`: never chain.
+    guards: Option<Vec<i32>>,
     popcnt: bool,
 }
 
-/// Compiles `block` for environment type `E`.
-pub fn compile<E: GuestEnv + DirectGlobals>(block: &Block) -> Result<Compiled, JitError> {
+/// Compiles `block` for environment type `E`, with its cell at address `cell`.
+pub fn compile<E: GuestEnv + DirectGlobals>(
+    block: &Block,
+    cell: usize,
+) -> Result<Compiled, JitError> {
     if block.temps >= 1 << 28 {
         return Err(JitError::Unsupported("too many temporaries".into()));
     }
@@ -69,16 +119,35 @@ pub fn compile<E: GuestEnv + DirectGlobals>(block: &Block) -> Result<Compiled, J
     let labels = (0..block.labels).map(|_| ops.new_dynamic_label()).collect();
     let epilogue = ops.new_dynamic_label();
     let fault = ops.new_dynamic_label();
+    // The first two distinct static successors get chain slots.
+    let mut slot_targets = [None; 2];
+    let mut n = 0;
+    for op in &block.ops {
+        if let Op::Exit(ExitKind::Jump(t)) = *op {
+            if n < 2 && !slot_targets.contains(&Some(t)) {
+                slot_targets[n] = Some(t);
+                n += 1;
+            }
+        }
+    }
+    let guards = E::insn_hooks().and_then(|h| {
+        std::iter::once(h.stop)
+            .chain(E::chain_guards())
+            .map(|o| i32::try_from(o).ok())
+            .collect::<Option<Vec<i32>>>()
+    });
     let mut g = Gen {
         ops,
         block,
         labels,
         epilogue,
         fault,
-        exits: Vec::new(),
+        cell,
+        slot_targets,
+        guards,
         popcnt: std::arch::is_x86_feature_detected!("popcnt"),
     };
-    g.prologue();
+    let chain_entry = g.prologue();
     for op in &block.ops {
         g.op::<E>(op)?;
     }
@@ -86,10 +155,12 @@ pub fn compile<E: GuestEnv + DirectGlobals>(block: &Block) -> Result<Compiled, J
     // interpreter (validated blocks never do).
     g.exit(ExitKind::Indirect);
     g.epilogue();
+    let slot_targets = g.slot_targets;
     let code = g.ops.finalize().map_err(|e| JitError::Asm(e.to_string()))?;
     Ok(Compiled {
         code,
-        exits: g.exits,
+        chain_entry,
+        slot_targets,
     })
 }
 
@@ -100,8 +171,10 @@ fn toff(t: Temp) -> i32 {
 }
 
 impl Gen<'_> {
-    fn prologue(&mut self) {
+    /// The prologue; returns the offset of the chain entry that follows it.
+    fn prologue(&mut self) -> usize {
         let pc = self.block.pc as i64;
+        let cell = self.cell as i64;
         dynasm!(self.ops
             ; .arch x64
             ; push rbp
@@ -114,9 +187,16 @@ impl Gen<'_> {
             ; mov rbx, rdi
             ; mov r12, rsi
             ; mov r13, rdx
+        );
+        let chain_entry = self.ops.offset().0;
+        dynasm!(self.ops
+            ; .arch x64
             ; mov rax, QWORD pc
             ; mov [rsp], rax
+            ; mov rax, QWORD cell
+            ; mov [rbx + CTX_LAST], rax
         );
+        chain_entry
     }
 
     fn epilogue(&mut self) {
@@ -196,11 +276,54 @@ impl Gen<'_> {
     }
 
     fn exit(&mut self, kind: ExitKind) {
-        let code = RET_EXIT as usize + self.exits.len();
-        self.exits.push(kind);
+        if let ExitKind::Jump(t) = kind {
+            if let Some(k) = self.slot_targets.iter().position(|s| *s == Some(t)) {
+                self.chain(k);
+            }
+        }
+        let (code, target) = exit_code(kind);
+        if let Some(t) = target {
+            self.imm(RAX, t);
+            dynasm!(self.ops ; .arch x64 ; mov [rbx + CTX_TARGET], rax);
+        }
         let epilogue = self.epilogue;
-        self.imm(RAX, code as u64);
+        self.imm(RAX, code);
         dynasm!(self.ops ; .arch x64 ; jmp =>epilogue);
+    }
+
+    /// Goes on into the block chain slot `k` leads to, if linked, alive and allowed
+    /// (see the module documentation); falls through otherwise.
+    fn chain(&mut self, k: usize) {
+        let Some(guards) = self.guards.clone() else {
+            return;
+        };
+        let cell = self.cell as i64;
+        let slot = CELL_SLOTS + 8 * k as i32;
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov rax, QWORD cell
+            ; mov rax, [rax + slot]
+            ; test rax, rax
+            ; jz >no
+            ; mov rax, [rax + CELL_ENTRY]
+            ; test rax, rax
+            ; jz >no
+            ; mov rcx, [rbx + CTX_INSNS]
+            ; cmp rcx, [rbx + CTX_LIMIT]
+            ; jae >no
+            ; mov rcx, [rbx + CTX_FLAGS]
+            ; cmp DWORD [rcx], 0
+            ; jne >no
+        );
+        for g in guards {
+            dynasm!(self.ops ; .arch x64 ; cmp BYTE [r12 + g], 0 ; jne >no);
+        }
+        dynasm!(self.ops
+            ; .arch x64
+            ; add QWORD [rbx + CTX_CHAINS], 1
+            ; jmp rax
+            ; no:
+        );
     }
 
     fn op<E: GuestEnv + DirectGlobals>(&mut self, op: &Op) -> Result<(), JitError> {

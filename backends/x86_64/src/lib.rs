@@ -25,7 +25,7 @@ use dynasmrt::mmap::ExecutableBuffer;
 use dynasmrt::AssemblyOffset;
 use std::marker::PhantomData;
 use vireo_core::exec::{BlockOutcome, DirectGlobals, Fault, GuestEnv};
-use vireo_core::ir::{Block, ExitKind};
+use vireo_core::ir::Block;
 
 /// Why a block could not be compiled.
 #[derive(Debug, thiserror::Error)]
@@ -50,19 +50,41 @@ const CHUNK: usize = 1 << 20;
 /// Default limit of code memory per cache.
 pub const DEFAULT_LIMIT: usize = 128 << 20;
 
-/// A compiled block: where its code is, and the exits its return codes name.
+/// A compiled block: where its code is, and its [`Cell`].
 #[derive(Debug)]
 pub struct JitBlock {
     /// Entry address (inside a chunk of the cache that compiled it).
     entry: usize,
     /// The cache generation it was compiled in.
     gen: u64,
-    exits: Box<[ExitKind]>,
-    /// Temporaries of the block (slots the temp area must hold).
-    temps: usize,
+    /// Its cell (in the cache's arena, alive until the next flush).
+    cell: *mut Cell,
+    /// The `Jump` targets its two chain slots serve (`cell.slots[k]`).
+    slot_targets: [Option<u64>; 2],
     /// Bytes of host code.
     pub bytes: usize,
 }
+
+// SAFETY: `cell` is only dereferenced by the `JitCache` that made it (through
+// `&mut self` or while running code under `&self`), never through a shared `JitBlock`.
+unsafe impl Send for JitBlock {}
+
+/// What generated code knows about a block besides its code: where to enter it
+/// when chaining (0 once the block is dropped), the cells of the blocks its chain
+/// slots lead to, and a tag its owner gives it (the block cache's id).
+#[repr(C)]
+#[derive(Debug)]
+pub struct Cell {
+    entry: usize,
+    slots: [usize; 2],
+    tag: u64,
+}
+
+/// Cells per arena chunk.
+const CELLS: usize = 4096;
+
+/// A chunk of cells: boxed, so that cells never move while the chunk lives.
+struct CellChunk(Box<[Cell]>);
 
 struct Chunk {
     /// `None` only transiently, while being written.
@@ -73,6 +95,11 @@ struct Chunk {
 /// The executable memory of compiled blocks for environment type `E`.
 pub struct JitCache<E> {
     chunks: Vec<Chunk>,
+    /// The cells of this generation's blocks (`cells_used` in the last chunk).
+    cells: Vec<CellChunk>,
+    cells_used: usize,
+    /// Most temporaries of a block compiled (a chain runs any of them on one area).
+    max_temps: usize,
     gen: u64,
     used: usize,
     limit: usize,
@@ -117,6 +144,9 @@ impl<E> JitCache<E> {
     pub fn new(limit: usize) -> JitCache<E> {
         JitCache {
             chunks: Vec::new(),
+            cells: Vec::new(),
+            cells_used: CELLS,
+            max_temps: 1,
             gen: 0,
             used: 0,
             limit,
@@ -133,6 +163,8 @@ impl<E> JitCache<E> {
     /// Drops every block: their [`JitBlock`]s no longer run.
     pub fn flush(&mut self) {
         self.chunks.clear();
+        self.cells.clear();
+        self.cells_used = CELLS;
         self.used = 0;
         self.gen += 1;
     }
@@ -141,14 +173,81 @@ impl<E> JitCache<E> {
     pub fn is_live(&self, b: &JitBlock) -> bool {
         b.gen == self.gen
     }
+
+    /// A new cell (entry 0, no links, tag 0).
+    fn new_cell(&mut self) -> *mut Cell {
+        if self.cells_used == CELLS {
+            let chunk = (0..CELLS)
+                .map(|_| Cell {
+                    entry: 0,
+                    slots: [0; 2],
+                    tag: 0,
+                })
+                .collect();
+            self.cells.push(CellChunk(chunk));
+            self.cells_used = 0;
+        }
+        let i = self.cells_used;
+        self.cells_used += 1;
+        match self.cells.last_mut() {
+            Some(c) => &raw mut c.0[i],
+            None => std::ptr::null_mut(),
+        }
+    }
+
+    /// The cell of live block `b`.
+    fn cell_mut(&mut self, b: &JitBlock) -> Option<&mut Cell> {
+        if !self.is_live(b) {
+            return None;
+        }
+        // SAFETY: `b` is live, so its cell is in a chunk of `self.cells` (dropped only
+        // by `flush`, which makes `b` not live); `&mut self` excludes running code.
+        unsafe { b.cell.as_mut() }
+    }
+
+    /// Gives `b` the tag [`JitCache::run`] reports when a run ends in it.
+    pub fn set_tag(&mut self, b: &JitBlock, tag: u64) {
+        if let Some(c) = self.cell_mut(b) {
+            c.tag = tag;
+        }
+    }
+
+    /// Lets `from` go straight on into `to` when it exits to `pc` (a `Jump` to `pc`
+    /// that one of its chain slots serves); nothing otherwise. The caller vouches
+    /// that `to` is the block that runs at `pc` after `from` for as long as both live.
+    pub fn link(&mut self, from: &JitBlock, pc: u64, to: &JitBlock) {
+        if !self.is_live(to) {
+            return;
+        }
+        let target = to.cell as usize;
+        if let Some(k) = from.slot_targets.iter().position(|t| *t == Some(pc)) {
+            if let Some(c) = self.cell_mut(from) {
+                c.slots[k] = target;
+            }
+        }
+    }
+
+    /// Stops chaining into `b` (it is being dropped).
+    pub fn kill(&mut self, b: &JitBlock) {
+        if let Some(c) = self.cell_mut(b) {
+            c.entry = 0;
+        }
+    }
 }
+
+/// Flags that never ask to stop chaining (runs without a vCPU signal).
+static NO_FLAGS: [std::sync::atomic::AtomicBool; 4] = [const { std::sync::atomic::AtomicBool::new(false) }; 4];
 
 impl<E: GuestEnv + DirectGlobals> JitCache<E> {
     /// Compiles `block` (it must pass [`Block::validate`]: the code trusts its temps
     /// and labels to be in range).
     pub fn compile(&mut self, block: &Block) -> Result<JitBlock, JitError> {
         block.validate().map_err(JitError::Unsupported)?;
-        let c = codegen::compile::<E>(block)?;
+        let cell = self.new_cell();
+        if cell.is_null() {
+            return Err(JitError::Unsupported("no cell".into()));
+        }
+        let c = codegen::compile::<E>(block, cell as usize)?;
         let len = c.code.len();
         if self.used + len > self.limit {
             return Err(JitError::Full {
@@ -194,19 +293,39 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
         chunk.used = start + len;
         self.used += len;
         self.compiled += 1;
+        self.max_temps = self.max_temps.max(block.temps as usize);
+        // SAFETY: `cell` is this generation's newest cell (from `new_cell`, non-null);
+        // no code runs while `&mut self` is held.
+        unsafe { (*cell).entry = entry + c.chain_entry };
         Ok(JitBlock {
             entry,
             gen,
-            exits: c.exits.into_boxed_slice(),
-            temps: block.temps as usize,
+            cell,
+            slot_targets: c.slot_targets,
             bytes: len,
         })
     }
 
-    /// Runs `b` on `env`. `None` if `b` is not live (flushed since it was compiled).
-    /// Instructions started are added to `state.insns`. A panic in the environment
-    /// is resumed here, after the generated code has returned.
+    /// Runs `b` on `env`, that block only. `None` if `b` is not live (flushed since it
+    /// was compiled). Instructions started are added to `state.insns`. A panic in the
+    /// environment is resumed here, after the generated code has returned.
     pub fn run(&self, b: &JitBlock, env: &mut E, state: &mut JitState) -> Option<BlockOutcome> {
+        self.run_chained(b, env, state, &NO_FLAGS, 0)
+            .map(|r| r.outcome)
+    }
+
+    /// Runs `b` on `env` and, where blocks were linked ([`JitCache::link`]), the
+    /// blocks after it, for as long as fewer than `limit` instructions have started
+    /// and `flags` (and the environment's chain guards) are all clear. `None` if `b`
+    /// is not live.
+    pub fn run_chained(
+        &self,
+        b: &JitBlock,
+        env: &mut E,
+        state: &mut JitState,
+        flags: &[std::sync::atomic::AtomicBool; 4],
+        limit: u64,
+    ) -> Option<Run> {
         if !self.is_live(b) {
             return None;
         }
@@ -216,20 +335,27 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
             pc: 0,
             fault: None,
             panic: None,
+            limit,
+            flags: flags.as_ptr().cast::<u8>(),
+            last: b.cell as usize,
+            target: 0,
+            chains: 0,
         };
-        // The temp area: the generated code trusts it to hold every temp of the block,
-        // which is at most the largest block compiled; grow it lazily.
-        let need = b.temps.max(1);
-        if state.temps.len() < need {
-            state.temps.resize(need, 0);
+        // The temp area: the generated code trusts it to hold every temp of any block
+        // it may chain to, which is at most the largest block compiled; grow it lazily.
+        if state.temps.len() < self.max_temps {
+            state.temps.resize(self.max_temps, 0);
         }
         type Entry = unsafe extern "C" fn(*mut tramp::Ctx, *mut u8, *mut u64) -> u64;
         // SAFETY: `b` is live, so `entry` points to its code in a chunk this cache
         // still maps executable; the code follows the System V ABI with the signature
-        // of `Entry` (codegen's prologue/epilogue). `ctx` outlives the call; `env` is
+        // of `Entry` (codegen's prologue/epilogue). It may jump on into the chain entry
+        // of any block whose cell a live cell's slot names while that cell's entry is
+        // nonzero: those are blocks of this generation not killed, in chunks still
+        // mapped. `ctx` (and `flags`, which it points to) outlive the call; `env` is
         // borrowed mutably for the call (the code and the trampolines access it only
         // as `E`, at offsets `DirectGlobals` vouches for); the temp area holds at
-        // least `b.temps` slots, which covers every temp the code addresses.
+        // least `max_temps` slots, which covers every temp any block addresses.
         let code = unsafe {
             let f: Entry = std::mem::transmute::<usize, Entry>(b.entry);
             f(&mut ctx, ctx.env, state.temps.as_mut_ptr())
@@ -238,7 +364,10 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
         if let Some(p) = ctx.panic.take() {
             std::panic::resume_unwind(p);
         }
-        Some(match code {
+        // SAFETY: `ctx.last` is the cell of the block that returned (set at its entry):
+        // a cell of this generation, in `self.cells`.
+        let tag = unsafe { (*(ctx.last as *const Cell)).tag };
+        let outcome = match code {
             codegen::RET_FAULT => BlockOutcome::Fault {
                 fault: ctx.fault.unwrap_or(Fault::new(0xff)),
                 pc: ctx.pc,
@@ -247,12 +376,22 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
                 env.set(vireo_core::ir::Global::Pc, ctx.pc);
                 BlockOutcome::Stopped { pc: ctx.pc }
             }
-            n => BlockOutcome::Exit(
-                b.exits
-                    .get((n - codegen::RET_EXIT) as usize)
-                    .copied()
-                    .unwrap_or(ExitKind::Indirect),
-            ),
+            n => BlockOutcome::Exit(codegen::exit_of(n, ctx.target)),
+        };
+        Some(Run {
+            outcome,
+            tag,
+            chained: ctx.chains,
         })
     }
+}
+
+/// How a [`JitCache::run_chained`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    pub outcome: BlockOutcome,
+    /// The tag of the block it ended in ([`JitCache::set_tag`]).
+    pub tag: u64,
+    /// Blocks entered straight from the one before.
+    pub chained: u64,
 }

@@ -837,3 +837,89 @@ fn full_cache_reports_full() {
         Err(JitError::Unsupported(_))
     ));
 }
+
+/// Block at `pc`: one instruction doing `r[dst] += r[src] + 1` (r0-r3 are direct
+/// globals), then `Jump(next)`.
+fn step_block(pc: u64, dst: u8, src: u8, next: u64) -> Block {
+    let mut b = Builder::new(pc);
+    b.insn_start(pc, 1);
+    let d = b.get(Global::Gpr(dst));
+    let s = b.get(Global::Gpr(src));
+    let s1 = b.bini(BinOp::Add, Size::B64, s, 1);
+    let sum = b.bin(BinOp::Add, Size::B64, d, s1);
+    b.set(Global::Gpr(dst), sum);
+    let n = b.konst(next);
+    b.set(Global::Pc, n);
+    b.exit(ExitKind::Jump(next));
+    b.finish()
+}
+
+#[test]
+fn linked_blocks_run_on_until_the_limit_or_a_flag() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut jit: JitCache<Env<true>> = JitCache::new(1 << 20);
+    let mut rng = Rng(9);
+    let env = Env::<true>::new(&mut rng);
+    let a = jit.compile(&step_block(0x100, 0, 1, 0x200)).unwrap();
+    let b = jit.compile(&step_block(0x200, 1, 0, 0x100)).unwrap();
+    jit.set_tag(&a, 1);
+    jit.set_tag(&b, 2);
+    jit.link(&a, 0x200, &b);
+    jit.link(&b, 0x100, &a);
+    // The oracle: the same ten blocks one at a time in the interpreter.
+    let mut want = env.clone();
+    let (pa, pb) = (
+        Prepared::new(step_block(0x100, 0, 1, 0x200)),
+        Prepared::new(step_block(0x200, 1, 0, 0x100)),
+    );
+    let mut interp = Interp::new();
+    for i in 0..10 {
+        interp.run(if i % 2 == 0 { &pa } else { &pb }, &mut want);
+    }
+    let flags: [AtomicBool; 4] = Default::default();
+    let mut e = env.clone();
+    let mut st = JitState::new();
+    let r = jit.run_chained(&a, &mut e, &mut st, &flags, 10).unwrap();
+    assert_eq!(r.outcome, BlockOutcome::Exit(ExitKind::Jump(0x100)));
+    assert_eq!((r.tag, r.chained, st.insns), (2, 9, 10));
+    assert_eq!(e, want);
+    // Without chaining (plain `run`), or with a flag up: one block.
+    let mut e = env.clone();
+    assert_eq!(
+        jit.run(&a, &mut e, &mut st),
+        Some(BlockOutcome::Exit(ExitKind::Jump(0x200)))
+    );
+    flags[1].store(true, Ordering::Relaxed);
+    let r = jit.run_chained(&a, &mut env.clone(), &mut st, &flags, 10).unwrap();
+    assert_eq!((r.tag, r.chained), (1, 0));
+    flags[1].store(false, Ordering::Relaxed);
+    // A stop request raised inside a block (a store into `CODE`) ends the chain too.
+    let mut bc = Builder::new(0x300);
+    bc.insn_start(0x300, 1);
+    let at = bc.konst(CODE);
+    bc.store(at, at, Size::B8, MmuIdx::Kernel);
+    let n = bc.konst(0x100);
+    bc.set(Global::Pc, n);
+    bc.exit(ExitKind::Jump(0x100));
+    let c = jit.compile(&bc.finish()).unwrap();
+    jit.set_tag(&c, 3);
+    jit.link(&c, 0x100, &a);
+    let r = jit.run_chained(&c, &mut env.clone(), &mut st, &flags, 10).unwrap();
+    assert_eq!((r.tag, r.chained), (3, 0));
+    assert_eq!(r.outcome, BlockOutcome::Exit(ExitKind::Jump(0x100)));
+    // A dropped block is not entered; a new one linked in its place is.
+    jit.kill(&b);
+    let r = jit.run_chained(&a, &mut env.clone(), &mut st, &flags, 10).unwrap();
+    assert_eq!((r.tag, r.chained), (1, 0));
+    let b2 = jit.compile(&step_block(0x200, 1, 0, 0x100)).unwrap();
+    jit.set_tag(&b2, 4);
+    jit.link(&a, 0x200, &b2);
+    jit.link(&b2, 0x100, &a);
+    let mut e = env.clone();
+    let r = jit.run_chained(&a, &mut e, &mut st, &flags, 10).unwrap();
+    assert_eq!((r.tag, r.chained), (4, 9));
+    assert_eq!(e, want);
+    // A flush ends every block.
+    jit.flush();
+    assert!(jit.run(&a, &mut e, &mut st).is_none());
+}

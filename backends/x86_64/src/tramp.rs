@@ -32,6 +32,16 @@ pub struct Ctx {
     pub pc: u64,
     pub fault: Option<Fault>,
     pub panic: Option<Box<dyn Any + Send>>,
+    /// Chain to another block only while `insns` is below this.
+    pub limit: u64,
+    /// Four bytes that must all be zero to chain (the vCPU's wake-up flags).
+    pub flags: *const u8,
+    /// The [`crate::Cell`] of the block running (set at each block's entry).
+    pub last: usize,
+    /// The target of a `Jump` or `Pause` exit.
+    pub target: u64,
+    /// Jumps from one block straight into the next.
+    pub chains: u64,
 }
 
 /// Two values back in `rax:rdx` (System V returns a 16-byte integer struct there).

@@ -220,7 +220,7 @@ impl GuestEnv for X86Cpu {
 // is `mmu.fast`, whose entries hold exactly what the contract asks (see
 // `crate::fasttlb`: entries only for whole RAM/ROM pages of the guest memory the TLB
 // keeps alive, write tags only for RAM pages without code, and `load`/`store` take
-// the same entries first).
+// the same entries first). The chain guard is the `bool` interrupt shadow.
 unsafe impl DirectGlobals for X86Cpu {
     fn global_offset(g: Global) -> Option<usize> {
         use std::mem::{offset_of, size_of};
@@ -249,6 +249,15 @@ unsafe impl DirectGlobals for X86Cpu {
             pc: std::mem::offset_of!(X86Cpu, insn_pc),
             counter: std::mem::offset_of!(X86Cpu, icount),
         })
+    }
+
+    fn chain_guards() -> Vec<usize> {
+        use std::mem::offset_of;
+        vec![
+            offset_of!(X86Cpu, state)
+                + offset_of!(CpuState, events)
+                + offset_of!(vireo_core::cpu::EventState, interrupt_shadow),
+        ]
     }
 
     fn fast_tlb() -> Option<FastTlbLayout> {
