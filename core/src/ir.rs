@@ -574,6 +574,86 @@ impl Block {
     }
 }
 
+impl BinOp {
+    /// `a op b` at width `size`, result zero-extended (the IR's semantics of the op).
+    pub fn eval(self, size: Size, a: u64, b: u64) -> u64 {
+        let op = self;
+        let bits = size.bits();
+        let (ua, ub) = (size.trunc(a), size.trunc(b));
+        let r = match op {
+            BinOp::Add => ua.wrapping_add(ub),
+            BinOp::Sub => ua.wrapping_sub(ub),
+            BinOp::And => ua & ub,
+            BinOp::Or => ua | ub,
+            BinOp::Xor => ua ^ ub,
+            BinOp::Shl => ua.checked_shl((ub % u64::from(bits)) as u32).unwrap_or(0),
+            BinOp::Shr => ua >> (ub % u64::from(bits)),
+            BinOp::Sar => (size.sext(ua) as i64 >> (ub % u64::from(bits))) as u64,
+            BinOp::Rol => {
+                let n = (ub % u64::from(bits)) as u32;
+                if n == 0 {
+                    ua
+                } else {
+                    (ua << n) | (ua >> (bits - n))
+                }
+            }
+            BinOp::Ror => {
+                let n = (ub % u64::from(bits)) as u32;
+                if n == 0 {
+                    ua
+                } else {
+                    (ua >> n) | (ua << (bits - n))
+                }
+            }
+            BinOp::Mul => ua.wrapping_mul(ub),
+            BinOp::MulHiU => ((u128::from(ua) * u128::from(ub)) >> bits) as u64,
+            BinOp::MulHiS => {
+                let p = i128::from(size.sext(ua) as i64) * i128::from(size.sext(ub) as i64);
+                (p >> bits) as u64
+            }
+            BinOp::DivU => ua.checked_div(ub).unwrap_or(0),
+            BinOp::RemU => ua.checked_rem(ub).unwrap_or(0),
+            BinOp::DivS => (size.sext(ua) as i64)
+                .checked_div(size.sext(ub) as i64)
+                .unwrap_or(0) as u64,
+            BinOp::RemS => (size.sext(ua) as i64)
+                .checked_rem(size.sext(ub) as i64)
+                .unwrap_or(0) as u64,
+        };
+        size.trunc(r)
+    }
+}
+
+impl UnOp {
+    /// `op a` at width `size`, result zero-extended (the IR's semantics of the op).
+    pub fn eval(self, size: Size, a: u64) -> u64 {
+        let op = self;
+        let ua = size.trunc(a);
+        let bits = size.bits();
+        let r = match op {
+            UnOp::Neg => ua.wrapping_neg(),
+            UnOp::Not => !ua,
+            UnOp::Bswap => ua.swap_bytes() >> (64 - bits),
+            UnOp::Popcnt => u64::from(ua.count_ones()),
+            UnOp::Ctz => {
+                if ua == 0 {
+                    u64::from(bits)
+                } else {
+                    u64::from(ua.trailing_zeros())
+                }
+            }
+            UnOp::Clz => {
+                if ua == 0 {
+                    u64::from(bits)
+                } else {
+                    u64::from(ua.leading_zeros() - (64 - bits))
+                }
+            }
+        };
+        size.trunc(r)
+    }
+}
+
 impl Op {
     /// Every temp the op reads or writes.
     pub fn temps(&self) -> Vec<Temp> {

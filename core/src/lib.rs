@@ -14,6 +14,7 @@ pub mod ir;
 pub mod irq;
 pub mod layout;
 pub mod memory;
+pub mod opt;
 pub mod vcpu;
 
 pub use bus::{Bus, BusDevice, SharedDevice, SystemBus};

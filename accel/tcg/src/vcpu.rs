@@ -714,6 +714,8 @@ impl TcgVcpu {
             None
         };
         self.log_translation(&block, key, page2);
+        let mut block = block;
+        vireo_core::opt::optimize(&mut block);
         let jit = match self.backend {
             Backend::Jit => {
                 self.cache

@@ -5,7 +5,7 @@
 //! once per block ([`Prepared`]); temporaries live in a reusable register file.
 
 use vireo_core::exec::{BlockOutcome, GuestEnv};
-use vireo_core::ir::{BinOp, Block, Op, Size, UnOp};
+use vireo_core::ir::{Block, Op};
 
 /// A block with its label positions resolved, ready to run many times.
 #[derive(Debug, Clone)]
@@ -35,80 +35,6 @@ pub struct Interp {
     temps: Vec<u64>,
     /// Guest instructions started, for statistics and instruction counting.
     pub insns: u64,
-}
-
-/// `a op b` at width `size`, result zero-extended.
-pub fn binop(op: BinOp, size: Size, a: u64, b: u64) -> u64 {
-    let bits = size.bits();
-    let (ua, ub) = (size.trunc(a), size.trunc(b));
-    let r = match op {
-        BinOp::Add => ua.wrapping_add(ub),
-        BinOp::Sub => ua.wrapping_sub(ub),
-        BinOp::And => ua & ub,
-        BinOp::Or => ua | ub,
-        BinOp::Xor => ua ^ ub,
-        BinOp::Shl => ua.checked_shl((ub % u64::from(bits)) as u32).unwrap_or(0),
-        BinOp::Shr => ua >> (ub % u64::from(bits)),
-        BinOp::Sar => (size.sext(ua) as i64 >> (ub % u64::from(bits))) as u64,
-        BinOp::Rol => {
-            let n = (ub % u64::from(bits)) as u32;
-            if n == 0 {
-                ua
-            } else {
-                (ua << n) | (ua >> (bits - n))
-            }
-        }
-        BinOp::Ror => {
-            let n = (ub % u64::from(bits)) as u32;
-            if n == 0 {
-                ua
-            } else {
-                (ua >> n) | (ua << (bits - n))
-            }
-        }
-        BinOp::Mul => ua.wrapping_mul(ub),
-        BinOp::MulHiU => ((u128::from(ua) * u128::from(ub)) >> bits) as u64,
-        BinOp::MulHiS => {
-            let p = i128::from(size.sext(ua) as i64) * i128::from(size.sext(ub) as i64);
-            (p >> bits) as u64
-        }
-        BinOp::DivU => ua.checked_div(ub).unwrap_or(0),
-        BinOp::RemU => ua.checked_rem(ub).unwrap_or(0),
-        BinOp::DivS => (size.sext(ua) as i64)
-            .checked_div(size.sext(ub) as i64)
-            .unwrap_or(0) as u64,
-        BinOp::RemS => (size.sext(ua) as i64)
-            .checked_rem(size.sext(ub) as i64)
-            .unwrap_or(0) as u64,
-    };
-    size.trunc(r)
-}
-
-/// `op a` at width `size`, result zero-extended.
-pub fn unop(op: UnOp, size: Size, a: u64) -> u64 {
-    let ua = size.trunc(a);
-    let bits = size.bits();
-    let r = match op {
-        UnOp::Neg => ua.wrapping_neg(),
-        UnOp::Not => !ua,
-        UnOp::Bswap => ua.swap_bytes() >> (64 - bits),
-        UnOp::Popcnt => u64::from(ua.count_ones()),
-        UnOp::Ctz => {
-            if ua == 0 {
-                u64::from(bits)
-            } else {
-                u64::from(ua.trailing_zeros())
-            }
-        }
-        UnOp::Clz => {
-            if ua == 0 {
-                u64::from(bits)
-            } else {
-                u64::from(ua.leading_zeros() - (64 - bits))
-            }
-        }
-    };
-    size.trunc(r)
 }
 
 impl Interp {
@@ -148,10 +74,8 @@ impl Interp {
                     dst,
                     a,
                     b,
-                } => t[dst.0 as usize] = binop(*op, *size, t[a.0 as usize], t[b.0 as usize]),
-                Op::Un { op, size, dst, a } => {
-                    t[dst.0 as usize] = unop(*op, *size, t[a.0 as usize])
-                }
+                } => t[dst.0 as usize] = op.eval(*size, t[a.0 as usize], t[b.0 as usize]),
+                Op::Un { op, size, dst, a } => t[dst.0 as usize] = op.eval(*size, t[a.0 as usize]),
                 Op::Ext {
                     dst,
                     src,
@@ -248,7 +172,9 @@ impl Interp {
 mod tests {
     use super::*;
     use vireo_core::exec::Fault;
-    use vireo_core::ir::{Builder, Cond, Effects, ExitKind, Global, HelperId, MmuIdx};
+    use vireo_core::ir::{
+        BinOp, Builder, Cond, Effects, ExitKind, Global, HelperId, MmuIdx, Size, UnOp,
+    };
 
     #[derive(Default)]
     struct Env {
@@ -306,18 +232,18 @@ mod tests {
 
     #[test]
     fn arithmetic_matches_x86_widths() {
-        assert_eq!(binop(BinOp::Add, Size::B8, 0xff, 1), 0);
-        assert_eq!(binop(BinOp::Sar, Size::B16, 0x8000, 15), 0xffff);
-        assert_eq!(binop(BinOp::Rol, Size::B8, 0x81, 1), 0x03);
-        assert_eq!(binop(BinOp::Ror, Size::B32, 1, 1), 0x8000_0000);
-        assert_eq!(binop(BinOp::MulHiU, Size::B64, u64::MAX, 2), 1);
-        assert_eq!(binop(BinOp::MulHiS, Size::B32, 0xffff_ffff, 2), 0xffff_ffff);
-        assert_eq!(binop(BinOp::DivS, Size::B8, 0x80, 0xff), 0x80); // -128 / -1 wraps
-        assert_eq!(binop(BinOp::DivU, Size::B32, 7, 0), 0);
-        assert_eq!(unop(UnOp::Bswap, Size::B32, 0x1122_3344), 0x4433_2211);
-        assert_eq!(unop(UnOp::Clz, Size::B16, 1), 15);
-        assert_eq!(unop(UnOp::Ctz, Size::B32, 0), 32);
-        assert_eq!(unop(UnOp::Neg, Size::B16, 1), 0xffff);
+        assert_eq!(BinOp::Add.eval(Size::B8, 0xff, 1), 0);
+        assert_eq!(BinOp::Sar.eval(Size::B16, 0x8000, 15), 0xffff);
+        assert_eq!(BinOp::Rol.eval(Size::B8, 0x81, 1), 0x03);
+        assert_eq!(BinOp::Ror.eval(Size::B32, 1, 1), 0x8000_0000);
+        assert_eq!(BinOp::MulHiU.eval(Size::B64, u64::MAX, 2), 1);
+        assert_eq!(BinOp::MulHiS.eval(Size::B32, 0xffff_ffff, 2), 0xffff_ffff);
+        assert_eq!(BinOp::DivS.eval(Size::B8, 0x80, 0xff), 0x80); // -128 / -1 wraps
+        assert_eq!(BinOp::DivU.eval(Size::B32, 7, 0), 0);
+        assert_eq!(UnOp::Bswap.eval(Size::B32, 0x1122_3344), 0x4433_2211);
+        assert_eq!(UnOp::Clz.eval(Size::B16, 1), 15);
+        assert_eq!(UnOp::Ctz.eval(Size::B32, 0), 32);
+        assert_eq!(UnOp::Neg.eval(Size::B16, 1), 0xffff);
     }
 
     #[test]

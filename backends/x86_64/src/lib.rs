@@ -236,7 +236,8 @@ impl<E> JitCache<E> {
 }
 
 /// Flags that never ask to stop chaining (runs without a vCPU signal).
-static NO_FLAGS: [std::sync::atomic::AtomicBool; 4] = [const { std::sync::atomic::AtomicBool::new(false) }; 4];
+static NO_FLAGS: [std::sync::atomic::AtomicBool; 4] =
+    [const { std::sync::atomic::AtomicBool::new(false) }; 4];
 
 impl<E: GuestEnv + DirectGlobals> JitCache<E> {
     /// Compiles `block` (it must pass [`Block::validate`]: the code trusts its temps

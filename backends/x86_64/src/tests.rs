@@ -621,8 +621,36 @@ where
     assert_eq!(o1, o2, "outcome (direct={D})\n{blk}");
     assert_eq!(interp.insns, st.insns, "insns (direct={D})\n{blk}");
     assert_eq!(e1, e2, "environment (direct={D})\n{blk}");
+
+    // The IR passes change nothing the guest can see, in either backend.
+    let mut opt = blk.clone();
+    vireo_core::opt::optimize(&mut opt);
+    opt.validate().expect("optimized block valid");
+    let mut e3 = env.clone();
+    let mut interp3 = Interp::new();
+    let o3 = interp3.run(&Prepared::new(opt.clone()), &mut e3);
+    assert_eq!(o1, o3, "outcome, optimized\n{blk}\noptimized:\n{opt}");
+    assert_eq!(interp.insns, interp3.insns, "insns, optimized\n{blk}");
+    assert_eq!(e1, e3, "environment, optimized\n{blk}\noptimized:\n{opt}");
+    let code = jit.compile(&opt).unwrap_or_else(|_| {
+        jit.flush();
+        jit.compile(&opt).expect("compile after flush")
+    });
+    let mut e4 = env.clone();
+    e4.map_pages();
+    let o4 = jit
+        .run(&code, &mut e4, &mut JitState::new())
+        .expect("live block");
+    assert_eq!(o1, o4, "outcome, optimized, JIT\n{opt}");
+    assert_eq!(e1, e4, "environment, optimized, JIT\n{opt}");
+    OPTIMIZED_OPS.fetch_add(opt.ops.len(), std::sync::atomic::Ordering::Relaxed);
+    ORIGINAL_OPS.fetch_add(blk.ops.len(), std::sync::atomic::Ordering::Relaxed);
     o1
 }
+
+/// Ops before and after the IR passes, over all `check`s.
+static ORIGINAL_OPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static OPTIMIZED_OPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 #[test]
 fn differential_random_blocks() {
@@ -649,6 +677,15 @@ fn differential_random_blocks() {
     for k in ["exit", "fault", "stopped"] {
         assert!(seen.get(k).copied().unwrap_or(0) > 100, "{seen:?}");
     }
+    // ... and give the IR passes work.
+    let (before, after) = (
+        ORIGINAL_OPS.load(std::sync::atomic::Ordering::Relaxed),
+        OPTIMIZED_OPS.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    assert!(
+        after * 20 < before * 19,
+        "IR passes: {before} ops -> {after}"
+    );
 }
 
 /// Every binary and unary op at every width on edge values, one op per block.
@@ -890,7 +927,9 @@ fn linked_blocks_run_on_until_the_limit_or_a_flag() {
         Some(BlockOutcome::Exit(ExitKind::Jump(0x200)))
     );
     flags[1].store(true, Ordering::Relaxed);
-    let r = jit.run_chained(&a, &mut env.clone(), &mut st, &flags, 10).unwrap();
+    let r = jit
+        .run_chained(&a, &mut env.clone(), &mut st, &flags, 10)
+        .unwrap();
     assert_eq!((r.tag, r.chained), (1, 0));
     flags[1].store(false, Ordering::Relaxed);
     // A stop request raised inside a block (a store into `CODE`) ends the chain too.
@@ -904,12 +943,16 @@ fn linked_blocks_run_on_until_the_limit_or_a_flag() {
     let c = jit.compile(&bc.finish()).unwrap();
     jit.set_tag(&c, 3);
     jit.link(&c, 0x100, &a);
-    let r = jit.run_chained(&c, &mut env.clone(), &mut st, &flags, 10).unwrap();
+    let r = jit
+        .run_chained(&c, &mut env.clone(), &mut st, &flags, 10)
+        .unwrap();
     assert_eq!((r.tag, r.chained), (3, 0));
     assert_eq!(r.outcome, BlockOutcome::Exit(ExitKind::Jump(0x100)));
     // A dropped block is not entered; a new one linked in its place is.
     jit.kill(&b);
-    let r = jit.run_chained(&a, &mut env.clone(), &mut st, &flags, 10).unwrap();
+    let r = jit
+        .run_chained(&a, &mut env.clone(), &mut st, &flags, 10)
+        .unwrap();
     assert_eq!((r.tag, r.chained), (1, 0));
     let b2 = jit.compile(&step_block(0x200, 1, 0, 0x100)).unwrap();
     jit.set_tag(&b2, 4);

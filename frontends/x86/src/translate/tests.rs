@@ -129,13 +129,15 @@ pub fn run(cpu: &mut X86Cpu, max_blocks: usize) -> End {
     let mut jit = vireo_jit::JitCache::<X86Cpu>::new(64 << 20);
     let mut jit_state = vireo_jit::JitState::new();
     for _ in 0..max_blocks {
-        let block = match translate_block(cpu, 32) {
+        let mut block = match translate_block(cpu, 32) {
             Ok(b) => b,
             Err(f) => return End::Fault(f.vector, f.error_code),
         };
         if let Err(e) = block.validate() {
             panic!("invalid block: {e}\n{block}");
         }
+        // As the run loop does.
+        vireo_core::opt::optimize(&mut block);
         let compiled = if use_jit {
             let code = jit.compile(&block).expect("JIT compile");
             jit.run(&code, cpu, &mut jit_state)

@@ -1,0 +1,510 @@
+//! IR passes shared by every backend: constant folding and propagation, copy and
+//! global forwarding, dead global stores (lazy flags overwritten by the next
+//! instruction, registers written twice) and dead-code removal.
+//!
+//! What the passes rely on (the IR's contract, see [`crate::ir`]):
+//! - a plain global (GPRs 0-15, the PC, the lazy-flag quadruple, segment bases 0-5)
+//!   is one storage location: `Get` returns what the last `Set` stored. `Flags` may
+//!   be masked on the way in, so it is never forwarded;
+//! - guest state is observed only at ops that may leave the block or read it: loads
+//!   and stores (a fault reports the state), calls (unless pure), raises, exits,
+//!   branches (another path may read it), and instruction boundaries once an op that
+//!   may raise a stop request (a store, a call) has run;
+//! - temporaries are plain values; a temp may be assigned more than once (knowledge
+//!   about it ends at its next assignment).
+//!
+//! Knowledge is kept per straight-line region (it ends at each label). The passes keep
+//! the number of temps and labels, so a block stays valid.
+
+use crate::ir::{BinOp, Block, Effects, Global, Op, Size, Temp};
+use std::collections::HashMap;
+
+/// Runs all passes on `block`.
+pub fn optimize(block: &mut Block) {
+    forward(block);
+    dead_global_stores(block);
+    dead_temps(block);
+}
+
+/// Whether `g` is one plain storage location (see the module documentation).
+fn plain(g: Global) -> bool {
+    match g {
+        Global::Gpr(n) => n < 16,
+        Global::SegBase(n) => n < 6,
+        Global::Pc | Global::CcOp | Global::CcDst | Global::CcSrc | Global::CcSrc2 => true,
+        Global::Flags => false,
+    }
+}
+
+/// A call that reads no guest state, writes none, cannot fault and does not end the
+/// block: it observes nothing and cannot raise a stop request.
+fn pure_call(e: &Effects) -> bool {
+    !e.reads_globals && !e.writes_globals && !e.may_fault && !e.ends_block
+}
+
+/// The temp `op` assigns, if any.
+fn dst(op: &Op) -> Option<Temp> {
+    match op {
+        Op::Const { dst, .. }
+        | Op::Mov { dst, .. }
+        | Op::Get { dst, .. }
+        | Op::Bin { dst, .. }
+        | Op::Un { dst, .. }
+        | Op::Ext { dst, .. }
+        | Op::SetCond { dst, .. }
+        | Op::Select { dst, .. }
+        | Op::Load { dst, .. } => Some(*dst),
+        Op::Call { ret, .. } => *ret,
+        _ => None,
+    }
+}
+
+/// Applies `f` to every temp `op` reads.
+fn sources_mut(op: &mut Op, mut f: impl FnMut(&mut Temp)) {
+    match op {
+        Op::Mov { src, .. } | Op::Ext { src, .. } | Op::Set { src, .. } => f(src),
+        Op::Bin { a, b, .. } | Op::SetCond { a, b, .. } => {
+            f(a);
+            f(b);
+        }
+        Op::Un { a, .. } => f(a),
+        Op::Select { cond, a, b, .. } => {
+            f(cond);
+            f(a);
+            f(b);
+        }
+        Op::Load { addr, .. } => f(addr),
+        Op::Store { addr, val, .. } => {
+            f(addr);
+            f(val);
+        }
+        Op::BrIf { cond, .. } => f(cond),
+        Op::Call { args, .. } => args.iter_mut().for_each(f),
+        Op::Raise { error, .. } => error.iter_mut().for_each(f),
+        Op::InsnStart { .. }
+        | Op::Const { .. }
+        | Op::Get { .. }
+        | Op::Label(_)
+        | Op::Br(_)
+        | Op::Exit(_) => {}
+    }
+}
+
+/// What is known about the temps and globals at a point of a region.
+struct Known {
+    konst: Vec<Option<u64>>,
+    /// `copy[t] = Some(s)`: `t` holds the value `s` holds now.
+    copy: Vec<Option<Temp>>,
+    /// The temp holding each plain global's current value.
+    globals: HashMap<Global, Temp>,
+    /// Assignments of each temp in the block (a temp assigned once needs no
+    /// invalidation scan: nothing can refer to it before its assignment).
+    defs: Vec<u32>,
+}
+
+impl Known {
+    fn clear(&mut self) {
+        self.konst.fill(None);
+        self.copy.fill(None);
+        self.globals.clear();
+    }
+
+    fn resolve(&self, t: Temp) -> Temp {
+        self.copy.get(t.0 as usize).copied().flatten().unwrap_or(t)
+    }
+
+    fn konst(&self, t: Temp) -> Option<u64> {
+        self.konst.get(t.0 as usize).copied().flatten()
+    }
+
+    /// `t` is being assigned: what was known about (and through) it ends.
+    fn assign(&mut self, t: Temp) {
+        let i = t.0 as usize;
+        if i >= self.konst.len() {
+            return;
+        }
+        self.konst[i] = None;
+        self.copy[i] = None;
+        if self.defs[i] > 1 {
+            for c in self.copy.iter_mut() {
+                if *c == Some(t) {
+                    *c = None;
+                }
+            }
+            self.globals.retain(|_, v| *v != t);
+        }
+    }
+
+    fn set_konst(&mut self, t: Temp, v: u64) {
+        if let Some(k) = self.konst.get_mut(t.0 as usize) {
+            *k = Some(v);
+        }
+    }
+
+    fn set_copy(&mut self, t: Temp, s: Temp) {
+        if t != s {
+            if let Some(c) = self.copy.get_mut(t.0 as usize) {
+                *c = Some(s);
+            }
+        }
+    }
+}
+
+/// The op that computes `op size a, b` when one operand is a known constant and the
+/// result is just the other operand (truncated to `size`): `Some(x)` for "the value of
+/// `x`". `None` if there is no such identity.
+fn identity(op: BinOp, a: Temp, b: Temp, ka: Option<u64>, kb: Option<u64>) -> Option<Temp> {
+    use BinOp::*;
+    match (op, ka, kb) {
+        (Add | Sub | Or | Xor | Shl | Shr | Sar | Rol | Ror, _, Some(0)) => Some(a),
+        (Add | Or | Xor, Some(0), _) => Some(b),
+        (And, _, Some(u64::MAX)) => Some(a),
+        (And, Some(u64::MAX), _) => Some(b),
+        (Mul, _, Some(1)) => Some(a),
+        (Mul, Some(1), _) => Some(b),
+        _ => None,
+    }
+}
+
+/// The value (as an op assigning `dst`) of `x` truncated to `size`.
+fn trunc_of(dst: Temp, x: Temp, size: Size) -> Op {
+    if size == Size::B64 {
+        Op::Mov { dst, src: x }
+    } else {
+        Op::Ext {
+            dst,
+            src: x,
+            from: size,
+            signed: false,
+        }
+    }
+}
+
+/// Constant folding and propagation, copy propagation, forwarding of globals to the
+/// temps that hold their values, and branches on constants resolved.
+fn forward(block: &mut Block) {
+    let n = block.temps as usize;
+    let mut k = Known {
+        konst: vec![None; n],
+        copy: vec![None; n],
+        globals: HashMap::new(),
+        defs: vec![0; n],
+    };
+    for op in &block.ops {
+        if let Some(d) = dst(op) {
+            if let Some(c) = k.defs.get_mut(d.0 as usize) {
+                *c += 1;
+            }
+        }
+    }
+    let mut keep = vec![true; block.ops.len()];
+    for (i, op) in block.ops.iter_mut().enumerate() {
+        sources_mut(op, |t| *t = k.resolve(*t));
+        // Rewrite the op from what is known.
+        let rewritten = match *op {
+            Op::Get { dst, src } if plain(src) => {
+                k.globals.get(&src).map(|&t| Op::Mov { dst, src: t })
+            }
+            Op::Bin {
+                op: bop,
+                size,
+                dst,
+                a,
+                b,
+            } => {
+                let (ka, kb) = (k.konst(a), k.konst(b));
+                match (ka, kb) {
+                    (Some(x), Some(y)) => Some(Op::Const {
+                        dst,
+                        value: bop.eval(size, x, y),
+                    }),
+                    _ => identity(bop, a, b, ka, kb).map(|x| trunc_of(dst, x, size)),
+                }
+            }
+            Op::Un {
+                op: uop,
+                size,
+                dst,
+                a,
+            } => k.konst(a).map(|x| Op::Const {
+                dst,
+                value: uop.eval(size, x),
+            }),
+            Op::Ext {
+                dst,
+                src,
+                from,
+                signed,
+            } => k.konst(src).map(|x| Op::Const {
+                dst,
+                value: if signed { from.sext(x) } else { from.trunc(x) },
+            }),
+            Op::SetCond {
+                cond,
+                size,
+                dst,
+                a,
+                b,
+            } => match (k.konst(a), k.konst(b)) {
+                (Some(x), Some(y)) => Some(Op::Const {
+                    dst,
+                    value: u64::from(cond.eval(size, x, y)),
+                }),
+                _ => None,
+            },
+            Op::Select { dst, cond, a, b } => k.konst(cond).map(|c| Op::Mov {
+                dst,
+                src: if c != 0 { a } else { b },
+            }),
+            Op::BrIf { cond, target } => match k.konst(cond) {
+                Some(0) => {
+                    keep[i] = false;
+                    None
+                }
+                Some(_) => Some(Op::Br(target)),
+                None => None,
+            },
+            _ => None,
+        };
+        if let Some(r) = rewritten {
+            *op = r;
+        }
+        // A move of a constant is the constant.
+        if let Op::Mov { dst, src } = *op {
+            if let Some(v) = k.konst(src) {
+                *op = Op::Const { dst, value: v };
+            }
+        }
+        // Update what is known.
+        if let Some(d) = dst(op) {
+            k.assign(d);
+        }
+        match *op {
+            Op::Const { dst, value } => k.set_konst(dst, value),
+            Op::Mov { dst, src } => k.set_copy(dst, src),
+            Op::Get { dst, src } if plain(src) => {
+                k.globals.insert(src, dst);
+            }
+            Op::Set { dst, src } if plain(dst) => {
+                k.globals.insert(dst, src);
+            }
+            Op::Call { ref effects, .. } if effects.writes_globals => k.globals.clear(),
+            Op::Label(_) => k.clear(),
+            _ => {}
+        }
+    }
+    let mut i = 0;
+    block.ops.retain(|_| {
+        i += 1;
+        keep[i - 1]
+    });
+}
+
+/// Drops `Set`s of plain globals that a later `Set` of the same global overwrites
+/// before anything can observe them.
+fn dead_global_stores(block: &mut Block) {
+    // An instruction boundary observes the state if a stop request may be pending
+    // there: it is the block's first (one may have been raised before the block), or
+    // a store or a call that is not pure ran before it.
+    let mut may_stop = vec![false; block.ops.len()];
+    let mut seen_effect = false;
+    let mut first = true;
+    // (the loop below fills `may_stop` for every boundary)
+    for (i, op) in block.ops.iter().enumerate() {
+        match op {
+            Op::InsnStart { .. } => {
+                may_stop[i] = first || seen_effect;
+                first = false;
+            }
+            Op::Store { .. } => seen_effect = true,
+            Op::Call { effects, .. } if !pure_call(effects) => seen_effect = true,
+            _ => {}
+        }
+    }
+    let mut overwritten: Vec<Global> = Vec::new();
+    let mut keep = vec![true; block.ops.len()];
+    for (i, op) in block.ops.iter().enumerate().rev() {
+        match op {
+            Op::Set { dst, .. } if plain(*dst) => {
+                if overwritten.contains(dst) {
+                    keep[i] = false;
+                } else {
+                    overwritten.push(*dst);
+                }
+            }
+            Op::Set { .. } => overwritten.clear(),
+            Op::Get { src, .. } => overwritten.retain(|g| g != src),
+            Op::InsnStart { .. } if !may_stop[i] => {}
+            Op::Call { effects, .. } if pure_call(effects) => {}
+            Op::Const { .. }
+            | Op::Mov { .. }
+            | Op::Bin { .. }
+            | Op::Un { .. }
+            | Op::Ext { .. }
+            | Op::SetCond { .. }
+            | Op::Select { .. } => {}
+            _ => overwritten.clear(),
+        }
+    }
+    let mut i = 0;
+    block.ops.retain(|_| {
+        i += 1;
+        keep[i - 1]
+    });
+}
+
+/// Drops ops without side effects whose result no op reads.
+fn dead_temps(block: &mut Block) {
+    let mut uses = vec![0u32; block.temps as usize];
+    for op in block.ops.iter_mut() {
+        sources_mut(op, |t| {
+            if let Some(u) = uses.get_mut(t.0 as usize) {
+                *u += 1;
+            }
+        });
+    }
+    let mut keep = vec![true; block.ops.len()];
+    loop {
+        let mut changed = false;
+        for (i, op) in block.ops.iter_mut().enumerate().rev() {
+            if !keep[i] {
+                continue;
+            }
+            let removable = matches!(
+                op,
+                Op::Const { .. }
+                    | Op::Mov { .. }
+                    | Op::Get { .. }
+                    | Op::Bin { .. }
+                    | Op::Un { .. }
+                    | Op::Ext { .. }
+                    | Op::SetCond { .. }
+                    | Op::Select { .. }
+            );
+            let unused = dst(op).is_some_and(|d| uses.get(d.0 as usize) == Some(&0));
+            if removable && unused {
+                keep[i] = false;
+                changed = true;
+                sources_mut(op, |t| {
+                    if let Some(u) = uses.get_mut(t.0 as usize) {
+                        *u = u.saturating_sub(1);
+                    }
+                });
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let mut i = 0;
+    block.ops.retain(|_| {
+        i += 1;
+        keep[i - 1]
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{Builder, ExitKind, MmuIdx};
+
+    fn count(b: &Block, f: impl Fn(&Op) -> bool) -> usize {
+        b.ops.iter().filter(|o| f(o)).count()
+    }
+
+    fn sets_of(b: &Block, g: Global) -> usize {
+        count(b, |o| matches!(o, Op::Set { dst, .. } if *dst == g))
+    }
+
+    /// Two ALU instructions in a row: the first one's lazy flags are dead, the
+    /// register is forwarded, constants fold.
+    #[test]
+    fn flags_of_an_overwritten_instruction_go() {
+        let mut b = Builder::new(0x10);
+        for (pc, k) in [(0x10, 5u64), (0x13, 7)] {
+            b.insn_start(pc, 3);
+            let r = b.get(Global::Gpr(0));
+            let c = b.konst(k);
+            let zero = b.konst(0);
+            let c2 = b.bin(BinOp::Add, Size::B64, c, zero);
+            let s = b.bin(BinOp::Add, Size::B64, r, c2);
+            b.set(Global::Gpr(0), s);
+            let op = b.konst(3);
+            b.set(Global::CcOp, op);
+            b.set(Global::CcDst, s);
+            b.set(Global::CcSrc, c2);
+        }
+        let n = b.konst(0x16);
+        b.set(Global::Pc, n);
+        b.exit(ExitKind::Jump(0x16));
+        let mut blk = b.finish();
+        optimize(&mut blk);
+        blk.validate().unwrap();
+        for g in [Global::Gpr(0), Global::CcOp, Global::CcDst, Global::CcSrc] {
+            assert_eq!(sets_of(&blk, g), 1, "{g}\n{blk}");
+        }
+        // One read of r0; `c + 0` folded into the constants.
+        assert_eq!(count(&blk, |o| matches!(o, Op::Get { .. })), 1, "{blk}");
+        assert_eq!(count(&blk, |o| matches!(o, Op::Bin { .. })), 2, "{blk}");
+    }
+
+    /// State stays exact where it can be observed: before a load (it may fault),
+    /// and at an instruction boundary after a store (it may have asked to stop).
+    #[test]
+    fn observed_state_is_kept() {
+        let mut b = Builder::new(0);
+        b.insn_start(0, 1);
+        let one = b.konst(1);
+        b.set(Global::CcOp, one);
+        let a = b.konst(0x1000);
+        b.load(a, Size::B8, false, MmuIdx::Kernel);
+        b.set(Global::CcOp, a);
+        b.store(a, a, Size::B8, MmuIdx::Kernel);
+        b.set(Global::CcDst, one);
+        b.insn_start(1, 1);
+        b.set(Global::CcDst, a);
+        b.exit(ExitKind::Indirect);
+        let mut blk = b.finish();
+        let before = blk.clone();
+        optimize(&mut blk);
+        assert_eq!(sets_of(&blk, Global::CcOp), 2, "{blk}");
+        assert_eq!(sets_of(&blk, Global::CcDst), 2, "{blk}");
+        assert_eq!(blk.ops.len(), before.ops.len());
+    }
+
+    /// A branch on a constant is resolved; `Flags` is never forwarded (its writes
+    /// are masked); knowledge ends at a label.
+    #[test]
+    fn constant_branches_flags_and_labels() {
+        let mut b = Builder::new(0);
+        b.insn_start(0, 1);
+        let l = b.label();
+        let z = b.konst(0);
+        b.br_if(z, l);
+        let v = b.konst(0xffff);
+        b.set(Global::Flags, v);
+        let f = b.get(Global::Flags);
+        b.set(Global::Gpr(1), f);
+        b.set_label(l);
+        let r = b.get(Global::Gpr(1));
+        b.set(Global::Gpr(2), r);
+        b.exit(ExitKind::Indirect);
+        let mut blk = b.finish();
+        optimize(&mut blk);
+        assert_eq!(count(&blk, |o| matches!(o, Op::BrIf { .. })), 0, "{blk}");
+        assert!(blk.ops.iter().any(|o| matches!(
+            o,
+            Op::Get {
+                src: Global::Flags,
+                ..
+            }
+        )));
+        assert!(blk.ops.iter().any(|o| matches!(
+            o,
+            Op::Get {
+                src: Global::Gpr(1),
+                ..
+            }
+        )));
+    }
+}
