@@ -46,4 +46,6 @@ mod tests;
 #[cfg(test)]
 mod tests_apic;
 #[cfg(test)]
+mod tests_smc;
+#[cfg(test)]
 mod tests_smp;

@@ -1,0 +1,95 @@
+//! Self-modifying code through the whole run loop with the real x86 translator: a
+//! write into the block being run, into a block linked to itself (chained under the
+//! JIT), and through a second linear mapping of the code's physical page. Each runs
+//! with the interpreter and with the JIT.
+
+use crate::tests_apic::{pm_state, Mp, DATA};
+use crate::vcpu::TcgVcpu;
+use iced_x86::code_asm::*;
+use vireo_core::cpu::{ctl, reg};
+use vireo_core::{Vcpu, VcpuExit};
+
+/// Runs flat 32-bit code at 0x1000 (paging per `setup`) until it halts.
+fn run(mp: &Mp, setup: impl FnOnce(&mut vireo_core::cpu::CpuState)) -> u32 {
+    let mut v = TcgVcpu::new(mp.bus(), mp.control.clone());
+    let mut s = pm_state(0xfee0_0900, 0x1000);
+    setup(&mut s);
+    v.set_state(&s).unwrap();
+    assert_eq!(v.run().unwrap(), VcpuExit::Halted);
+    assert_eq!(v.state().unwrap().gpr[reg::RCX], 0, "ran to the end");
+    mp.r32(DATA)
+}
+
+/// `mov byte [at], imm` (7 bytes, absolute address).
+fn patch(a: &mut CodeAssembler, at: u32, imm: u32) -> Result<(), IcedError> {
+    a.mov(byte_ptr(at), imm)
+}
+
+#[test]
+fn a_write_into_the_running_block_is_seen_by_the_next_instruction() {
+    let mp = Mp::new();
+    // 0x1000: patch the immediate of the `mov al, 1` right after (at 0x1007).
+    mp.code(0x1000, |a| {
+        a.xor(eax, eax)?; // 2 bytes
+        a.xor(ecx, ecx)?; // 2 bytes
+        patch(a, 0x100c, 7)?; // 7 bytes: 0x1004..0x100b
+        a.mov(al, 1u32)?; // 0x100b: B0 01
+        a.mov(dword_ptr(DATA as u32), eax)?;
+        a.hlt()
+    });
+    assert_eq!(mp.mem.read_u8(0x100b).unwrap(), 0xb0, "layout");
+    assert_eq!(run(&mp, |_| {}), 7);
+}
+
+#[test]
+fn a_block_linked_to_itself_sees_its_own_patch() {
+    let mp = Mp::new();
+    // A loop body at 0x1100 that adds its `mov al, imm` to EBX and then patches that
+    // immediate: the second pass must add the new value (the block, linked to
+    // itself, must be dropped and translated again).
+    mp.code(0x1000, |a| {
+        a.xor(eax, eax)?;
+        a.xor(ebx, ebx)?;
+        a.mov(ecx, 3u32)?;
+        a.jmp(0x1100u64)
+    });
+    mp.code(0x1100, |a| {
+        a.mov(al, 1u32)?; // 0x1100: B0 01
+        a.add(ebx, eax)?;
+        a.add(byte_ptr(0x1101u32), 4u32)?; // 1, 5, 9
+        a.dec(ecx)?;
+        a.jnz(0x1100u64)?;
+        a.mov(dword_ptr(DATA as u32), ebx)?;
+        a.hlt()
+    });
+    assert_eq!(run(&mp, |_| {}), 1 + 5 + 9);
+}
+
+#[test]
+fn a_write_through_an_alias_mapping_reaches_the_code() {
+    let mp = Mp::new();
+    // 32-bit paging with 4 MiB pages: linear 0 and linear 4 MiB both map physical 0.
+    const PD: u64 = 0x10000;
+    mp.mem.write_u32(PD, 0x83).unwrap();
+    mp.mem.write_u32(PD + 4, 0x83).unwrap();
+    mp.code(0x1000, |a| {
+        a.xor(eax, eax)?;
+        a.xor(ecx, ecx)?;
+        patch(a, 0x40_100c, 9)?; // through the alias
+        a.mov(al, 1u32)?; // 0x100b
+        a.mov(dword_ptr(DATA as u32), eax)?;
+        a.hlt()
+    });
+    let v = run(&mp, |s| {
+        s.cr3 = PD;
+        s.cr4 |= vireo_x86::mmu::cr4::PSE;
+        s.cr0 |= ctl::CR0_PG;
+    });
+    assert_eq!(v, 9);
+}
+
+jit_variants!(
+    a_write_into_the_running_block_is_seen_by_the_next_instruction,
+    a_block_linked_to_itself_sees_its_own_patch,
+    a_write_through_an_alias_mapping_reaches_the_code,
+);
