@@ -105,6 +105,106 @@ struct Gen<'a> {
     /// Offsets of the bools that must be false to chain; `None`: never chain.
     guards: Option<Vec<i32>>,
     popcnt: bool,
+    /// The host register each temp lives in, if any (else its slot in the temp area).
+    alloc: Vec<Option<u8>>,
+    /// Temps in caller-saved registers, with the op range `(def, last use)` they live
+    /// in: saved to their slots around calls inside the range.
+    volatile: Vec<(Temp, u8, usize, usize)>,
+    /// Index of the op being compiled.
+    cur: usize,
+}
+
+/// Registers temps may live in: two callee-saved (kept across calls), two
+/// caller-saved (saved around calls). None is used by the op templates.
+const ALLOC_REGS: [u8; 4] = [14, 15, 10, 11];
+
+/// Linear-scan allocation of temps to [`ALLOC_REGS`]: a temp qualifies when it is
+/// assigned once, before any use, and no label lies between its assignment and its
+/// last use (so every path that reads it ran the assignment in the same straight
+/// line). Temps that get no register stay in the temp area.
+fn allocate(block: &Block) -> (Vec<Option<u8>>, Vec<(Temp, u8, usize, usize)>) {
+    let n = block.temps as usize;
+    let mut defs = vec![0u32; n];
+    let mut first_def = vec![usize::MAX; n];
+    let mut first_use = vec![usize::MAX; n];
+    let mut last_use = vec![0usize; n];
+    let mut labels = Vec::new();
+    for (i, op) in block.ops.iter().enumerate() {
+        if let Op::Label(_) = op {
+            labels.push(i);
+        }
+        let d = op_dst(op);
+        for t in op.temps() {
+            let k = t.0 as usize;
+            if k >= n {
+                continue;
+            }
+            if Some(t) == d && defs_once(op, t) {
+                continue;
+            }
+            first_use[k] = first_use[k].min(i);
+            last_use[k] = last_use[k].max(i);
+        }
+        if let Some(t) = d {
+            let k = t.0 as usize;
+            if k < n {
+                defs[k] += 1;
+                first_def[k] = first_def[k].min(i);
+            }
+        }
+    }
+    let mut intervals: Vec<(usize, usize, Temp)> = (0..n)
+        .filter(|&k| defs[k] == 1 && first_def[k] < first_use[k] && first_use[k] != usize::MAX)
+        .filter(|&k| !labels.iter().any(|&l| l > first_def[k] && l <= last_use[k]))
+        .map(|k| (first_def[k], last_use[k], Temp(k as u32)))
+        .collect();
+    intervals.sort();
+    let mut alloc = vec![None; n];
+    let mut volatile = Vec::new();
+    // (end, register) of the intervals holding a register.
+    let mut active: Vec<(usize, u8)> = Vec::new();
+    let mut free: Vec<u8> = ALLOC_REGS.iter().rev().copied().collect();
+    for (start, end, t) in intervals {
+        // An interval ending at this op frees its register for the op's result.
+        active.retain(|&(e, r)| {
+            if e <= start {
+                free.push(r);
+                false
+            } else {
+                true
+            }
+        });
+        if let Some(r) = free.pop() {
+            alloc[t.0 as usize] = Some(r);
+            active.push((end, r));
+            if r == 10 || r == 11 {
+                volatile.push((t, r, start, end));
+            }
+        }
+    }
+    (alloc, volatile)
+}
+
+/// Whether `t`, the op's result, is not also one of its operands.
+fn defs_once(op: &Op, t: Temp) -> bool {
+    op.temps().iter().filter(|x| **x == t).count() == 1
+}
+
+/// The temp `op` assigns, if any.
+fn op_dst(op: &Op) -> Option<Temp> {
+    match op {
+        Op::Const { dst, .. }
+        | Op::Mov { dst, .. }
+        | Op::Get { dst, .. }
+        | Op::Bin { dst, .. }
+        | Op::Un { dst, .. }
+        | Op::Ext { dst, .. }
+        | Op::SetCond { dst, .. }
+        | Op::Select { dst, .. }
+        | Op::Load { dst, .. } => Some(*dst),
+        Op::Call { ret, .. } => *ret,
+        _ => None,
+    }
 }
 
 /// Compiles `block` for environment type `E`, with its cell at address `cell`.
@@ -136,6 +236,7 @@ pub fn compile<E: GuestEnv + DirectGlobals>(
             .map(|o| i32::try_from(o).ok())
             .collect::<Option<Vec<i32>>>()
     });
+    let (alloc, volatile) = allocate(block);
     let mut g = Gen {
         ops,
         block,
@@ -146,9 +247,13 @@ pub fn compile<E: GuestEnv + DirectGlobals>(
         slot_targets,
         guards,
         popcnt: std::arch::is_x86_feature_detected!("popcnt"),
+        alloc,
+        volatile,
+        cur: 0,
     };
     let chain_entry = g.prologue();
-    for op in &block.ops {
+    for (i, op) in block.ops.iter().enumerate() {
+        g.cur = i;
         g.op::<E>(op)?;
     }
     // A block without a final exit falls off its end: an indirect exit, as in the
@@ -183,7 +288,8 @@ impl Gen<'_> {
             ; push r12
             ; push r13
             ; push r14
-            ; sub rsp, 16
+            ; push r15
+            ; sub rsp, 8
             ; mov rbx, rdi
             ; mov r12, rsi
             ; mov r13, rdx
@@ -208,7 +314,8 @@ impl Gen<'_> {
             ; mov [rbx + CTX_PC], rax
             ; mov eax, RET_FAULT as i32
             ; =>epilogue
-            ; add rsp, 16
+            ; add rsp, 8
+            ; pop r15
             ; pop r14
             ; pop r13
             ; pop r12
@@ -218,14 +325,52 @@ impl Gen<'_> {
         );
     }
 
+    /// The register temp `t` lives in, if any.
+    fn reg(&self, t: Temp) -> Option<u8> {
+        self.alloc.get(t.0 as usize).copied().flatten()
+    }
+
     fn ld(&mut self, r: u8, t: Temp) {
-        let off = toff(t);
-        dynasm!(self.ops ; .arch x64 ; mov Rq(r), QWORD [r13 + off]);
+        match self.reg(t) {
+            Some(h) if h == r => {}
+            Some(h) => dynasm!(self.ops ; .arch x64 ; mov Rq(r), Rq(h)),
+            None => {
+                let off = toff(t);
+                dynasm!(self.ops ; .arch x64 ; mov Rq(r), QWORD [r13 + off]);
+            }
+        }
     }
 
     fn st(&mut self, t: Temp, r: u8) {
-        let off = toff(t);
-        dynasm!(self.ops ; .arch x64 ; mov QWORD [r13 + off], Rq(r));
+        match self.reg(t) {
+            Some(h) if h == r => {}
+            Some(h) => dynasm!(self.ops ; .arch x64 ; mov Rq(h), Rq(r)),
+            None => {
+                let off = toff(t);
+                dynasm!(self.ops ; .arch x64 ; mov QWORD [r13 + off], Rq(r));
+            }
+        }
+    }
+
+    /// Sets the flags from `t` compared with 0.
+    fn test_zero(&mut self, t: Temp) {
+        match self.reg(t) {
+            Some(h) => dynasm!(self.ops ; .arch x64 ; test Rq(h), Rq(h)),
+            None => {
+                let off = toff(t);
+                dynasm!(self.ops ; .arch x64 ; cmp QWORD [r13 + off], 0);
+            }
+        }
+    }
+
+    /// Caller-saved registers holding temps that live across the current op.
+    fn live_volatile(&self) -> Vec<(Temp, u8)> {
+        let i = self.cur;
+        self.volatile
+            .iter()
+            .filter(|&&(_, _, start, end)| start < i && i < end)
+            .map(|&(t, r, _, _)| (t, r))
+            .collect()
     }
 
     fn imm(&mut self, r: u8, v: u64) {
@@ -256,13 +401,23 @@ impl Gen<'_> {
         }
     }
 
-    /// Calls `f` (an `extern "C"` trampoline; arguments already in place).
+    /// Calls `f` (an `extern "C"` trampoline; arguments already in place), keeping
+    /// the temps that live in caller-saved registers across it (in their slots).
     fn call(&mut self, f: usize) {
+        let live = self.live_volatile();
+        for &(t, r) in &live {
+            let off = toff(t);
+            dynasm!(self.ops ; .arch x64 ; mov QWORD [r13 + off], Rq(r));
+        }
         dynasm!(self.ops
             ; .arch x64
             ; mov rax, QWORD f as i64
             ; call rax
         );
+        for &(t, r) in &live {
+            let off = toff(t);
+            dynasm!(self.ops ; .arch x64 ; mov Rq(r), QWORD [r13 + off]);
+        }
     }
 
     /// Leaves through the fault path unless the status in `rax` is OK.
@@ -331,7 +486,9 @@ impl Gen<'_> {
             Op::InsnStart { pc, .. } => self.insn_start::<E>(pc),
             Op::Const { dst, value } => {
                 let off = toff(dst);
-                if i32::try_from(value as i64).is_ok() {
+                if let Some(h) = self.reg(dst) {
+                    self.imm(h, value);
+                } else if i32::try_from(value as i64).is_ok() {
                     dynasm!(self.ops ; .arch x64 ; mov QWORD [r13 + off], value as i32);
                 } else {
                     self.imm(RAX, value);
@@ -430,14 +587,10 @@ impl Gen<'_> {
                 self.st(dst, RAX);
             }
             Op::Select { dst, cond, a, b } => {
-                let c = toff(cond);
                 self.ld(RAX, a);
                 self.ld(RCX, b);
-                dynasm!(self.ops
-                    ; .arch x64
-                    ; cmp QWORD [r13 + c], 0
-                    ; cmove rax, rcx
-                );
+                self.test_zero(cond);
+                dynasm!(self.ops ; .arch x64 ; cmove rax, rcx);
                 self.st(dst, RAX);
             }
             Op::Load {
@@ -522,12 +675,8 @@ impl Gen<'_> {
             }
             Op::BrIf { cond, target } => {
                 let l = self.label(target.0)?;
-                let c = toff(cond);
-                dynasm!(self.ops
-                    ; .arch x64
-                    ; cmp QWORD [r13 + c], 0
-                    ; jne =>l
-                );
+                self.test_zero(cond);
+                dynasm!(self.ops ; .arch x64 ; jne =>l);
             }
             Op::Call {
                 helper,
