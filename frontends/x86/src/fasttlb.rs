@@ -4,7 +4,7 @@
 //! The softmmu TLB of [`crate::mmu`] caches translations to physical addresses; every
 //! access through it still finds the region, checks the APIC page, A20 and the code
 //! watch. The fast TLB caches the end result for the common case: an entry holds, for
-//! one 4 KiB linear page and one [`MmuIdx`], the difference between the host address
+//! one 4 KiB linear page and one table ([`Table`]), the difference between the host address
 //! of the page and its linear address, and a tag for reads and one for writes. An
 //! access that hits (the tag equals the page number of its *last* byte, which also
 //! rules out accesses that cross a page) reads or writes host memory directly: in
@@ -19,8 +19,9 @@
 //!   APIC page (dropped when the APIC base moves);
 //! - writes: the page holds no translated code (a page that becomes watched loses its
 //!   write tags: [`FastTlb::sync`] compares the code watch's generation);
-//! - supervisor entries: only when SMAP cannot change the answer (SMAP enforced for
-//!   the access, or CR4.SMAP clear), since RFLAGS.AC is not part of the tag.
+//! - supervisor entries made while RFLAGS.AC opens SMAP go to a third table
+//!   ([`Table::KERNEL_AC`]) consulted only in that state; the supervisor table holds
+//!   entries made with SMAP enforced or off, which stay right whatever AC is.
 //!
 //! Every flush of the softmmu TLB flushes the fast TLB too (or the part that covers
 //! the flushed pages). The entries keep the guest memory they point into alive.
@@ -60,8 +61,8 @@ const EMPTY: FastEntry = FastEntry {
 
 /// The fast TLB of one CPU: [`FAST_SIZE`] direct-mapped entries per [`MmuIdx`].
 pub struct FastTlb {
-    /// `entries[idx(mmu)][vpn % FAST_SIZE]`.
-    entries: [[FastEntry; FAST_SIZE]; 2],
+    /// `entries[table][vpn % FAST_SIZE]` (see [`Table`]).
+    entries: [[FastEntry; FAST_SIZE]; 3],
     /// The guest memory the entries point into (kept alive while they exist).
     mem: Option<Arc<GuestMemory>>,
     /// The code watch generation the write tags were checked against.
@@ -86,7 +87,7 @@ impl std::fmt::Debug for FastTlb {
 impl Default for FastTlb {
     fn default() -> FastTlb {
         FastTlb {
-            entries: [[EMPTY; FAST_SIZE]; 2],
+            entries: [[EMPTY; FAST_SIZE]; 3],
             mem: None,
             watch_gen: 0,
             used: false,
@@ -96,11 +97,25 @@ impl Default for FastTlb {
     }
 }
 
-/// The table of an MMU index.
-fn idx(mmu: MmuIdx) -> usize {
-    match mmu {
-        MmuIdx::Kernel => 0,
-        MmuIdx::User => 1,
+/// One of the three tables: supervisor accesses (valid whatever RFLAGS.AC is: made
+/// with SMAP enforced or off), user accesses, and supervisor accesses while SMAP is
+/// opened by RFLAGS.AC (`KERNEL_AC`, used only then; generated code looks up the first
+/// two only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Table(usize);
+
+impl Table {
+    pub const KERNEL: Table = Table(0);
+    pub const USER: Table = Table(1);
+    pub const KERNEL_AC: Table = Table(2);
+}
+
+impl From<MmuIdx> for Table {
+    fn from(mmu: MmuIdx) -> Table {
+        match mmu {
+            MmuIdx::Kernel => Table::KERNEL,
+            MmuIdx::User => Table::USER,
+        }
     }
 }
 
@@ -167,8 +182,8 @@ impl FastTlb {
 
     /// The host address for `len` bytes at `la`, if an entry allows the access.
     #[inline]
-    fn host(&self, la: u64, len: usize, mmu: MmuIdx, write: bool) -> Option<*mut u8> {
-        let e = &self.entries[idx(mmu)][slot(la >> 12)];
+    fn host(&self, la: u64, len: usize, table: Table, write: bool) -> Option<*mut u8> {
+        let e = &self.entries[table.0][slot(la >> 12)];
         let tag = if write { e.write } else { e.read };
         (tag == last_vpn(la, len)).then(|| la.wrapping_add(e.addend) as *mut u8)
     }
@@ -176,9 +191,15 @@ impl FastTlb {
     /// Reads `len` (1-8) bytes at `la` if an entry allows it (`write`: for a
     /// read-modify-write, which needs the write tag).
     #[inline]
-    pub fn read(&mut self, la: u64, len: usize, mmu: MmuIdx, write: bool) -> Option<u64> {
+    pub fn read(
+        &mut self,
+        la: u64,
+        len: usize,
+        table: impl Into<Table>,
+        write: bool,
+    ) -> Option<u64> {
         let len = len.min(8);
-        let p = self.host(la, len, mmu, write)?;
+        let p = self.host(la, len, table.into(), write)?;
         let mut b = [0u8; 8];
         // SAFETY: an entry is made only for a whole 4 KiB page of a region of
         // `self.mem`, which this struct keeps alive (`fill`); a hit means
@@ -193,9 +214,9 @@ impl FastTlb {
 
     /// Writes the low `len` (1-8) bytes of `v` at `la` if an entry allows it.
     #[inline]
-    pub fn write(&mut self, la: u64, len: usize, v: u64, mmu: MmuIdx) -> bool {
+    pub fn write(&mut self, la: u64, len: usize, v: u64, table: impl Into<Table>) -> bool {
         let len = len.min(8);
-        let Some(p) = self.host(la, len, mmu, true) else {
+        let Some(p) = self.host(la, len, table.into(), true) else {
             return false;
         };
         // SAFETY: as in `read`; write tags are only made for RAM pages (never ROM),
@@ -215,7 +236,7 @@ impl FastTlb {
         vpn: u64,
         page_mask: u64,
         host: u64,
-        mmu: MmuIdx,
+        table: impl Into<Table>,
         write: bool,
     ) {
         if !self.mem.as_ref().is_some_and(|m| Arc::ptr_eq(m, mem)) {
@@ -224,7 +245,7 @@ impl FastTlb {
             self.mem = Some(Arc::clone(mem));
         }
         let addend = host.wrapping_sub(vpn << 12);
-        let e = &mut self.entries[idx(mmu)][slot(vpn)];
+        let e = &mut self.entries[table.into().0][slot(vpn)];
         let same = e.addend == addend && (e.read == vpn || e.write == vpn);
         if !same {
             *e = EMPTY;

@@ -25,7 +25,7 @@
 //! memory, so a fault on the second page leaves memory unwritten.
 
 use crate::cpu::X86Cpu;
-use crate::fasttlb::FastTlb;
+use crate::fasttlb::{FastTlb, Table};
 use vireo_core::cpu::{ctl, flags as fl};
 use vireo_core::exec::Fault;
 use vireo_core::ir::{MmuIdx, Size};
@@ -722,6 +722,11 @@ pub fn read(cpu: &mut X86Cpu, addr: u64, size: Size, mmu: MmuIdx) -> Result<u64,
     if let Some(v) = cpu.mmu.fast.read(addr, len, mmu, false) {
         return Ok(v);
     }
+    if smap_open(cpu, mmu) {
+        if let Some(v) = cpu.mmu.fast.read(addr, len, Table::KERNEL_AC, false) {
+            return Ok(v);
+        }
+    }
     let v = read_le(cpu, addr, len, Agent::from(mmu))?;
     fill_fast(cpu, addr, len, mmu, Access::Read);
     Ok(v)
@@ -735,6 +740,11 @@ pub fn read_for_write(cpu: &mut X86Cpu, addr: u64, size: Size, mmu: MmuIdx) -> R
     if let Some(v) = cpu.mmu.fast.read(addr, len, mmu, true) {
         return Ok(v);
     }
+    if smap_open(cpu, mmu) {
+        if let Some(v) = cpu.mmu.fast.read(addr, len, Table::KERNEL_AC, true) {
+            return Ok(v);
+        }
+    }
     let mut b = [0u8; 8];
     read_bytes(cpu, addr, &mut b[..len], Access::Write, Agent::from(mmu))?;
     fill_fast(cpu, addr, len, mmu, Access::Write);
@@ -744,7 +754,9 @@ pub fn read_for_write(cpu: &mut X86Cpu, addr: u64, size: Size, mmu: MmuIdx) -> R
 /// Writes the low `size` bytes of `val` at linear address `addr`.
 pub fn write(cpu: &mut X86Cpu, addr: u64, val: u64, size: Size, mmu: MmuIdx) -> Result<(), Fault> {
     let len = size.bytes().min(8);
-    if cpu.mmu.fast.write(addr, len, val, mmu) {
+    if cpu.mmu.fast.write(addr, len, val, mmu)
+        || (smap_open(cpu, mmu) && cpu.mmu.fast.write(addr, len, val, Table::KERNEL_AC))
+    {
         return Ok(());
     }
     write_le(cpu, addr, len, val, Agent::from(mmu))?;
@@ -764,9 +776,13 @@ fn fill_fast(cpu: &mut X86Cpu, la: u64, len: usize, mmu: MmuIdx, access: Access)
     }
     let agent = Agent::from(mmu);
     let class = class_of(cpu, agent);
-    if class == 2 && cpu.state.cr4 & cr4::SMAP != 0 {
-        return; // RFLAGS.AC opened SMAP for now; the tag does not hold AC
-    }
+    // A supervisor access while RFLAGS.AC opens SMAP goes to its own table (the
+    // others' entries must hold whatever AC is).
+    let table = if smap_open(cpu, mmu) {
+        Table::KERNEL_AC
+    } else {
+        Table::from(mmu)
+    };
     let Ok(pa) = translate(cpu, la, access, agent) else {
         return;
     };
@@ -795,7 +811,12 @@ fn fill_fast(cpu: &mut X86Cpu, la: u64, len: usize, mmu: MmuIdx, access: Access)
     let host = r.host_addr + (page - r.gpa);
     cpu.mmu
         .fast
-        .fill(&cpu.bus.mem, vpn, page_mask, host, mmu, write);
+        .fill(&cpu.bus.mem, vpn, page_mask, host, table, write);
+}
+
+/// A supervisor access with SMAP enabled and opened by RFLAGS.AC.
+fn smap_open(cpu: &X86Cpu, mmu: MmuIdx) -> bool {
+    mmu == MmuIdx::Kernel && cpu.state.cr4 & cr4::SMAP != 0 && cpu.state.rflags & fl::AC != 0
 }
 
 /// Brings the fast TLB up to date with what may change outside the MMU between two

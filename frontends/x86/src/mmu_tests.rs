@@ -231,7 +231,12 @@ fn smep_and_smap() {
     assert!(write(&mut cpu, la, 1, Size::B8, MmuIdx::Kernel).is_ok());
     let f = read_sys(&mut cpu, la, 8).unwrap_err();
     assert_eq!(f.error_code, Some(pferr::P));
-    // Those accesses left no fast TLB entry that would outlive AC.
+    // Later accesses with AC = 1 take the fast TLB's table for that state...
+    let hits = cpu.mmu.fast.hits;
+    assert!(read(&mut cpu, la, Size::B8, MmuIdx::Kernel).is_ok());
+    assert!(write(&mut cpu, la, 2, Size::B8, MmuIdx::Kernel).is_ok());
+    assert_eq!(cpu.mmu.fast.hits, hits + 2);
+    // ... and none of those entries outlives AC.
     cpu.state.rflags &= !vireo_core::cpu::flags::AC;
     let (e, _) = pf_err(read(&mut cpu, la, Size::B8, MmuIdx::Kernel));
     assert_eq!(e, pferr::P);
