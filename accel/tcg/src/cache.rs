@@ -46,6 +46,12 @@ pub struct TbId {
 }
 
 impl TbId {
+    /// An id no block ever has.
+    pub const NONE: TbId = TbId {
+        index: u32::MAX,
+        gen: u32::MAX,
+    };
+
     /// As one number (the tag of the block's JIT cell).
     pub fn to_tag(self) -> u64 {
         u64::from(self.index) << 32 | u64::from(self.gen)

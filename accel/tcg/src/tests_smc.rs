@@ -1,7 +1,8 @@
 //! Self-modifying code through the whole run loop with the real x86 translator: a
 //! write into the block being run, into a block linked to itself (chained under the
-//! JIT), and through a second linear mapping of the code's physical page. Each runs
-//! with the interpreter and with the JIT.
+//! JIT), and through a second linear mapping of the code's physical page; and code
+//! remapped under an indirect call (the jump cache must not keep the old block).
+//! Each runs with the interpreter and with the JIT.
 
 use crate::tests_apic::{pm_state, Mp, DATA};
 use crate::vcpu::TcgVcpu;
@@ -88,7 +89,46 @@ fn a_write_through_an_alias_mapping_reaches_the_code() {
     assert_eq!(v, 9);
 }
 
+#[test]
+fn an_indirect_call_after_a_remap_runs_the_new_page() {
+    let mp = Mp::new();
+    const PD: u64 = 0x10000;
+    const PT: u64 = 0x11000;
+    // Linear 0-4 MiB identity (one 4 MiB page); linear 4 MiB through a page table
+    // whose first entry maps physical 0x20000, later 0x21000.
+    mp.mem.write_u32(PD, 0x83).unwrap();
+    mp.mem.write_u32(PD + 4, (PT | 3) as u32).unwrap();
+    mp.mem.write_u32(PT, 0x20003).unwrap();
+    mp.code(0x20000, |a| {
+        a.mov(eax, 1u32)?;
+        a.ret()
+    });
+    mp.code(0x21000, |a| {
+        a.mov(eax, 2u32)?;
+        a.ret()
+    });
+    mp.code(0x1000, |a| {
+        a.xor(ecx, ecx)?;
+        a.mov(ebx, 0x40_0000u32)?;
+        a.call(ebx)?;
+        a.mov(esi, eax)?;
+        a.mov(dword_ptr(PT as u32), 0x21003u32)?;
+        a.invlpg(byte_ptr(0x40_0000u32))?;
+        a.call(ebx)?;
+        a.add(esi, eax)?;
+        a.mov(dword_ptr(DATA as u32), esi)?;
+        a.hlt()
+    });
+    let v = run(&mp, |s| {
+        s.cr3 = PD;
+        s.cr4 |= vireo_x86::mmu::cr4::PSE;
+        s.cr0 |= ctl::CR0_PG;
+    });
+    assert_eq!(v, 1 + 2);
+}
+
 jit_variants!(
+    an_indirect_call_after_a_remap_runs_the_new_page,
     a_write_into_the_running_block_is_seen_by_the_next_instruction,
     a_block_linked_to_itself_sees_its_own_patch,
     a_write_through_an_alias_mapping_reaches_the_code,

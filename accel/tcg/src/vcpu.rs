@@ -45,6 +45,41 @@ pub const MAX_BLOCK_INSNS: usize = 512;
 
 const LOG_IN_ASM: &str = "vireo::tcg::in_asm";
 const LOG_OP: &str = "vireo::tcg::op";
+
+/// Entries of the jump cache.
+const JCACHE_SIZE: usize = 4096;
+
+/// A jump-cache entry: the block found for CS:RIP = `cs_base`:`pc` in `mode` at
+/// `cpl`, valid while the MMU generation (any TLB flush or PCID switch changes it:
+/// the code page may map elsewhere) is `mmu_gen`, A20 is on and the block lives
+/// (dropped blocks, self-modifying code included, fail the id check). Only blocks on
+/// one page are entered (a second page would need its own check). It spares the
+/// lookups of blocks reached through indirect jumps and returns, which links cannot
+/// serve: the fetch translation, the key hash, the page check.
+#[derive(Debug, Clone, Copy)]
+struct JumpCache {
+    pc: u64,
+    cs_base: u64,
+    mode: u64,
+    cpl: u8,
+    mmu_gen: u64,
+    id: TbId,
+}
+
+impl JumpCache {
+    const EMPTY: JumpCache = JumpCache {
+        pc: u64::MAX,
+        cs_base: u64::MAX,
+        mode: u64::MAX,
+        cpl: u8::MAX,
+        mmu_gen: u64::MAX,
+        id: TbId::NONE,
+    };
+
+    fn slot(pc: u64) -> usize {
+        ((pc ^ (pc >> 12)) as usize) & (JCACHE_SIZE - 1)
+    }
+}
 const LOG_EXEC: &str = "vireo::tcg::exec";
 
 /// Run-loop counters.
@@ -54,6 +89,8 @@ pub struct TcgStats {
     pub blocks: u64,
     /// Blocks reached through a link (no lookup).
     pub chained: u64,
+    /// Block lookups answered by the jump cache.
+    pub jcache_hits: u64,
     /// Blocks translated.
     pub translations: u64,
     /// Exceptions delivered.
@@ -127,6 +164,8 @@ pub struct TcgVcpu {
     /// The block that just exited through `ExitKind::Jump` to the PC given: the
     /// candidate for a link.
     chain_from: Option<(TbId, u64)>,
+    /// Blocks found by CS:RIP lookups, direct-mapped by PC.
+    jcache: Vec<JumpCache>,
     max_insns: usize,
     translator: Translator,
     pub stats: TcgStats,
@@ -165,6 +204,7 @@ impl TcgVcpu {
             intc: None,
             budget: None,
             chain_from: None,
+            jcache: vec![JumpCache::EMPTY; JCACHE_SIZE],
             max_insns: MAX_BLOCK_INSNS,
             translator: frontend::translate,
             stats: TcgStats::default(),
@@ -287,6 +327,8 @@ impl TcgVcpu {
     pub(crate) fn join_group(&mut self, share: CodeShare) {
         self.cache = BlockCache::default();
         self.cpu.mmu.code = CodeWatch::default();
+        // Ids of the old cache mean nothing in the group's.
+        self.jcache.fill(JumpCache::EMPTY);
         self.share = Some(share);
         self.checked_out = false;
         self.chain_from = None;
@@ -634,9 +676,63 @@ impl TcgVcpu {
         }
     }
 
-    /// The block at CS:`pc`: from the cache (linking the previous block to it when it
-    /// may be), else translated. Faults fetching it are delivered (`Err(step)`).
+    /// The block at CS:`pc`: from the jump cache, else from the cache (linking the
+    /// previous block to it when it may be), else translated. Faults fetching it are
+    /// delivered (`Err(step)`).
     fn find_block(&mut self, pc: u64, prev: Option<(TbId, u64)>) -> Result<TbId, Step> {
+        let cs_base = self.cpu.state.seg[sreg::CS].base;
+        let mode = frontend::mode_key(&self.cpu) | u64::from(self.single_stepping()) << 63;
+        let cpl = self.cpu.state.cpl();
+        let slot = JumpCache::slot(pc);
+        let j = self.jcache[slot];
+        if j.pc == pc
+            && j.cs_base == cs_base
+            && j.mode == mode
+            && j.cpl == cpl
+            && j.mmu_gen == self.cpu.mmu.gen
+            && self.cpu.bus.a20.enabled()
+            && self.cache.get(j.id).is_some()
+        {
+            self.stats.jcache_hits += 1;
+            self.link_prev(prev, pc, j.id);
+            return Ok(j.id);
+        }
+        let id = self.find_block_slow(pc, prev)?;
+        if self.cache.get(id).is_some_and(|t| t.pages[1].is_none()) {
+            self.jcache[slot] = JumpCache {
+                pc,
+                cs_base,
+                mode,
+                cpl,
+                mmu_gen: self.cpu.mmu.gen,
+                id,
+            };
+        }
+        Ok(id)
+    }
+
+    /// Links `prev` (the block that exited to `to_pc`) to `id` (at `pc`) when the
+    /// link may be followed without a lookup: same linear page and mode, `id` on one
+    /// page.
+    fn link_prev(&mut self, prev: Option<(TbId, u64)>, pc: u64, id: TbId) {
+        let Some((from, to_pc)) = prev else {
+            return;
+        };
+        let Some(t) = self.cache.get(id) else {
+            return;
+        };
+        let (page, mode, single) = (t.linear_page, t.key.mode, t.pages[1].is_none());
+        let same_page = self
+            .cache
+            .get(from)
+            .is_some_and(|f| f.linear_page == page && f.key.mode == mode);
+        if same_page && single && to_pc == pc {
+            self.cache.link(from, pc, id);
+        }
+    }
+
+    /// [`TcgVcpu::find_block`] without the jump cache.
+    fn find_block_slow(&mut self, pc: u64, prev: Option<(TbId, u64)>) -> Result<TbId, Step> {
         let linear = frontend::code_linear(&self.cpu, pc);
         let phys = frontend::code_phys(&mut self.cpu, linear).map_err(|f| self.fault(f, pc))?;
         let key = TbKey {

@@ -226,11 +226,15 @@ pub struct Mmu {
     pub walks: u64,
     /// Host pointers for plain RAM accesses ([`crate::fasttlb`]).
     pub fast: FastTlb,
+    /// Changes with every flush (any kind) and PCID switch: what was looked up
+    /// through the TLB before may map elsewhere now.
+    pub gen: u64,
 }
 
 impl Default for Mmu {
     fn default() -> Mmu {
         Mmu {
+            gen: 0,
             fast: FastTlb::default(),
             code: CodeWatch::default(),
             tlb: vec![EMPTY; CLASSES * TLB_SIZE],
@@ -245,6 +249,7 @@ impl Mmu {
     pub fn flush(&mut self) {
         self.tlb.fill(EMPTY);
         self.fast.flush();
+        self.gen += 1;
     }
 
     /// Drops every non-global translation (a CR3 write with CR4.PGE).
@@ -253,6 +258,7 @@ impl Mmu {
             *e = EMPTY;
         }
         self.fast.flush();
+        self.gen += 1;
     }
 
     /// Drops the non-global translations of `pcid` (a CR3 write with PCIDE that does
@@ -265,6 +271,7 @@ impl Mmu {
         if pcid == self.pcid {
             self.fast.flush();
         }
+        self.gen += 1;
     }
 
     /// Drops every translation (global or not) covering linear address `la` (INVLPG;
@@ -280,6 +287,7 @@ impl Mmu {
             }
         }
         self.fast.flush_page(vpn);
+        self.gen += 1;
     }
 
     /// Drops the translations of `la` for `pcid` only (INVPCID individual address);
@@ -292,6 +300,7 @@ impl Mmu {
     pub fn set_pcid(&mut self, pcid: u16) {
         if self.pcid != pcid & 0xfff {
             self.fast.flush();
+            self.gen += 1;
         }
         self.pcid = pcid & 0xfff;
     }
