@@ -107,9 +107,9 @@ struct Gen<'a> {
     popcnt: bool,
     /// The host register each temp lives in, if any (else its slot in the temp area).
     alloc: Vec<Option<u8>>,
-    /// Temps in caller-saved registers, with the op range `(def, last use)` they live
-    /// in: saved to their slots around calls inside the range.
-    volatile: Vec<(Temp, u8, usize, usize)>,
+    /// Temps in caller-saved registers: saved to their slots around calls inside
+    /// their live range.
+    volatile: Vec<Volatile>,
     /// Index of the op being compiled.
     cur: usize,
 }
@@ -118,11 +118,21 @@ struct Gen<'a> {
 /// caller-saved (saved around calls). None is used by the op templates.
 const ALLOC_REGS: [u8; 4] = [14, 15, 10, 11];
 
+/// A temp in a caller-saved register, live from op `start` (its assignment) to op
+/// `end` (its last use).
+#[derive(Debug, Clone, Copy)]
+struct Volatile {
+    temp: Temp,
+    reg: u8,
+    start: usize,
+    end: usize,
+}
+
 /// Linear-scan allocation of temps to [`ALLOC_REGS`]: a temp qualifies when it is
 /// assigned once, before any use, and no label lies between its assignment and its
 /// last use (so every path that reads it ran the assignment in the same straight
 /// line). Temps that get no register stay in the temp area.
-fn allocate(block: &Block) -> (Vec<Option<u8>>, Vec<(Temp, u8, usize, usize)>) {
+fn allocate(block: &Block) -> (Vec<Option<u8>>, Vec<Volatile>) {
     let n = block.temps as usize;
     let mut defs = vec![0u32; n];
     let mut first_def = vec![usize::MAX; n];
@@ -178,7 +188,12 @@ fn allocate(block: &Block) -> (Vec<Option<u8>>, Vec<(Temp, u8, usize, usize)>) {
             alloc[t.0 as usize] = Some(r);
             active.push((end, r));
             if r == 10 || r == 11 {
-                volatile.push((t, r, start, end));
+                volatile.push(Volatile {
+                    temp: t,
+                    reg: r,
+                    start,
+                    end,
+                });
             }
         }
     }
@@ -368,8 +383,8 @@ impl Gen<'_> {
         let i = self.cur;
         self.volatile
             .iter()
-            .filter(|&&(_, _, start, end)| start < i && i < end)
-            .map(|&(t, r, _, _)| (t, r))
+            .filter(|v| v.start < i && i < v.end)
+            .map(|v| (v.temp, v.reg))
             .collect()
     }
 
