@@ -16,13 +16,12 @@
 compile_error!("vireo-jit generates x86-64 code: build it on an x86-64 host");
 
 mod codegen;
+mod codemem;
 mod tramp;
 
 #[cfg(test)]
 mod tests;
 
-use dynasmrt::mmap::ExecutableBuffer;
-use dynasmrt::AssemblyOffset;
 use std::marker::PhantomData;
 use vireo_core::exec::{BlockOutcome, DirectGlobals, Fault, GuestEnv};
 use vireo_core::ir::Block;
@@ -86,15 +85,9 @@ const CELLS: usize = 4096;
 /// A chunk of cells: boxed, so that cells never move while the chunk lives.
 struct CellChunk(Box<[Cell]>);
 
-struct Chunk {
-    /// `None` only transiently, while being written.
-    buf: Option<ExecutableBuffer>,
-    used: usize,
-}
-
 /// The executable memory of compiled blocks for environment type `E`.
 pub struct JitCache<E> {
-    chunks: Vec<Chunk>,
+    chunks: Vec<codemem::CodeChunk>,
     /// The cells of this generation's blocks (`cells_used` in the last chunk).
     cells: Vec<CellChunk>,
     cells_used: usize,
@@ -256,42 +249,17 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
                 limit: self.limit,
             });
         }
-        let fits = self
-            .chunks
-            .last()
-            .is_some_and(|ch| ch.buf.as_ref().is_some_and(|b| b.size() - ch.used >= len));
+        let fits = self.chunks.last().is_some_and(|ch| ch.room() >= len);
         if !fits {
-            self.chunks.push(Chunk {
-                buf: Some(ExecutableBuffer::new(len.max(CHUNK))?),
-                used: 0,
-            });
+            if let Some(full) = self.chunks.last_mut() {
+                full.seal();
+            }
+            self.chunks.push(codemem::CodeChunk::new(len.max(CHUNK))?);
         }
         let gen = self.gen;
-        let Some(chunk) = self.chunks.last_mut() else {
-            return Err(JitError::Unsupported("no code chunk".into()));
-        };
-        let Some(buf) = chunk.buf.take() else {
+        let Some(entry) = self.chunks.last_mut().and_then(|ch| ch.push(&c.code)) else {
             return Err(JitError::Unsupported("code chunk lost".into()));
         };
-        let start = chunk.used;
-        // The chunk becomes writable (not executable) while the code is copied in,
-        // then executable again. It stays mapped at the same address throughout.
-        let written = buf.make_mut().and_then(|mut m| {
-            m.set_len(start + len);
-            m[start..].copy_from_slice(&c.code);
-            m.make_exec()
-        });
-        let buf = match written {
-            Ok(b) => b,
-            Err(e) => {
-                // The chunk is gone (unmapped): no block of this generation may run.
-                self.flush();
-                return Err(JitError::Memory(e));
-            }
-        };
-        let entry = buf.ptr(AssemblyOffset(start)) as usize;
-        chunk.buf = Some(buf);
-        chunk.used = start + len;
         self.used += len;
         self.compiled += 1;
         self.max_temps = self.max_temps.max(block.temps as usize);

@@ -1,0 +1,145 @@
+//! Code memory mapped twice: writable at one address, executable at another.
+//!
+//! A chunk is a `memfd` mapped read-write and read-execute (shared): compiled code is
+//! copied in through the writable view and run from the executable one, so no page
+//! is ever writable and executable at once and no `mprotect` is needed per block
+//! (turning a chunk writable and back cost two page-table updates of the whole chunk
+//! for every compiled block). x86 keeps instruction fetches coherent with stores to
+//! any alias of the same physical memory; new code only ever goes into bytes no code
+//! has run from.
+
+use std::io;
+
+/// One chunk of code memory.
+pub struct CodeChunk {
+    /// Null once sealed.
+    rw: *mut u8,
+    rx: *mut u8,
+    len: usize,
+    used: usize,
+}
+
+// SAFETY: the chunk owns its two mappings; the raw pointers are only used through
+// `&mut self` (writes) or to compute addresses.
+unsafe impl Send for CodeChunk {}
+
+impl CodeChunk {
+    /// Maps a chunk of `len` bytes (rounded up to pages by the kernel).
+    pub fn new(len: usize) -> io::Result<CodeChunk> {
+        // SAFETY: plain system calls on a file descriptor this function owns; every
+        // result is checked, and the descriptor is closed on all paths (the mappings
+        // keep the memory alive).
+        unsafe {
+            let fd = libc::memfd_create(c"vireo-jit".as_ptr(), libc::MFD_CLOEXEC);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let map = |prot| libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd, 0);
+            let size = libc::off_t::try_from(len).map_err(|_| io::ErrorKind::InvalidInput);
+            let result = match size {
+                Err(e) => Err(io::Error::from(e)),
+                Ok(size) if libc::ftruncate(fd, size) != 0 => Err(io::Error::last_os_error()),
+                Ok(_) => {
+                    let rw = map(libc::PROT_READ | libc::PROT_WRITE);
+                    if rw == libc::MAP_FAILED {
+                        Err(io::Error::last_os_error())
+                    } else {
+                        let rx = map(libc::PROT_READ | libc::PROT_EXEC);
+                        if rx == libc::MAP_FAILED {
+                            let e = io::Error::last_os_error();
+                            libc::munmap(rw, len);
+                            Err(e)
+                        } else {
+                            Ok(CodeChunk {
+                                rw: rw.cast(),
+                                rx: rx.cast(),
+                                len,
+                                used: 0,
+                            })
+                        }
+                    }
+                }
+            };
+            libc::close(fd);
+            result
+        }
+    }
+
+    /// Bytes left.
+    pub fn room(&self) -> usize {
+        if self.rw.is_null() {
+            0
+        } else {
+            self.len - self.used
+        }
+    }
+
+    /// Drops the writable view: the chunk takes no more code, and its pages stop
+    /// counting twice in the process's resident set.
+    pub fn seal(&mut self) {
+        if !self.rw.is_null() {
+            // SAFETY: the writable mapping made by `new` (`len` bytes), unmapped once;
+            // nothing reads or writes through it afterwards (`room` is 0 from now on).
+            unsafe { libc::munmap(self.rw.cast(), self.len) };
+            self.rw = std::ptr::null_mut();
+        }
+    }
+
+    /// Copies `code` in after the code already there; returns its executable
+    /// address, or `None` if it does not fit.
+    pub fn push(&mut self, code: &[u8]) -> Option<usize> {
+        if code.len() > self.room() {
+            return None;
+        }
+        // SAFETY: `used + code.len() <= len`, so the destination lies inside the
+        // writable mapping; no code runs from these bytes yet (they were never handed
+        // out), and `code` is a distinct host buffer.
+        unsafe {
+            std::ptr::copy_nonoverlapping(code.as_ptr(), self.rw.add(self.used), code.len());
+        }
+        let at = self.rx as usize + self.used;
+        self.used += code.len();
+        Some(at)
+    }
+}
+
+impl Drop for CodeChunk {
+    fn drop(&mut self) {
+        // SAFETY: the executable mapping was made by `new` with `len` bytes and is
+        // unmapped once; whoever drops a chunk guarantees no code of it runs any more
+        // (the JIT cache drops chunks only in `flush`, which ends every block's life).
+        self.seal();
+        unsafe { libc::munmap(self.rx.cast(), self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_written_through_one_view_runs_from_the_other() {
+        let mut c = CodeChunk::new(4096).unwrap();
+        // mov eax, 42; ret
+        let f1 = c.push(&[0xb8, 42, 0, 0, 0, 0xc3]).unwrap();
+        // mov eax, 7; ret
+        let f2 = c.push(&[0xb8, 7, 0, 0, 0, 0xc3]).unwrap();
+        assert_eq!(f2, f1 + 6);
+        // SAFETY: both addresses hold the complete functions just written.
+        let (a, b) = unsafe {
+            let a: extern "C" fn() -> u32 = std::mem::transmute(f1);
+            let b: extern "C" fn() -> u32 = std::mem::transmute(f2);
+            (a(), b())
+        };
+        assert_eq!((a, b), (42, 7));
+        assert_eq!(c.room(), 4096 - 12);
+        assert!(c.push(&vec![0x90; 5000]).is_none());
+        // Sealed: the code still runs, nothing more goes in.
+        c.seal();
+        // SAFETY: as above; the executable view is still mapped.
+        let a = unsafe { std::mem::transmute::<usize, extern "C" fn() -> u32>(f1)() };
+        assert_eq!(a, 42);
+        assert_eq!(c.room(), 0);
+        assert!(c.push(&[0xc3]).is_none());
+    }
+}
