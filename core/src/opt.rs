@@ -1,6 +1,7 @@
 //! IR passes shared by every backend: constant folding and propagation, copy and
 //! global forwarding, dead global stores (lazy flags overwritten by the next
-//! instruction, registers written twice) and dead-code removal.
+//! instruction, registers written twice) and dead-code removal (pure helper calls
+//! included: a rotate's flag computation whose result nothing reads goes).
 //!
 //! What the passes rely on (the IR's contract, see [`crate::ir`]):
 //! - a plain global (GPRs 0-15, the PC, the lazy-flag quadruple, segment bases 0-5)
@@ -370,18 +371,24 @@ fn dead_temps(block: &mut Block) {
             if !keep[i] {
                 continue;
             }
-            let removable = matches!(
-                op,
+            let removable = match op {
                 Op::Const { .. }
-                    | Op::Mov { .. }
-                    | Op::Get { .. }
-                    | Op::Bin { .. }
-                    | Op::Un { .. }
-                    | Op::Ext { .. }
-                    | Op::SetCond { .. }
-                    | Op::Select { .. }
-            );
-            let unused = dst(op).is_some_and(|d| uses.get(d.0 as usize) == Some(&0));
+                | Op::Mov { .. }
+                | Op::Get { .. }
+                | Op::Bin { .. }
+                | Op::Un { .. }
+                | Op::Ext { .. }
+                | Op::SetCond { .. }
+                | Op::Select { .. } => true,
+                // A pure helper (e.g. computing the flags a later instruction
+                // overwrites) is an expression too.
+                Op::Call { effects, .. } => pure_call(effects),
+                _ => false,
+            };
+            let unused = match dst(op) {
+                Some(d) => uses.get(d.0 as usize) == Some(&0),
+                None => matches!(op, Op::Call { .. }),
+            };
             if removable && unused {
                 keep[i] = false;
                 changed = true;
@@ -446,6 +453,50 @@ mod tests {
         // One read of r0; `c + 0` folded into the constants.
         assert_eq!(count(&blk, |o| matches!(o, Op::Get { .. })), 1, "{blk}");
         assert_eq!(count(&blk, |o| matches!(o, Op::Bin { .. })), 2, "{blk}");
+    }
+
+    /// A pure helper whose result only fed dead flags goes; an impure one stays.
+    #[test]
+    fn unused_pure_calls_go() {
+        use crate::ir::{Effects, HelperId};
+        let mut b = Builder::new(0);
+        b.insn_start(0, 3);
+        let x = b.get(Global::CcSrc);
+        let f = b.call(HelperId(0), &[x], true, Effects::PURE).unwrap();
+        b.set(Global::CcSrc, f);
+        b.call(HelperId(1), &[x], false, Effects::ALL);
+        b.insn_start(3, 3);
+        let z = b.konst(0);
+        b.set(Global::CcSrc, z);
+        b.exit(ExitKind::Indirect);
+        let mut blk = b.finish();
+        optimize(&mut blk);
+        let calls: Vec<u16> = blk
+            .ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::Call { helper, .. } => Some(helper.0),
+                _ => None,
+            })
+            .collect();
+        // The impure call observes the first `Set`, so it stays, and so does the
+        // pure call feeding it.
+        assert_eq!(calls, vec![0, 1], "{blk}");
+        let mut b = Builder::new(0);
+        b.insn_start(0, 3);
+        let x = b.get(Global::CcSrc);
+        let f = b.call(HelperId(0), &[x], true, Effects::PURE).unwrap();
+        b.set(Global::CcSrc, f);
+        b.insn_start(3, 3);
+        let z = b.konst(0);
+        b.set(Global::CcSrc, z);
+        b.exit(ExitKind::Indirect);
+        let mut blk = b.finish();
+        optimize(&mut blk);
+        assert!(
+            !blk.ops.iter().any(|o| matches!(o, Op::Call { .. })),
+            "{blk}"
+        );
     }
 
     /// State stays exact where it can be observed: before a load (it may fault),
