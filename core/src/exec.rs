@@ -89,7 +89,12 @@ pub trait GuestEnv {
 ///   memory that stays mapped while `Self` lives, and `GuestEnv::load`/`store` of
 ///   that access would do nothing but read or write exactly those bytes, little
 ///   endian (no fault, no other effect; statistics aside);
-/// - every offset in `chain_guards()` is that of a `bool` inside `Self`.
+/// - every offset in `chain_guards()` is that of a `bool` inside `Self`;
+/// - `indirect_guard() == Some(off)`: the `u64` at `off` is inside `Self`, and the
+///   environment changes it (or sets it to `u64::MAX`) whenever the block that runs
+///   at a given PC and segment base could change other than through a block exit
+///   that is not `Jump` or `Indirect` (the owner of the JIT cache registers targets
+///   with the value current at lookup time: `JitCache::set_indirect`).
 pub unsafe trait DirectGlobals {
     /// Byte offset of global `g` from the environment's base pointer, if it is a plain
     /// `u64` field.
@@ -110,6 +115,20 @@ pub unsafe trait DirectGlobals {
     fn chain_guards() -> Vec<usize> {
         Vec::new()
     }
+    /// Offset of a `u64` inside `Self` that names the state indirect exits are looked
+    /// up under ([`IndirectKey`]); `u64::MAX` there matches nothing.
+    fn indirect_guard() -> Option<usize> {
+        None
+    }
+}
+
+/// What an indirect-exit target was registered under: its PC, the code segment
+/// base, and the environment's guard value at the time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndirectKey {
+    pub pc: u64,
+    pub cs_base: u64,
+    pub guard: u64,
 }
 
 /// Where an environment keeps its fast TLB (see [`DirectGlobals::fast_tlb`]): two

@@ -317,6 +317,22 @@ impl BlockCache {
         }
     }
 
+    /// Registers block `id` (if compiled and on one page) as the target of indirect
+    /// exits to `key`.
+    pub fn set_indirect(&mut self, id: TbId, key: vireo_core::exec::IndirectKey) {
+        let Some(slot) = self.slots.get(id.index as usize) else {
+            return;
+        };
+        if slot.gen != id.gen {
+            return;
+        }
+        if let Some(tb) = &slot.tb {
+            if let (Some(j), None) = (&tb.jit, tb.pages[1]) {
+                self.jit.set_indirect(key, j);
+            }
+        }
+    }
+
     /// Drops one block: out of the map and the page index; pages left without blocks
     /// are no longer watched.
     fn remove(&mut self, id: TbId, watch: &mut CodeWatch) {

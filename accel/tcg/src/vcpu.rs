@@ -30,6 +30,7 @@ use crate::irq::{InterruptController, Signal};
 use crate::smp::{CodeShare, SharedCode};
 use std::sync::Arc;
 use vireo_core::cpu::{flags, sreg};
+use vireo_core::exec::IndirectKey;
 use vireo_core::exec::{BlockOutcome, Fault};
 use vireo_core::ir::ExitKind;
 use vireo_core::{CpuState, MachineControl, SystemBus, Vcpu, VcpuExit, VcpuKicker};
@@ -45,6 +46,9 @@ pub const MAX_BLOCK_INSNS: usize = 512;
 
 const LOG_IN_ASM: &str = "vireo::tcg::in_asm";
 const LOG_OP: &str = "vireo::tcg::op";
+
+/// Source of indirect-lookup epochs (unique across vCPUs).
+static EPOCHS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Entries of the jump cache.
 const JCACHE_SIZE: usize = 4096;
@@ -166,6 +170,12 @@ pub struct TcgVcpu {
     chain_from: Option<(TbId, u64)>,
     /// Blocks found by CS:RIP lookups, direct-mapped by PC.
     jcache: Vec<JumpCache>,
+    /// The state the current indirect-lookup epoch stands for: mode key, CPL, MMU
+    /// generation, A20.
+    epoch_state: (u64, u8, u64, bool),
+    /// The epoch compiled code's indirect exits look blocks up under
+    /// (`X86Cpu::mmu.jc_guard`); unique across vCPUs (they may share a JIT cache).
+    epoch: u64,
     max_insns: usize,
     translator: Translator,
     pub stats: TcgStats,
@@ -205,6 +215,8 @@ impl TcgVcpu {
             budget: None,
             chain_from: None,
             jcache: vec![JumpCache::EMPTY; JCACHE_SIZE],
+            epoch_state: (u64::MAX, u8::MAX, u64::MAX, false),
+            epoch: u64::MAX,
             max_insns: MAX_BLOCK_INSNS,
             translator: frontend::translate,
             stats: TcgStats::default(),
@@ -683,6 +695,33 @@ impl TcgVcpu {
         let cs_base = self.cpu.state.seg[sreg::CS].base;
         let mode = frontend::mode_key(&self.cpu) | u64::from(self.single_stepping()) << 63;
         let cpl = self.cpu.state.cpl();
+        let a20 = self.cpu.bus.a20.enabled();
+        let state = (mode, cpl, self.cpu.mmu.gen, a20);
+        if state != self.epoch_state {
+            self.epoch_state = state;
+            self.epoch = EPOCHS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.cpu.mmu.jc_guard = if a20 { self.epoch } else { u64::MAX };
+        let id = self.find_block_cached(pc, prev, cs_base, mode, cpl)?;
+        // Compiled code's indirect exits to this PC may go straight in from now on
+        // (for blocks on one page: a second page would need its own check).
+        let key = IndirectKey {
+            pc,
+            cs_base,
+            guard: self.cpu.mmu.jc_guard,
+        };
+        self.cache.set_indirect(id, key);
+        Ok(id)
+    }
+
+    fn find_block_cached(
+        &mut self,
+        pc: u64,
+        prev: Option<(TbId, u64)>,
+        cs_base: u64,
+        mode: u64,
+        cpl: u8,
+    ) -> Result<TbId, Step> {
         let slot = JumpCache::slot(pc);
         let j = self.jcache[slot];
         if j.pc == pc

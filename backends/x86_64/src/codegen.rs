@@ -112,6 +112,8 @@ struct Gen<'a> {
     volatile: Vec<Volatile>,
     /// Index of the op being compiled.
     cur: usize,
+    /// Address of the JIT cache's indirect-exit table.
+    ind: usize,
 }
 
 /// Registers temps may live in: two callee-saved (kept across calls), two
@@ -226,6 +228,7 @@ fn op_dst(op: &Op) -> Option<Temp> {
 pub fn compile<E: GuestEnv + DirectGlobals>(
     block: &Block,
     cell: usize,
+    ind: usize,
 ) -> Result<Compiled, JitError> {
     if block.temps >= 1 << 28 {
         return Err(JitError::Unsupported("too many temporaries".into()));
@@ -265,6 +268,7 @@ pub fn compile<E: GuestEnv + DirectGlobals>(
         alloc,
         volatile,
         cur: 0,
+        ind,
     };
     let chain_entry = g.prologue();
     for (i, op) in block.ops.iter().enumerate() {
@@ -273,7 +277,7 @@ pub fn compile<E: GuestEnv + DirectGlobals>(
     }
     // A block without a final exit falls off its end: an indirect exit, as in the
     // interpreter (validated blocks never do).
-    g.exit(ExitKind::Indirect);
+    g.exit::<E>(ExitKind::Indirect);
     g.epilogue();
     let slot_targets = g.slot_targets;
     let code = g.ops.finalize().map_err(|e| JitError::Asm(e.to_string()))?;
@@ -445,11 +449,14 @@ impl Gen<'_> {
         );
     }
 
-    fn exit(&mut self, kind: ExitKind) {
+    fn exit<E: DirectGlobals>(&mut self, kind: ExitKind) {
         if let ExitKind::Jump(t) = kind {
             if let Some(k) = self.slot_targets.iter().position(|s| *s == Some(t)) {
                 self.chain(k);
             }
+        }
+        if kind == ExitKind::Indirect {
+            self.chain_indirect::<E>();
         }
         let (code, target) = exit_code(kind);
         if let Some(t) = target {
@@ -461,18 +468,77 @@ impl Gen<'_> {
         dynasm!(self.ops ; .arch x64 ; jmp =>epilogue);
     }
 
+    /// At an indirect exit: goes on into the block the indirect-exit table holds for
+    /// the new PC, CS base and the environment's guard, if any and allowed; falls
+    /// through otherwise.
+    fn chain_indirect<E: DirectGlobals>(&mut self) {
+        let (Some(pc_off), Some(cs_off), Some(guard_off)) = (
+            direct::<E>(Global::Pc),
+            direct::<E>(Global::SegBase(1)),
+            E::indirect_guard().and_then(|o| i32::try_from(o).ok()),
+        ) else {
+            return;
+        };
+        if self.guards.is_none() {
+            return;
+        }
+        let ind = self.ind as i64;
+        let mask = (crate::IND_SIZE - 1) as i32;
+        const PC: i32 = std::mem::offset_of!(crate::IndEntry, pc) as i32;
+        const CS: i32 = std::mem::offset_of!(crate::IndEntry, cs_base) as i32;
+        const GUARD: i32 = std::mem::offset_of!(crate::IndEntry, guard) as i32;
+        const CELL: i32 = std::mem::offset_of!(crate::IndEntry, cell) as i32;
+        let shift = std::mem::size_of::<crate::IndEntry>().trailing_zeros() as i8;
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov rax, [r12 + pc_off]
+            ; mov rcx, rax
+            ; shr rcx, 10
+            ; xor rcx, rax
+            ; and ecx, mask
+            ; shl ecx, shift
+            ; mov rdx, QWORD ind
+            ; add rdx, rcx
+            ; cmp rax, [rdx + PC]
+            ; jne >no
+            ; mov rax, [r12 + cs_off]
+            ; cmp rax, [rdx + CS]
+            ; jne >no
+            ; mov rax, [r12 + guard_off]
+            ; cmp rax, [rdx + GUARD]
+            ; jne >no
+            ; mov rax, [rdx + CELL]
+        );
+        self.chain_to_cell();
+        dynasm!(self.ops ; .arch x64 ; no:);
+    }
+
     /// Goes on into the block chain slot `k` leads to, if linked, alive and allowed
     /// (see the module documentation); falls through otherwise.
     fn chain(&mut self, k: usize) {
-        let Some(guards) = self.guards.clone() else {
+        if self.guards.is_none() {
             return;
-        };
+        }
         let cell = self.cell as i64;
         let slot = CELL_SLOTS + 8 * k as i32;
         dynasm!(self.ops
             ; .arch x64
             ; mov rax, QWORD cell
             ; mov rax, [rax + slot]
+        );
+        self.chain_to_cell();
+        dynasm!(self.ops ; .arch x64 ; no:);
+    }
+
+    /// With a cell address (or 0) in `rax`: jumps into its block if it lives and the
+    /// run may go on; else jumps to the local label `no` (which the caller defines).
+    fn chain_to_cell(&mut self) {
+        let Some(guards) = self.guards.clone() else {
+            dynasm!(self.ops ; .arch x64 ; jmp >no);
+            return;
+        };
+        dynasm!(self.ops
+            ; .arch x64
             ; test rax, rax
             ; jz >no
             ; mov rax, [rax + CELL_ENTRY]
@@ -492,7 +558,6 @@ impl Gen<'_> {
             ; .arch x64
             ; add QWORD [rbx + CTX_CHAINS], 1
             ; jmp rax
-            ; no:
         );
     }
 
@@ -725,7 +790,7 @@ impl Gen<'_> {
                 self.call(tramp::raise_tramp as *const () as usize);
                 dynasm!(self.ops ; .arch x64 ; jmp =>fault);
             }
-            Op::Exit(kind) => self.exit(kind),
+            Op::Exit(kind) => self.exit::<E>(kind),
         }
         Ok(())
     }

@@ -82,6 +82,32 @@ pub struct Cell {
 /// Cells per arena chunk.
 const CELLS: usize = 4096;
 
+/// An entry of the indirect-exit table: the block (cell) registered for a PC, code
+/// segment base and guard value.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IndEntry {
+    pc: u64,
+    cs_base: u64,
+    guard: u64,
+    cell: usize,
+}
+
+const IND_EMPTY: IndEntry = IndEntry {
+    pc: u64::MAX,
+    cs_base: u64::MAX,
+    guard: u64::MAX,
+    cell: 0,
+};
+
+/// Entries of the indirect-exit table (a power of two).
+pub(crate) const IND_SIZE: usize = 1024;
+
+/// The slot of `pc` in the indirect-exit table (generated code computes the same).
+pub(crate) fn ind_slot(pc: u64) -> usize {
+    ((pc ^ (pc >> 10)) as usize) & (IND_SIZE - 1)
+}
+
 /// A chunk of cells: boxed, so that cells never move while the chunk lives.
 struct CellChunk(Box<[Cell]>);
 
@@ -93,6 +119,8 @@ pub struct JitCache<E> {
     cells_used: usize,
     /// Most temporaries of a block compiled (a chain runs any of them on one area).
     max_temps: usize,
+    /// Blocks by PC for indirect exits (boxed: generated code holds its address).
+    ind: Box<[IndEntry]>,
     gen: u64,
     used: usize,
     limit: usize,
@@ -140,6 +168,7 @@ impl<E> JitCache<E> {
             cells: Vec::new(),
             cells_used: CELLS,
             max_temps: 1,
+            ind: vec![IND_EMPTY; IND_SIZE].into_boxed_slice(),
             gen: 0,
             used: 0,
             limit,
@@ -156,6 +185,7 @@ impl<E> JitCache<E> {
     /// Drops every block: their [`JitBlock`]s no longer run.
     pub fn flush(&mut self) {
         self.chunks.clear();
+        self.ind.fill(IND_EMPTY);
         self.cells.clear();
         self.cells_used = CELLS;
         self.used = 0;
@@ -220,6 +250,21 @@ impl<E> JitCache<E> {
         }
     }
 
+    /// Lets indirect exits (`ExitKind::Indirect`) to `key` go straight into `b`
+    /// (replacing what was registered in that slot). The caller vouches that `b` is
+    /// the block for `key.pc` at `key.cs_base` in the state `key.guard` names.
+    pub fn set_indirect(&mut self, key: vireo_core::exec::IndirectKey, b: &JitBlock) {
+        if !self.is_live(b) || key.guard == u64::MAX {
+            return;
+        }
+        self.ind[ind_slot(key.pc)] = IndEntry {
+            pc: key.pc,
+            cs_base: key.cs_base,
+            guard: key.guard,
+            cell: b.cell as usize,
+        };
+    }
+
     /// Stops chaining into `b` (it is being dropped).
     pub fn kill(&mut self, b: &JitBlock) {
         if let Some(c) = self.cell_mut(b) {
@@ -241,7 +286,7 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
         if cell.is_null() {
             return Err(JitError::Unsupported("no cell".into()));
         }
-        let c = codegen::compile::<E>(block, cell as usize)?;
+        let c = codegen::compile::<E>(block, cell as usize, self.ind.as_ptr() as usize)?;
         let len = c.code.len();
         if self.used + len > self.limit {
             return Err(JitError::Full {

@@ -35,6 +35,8 @@ struct Env<const DIRECT: bool> {
     /// Helper 4 panics when set.
     panic_in_helper: bool,
     tlb: FakeTlb,
+    /// The indirect-lookup guard (`DirectGlobals::indirect_guard`).
+    guard: u64,
 }
 
 /// The fast TLB of `Env<true>` (see [`Env::map_pages`]): two tables (kernel, user)
@@ -64,6 +66,7 @@ impl<const D: bool> Env<D> {
             icount: 0,
             panic_in_helper: false,
             tlb: FakeTlb([[u64::MAX; 4]; 8]),
+            guard: 7,
         };
         for r in &mut e.regs {
             *r = rng.value();
@@ -190,6 +193,7 @@ unsafe impl DirectGlobals for Env<true> {
                 Some(std::mem::offset_of!(Env<true>, regs) + 8 * usize::from(n))
             }
             Global::Pc => Some(std::mem::offset_of!(Env<true>, pc)),
+            Global::SegBase(1) => Some(std::mem::offset_of!(Env<true>, segbase) + 8),
             _ => None,
         }
     }
@@ -199,6 +203,10 @@ unsafe impl DirectGlobals for Env<true> {
             pc: std::mem::offset_of!(Env<true>, insn_pc),
             counter: std::mem::offset_of!(Env<true>, icount),
         })
+    }
+    // Nothing changes `guard` but the tests (which register targets under it).
+    fn indirect_guard() -> Option<usize> {
+        Some(std::mem::offset_of!(Env<true>, guard))
     }
     // The entries `map_pages` makes map whole pages of `mem` (2 pages long), with
     // write tags only where `store` has no effect beyond writing memory.
@@ -962,6 +970,34 @@ fn linked_blocks_run_on_until_the_limit_or_a_flag() {
     let r = jit.run_chained(&a, &mut e, &mut st, &flags, 10).unwrap();
     assert_eq!((r.tag, r.chained), (4, 9));
     assert_eq!(e, want);
+    // An indirect exit goes into the block registered for its PC, CS base and guard.
+    let mut bi = Builder::new(0x400);
+    bi.insn_start(0x400, 1);
+    let n = bi.konst(0x100);
+    bi.set(Global::Pc, n);
+    bi.exit(ExitKind::Indirect);
+    let ind = jit.compile(&bi.finish()).unwrap();
+    jit.set_tag(&ind, 5);
+    let key = vireo_core::exec::IndirectKey {
+        pc: 0x100,
+        cs_base: env.segbase[1],
+        guard: env.guard,
+    };
+    jit.set_indirect(key, &a);
+    let r = jit
+        .run_chained(&ind, &mut env.clone(), &mut st, &flags, 11)
+        .unwrap();
+    assert_eq!((r.tag, r.chained), (4, 10));
+    // Another guard or code segment base: no.
+    let mut e = env.clone();
+    e.guard = 8;
+    let r = jit.run_chained(&ind, &mut e, &mut st, &flags, 11).unwrap();
+    assert_eq!((r.tag, r.chained), (5, 0));
+    assert_eq!(r.outcome, BlockOutcome::Exit(ExitKind::Indirect));
+    let mut e = env.clone();
+    e.segbase[1] ^= 0x10;
+    let r = jit.run_chained(&ind, &mut e, &mut st, &flags, 11).unwrap();
+    assert_eq!((r.tag, r.chained), (5, 0));
     // A flush ends every block.
     jit.flush();
     assert!(jit.run(&a, &mut e, &mut st).is_none());

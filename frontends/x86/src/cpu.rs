@@ -220,7 +220,12 @@ impl GuestEnv for X86Cpu {
 // is `mmu.fast`, whose entries hold exactly what the contract asks (see
 // `crate::fasttlb`: entries only for whole RAM/ROM pages of the guest memory the TLB
 // keeps alive, write tags only for RAM pages without code, and `load`/`store` take
-// the same entries first). The chain guard is the `bool` interrupt shadow.
+// the same entries first). The chain guard is the `bool` interrupt shadow. The
+// indirect guard is `mmu.jc_guard`: any TLB flush sets it to `u64::MAX`, and the run
+// loop sets it to an epoch that changes with the mode, CPL, MMU generation and A20;
+// the mode and CPL change only through exits other than `Jump`/`Indirect` (far
+// transfers that exit `Indirect`, in real and V86 mode, change only the CS base,
+// which lookups compare separately).
 unsafe impl DirectGlobals for X86Cpu {
     fn global_offset(g: Global) -> Option<usize> {
         use std::mem::{offset_of, size_of};
@@ -258,6 +263,11 @@ unsafe impl DirectGlobals for X86Cpu {
                 + offset_of!(CpuState, events)
                 + offset_of!(vireo_core::cpu::EventState, interrupt_shadow),
         ]
+    }
+
+    fn indirect_guard() -> Option<usize> {
+        use std::mem::offset_of;
+        Some(offset_of!(X86Cpu, mmu) + offset_of!(crate::mmu::Mmu, jc_guard))
     }
 
     fn fast_tlb() -> Option<FastTlbLayout> {

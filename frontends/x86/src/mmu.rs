@@ -229,12 +229,17 @@ pub struct Mmu {
     /// Changes with every flush (any kind) and PCID switch: what was looked up
     /// through the TLB before may map elsewhere now.
     pub gen: u64,
+    /// The run loop's epoch of the CPU state compiled code may look up indirect
+    /// targets under (see `DirectGlobals::indirect_guard`); `u64::MAX` (matches
+    /// nothing) from any TLB flush until the run loop sets it again.
+    pub jc_guard: u64,
 }
 
 impl Default for Mmu {
     fn default() -> Mmu {
         Mmu {
             gen: 0,
+            jc_guard: u64::MAX,
             fast: FastTlb::default(),
             code: CodeWatch::default(),
             tlb: vec![EMPTY; CLASSES * TLB_SIZE],
@@ -250,6 +255,7 @@ impl Mmu {
         self.tlb.fill(EMPTY);
         self.fast.flush();
         self.gen += 1;
+        self.jc_guard = u64::MAX;
     }
 
     /// Drops every non-global translation (a CR3 write with CR4.PGE).
@@ -259,6 +265,7 @@ impl Mmu {
         }
         self.fast.flush();
         self.gen += 1;
+        self.jc_guard = u64::MAX;
     }
 
     /// Drops the non-global translations of `pcid` (a CR3 write with PCIDE that does
@@ -272,6 +279,7 @@ impl Mmu {
             self.fast.flush();
         }
         self.gen += 1;
+        self.jc_guard = u64::MAX;
     }
 
     /// Drops every translation (global or not) covering linear address `la` (INVLPG;
@@ -288,6 +296,7 @@ impl Mmu {
         }
         self.fast.flush_page(vpn);
         self.gen += 1;
+        self.jc_guard = u64::MAX;
     }
 
     /// Drops the translations of `la` for `pcid` only (INVPCID individual address);
@@ -301,6 +310,7 @@ impl Mmu {
         if self.pcid != pcid & 0xfff {
             self.fast.flush();
             self.gen += 1;
+            self.jc_guard = u64::MAX;
         }
         self.pcid = pcid & 0xfff;
     }
