@@ -913,8 +913,14 @@ impl Vcpu for TcgVcpu {
         }
         let exit = self.run_loop();
         self.check_in();
-        log::debug!(target: "vireo::tcg", "run: {exit:?} after {} insns, {} blocks ({} chained, {} translated)",
-            self.insns(), self.stats.blocks, self.stats.chained, self.stats.translations);
+        if log::log_enabled!(target: "vireo::tcg", log::Level::Debug) {
+            let (code, blocks, flushes) =
+                self.with_code(|c, _| (c.jit.bytes_used(), c.len(), c.stats.flushes));
+            log::debug!(target: "vireo::tcg",
+                "run: {exit:?} after {} insns, {} blocks ({} chained, {} by the jump cache, {} translated); cache: {blocks} blocks, {} KiB of host code, {flushes} flushes",
+                self.insns(), self.stats.blocks, self.stats.chained, self.stats.jcache_hits,
+                self.stats.translations, code / 1024);
+        }
         Ok(exit)
     }
 
