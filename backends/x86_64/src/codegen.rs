@@ -114,6 +114,19 @@ struct Gen<'a> {
     cur: usize,
     /// Address of the JIT cache's indirect-exit table.
     ind: usize,
+    /// Slow paths of memory accesses, emitted after the block's code.
+    stubs: Vec<SlowPath>,
+}
+
+/// The out-of-line slow path of a load or store whose inline fast TLB lookup missed:
+/// the softmmu trampoline, then back to `done`.
+struct SlowPath {
+    entry: DynamicLabel,
+    done: DynamicLabel,
+    store: bool,
+    packed: i32,
+    /// The op it belongs to (which temps live in caller-saved registers across it).
+    op: usize,
 }
 
 /// Registers temps may live in: two callee-saved (kept across calls), two
@@ -269,6 +282,7 @@ pub fn compile<E: GuestEnv + DirectGlobals>(
         volatile,
         cur: 0,
         ind,
+        stubs: Vec::new(),
     };
     let chain_entry = g.prologue();
     for (i, op) in block.ops.iter().enumerate() {
@@ -278,6 +292,7 @@ pub fn compile<E: GuestEnv + DirectGlobals>(
     // A block without a final exit falls off its end: an indirect exit, as in the
     // interpreter (validated blocks never do).
     g.exit::<E>(ExitKind::Indirect);
+    g.slow_paths::<E>();
     g.epilogue();
     let slot_targets = g.slot_targets;
     let code = g.ops.finalize().map_err(|e| JitError::Asm(e.to_string()))?;
@@ -683,7 +698,8 @@ impl Gen<'_> {
             } => {
                 let packed = tramp::pack_access(size, mmu, write, signed) as i32;
                 self.ld(RSI, addr);
-                let fast = self.fast_lookup::<E>(mmu, size, write);
+                let slow = self.ops.new_dynamic_label();
+                let fast = self.fast_lookup::<E>(mmu, size, write, slow);
                 if fast {
                     // rsi + rax is the host address.
                     match (size, signed) {
@@ -709,13 +725,11 @@ impl Gen<'_> {
                             dynasm!(self.ops ; .arch x64 ; mov rdx, QWORD [rsi + rax])
                         }
                     }
-                    dynasm!(self.ops ; .arch x64 ; jmp >done ; slow:);
-                }
-                dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov edx, packed);
-                self.call(tramp::load_tramp::<E> as *const () as usize);
-                self.check_status();
-                if fast {
-                    dynasm!(self.ops ; .arch x64 ; done:);
+                    self.slow_path(slow, false, packed);
+                } else {
+                    dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov edx, packed);
+                    self.call(tramp::load_tramp::<E> as *const () as usize);
+                    self.check_status();
                 }
                 self.st(dst, RDX);
             }
@@ -728,7 +742,8 @@ impl Gen<'_> {
                 let packed = tramp::pack_access(size, mmu, false, false) as i32;
                 self.ld(RSI, addr);
                 self.ld(RDX, val);
-                let fast = self.fast_lookup::<E>(mmu, size, true);
+                let slow = self.ops.new_dynamic_label();
+                let fast = self.fast_lookup::<E>(mmu, size, true, slow);
                 if fast {
                     match size {
                         Size::B8 => dynasm!(self.ops ; .arch x64 ; mov BYTE [rsi + rax], dl),
@@ -736,13 +751,11 @@ impl Gen<'_> {
                         Size::B32 => dynasm!(self.ops ; .arch x64 ; mov DWORD [rsi + rax], edx),
                         Size::B64 => dynasm!(self.ops ; .arch x64 ; mov QWORD [rsi + rax], rdx),
                     }
-                    dynasm!(self.ops ; .arch x64 ; jmp >done ; slow:);
-                }
-                dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov ecx, packed);
-                self.call(tramp::store_tramp::<E> as *const () as usize);
-                self.check_status();
-                if fast {
-                    dynasm!(self.ops ; .arch x64 ; done:);
+                    self.slow_path(slow, true, packed);
+                } else {
+                    dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov ecx, packed);
+                    self.call(tramp::store_tramp::<E> as *const () as usize);
+                    self.check_status();
                 }
             }
             Op::Label(l) => {
@@ -798,10 +811,15 @@ impl Gen<'_> {
     /// The inline fast TLB lookup for an access of `size` at the linear address in
     /// `rsi` (see [`vireo_core::exec::DirectGlobals::fast_tlb`]): on a hit, `rax`
     /// holds the host addend (the access is at `rsi + rax`) and the code falls
-    /// through; on a miss it jumps to the local label `slow`, which the caller
-    /// defines. Clobbers `rcx`. `false` (nothing emitted) when the environment has no
-    /// fast TLB.
-    fn fast_lookup<E: DirectGlobals>(&mut self, mmu: MmuIdx, size: Size, write: bool) -> bool {
+    /// through; on a miss it jumps to `slow` (with `rsi` and `rdx` intact). Clobbers
+    /// `rcx`. `false` (nothing emitted) when the environment has no fast TLB.
+    fn fast_lookup<E: DirectGlobals>(
+        &mut self,
+        mmu: MmuIdx,
+        size: Size,
+        write: bool,
+        slow: DynamicLabel,
+    ) -> bool {
         let Some(t) = E::fast_tlb() else {
             return false;
         };
@@ -826,10 +844,43 @@ impl Gen<'_> {
             ; lea rcx, [rsi + last]
             ; shr rcx, 12
             ; cmp rcx, QWORD [r12 + rax + tag]
-            ; jne >slow
+            ; jne =>slow
             ; mov rax, QWORD [r12 + rax + addend]
         );
         true
+    }
+
+    /// Records the slow path entered at `entry` for the current access and places
+    /// the point it returns to here.
+    fn slow_path(&mut self, entry: DynamicLabel, store: bool, packed: i32) {
+        let done = self.ops.new_dynamic_label();
+        dynasm!(self.ops ; .arch x64 ; =>done);
+        self.stubs.push(SlowPath {
+            entry,
+            done,
+            store,
+            packed,
+            op: self.cur,
+        });
+    }
+
+    /// The slow paths of the block's memory accesses (out of line: the fast paths
+    /// fall through without a jump).
+    fn slow_paths<E: GuestEnv + DirectGlobals>(&mut self) {
+        for s in std::mem::take(&mut self.stubs) {
+            self.cur = s.op;
+            let (entry, done, packed) = (s.entry, s.done, s.packed);
+            dynasm!(self.ops ; .arch x64 ; =>entry ; mov rdi, rbx);
+            if s.store {
+                dynasm!(self.ops ; .arch x64 ; mov ecx, packed);
+                self.call(tramp::store_tramp::<E> as *const () as usize);
+            } else {
+                dynasm!(self.ops ; .arch x64 ; mov edx, packed);
+                self.call(tramp::load_tramp::<E> as *const () as usize);
+            }
+            self.check_status();
+            dynasm!(self.ops ; .arch x64 ; jmp =>done);
+        }
     }
 
     fn label(&self, l: u32) -> Result<DynamicLabel, JitError> {
