@@ -80,11 +80,11 @@ Machine:
   -smp [cpus=]N[,sockets=N][,maxcpus=N]
                           number of CPUs (each its own socket)
   -machine|-M [pc][,accel=kvm|tcg]   machine type (pc, i440FX) and properties
-  -accel kvm|tcg          execution engine (default: kvm; tcg: translator + IR interpreter)
+  -accel kvm|tcg          execution engine (default: kvm; tcg: translator + JIT)
   -enable-kvm             same as -accel kvm
   -cpu host|max|qemu64    CPU model (default: host under KVM, max under TCG); -cpu help
-  -tcg-backend interp|jit what runs TCG's translated blocks: the IR interpreter
-                          (default) or the x86-64 JIT
+  -tcg-backend interp|jit what runs TCG's translated blocks: the x86-64 JIT
+                          (default) or the IR interpreter
 Boot:
   -kernel FILE            Linux bzImage or Multiboot v1 kernel (ELF or a.out kludge)
   -initrd FILE[,FILE...]  Linux initrd, or Multiboot modules (\"path args\" each)
@@ -629,7 +629,7 @@ mod tests {
 
     #[test]
     fn tcg_backend_option() {
-        assert_eq!(run(&[]).unwrap().tcg_backend, vireo_tcg::Backend::Interp);
+        assert_eq!(run(&[]).unwrap().tcg_backend, vireo_tcg::Backend::Jit);
         let c = run(&["-accel", "tcg", "-tcg-backend", "jit"]).unwrap();
         assert_eq!(c.tcg_backend, vireo_tcg::Backend::Jit);
         let c = run(&["-tcg-backend", "interp"]).unwrap();

@@ -92,7 +92,7 @@ impl Default for MachineConfig {
             cpus: 1,
             accel: Accel::Kvm,
             cpu_model: None,
-            tcg_backend: vireo_tcg::Backend::Interp,
+            tcg_backend: vireo_tcg::Backend::Jit,
             kernel: None,
             initrd: Vec::new(),
             append: String::new(),

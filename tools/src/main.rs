@@ -53,7 +53,7 @@ enum Cmd {
         #[arg(long, default_value = "kvm", value_parser = ["kvm", "tcg"])]
         accel: String,
         /// TCG backend passed to vireo's -tcg-backend (under --accel tcg).
-        #[arg(long, default_value = "interp", value_parser = ["interp", "jit"])]
+        #[arg(long, default_value = "jit", value_parser = ["interp", "jit"])]
         tcg_backend: String,
         /// Stop (kill vireo) after this many seconds.
         #[arg(long, default_value_t = 120)]

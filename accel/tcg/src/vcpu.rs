@@ -106,10 +106,10 @@ pub struct TcgStats {
 /// What runs translated blocks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Backend {
-    /// The IR interpreter (`vireo-interp`).
-    #[default]
+    /// The IR interpreter (`vireo-interp`): the portable backend and the oracle.
     Interp,
     /// The x86-64 JIT (`vireo-jit`): blocks are compiled when translated.
+    #[default]
     Jit,
 }
 
