@@ -85,6 +85,8 @@ Machine:
   -cpu host|max|qemu64    CPU model (default: host under KVM, max under TCG); -cpu help
   -tcg-backend interp|jit what runs TCG's translated blocks: the x86-64 JIT
                           (default) or the IR interpreter
+  -perfmap                write /tmp/perf-<pid>.map naming the JIT's code by guest
+                          block, for Linux perf
 Boot:
   -kernel FILE            Linux bzImage or Multiboot v1 kernel (ELF or a.out kludge)
   -initrd FILE[,FILE...]  Linux initrd, or Multiboot modules (\"path args\" each)
@@ -416,6 +418,7 @@ pub fn parse(args: &[String]) -> Result<Command> {
                     }
                 }
             }
+            "-perfmap" => cfg.perfmap = true,
             "-tcg-backend" => {
                 let v = value()?;
                 cfg.tcg_backend = v
@@ -632,6 +635,8 @@ mod tests {
         assert_eq!(run(&[]).unwrap().tcg_backend, vireo_tcg::Backend::Jit);
         let c = run(&["-accel", "tcg", "-tcg-backend", "jit"]).unwrap();
         assert_eq!(c.tcg_backend, vireo_tcg::Backend::Jit);
+        assert!(!run(&[]).unwrap().perfmap);
+        assert!(run(&["-accel", "tcg", "-perfmap"]).unwrap().perfmap);
         let c = run(&["-tcg-backend", "interp"]).unwrap();
         assert_eq!(c.tcg_backend, vireo_tcg::Backend::Interp);
         assert!(run(&["-tcg-backend", "llvm"]).is_err());

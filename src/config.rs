@@ -69,6 +69,8 @@ pub struct MachineConfig {
     pub cpu_model: Option<String>,
     /// `-tcg-backend`: what runs translated blocks under TCG.
     pub tcg_backend: vireo_tcg::Backend,
+    /// Write `/tmp/perf-<pid>.map` for the JIT's code (`-perfmap`).
+    pub perfmap: bool,
     pub kernel: Option<PathBuf>,
     /// `-initrd` items: a Linux initrd, or Multiboot modules as `"path args"`.
     pub initrd: Vec<String>,
@@ -93,6 +95,7 @@ impl Default for MachineConfig {
             accel: Accel::Kvm,
             cpu_model: None,
             tcg_backend: vireo_tcg::Backend::Jit,
+            perfmap: false,
             kernel: None,
             initrd: Vec::new(),
             append: String::new(),

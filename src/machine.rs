@@ -225,6 +225,9 @@ impl Machine {
             }
             None => {
                 let model = tcg_model(config.cpu_model.as_deref())?;
+                if config.perfmap {
+                    vireo_tcg::perfmap::enable();
+                }
                 let mut rr = RoundRobin::new(control.clone());
                 for i in 0..config.cpus {
                     let mut tcg = TcgVcpu::new(bus.clone(), control.clone());

@@ -17,6 +17,7 @@ pub mod cache;
 pub mod disas;
 pub mod frontend;
 pub mod irq;
+pub mod perfmap;
 pub mod smp;
 pub mod vcpu;
 

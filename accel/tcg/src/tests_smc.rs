@@ -127,6 +127,33 @@ fn an_indirect_call_after_a_remap_runs_the_new_page() {
     assert_eq!(v, 1 + 2);
 }
 
+/// `-perfmap`: compiled blocks are named in `/tmp/perf-<pid>.map` by guest address.
+#[test]
+fn the_perf_map_names_compiled_blocks() {
+    crate::perfmap::enable();
+    assert!(crate::perfmap::enabled());
+    let mp = Mp::new();
+    mp.code(0x7340, |a| {
+        a.xor(ecx, ecx)?;
+        a.mov(dword_ptr(DATA as u32), 0x55u32)?;
+        a.hlt()
+    });
+    let mut v = TcgVcpu::new(mp.bus(), mp.control.clone());
+    v.set_backend(crate::Backend::Jit);
+    v.set_state(&pm_state(0xfee0_0900, 0x7340)).unwrap();
+    assert_eq!(v.run().unwrap(), VcpuExit::Halted);
+    let map = std::fs::read_to_string(crate::perfmap::path()).unwrap();
+    let line = map
+        .lines()
+        .find(|l| l.ends_with(" guest:0:7340"))
+        .unwrap_or_else(|| panic!("no line for the block in:\n{map}"));
+    let mut f = line.split(' ');
+    let start = usize::from_str_radix(f.next().unwrap(), 16).unwrap();
+    let size = usize::from_str_radix(f.next().unwrap(), 16).unwrap();
+    assert!(start != 0 && size > 0, "{line}");
+    let _ = std::fs::remove_file(crate::perfmap::path());
+}
+
 jit_variants!(
     an_indirect_call_after_a_remap_runs_the_new_page,
     a_write_into_the_running_block_is_seen_by_the_next_instruction,

@@ -859,6 +859,9 @@ impl TcgVcpu {
             }
             Backend::Interp => None,
         };
+        if let (Some(j), true) = (&jit, crate::perfmap::enabled()) {
+            crate::perfmap::record(j.entry(), j.bytes, key.cs_base, key.pc);
+        }
         let tb = Tb {
             key,
             code: Prepared::new(block),

@@ -17,6 +17,7 @@ compile_error!("vireo-jit generates x86-64 code: build it on an x86-64 host");
 
 mod codegen;
 mod codemem;
+pub use codemem::set_anonymous as set_anonymous_code;
 mod tramp;
 
 #[cfg(test)]
@@ -157,6 +158,13 @@ pub struct JitState {
 impl JitState {
     pub fn new() -> JitState {
         JitState::default()
+    }
+}
+
+impl JitBlock {
+    /// Host address of the block's code.
+    pub fn entry(&self) -> usize {
+        self.entry
     }
 }
 
