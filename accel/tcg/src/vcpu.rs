@@ -46,6 +46,7 @@ pub const MAX_BLOCK_INSNS: usize = 512;
 
 const LOG_IN_ASM: &str = "vireo::tcg::in_asm";
 const LOG_OP: &str = "vireo::tcg::op";
+const LOG_OUT_ASM: &str = "vireo::tcg::out_asm";
 
 /// Source of indirect-lookup epochs (unique across vCPUs).
 static EPOCHS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -853,12 +854,18 @@ impl TcgVcpu {
         vireo_core::opt::optimize(&mut block);
         let jit = match self.backend {
             Backend::Jit => {
+                self.cache.jit.keep_code =
+                    log::log_enabled!(target: LOG_OUT_ASM, log::Level::Trace);
                 self.cache
                     .make_room(block.ops.len(), &mut self.cpu.mmu.code);
                 self.cache.compile(&block, &mut self.cpu.mmu.code)
             }
             Backend::Interp => None,
         };
+        if let (Some(j), true) = (&jit, self.cache.jit.keep_code) {
+            log::trace!(target: LOG_OUT_ASM, "OUT: [size={}]\n{}", j.bytes,
+                crate::disas::block(&self.cache.jit.last_code, j.entry() as u64, 64));
+        }
         if let (Some(j), true) = (&jit, crate::perfmap::enabled()) {
             crate::perfmap::record(j.entry(), j.bytes, key.cs_base, key.pc);
         }

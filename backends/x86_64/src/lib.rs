@@ -127,6 +127,9 @@ pub struct JitCache<E> {
     limit: usize,
     /// Blocks compiled since creation.
     pub compiled: u64,
+    /// Keep a copy of the last block's code in `last_code` (`-d out_asm`).
+    pub keep_code: bool,
+    pub last_code: Vec<u8>,
     _env: PhantomData<fn(&mut E)>,
 }
 
@@ -181,6 +184,8 @@ impl<E> JitCache<E> {
             used: 0,
             limit,
             compiled: 0,
+            keep_code: false,
+            last_code: Vec::new(),
             _env: PhantomData,
         }
     }
@@ -315,6 +320,9 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
         };
         self.used += len;
         self.compiled += 1;
+        if self.keep_code {
+            self.last_code = c.code;
+        }
         self.max_temps = self.max_temps.max(block.temps as usize);
         // SAFETY: `cell` is this generation's newest cell (from `new_cell`, non-null);
         // no code runs while `&mut self` is held.

@@ -1002,3 +1002,17 @@ fn linked_blocks_run_on_until_the_limit_or_a_flag() {
     jit.flush();
     assert!(jit.run(&a, &mut e, &mut st).is_none());
 }
+
+/// `-d out_asm` support: the cache keeps the last block's code when asked.
+#[test]
+fn the_last_code_is_kept_on_request() {
+    let mut jit: JitCache<Env<true>> = JitCache::new(1 << 20);
+    let a = jit.compile(&step_block(0x100, 0, 1, 0x200)).unwrap();
+    assert!(jit.last_code.is_empty());
+    jit.keep_code = true;
+    let b = jit.compile(&step_block(0x100, 0, 1, 0x200)).unwrap();
+    assert_eq!(jit.last_code.len(), b.bytes);
+    assert_eq!(a.bytes, b.bytes);
+    // The prologue: push rbp; mov rbp, rsp.
+    assert_eq!(&jit.last_code[..4], &[0x55, 0x48, 0x89, 0xe5]);
+}
