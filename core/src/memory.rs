@@ -8,6 +8,7 @@
 use crate::error::{Error, Result};
 use crate::layout::{MemoryMap, RegionKind, RegionSpec, BIOS_SIZE, MIN_RAM};
 use memmap2::{MmapMut, MmapOptions};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// A region as the engines see it: where it is in the guest and in the host.
 #[derive(Debug, Clone, Copy)]
@@ -29,6 +30,11 @@ pub struct GuestMemory {
     ram_len: usize,
     rom_ptr: *mut u8,
     regions: Vec<HostRegion>,
+    /// One bit per 4 KiB page below `dma_limit`: written through [`GuestMemory::write`]
+    /// (devices, loaders) since the last [`GuestMemory::take_dma_pages`]. The TCG
+    /// engine drops translated code on those pages (self-modifying code by DMA).
+    dma_pages: Box<[AtomicU64]>,
+    dma_pending: AtomicBool,
 }
 
 // SAFETY: the mappings live as long as `GuestMemory` and are only accessed through raw
@@ -76,7 +82,7 @@ impl GuestMemory {
         let map = layout(ram_size);
         let ram_base = ram.as_mut_ptr() as u64;
         let rom_base = rom.as_mut_ptr() as u64;
-        let regions = map
+        let regions: Vec<HostRegion> = map
             .regions
             .iter()
             .map(|r: &RegionSpec| HostRegion {
@@ -89,7 +95,16 @@ impl GuestMemory {
                 },
             })
             .collect();
+        let top = regions
+            .iter()
+            .filter(|r: &&HostRegion| r.kind == RegionKind::Ram)
+            .map(|r| r.gpa + r.len)
+            .max()
+            .unwrap_or(0);
+        let words = (top >> 12).div_ceil(64) as usize;
         Ok(GuestMemory {
+            dma_pages: (0..words).map(|_| AtomicU64::new(0)).collect(),
+            dma_pending: AtomicBool::new(false),
             map,
             ram_ptr: ram.as_mut_ptr(),
             ram_len: ram.len(),
@@ -142,17 +157,58 @@ impl GuestMemory {
         Ok(())
     }
 
-    /// Writes `data` to guest memory as the guest (or a DMA master) would: writes into
-    /// ROM are dropped.
+    /// Writes `data` to guest memory as a DMA master (a device, a loader) would:
+    /// writes into ROM are dropped, and the pages written are recorded for the TCG
+    /// engine's self-modifying-code check ([`GuestMemory::take_dma_pages`]).
     pub fn write(&self, gpa: u64, data: &[u8]) -> Result<()> {
+        if self.write_cpu(gpa, data)? && !data.is_empty() {
+            let last = gpa + data.len() as u64 - 1;
+            for pfn in gpa >> 12..=last >> 12 {
+                if let Some(w) = self.dma_pages.get((pfn / 64) as usize) {
+                    w.fetch_or(1 << (pfn % 64), Ordering::Relaxed);
+                }
+            }
+            self.dma_pending.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Writes `data` as the CPU does (the TCG engine notes its own writes to code):
+    /// writes into ROM are dropped. `Ok(true)` if RAM was written.
+    pub fn write_cpu(&self, gpa: u64, data: &[u8]) -> Result<bool> {
         let (p, kind) = self.host_ptr(gpa, data.len())?;
         if kind == RegionKind::Rom {
             log::debug!(target: "vireo::mem", "dropped write to ROM at {gpa:#x}");
-            return Ok(());
+            return Ok(false);
         }
         // SAFETY: `host_ptr` checked that the whole range lies inside one live RAM mapping.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) };
-        Ok(())
+        Ok(true)
+    }
+
+    /// Whether [`GuestMemory::write`] wrote RAM since the last `take_dma_pages`
+    /// (cheap: one atomic load).
+    pub fn dma_pending(&self) -> bool {
+        self.dma_pending.load(Ordering::Acquire)
+    }
+
+    /// Calls `f` with each page number (address >> 12) written through
+    /// [`GuestMemory::write`] since the last call, and forgets them.
+    pub fn take_dma_pages(&self, mut f: impl FnMut(u64)) {
+        if !self.dma_pending.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        for (i, w) in self.dma_pages.iter().enumerate() {
+            if w.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            let mut bits = w.swap(0, Ordering::AcqRel);
+            while bits != 0 {
+                let b = bits.trailing_zeros();
+                bits &= bits - 1;
+                f(i as u64 * 64 + u64::from(b));
+            }
+        }
     }
 
     /// Loads the firmware image so that it ends at the top of the ROM (the reset vector
@@ -220,6 +276,23 @@ impl GuestMemory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_writes_are_recorded_by_page_cpu_writes_are_not() {
+        let m = GuestMemory::new_flat(4 << 20).unwrap();
+        assert!(!m.dma_pending());
+        m.write_cpu(0x5000, &[1, 2]).unwrap();
+        assert!(!m.dma_pending());
+        m.write(0x6ffe, &[1, 2, 3, 4]).unwrap(); // pages 6 and 7
+        m.write_u32(0x3f_f000, 9).unwrap();
+        assert!(m.dma_pending());
+        let mut pages = Vec::new();
+        m.take_dma_pages(|p| pages.push(p));
+        assert_eq!(pages, vec![6, 7, 0x3ff]);
+        assert!(!m.dma_pending());
+        m.take_dma_pages(|_| panic!("nothing new"));
+        assert_eq!(m.read_u32(0x3f_f000).unwrap(), 9);
+    }
     use crate::layout::*;
 
     #[test]

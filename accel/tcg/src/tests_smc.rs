@@ -1,7 +1,8 @@
 //! Self-modifying code through the whole run loop with the real x86 translator: a
 //! write into the block being run, into a block linked to itself (chained under the
 //! JIT), and through a second linear mapping of the code's physical page; and code
-//! remapped under an indirect call (the jump cache must not keep the old block).
+//! remapped under an indirect call (the jump cache must not keep the old block), and
+//! code a device writes (DMA).
 //! Each runs with the interpreter and with the JIT.
 
 use crate::tests_apic::{pm_state, Mp, DATA};
@@ -127,6 +128,34 @@ fn an_indirect_call_after_a_remap_runs_the_new_page() {
     assert_eq!(v, 1 + 2);
 }
 
+#[test]
+fn code_written_by_a_device_is_translated_again() {
+    let mp = Mp::new();
+    // An endless loop storing its `mov al, imm` into DATA.
+    mp.code(0x1000, |a| {
+        a.xor(eax, eax)?;
+        a.xor(ecx, ecx)?;
+        a.jmp(0x1100u64)
+    });
+    mp.code(0x1100, |a| {
+        a.mov(al, 1u32)?; // 0x1100: B0 01
+        a.mov(dword_ptr(DATA as u32), eax)?;
+        a.jmp(0x1100u64)
+    });
+    let mut v = TcgVcpu::new(mp.bus(), mp.control.clone());
+    v.set_state(&pm_state(0xfee0_0900, 0x1000)).unwrap();
+    v.set_insn_limit(Some(v.insns() + 1000));
+    assert_eq!(v.run().unwrap(), VcpuExit::Stopped);
+    assert_eq!(mp.r32(DATA), 1);
+    // A device (DMA, through `GuestMemory::write`) patches the immediate while the
+    // vCPU is out of `run`; the cached (and, under the JIT, self-linked) block must
+    // not run again.
+    mp.mem.write(0x1101, &[6]).unwrap();
+    v.set_insn_limit(Some(v.insns() + 1000));
+    assert_eq!(v.run().unwrap(), VcpuExit::Stopped);
+    assert_eq!(mp.r32(DATA), 6);
+}
+
 /// `-perfmap`: compiled blocks are named in `/tmp/perf-<pid>.map` by guest address.
 #[test]
 fn the_perf_map_names_compiled_blocks() {
@@ -155,6 +184,7 @@ fn the_perf_map_names_compiled_blocks() {
 }
 
 jit_variants!(
+    code_written_by_a_device_is_translated_again,
     an_indirect_call_after_a_remap_runs_the_new_page,
     a_write_into_the_running_block_is_seen_by_the_next_instruction,
     a_block_linked_to_itself_sees_its_own_patch,

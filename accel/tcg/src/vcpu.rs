@@ -565,6 +565,9 @@ impl TcgVcpu {
 
     /// Finds or translates the block at CS:RIP and runs it.
     fn step(&mut self) -> Step {
+        if self.cpu.bus.mem.dma_pending() {
+            self.drop_dma_code();
+        }
         let pc = self.cpu.state.rip;
         let prev = self.chain_from.take();
         // RFLAGS.TF: one-instruction blocks (cached apart) and a #DB trap after each.
@@ -674,6 +677,24 @@ impl TcgVcpu {
         match frontend::deliver_exception(&mut self.cpu, Fault::new(1), next) {
             Ok(()) => Step::Continue,
             Err(e) => Step::Exit(delivery_exit(e)),
+        }
+    }
+
+    /// Drops the blocks on pages a device (or loader) wrote since the last look:
+    /// self-modifying code by DMA.
+    fn drop_dma_code(&mut self) {
+        let mut pages = Vec::new();
+        self.cpu.bus.mem.take_dma_pages(|pfn| pages.push(pfn));
+        let mut dropped = false;
+        for pfn in pages {
+            if self.cpu.mmu.code.is_watched(pfn) {
+                log::trace!(target: LOG_EXEC, "code page {pfn:#x} written by DMA: dropping its blocks");
+                self.cache.invalidate_page(pfn, &mut self.cpu.mmu.code);
+                dropped = true;
+            }
+        }
+        if dropped {
+            self.chain_from = None;
         }
     }
 

@@ -356,7 +356,7 @@ pub fn read_phys(cpu: &X86Cpu, pa: u64, buf: &mut [u8]) {
 pub fn write_phys(cpu: &X86Cpu, pa: u64, data: &[u8]) {
     if let Some(a) = crate::apic::claim(cpu, pa) {
         a.mmio_write(pa & 0xfff, data);
-    } else if cpu.bus.mem.write(pa, data).is_err() {
+    } else if cpu.bus.mem.write_cpu(pa, data).is_err() {
         cpu.bus.mmio.write(pa, data);
     }
 }
