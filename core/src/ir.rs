@@ -655,6 +655,23 @@ impl UnOp {
 }
 
 impl Op {
+    /// The temp the op assigns, if any.
+    pub fn dst(&self) -> Option<Temp> {
+        match self {
+            Op::Const { dst, .. }
+            | Op::Mov { dst, .. }
+            | Op::Get { dst, .. }
+            | Op::Bin { dst, .. }
+            | Op::Un { dst, .. }
+            | Op::Ext { dst, .. }
+            | Op::SetCond { dst, .. }
+            | Op::Select { dst, .. }
+            | Op::Load { dst, .. } => Some(*dst),
+            Op::Call { ret, .. } => *ret,
+            _ => None,
+        }
+    }
+
     /// Every temp the op reads or writes.
     pub fn temps(&self) -> Vec<Temp> {
         match self {

@@ -43,21 +43,13 @@ fn pure_call(e: &Effects) -> bool {
     !e.reads_globals && !e.writes_globals && !e.may_fault && !e.ends_block
 }
 
-/// The temp `op` assigns, if any.
-fn dst(op: &Op) -> Option<Temp> {
-    match op {
-        Op::Const { dst, .. }
-        | Op::Mov { dst, .. }
-        | Op::Get { dst, .. }
-        | Op::Bin { dst, .. }
-        | Op::Un { dst, .. }
-        | Op::Ext { dst, .. }
-        | Op::SetCond { dst, .. }
-        | Op::Select { dst, .. }
-        | Op::Load { dst, .. } => Some(*dst),
-        Op::Call { ret, .. } => *ret,
-        _ => None,
-    }
+/// Drops the ops whose `keep` entry is false.
+fn retain_kept(block: &mut Block, keep: &[bool]) {
+    let mut i = 0;
+    block.ops.retain(|_| {
+        i += 1;
+        keep[i - 1]
+    });
 }
 
 /// Applies `f` to every temp `op` reads.
@@ -192,7 +184,7 @@ fn forward(block: &mut Block) {
         defs: vec![0; n],
     };
     for op in &block.ops {
-        if let Some(d) = dst(op) {
+        if let Some(d) = op.dst() {
             if let Some(c) = k.defs.get_mut(d.0 as usize) {
                 *c += 1;
             }
@@ -277,7 +269,7 @@ fn forward(block: &mut Block) {
             }
         }
         // Update what is known.
-        if let Some(d) = dst(op) {
+        if let Some(d) = op.dst() {
             k.assign(d);
         }
         match *op {
@@ -294,11 +286,7 @@ fn forward(block: &mut Block) {
             _ => {}
         }
     }
-    let mut i = 0;
-    block.ops.retain(|_| {
-        i += 1;
-        keep[i - 1]
-    });
+    retain_kept(block, &keep);
 }
 
 /// Drops `Set`s of plain globals that a later `Set` of the same global overwrites
@@ -310,7 +298,6 @@ fn dead_global_stores(block: &mut Block) {
     let mut may_stop = vec![false; block.ops.len()];
     let mut seen_effect = false;
     let mut first = true;
-    // (the loop below fills `may_stop` for every boundary)
     for (i, op) in block.ops.iter().enumerate() {
         match op {
             Op::InsnStart { .. } => {
@@ -347,11 +334,7 @@ fn dead_global_stores(block: &mut Block) {
             _ => overwritten.clear(),
         }
     }
-    let mut i = 0;
-    block.ops.retain(|_| {
-        i += 1;
-        keep[i - 1]
-    });
+    retain_kept(block, &keep);
 }
 
 /// Drops ops without side effects whose result no op reads.
@@ -385,7 +368,7 @@ fn dead_temps(block: &mut Block) {
                 Op::Call { effects, .. } => pure_call(effects),
                 _ => false,
             };
-            let unused = match dst(op) {
+            let unused = match op.dst() {
                 Some(d) => uses.get(d.0 as usize) == Some(&0),
                 None => matches!(op, Op::Call { .. }),
             };
@@ -403,11 +386,7 @@ fn dead_temps(block: &mut Block) {
             break;
         }
     }
-    let mut i = 0;
-    block.ops.retain(|_| {
-        i += 1;
-        keep[i - 1]
-    });
+    retain_kept(block, &keep);
 }
 
 #[cfg(test)]

@@ -158,7 +158,7 @@ fn allocate(block: &Block) -> (Vec<Option<u8>>, Vec<Volatile>) {
         if let Op::Label(_) = op {
             labels.push(i);
         }
-        let d = op_dst(op);
+        let d = op.dst();
         for t in op.temps() {
             let k = t.0 as usize;
             if k >= n {
@@ -218,23 +218,6 @@ fn allocate(block: &Block) -> (Vec<Option<u8>>, Vec<Volatile>) {
 /// Whether `t`, the op's result, is not also one of its operands.
 fn defs_once(op: &Op, t: Temp) -> bool {
     op.temps().iter().filter(|x| **x == t).count() == 1
-}
-
-/// The temp `op` assigns, if any.
-fn op_dst(op: &Op) -> Option<Temp> {
-    match op {
-        Op::Const { dst, .. }
-        | Op::Mov { dst, .. }
-        | Op::Get { dst, .. }
-        | Op::Bin { dst, .. }
-        | Op::Un { dst, .. }
-        | Op::Ext { dst, .. }
-        | Op::SetCond { dst, .. }
-        | Op::Select { dst, .. }
-        | Op::Load { dst, .. } => Some(*dst),
-        Op::Call { ret, .. } => *ret,
-        _ => None,
-    }
 }
 
 /// Compiles `block` for environment type `E`, with its cell at address `cell`.
