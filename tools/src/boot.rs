@@ -71,14 +71,7 @@ pub fn run(o: &Options) -> Result<bool, String> {
         cmd.args(["-tcg-backend", &o.tcg_backend]);
     }
     cmd.args(["-smp", &o.cpus.to_string()])
-        .args([
-            "-nodefaults",
-            "-display",
-            "none",
-            "-serial",
-            "stdio",
-            "-no-reboot",
-        ])
+        .args(crate::bench_linux::MACHINE)
         .arg("-kernel")
         .arg(&g.kernel)
         .arg("-initrd")

@@ -724,7 +724,7 @@ impl TcgVcpu {
             self.epoch = EPOCHS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         self.cpu.mmu.jc_guard = if a20 { self.epoch } else { u64::MAX };
-        let id = self.find_block_cached(pc, prev, cs_base, mode, cpl)?;
+        let id = self.find_block_cached(pc, prev, (cs_base, mode, cpl, a20))?;
         // Compiled code's indirect exits to this PC may go straight in from now on
         // (for blocks on one page: a second page would need its own check).
         let key = IndirectKey {
@@ -736,13 +736,13 @@ impl TcgVcpu {
         Ok(id)
     }
 
+    /// The jump cache in front of [`TcgVcpu::find_block_slow`], for the CPU state
+    /// `find_block` read: CS base, mode key, CPL, A20.
     fn find_block_cached(
         &mut self,
         pc: u64,
         prev: Option<(TbId, u64)>,
-        cs_base: u64,
-        mode: u64,
-        cpl: u8,
+        (cs_base, mode, cpl, a20): (u64, u64, u8, bool),
     ) -> Result<TbId, Step> {
         let slot = JumpCache::slot(pc);
         let j = self.jcache[slot];
@@ -751,7 +751,7 @@ impl TcgVcpu {
             && j.mode == mode
             && j.cpl == cpl
             && j.mmu_gen == self.cpu.mmu.gen
-            && self.cpu.bus.a20.enabled()
+            && a20
             && self.cache.get(j.id).is_some()
         {
             self.stats.jcache_hits += 1;

@@ -254,8 +254,7 @@ impl Mmu {
     pub fn flush(&mut self) {
         self.tlb.fill(EMPTY);
         self.fast.flush();
-        self.gen += 1;
-        self.jc_guard = u64::MAX;
+        self.remapped();
     }
 
     /// Drops every non-global translation (a CR3 write with CR4.PGE).
@@ -264,8 +263,7 @@ impl Mmu {
             *e = EMPTY;
         }
         self.fast.flush();
-        self.gen += 1;
-        self.jc_guard = u64::MAX;
+        self.remapped();
     }
 
     /// Drops the non-global translations of `pcid` (a CR3 write with PCIDE that does
@@ -278,8 +276,7 @@ impl Mmu {
         if pcid == self.pcid {
             self.fast.flush();
         }
-        self.gen += 1;
-        self.jc_guard = u64::MAX;
+        self.remapped();
     }
 
     /// Drops every translation (global or not) covering linear address `la` (INVLPG;
@@ -295,8 +292,7 @@ impl Mmu {
             }
         }
         self.fast.flush_page(vpn);
-        self.gen += 1;
-        self.jc_guard = u64::MAX;
+        self.remapped();
     }
 
     /// Drops the translations of `la` for `pcid` only (INVPCID individual address);
@@ -309,10 +305,16 @@ impl Mmu {
     pub fn set_pcid(&mut self, pcid: u16) {
         if self.pcid != pcid & 0xfff {
             self.fast.flush();
-            self.gen += 1;
-            self.jc_guard = u64::MAX;
+            self.remapped();
         }
         self.pcid = pcid & 0xfff;
+    }
+
+    /// Translations were dropped: what was looked up through them may map elsewhere
+    /// now (the jump cache's generation moves, the indirect-exit guard is void).
+    fn remapped(&mut self) {
+        self.gen += 1;
+        self.jc_guard = u64::MAX;
     }
 
     fn slot(class: usize, vpn: u64) -> usize {
