@@ -54,10 +54,11 @@ static EPOCHS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(
 /// Entries of the jump cache.
 const JCACHE_SIZE: usize = 4096;
 
-/// A jump-cache entry: the block found for CS:RIP = `cs_base`:`pc` in `mode` at
-/// `cpl`, valid while the MMU generation (any TLB flush or PCID switch changes it:
-/// the code page may map elsewhere) is `mmu_gen`, A20 is on and the block lives
-/// (dropped blocks, self-modifying code included, fail the id check). Only blocks on
+/// A jump-cache entry: the block found for CS:RIP = `cs_base`:`pc` in lookup epoch
+/// `epoch` (which changes with the mode key, the CPL, A20 and the MMU generation — any
+/// TLB flush or PCID switch: the code page may map elsewhere), valid while the epoch
+/// is the same, A20 is on and the block lives (dropped blocks, self-modifying code
+/// included, fail the id check). Only blocks on
 /// one page are entered (a second page would need its own check). It spares the
 /// lookups of blocks reached through indirect jumps and returns, which links cannot
 /// serve: the fetch translation, the key hash, the page check.
@@ -65,9 +66,7 @@ const JCACHE_SIZE: usize = 4096;
 struct JumpCache {
     pc: u64,
     cs_base: u64,
-    mode: u64,
-    cpl: u8,
-    mmu_gen: u64,
+    epoch: u64,
     id: TbId,
 }
 
@@ -75,9 +74,7 @@ impl JumpCache {
     const EMPTY: JumpCache = JumpCache {
         pc: u64::MAX,
         cs_base: u64::MAX,
-        mode: u64::MAX,
-        cpl: u8::MAX,
-        mmu_gen: u64::MAX,
+        epoch: u64::MAX,
         id: TbId::NONE,
     };
 
@@ -174,8 +171,9 @@ pub struct TcgVcpu {
     /// The state the current indirect-lookup epoch stands for: mode key, CPL, MMU
     /// generation, A20.
     epoch_state: (u64, u8, u64, bool),
-    /// The epoch compiled code's indirect exits look blocks up under
-    /// (`X86Cpu::mmu.jc_guard`); unique across vCPUs (they may share a JIT cache).
+    /// The epoch blocks are looked up under, by the jump cache and by compiled code's
+    /// indirect exits (`X86Cpu::mmu.jc_guard`); unique across vCPUs (they may share a
+    /// JIT cache).
     epoch: u64,
     max_insns: usize,
     translator: Translator,
@@ -724,7 +722,7 @@ impl TcgVcpu {
             self.epoch = EPOCHS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         self.cpu.mmu.jc_guard = if a20 { self.epoch } else { u64::MAX };
-        let id = self.find_block_cached(pc, prev, (cs_base, mode, cpl, a20))?;
+        let id = self.find_block_cached(pc, prev, cs_base, a20)?;
         // Compiled code's indirect exits to this PC may go straight in from now on
         // (for blocks on one page: a second page would need its own check).
         let key = IndirectKey {
@@ -736,21 +734,20 @@ impl TcgVcpu {
         Ok(id)
     }
 
-    /// The jump cache in front of [`TcgVcpu::find_block_slow`], for the CPU state
-    /// `find_block` read: CS base, mode key, CPL, A20.
+    /// The jump cache in front of [`TcgVcpu::find_block_slow`], in the current epoch
+    /// (`find_block` brought it up to date).
     fn find_block_cached(
         &mut self,
         pc: u64,
         prev: Option<(TbId, u64)>,
-        (cs_base, mode, cpl, a20): (u64, u64, u8, bool),
+        cs_base: u64,
+        a20: bool,
     ) -> Result<TbId, Step> {
         let slot = JumpCache::slot(pc);
         let j = self.jcache[slot];
         if j.pc == pc
             && j.cs_base == cs_base
-            && j.mode == mode
-            && j.cpl == cpl
-            && j.mmu_gen == self.cpu.mmu.gen
+            && j.epoch == self.epoch
             && a20
             && self.cache.get(j.id).is_some()
         {
@@ -763,9 +760,7 @@ impl TcgVcpu {
             self.jcache[slot] = JumpCache {
                 pc,
                 cs_base,
-                mode,
-                cpl,
-                mmu_gen: self.cpu.mmu.gen,
+                epoch: self.epoch,
                 id,
             };
         }
