@@ -310,6 +310,15 @@ impl Mmu {
         self.pcid = pcid & 0xfff;
     }
 
+    /// Drops the fast TLB's write tags if pages became code since it last looked.
+    fn sync_code_watch(&mut self) {
+        let gen = self.code.generation();
+        if self.fast.watch_gen != gen {
+            self.fast.flush_writes();
+            self.fast.watch_gen = gen;
+        }
+    }
+
     /// Translations were dropped: what was looked up through them may map elsewhere
     /// now (the jump cache's generation moves, the indirect-exit guard is void).
     fn remapped(&mut self) {
@@ -822,10 +831,7 @@ fn fill_fast(cpu: &mut X86Cpu, la: u64, len: usize, mmu: MmuIdx, access: Access)
         return;
     };
     let write = access == Access::Write;
-    if cpu.mmu.fast.watch_gen != cpu.mmu.code.generation() {
-        cpu.mmu.fast.flush_writes();
-        cpu.mmu.fast.watch_gen = cpu.mmu.code.generation();
-    }
+    cpu.mmu.sync_code_watch();
     if write && (r.kind != RegionKind::Ram || cpu.mmu.code.is_watched(page >> 12)) {
         return;
     }
@@ -844,11 +850,7 @@ fn smap_open(cpu: &X86Cpu, mmu: MmuIdx) -> bool {
 /// blocks: pages that became code (their write tags go) and the A20 gate (all entries
 /// go while it is off).
 pub fn sync_fast_tlb(cpu: &mut X86Cpu) {
-    let gen = cpu.mmu.code.generation();
-    if cpu.mmu.fast.watch_gen != gen {
-        cpu.mmu.fast.flush_writes();
-        cpu.mmu.fast.watch_gen = gen;
-    }
+    cpu.mmu.sync_code_watch();
     if !cpu.bus.a20.enabled() {
         cpu.mmu.fast.flush();
     }
