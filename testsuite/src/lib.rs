@@ -7,6 +7,7 @@ pub mod fuzz;
 pub mod guest;
 pub mod kernel_asm;
 pub mod lockstep;
+pub mod micro_kernels;
 pub mod multiboot_kernel;
 pub mod process;
 pub mod smp_kernel;

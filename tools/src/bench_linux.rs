@@ -19,6 +19,7 @@ mod guest_jobs;
 mod report;
 
 pub use guest_jobs::{Job, Sizes};
+pub use report::{median, times};
 
 use report::{load, metric_name, print_table, show, table_rows, write_json};
 use std::collections::BTreeMap;
@@ -49,9 +50,9 @@ pub struct Variant {
 /// The engine variants, in table order.
 pub const VARIANTS: &[Variant] = &[
     Variant {
-        name: "vireo-tcg",
+        name: "vireo-interp",
         program: Program::Vireo,
-        args: &["-accel", "tcg"],
+        args: &["-accel", "tcg", "-tcg-backend", "interp"],
         about: "vireo, TCG with the IR interpreter, CPU model max",
     },
     Variant {
@@ -71,11 +72,13 @@ pub const VARIANTS: &[Variant] = &[
 /// The variant ratios are taken against.
 pub const REFERENCE: &str = "qemu-tcg";
 
-/// `--engines` values: a variant's name, or `qemu` / `vireo` for the first of those.
+/// `--engines` values: a variant's name, `qemu` / `vireo` for the first of those, or
+/// `vireo-tcg` (the interpreter's earlier name).
 pub fn parse_engine(s: &str) -> Result<&'static Variant, String> {
     let want = |v: &&Variant| match s {
         "qemu" => v.program == Program::Qemu,
         "vireo" => v.program == Program::Vireo,
+        "vireo-tcg" => v.name == "vireo-interp",
         _ => v.name == s,
     };
     VARIANTS.iter().find(want).ok_or_else(|| {
@@ -100,12 +103,17 @@ pub struct Options {
     pub qemu: Option<PathBuf>,
     pub dir: PathBuf,
     pub json: Option<PathBuf>,
+    /// `bench-micro`'s work scale for the `micro` job.
+    pub micro_scale: f64,
 }
 
 /// The jobs of each boot of a run: `md5` (or nothing: a bare boot) first, then `gzip`
-/// and `loop` if selected.
+/// and `loop` if selected; no boots when `micro` is the only job.
 pub fn boots(jobs: &[Job]) -> Vec<Vec<Job>> {
     let has = |j| jobs.contains(&j);
+    if jobs == [Job::Micro] {
+        return Vec::new();
+    }
     let rest: Vec<Job> = [Job::Gzip, Job::Loop]
         .into_iter()
         .filter(|&j| has(j))
@@ -330,26 +338,28 @@ struct EngineRuns {
 const GIVE_UP: usize = 2;
 
 /// Resolves each engine's program; drops QEMU with a note when it is missing and
-/// the engines were not chosen explicitly.
-fn programs(o: &Options) -> Result<Vec<(&'static Variant, PathBuf)>, String> {
+/// the engines were not chosen explicitly (`engines_given`).
+pub fn programs(
+    engines: &[&'static Variant],
+    engines_given: bool,
+    vireo: Option<&Path>,
+    qemu: Option<&Path>,
+) -> Result<Vec<(&'static Variant, PathBuf)>, String> {
     let mut out = Vec::new();
-    for v in &o.engines {
+    for v in engines {
         let p = match v.program {
-            Program::Vireo => process::vireo_binary(o.vireo.as_deref())?,
-            Program::Qemu => match (&o.qemu, process::find_in_path("qemu-system-x86_64")) {
-                (Some(p), _) if p.is_file() => p.clone(),
+            Program::Vireo => process::vireo_binary(vireo)?,
+            Program::Qemu => match (qemu, process::find_in_path("qemu-system-x86_64")) {
+                (Some(p), _) if p.is_file() => p.to_path_buf(),
                 (Some(p), _) => return Err(format!("--qemu {}: no such file", p.display())),
                 (None, Some(p)) => p,
-                (None, None) if o.engines_given => {
+                (None, None) if engines_given => {
                     return Err("qemu-system-x86_64 not found; install it with `apt-get \
                                 install qemu-system-x86` or leave qemu out of --engines"
                         .into())
                 }
                 (None, None) => {
-                    println!(
-                        "bench-linux: qemu-system-x86_64 not found; {} left out",
-                        v.name
-                    );
+                    println!("qemu-system-x86_64 not found; {} left out", v.name);
                     continue;
                 }
             },
@@ -359,9 +369,40 @@ fn programs(o: &Options) -> Result<Vec<(&'static Variant, PathBuf)>, String> {
     Ok(out)
 }
 
-/// Runs the benchmark and prints the table; returns whether every boot gave all its
-/// figures.
+/// Runs the benchmark (the Linux boots, then the micro-kernels if asked for) and
+/// prints the tables; returns whether every boot and run gave all its figures.
 pub fn run(o: &Options) -> Result<bool, String> {
+    let started = Instant::now();
+    let engines = programs(
+        &o.engines,
+        o.engines_given,
+        o.vireo.as_deref(),
+        o.qemu.as_deref(),
+    )?;
+    let linux_ok = if boots(&o.jobs).is_empty() {
+        true
+    } else {
+        run_linux(o, &engines)?
+    };
+    let micro_ok = if o.jobs.contains(&Job::Micro) {
+        println!();
+        crate::bench_micro::run(&crate::bench_micro::Options {
+            runs: o.runs,
+            kernels: crate::bench_micro::Kernel::ALL.to_vec(),
+            engines,
+            scale: o.micro_scale,
+            timeout: o.timeout,
+            dir: o.dir.join("micro"),
+        })?
+    } else {
+        true
+    };
+    println!("bench wall time {:.1} s", started.elapsed().as_secs_f64());
+    Ok(linux_ok && micro_ok)
+}
+
+/// The Linux part.
+fn run_linux(o: &Options, programs: &[(&'static Variant, PathBuf)]) -> Result<bool, String> {
     let started = Instant::now();
     let load_start = load();
     let g = guest::prepared(&o.dir)?;
@@ -379,11 +420,11 @@ pub fn run(o: &Options) -> Result<bool, String> {
     if let Some(a) = appends.iter().find(|a| a.len() >= 2047) {
         return Err(format!("kernel command line too long ({} bytes)", a.len()));
     }
-    let mut engines: Vec<EngineRuns> = programs(o)?
-        .into_iter()
+    let mut engines: Vec<EngineRuns> = programs
+        .iter()
         .map(|(variant, program)| EngineRuns {
             variant,
-            program,
+            program: program.clone(),
             samples: BTreeMap::new(),
             cpu: None,
             errors: Vec::new(),
@@ -467,7 +508,7 @@ pub fn run(o: &Options) -> Result<bool, String> {
     let rows = table_rows(&engines, o, &boots);
     print_table(&rows, &engines, &boots);
     println!(
-        "load average at start {load_start}, at end {}; bench wall time {:.1} s",
+        "load average at start {load_start}, at end {}; Linux part wall time {:.1} s",
         load(),
         started.elapsed().as_secs_f64()
     );
@@ -485,9 +526,11 @@ mod tests {
 
     #[test]
     fn engines_parse_and_build_the_same_machine() {
-        assert_eq!(parse_engine("vireo-tcg").unwrap().program, Program::Vireo);
+        assert_eq!(parse_engine("vireo-tcg").unwrap().name, "vireo-interp");
+        assert_eq!(parse_engine("vireo-jit").unwrap().args[3], "jit");
+        assert_eq!(parse_engine("vireo-interp").unwrap().args[3], "interp");
         assert_eq!(parse_engine("qemu").unwrap().name, "qemu-tcg");
-        assert!(parse_engine("bochs").unwrap_err().contains("vireo-tcg"));
+        assert!(parse_engine("bochs").unwrap_err().contains("vireo-interp"));
         assert!(VARIANTS.iter().any(|v| v.name == REFERENCE));
         let k = Path::new("/g/vmlinuz");
         let i = Path::new("/g/initramfs.cpio");
@@ -537,6 +580,8 @@ mod tests {
         assert_eq!(boots(&[Loop, Boot]), [vec![Loop]]);
         assert_eq!(boots(&[Boot]), [Vec::<Job>::new()]);
         assert_eq!(boots(&[Md5]), [vec![Md5]]);
+        assert_eq!(boots(&[Md5, Micro]), [vec![Md5]]);
+        assert!(boots(&[Micro]).is_empty());
     }
 
     fn outcome(result: &str) -> Outcome {

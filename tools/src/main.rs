@@ -6,6 +6,8 @@
 //! - `bench`: boot-to-marker times of vireo against QEMU, both with KVM.
 //! - `bench-linux`: Linux under TCG, vireo against QEMU: boot time, CPU-bound jobs in
 //!   the guest, whole-process wall time and peak RSS.
+//! - `bench-micro`: TCG micro-kernels (ALU, memory, call/ret, indirect jumps, system
+//!   calls, page faults), vireo's JIT and interpreter against QEMU's TCG.
 //! - `lockstep`: long lockstep campaigns, KVM against TCG (or TCG's JIT against its
 //!   interpreter), from a seed.
 //! - `tcg-speed`: guest instructions per second of the TCG engine on CPU-bound loops
@@ -15,6 +17,7 @@
 
 mod bench;
 mod bench_linux;
+mod bench_micro;
 mod boot;
 mod lockstep;
 mod tcgbench;
@@ -25,6 +28,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 use vireo_testsuite::guest;
 use vireo_testsuite::lockstep::runner::EngineKind;
+use vireo_testsuite::micro_kernels::Kernel;
 
 #[derive(Parser, Debug)]
 #[command(name = "vireo-tools", version, about = "vireo's helper programs")]
@@ -164,15 +168,16 @@ enum Cmd {
         /// Runs per engine.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1000))]
         runs: u64,
-        /// What to measure: boot (on every boot anyway; alone: boots only), md5, gzip, loop.
+        /// What to measure: boot (on every boot anyway; alone: boots only), md5, gzip,
+        /// loop, micro (the micro-kernels of bench-micro, after the boots).
         #[arg(
             long,
             value_enum,
             value_delimiter = ',',
-            default_value = "boot,md5,gzip,loop"
+            default_value = "boot,md5,gzip,loop,micro"
         )]
         jobs: Vec<bench_linux::Job>,
-        /// Engines: vireo-tcg, vireo-jit, qemu-tcg (or qemu, vireo) [default: all]
+        /// Engines: vireo-interp, vireo-jit, qemu-tcg (or qemu, vireo) [default: all]
         #[arg(long, value_delimiter = ',', value_parser = bench_linux::parse_engine)]
         engines: Vec<&'static bench_linux::Variant>,
         /// MiB of generated data md5sum hashes.
@@ -181,6 +186,9 @@ enum Cmd {
         /// MiB of generated data gzip compresses.
         #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
         gzip_mib: u32,
+        /// Work scale of the micro-kernels (see bench-micro --scale).
+        #[arg(long, default_value_t = 1.0)]
+        micro_scale: f64,
         /// Iterations of the shell loop.
         #[arg(long = "loop", default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(1..))]
         loop_iters: u64,
@@ -203,6 +211,70 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// TCG micro-kernels: vireo (JIT, interpreter) against qemu-system-x86_64 -accel tcg.
+    ///
+    /// Multiboot kernels built in process, one per kind of guest work (integer ALU
+    /// loop, memory-bound loop over a 16 MiB array, call/ret recursion, indirect jumps,
+    /// system calls, page faults), each run with the same file and machine options
+    /// under each engine. Prints the median time between the kernel's begin/end marker
+    /// lines, guest instructions per second, and each engine's speed relative to QEMU.
+    ///
+    /// Exit status: 0 if every run gave its figure (right checksum), 2 if some failed,
+    /// 1 on errors.
+    BenchMicro {
+        /// Runs per kernel and engine.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        runs: u64,
+        /// Kernels: alu, mem, call, indirect, syscall, pagefault [default: all]
+        #[arg(long, value_delimiter = ',', value_parser = parse_kernel)]
+        kernels: Vec<Kernel>,
+        /// Engines: vireo-interp, vireo-jit, qemu-tcg (or qemu, vireo) [default: all]
+        #[arg(long, value_delimiter = ',', value_parser = bench_linux::parse_engine)]
+        engines: Vec<&'static bench_linux::Variant>,
+        /// Multiplies each kernel's amount of work (1.0: 20M to 400M instructions).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Seconds one run may take before it is killed.
+        #[arg(long, default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..))]
+        timeout: u64,
+        /// The vireo binary [default: `vireo` next to this program]
+        #[arg(long)]
+        vireo: Option<PathBuf>,
+        /// The QEMU binary [default: qemu-system-x86_64 in $PATH]
+        #[arg(long)]
+        qemu: Option<PathBuf>,
+        /// Where the kernel files are written [default: <target dir>/guest/micro]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+fn parse_kernel(s: &str) -> Result<Kernel, String> {
+    Kernel::ALL
+        .into_iter()
+        .find(|k| k.name() == s)
+        .ok_or_else(|| {
+            let names: Vec<&str> = Kernel::ALL.iter().map(|k| k.name()).collect();
+            format!("unknown kernel (known: {})", names.join(", "))
+        })
+}
+
+/// The engines chosen (without repeats), or every variant.
+fn chosen_engines(
+    engines: Vec<&'static bench_linux::Variant>,
+) -> Vec<&'static bench_linux::Variant> {
+    let mut chosen: Vec<&'static bench_linux::Variant> = Vec::new();
+    let all = if engines.is_empty() {
+        bench_linux::VARIANTS.iter().collect()
+    } else {
+        engines
+    };
+    for v in all {
+        if !chosen.contains(&v) {
+            chosen.push(v);
+        }
+    }
+    chosen
 }
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
@@ -330,6 +402,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             md5_mib,
             gzip_mib,
             loop_iters,
+            micro_scale,
             mem,
             timeout,
             vireo,
@@ -350,6 +423,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 },
                 loop_iters,
             };
+            if !(micro_scale > 0.0 && micro_scale <= 1000.0) {
+                return Err(format!(
+                    "--micro-scale {micro_scale}: expected more than 0, at most 1000"
+                ));
+            }
             let need = 2 * u64::from(sizes.md5_mib.max(sizes.gzip_mib)) + 128;
             if u64::from(mem) < need {
                 return Err(format!(
@@ -358,20 +436,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 ));
             }
             let engines_given = !engines.is_empty();
-            let mut chosen: Vec<&'static bench_linux::Variant> = Vec::new();
-            for v in if engines_given {
-                engines
-            } else {
-                bench_linux::VARIANTS.iter().collect()
-            } {
-                if !chosen.contains(&v) {
-                    chosen.push(v);
-                }
-            }
             let o = bench_linux::Options {
                 runs: runs as usize,
                 jobs,
-                engines: chosen,
+                engines: chosen_engines(engines),
                 engines_given,
                 sizes,
                 mem_mib: mem,
@@ -380,8 +448,49 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 qemu,
                 dir: dir.unwrap_or_else(guest::default_dir),
                 json,
+                micro_scale,
             };
             Ok(if bench_linux::run(&o)? {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
+        Cmd::BenchMicro {
+            runs,
+            kernels,
+            engines,
+            scale,
+            timeout,
+            vireo,
+            qemu,
+            dir,
+        } => {
+            if !(scale > 0.0 && scale <= 1000.0) {
+                return Err(format!(
+                    "--scale {scale}: expected more than 0, at most 1000"
+                ));
+            }
+            let engines_given = !engines.is_empty();
+            let engines = bench_linux::programs(
+                &chosen_engines(engines),
+                engines_given,
+                vireo.as_deref(),
+                qemu.as_deref(),
+            )?;
+            let o = bench_micro::Options {
+                runs: runs as usize,
+                kernels: if kernels.is_empty() {
+                    Kernel::ALL.to_vec()
+                } else {
+                    kernels
+                },
+                engines,
+                scale,
+                timeout: Duration::from_secs(timeout),
+                dir: dir.unwrap_or_else(|| guest::default_dir().join("micro")),
+            };
+            Ok(if bench_micro::run(&o)? {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(2)
@@ -449,7 +558,10 @@ mod tests {
             (runs, md5_mib, gzip_mib, loop_iters, mem),
             (3, 64, 16, 300_000, 512)
         );
-        assert_eq!(jobs, [Job::Boot, Job::Md5, Job::Gzip, Job::Loop]);
+        assert_eq!(
+            jobs,
+            [Job::Boot, Job::Md5, Job::Gzip, Job::Loop, Job::Micro]
+        );
         assert!(engines.is_empty());
 
         let c = Cli::try_parse_from([
@@ -484,7 +596,7 @@ mod tests {
         assert_eq!((runs, md5_mib, loop_iters), (1, 8, 30_000));
         assert_eq!(jobs, [Job::Boot, Job::Md5]);
         let names: Vec<&str> = engines.iter().map(|v| v.name).collect();
-        assert_eq!(names, ["vireo-tcg", "qemu-tcg"]);
+        assert_eq!(names, ["vireo-interp", "qemu-tcg"]);
         assert_eq!(json, Some(PathBuf::from("/tmp/x.json")));
 
         for bad in [

@@ -23,6 +23,8 @@ pub enum Job {
     Gzip,
     /// A shell arithmetic loop.
     Loop,
+    /// Not a Linux job: the micro-kernels of `bench-micro`, run after the boots.
+    Micro,
 }
 
 impl Job {
@@ -32,6 +34,7 @@ impl Job {
             Job::Md5 => "md5",
             Job::Gzip => "gzip",
             Job::Loop => "loop",
+            Job::Micro => "micro",
         }
     }
 }
@@ -52,6 +55,7 @@ impl Sizes {
             Job::Md5 => format!("md5 {} MiB", self.md5_mib),
             Job::Gzip => format!("gzip {} MiB", self.gzip_mib),
             Job::Loop => format!("loop {}", self.loop_iters),
+            Job::Micro => "micro".to_string(),
         }
     }
 }
@@ -84,7 +88,7 @@ pub fn script(jobs: &[Job], s: &Sizes) -> String {
     }
     for job in jobs {
         match job {
-            Job::Boot => {}
+            Job::Boot | Job::Micro => {}
             Job::Md5 => parts.push(format!(
                 "g {} /tmp/m;m begin md5;md5sum /tmp/m >/tmp/r;m end md5;rm /tmp/m;v md5",
                 s.md5_mib
@@ -168,7 +172,7 @@ pub fn expected(job: Job, s: &Sizes, busybox: &Path) -> Result<Option<String>, S
             .ok_or_else(|| format!("{} md5sum printed nothing", busybox.display()))
     };
     Ok(match job {
-        Job::Boot => None,
+        Job::Boot | Job::Micro => None,
         Job::Md5 => Some(md5(&data(s.md5_mib))?),
         Job::Gzip => {
             let gz = pipe(busybox, &["gzip", "-c"], &data(s.gzip_mib))?;
