@@ -79,7 +79,13 @@ pub trait GuestEnv {
 /// - `insn_hooks() == Some(h)`: `h.stop` is a `bool` inside `Self` that
 ///   `GuestEnv::stop_requested` returns (with no other effect), and
 ///   `GuestEnv::insn_start(pc)` does exactly: store `pc` in the `u64` at `h.pc` and
-///   add 1 (wrapping) to the `u64` at `h.counter`;
+///   add 1 (wrapping) to the `u64` at `h.counter`; the stop request is raised only
+///   from inside the environment's methods (a helper, a load or store, a global's
+///   access), never from elsewhere while a block runs; and nothing but those
+///   methods reads `h.pc` and `h.counter` while a block runs. (Generated code then
+///   writes the two lazily: the PC before each call into the environment, the
+///   counter there and at the block's exits; between calls `h.pc` may hold an
+///   earlier instruction's PC.)
 /// - `fast_tlb() == Some(t)`: the tables described by `t` lie inside `Self`; for an
 ///   access of `len` bytes (1-8) at linear address `la` by MMU index `m`, let `e` be
 ///   entry `(la >> 12) % 2^t.index_bits` of `m`'s table: if the `u64` read tag of `e`

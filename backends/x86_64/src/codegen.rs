@@ -116,6 +116,87 @@ struct Gen<'a> {
     ind: usize,
     /// Slow paths of memory accesses, emitted after the block's code.
     stubs: Vec<SlowPath>,
+    /// Instruction bookkeeping (with [`vireo_core::exec::InsnHooks`]), done lazily:
+    /// see [`Book`].
+    book: Book,
+    /// Stop exits (taken when the stop request is set at an instruction boundary),
+    /// emitted after the block's code.
+    stop_stubs: Vec<StopStub>,
+    /// Per label: code after it, before the next instruction starts, may want the
+    /// current PC (which then depends on the path taken: every path stores it).
+    label_needs_pc: Vec<bool>,
+    /// The block has code that may call into the environment (then any path, also
+    /// a backward branch, may reach a label after such a call).
+    has_calls: bool,
+}
+
+/// Whether `op` may fault or call into the environment (wants the current PC and
+/// the counters up to date).
+fn wants_pc<E: DirectGlobals>(op: &Op) -> bool {
+    match op {
+        Op::Get { src: g, .. } | Op::Set { dst: g, .. } => direct::<E>(*g).is_none(),
+        Op::Load { .. } | Op::Store { .. } | Op::Call { .. } | Op::Raise { .. } => true,
+        _ => false,
+    }
+}
+
+/// [`Gen::label_needs_pc`] of `block`: a label needs the PC if the code after it,
+/// up to the next instruction start, wants it or goes to a label that needs it
+/// (by a branch or by falling through).
+fn labels_needing_pc<E: DirectGlobals>(block: &Block) -> Vec<bool> {
+    let mut needs = vec![false; block.labels as usize];
+    let at = |l: u32, needs: &[bool]| needs.get(l as usize).copied().unwrap_or(true);
+    loop {
+        let mut changed = false;
+        for (i, op) in block.ops.iter().enumerate() {
+            let Op::Label(l) = op else { continue };
+            if at(l.0, &needs) {
+                continue;
+            }
+            let wants = block.ops[i + 1..]
+                .iter()
+                .take_while(|o| !matches!(o, Op::InsnStart { .. }))
+                .any(|o| match o {
+                    Op::Label(m) | Op::Br(m) | Op::BrIf { target: m, .. } => at(m.0, &needs),
+                    o => wants_pc::<E>(o),
+                });
+            if wants {
+                if let Some(n) = needs.get_mut(l.0 as usize) {
+                    *n = true;
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            return needs;
+        }
+    }
+}
+
+/// Lazy instruction bookkeeping. The PC of the current instruction (`[rsp]` and the
+/// environment's `pc` hook) matters only to code that can fault or call into the
+/// environment, and the instruction counters (the environment's `counter`,
+/// `ctx.insns`) only there and at exits; so they are written just before such code
+/// (`sync`), not at every instruction. The stop request can only be raised by a call
+/// into the environment (a helper, a slow-path store, a port write), so it is
+/// checked only at instruction boundaries after one.
+#[derive(Debug, Clone, Copy, Default)]
+struct Book {
+    /// The current instruction's PC.
+    pc: u64,
+    /// `[rsp]` and the `pc` hook hold `pc`.
+    pc_synced: bool,
+    /// Instructions started and not yet added to the counters.
+    pending: u32,
+    /// A call into the environment may have happened since the last stop check.
+    may_stop: bool,
+}
+
+/// An out-of-line stop exit: counts `pending` instructions, stops before `pc`.
+struct StopStub {
+    entry: DynamicLabel,
+    pc: u64,
+    pending: u32,
 }
 
 /// The out-of-line slow path of a load or store whose inline fast TLB lookup missed:
@@ -127,6 +208,8 @@ struct SlowPath {
     packed: i32,
     /// The op it belongs to (which temps live in caller-saved registers across it).
     op: usize,
+    /// The bookkeeping at the access (the stub syncs it for the call).
+    book: Book,
 }
 
 /// Registers temps may live in: two callee-saved (kept across calls), two
@@ -266,6 +349,10 @@ pub fn compile<E: GuestEnv + DirectGlobals>(
         cur: 0,
         ind,
         stubs: Vec::new(),
+        book: Book::default(),
+        stop_stubs: Vec::new(),
+        label_needs_pc: labels_needing_pc::<E>(block),
+        has_calls: block.ops.iter().any(wants_pc::<E>),
     };
     let chain_entry = g.prologue();
     for (i, op) in block.ops.iter().enumerate() {
@@ -276,6 +363,7 @@ pub fn compile<E: GuestEnv + DirectGlobals>(
     // interpreter (validated blocks never do).
     g.exit::<E>(ExitKind::Indirect);
     g.slow_paths::<E>();
+    g.stop_exits::<E>();
     g.epilogue();
     let slot_targets = g.slot_targets;
     let code = g.ops.finalize().map_err(|e| JitError::Asm(e.to_string()))?;
@@ -447,7 +535,8 @@ impl Gen<'_> {
         );
     }
 
-    fn exit<E: DirectGlobals>(&mut self, kind: ExitKind) {
+    fn exit<E: GuestEnv + DirectGlobals>(&mut self, kind: ExitKind) {
+        self.flush::<E>();
         if let ExitKind::Jump(t) = kind {
             if let Some(k) = self.slot_targets.iter().position(|s| *s == Some(t)) {
                 self.chain(k);
@@ -581,6 +670,7 @@ impl Gen<'_> {
                 match direct::<E>(src) {
                     Some(off) => dynasm!(self.ops ; .arch x64 ; mov rax, [r12 + off]),
                     None => {
+                        self.sync::<E>();
                         let g = tramp::pack_global(src) as i32;
                         dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov esi, g);
                         self.call(tramp::get_tramp::<E> as *const () as usize);
@@ -596,6 +686,7 @@ impl Gen<'_> {
                     dynasm!(self.ops ; .arch x64 ; mov [r12 + off], rax);
                 }
                 None => {
+                    self.sync::<E>();
                     let g = tramp::pack_global(dst) as i32;
                     self.ld(RDX, src);
                     dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov esi, g);
@@ -710,6 +801,7 @@ impl Gen<'_> {
                     }
                     self.slow_path(slow, false, packed);
                 } else {
+                    self.sync::<E>();
                     dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov edx, packed);
                     self.call(tramp::load_tramp::<E> as *const () as usize);
                     self.check_status();
@@ -736,21 +828,36 @@ impl Gen<'_> {
                     }
                     self.slow_path(slow, true, packed);
                 } else {
+                    self.sync::<E>();
                     dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov ecx, packed);
                     self.call(tramp::store_tramp::<E> as *const () as usize);
                     self.check_status();
                 }
             }
             Op::Label(l) => {
-                let l = self.label(l.0)?;
+                // Every path reaches the label with the counters up to date, and
+                // with the PC stored if the code after it may want it (the PC
+                // depends on the path).
+                let n = l.0;
+                let l = self.label(n)?;
+                self.flush::<E>();
+                self.pc_for_label::<E>(n);
                 dynasm!(self.ops ; .arch x64 ; =>l);
+                self.book.pc_synced = self.label_needs_pc.get(n as usize) == Some(&true);
+                self.book.may_stop |= self.has_calls;
             }
             Op::Br(l) => {
-                let l = self.label(l.0)?;
+                let n = l.0;
+                let l = self.label(n)?;
+                self.flush::<E>();
+                self.pc_for_label::<E>(n);
                 dynasm!(self.ops ; .arch x64 ; jmp =>l);
             }
             Op::BrIf { cond, target } => {
-                let l = self.label(target.0)?;
+                let n = target.0;
+                let l = self.label(n)?;
+                self.flush::<E>();
+                self.pc_for_label::<E>(n);
                 self.test_zero(cond);
                 dynasm!(self.ops ; .arch x64 ; jne =>l);
             }
@@ -762,6 +869,7 @@ impl Gen<'_> {
             } => {
                 // Arguments 1-4 of the helper go to rdx, rcx, r8, r9.
                 const ARG_REGS: [u8; 4] = [RDX, RCX, 8, 9];
+                self.sync::<E>();
                 for (k, a) in args.iter().take(4).enumerate() {
                     self.ld(ARG_REGS[k], *a);
                 }
@@ -774,6 +882,7 @@ impl Gen<'_> {
                 }
             }
             Op::Raise { vector, error } => {
+                self.sync::<E>();
                 match error {
                     Some(e) => {
                         self.ld(RCX, e);
@@ -844,7 +953,13 @@ impl Gen<'_> {
             store,
             packed,
             op: self.cur,
+            book: self.book,
         });
+        // A store may hit code (self-modifying code raises the stop request); loads
+        // never raise it.
+        if store {
+            self.book.may_stop = true;
+        }
     }
 
     /// The slow paths of the block's memory accesses (out of line: the fast paths
@@ -853,7 +968,13 @@ impl Gen<'_> {
         for s in std::mem::take(&mut self.stubs) {
             self.cur = s.op;
             let (entry, done, packed) = (s.entry, s.done, s.packed);
-            dynasm!(self.ops ; .arch x64 ; =>entry ; mov rdi, rbx);
+            dynasm!(self.ops ; .arch x64 ; =>entry);
+            // The call sees the bookkeeping as of the access; the fast path that
+            // goes on after it still counts the pending instructions itself.
+            self.book = s.book;
+            let pending = s.book.pending;
+            self.sync::<E>();
+            dynasm!(self.ops ; .arch x64 ; mov rdi, rbx);
             if s.store {
                 dynasm!(self.ops ; .arch x64 ; mov ecx, packed);
                 self.call(tramp::store_tramp::<E> as *const () as usize);
@@ -862,8 +983,91 @@ impl Gen<'_> {
                 self.call(tramp::load_tramp::<E> as *const () as usize);
             }
             self.check_status();
+            self.count::<E>(pending, false);
             dynasm!(self.ops ; .arch x64 ; jmp =>done);
         }
+    }
+
+    /// The stop exits of the block's instruction boundaries.
+    fn stop_exits<E: GuestEnv + DirectGlobals>(&mut self) {
+        let epilogue = self.epilogue;
+        for s in std::mem::take(&mut self.stop_stubs) {
+            let entry = s.entry;
+            dynasm!(self.ops ; .arch x64 ; =>entry);
+            self.count::<E>(s.pending, true);
+            self.imm(RAX, s.pc);
+            dynasm!(self.ops
+                ; .arch x64
+                ; mov [rbx + CTX_PC], rax
+                ; mov eax, RET_STOP as i32
+                ; jmp =>epilogue
+            );
+        }
+    }
+
+    /// Adds (`add`) or takes back `n` instructions from both counters.
+    fn count<E: GuestEnv + DirectGlobals>(&mut self, n: u32, add: bool) {
+        let Some(h) = E::insn_hooks() else {
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        let counter = h.counter as i32;
+        let n = n as i32;
+        if add {
+            dynasm!(self.ops
+                ; .arch x64
+                ; add QWORD [r12 + counter], n
+                ; add QWORD [rbx + CTX_INSNS], n
+            );
+        } else {
+            dynasm!(self.ops
+                ; .arch x64
+                ; sub QWORD [r12 + counter], n
+                ; sub QWORD [rbx + CTX_INSNS], n
+            );
+        }
+    }
+
+    /// Before a branch to (or the fall-through into) label `l`: the PC up to date if
+    /// the code after the label may want it.
+    fn pc_for_label<E: GuestEnv + DirectGlobals>(&mut self, l: u32) {
+        if self.label_needs_pc.get(l as usize).copied().unwrap_or(true) {
+            self.sync_pc::<E>();
+        }
+    }
+
+    /// The current instruction's PC in `[rsp]` and the `pc` hook.
+    fn sync_pc<E: GuestEnv + DirectGlobals>(&mut self) {
+        if self.book.pc_synced {
+            return;
+        }
+        if let Some(h) = E::insn_hooks() {
+            let hpc = h.pc as i32;
+            self.imm(RAX, self.book.pc);
+            dynasm!(self.ops
+                ; .arch x64
+                ; mov [rsp], rax
+                ; mov [r12 + hpc], rax
+            );
+        }
+        self.book.pc_synced = true;
+    }
+
+    /// Brings the instruction counters up to date.
+    fn flush<E: GuestEnv + DirectGlobals>(&mut self) {
+        let n = self.book.pending;
+        self.count::<E>(n, true);
+        self.book.pending = 0;
+    }
+
+    /// Before code that can fault or call into the environment: counters and PC
+    /// up to date; the stop request may be raised from here on.
+    fn sync<E: GuestEnv + DirectGlobals>(&mut self) {
+        self.flush::<E>();
+        self.sync_pc::<E>();
+        self.book.may_stop = true;
     }
 
     fn label(&self, l: u32) -> Result<DynamicLabel, JitError> {
@@ -877,23 +1081,28 @@ impl Gen<'_> {
         let epilogue = self.epilogue;
         match E::insn_hooks() {
             Some(h) => {
-                let (stop, hpc, counter) = (h.stop as i32, h.pc as i32, h.counter as i32);
-                self.imm(RAX, pc);
-                dynasm!(self.ops
-                    ; .arch x64
-                    ; cmp BYTE [r12 + stop], 0
-                    ; je >go
-                    ; mov [rbx + CTX_PC], rax
-                    ; mov eax, RET_STOP as i32
-                    ; jmp =>epilogue
-                    ; go:
-                    ; mov [rsp], rax
-                    ; mov [r12 + hpc], rax
-                    ; add QWORD [r12 + counter], 1
-                    ; add QWORD [rbx + CTX_INSNS], 1
-                );
+                if self.book.may_stop {
+                    let stop = h.stop as i32;
+                    let entry = self.ops.new_dynamic_label();
+                    dynasm!(self.ops
+                        ; .arch x64
+                        ; cmp BYTE [r12 + stop], 0
+                        ; jne =>entry
+                    );
+                    self.stop_stubs.push(StopStub {
+                        entry,
+                        pc,
+                        pending: self.book.pending,
+                    });
+                    self.book.may_stop = false;
+                }
+                self.book.pending += 1;
+                self.book.pc = pc;
+                self.book.pc_synced = false;
             }
             None => {
+                self.book.pc = pc;
+                self.book.pc_synced = true;
                 self.imm(RSI, pc);
                 dynasm!(self.ops ; .arch x64 ; mov [rsp], rsi ; mov rdi, rbx);
                 self.call(tramp::insn_tramp::<E> as *const () as usize);

@@ -28,7 +28,8 @@ struct Env<const DIRECT: bool> {
     flags: u64,
     segbase: [u64; 2],
     mem: Vec<u8>,
-    calls: Vec<(u16, Vec<u64>)>,
+    /// Helper calls: number, arguments, and the instruction PC and count they saw.
+    calls: Vec<(u16, Vec<u64>, u64, u64)>,
     stop: bool,
     insn_pc: u64,
     icount: u64,
@@ -153,7 +154,8 @@ impl<const D: bool> GuestEnv for Env<D> {
         Ok(())
     }
     fn call(&mut self, h: HelperId, args: &[u64]) -> Result<u64, Fault> {
-        self.calls.push((h.0, args.to_vec()));
+        self.calls
+            .push((h.0, args.to_vec(), self.insn_pc, self.icount));
         let a = |i: usize| args.get(i).copied().unwrap_or(0x55);
         match h.0 {
             0 => Ok(a(0).wrapping_mul(3).wrapping_add(a(1).rotate_left(7))
@@ -628,6 +630,9 @@ where
     let o2 = jit.run(&code, &mut e2, &mut st).expect("live block");
     assert_eq!(o1, o2, "outcome (direct={D})\n{blk}");
     assert_eq!(interp.insns, st.insns, "insns (direct={D})\n{blk}");
+    // Between calls into the environment the JIT leaves the PC hook as of the last
+    // call (the calls' log holds what each saw).
+    e2.insn_pc = e1.insn_pc;
     assert_eq!(e1, e2, "environment (direct={D})\n{blk}");
 
     // The IR passes change nothing the guest can see, in either backend.
@@ -650,6 +655,7 @@ where
         .run(&code, &mut e4, &mut JitState::new())
         .expect("live block");
     assert_eq!(o1, o4, "outcome, optimized, JIT\n{opt}");
+    e4.insn_pc = e1.insn_pc;
     assert_eq!(e1, e4, "environment, optimized, JIT\n{opt}");
     OPTIMIZED_OPS.fetch_add(opt.ops.len(), std::sync::atomic::Ordering::Relaxed);
     ORIGINAL_OPS.fetch_add(blk.ops.len(), std::sync::atomic::Ordering::Relaxed);
@@ -927,6 +933,7 @@ fn linked_blocks_run_on_until_the_limit_or_a_flag() {
     let r = jit.run_chained(&a, &mut e, &mut st, &flags, 10).unwrap();
     assert_eq!(r.outcome, BlockOutcome::Exit(ExitKind::Jump(0x100)));
     assert_eq!((r.tag, r.chained, st.insns), (2, 9, 10));
+    e.insn_pc = want.insn_pc;
     assert_eq!(e, want);
     // Without chaining (plain `run`), or with a flag up: one block.
     let mut e = env.clone();
@@ -969,6 +976,7 @@ fn linked_blocks_run_on_until_the_limit_or_a_flag() {
     let mut e = env.clone();
     let r = jit.run_chained(&a, &mut e, &mut st, &flags, 10).unwrap();
     assert_eq!((r.tag, r.chained), (4, 9));
+    e.insn_pc = want.insn_pc;
     assert_eq!(e, want);
     // An indirect exit goes into the block registered for its PC, CS base and guard.
     let mut bi = Builder::new(0x400);

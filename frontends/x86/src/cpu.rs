@@ -216,7 +216,10 @@ impl GuestEnv for X86Cpu {
 // SAFETY: every offset is that of a plain `u64` field of `X86Cpu` that `get`/`set`
 // read and write as is (GPRs, RIP, the lazy-flag quadruple, the segment bases; not
 // `Flags`, which `set` masks); `stop` is the `bool` `stop_requested` returns, and
-// `insn_start` does exactly: `insn_pc = pc; icount += 1` (wrapping). The fast TLB
+// `insn_start` does exactly: `insn_pc = pc; icount += 1` (wrapping); `stop` is
+// raised only inside the environment's methods (a store that hits code, a port
+// write), and `insn_pc`/`icount` are read only by them (helpers, exception
+// delivery, RDTSC) and by the run loop between blocks. The fast TLB
 // is `mmu.fast`, whose entries hold exactly what the contract asks (see
 // `crate::fasttlb`: entries only for whole RAM/ROM pages of the guest memory the TLB
 // keeps alive, write tags only for RAM pages without code, and `load`/`store` take
