@@ -86,6 +86,8 @@ fn sources_mut(op: &mut Op, mut f: impl FnMut(&mut Temp)) {
 /// What is known about the temps and globals at a point of a region.
 struct Known {
     konst: Vec<Option<u64>>,
+    /// `fits[t] = Some(s)`: `t`'s bits above width `s` are known to be zero.
+    fits: Vec<Option<Size>>,
     /// `copy[t] = Some(s)`: `t` holds the value `s` holds now.
     copy: Vec<Option<Temp>>,
     /// The temp holding each plain global's current value.
@@ -98,6 +100,7 @@ struct Known {
 impl Known {
     fn clear(&mut self) {
         self.konst.fill(None);
+        self.fits.fill(None);
         self.copy.fill(None);
         self.globals.clear();
     }
@@ -117,6 +120,7 @@ impl Known {
             return;
         }
         self.konst[i] = None;
+        self.fits[i] = None;
         self.copy[i] = None;
         if self.defs[i] > 1 {
             for c in self.copy.iter_mut() {
@@ -131,6 +135,21 @@ impl Known {
     fn set_konst(&mut self, t: Temp, v: u64) {
         if let Some(k) = self.konst.get_mut(t.0 as usize) {
             *k = Some(v);
+        }
+        let w = [Size::B8, Size::B16, Size::B32]
+            .into_iter()
+            .find(|s| s.trunc(v) == v);
+        self.set_fits(t, w);
+    }
+
+    /// The narrowest width `t` is known to fit in (`None`: unknown, or 64 bits).
+    fn fits(&self, t: Temp) -> Option<Size> {
+        self.fits.get(t.0 as usize).copied().flatten()
+    }
+
+    fn set_fits(&mut self, t: Temp, w: Option<Size>) {
+        if let Some(f) = self.fits.get_mut(t.0 as usize) {
+            *f = w.filter(|&w| w != Size::B64);
         }
     }
 
@@ -179,6 +198,7 @@ fn forward(block: &mut Block) {
     let n = block.temps as usize;
     let mut k = Known {
         konst: vec![None; n],
+        fits: vec![None; n],
         copy: vec![None; n],
         globals: HashMap::new(),
         defs: vec![0; n],
@@ -228,10 +248,20 @@ fn forward(block: &mut Block) {
                 src,
                 from,
                 signed,
-            } => k.konst(src).map(|x| Op::Const {
-                dst,
-                value: if signed { from.sext(x) } else { from.trunc(x) },
-            }),
+            } => match (k.konst(src), k.fits(src)) {
+                (Some(x), _) => Some(Op::Const {
+                    dst,
+                    value: if signed { from.sext(x) } else { from.trunc(x) },
+                }),
+                // Already zero above `from` (and, sign-extending, below its sign bit
+                // too): the value itself.
+                (None, Some(w))
+                    if w.bits() < from.bits() || (!signed && w.bits() == from.bits()) =>
+                {
+                    Some(Op::Mov { dst, src })
+                }
+                _ => None,
+            },
             Op::SetCond {
                 cond,
                 size,
@@ -274,7 +304,25 @@ fn forward(block: &mut Block) {
         }
         match *op {
             Op::Const { dst, value } => k.set_konst(dst, value),
-            Op::Mov { dst, src } => k.set_copy(dst, src),
+            Op::Mov { dst, src } => {
+                k.set_copy(dst, src);
+                k.set_fits(dst, k.fits(src));
+            }
+            // Results at a width are zero-extended from it.
+            Op::Bin { dst, size, .. } | Op::Un { dst, size, .. } => k.set_fits(dst, Some(size)),
+            Op::Ext {
+                dst,
+                from,
+                signed: false,
+                ..
+            } => k.set_fits(dst, Some(from)),
+            Op::SetCond { dst, .. } => k.set_fits(dst, Some(Size::B8)),
+            Op::Load {
+                dst,
+                size,
+                signed: false,
+                ..
+            } => k.set_fits(dst, Some(size)),
             Op::Get { dst, src } if plain(src) => {
                 k.globals.insert(src, dst);
             }
@@ -435,6 +483,34 @@ mod tests {
     }
 
     /// A pure helper whose result only fed dead flags goes; an impure one stays.
+    #[test]
+    fn extensions_of_values_already_narrow_go() {
+        let mut b = Builder::new(0);
+        b.insn_start(0, 2);
+        let r = b.get(Global::Gpr(0));
+        let r32 = b.ext(r, Size::B32, false);
+        let s = b.bin(BinOp::Add, Size::B32, r32, r32);
+        let s32 = b.ext(s, Size::B32, false);
+        let s64 = b.ext(s32, Size::B32, true);
+        b.set(Global::Gpr(0), s32);
+        b.set(Global::Gpr(1), s64);
+        b.exit(ExitKind::Indirect);
+        let mut blk = b.finish();
+        optimize(&mut blk);
+        blk.validate().unwrap();
+        let exts: Vec<(Size, bool)> = blk
+            .ops
+            .iter()
+            .filter_map(|o| match *o {
+                Op::Ext { from, signed, .. } => Some((from, signed)),
+                _ => None,
+            })
+            .collect();
+        // The first zero-extension (of a 64-bit register) stays; the zero-extension
+        // of a 32-bit result goes; a sign extension from the same width stays.
+        assert_eq!(exts, [(Size::B32, false), (Size::B32, true)], "{blk}");
+    }
+
     #[test]
     fn unused_pure_calls_go() {
         use crate::ir::{Effects, HelperId};

@@ -128,6 +128,8 @@ struct Gen<'a> {
     /// The block has code that may call into the environment (then any path, also
     /// a backward branch, may reach a label after such a call).
     has_calls: bool,
+    /// Temps that are constants (see [`Allocation::konst`]).
+    konst: Vec<Option<u64>>,
 }
 
 /// Whether `op` may fault or call into the environment (wants the current PC and
@@ -230,7 +232,7 @@ struct Volatile {
 /// assigned once, before any use, and no label lies between its assignment and its
 /// last use (so every path that reads it ran the assignment in the same straight
 /// line). Temps that get no register stay in the temp area.
-fn allocate(block: &Block) -> (Vec<Option<u8>>, Vec<Volatile>) {
+fn allocate(block: &Block) -> Allocation {
     let n = block.temps as usize;
     let mut defs = vec![0u32; n];
     let mut first_def = vec![usize::MAX; n];
@@ -261,9 +263,21 @@ fn allocate(block: &Block) -> (Vec<Option<u8>>, Vec<Volatile>) {
             }
         }
     }
+    let straight = |k: usize| {
+        defs[k] == 1
+            && first_def[k] < first_use[k]
+            && first_use[k] != usize::MAX
+            && !labels.iter().any(|&l| l > first_def[k] && l <= last_use[k])
+    };
+    // Constants that qualify are not computed at all: each use takes the value.
+    let mut konst = vec![None; n];
+    for k in (0..n).filter(|&k| straight(k)) {
+        if let Some(Op::Const { value, .. }) = block.ops.get(first_def[k]) {
+            konst[k] = Some(*value);
+        }
+    }
     let mut intervals: Vec<(usize, usize, Temp)> = (0..n)
-        .filter(|&k| defs[k] == 1 && first_def[k] < first_use[k] && first_use[k] != usize::MAX)
-        .filter(|&k| !labels.iter().any(|&l| l > first_def[k] && l <= last_use[k]))
+        .filter(|&k| straight(k) && konst[k].is_none())
         .map(|k| (first_def[k], last_use[k], Temp(k as u32)))
         .collect();
     intervals.sort();
@@ -295,7 +309,21 @@ fn allocate(block: &Block) -> (Vec<Option<u8>>, Vec<Volatile>) {
             }
         }
     }
-    (alloc, volatile)
+    Allocation {
+        regs: alloc,
+        volatile,
+        konst,
+    }
+}
+
+/// Where the temps live.
+struct Allocation {
+    /// The host register of each temp that has one.
+    regs: Vec<Option<u8>>,
+    volatile: Vec<Volatile>,
+    /// The value of each temp that is a constant assigned once, before every use in
+    /// the same straight line: never stored, its uses take the value.
+    konst: Vec<Option<u64>>,
 }
 
 /// Whether `t`, the op's result, is not also one of its operands.
@@ -333,7 +361,11 @@ pub fn compile<E: GuestEnv + DirectGlobals>(
             .map(|o| i32::try_from(o).ok())
             .collect::<Option<Vec<i32>>>()
     });
-    let (alloc, volatile) = allocate(block);
+    let Allocation {
+        regs: alloc,
+        volatile,
+        konst,
+    } = allocate(block);
     let mut g = Gen {
         ops,
         block,
@@ -352,6 +384,7 @@ pub fn compile<E: GuestEnv + DirectGlobals>(
         book: Book::default(),
         stop_stubs: Vec::new(),
         label_needs_pc: labels_needing_pc::<E>(block),
+        konst,
         has_calls: block.ops.iter().any(wants_pc::<E>),
     };
     let chain_entry = g.prologue();
@@ -435,7 +468,21 @@ impl Gen<'_> {
         self.alloc.get(t.0 as usize).copied().flatten()
     }
 
+    /// The value of `t` if it is a constant that is never stored.
+    fn k(&self, t: Temp) -> Option<u64> {
+        self.konst.get(t.0 as usize).copied().flatten()
+    }
+
+    /// The value of `t` as a sign-extended 32-bit immediate, if it is one.
+    fn k32(&self, t: Temp) -> Option<i32> {
+        self.k(t).and_then(|v| i32::try_from(v as i64).ok())
+    }
+
     fn ld(&mut self, r: u8, t: Temp) {
+        if let Some(v) = self.k(t) {
+            self.imm(r, v);
+            return;
+        }
         match self.reg(t) {
             Some(h) if h == r => {}
             Some(h) => dynasm!(self.ops ; .arch x64 ; mov Rq(r), Rq(h)),
@@ -459,6 +506,11 @@ impl Gen<'_> {
 
     /// Sets the flags from `t` compared with 0.
     fn test_zero(&mut self, t: Temp) {
+        if let Some(v) = self.k(t) {
+            self.imm(RDX, v);
+            dynasm!(self.ops ; .arch x64 ; test rdx, rdx);
+            return;
+        }
         match self.reg(t) {
             Some(h) => dynasm!(self.ops ; .arch x64 ; test Rq(h), Rq(h)),
             None => {
@@ -653,7 +705,9 @@ impl Gen<'_> {
             Op::InsnStart { pc, .. } => self.insn_start::<E>(pc),
             Op::Const { dst, value } => {
                 let off = toff(dst);
-                if let Some(h) = self.reg(dst) {
+                if self.k(dst).is_some() {
+                    // Its uses take the value.
+                } else if let Some(h) = self.reg(dst) {
                     self.imm(h, value);
                 } else if i32::try_from(value as i64).is_ok() {
                     dynasm!(self.ops ; .arch x64 ; mov QWORD [r13 + off], value as i32);
@@ -663,13 +717,18 @@ impl Gen<'_> {
                 }
             }
             Op::Mov { dst, src } => {
-                self.ld(RAX, src);
-                self.st(dst, RAX);
+                let d = self.reg(dst).unwrap_or(RAX);
+                self.ld(d, src);
+                self.st(dst, d);
             }
             Op::Get { dst, src } => {
-                match direct::<E>(src) {
-                    Some(off) => dynasm!(self.ops ; .arch x64 ; mov rax, [r12 + off]),
-                    None => {
+                match (direct::<E>(src), self.reg(dst)) {
+                    (Some(off), Some(h)) => {
+                        dynasm!(self.ops ; .arch x64 ; mov Rq(h), [r12 + off]);
+                        return Ok(());
+                    }
+                    (Some(off), None) => dynasm!(self.ops ; .arch x64 ; mov rax, [r12 + off]),
+                    (None, _) => {
                         self.sync::<E>();
                         let g = tramp::pack_global(src) as i32;
                         dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov esi, g);
@@ -682,8 +741,14 @@ impl Gen<'_> {
             }
             Op::Set { dst, src } => match direct::<E>(dst) {
                 Some(off) => {
-                    self.ld(RAX, src);
-                    dynasm!(self.ops ; .arch x64 ; mov [r12 + off], rax);
+                    if let Some(v) = self.k32(src) {
+                        dynasm!(self.ops ; .arch x64 ; mov QWORD [r12 + off], v);
+                    } else if let Some(h) = self.reg(src) {
+                        dynasm!(self.ops ; .arch x64 ; mov [r12 + off], Rq(h));
+                    } else {
+                        self.ld(RAX, src);
+                        dynasm!(self.ops ; .arch x64 ; mov [r12 + off], rax);
+                    }
                 }
                 None => {
                     self.sync::<E>();
@@ -701,10 +766,12 @@ impl Gen<'_> {
                 a,
                 b,
             } => {
-                self.ld(RAX, a);
-                self.ld(RCX, b);
-                self.bin(op, size);
-                self.st(dst, RAX);
+                if !self.bin_in_place(op, size, dst, a, b) {
+                    self.ld(RAX, a);
+                    self.ld(RCX, b);
+                    self.bin(op, size);
+                    self.st(dst, RAX);
+                }
             }
             Op::Un { op, size, dst, a } => {
                 self.ld(RAX, a);
@@ -717,13 +784,21 @@ impl Gen<'_> {
                 from,
                 signed,
             } => {
-                self.ld(RAX, src);
-                if signed {
-                    self.sext(RAX, from);
-                } else {
-                    self.trunc(RAX, from);
+                let d = self.reg(dst).unwrap_or(RAX);
+                match (signed, from, self.reg(src)) {
+                    (false, Size::B32, Some(s)) => {
+                        dynasm!(self.ops ; .arch x64 ; mov Rd(d), Rd(s));
+                    }
+                    _ => {
+                        self.ld(d, src);
+                        if signed {
+                            self.sext(d, from);
+                        } else {
+                            self.trunc(d, from);
+                        }
+                    }
                 }
-                self.st(dst, RAX);
+                self.st(dst, d);
             }
             Op::SetCond {
                 cond,
@@ -733,12 +808,18 @@ impl Gen<'_> {
                 b,
             } => {
                 self.ld(RAX, a);
-                self.ld(RCX, b);
-                match size {
-                    Size::B8 => dynasm!(self.ops ; .arch x64 ; cmp al, cl),
-                    Size::B16 => dynasm!(self.ops ; .arch x64 ; cmp ax, cx),
-                    Size::B32 => dynasm!(self.ops ; .arch x64 ; cmp eax, ecx),
-                    Size::B64 => dynasm!(self.ops ; .arch x64 ; cmp rax, rcx),
+                match (size, self.k32(b)) {
+                    (Size::B32, Some(v)) => dynasm!(self.ops ; .arch x64 ; cmp eax, v),
+                    (Size::B64, Some(v)) => dynasm!(self.ops ; .arch x64 ; cmp rax, v),
+                    _ => {
+                        self.ld(RCX, b);
+                        match size {
+                            Size::B8 => dynasm!(self.ops ; .arch x64 ; cmp al, cl),
+                            Size::B16 => dynasm!(self.ops ; .arch x64 ; cmp ax, cx),
+                            Size::B32 => dynasm!(self.ops ; .arch x64 ; cmp eax, ecx),
+                            Size::B64 => dynasm!(self.ops ; .arch x64 ; cmp rax, rcx),
+                        }
+                    }
                 }
                 match cond {
                     Cond::Eq => dynasm!(self.ops ; .arch x64 ; sete al),
@@ -1119,6 +1200,91 @@ impl Gen<'_> {
                 );
             }
         }
+    }
+
+    /// `dst = a op b` computed in `dst`'s register (or `rax`) with the second
+    /// operand as an immediate, a register or memory, for the common 32- and 64-bit
+    /// operations (a 32-bit operation zero-extends by itself); `false` (nothing
+    /// emitted) for the others.
+    fn bin_in_place(&mut self, op: BinOp, size: Size, dst: Temp, a: Temp, b: Temp) -> bool {
+        use BinOp::*;
+        let wide = match size {
+            Size::B32 => false,
+            Size::B64 => true,
+            _ => return false,
+        };
+        let kb = self.k(b);
+        let shift = matches!(op, Shl | Shr | Sar | Rol | Ror);
+        if !(matches!(op, Add | Sub | And | Or | Xor | Mul) || (shift && kb.is_some())) {
+            return false;
+        }
+        let d = self.reg(dst).unwrap_or(RAX);
+        // `b` in `d` would be overwritten by `a` first.
+        if b != a && self.reg(b) == Some(d) {
+            return false;
+        }
+        self.ld(d, a);
+        if shift {
+            let n = (kb.unwrap_or(0) % u64::from(size.bits())) as i8;
+            match (op, wide) {
+                // (A count of 0 may leave the register unwritten.)
+                (_, true) if n == 0 => {}
+                (_, false) if n == 0 => dynasm!(self.ops ; .arch x64 ; mov Rd(d), Rd(d)),
+                (Shl, true) => dynasm!(self.ops ; .arch x64 ; shl Rq(d), n),
+                (Shr, true) => dynasm!(self.ops ; .arch x64 ; shr Rq(d), n),
+                (Sar, true) => dynasm!(self.ops ; .arch x64 ; sar Rq(d), n),
+                (Rol, true) => dynasm!(self.ops ; .arch x64 ; rol Rq(d), n),
+                (Ror, true) => dynasm!(self.ops ; .arch x64 ; ror Rq(d), n),
+                (Shl, false) => dynasm!(self.ops ; .arch x64 ; shl Rd(d), n),
+                (Shr, false) => dynasm!(self.ops ; .arch x64 ; shr Rd(d), n),
+                (Sar, false) => dynasm!(self.ops ; .arch x64 ; sar Rd(d), n),
+                (Rol, false) => dynasm!(self.ops ; .arch x64 ; rol Rd(d), n),
+                (_, false) => dynasm!(self.ops ; .arch x64 ; ror Rd(d), n),
+                _ => unreachable!("shifts only"),
+            }
+        } else if let Some(v) = self.k32(b) {
+            match (op, wide) {
+                (Add, true) => dynasm!(self.ops ; .arch x64 ; add Rq(d), v),
+                (Sub, true) => dynasm!(self.ops ; .arch x64 ; sub Rq(d), v),
+                (And, true) => dynasm!(self.ops ; .arch x64 ; and Rq(d), v),
+                (Or, true) => dynasm!(self.ops ; .arch x64 ; or Rq(d), v),
+                (Xor, true) => dynasm!(self.ops ; .arch x64 ; xor Rq(d), v),
+                (Mul, true) => dynasm!(self.ops ; .arch x64 ; imul Rq(d), Rq(d), v),
+                (Add, false) => dynasm!(self.ops ; .arch x64 ; add Rd(d), v),
+                (Sub, false) => dynasm!(self.ops ; .arch x64 ; sub Rd(d), v),
+                (And, false) => dynasm!(self.ops ; .arch x64 ; and Rd(d), v),
+                (Or, false) => dynasm!(self.ops ; .arch x64 ; or Rd(d), v),
+                (Xor, false) => dynasm!(self.ops ; .arch x64 ; xor Rd(d), v),
+                (_, false) => dynasm!(self.ops ; .arch x64 ; imul Rd(d), Rd(d), v),
+                _ => unreachable!("ALU operations only"),
+            }
+        } else {
+            // The second operand from its register, or into rcx first.
+            let r = match self.reg(b) {
+                Some(r) if self.k(b).is_none() => r,
+                _ => {
+                    self.ld(RCX, b);
+                    RCX
+                }
+            };
+            match (op, wide) {
+                (Add, true) => dynasm!(self.ops ; .arch x64 ; add Rq(d), Rq(r)),
+                (Sub, true) => dynasm!(self.ops ; .arch x64 ; sub Rq(d), Rq(r)),
+                (And, true) => dynasm!(self.ops ; .arch x64 ; and Rq(d), Rq(r)),
+                (Or, true) => dynasm!(self.ops ; .arch x64 ; or Rq(d), Rq(r)),
+                (Xor, true) => dynasm!(self.ops ; .arch x64 ; xor Rq(d), Rq(r)),
+                (Mul, true) => dynasm!(self.ops ; .arch x64 ; imul Rq(d), Rq(r)),
+                (Add, false) => dynasm!(self.ops ; .arch x64 ; add Rd(d), Rd(r)),
+                (Sub, false) => dynasm!(self.ops ; .arch x64 ; sub Rd(d), Rd(r)),
+                (And, false) => dynasm!(self.ops ; .arch x64 ; and Rd(d), Rd(r)),
+                (Or, false) => dynasm!(self.ops ; .arch x64 ; or Rd(d), Rd(r)),
+                (Xor, false) => dynasm!(self.ops ; .arch x64 ; xor Rd(d), Rd(r)),
+                (_, false) => dynasm!(self.ops ; .arch x64 ; imul Rd(d), Rd(r)),
+                _ => unreachable!("ALU operations only"),
+            }
+        }
+        self.st(dst, d);
+        true
     }
 
     /// `rax = rax op rcx` at `size`, zero-extended.
