@@ -79,7 +79,8 @@ fn toy_translate(cpu: &mut X86Cpu, max: usize) -> Result<Block, TranslateError> 
                 return Ok(b.finish());
             }
             0xCF => {
-                // IRET within CS 0: pop IP, skip CS, pop FLAGS.
+                // IRET within CS 0: pop IP, skip CS, pop FLAGS. It may set IF: a
+                // `Sync` exit, as every such instruction of the real translator.
                 let sp = b.get(Global::Gpr(reg::RSP as u8));
                 let ss = b.get(Global::SegBase(sreg::SS as u8));
                 let a = b.bin(BinOp::Add, Size::B64, ss, sp);
@@ -90,7 +91,7 @@ fn toy_translate(cpu: &mut X86Cpu, max: usize) -> Result<Block, TranslateError> 
                 b.set(Global::Gpr(reg::RSP as u8), sp6);
                 b.set(Global::Pc, ip);
                 b.set(Global::Flags, fl);
-                b.exit(ExitKind::Indirect);
+                b.exit(ExitKind::Sync);
                 return Ok(b.finish());
             }
             _ => {
@@ -343,8 +344,55 @@ fn halted_cpu_wakes_for_an_interrupt_from_another_thread() {
     assert_eq!(t.mem.read_u16(0x8000 - 6).unwrap(), 0x102);
 }
 
+/// A toy vCPU with the PC-style 8259A pair (IRQ 0 unmasked, vector 8) connected.
+fn toy_with_pic(code: &[u8]) -> (Toy, SharedPic) {
+    let mut t = Toy::new(code);
+    let pic = pc_pic();
+    let ic = Arc::new(PicInterrupts(pic.clone()));
+    let fresh = TcgVcpu::new(
+        SystemBus {
+            mem: t.mem.clone(),
+            pio: Arc::new(Bus::new("pio")),
+            mmio: Arc::new(Bus::new("mmio")),
+            a20: A20Gate::new(),
+        },
+        t.control.clone(),
+    );
+    let backend = t.vcpu.backend();
+    t.vcpu = std::mem::replace(&mut t.vcpu, fresh).with_interrupts(ic);
+    t.vcpu.set_backend(backend);
+    (t, pic)
+}
+
+#[test]
+fn a_pending_interrupt_waits_for_sti_without_stopping_chains() {
+    // IF clear, IRQ 0 raised: inc ax x3, sti, inc ax, cli, hlt. IVT[8] = 0000:0300:
+    // iret.
+    let (mut t, pic) = toy_with_pic(&[0x40, 0x40, 0x40, 0xFB, 0x40, 0xFA, 0xF4]);
+    t.mem.write_u16(8 * 4, 0x300).unwrap();
+    t.mem.write(0x300, &[0xCF]).unwrap();
+    pic.lock().set_irq(0, true);
+    assert_eq!(t.vcpu.run().unwrap(), VcpuExit::Halted);
+    assert_eq!(t.vcpu.stats.interrupts, 1);
+    // Taken at the first boundary after STI (the toy's STI has no shadow).
+    assert_eq!(t.mem.read_u16(0x8000 - 6).unwrap(), 0x104);
+    assert_eq!(t.ax(), 4);
+
+    // A loop with IF clear and the request pending: compiled code chains on.
+    let (mut t, pic) = toy_with_pic(&[0x40, 0x40, 0xEB, 0xFC]);
+    pic.lock().set_irq(0, true);
+    t.vcpu.set_insn_limit(Some(3000));
+    assert_eq!(t.vcpu.run().unwrap(), VcpuExit::Stopped);
+    assert_eq!(t.ax(), 2000);
+    assert_eq!(t.vcpu.stats.interrupts, 0);
+    if t.vcpu.backend() == crate::Backend::Jit {
+        assert!(t.vcpu.stats.jit_chained >= 990, "{:?}", t.vcpu.stats);
+    }
+}
+
 // The same tests with blocks compiled by the JIT.
 jit_variants!(
+    a_pending_interrupt_waits_for_sti_without_stopping_chains,
     loop_runs_through_links_until_the_instruction_limit,
     one_instruction_blocks_and_cache_flushes,
     self_modifying_code_is_retranslated,

@@ -91,6 +91,9 @@ pub struct TcgStats {
     pub blocks: u64,
     /// Blocks reached through a link (no lookup).
     pub chained: u64,
+    /// Of those, blocks compiled code went on into by itself (no return to the run
+    /// loop).
+    pub jit_chained: u64,
     /// Block lookups answered by the jump cache.
     pub jcache_hits: u64,
     /// Blocks translated.
@@ -188,6 +191,12 @@ pub struct TcgVcpu {
     /// Set when `run` returned [`VcpuExit::Halted`] in a group: whether an interrupt
     /// or CPU event can still wake this CPU.
     wakeable: bool,
+    /// The interrupt hint was taken while the CPU could not take interrupts (IF
+    /// clear, or the interrupt shadow): compiled code chains on meanwhile, and the
+    /// hint comes back once interrupts are enabled. Every instruction that can set
+    /// IF (STI, POPF, IRET, SYSRET, SYSEXIT, far returns, task switches) ends its
+    /// block with a `Sync` exit, which never chains, so the run loop sees it.
+    irq_deferred: bool,
 }
 
 /// How a vCPU in a round-robin group gives way to the others.
@@ -223,6 +232,7 @@ impl TcgVcpu {
             checked_out: false,
             group_mode: GroupMode::default(),
             wakeable: true,
+            irq_deferred: false,
         }
     }
 
@@ -481,6 +491,9 @@ impl TcgVcpu {
                 return None;
             }
             let irq_ok = self.intc.is_some() && self.cpu.state.rflags & flags::IF != 0;
+            if irq_ok {
+                self.undefer_irq();
+            }
             if irq_ok && self.signal.irq_hint() {
                 match self.take_interrupt() {
                     Some(Step::Exit(e)) => return Some(e),
@@ -522,13 +535,28 @@ impl TcgVcpu {
                 Err(e) => Step::Exit(delivery_exit(e)),
             };
         }
-        if self.intc.is_none()
-            || !self.signal.irq_hint()
-            || !frontend::interrupts_enabled(&self.cpu)
-        {
+        if self.intc.is_none() {
+            return Step::Continue;
+        }
+        if !frontend::interrupts_enabled(&self.cpu) {
+            // Not now: let compiled code chain (see `irq_deferred`).
+            if self.signal.irq_hint() && self.signal.take_irq() {
+                self.irq_deferred = true;
+            }
+            return Step::Continue;
+        }
+        self.undefer_irq();
+        if !self.signal.irq_hint() {
             return Step::Continue;
         }
         self.take_interrupt().unwrap_or(Step::Continue)
+    }
+
+    /// Interrupts may be taken again: a hint taken while they could not comes back.
+    fn undefer_irq(&mut self) {
+        if std::mem::take(&mut self.irq_deferred) {
+            self.signal.rearm_irq();
+        }
     }
 
     /// Acknowledges the controller's request and delivers it (waking a halted CPU).
@@ -618,6 +646,7 @@ impl TcgVcpu {
         let (outcome, id) = match compiled {
             Some(r) if r.chained > 0 => {
                 self.stats.chained += r.chained;
+                self.stats.jit_chained += r.chained;
                 self.stats.blocks += r.chained;
                 (r.outcome, TbId::from_tag(r.tag))
             }
@@ -943,8 +972,8 @@ impl Vcpu for TcgVcpu {
             let (code, blocks, flushes) =
                 self.with_code(|c, _| (c.jit.bytes_used(), c.len(), c.stats.flushes));
             log::debug!(target: "vireo::tcg",
-                "run: {exit:?} after {} insns, {} blocks ({} chained, {} by the jump cache, {} translated); cache: {blocks} blocks, {} KiB of host code, {flushes} flushes",
-                self.insns(), self.stats.blocks, self.stats.chained, self.stats.jcache_hits,
+                "run: {exit:?} after {} insns, {} blocks ({} chained, {} of them in host code, {} by the jump cache, {} translated); cache: {blocks} blocks, {} KiB of host code, {flushes} flushes",
+                self.insns(), self.stats.blocks, self.stats.chained, self.stats.jit_chained, self.stats.jcache_hits,
                 self.stats.translations, code / 1024);
         }
         Ok(exit)
