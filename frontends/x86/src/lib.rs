@@ -30,6 +30,7 @@ pub mod mmu;
 pub mod msr;
 pub mod seg;
 pub mod stack;
+pub mod string_ops;
 pub mod syscall;
 #[cfg(test)]
 mod system_tests;

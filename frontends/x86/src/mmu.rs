@@ -344,7 +344,7 @@ fn gp0() -> Fault {
     Fault::with_error(13, 0)
 }
 
-fn a20_mask(cpu: &X86Cpu) -> u64 {
+pub(crate) fn a20_mask(cpu: &X86Cpu) -> u64 {
     if cpu.bus.a20.enabled() {
         u64::MAX
     } else {

@@ -126,6 +126,10 @@ pub enum SysHelper {
     Xsave,
     /// `(next_pc)`: INVD/WBINVD/WBNOINVD (#GP at CPL > 0; no cache to model).
     CacheFlush,
+    /// `(size, src_seg)`: REP MOVS (`src_seg` the source segment) or REP STOS
+    /// (`src_seg` = `u64::MAX`) with 64-bit addresses, many iterations per call
+    /// ([`crate::string_ops`]).
+    RepString,
 }
 
 impl SysHelper {
@@ -307,6 +311,16 @@ fn xsave(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
 fn cache_flush(cpu: &mut X86Cpu, _a: &[u64]) -> Result<u64, Fault> {
     unit(control::cache_flush(cpu))
 }
+fn rep_string(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
+    use crate::string_ops::{rep, Kind};
+    let kind = match arg(a, 1) {
+        s if s < 6 => Kind::Movs {
+            src_seg: s as usize,
+        },
+        _ => Kind::Stos,
+    };
+    unit(rep(cpu, kind, arg(a, 0) as usize))
+}
 
 const fn def(name: &'static str, f: HelperFn, effects: Effects) -> HelperDef {
     HelperDef { name, f, effects }
@@ -374,6 +388,7 @@ pub static TABLE: &[HelperDef] = &[
     def("xsave_enter", xsave_enter, XSAVE),
     def("xsave", xsave, XSAVE),
     def("cache_flush", cache_flush, Effects::ALL),
+    def("rep_string", rep_string, Effects::ALL),
 ];
 
 #[cfg(test)]
@@ -382,7 +397,8 @@ mod tests {
 
     #[test]
     fn table_matches_enum() {
-        assert_eq!(TABLE.len(), SysHelper::CacheFlush as usize + 1);
+        assert_eq!(TABLE.len(), SysHelper::RepString as usize + 1);
+        assert_eq!(TABLE[SysHelper::RepString as usize].name, "rep_string");
         assert_eq!(TABLE[SysHelper::Iret as usize].name, "iret");
         assert_eq!(TABLE[SysHelper::Sti as usize].name, "sti");
         assert_eq!(TABLE[SysHelper::Xsetbv as usize].name, "xsetbv");

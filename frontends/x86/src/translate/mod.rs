@@ -42,6 +42,7 @@ mod shift;
 mod sse;
 mod stack;
 mod string;
+pub use string::REP_BUDGET;
 mod system;
 mod x87;
 
@@ -61,6 +62,8 @@ mod tests_sse;
 mod tests_sse4;
 #[cfg(test)]
 mod tests_sse42;
+#[cfg(test)]
+mod tests_strings;
 #[cfg(test)]
 mod tests_x87;
 #[cfg(test)]
