@@ -212,6 +212,45 @@ impl FastTlb {
         Some(u64::from_le_bytes(b))
     }
 
+    /// Copies `len` bytes from `src` to `dst` (each within one page) if entries allow
+    /// the reads and the writes and the copy equals one done byte by byte forwards
+    /// (the destination is not ahead of the source within `len`).
+    pub fn copy(&mut self, src: u64, dst: u64, len: usize, table: Table) -> bool {
+        let (Some(ps), Some(pd)) = (
+            self.host(src, len, table, false),
+            self.host(dst, len, table, true),
+        ) else {
+            return false;
+        };
+        let ahead = (pd as usize).wrapping_sub(ps as usize);
+        if ahead != 0 && ahead < len {
+            return false;
+        }
+        // SAFETY: as in `read` and `write`: hits mean `[src, src+len)` and
+        // `[dst, dst+len)` are inside pages of `self.mem`'s mappings, the second RAM.
+        // `copy` allows overlap (it moves as if through a buffer, which for a
+        // destination not ahead of the source is the forward byte order).
+        unsafe { std::ptr::copy(ps, pd, len) };
+        self.hits += 1;
+        true
+    }
+
+    /// Writes `pattern` repeated over `len` bytes at `dst` (within one page; `len` a
+    /// multiple of the pattern's length) if an entry allows it.
+    pub fn fill_with(&mut self, dst: u64, len: usize, pattern: &[u8], table: Table) -> bool {
+        let Some(pd) = self.host(dst, len, table, true) else {
+            return false;
+        };
+        let n = pattern.len().max(1);
+        for i in 0..len / n {
+            // SAFETY: as in `write`: `[dst, dst+len)` is inside a RAM page of
+            // `self.mem`, and `i * n + n <= len`.
+            unsafe { std::ptr::copy_nonoverlapping(pattern.as_ptr(), pd.add(i * n), n) };
+        }
+        self.hits += 1;
+        true
+    }
+
     /// Writes the low `len` (1-8) bytes of `v` at `la` if an entry allows it.
     #[inline]
     pub fn write(&mut self, la: u64, len: usize, v: u64, table: impl Into<Table>) -> bool {

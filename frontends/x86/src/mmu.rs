@@ -797,7 +797,7 @@ pub fn write(cpu: &mut X86Cpu, addr: u64, val: u64, size: Size, mmu: MmuIdx) -> 
 /// After a successful explicit access of `len` bytes at `la`: makes a fast TLB entry
 /// for its page if the access was a plain RAM (reads: or ROM) access that any later
 /// access of the same kind would repeat (the rules are in [`crate::fasttlb`]).
-fn fill_fast(cpu: &mut X86Cpu, la: u64, len: usize, mmu: MmuIdx, access: Access) {
+pub(crate) fn fill_fast(cpu: &mut X86Cpu, la: u64, len: usize, mmu: MmuIdx, access: Access) {
     if (la & 0xfff) as usize + len > 0x1000 || !cpu.bus.a20.enabled() {
         return;
     }
@@ -842,6 +842,17 @@ fn fill_fast(cpu: &mut X86Cpu, la: u64, len: usize, mmu: MmuIdx, access: Access)
 }
 
 /// A supervisor access with SMAP enabled and opened by RFLAGS.AC.
+/// The fast TLB tables explicit accesses at the current privilege level may use: the
+/// level's own, and the supervisor table for SMAP opened by RFLAGS.AC.
+pub(crate) fn fast_tables(cpu: &X86Cpu) -> (MmuIdx, Option<Table>) {
+    let mmu = if cpu.state.cpl() == 3 {
+        MmuIdx::User
+    } else {
+        MmuIdx::Kernel
+    };
+    (mmu, smap_open(cpu, mmu).then_some(Table::KERNEL_AC))
+}
+
 fn smap_open(cpu: &X86Cpu, mmu: MmuIdx) -> bool {
     mmu == MmuIdx::Kernel && cpu.state.cr4 & cr4::SMAP != 0 && cpu.state.rflags & fl::AC != 0
 }

@@ -16,6 +16,7 @@
 //!   are taken in long copies.
 
 use crate::cpu::X86Cpu;
+use crate::fasttlb::Table;
 use crate::mmu::{self, Access};
 use vireo_core::cpu::{flags, reg, sreg};
 use vireo_core::exec::Fault;
@@ -69,9 +70,10 @@ pub fn rep(cpu: &mut X86Cpu, kind: Kind, size: usize) -> Result<(), Fault> {
             }
             k
         };
-        // Short runs (a source just behind the destination, a page end near) are
-        // cheaper one element at a time through the fast TLB.
-        if k * size >= MIN_RUN {
+        // Through the fast TLB if it maps both pages; else short runs (a source
+        // just behind the destination, a page end near) go one element at a time.
+        if k > 0 && fast_run(cpu, src, dst, k * size, size) {
+        } else if k * size >= MIN_RUN {
             k = run(cpu, kind, src, dst, k, size, agent, &mut buf)?;
         } else {
             k = 0;
@@ -136,8 +138,27 @@ fn plain(cpu: &X86Cpu, pa: u64, len: usize, rom_ok: bool) -> bool {
     }
 }
 
+/// A run of `len` bytes within one page each side through the fast TLB (host memory
+/// directly); `false` if its entries do not allow it (or the copy would overlap).
+fn fast_run(cpu: &mut X86Cpu, src: Option<u64>, dst: u64, len: usize, size: usize) -> bool {
+    let (mmu, ac) = mmu::fast_tables(cpu);
+    let tables = std::iter::once(Table::from(mmu)).chain(ac);
+    let pattern = cpu.state.gpr[reg::RAX].to_le_bytes();
+    for t in tables {
+        let done = match src {
+            Some(s) => cpu.mmu.fast.copy(s, dst, len, t),
+            None => cpu.mmu.fast.fill_with(dst, len, &pattern[..size], t),
+        };
+        if done {
+            return true;
+        }
+    }
+    false
+}
+
 /// A run of `k` elements within one page each side; returns the elements done (0: not
 /// plain memory or overlapping physically, the caller goes one element at a time).
+/// The pages get fast TLB entries for the next run.
 #[allow(clippy::too_many_arguments)]
 fn run(
     cpu: &mut X86Cpu,
@@ -178,6 +199,11 @@ fn run(
         }
     }
     mmu::write_bytes(cpu, dst, data, agent)?;
+    let (idx, _) = mmu::fast_tables(cpu);
+    if let Some(s) = src {
+        mmu::fill_fast(cpu, s, size, idx, Access::Read);
+    }
+    mmu::fill_fast(cpu, dst, size, idx, Access::Write);
     Ok(k)
 }
 

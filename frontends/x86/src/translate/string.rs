@@ -13,7 +13,8 @@ use iced_x86::{ConditionCode, Mnemonic};
 use vireo_core::cpu::sreg;
 use vireo_core::ir::{BinOp, Cond, Global, Size, Temp};
 
-/// Iterations of a REP instruction per block execution.
+/// Iterations of a REP instruction per block execution (in IR; the long-mode REP
+/// MOVS/STOS helper of [`crate::string_ops`] does up to 64 KiB per call instead).
 pub const REP_BUDGET: u64 = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +74,24 @@ impl Tr {
             return Flow::Next;
         }
         let (top, done) = (self.b.label(), self.b.label());
+        if self.asize == Size::B64 && matches!(kind, Kind::Movs | Kind::Stos) {
+            // Many iterations per helper call; back here for the rest.
+            let sz = self.b.konst(size.bytes() as u64);
+            let seg = match kind {
+                Kind::Movs => u64::from(self.src_seg()),
+                _ => u64::MAX,
+            };
+            let seg = self.b.konst(seg);
+            self.sys(SysHelper::RepString, &[sz, seg], false);
+            let cx = self.get_areg(1);
+            let z = self.b.konst(0);
+            let finished = self.b.setcond(Cond::Eq, Size::B64, cx, z);
+            self.b.br_if(finished, done);
+            self.exit_to(self.pc);
+            self.b.set_label(done);
+            self.exit_to(self.next_pc);
+            return Flow::End;
+        }
         let budget = self.b.konst(REP_BUDGET);
         self.b.set_label(top);
         let cx = self.get_areg(1);
