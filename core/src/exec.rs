@@ -126,7 +126,18 @@ pub unsafe trait DirectGlobals {
     fn indirect_guard() -> Option<usize> {
         None
     }
+    /// A plain function that computes helper `h` from its arguments alone, for
+    /// helpers whose [`Effects`](crate::ir::Effects) are pure: a JIT calls it directly
+    /// (no environment, no fault, no stop request) instead of going through
+    /// [`GuestEnv::call`]. It must return what `call(h, args)` returns (missing
+    /// arguments are passed as 0).
+    fn pure_fn(_h: crate::ir::HelperId) -> Option<PureFn> {
+        None
+    }
 }
+
+/// A pure helper as a plain function of four arguments ([`DirectGlobals::pure_fn`]).
+pub type PureFn = extern "C" fn(u64, u64, u64, u64) -> u64;
 
 /// What an indirect-exit target was registered under: its PC, the code segment
 /// base, and the environment's guard value at the time.

@@ -317,8 +317,9 @@ impl BlockCache {
         }
     }
 
-    /// Registers block `id` (if compiled and on one page) as the target of indirect
-    /// exits to `key`.
+    /// Registers block `id` (if compiled) as the target of indirect exits, and of
+    /// jumps no link serves, to `key` (the key's guard is the lookup epoch, which
+    /// also vouches for a second code page).
     pub fn set_indirect(&mut self, id: TbId, key: vireo_core::exec::IndirectKey) {
         let Some(slot) = self.slots.get(id.index as usize) else {
             return;
@@ -327,7 +328,7 @@ impl BlockCache {
             return;
         }
         if let Some(tb) = &slot.tb {
-            if let (Some(j), None) = (&tb.jit, tb.pages[1]) {
+            if let Some(j) = &tb.jit {
                 self.jit.set_indirect(key, j);
             }
         }

@@ -752,8 +752,9 @@ impl TcgVcpu {
         }
         self.cpu.mmu.jc_guard = if a20 { self.epoch } else { u64::MAX };
         let id = self.find_block_cached(pc, prev, cs_base, a20)?;
-        // Compiled code's indirect exits to this PC may go straight in from now on
-        // (for blocks on one page: a second page would need its own check).
+        // Compiled code's indirect exits (and jumps no link serves) to this PC may go
+        // straight in from now on, within this epoch (which also vouches for the
+        // second page of a block on two).
         let key = IndirectKey {
             pc,
             cs_base,
@@ -785,14 +786,15 @@ impl TcgVcpu {
             return Ok(j.id);
         }
         let id = self.find_block_slow(pc, prev)?;
-        if self.cache.get(id).is_some_and(|t| t.pages[1].is_none()) {
-            self.jcache[slot] = JumpCache {
-                pc,
-                cs_base,
-                epoch: self.epoch,
-                id,
-            };
-        }
+        // Blocks on two pages too: the epoch moves with every TLB flush, the only way
+        // the second page's mapping changes for the guest (it may use stale
+        // translations until it flushes them).
+        self.jcache[slot] = JumpCache {
+            pc,
+            cs_base,
+            epoch: self.epoch,
+            id,
+        };
         Ok(id)
     }
 

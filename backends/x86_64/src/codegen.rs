@@ -594,7 +594,9 @@ impl Gen<'_> {
                 self.chain(k);
             }
         }
-        if kind == ExitKind::Indirect {
+        // An indirect exit, or a jump no slot took (another page, not linked yet):
+        // the indirect-exit table.
+        if matches!(kind, ExitKind::Indirect | ExitKind::Jump(_)) {
             self.chain_indirect::<E>();
         }
         let (code, target) = exit_code(kind);
@@ -941,6 +943,30 @@ impl Gen<'_> {
                 self.pc_for_label::<E>(n);
                 self.test_zero(cond);
                 dynasm!(self.ops ; .arch x64 ; jne =>l);
+            }
+            Op::Call {
+                helper,
+                ref args,
+                ret,
+                effects,
+            } if effects == vireo_core::ir::Effects::PURE
+                && args.len() <= 4
+                && E::pure_fn(helper).is_some() =>
+            {
+                // A plain function of its arguments: called directly (nothing to
+                // sync, it cannot fault or ask to stop).
+                let f = E::pure_fn(helper).map_or(0, |f| f as usize);
+                const ARGS: [u8; 4] = [RDI, RSI, RDX, RCX];
+                for (k, r) in ARGS.iter().enumerate() {
+                    match args.get(k) {
+                        Some(a) => self.ld(*r, *a),
+                        None => dynasm!(self.ops ; .arch x64 ; xor Rd(*r), Rd(*r)),
+                    }
+                }
+                self.call(f);
+                if let Some(r) = ret {
+                    self.st(r, RAX);
+                }
             }
             Op::Call {
                 helper,
@@ -1460,6 +1486,7 @@ impl Gen<'_> {
 }
 
 const RSI: u8 = 6;
+const RDI: u8 = 7;
 
 /// The offset of `g` from the environment's base, if direct and addressable.
 fn direct<E: DirectGlobals>(g: Global) -> Option<i32> {

@@ -154,8 +154,11 @@ impl<const D: bool> GuestEnv for Env<D> {
         Ok(())
     }
     fn call(&mut self, h: HelperId, args: &[u64]) -> Result<u64, Fault> {
-        self.calls
-            .push((h.0, args.to_vec(), self.insn_pc, self.icount));
+        // Pure helper 5 may be called directly by compiled code: not logged.
+        if h.0 != 5 {
+            self.calls
+                .push((h.0, args.to_vec(), self.insn_pc, self.icount));
+        }
         let a = |i: usize| args.get(i).copied().unwrap_or(0x55);
         match h.0 {
             0 => Ok(a(0).wrapping_mul(3).wrapping_add(a(1).rotate_left(7))
@@ -186,6 +189,11 @@ impl<const D: bool> GuestEnv for Env<D> {
     }
 }
 
+/// Helper 5 (`!a0`) as a plain function.
+extern "C" fn not_first(a0: u64, _: u64, _: u64, _: u64) -> u64 {
+    !a0
+}
+
 // SAFETY: the offsets are those of plain `u64` fields (and the `bool` stop flag)
 // that `get`/`set`/`insn_start`/`stop_requested` use exactly as the trait requires.
 unsafe impl DirectGlobals for Env<true> {
@@ -209,6 +217,9 @@ unsafe impl DirectGlobals for Env<true> {
     // Nothing changes `guard` but the tests (which register targets under it).
     fn indirect_guard() -> Option<usize> {
         Some(std::mem::offset_of!(Env<true>, guard))
+    }
+    fn pure_fn(h: HelperId) -> Option<vireo_core::exec::PureFn> {
+        (h.0 == 5).then_some(not_first as _)
     }
     // The entries `map_pages` makes map whole pages of `mem` (2 pages long), with
     // write tags only where `store` has no effect beyond writing memory.
@@ -571,15 +582,22 @@ fn random_op(
             pending.push(l);
         }
         86..=91 => {
-            let n = rng.below(5) as usize;
+            let helper = rng.pick(&[0u16, 0, 1, 1, 2, 3, 5, 5]);
+            // Helper 5 (`!a0`) is pure, with a plain-function form in `Env<true>`
+            // (which gets 0 for missing arguments where `call` has 0x55: always one).
+            let n = (rng.below(5) as usize).max(usize::from(helper == 5));
             let args: Vec<Temp> = (0..n).map(|_| pick(rng)).collect();
-            let helper = rng.pick(&[0u16, 0, 1, 1, 2, 3, 5]);
             let ret = rng.chance(70).then(|| pick_dst(rng));
+            let effects = if helper == 5 {
+                Effects::PURE
+            } else {
+                Effects::ALL
+            };
             b.push(Op::Call {
                 helper: HelperId(helper),
                 args,
                 ret,
-                effects: Effects::ALL,
+                effects,
             });
         }
         92..=95 => {

@@ -273,6 +273,10 @@ unsafe impl DirectGlobals for X86Cpu {
         Some(offset_of!(X86Cpu, mmu) + offset_of!(crate::mmu::Mmu, jc_guard))
     }
 
+    fn pure_fn(h: vireo_core::ir::HelperId) -> Option<vireo_core::exec::PureFn> {
+        crate::helpers::pure_fn(h)
+    }
+
     fn fast_tlb() -> Option<FastTlbLayout> {
         use std::mem::offset_of;
         Some(crate::fasttlb::FastTlb::layout(

@@ -44,6 +44,17 @@ pub fn lookup(h: HelperId) -> Option<&'static HelperDef> {
     }
 }
 
+/// The plain-function form of pure helper `h`, if it has one (see
+/// [`vireo_core::exec::DirectGlobals::pure_fn`]).
+pub fn pure_fn(h: HelperId) -> Option<vireo_core::exec::PureFn> {
+    (h == integer::IntHelper::ComputeEflags.id()).then_some(compute_eflags_c as _)
+}
+
+/// [`crate::flags::compute`] (the `compute_eflags` helper) for compiled code.
+extern "C" fn compute_eflags_c(op: u64, dst: u64, src: u64, src2: u64) -> u64 {
+    crate::flags::compute(op, dst, src, src2)
+}
+
 /// Runs helper `h`. An unknown id (a frontend bug) raises #UD rather than panicking.
 pub fn call(cpu: &mut X86Cpu, h: HelperId, args: &[u64]) -> Result<u64, Fault> {
     match lookup(h) {
