@@ -417,6 +417,11 @@ fn op(cpu: &mut X86Cpu, args: &[u64]) -> Result<u64, Fault> {
         let high = sp & spec::HIGH != 0 || matches!(mn, Mnemonic::Movhps | Mnemonic::Movhpd);
         return Ok(if high { (s >> 64) as u64 } else { s as u64 });
     }
+    if !dmmx && !smmx {
+        if let Some(r) = xmm_fast(cpu, mn, dst, s) {
+            return Ok(r);
+        }
+    }
     match mn {
         Mnemonic::Emms => {
             cpu.state.fpu.ftw = 0;
@@ -503,6 +508,45 @@ fn op(cpu: &mut X86Cpu, args: &[u64]) -> Result<u64, Fault> {
     }
 }
 
+/// The XMM forms of the integer operations C libraries' string functions run most
+/// (`strlen`, `memchr`, `strchr`...), byte-wise on arrays the host compiler
+/// vectorizes: the same results as the general path (`int_op`), without its
+/// dispatch. `None` for everything else.
+fn xmm_fast(cpu: &mut X86Cpu, mn: Mnemonic, dst: usize, s: u128) -> Option<u64> {
+    use Mnemonic as M;
+    let b = s.to_le_bytes();
+    let bytewise = |cpu: &mut X86Cpu, f: fn(u8, u8) -> u8| {
+        let d = cpu.state.fpu.xmm[dst & 15];
+        let mut r = [0u8; 16];
+        for i in 0..16 {
+            r[i] = f(d[i], b[i]);
+        }
+        cpu.state.fpu.xmm[dst & 15] = r;
+        Some(0)
+    };
+    match mn {
+        M::Pcmpeqb => bytewise(cpu, |x, y| if x == y { 0xff } else { 0 }),
+        M::Pminub => bytewise(cpu, u8::min),
+        M::Pmaxub => bytewise(cpu, u8::max),
+        M::Paddb => bytewise(cpu, u8::wrapping_add),
+        M::Psubb => bytewise(cpu, u8::wrapping_sub),
+        M::Pand | M::Andps | M::Andpd => bytewise(cpu, |x, y| x & y),
+        M::Pandn | M::Andnps | M::Andnpd => bytewise(cpu, |x, y| !x & y),
+        M::Por | M::Orps | M::Orpd => bytewise(cpu, |x, y| x | y),
+        M::Pxor | M::Xorps | M::Xorpd => bytewise(cpu, |x, y| x ^ y),
+        M::Movdqa | M::Movdqu | M::Movaps | M::Movups | M::Movapd | M::Movupd => {
+            cpu.state.fpu.xmm[dst & 15] = b;
+            Some(0)
+        }
+        M::Pmovmskb => Some(
+            b.iter()
+                .enumerate()
+                .fold(0u64, |m, (i, &x)| m | u64::from(x >> 7) << i),
+        ),
+        _ => None,
+    }
+}
+
 /// MASKMOVQ/MASKMOVDQU `(spec, addr, user)`: stores the bytes of the destination
 /// register whose mask byte (source register) has its top bit set. Every byte of the
 /// 8/16-byte destination is checked for writing before the first byte is written,
@@ -551,3 +595,64 @@ pub static TABLE: [HelperDef; 2] = [
         effects: EFF,
     },
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_xmm_forms_match_the_general_path() {
+        use Mnemonic as M;
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut cpu = crate::testutil::machine();
+        for mn in [
+            M::Pcmpeqb,
+            M::Pminub,
+            M::Pmaxub,
+            M::Paddb,
+            M::Psubb,
+            M::Pand,
+            M::Andps,
+            M::Pandn,
+            M::Andnpd,
+            M::Por,
+            M::Orps,
+            M::Pxor,
+            M::Xorpd,
+            M::Pmovmskb,
+            M::Movdqu,
+        ] {
+            for k in 0..300 {
+                let d = u128::from(next()) | u128::from(next()) << 64;
+                // Some equal bytes, for the comparisons.
+                let s = if k % 3 == 0 {
+                    d ^ u128::from(next() & 0x00ff_00ff_0000_ff00)
+                } else {
+                    u128::from(next()) | u128::from(next()) << 64
+                };
+                cpu.state.fpu.xmm[5] = d.to_le_bytes();
+                let v = xmm_fast(&mut cpu, mn, 5, s).expect("fast form");
+                let got = u128::from_le_bytes(cpu.state.fpu.xmm[5]);
+                let want = match mn {
+                    M::Movdqu => Out::Reg(s),
+                    _ => int_op(mn, d, s, 0, 16, 0).expect("general form"),
+                };
+                match want {
+                    Out::Reg(w) => assert_eq!(got, w, "{mn:?} {d:#x} {s:#x}"),
+                    Out::Val(w) => {
+                        assert_eq!(v, w, "{mn:?} {s:#x}");
+                        assert_eq!(got, d, "{mn:?} leaves the register");
+                    }
+                    Out::None => panic!("{mn:?}: no result"),
+                }
+            }
+        }
+        assert_eq!(xmm_fast(&mut cpu, M::Pshufb, 5, 0), None);
+    }
+}
