@@ -688,6 +688,7 @@ pub fn read_bytes(
     access: Access,
     agent: Agent,
 ) -> Result<(), Fault> {
+    check_canonical(cpu, la, buf.len())?;
     let mut done = 0;
     while done < buf.len() {
         let cur = la.wrapping_add(done as u64);
@@ -699,9 +700,20 @@ pub fn read_bytes(
     Ok(())
 }
 
+/// #GP(0) in long mode unless both ends of `[la, la+len)` are canonical (checked
+/// before any page of the access is walked, as the CPU does).
+fn check_canonical(cpu: &X86Cpu, la: u64, len: usize) -> Result<(), Fault> {
+    let last = la.wrapping_add(len.max(1) as u64 - 1);
+    if cpu.state.efer & ctl::EFER_LMA != 0 && !(is_canonical(la) && is_canonical(last)) {
+        return Err(gp0());
+    }
+    Ok(())
+}
+
 /// Writes `data` at linear `la`; every page is translated (and checked) before the
 /// first byte is written.
 pub fn write_bytes(cpu: &mut X86Cpu, la: u64, data: &[u8], agent: Agent) -> Result<(), Fault> {
+    check_canonical(cpu, la, data.len())?;
     let mut pieces = [(0u64, 0usize, 0usize); 3];
     let mut count = 0;
     let mut done = 0;

@@ -334,6 +334,68 @@ pub const KNOWN_KVM: &[KnownKvm] = &[
                  RFLAGS from before the instruction, not from the last completed iteration",
     },
     KnownKvm {
+        // Natively run 64-bit user code hands a fault inside a REP CMPS/SCAS to the
+        // emulator on some hosts (seen on an Intel host: the same frame RFLAGS).
+        applies: native,
+        matches: |i| {
+            (i.has_repe_prefix() || i.has_repne_prefix())
+                && matches!(
+                    i.mnemonic(),
+                    Mnemonic::Cmpsb
+                        | Mnemonic::Cmpsw
+                        | Mnemonic::Cmpsd
+                        | Mnemonic::Cmpsq
+                        | Mnemonic::Scasb
+                        | Mnemonic::Scasw
+                        | Mnemonic::Scasd
+                        | Mnemonic::Scasq
+                )
+        },
+        diffs: |d| d.starts_with("rflags"),
+        needs: any_diff,
+        reason: "KVM (natively run code, seen on an Intel host): when an iteration of REP \
+                 CMPS/SCAS faults, the frame holds RFLAGS from before the instruction",
+    },
+    KnownKvm {
+        applies: anywhere,
+        matches: |i| i.mnemonic() == Mnemonic::Dpps,
+        diffs: |d| d.starts_with("xmm"),
+        needs: any_diff,
+        reason: "host CPU (seen on an Intel host): which NaN DPPS returns when several \
+                 products are NaN differs between CPU generations; vireo adds in the SDM's \
+                 order",
+    },
+    KnownKvm {
+        applies: anywhere,
+        matches: |i| matches!(i.mnemonic(), Mnemonic::Maskmovq | Mnemonic::Maskmovdqu),
+        diffs: |d| {
+            ["cr2", "error code", "exception", "rsp"]
+                .iter()
+                .any(|p| d.starts_with(p))
+        },
+        needs: any_diff,
+        reason: "implementation-specific (SDM): the address (and access) a MASKMOVQ/MASKMOVDQU \
+                 page fault reports (vireo checks every byte of the destination in order); on \
+                 some hosts KVM's emulator, which gets the fault, does not know MASKMOVQ (#UD)",
+    },
+    KnownKvm {
+        applies: native,
+        matches: |i| {
+            (i.has_rep_prefix() || i.has_repe_prefix() || i.has_repne_prefix())
+                && (0..i.op_count())
+                    .any(|n| matches!(i.op_kind(n), OpKind::MemorySegESI | OpKind::MemoryESEDI))
+        },
+        // What follows from different RCX/RSI/RDI (a later REP running much longer,
+        // its fault) is this rule's too: the NOP check vouches that the instruction
+        // alone makes the difference.
+        diffs: any_diff,
+        needs: any_diff,
+        reason: "host CPU (seen on an Intel host): a REP string instruction with 32-bit \
+                 addresses in 64-bit mode clears the upper halves of RCX, RSI and RDI also \
+                 when it does no iteration or its first one faults; vireo's model (AMD, its \
+                 CPUID vendor) leaves them",
+    },
+    KnownKvm {
         applies: anywhere,
         matches: |i| {
             matches!(

@@ -195,8 +195,16 @@ impl Tr {
             };
             // Non-canonical: bits 63..47 of the first or the last byte's address not
             // all equal (an access crossing 2^47 faults before any page is walked).
+            // An access of at most 8 bytes (one load or store) through another segment
+            // than SS faults #GP(0) in the softmmu (no fast TLB entry matches such an
+            // address, and `mmu` checks both ends first), which keeps the block free
+            // of a branch per access. SS faults #SS(0), and a wider operand (several
+            // loads) must fault before its first part is accessed: checked here.
             // With b = lin + 2^47, the first byte is canonical iff b < 2^48, the last
             // iff b + len - 1 < 2^48.
+            if !stack && len <= 8 {
+                return lin;
+            }
             let biased = self
                 .b
                 .bini(BinOp::Add, Size::B64, lin, 0x0000_8000_0000_0000);

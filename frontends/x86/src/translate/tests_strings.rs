@@ -152,3 +152,21 @@ fn rep_stos_fills_and_faults_part_way() {
     assert_eq!(run(&mut cpu, 1000), End::Fault(13, Some(0)));
     assert_eq!(cpu.state.gpr[1], 10);
 }
+
+#[test]
+fn rep_with_a_zero_count_writes_nothing() {
+    // 67h: ECX is the count; it is 0, so RCX, RSI, RDI keep all 64 bits.
+    let mut cpu = machine(M::Long64, &[0x67, 0xf3, 0xa5, 0xf4]);
+    cpu.state.gpr[1] = 0x8000_0000_0000_0000;
+    cpu.state.gpr[6] = 0x0080_0000_0000_0000;
+    cpu.state.gpr[7] = 0x0000_0080_0000_0000;
+    assert_eq!(run(&mut cpu, 10), End::Halt);
+    assert_eq!(
+        (cpu.state.gpr[1], cpu.state.gpr[6], cpu.state.gpr[7]),
+        (
+            0x8000_0000_0000_0000,
+            0x0080_0000_0000_0000,
+            0x0000_0080_0000_0000
+        )
+    );
+}
