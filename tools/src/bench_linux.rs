@@ -445,7 +445,7 @@ fn run_linux(o: &Options, programs: &[(&'static Variant, PathBuf)]) -> Result<bo
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
         println!(
-            "  {:<10} {} {}",
+            "  {:<12} {} {}",
             e.variant.name,
             e.program.display(),
             shown.join(" ")
@@ -484,7 +484,7 @@ fn run_linux(o: &Options, programs: &[(&'static Variant, PathBuf)]) -> Result<bo
                     .map(|(m, v, _)| format!("{} {}", metric_name(*m, &boots), show(*m, *v)))
                     .collect();
                 println!(
-                    "run {run}/{} {:<10} boot {}: {}{}",
+                    "run {run}/{} {:<12} boot {}: {}{}",
                     o.runs,
                     e.variant.name,
                     bi + 1,

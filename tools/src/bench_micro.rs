@@ -142,7 +142,7 @@ pub fn run(o: &Options) -> Result<bool, String> {
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
-        println!("  {:<10} {} {}", v.name, p.display(), shown.join(" "));
+        println!("  {:<12} {} {}", v.name, p.display(), shown.join(" "));
     }
     // (kernel, engine) -> seconds of the good runs; errors per engine.
     let mut samples: BTreeMap<(Kernel, &str), Vec<f64>> = BTreeMap::new();
@@ -154,7 +154,7 @@ pub fn run(o: &Options) -> Result<bool, String> {
                 match run_once(program, &args, b, o.timeout) {
                     Ok(s) => {
                         println!(
-                            "run {run}/{} {:<10} {:<9} {:.3} s, {:.0} MIPS",
+                            "run {run}/{} {:<12} {:<9} {:.3} s, {:.0} MIPS",
                             o.runs,
                             v.name,
                             b.kernel.name(),
@@ -165,7 +165,7 @@ pub fn run(o: &Options) -> Result<bool, String> {
                     }
                     Err(e) => {
                         println!(
-                            "run {run}/{} {:<10} {:<9} FAILED: {e}",
+                            "run {run}/{} {:<12} {:<9} FAILED: {e}",
                             o.runs,
                             v.name,
                             b.kernel.name()
@@ -190,10 +190,10 @@ fn print_table(
 ) {
     println!();
     println!(
-        "{:<10} {:<10} {:>9} {:>5} {:>10} {:>10} {:>14}  vs QEMU",
+        "{:<12} {:<10} {:>9} {:>5} {:>10} {:>10} {:>14}  vs QEMU",
         "engine", "kernel", "Minsns", "ok", "median", "MIPS", "rate"
     );
-    println!("{}", "-".repeat(86));
+    println!("{}", "-".repeat(88));
     for (b, _) in built {
         let k = b.kernel;
         let reference = samples.get(&(k, REFERENCE)).and_then(|s| median(s));
@@ -220,7 +220,7 @@ fn print_table(
             );
         }
     }
-    println!("{}", "-".repeat(86));
+    println!("{}", "-".repeat(88));
     println!(
         "Minsns: guest instructions of the measured part; median: host time between the \
          kernel's begin/end lines; MIPS: Minsns / median; vs QEMU: {REFERENCE}'s median / \

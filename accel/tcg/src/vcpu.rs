@@ -84,6 +84,12 @@ impl JumpCache {
 }
 const LOG_EXEC: &str = "vireo::tcg::exec";
 
+/// What a lookup epoch stands for: mode key, CPL, MMU generation, A20.
+type EpochState = (u64, u8, u64, bool);
+const NO_EPOCH_STATE: EpochState = (u64::MAX, u8::MAX, u64::MAX, false);
+/// States whose epochs are remembered.
+const RECENT_EPOCHS: usize = 4;
+
 /// Run-loop counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TcgStats {
@@ -173,7 +179,10 @@ pub struct TcgVcpu {
     jcache: Vec<JumpCache>,
     /// The state the current indirect-lookup epoch stands for: mode key, CPL, MMU
     /// generation, A20.
-    epoch_state: (u64, u8, u64, bool),
+    epoch_state: EpochState,
+    /// The epochs of the last few states, so that returning to one (a system call's
+    /// return to user mode) finds its jump-cache and indirect-exit entries again.
+    recent_epochs: [(EpochState, u64); RECENT_EPOCHS],
     /// The epoch blocks are looked up under, by the jump cache and by compiled code's
     /// indirect exits (`X86Cpu::mmu.jc_guard`); unique across vCPUs (they may share a
     /// JIT cache).
@@ -223,7 +232,8 @@ impl TcgVcpu {
             budget: None,
             chain_from: None,
             jcache: vec![JumpCache::EMPTY; JCACHE_SIZE],
-            epoch_state: (u64::MAX, u8::MAX, u64::MAX, false),
+            epoch_state: NO_EPOCH_STATE,
+            recent_epochs: [(NO_EPOCH_STATE, u64::MAX); RECENT_EPOCHS],
             epoch: u64::MAX,
             max_insns: MAX_BLOCK_INSNS,
             translator: frontend::translate,
@@ -748,7 +758,14 @@ impl TcgVcpu {
         let state = (mode, cpl, self.cpu.mmu.gen, a20);
         if state != self.epoch_state {
             self.epoch_state = state;
-            self.epoch = EPOCHS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(&(_, e)) = self.recent_epochs.iter().find(|(s, _)| *s == state) {
+                self.epoch = e;
+            } else {
+                self.recent_epochs.rotate_right(1);
+                let e = EPOCHS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.recent_epochs[0] = (state, e);
+                self.epoch = e;
+            }
         }
         self.cpu.mmu.jc_guard = if a20 { self.epoch } else { u64::MAX };
         let id = self.find_block_cached(pc, prev, cs_base, a20)?;

@@ -134,10 +134,10 @@ pub fn table_rows(engines: &[EngineRuns], o: &Options, boots: &[Vec<Job>]) -> Ve
 pub fn print_table(rows: &[Row], engines: &[EngineRuns], boots: &[Vec<Job>]) {
     println!();
     println!(
-        "{:<10} {:<20} {:>5} {:>10} {:>10} {:>10} {:>10}  vs QEMU",
+        "{:<12} {:<20} {:>5} {:>10} {:>10} {:>10} {:>10}  vs QEMU",
         "engine", "job", "ok", "median", "min", "max", "guest med"
     );
-    println!("{}", "-".repeat(92));
+    println!("{}", "-".repeat(94));
     for r in rows {
         let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| show(r.metric, v));
         let min = r.values.iter().copied().reduce(f64::min);
@@ -148,7 +148,7 @@ pub fn print_table(rows: &[Row], engines: &[EngineRuns], boots: &[Vec<Job>]) {
             (false, None) => "-".to_string(),
         };
         println!(
-            "{:<10} {:<20} {:>5} {:>10} {:>10} {:>10} {:>10}  {}",
+            "{:<12} {:<20} {:>5} {:>10} {:>10} {:>10} {:>10}  {}",
             r.engine,
             r.label,
             format!("{}/{}", r.values.len(), r.planned),
@@ -159,7 +159,7 @@ pub fn print_table(rows: &[Row], engines: &[EngineRuns], boots: &[Vec<Job>]) {
             ratio
         );
     }
-    println!("{}", "-".repeat(92));
+    println!("{}", "-".repeat(94));
     println!(
         "ok: good samples of those planned; boot: spawn -> /init marker; jobs: host time between the \
          guest's begin/end marker lines (guest med: the same by the guest's /proc/uptime); \
@@ -178,12 +178,12 @@ pub fn print_table(rows: &[Row], engines: &[EngineRuns], boots: &[Vec<Job>]) {
     }
     for e in engines {
         println!(
-            "{:<10} guest CPU: {}",
+            "{:<12} guest CPU: {}",
             e.variant.name,
             e.cpu.as_deref().unwrap_or("(not reported)")
         );
         for err in e.errors.iter().take(5) {
-            println!("{:<10} error: {err}", "");
+            println!("{:<12} error: {err}", "");
         }
     }
 }
