@@ -130,6 +130,15 @@ struct Gen<'a> {
     has_calls: bool,
     /// Temps that are constants (see [`Allocation::konst`]).
     konst: Vec<Option<u64>>,
+    /// The block's shared indirect-exit-table lookups, for `Jump` exits (0) and
+    /// `Indirect` exits (1), emitted after its code when used.
+    ind_tails: [Option<DynamicLabel>; 2],
+    /// The block's shared run-condition check before entering another block
+    /// ([`Gen::go_tail`]).
+    go: Option<DynamicLabel>,
+    /// The block's shared chaining through a slot (the cell in `rax`, the target in
+    /// `ctx.target`), emitted after its code when used.
+    slot_tail: Option<DynamicLabel>,
 }
 
 /// Whether `op` may fault or call into the environment (wants the current PC and
@@ -386,6 +395,9 @@ pub fn compile<E: GuestEnv + DirectGlobals>(
         label_needs_pc: labels_needing_pc::<E>(block),
         konst,
         has_calls: block.ops.iter().any(wants_pc::<E>),
+        ind_tails: [None; 2],
+        go: None,
+        slot_tail: None,
     };
     let chain_entry = g.prologue();
     for (i, op) in block.ops.iter().enumerate() {
@@ -393,10 +405,21 @@ pub fn compile<E: GuestEnv + DirectGlobals>(
         g.op::<E>(op)?;
     }
     // A block without a final exit falls off its end: an indirect exit, as in the
-    // interpreter (validated blocks never do).
-    g.exit::<E>(ExitKind::Indirect);
+    // interpreter (validated blocks never do; nothing is emitted after a last op
+    // that cannot fall through).
+    if !matches!(
+        block.ops.last(),
+        Some(Op::Exit(_) | Op::Raise { .. } | Op::Br(_))
+    ) {
+        let epilogue = g.epilogue;
+        g.flush::<E>();
+        g.imm(RAX, exit_code(ExitKind::Indirect).0);
+        dynasm!(g.ops ; .arch x64 ; jmp =>epilogue);
+    }
     g.slow_paths::<E>();
     g.stop_exits::<E>();
+    g.indirect_tails::<E>();
+    g.go_tail();
     g.epilogue();
     let slot_targets = g.slot_targets;
     let code = g.ops.finalize().map_err(|e| JitError::Asm(e.to_string()))?;
@@ -589,30 +612,94 @@ impl Gen<'_> {
 
     fn exit<E: GuestEnv + DirectGlobals>(&mut self, kind: ExitKind) {
         self.flush::<E>();
-        if let ExitKind::Jump(t) = kind {
-            if let Some(k) = self.slot_targets.iter().position(|s| *s == Some(t)) {
-                self.chain(k);
-            }
-        }
-        // An indirect exit, or a jump no slot took (another page, not linked yet):
-        // the indirect-exit table.
-        if matches!(kind, ExitKind::Indirect | ExitKind::Jump(_)) {
-            self.chain_indirect::<E>();
-        }
         let (code, target) = exit_code(kind);
         if let Some(t) = target {
             self.imm(RAX, t);
             dynasm!(self.ops ; .arch x64 ; mov [rbx + CTX_TARGET], rax);
+        }
+        if let ExitKind::Jump(t) = kind {
+            if let Some(k) = self.slot_targets.iter().position(|s| *s == Some(t)) {
+                if self.guards.is_some() {
+                    // The slot's cell, then the block's shared chaining code.
+                    let cell = self.cell as i64;
+                    let slot = CELL_SLOTS + 8 * k as i32;
+                    let l = *self
+                        .slot_tail
+                        .get_or_insert_with(|| self.ops.new_dynamic_label());
+                    dynasm!(self.ops
+                        ; .arch x64
+                        ; mov rax, QWORD cell
+                        ; mov rax, [rax + slot]
+                        ; jmp =>l
+                    );
+                    return;
+                }
+            }
+        }
+        // An indirect exit, or a jump no slot took (another page, not linked yet):
+        // the indirect-exit table, through the block's shared lookup.
+        let tail = match kind {
+            ExitKind::Jump(_) => Some(0),
+            ExitKind::Indirect => Some(1),
+            _ => None,
+        };
+        if let (Some(k), true) = (tail, self.indirect_ok::<E>()) {
+            let l = match self.ind_tails[k] {
+                Some(l) => l,
+                None => {
+                    let l = self.ops.new_dynamic_label();
+                    self.ind_tails[k] = Some(l);
+                    l
+                }
+            };
+            dynasm!(self.ops ; .arch x64 ; jmp =>l);
+            return;
         }
         let epilogue = self.epilogue;
         self.imm(RAX, code);
         dynasm!(self.ops ; .arch x64 ; jmp =>epilogue);
     }
 
+    /// Whether exits can look up the indirect-exit table.
+    fn indirect_ok<E: DirectGlobals>(&self) -> bool {
+        self.guards.is_some()
+            && direct::<E>(Global::Pc).is_some()
+            && direct::<E>(Global::SegBase(1)).is_some()
+            && E::indirect_guard().is_some_and(|o| i32::try_from(o).is_ok())
+    }
+
+    /// The shared exit code the block's exits jump to: chaining through a slot (else
+    /// the table), the table lookups, else the exit's return code (a `Jump` target is
+    /// already in `ctx.target`).
+    fn indirect_tails<E: DirectGlobals>(&mut self) {
+        let epilogue = self.epilogue;
+        if let Some(l) = self.slot_tail {
+            dynasm!(self.ops ; .arch x64 ; =>l);
+            self.chain_to_cell(exit_code(ExitKind::Jump(0)).0);
+            dynasm!(self.ops ; .arch x64 ; no:);
+            if self.indirect_ok::<E>() {
+                let t = *self.ind_tails[0].get_or_insert_with(|| self.ops.new_dynamic_label());
+                dynasm!(self.ops ; .arch x64 ; jmp =>t);
+            } else {
+                self.imm(RAX, exit_code(ExitKind::Jump(0)).0);
+                dynasm!(self.ops ; .arch x64 ; jmp =>epilogue);
+            }
+        }
+        for (k, kind) in [(0, ExitKind::Jump(0)), (1, ExitKind::Indirect)] {
+            if let Some(l) = self.ind_tails[k] {
+                dynasm!(self.ops ; .arch x64 ; =>l);
+                let code = exit_code(kind).0;
+                self.chain_indirect::<E>(code);
+                self.imm(RAX, code);
+                dynasm!(self.ops ; .arch x64 ; jmp =>epilogue);
+            }
+        }
+    }
+
     /// At an indirect exit: goes on into the block the indirect-exit table holds for
     /// the new PC, CS base and the environment's guard, if any and allowed; falls
     /// through otherwise.
-    fn chain_indirect<E: DirectGlobals>(&mut self) {
+    fn chain_indirect<E: DirectGlobals>(&mut self, code: u64) {
         let (Some(pc_off), Some(cs_off), Some(guard_off)) = (
             direct::<E>(Global::Pc),
             direct::<E>(Global::SegBase(1)),
@@ -650,34 +737,20 @@ impl Gen<'_> {
             ; jne >no
             ; mov rax, [rdx + CELL]
         );
-        self.chain_to_cell();
-        dynasm!(self.ops ; .arch x64 ; no:);
-    }
-
-    /// Goes on into the block chain slot `k` leads to, if linked, alive and allowed
-    /// (see the module documentation); falls through otherwise.
-    fn chain(&mut self, k: usize) {
-        if self.guards.is_none() {
-            return;
-        }
-        let cell = self.cell as i64;
-        let slot = CELL_SLOTS + 8 * k as i32;
-        dynasm!(self.ops
-            ; .arch x64
-            ; mov rax, QWORD cell
-            ; mov rax, [rax + slot]
-        );
-        self.chain_to_cell();
+        self.chain_to_cell(code);
         dynasm!(self.ops ; .arch x64 ; no:);
     }
 
     /// With a cell address (or 0) in `rax`: jumps into its block if it lives and the
     /// run may go on; else jumps to the local label `no` (which the caller defines).
-    fn chain_to_cell(&mut self) {
-        let Some(guards) = self.guards.clone() else {
+    /// (If the block is live: the run conditions are checked by the block's shared
+    /// `go` code, which returns with `code` when they fail.)
+    fn chain_to_cell(&mut self, code: u64) {
+        if self.guards.is_none() {
             dynasm!(self.ops ; .arch x64 ; jmp >no);
             return;
-        };
+        }
+        let go = *self.go.get_or_insert_with(|| self.ops.new_dynamic_label());
         dynasm!(self.ops
             ; .arch x64
             ; test rax, rax
@@ -685,20 +758,39 @@ impl Gen<'_> {
             ; mov rax, [rax + CELL_ENTRY]
             ; test rax, rax
             ; jz >no
+            ; mov esi, code as i32
+            ; jmp =>go
+        );
+    }
+
+    /// The shared end of chaining: with a live block's entry in `rax` and an exit's
+    /// return code in `esi`, jumps into the block if the run may go on, else returns
+    /// the code.
+    fn go_tail(&mut self) {
+        let (Some(go), Some(guards)) = (self.go, self.guards.clone()) else {
+            return;
+        };
+        let epilogue = self.epilogue;
+        dynasm!(self.ops
+            ; .arch x64
+            ; =>go
             ; mov rcx, [rbx + CTX_INSNS]
             ; cmp rcx, [rbx + CTX_LIMIT]
-            ; jae >no
+            ; jae >fail
             ; mov rcx, [rbx + CTX_FLAGS]
             ; cmp DWORD [rcx], 0
-            ; jne >no
+            ; jne >fail
         );
         for g in guards {
-            dynasm!(self.ops ; .arch x64 ; cmp BYTE [r12 + g], 0 ; jne >no);
+            dynasm!(self.ops ; .arch x64 ; cmp BYTE [r12 + g], 0 ; jne >fail);
         }
         dynasm!(self.ops
             ; .arch x64
             ; add QWORD [rbx + CTX_CHAINS], 1
             ; jmp rax
+            ; fail:
+            ; mov eax, esi
+            ; jmp =>epilogue
         );
     }
 
