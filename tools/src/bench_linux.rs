@@ -450,7 +450,7 @@ fn run_linux(o: &Options, programs: &[(&'static Variant, PathBuf)]) -> Result<bo
             e.program.display(),
             shown.join(" ")
         );
-        println!("  {:<10} ({})", "", e.variant.about);
+        println!("  {:<12} ({})", "", e.variant.about);
     }
     println!(
         "  -append \"{} vireo.cmd=SCRIPT\" (SCRIPT percent-encoded), per boot of a run:",
