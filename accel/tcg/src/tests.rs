@@ -298,24 +298,9 @@ pub(crate) fn pc_pic() -> SharedPic {
 #[test]
 fn halted_cpu_wakes_for_an_interrupt_from_another_thread() {
     // 0x100: sti; hlt; inc ax; hlt. IRQ 0 -> vector 8 -> 0000:0300: inc ax; inc ax; iret.
-    let mut t = Toy::new(&[0xFB, 0xF4, 0x40, 0xF4]);
+    let (mut t, pic) = toy_with_pic(&[0xFB, 0xF4, 0x40, 0xF4]);
     t.mem.write_u16(8 * 4, 0x300).unwrap();
     t.mem.write(0x300, &[0x40, 0x40, 0xCF]).unwrap();
-    let pic = pc_pic();
-    let ic = Arc::new(PicInterrupts(pic.clone()));
-    t.vcpu = std::mem::replace(
-        &mut t.vcpu,
-        TcgVcpu::new(
-            SystemBus {
-                mem: t.mem.clone(),
-                pio: Arc::new(Bus::new("pio")),
-                mmio: Arc::new(Bus::new("mmio")),
-                a20: A20Gate::new(),
-            },
-            t.control.clone(),
-        ),
-    )
-    .with_interrupts(ic);
     let raiser = std::thread::spawn(move || {
         std::thread::sleep(std::time::Duration::from_millis(30));
         pic.lock().set_irq(0, true);

@@ -72,6 +72,22 @@ fn any_diff(_: &str) -> bool {
     true
 }
 
+/// A REPE/REPNE CMPS or SCAS.
+fn rep_cmps_scas(i: &Instruction) -> bool {
+    (i.has_repe_prefix() || i.has_repne_prefix())
+        && matches!(
+            i.mnemonic(),
+            Mnemonic::Cmpsb
+                | Mnemonic::Cmpsw
+                | Mnemonic::Cmpsd
+                | Mnemonic::Cmpsq
+                | Mnemonic::Scasb
+                | Mnemonic::Scasw
+                | Mnemonic::Scasd
+                | Mnemonic::Scasq
+        )
+}
+
 /// Whether KVM runs code of this environment in its instruction emulator (on this
 /// host, everything but 64-bit user code, which runs natively).
 pub fn kvm_emulates(mode: Mode, privilege: Privilege) -> bool {
@@ -314,20 +330,7 @@ pub const KNOWN_KVM: &[KnownKvm] = &[
     },
     KnownKvm {
         applies: emulated,
-        matches: |i| {
-            (i.has_repe_prefix() || i.has_repne_prefix())
-                && matches!(
-                    i.mnemonic(),
-                    Mnemonic::Cmpsb
-                        | Mnemonic::Cmpsw
-                        | Mnemonic::Cmpsd
-                        | Mnemonic::Cmpsq
-                        | Mnemonic::Scasb
-                        | Mnemonic::Scasw
-                        | Mnemonic::Scasd
-                        | Mnemonic::Scasq
-                )
-        },
+        matches: rep_cmps_scas,
         diffs: |d| d.starts_with("rflags"),
         needs: any_diff,
         reason: "KVM's emulator: when an iteration of REP CMPS/SCAS faults, the frame holds \
@@ -337,20 +340,7 @@ pub const KNOWN_KVM: &[KnownKvm] = &[
         // Natively run 64-bit user code hands a fault inside a REP CMPS/SCAS to the
         // emulator on some hosts (seen on an Intel host: the same frame RFLAGS).
         applies: native,
-        matches: |i| {
-            (i.has_repe_prefix() || i.has_repne_prefix())
-                && matches!(
-                    i.mnemonic(),
-                    Mnemonic::Cmpsb
-                        | Mnemonic::Cmpsw
-                        | Mnemonic::Cmpsd
-                        | Mnemonic::Cmpsq
-                        | Mnemonic::Scasb
-                        | Mnemonic::Scasw
-                        | Mnemonic::Scasd
-                        | Mnemonic::Scasq
-                )
-        },
+        matches: rep_cmps_scas,
         diffs: |d| d.starts_with("rflags"),
         needs: any_diff,
         reason: "KVM (natively run code, seen on an Intel host): when an iteration of REP \
