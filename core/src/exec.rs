@@ -134,7 +134,22 @@ pub unsafe trait DirectGlobals {
     fn pure_fn(_h: crate::ir::HelperId) -> Option<PureFn> {
         None
     }
+    /// A function that computes helper `h` on the environment and up to three
+    /// arguments (missing ones are 0), for helpers that never fault, never raise the
+    /// stop request, read and write no IR global (only other state of the
+    /// environment) and never panic: a JIT calls it without syncing anything
+    /// (through a minimal trampoline) instead of going through [`GuestEnv::call`].
+    /// It must do what `call(h, args)` does.
+    fn env_fn(_h: crate::ir::HelperId) -> Option<EnvFn<Self>>
+    where
+        Self: Sized,
+    {
+        None
+    }
 }
+
+/// An environment helper as a plain function ([`DirectGlobals::env_fn`]).
+pub type EnvFn<E> = fn(&mut E, u64, u64, u64) -> u64;
 
 /// A pure helper as a plain function of four arguments ([`DirectGlobals::pure_fn`]).
 pub type PureFn = extern "C" fn(u64, u64, u64, u64) -> u64;

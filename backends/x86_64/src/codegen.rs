@@ -1065,6 +1065,28 @@ impl Gen<'_> {
                 ref args,
                 ret,
                 ..
+            } if args.len() <= 3 && E::env_fn(helper).is_some() => {
+                // A plain function on the environment that cannot fault or ask to
+                // stop: no sync, no status.
+                let f = E::env_fn(helper).map_or(0, |f| f as usize) as i64;
+                const ARGS: [u8; 3] = [RDX, RCX, 8];
+                for (k, r) in ARGS.iter().enumerate() {
+                    match args.get(k) {
+                        Some(a) => self.ld(*r, *a),
+                        None => dynasm!(self.ops ; .arch x64 ; xor Rd(*r), Rd(*r)),
+                    }
+                }
+                dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov rsi, QWORD f);
+                self.call(tramp::env_tramp::<E> as *const () as usize);
+                if let Some(r) = ret {
+                    self.st(r, RAX);
+                }
+            }
+            Op::Call {
+                helper,
+                ref args,
+                ret,
+                ..
             } => {
                 // Arguments 1-4 of the helper go to rdx, rcx, r8, r9.
                 const ARG_REGS: [u8; 4] = [RDX, RCX, 8, 9];

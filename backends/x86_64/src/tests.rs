@@ -38,6 +38,8 @@ struct Env<const DIRECT: bool> {
     tlb: FakeTlb,
     /// The indirect-lookup guard (`DirectGlobals::indirect_guard`).
     guard: u64,
+    /// State only helper 6 touches (not a global).
+    side: u64,
 }
 
 /// The fast TLB of `Env<true>` (see [`Env::map_pages`]): two tables (kernel, user)
@@ -68,6 +70,7 @@ impl<const D: bool> Env<D> {
             panic_in_helper: false,
             tlb: FakeTlb([[u64::MAX; 4]; 8]),
             guard: 7,
+            side: 0,
         };
         for r in &mut e.regs {
             *r = rng.value();
@@ -154,8 +157,9 @@ impl<const D: bool> GuestEnv for Env<D> {
         Ok(())
     }
     fn call(&mut self, h: HelperId, args: &[u64]) -> Result<u64, Fault> {
-        // Pure helper 5 may be called directly by compiled code: not logged.
-        if h.0 != 5 {
+        // Helpers 5 (pure) and 6 (environment function) may be called directly by
+        // compiled code: not logged (6 leaves its trace in `side`).
+        if h.0 != 5 && h.0 != 6 {
             self.calls
                 .push((h.0, args.to_vec(), self.insn_pc, self.icount));
         }
@@ -177,6 +181,7 @@ impl<const D: bool> GuestEnv for Env<D> {
                 Ok(self.regs[0] ^ self.regs[6])
             }
             4 if self.panic_in_helper => panic!("helper 4 panicked"),
+            6 => Ok(side_step(self, a(0), a(1), a(2))),
             _ => Ok(!a(0)),
         }
     }
@@ -187,6 +192,12 @@ impl<const D: bool> GuestEnv for Env<D> {
         self.insn_pc = pc;
         self.icount = self.icount.wrapping_add(1);
     }
+}
+
+/// Helper 6: mixes its arguments into `side` (state no global names), returns it.
+fn side_step<const D: bool>(e: &mut Env<D>, a0: u64, a1: u64, a2: u64) -> u64 {
+    e.side = e.side.rotate_left(7) ^ a0.wrapping_mul(3) ^ a1 ^ a2.wrapping_add(1);
+    e.side
 }
 
 /// Helper 5 (`!a0`) as a plain function.
@@ -220,6 +231,9 @@ unsafe impl DirectGlobals for Env<true> {
     }
     fn pure_fn(h: HelperId) -> Option<vireo_core::exec::PureFn> {
         (h.0 == 5).then_some(not_first as _)
+    }
+    fn env_fn(h: HelperId) -> Option<vireo_core::exec::EnvFn<Self>> {
+        (h.0 == 6).then_some(side_step as _)
     }
     // The entries `map_pages` makes map whole pages of `mem` (2 pages long), with
     // write tags only where `store` has no effect beyond writing memory.
@@ -582,10 +596,15 @@ fn random_op(
             pending.push(l);
         }
         86..=91 => {
-            let helper = rng.pick(&[0u16, 0, 1, 1, 2, 3, 5, 5]);
+            let helper = rng.pick(&[0u16, 0, 1, 1, 2, 3, 5, 5, 6, 6]);
             // Helper 5 (`!a0`) is pure, with a plain-function form in `Env<true>`
-            // (which gets 0 for missing arguments where `call` has 0x55: always one).
-            let n = (rng.below(5) as usize).max(usize::from(helper == 5));
+            // (which gets 0 for missing arguments where `call` has 0x55: always one);
+            // helper 6 has an environment-function form (always three arguments).
+            let n = match helper {
+                5 => (rng.below(5) as usize).max(1),
+                6 => 3,
+                _ => rng.below(5) as usize,
+            };
             let args: Vec<Temp> = (0..n).map(|_| pick(rng)).collect();
             let ret = rng.chance(70).then(|| pick_dst(rng));
             let effects = if helper == 5 {

@@ -228,6 +228,24 @@ pub extern "C" fn insn_tramp<E: GuestEnv>(ctx: *mut Ctx, pc: u64) -> u64 {
     }
 }
 
+/// A helper's plain function on the environment (`DirectGlobals::env_fn`): no status
+/// (it cannot fault); a panic is parked in the context (and resumed by `run` after the
+/// block returned) with 0 as the value.
+// `f` is a Rust function pointer passed through as a pointer-sized value and called
+// from Rust: the generated code never calls it itself.
+#[allow(improper_ctypes_definitions)]
+pub extern "C" fn env_tramp<E: GuestEnv>(
+    ctx: *mut Ctx,
+    f: vireo_core::exec::EnvFn<E>,
+    a0: u64,
+    a1: u64,
+    a2: u64,
+) -> u64 {
+    // SAFETY: called only by generated code with the run's context (see `with_env`).
+    let r = unsafe { with_env::<E, _>(ctx, |e| Ok(f(e, a0, a1, a2))) };
+    r.unwrap_or(0)
+}
+
 /// `Raise`: parks the fault in the context.
 pub extern "C" fn raise_tramp(ctx: *mut Ctx, vector: u64, has_error: u64, error: u64) {
     // SAFETY: called only by generated code with the run's context.

@@ -277,6 +277,11 @@ unsafe impl DirectGlobals for X86Cpu {
         crate::helpers::pure_fn(h)
     }
 
+    fn env_fn(h: vireo_core::ir::HelperId) -> Option<vireo_core::exec::EnvFn<Self>> {
+        use crate::helpers::sse::{fast_direct, SseHelper};
+        (h == SseHelper::Fast.id()).then_some(fast_direct as _)
+    }
+
     fn fast_tlb() -> Option<FastTlbLayout> {
         use std::mem::offset_of;
         Some(crate::fasttlb::FastTlb::layout(

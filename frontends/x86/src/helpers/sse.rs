@@ -60,6 +60,10 @@ pub enum SseHelper {
     /// destination for writing before, so that a memory fault leaves the x87 state
     /// alone (as on the CPU; MASKMOVQ switches before its store faults).
     Op,
+    /// `(spec, lo, hi) -> value`: [`SseHelper::Op`] for the XMM forms
+    /// [`fast_handles`] lists (no MMX operand, not a store): it cannot fault, and
+    /// compiled code calls it directly (`DirectGlobals::env_fn`).
+    Fast,
 }
 
 impl SseHelper {
@@ -583,7 +587,7 @@ const EFF: Effects = Effects {
 };
 
 /// The SSE helper table (ids from [`SSE_BASE`]).
-pub static TABLE: [HelperDef; 2] = [
+pub static TABLE: [HelperDef; 3] = [
     HelperDef {
         name: "sse_enter",
         f: enter,
@@ -594,7 +598,65 @@ pub static TABLE: [HelperDef; 2] = [
         f: op,
         effects: EFF,
     },
+    // Declared as `op` (it writes XMM state: not a pure call to drop).
+    HelperDef {
+        name: "sse_fast",
+        f: fast,
+        effects: EFF,
+    },
 ];
+
+fn fast(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
+    Ok(fast_direct(cpu, arg(a, 0), arg(a, 1), arg(a, 2)))
+}
+
+/// [`SseHelper::Fast`]: `(spec, lo, hi)`, never a fault (a mnemonic outside
+/// [`fast_handles`], which the translator never sends, does nothing).
+pub fn fast_direct(cpu: &mut X86Cpu, sp: u64, lo: u64, hi: u64) -> u64 {
+    let Ok(mn) = Mnemonic::try_from((sp & 0xfff) as usize) else {
+        return 0;
+    };
+    let dst = (sp >> spec::DST_SHIFT & 15) as usize;
+    let src = (sp >> spec::SRC_SHIFT & 15) as usize;
+    let s = if sp & spec::SRC_REG != 0 {
+        read_reg(cpu, src, false)
+    } else {
+        u128::from(lo) | u128::from(hi) << 64
+    };
+    xmm_fast(cpu, mn, dst, s).unwrap_or(0)
+}
+
+/// The mnemonics [`SseHelper::Fast`] serves (XMM operands only).
+pub fn fast_handles(mn: Mnemonic) -> bool {
+    use Mnemonic as M;
+    matches!(
+        mn,
+        M::Pcmpeqb
+            | M::Pminub
+            | M::Pmaxub
+            | M::Paddb
+            | M::Psubb
+            | M::Pand
+            | M::Andps
+            | M::Andpd
+            | M::Pandn
+            | M::Andnps
+            | M::Andnpd
+            | M::Por
+            | M::Orps
+            | M::Orpd
+            | M::Pxor
+            | M::Xorps
+            | M::Xorpd
+            | M::Movdqa
+            | M::Movdqu
+            | M::Movaps
+            | M::Movups
+            | M::Movapd
+            | M::Movupd
+            | M::Pmovmskb
+    )
+}
 
 #[cfg(test)]
 mod tests {

@@ -313,7 +313,13 @@ impl Tr {
                     }
                     _ => {}
                 }
-                let v = self.sse(SseHelper::Op, &[s, lo, hi], true)?;
+                let mmx_or_store = spec::DST_MMX | spec::SRC_MMX | spec::STORE;
+                let h = if sp & mmx_or_store == 0 && crate::helpers::sse::fast_handles(mn) {
+                    SseHelper::Fast
+                } else {
+                    SseHelper::Op
+                };
+                let v = self.sse(h, &[s, lo, hi], true)?;
                 if gpr_dst {
                     let o = self.operand(0, true);
                     let size = self.op_size(0);
