@@ -561,6 +561,16 @@ impl Gen<'_> {
         }
     }
 
+    /// Loads `args` into `regs` in order, 0 into the registers left over.
+    fn args_or_zero(&mut self, regs: &[u8], args: &[Temp]) {
+        for (k, &r) in regs.iter().enumerate() {
+            match args.get(k) {
+                Some(&a) => self.ld(r, a),
+                None => dynasm!(self.ops ; .arch x64 ; xor Rd(r), Rd(r)),
+            }
+        }
+    }
+
     /// Truncates register `r` to `size`, zero-extended.
     fn trunc(&mut self, r: u8, size: Size) {
         match size {
@@ -1048,13 +1058,7 @@ impl Gen<'_> {
                 // A plain function of its arguments: called directly (nothing to
                 // sync, it cannot fault or ask to stop).
                 let f = E::pure_fn(helper).map_or(0, |f| f as usize);
-                const ARGS: [u8; 4] = [RDI, RSI, RDX, RCX];
-                for (k, r) in ARGS.iter().enumerate() {
-                    match args.get(k) {
-                        Some(a) => self.ld(*r, *a),
-                        None => dynasm!(self.ops ; .arch x64 ; xor Rd(*r), Rd(*r)),
-                    }
-                }
+                self.args_or_zero(&[RDI, RSI, RDX, RCX], args);
                 self.call(f);
                 if let Some(r) = ret {
                     self.st(r, RAX);
@@ -1069,13 +1073,7 @@ impl Gen<'_> {
                 // A plain function on the environment that cannot fault or ask to
                 // stop: no sync, no status.
                 let f = E::env_fn(helper).map_or(0, |f| f as usize) as i64;
-                const ARGS: [u8; 3] = [RDX, RCX, 8];
-                for (k, r) in ARGS.iter().enumerate() {
-                    match args.get(k) {
-                        Some(a) => self.ld(*r, *a),
-                        None => dynasm!(self.ops ; .arch x64 ; xor Rd(*r), Rd(*r)),
-                    }
-                }
+                self.args_or_zero(&[RDX, RCX, 8], args);
                 dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov rsi, QWORD f);
                 self.call(tramp::env_tramp::<E> as *const () as usize);
                 if let Some(r) = ret {
