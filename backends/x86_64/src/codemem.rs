@@ -25,6 +25,11 @@ pub fn set_anonymous(on: bool) {
     ANONYMOUS.store(on, Ordering::Relaxed);
 }
 
+/// Whether new chunks are anonymous memory ([`set_anonymous`]).
+pub fn is_anonymous() -> bool {
+    ANONYMOUS.load(Ordering::Relaxed)
+}
+
 /// One chunk of code memory.
 pub struct CodeChunk {
     /// Null once sealed; equal to `rx` for an anonymous chunk.

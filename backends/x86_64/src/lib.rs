@@ -115,6 +115,13 @@ struct CellChunk(Box<[Cell]>);
 /// The executable memory of compiled blocks for environment type `E`.
 pub struct JitCache<E> {
     chunks: Vec<codemem::CodeChunk>,
+    /// Chunks of earlier generations kept mapped (see [`JitCache::keep_flushed`]).
+    retired: Vec<codemem::CodeChunk>,
+    /// A flush keeps the old code mapped instead of unmapping it, so that no address
+    /// ever names two blocks (for `perf`, whose map of `/tmp/perf-<pid>.map` keeps the
+    /// first symbol of an address; on with anonymous code memory, i.e. `-perfmap`).
+    /// The memory of flushed code is then never given back.
+    pub keep_flushed: bool,
     /// The cells of this generation's blocks (`cells_used` in the last chunk).
     cells: Vec<CellChunk>,
     cells_used: usize,
@@ -176,6 +183,8 @@ impl<E> JitCache<E> {
     pub fn new(limit: usize) -> JitCache<E> {
         JitCache {
             chunks: Vec::new(),
+            retired: Vec::new(),
+            keep_flushed: codemem::is_anonymous(),
             cells: Vec::new(),
             cells_used: CELLS,
             max_temps: 1,
@@ -197,6 +206,9 @@ impl<E> JitCache<E> {
 
     /// Drops every block: their [`JitBlock`]s no longer run.
     pub fn flush(&mut self) {
+        if self.keep_flushed {
+            self.retired.append(&mut self.chunks);
+        }
         self.chunks.clear();
         self.ind.fill(IND_EMPTY);
         self.cells.clear();

@@ -1061,3 +1061,21 @@ fn the_last_code_is_kept_on_request() {
     // The prologue: push rbp; mov rbp, rsp.
     assert_eq!(&jit.last_code[..4], &[0x55, 0x48, 0x89, 0xe5]);
 }
+
+#[test]
+fn flushed_code_stays_mapped_when_asked() {
+    // With `keep_flushed` (on under `-perfmap`) every generation's code has its own
+    // addresses, so perf's map never names one address twice.
+    let blk = step_block(0x100, 0, 1, 0x200);
+    let mut jit: JitCache<Env<true>> = JitCache::new(1 << 20);
+    jit.keep_flushed = true;
+    let mut seen = std::collections::HashSet::new();
+    for round in 0..8 {
+        let b = jit.compile(&blk).unwrap();
+        assert!(
+            seen.insert(b.entry()),
+            "round {round}: an address named two blocks"
+        );
+        jit.flush();
+    }
+}
