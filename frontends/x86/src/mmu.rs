@@ -703,11 +703,15 @@ pub fn read_bytes(
 /// #GP(0) in long mode unless both ends of `[la, la+len)` are canonical (checked
 /// before any page of the access is walked, as the CPU does).
 fn check_canonical(cpu: &X86Cpu, la: u64, len: usize) -> Result<(), Fault> {
-    let last = la.wrapping_add(len.max(1) as u64 - 1);
-    if cpu.state.efer & ctl::EFER_LMA != 0 && !(is_canonical(la) && is_canonical(last)) {
+    if cpu.state.efer & ctl::EFER_LMA != 0 && !canonical_range(la, len) {
         return Err(gp0());
     }
     Ok(())
+}
+
+/// Whether both ends of `[la, la+len)` are canonical.
+pub(crate) fn canonical_range(la: u64, len: usize) -> bool {
+    is_canonical(la) && is_canonical(la.wrapping_add(len.max(1) as u64 - 1))
 }
 
 /// Writes `data` at linear `la`; every page is translated (and checked) before the
@@ -853,7 +857,6 @@ pub(crate) fn fill_fast(cpu: &mut X86Cpu, la: u64, len: usize, mmu: MmuIdx, acce
         .fill(&cpu.bus.mem, vpn, page_mask, host, table, write);
 }
 
-/// A supervisor access with SMAP enabled and opened by RFLAGS.AC.
 /// The fast TLB tables explicit accesses at the current privilege level may use: the
 /// level's own, and the supervisor table for SMAP opened by RFLAGS.AC.
 pub(crate) fn fast_tables(cpu: &X86Cpu) -> (MmuIdx, Option<Table>) {
@@ -865,6 +868,7 @@ pub(crate) fn fast_tables(cpu: &X86Cpu) -> (MmuIdx, Option<Table>) {
     (mmu, smap_open(cpu, mmu).then_some(Table::KERNEL_AC))
 }
 
+/// A supervisor access with SMAP enabled and opened by RFLAGS.AC.
 fn smap_open(cpu: &X86Cpu, mmu: MmuIdx) -> bool {
     mmu == MmuIdx::Kernel && cpu.state.cr4 & cr4::SMAP != 0 && cpu.state.rflags & fl::AC != 0
 }

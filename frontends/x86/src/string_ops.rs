@@ -12,15 +12,16 @@
 //! - RCX, RSI and RDI are written back after every run, so a fault leaves the state
 //!   of the iterations completed before it (a run's source is read and its
 //!   destination checked before any byte of it is written);
-//! - one call does at most [`BYTES_PER_CALL`] bytes (or `REP_BUDGET` single elements); the translated code comes back for the rest, so interrupts
-//!   are taken in long copies.
+//! - one call does at most [`BYTES_PER_CALL`] bytes (or `REP_BUDGET` single
+//!   elements); the translated code comes back for the rest, so interrupts are taken
+//!   in long copies.
 
 use crate::cpu::X86Cpu;
 use crate::fasttlb::Table;
 use crate::mmu::{self, Access};
 use vireo_core::cpu::{flags, reg, sreg};
 use vireo_core::exec::Fault;
-use vireo_core::ir::{MmuIdx, Size};
+use vireo_core::ir::Size;
 use vireo_core::layout::RegionKind;
 
 /// Bytes one call copies or stores at most.
@@ -72,11 +73,12 @@ pub fn rep(cpu: &mut X86Cpu, kind: Kind, size: usize) -> Result<(), Fault> {
         };
         // Through the fast TLB if it maps both pages; else short runs (a source
         // just behind the destination, a page end near) go one element at a time.
-        if k > 0 && fast_run(cpu, src, dst, k * size, size) {
-        } else if k * size >= MIN_RUN {
-            k = run(cpu, kind, src, dst, k, size, agent, &mut buf)?;
-        } else {
-            k = 0;
+        if k == 0 || !fast_run(cpu, src, dst, k * size, size) {
+            k = if k * size >= MIN_RUN {
+                run(cpu, src, dst, k, size, agent, &mut buf)?
+            } else {
+                0
+            };
         }
         if k == 0 {
             one(cpu, src, dst, size)?;
@@ -106,8 +108,7 @@ fn seg_base(cpu: &X86Cpu, seg: usize) -> u64 {
 
 /// #GP(0) (#SS(0) for the stack segment) unless `[la, la+size)` is canonical.
 fn check_canonical(la: u64, size: usize, stack: bool) -> Result<(), Fault> {
-    let last = la.wrapping_add(size as u64 - 1);
-    if mmu::is_canonical(la) && mmu::is_canonical(last) {
+    if mmu::canonical_range(la, size) {
         Ok(())
     } else {
         Err(Fault::with_error(if stack { 12 } else { 13 }, 0))
@@ -158,11 +159,10 @@ fn fast_run(cpu: &mut X86Cpu, src: Option<u64>, dst: u64, len: usize, size: usiz
 
 /// A run of `k` elements within one page each side; returns the elements done (0: not
 /// plain memory or overlapping physically, the caller goes one element at a time).
-/// The pages get fast TLB entries for the next run.
-#[allow(clippy::too_many_arguments)]
+/// The pages get fast TLB entries for the next run. `src`: MOVS's source, `None` for
+/// STOS.
 fn run(
     cpu: &mut X86Cpu,
-    kind: Kind,
     src: Option<u64>,
     dst: u64,
     k: usize,
@@ -172,8 +172,8 @@ fn run(
 ) -> Result<usize, Fault> {
     let len = k * size;
     let data = &mut buf[..len];
-    match (kind, src) {
-        (Kind::Movs { .. }, Some(s)) => {
+    match src {
+        Some(s) => {
             // Translate both first (a source fault comes before a destination one,
             // as in the first iteration): both pages must be plain memory and the
             // destination must not lie ahead within the run physically.
@@ -187,7 +187,7 @@ fn run(
             }
             mmu::read_bytes(cpu, s, data, Access::Read, agent)?;
         }
-        _ => {
+        None => {
             let pd = mmu::translate(cpu, dst, Access::Write, agent)? & mmu::a20_mask(cpu);
             if !plain(cpu, pd, len, false) {
                 return Ok(0);
@@ -209,11 +209,7 @@ fn run(
 
 /// One element.
 fn one(cpu: &mut X86Cpu, src: Option<u64>, dst: u64, size: usize) -> Result<(), Fault> {
-    let idx = if cpu.state.cpl() == 3 {
-        MmuIdx::User
-    } else {
-        MmuIdx::Kernel
-    };
+    let (idx, _) = mmu::fast_tables(cpu);
     let size = Size::from_bytes(size).unwrap_or(Size::B8);
     let v = match src {
         Some(s) => mmu::read(cpu, s, size, idx)?,
