@@ -421,11 +421,6 @@ fn op(cpu: &mut X86Cpu, args: &[u64]) -> Result<u64, Fault> {
         let high = sp & spec::HIGH != 0 || matches!(mn, Mnemonic::Movhps | Mnemonic::Movhpd);
         return Ok(if high { (s >> 64) as u64 } else { s as u64 });
     }
-    if !dmmx && !smmx {
-        if let Some(r) = xmm_fast(cpu, mn, dst, s) {
-            return Ok(r);
-        }
-    }
     match mn {
         Mnemonic::Emms => {
             cpu.state.fpu.ftw = 0;
@@ -512,43 +507,62 @@ fn op(cpu: &mut X86Cpu, args: &[u64]) -> Result<u64, Fault> {
     }
 }
 
-/// The XMM forms of the integer operations C libraries' string functions run most
-/// (`strlen`, `memchr`, `strchr`...), byte-wise on arrays the host compiler
-/// vectorizes: the same results as the general path (`int_op`), without its
-/// dispatch. `None` for everything else.
-fn xmm_fast(cpu: &mut X86Cpu, mn: Mnemonic, dst: usize, s: u128) -> Option<u64> {
+/// What one of the XMM forms C libraries' string functions run most (`strlen`,
+/// `memchr`, `strchr`...) does, for [`SseHelper::Fast`].
+#[derive(Clone, Copy)]
+enum FastOp {
+    /// A byte-wise operation (destination, source).
+    Bytes(fn(u8, u8) -> u8),
+    /// The source into the destination register.
+    Move,
+    /// PMOVMSKB: the top bit of every source byte, as a value.
+    MoveMask,
+}
+
+fn fast_op(mn: Mnemonic) -> Option<FastOp> {
     use Mnemonic as M;
+    Some(match mn {
+        M::Pcmpeqb => FastOp::Bytes(|x, y| if x == y { 0xff } else { 0 }),
+        M::Pminub => FastOp::Bytes(u8::min),
+        M::Pmaxub => FastOp::Bytes(u8::max),
+        M::Paddb => FastOp::Bytes(u8::wrapping_add),
+        M::Psubb => FastOp::Bytes(u8::wrapping_sub),
+        M::Pand | M::Andps | M::Andpd => FastOp::Bytes(|x, y| x & y),
+        M::Pandn | M::Andnps | M::Andnpd => FastOp::Bytes(|x, y| !x & y),
+        M::Por | M::Orps | M::Orpd => FastOp::Bytes(|x, y| x | y),
+        M::Pxor | M::Xorps | M::Xorpd => FastOp::Bytes(|x, y| x ^ y),
+        M::Movdqa | M::Movdqu | M::Movaps | M::Movups | M::Movapd | M::Movupd => FastOp::Move,
+        M::Pmovmskb => FastOp::MoveMask,
+        _ => return None,
+    })
+}
+
+/// The mnemonics [`SseHelper::Fast`] serves (XMM operands only, not a store).
+pub fn fast_handles(mn: Mnemonic) -> bool {
+    fast_op(mn).is_some()
+}
+
+/// Those forms, byte-wise on arrays the host compiler vectorizes: the same results
+/// as the general path (`int_op`), without its dispatch. `None` for other mnemonics.
+fn xmm_fast(cpu: &mut X86Cpu, mn: Mnemonic, dst: usize, s: u128) -> Option<u64> {
     let b = s.to_le_bytes();
-    let bytewise = |cpu: &mut X86Cpu, f: fn(u8, u8) -> u8| {
-        let d = cpu.state.fpu.xmm[dst & 15];
-        let mut r = [0u8; 16];
-        for i in 0..16 {
-            r[i] = f(d[i], b[i]);
+    let reg = &mut cpu.state.fpu.xmm[dst & 15];
+    Some(match fast_op(mn)? {
+        FastOp::Bytes(f) => {
+            for (d, s) in reg.iter_mut().zip(b) {
+                *d = f(*d, s);
+            }
+            0
         }
-        cpu.state.fpu.xmm[dst & 15] = r;
-        Some(0)
-    };
-    match mn {
-        M::Pcmpeqb => bytewise(cpu, |x, y| if x == y { 0xff } else { 0 }),
-        M::Pminub => bytewise(cpu, u8::min),
-        M::Pmaxub => bytewise(cpu, u8::max),
-        M::Paddb => bytewise(cpu, u8::wrapping_add),
-        M::Psubb => bytewise(cpu, u8::wrapping_sub),
-        M::Pand | M::Andps | M::Andpd => bytewise(cpu, |x, y| x & y),
-        M::Pandn | M::Andnps | M::Andnpd => bytewise(cpu, |x, y| !x & y),
-        M::Por | M::Orps | M::Orpd => bytewise(cpu, |x, y| x | y),
-        M::Pxor | M::Xorps | M::Xorpd => bytewise(cpu, |x, y| x ^ y),
-        M::Movdqa | M::Movdqu | M::Movaps | M::Movups | M::Movapd | M::Movupd => {
-            cpu.state.fpu.xmm[dst & 15] = b;
-            Some(0)
+        FastOp::Move => {
+            *reg = b;
+            0
         }
-        M::Pmovmskb => Some(
-            b.iter()
-                .enumerate()
-                .fold(0u64, |m, (i, &x)| m | u64::from(x >> 7) << i),
-        ),
-        _ => None,
-    }
+        FastOp::MoveMask => b
+            .iter()
+            .enumerate()
+            .fold(0u64, |m, (i, &x)| m | u64::from(x >> 7) << i),
+    })
 }
 
 /// MASKMOVQ/MASKMOVDQU `(spec, addr, user)`: stores the bytes of the destination
@@ -624,38 +638,6 @@ pub fn fast_direct(cpu: &mut X86Cpu, sp: u64, lo: u64, hi: u64) -> u64 {
         u128::from(lo) | u128::from(hi) << 64
     };
     xmm_fast(cpu, mn, dst, s).unwrap_or(0)
-}
-
-/// The mnemonics [`SseHelper::Fast`] serves (XMM operands only).
-pub fn fast_handles(mn: Mnemonic) -> bool {
-    use Mnemonic as M;
-    matches!(
-        mn,
-        M::Pcmpeqb
-            | M::Pminub
-            | M::Pmaxub
-            | M::Paddb
-            | M::Psubb
-            | M::Pand
-            | M::Andps
-            | M::Andpd
-            | M::Pandn
-            | M::Andnps
-            | M::Andnpd
-            | M::Por
-            | M::Orps
-            | M::Orpd
-            | M::Pxor
-            | M::Xorps
-            | M::Xorpd
-            | M::Movdqa
-            | M::Movdqu
-            | M::Movaps
-            | M::Movups
-            | M::Movapd
-            | M::Movupd
-            | M::Pmovmskb
-    )
 }
 
 #[cfg(test)]
