@@ -411,10 +411,8 @@ pub fn compile<E: GuestEnv + DirectGlobals>(
         block.ops.last(),
         Some(Op::Exit(_) | Op::Raise { .. } | Op::Br(_))
     ) {
-        let epilogue = g.epilogue;
         g.flush::<E>();
-        g.imm(RAX, exit_code(ExitKind::Indirect).0);
-        dynasm!(g.ops ; .arch x64 ; jmp =>epilogue);
+        g.leave(exit_code(ExitKind::Indirect).0);
     }
     g.slow_paths::<E>();
     g.stop_exits::<E>();
@@ -654,17 +652,15 @@ impl Gen<'_> {
             _ => None,
         };
         if let (Some(k), true) = (tail, self.indirect_ok::<E>()) {
-            let l = match self.ind_tails[k] {
-                Some(l) => l,
-                None => {
-                    let l = self.ops.new_dynamic_label();
-                    self.ind_tails[k] = Some(l);
-                    l
-                }
-            };
+            let l = *self.ind_tails[k].get_or_insert_with(|| self.ops.new_dynamic_label());
             dynasm!(self.ops ; .arch x64 ; jmp =>l);
             return;
         }
+        self.leave(code);
+    }
+
+    /// Returns from the block with return code `code`.
+    fn leave(&mut self, code: u64) {
         let epilogue = self.epilogue;
         self.imm(RAX, code);
         dynasm!(self.ops ; .arch x64 ; jmp =>epilogue);
@@ -682,7 +678,6 @@ impl Gen<'_> {
     /// the table), the table lookups, else the exit's return code (a `Jump` target is
     /// already in `ctx.target`).
     fn indirect_tails<E: DirectGlobals>(&mut self) {
-        let epilogue = self.epilogue;
         if let Some(l) = self.slot_tail {
             dynasm!(self.ops ; .arch x64 ; =>l);
             self.chain_to_cell(exit_code(ExitKind::Jump(0)).0);
@@ -691,8 +686,7 @@ impl Gen<'_> {
                 let t = *self.ind_tails[0].get_or_insert_with(|| self.ops.new_dynamic_label());
                 dynasm!(self.ops ; .arch x64 ; jmp =>t);
             } else {
-                self.imm(RAX, exit_code(ExitKind::Jump(0)).0);
-                dynasm!(self.ops ; .arch x64 ; jmp =>epilogue);
+                self.leave(exit_code(ExitKind::Jump(0)).0);
             }
         }
         for (k, kind) in [(0, ExitKind::Jump(0)), (1, ExitKind::Indirect)] {
@@ -700,8 +694,7 @@ impl Gen<'_> {
                 dynasm!(self.ops ; .arch x64 ; =>l);
                 let code = exit_code(kind).0;
                 self.chain_indirect::<E>(code);
-                self.imm(RAX, code);
-                dynasm!(self.ops ; .arch x64 ; jmp =>epilogue);
+                self.leave(code);
             }
         }
     }
@@ -1028,7 +1021,7 @@ impl Gen<'_> {
                 self.flush::<E>();
                 self.pc_for_label::<E>(n);
                 dynasm!(self.ops ; .arch x64 ; =>l);
-                self.book.pc_synced = self.label_needs_pc.get(n as usize) == Some(&true);
+                self.book.pc_synced = self.label_wants_pc(n);
                 self.book.may_stop |= self.has_calls;
             }
             Op::Br(l) => {
@@ -1252,9 +1245,15 @@ impl Gen<'_> {
     /// Before a branch to (or the fall-through into) label `l`: the PC up to date if
     /// the code after the label may want it.
     fn pc_for_label<E: GuestEnv + DirectGlobals>(&mut self, l: u32) {
-        if self.label_needs_pc.get(l as usize).copied().unwrap_or(true) {
+        if self.label_wants_pc(l) {
             self.sync_pc::<E>();
         }
+    }
+
+    /// Whether code after label `l` may want the PC ([`Gen::label_needs_pc`]; an
+    /// unknown label is taken to).
+    fn label_wants_pc(&self, l: u32) -> bool {
+        self.label_needs_pc.get(l as usize).copied().unwrap_or(true)
     }
 
     /// The current instruction's PC in `[rsp]` and the `pc` hook.
