@@ -177,16 +177,12 @@ pub struct TcgVcpu {
     chain_from: Option<(TbId, u64)>,
     /// Blocks found by CS:RIP lookups, direct-mapped by PC.
     jcache: Vec<JumpCache>,
-    /// The state the current indirect-lookup epoch stands for: mode key, CPL, MMU
-    /// generation, A20.
-    epoch_state: EpochState,
-    /// The epochs of the last few states, so that returning to one (a system call's
-    /// return to user mode) finds its jump-cache and indirect-exit entries again.
+    /// Lookup epochs of the last few states (mode key, CPL, MMU generation, A20),
+    /// the current one first. Blocks are looked up under the current epoch, by the
+    /// jump cache and by compiled code's indirect exits (`X86Cpu::mmu.jc_guard`);
+    /// epochs are unique across vCPUs (they may share a JIT cache). Returning to a
+    /// recent state (a system call's return to user mode) finds its entries again.
     recent_epochs: [(EpochState, u64); RECENT_EPOCHS],
-    /// The epoch blocks are looked up under, by the jump cache and by compiled code's
-    /// indirect exits (`X86Cpu::mmu.jc_guard`); unique across vCPUs (they may share a
-    /// JIT cache).
-    epoch: u64,
     max_insns: usize,
     translator: Translator,
     pub stats: TcgStats,
@@ -232,9 +228,7 @@ impl TcgVcpu {
             budget: None,
             chain_from: None,
             jcache: vec![JumpCache::EMPTY; JCACHE_SIZE],
-            epoch_state: NO_EPOCH_STATE,
             recent_epochs: [(NO_EPOCH_STATE, u64::MAX); RECENT_EPOCHS],
-            epoch: u64::MAX,
             max_insns: MAX_BLOCK_INSNS,
             translator: frontend::translate,
             stats: TcgStats::default(),
@@ -562,6 +556,11 @@ impl TcgVcpu {
         self.take_interrupt().unwrap_or(Step::Continue)
     }
 
+    /// The current lookup epoch.
+    fn epoch(&self) -> u64 {
+        self.recent_epochs[0].1
+    }
+
     /// Interrupts may be taken again: a hint taken while they could not comes back.
     fn undefer_irq(&mut self) {
         if std::mem::take(&mut self.irq_deferred) {
@@ -756,18 +755,18 @@ impl TcgVcpu {
         let cpl = self.cpu.state.cpl();
         let a20 = self.cpu.bus.a20.enabled();
         let state = (mode, cpl, self.cpu.mmu.gen, a20);
-        if state != self.epoch_state {
-            self.epoch_state = state;
-            if let Some(&(_, e)) = self.recent_epochs.iter().find(|(s, _)| *s == state) {
-                self.epoch = e;
-            } else {
-                self.recent_epochs.rotate_right(1);
-                let e = EPOCHS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.recent_epochs[0] = (state, e);
-                self.epoch = e;
+        if state != self.recent_epochs[0].0 {
+            // Move the state to the front; a new one takes the oldest place.
+            match self.recent_epochs.iter().position(|(s, _)| *s == state) {
+                Some(i) => self.recent_epochs[..=i].rotate_right(1),
+                None => {
+                    self.recent_epochs.rotate_right(1);
+                    let e = EPOCHS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.recent_epochs[0] = (state, e);
+                }
             }
         }
-        self.cpu.mmu.jc_guard = if a20 { self.epoch } else { u64::MAX };
+        self.cpu.mmu.jc_guard = if a20 { self.epoch() } else { u64::MAX };
         let id = self.find_block_cached(pc, prev, cs_base, a20)?;
         // Compiled code's indirect exits (and jumps no link serves) to this PC may go
         // straight in from now on, within this epoch (which also vouches for the
@@ -794,7 +793,7 @@ impl TcgVcpu {
         let j = self.jcache[slot];
         if j.pc == pc
             && j.cs_base == cs_base
-            && j.epoch == self.epoch
+            && j.epoch == self.epoch()
             && a20
             && self.cache.get(j.id).is_some()
         {
@@ -809,7 +808,7 @@ impl TcgVcpu {
         self.jcache[slot] = JumpCache {
             pc,
             cs_base,
-            epoch: self.epoch,
+            epoch: self.epoch(),
             id,
         };
         Ok(id)
