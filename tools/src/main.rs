@@ -187,7 +187,7 @@ enum Cmd {
         #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
         gzip_mib: u32,
         /// Work scale of the micro-kernels (see bench-micro --scale).
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, value_parser = parse_scale)]
         micro_scale: f64,
         /// Iterations of the shell loop.
         #[arg(long = "loop", default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(1..))]
@@ -232,7 +232,7 @@ enum Cmd {
         #[arg(long, value_delimiter = ',', value_parser = bench_linux::parse_engine)]
         engines: Vec<&'static bench_linux::Variant>,
         /// Multiplies each kernel's amount of work (1.0: 20M to 400M instructions).
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, value_parser = parse_scale)]
         scale: f64,
         /// Seconds one run may take before it is killed.
         #[arg(long, default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..))]
@@ -247,6 +247,14 @@ enum Cmd {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+/// A micro-kernel work scale: more than 0, at most 1000.
+fn parse_scale(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 1000.0 => Ok(v),
+        _ => Err("expected a number more than 0, at most 1000".into()),
+    }
 }
 
 fn parse_kernel(s: &str) -> Result<Kernel, String> {
@@ -423,11 +431,6 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 },
                 loop_iters,
             };
-            if !(micro_scale > 0.0 && micro_scale <= 1000.0) {
-                return Err(format!(
-                    "--micro-scale {micro_scale}: expected more than 0, at most 1000"
-                ));
-            }
             let need = 2 * u64::from(sizes.md5_mib.max(sizes.gzip_mib)) + 128;
             if u64::from(mem) < need {
                 return Err(format!(
@@ -466,11 +469,6 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             qemu,
             dir,
         } => {
-            if !(scale > 0.0 && scale <= 1000.0) {
-                return Err(format!(
-                    "--scale {scale}: expected more than 0, at most 1000"
-                ));
-            }
             let engines_given = !engines.is_empty();
             let engines = bench_linux::programs(
                 &chosen_engines(engines),
@@ -607,6 +605,9 @@ mod tests {
             &["--loop", "-5"],
             &["--loop", "many"],
             &["--timeout", "0"],
+            &["--micro-scale", "0"],
+            &["--micro-scale", "nan"],
+            &["--micro-scale", "1001"],
         ] {
             let mut argv = vec!["vireo-tools", "bench-linux"];
             argv.extend_from_slice(bad);
