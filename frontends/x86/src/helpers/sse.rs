@@ -511,8 +511,17 @@ fn op(cpu: &mut X86Cpu, args: &[u64]) -> Result<u64, Fault> {
 /// `memchr`, `strchr`...) does, for [`SseHelper::Fast`].
 #[derive(Clone, Copy)]
 enum FastOp {
-    /// A byte-wise operation (destination, source).
-    Bytes(fn(u8, u8) -> u8),
+    /// Byte-wise: equal (all ones or zero), minimum, maximum, sum, difference.
+    Eq,
+    Min,
+    Max,
+    Add,
+    Sub,
+    /// Bit-wise: and, and-not (of the destination), or, xor.
+    And,
+    AndNot,
+    Or,
+    Xor,
     /// The source into the destination register.
     Move,
     /// PMOVMSKB: the top bit of every source byte, as a value.
@@ -522,15 +531,15 @@ enum FastOp {
 fn fast_op(mn: Mnemonic) -> Option<FastOp> {
     use Mnemonic as M;
     Some(match mn {
-        M::Pcmpeqb => FastOp::Bytes(|x, y| if x == y { 0xff } else { 0 }),
-        M::Pminub => FastOp::Bytes(u8::min),
-        M::Pmaxub => FastOp::Bytes(u8::max),
-        M::Paddb => FastOp::Bytes(u8::wrapping_add),
-        M::Psubb => FastOp::Bytes(u8::wrapping_sub),
-        M::Pand | M::Andps | M::Andpd => FastOp::Bytes(|x, y| x & y),
-        M::Pandn | M::Andnps | M::Andnpd => FastOp::Bytes(|x, y| !x & y),
-        M::Por | M::Orps | M::Orpd => FastOp::Bytes(|x, y| x | y),
-        M::Pxor | M::Xorps | M::Xorpd => FastOp::Bytes(|x, y| x ^ y),
+        M::Pcmpeqb => FastOp::Eq,
+        M::Pminub => FastOp::Min,
+        M::Pmaxub => FastOp::Max,
+        M::Paddb => FastOp::Add,
+        M::Psubb => FastOp::Sub,
+        M::Pand | M::Andps | M::Andpd => FastOp::And,
+        M::Pandn | M::Andnps | M::Andnpd => FastOp::AndNot,
+        M::Por | M::Orps | M::Orpd => FastOp::Or,
+        M::Pxor | M::Xorps | M::Xorpd => FastOp::Xor,
         M::Movdqa | M::Movdqu | M::Movaps | M::Movups | M::Movapd | M::Movupd => FastOp::Move,
         M::Pmovmskb => FastOp::MoveMask,
         _ => return None,
@@ -542,18 +551,29 @@ pub fn fast_handles(mn: Mnemonic) -> bool {
     fast_op(mn).is_some()
 }
 
-/// Those forms, byte-wise on arrays the host compiler vectorizes: the same results
-/// as the general path (`int_op`), without its dispatch. `None` for other mnemonics.
+/// Those forms, byte-wise on arrays the host compiler vectorizes (each operation
+/// its own loop): the same results as the general path (`int_op`), without its
+/// dispatch. `None` for other mnemonics.
 fn xmm_fast(cpu: &mut X86Cpu, mn: Mnemonic, dst: usize, s: u128) -> Option<u64> {
+    #[inline(always)]
+    fn bytewise(reg: &mut [u8; 16], b: [u8; 16], f: impl Fn(u8, u8) -> u8) -> u64 {
+        for (d, s) in reg.iter_mut().zip(b) {
+            *d = f(*d, s);
+        }
+        0
+    }
     let b = s.to_le_bytes();
     let reg = &mut cpu.state.fpu.xmm[dst & 15];
     Some(match fast_op(mn)? {
-        FastOp::Bytes(f) => {
-            for (d, s) in reg.iter_mut().zip(b) {
-                *d = f(*d, s);
-            }
-            0
-        }
+        FastOp::Eq => bytewise(reg, b, |x, y| if x == y { 0xff } else { 0 }),
+        FastOp::Min => bytewise(reg, b, u8::min),
+        FastOp::Max => bytewise(reg, b, u8::max),
+        FastOp::Add => bytewise(reg, b, u8::wrapping_add),
+        FastOp::Sub => bytewise(reg, b, u8::wrapping_sub),
+        FastOp::And => bytewise(reg, b, |x, y| x & y),
+        FastOp::AndNot => bytewise(reg, b, |x, y| !x & y),
+        FastOp::Or => bytewise(reg, b, |x, y| x | y),
+        FastOp::Xor => bytewise(reg, b, |x, y| x ^ y),
         FastOp::Move => {
             *reg = b;
             0
