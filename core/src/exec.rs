@@ -136,7 +136,7 @@ pub unsafe trait DirectGlobals {
     }
     /// A function that computes helper `h` on the environment and up to three
     /// arguments (missing ones are 0), for helpers that never fault, never raise the
-    /// stop request, read and write no IR global (only other state of the
+    /// stop request or set a chain guard, read and write no IR global (only other state of the
     /// environment) and never panic: a JIT calls it without syncing anything
     /// (through a minimal trampoline) instead of going through [`GuestEnv::call`].
     /// It must do what `call(h, args)` does.

@@ -167,6 +167,22 @@ pub enum Cond {
 }
 
 impl Cond {
+    /// The condition that holds exactly when `self` does not.
+    pub fn invert(self) -> Cond {
+        match self {
+            Cond::Eq => Cond::Ne,
+            Cond::Ne => Cond::Eq,
+            Cond::Ltu => Cond::Geu,
+            Cond::Geu => Cond::Ltu,
+            Cond::Leu => Cond::Gtu,
+            Cond::Gtu => Cond::Leu,
+            Cond::Lt => Cond::Ge,
+            Cond::Ge => Cond::Lt,
+            Cond::Le => Cond::Gt,
+            Cond::Gt => Cond::Le,
+        }
+    }
+
     /// Evaluates the condition on two values of width `size`.
     pub fn eval(self, size: Size, a: u64, b: u64) -> bool {
         let (ua, ub) = (size.trunc(a), size.trunc(b));

@@ -17,11 +17,12 @@
 //! Knowledge is kept per straight-line region (it ends at each label). The passes keep
 //! the number of temps and labels, so a block stays valid.
 
-use crate::ir::{BinOp, Block, Effects, Global, Op, Size, Temp};
+use crate::ir::{BinOp, Block, Cond, Effects, Global, Op, Size, Temp};
 use std::collections::HashMap;
 
 /// Runs all passes on `block`.
 pub fn optimize(block: &mut Block) {
+    narrow_extensions(block);
     forward(block);
     dead_global_stores(block);
     dead_temps(block);
@@ -92,6 +93,9 @@ struct Known {
     copy: Vec<Option<Temp>>,
     /// The temp holding each plain global's current value.
     globals: HashMap<Global, Temp>,
+    /// `setcc[t] = Some((cond, size, a, b))`: `t` holds `a cond b` (0 or 1), with
+    /// `a` and `b` holding the values compared.
+    setcc: Vec<Option<(Cond, Size, Temp, Temp)>>,
     /// Assignments of each temp in the block (a temp assigned once needs no
     /// invalidation scan: nothing can refer to it before its assignment).
     defs: Vec<u32>,
@@ -103,6 +107,7 @@ impl Known {
         self.fits.fill(None);
         self.copy.fill(None);
         self.globals.clear();
+        self.setcc.fill(None);
     }
 
     fn resolve(&self, t: Temp) -> Temp {
@@ -122,6 +127,7 @@ impl Known {
         self.konst[i] = None;
         self.fits[i] = None;
         self.copy[i] = None;
+        self.setcc[i] = None;
         if self.defs[i] > 1 {
             for c in self.copy.iter_mut() {
                 if *c == Some(t) {
@@ -129,6 +135,11 @@ impl Known {
                 }
             }
             self.globals.retain(|_, v| *v != t);
+            for c in self.setcc.iter_mut() {
+                if matches!(*c, Some((_, _, a, b)) if a == t || b == t) {
+                    *c = None;
+                }
+            }
         }
     }
 
@@ -201,6 +212,7 @@ fn forward(block: &mut Block) {
         fits: vec![None; n],
         copy: vec![None; n],
         globals: HashMap::new(),
+        setcc: vec![None; n],
         defs: vec![0; n],
     };
     for op in &block.ops {
@@ -226,11 +238,22 @@ fn forward(block: &mut Block) {
                 b,
             } => {
                 let (ka, kb) = (k.konst(a), k.konst(b));
-                match (ka, kb) {
-                    (Some(x), Some(y)) => Some(Op::Const {
+                let setcc = k.setcc.get(a.0 as usize).copied().flatten();
+                match (ka, kb, setcc) {
+                    (Some(x), Some(y), _) => Some(Op::Const {
                         dst,
                         value: bop.eval(size, x, y),
                     }),
+                    // A comparison's result flipped: the opposite comparison.
+                    (_, Some(1), Some((cond, csize, ca, cb))) if bop == BinOp::Xor => {
+                        Some(Op::SetCond {
+                            cond: cond.invert(),
+                            size: csize,
+                            dst,
+                            a: ca,
+                            b: cb,
+                        })
+                    }
                     _ => identity(bop, a, b, ka, kb).map(|x| trunc_of(dst, x, size)),
                 }
             }
@@ -273,6 +296,20 @@ fn forward(block: &mut Block) {
                     dst,
                     value: u64::from(cond.eval(size, x, y)),
                 }),
+                // A comparison's result (0 or 1) compared with 0: that comparison or
+                // its opposite.
+                (None, Some(0)) if matches!(cond, Cond::Eq | Cond::Ne) => k
+                    .setcc
+                    .get(a.0 as usize)
+                    .copied()
+                    .flatten()
+                    .map(|(c, csize, ca, cb)| Op::SetCond {
+                        cond: if cond == Cond::Eq { c.invert() } else { c },
+                        size: csize,
+                        dst,
+                        a: ca,
+                        b: cb,
+                    }),
                 _ => None,
             },
             Op::Select { dst, cond, a, b } => k.konst(cond).map(|c| Op::Mov {
@@ -316,7 +353,20 @@ fn forward(block: &mut Block) {
                 signed: false,
                 ..
             } => k.set_fits(dst, Some(from)),
-            Op::SetCond { dst, .. } => k.set_fits(dst, Some(Size::B8)),
+            Op::SetCond {
+                cond,
+                size,
+                dst,
+                a,
+                b,
+            } => {
+                k.set_fits(dst, Some(Size::B8));
+                if dst != a && dst != b {
+                    if let Some(c) = k.setcc.get_mut(dst.0 as usize) {
+                        *c = Some((cond, size, a, b));
+                    }
+                }
+            }
             Op::Load {
                 dst,
                 size,
@@ -335,6 +385,62 @@ fn forward(block: &mut Block) {
         }
     }
     retain_kept(block, &keep);
+}
+
+/// The low bits of each temp that some op reads (64 where unknown): an op at a width
+/// reads only that many bits of its operands (the IR's semantics, see
+/// [`BinOp::eval`]), an extension only its `from` bits, a store only its size.
+fn demanded_bits(block: &Block) -> Vec<u32> {
+    let mut demand = vec![0u32; block.temps as usize];
+    let mut need = |t: Temp, bits: u32| {
+        if let Some(d) = demand.get_mut(t.0 as usize) {
+            *d = (*d).max(bits);
+        }
+    };
+    for op in &block.ops {
+        match *op {
+            Op::Bin { size, a, b, .. } | Op::SetCond { size, a, b, .. } => {
+                need(a, size.bits());
+                need(b, size.bits());
+            }
+            Op::Un { size, a, .. } => need(a, size.bits()),
+            Op::Ext { src, from, .. } => need(src, from.bits()),
+            Op::Store {
+                addr, val, size, ..
+            } => {
+                need(addr, 64);
+                need(val, size.bits());
+            }
+            ref o => {
+                let d = o.dst();
+                for t in o.temps() {
+                    // An op's result is not one of its reads (unless it is also an
+                    // operand, which `temps` then lists twice).
+                    if Some(t) != d || o.temps().iter().filter(|&&x| x == t).count() > 1 {
+                        need(t, 64);
+                    }
+                }
+            }
+        }
+    }
+    demand
+}
+
+/// An extension whose result is read only in bits its source already holds (a
+/// register zero-extended, then added at 32 bits) is a move: the copy propagation
+/// that follows lets its readers take the source.
+fn narrow_extensions(block: &mut Block) {
+    let demand = demanded_bits(block);
+    for op in block.ops.iter_mut() {
+        if let Op::Ext { dst, src, from, .. } = *op {
+            if demand
+                .get(dst.0 as usize)
+                .is_some_and(|&d| d <= from.bits())
+            {
+                *op = Op::Mov { dst, src };
+            }
+        }
+    }
 }
 
 /// Drops `Set`s of plain globals that a later `Set` of the same global overwrites
@@ -494,6 +600,9 @@ mod tests {
         let s64 = b.ext(s32, Size::B32, true);
         b.set(Global::Gpr(0), s32);
         b.set(Global::Gpr(1), s64);
+        let q = b.get(Global::Gpr(2));
+        let q32 = b.ext(q, Size::B32, false);
+        b.set(Global::Gpr(3), q32);
         b.exit(ExitKind::Indirect);
         let mut blk = b.finish();
         optimize(&mut blk);
@@ -506,9 +615,41 @@ mod tests {
                 _ => None,
             })
             .collect();
-        // The first zero-extension (of a 64-bit register) stays; the zero-extension
-        // of a 32-bit result goes; a sign extension from the same width stays.
-        assert_eq!(exts, [(Size::B32, false), (Size::B32, true)], "{blk}");
+        // The zero-extension of a 32-bit result goes, and so does that of a register
+        // only a 32-bit add reads; a sign extension from the same width stays, and so
+        // does the zero-extension of a register stored whole.
+        assert_eq!(exts, [(Size::B32, true), (Size::B32, false)], "{blk}");
+    }
+
+    /// Flipping a comparison's result is the opposite comparison.
+    #[test]
+    fn a_flipped_comparison_is_the_opposite_one() {
+        let mut b = Builder::new(0);
+        b.insn_start(0, 2);
+        let x = b.get(Global::Gpr(0));
+        let zero = b.konst(0);
+        let eq = b.setcond(Cond::Eq, Size::B32, x, zero);
+        let one = b.konst(1);
+        let ne = b.bin(BinOp::Xor, Size::B64, eq, one);
+        b.set(Global::Gpr(1), ne);
+        // (x <u y) == 0 is x >=u y.
+        let y = b.get(Global::Gpr(2));
+        let lt = b.setcond(Cond::Ltu, Size::B16, x, y);
+        let ge = b.setcond(Cond::Eq, Size::B64, lt, zero);
+        b.set(Global::Gpr(3), ge);
+        b.exit(ExitKind::Indirect);
+        let mut blk = b.finish();
+        optimize(&mut blk);
+        let conds: Vec<Cond> = blk
+            .ops
+            .iter()
+            .filter_map(|o| match *o {
+                Op::SetCond { cond, .. } => Some(cond),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(conds, [Cond::Ne, Cond::Geu], "{blk}");
+        assert_eq!(count(&blk, |o| matches!(o, Op::Bin { .. })), 0, "{blk}");
     }
 
     #[test]

@@ -7,23 +7,26 @@
 //! | `rbx` | the [`Ctx`] |
 //! | `r12` | the environment (`*mut E`): direct globals are `[r12 + offset]` |
 //! | `r13` | the temp area: temp `n` is `[r13 + 8n]` |
-//! | `[rsp]` | the PC of the current instruction (reported with a fault) |
+//! | `[rsp]` | the PC of the current instruction without the instruction hooks (with them, the `pc` hook holds it) |
 //! | `rax`, `rcx`, `rdx`, `rsi`, `rdi`, `r8`-`r11` | scratch |
 //!
 //! The block is `extern "C" fn(ctx, env, temps) -> u64`; it returns [`RET_FAULT`]
 //! (a fault or a panic is parked in the context, `ctx.pc` is the instruction's PC),
 //! [`RET_STOP`] (`ctx.pc` is the PC to stop at) or `RET_EXIT + k` for an exit of kind
-//! `k` (see [`exit_of`]; the target of a `Jump` or `Pause` is in `ctx.target`).
+//! `k` (see [`exit_of`]; the target of a `Jump` or `Pause` is in `ctx.target`). Its
+//! epilogue records its cell in `ctx.last`.
 //!
 //! **Chaining.** After the prologue is the block's *chain entry*, where another
-//! block with the same frame may jump straight in: it records the block's PC and
-//! cell (`ctx.last`). A `Jump` exit to a PC one of the block's two chain slots serves
+//! block with the same frame may jump straight in (nothing is stored there with the
+//! instruction hooks). A `Jump` exit to a PC one of the block's two chain slots serves
 //! loads the slot (the target's cell, or 0), the target's chain entry from it (0 once
-//! the target was dropped), and jumps there if the run may go on: fewer than
-//! `ctx.limit` instructions started, the four bytes at `ctx.flags` clear (the vCPU's
-//! kick / interrupt / event flags) and the environment's guard bools clear (the stop
-//! request, the interrupt shadow). Otherwise it returns as any exit does. Code is
-//! never patched: the slots are data in the cell.
+//! the target was dropped), and jumps there if the run may go on: the environment's
+//! instruction counter below `ctx.limit`, the four bytes at `ctx.flags` clear (the
+//! vCPU's kick / interrupt / event flags) and, after a block that may have changed
+//! them, the environment's guard bools clear (the stop request, the interrupt
+//! shadow; `JitCache::run_chained` lets nothing chain if one is set at the start).
+//! Otherwise it returns as any exit does. Code is never patched: the slots are data
+//! in the cell.
 
 // dynasm's dynamic registers (`Rq(r)`) expand to `r.into()`.
 #![allow(clippy::useless_conversion)]
@@ -48,7 +51,6 @@ const RCX: u8 = 1;
 const RDX: u8 = 2;
 
 const CTX_PC: i32 = offset_of!(Ctx, pc) as i32;
-const CTX_INSNS: i32 = offset_of!(Ctx, insns) as i32;
 
 const CTX_LIMIT: i32 = offset_of!(Ctx, limit) as i32;
 const CTX_FLAGS: i32 = offset_of!(Ctx, flags) as i32;
@@ -128,8 +130,15 @@ struct Gen<'a> {
     /// The block has code that may call into the environment (then any path, also
     /// a backward branch, may reach a label after such a call).
     has_calls: bool,
+    /// The block may raise the stop request or set a chain guard (a store, a call
+    /// into the environment): its chaining checks them ([`guard_risk`]).
+    guard_risk: bool,
     /// Temps that are constants (see [`Allocation::konst`]).
     konst: Vec<Option<u64>>,
+    /// Reads of each temp in the block.
+    uses: Vec<u32>,
+    /// The op just compiled was a comparison that also did the `BrIf` after it.
+    fused: bool,
     /// The block's shared indirect-exit-table lookups, for `Jump` exits (0) and
     /// `Indirect` exits (1), emitted after its code when used.
     ind_tails: [Option<DynamicLabel>; 2],
@@ -147,6 +156,31 @@ fn wants_pc<E: DirectGlobals>(op: &Op) -> bool {
     match op {
         Op::Get { src: g, .. } | Op::Set { dst: g, .. } => direct::<E>(*g).is_none(),
         Op::Load { .. } | Op::Store { .. } | Op::Call { .. } | Op::Raise { .. } => true,
+        _ => false,
+    }
+}
+
+/// Whether `op` may raise the environment's stop request or set one of its chain
+/// guards: only code that calls into the environment with effects may (a store, which
+/// may hit code; a helper; a global that is not a plain field). Loads and the plain
+/// functions of [`DirectGlobals::pure_fn`]/[`DirectGlobals::env_fn`] cannot; a `Raise`
+/// leaves the block.
+fn guard_risk<E: DirectGlobals>(op: &Op) -> bool {
+    match op {
+        Op::Get { src: g, .. } | Op::Set { dst: g, .. } => direct::<E>(*g).is_none(),
+        Op::Store { .. } => true,
+        Op::Call {
+            helper,
+            args,
+            effects,
+            ..
+        } => {
+            let pure = *effects == vireo_core::ir::Effects::PURE
+                && args.len() <= 4
+                && E::pure_fn(*helper).is_some();
+            let env = args.len() <= 3 && E::env_fn(*helper).is_some();
+            !(pure || env)
+        }
         _ => false,
     }
 }
@@ -335,6 +369,23 @@ struct Allocation {
     konst: Vec<Option<u64>>,
 }
 
+/// The number of reads of each temp in `block`.
+fn reads(block: &Block) -> Vec<u32> {
+    let mut n = vec![0u32; block.temps as usize];
+    for op in &block.ops {
+        let d = op.dst();
+        for t in op.temps() {
+            if Some(t) == d && defs_once(op, t) {
+                continue;
+            }
+            if let Some(c) = n.get_mut(t.0 as usize) {
+                *c += 1;
+            }
+        }
+    }
+    n
+}
+
 /// Whether `t`, the op's result, is not also one of its operands.
 fn defs_once(op: &Op, t: Temp) -> bool {
     op.temps().iter().filter(|x| **x == t).count() == 1
@@ -394,12 +445,15 @@ pub fn compile<E: GuestEnv + DirectGlobals>(
         stop_stubs: Vec::new(),
         label_needs_pc: labels_needing_pc::<E>(block),
         konst,
+        uses: reads(block),
+        fused: false,
         has_calls: block.ops.iter().any(wants_pc::<E>),
+        guard_risk: block.ops.iter().any(guard_risk::<E>),
         ind_tails: [None; 2],
         go: None,
         slot_tail: None,
     };
-    let chain_entry = g.prologue();
+    let chain_entry = g.prologue::<E>();
     for (i, op) in block.ops.iter().enumerate() {
         g.cur = i;
         g.op::<E>(op)?;
@@ -417,8 +471,8 @@ pub fn compile<E: GuestEnv + DirectGlobals>(
     g.slow_paths::<E>();
     g.stop_exits::<E>();
     g.indirect_tails::<E>();
-    g.go_tail();
-    g.epilogue();
+    g.go_tail::<E>();
+    g.epilogue::<E>();
     let slot_targets = g.slot_targets;
     let code = g.ops.finalize().map_err(|e| JitError::Asm(e.to_string()))?;
     Ok(Compiled {
@@ -435,10 +489,10 @@ fn toff(t: Temp) -> i32 {
 }
 
 impl Gen<'_> {
-    /// The prologue; returns the offset of the chain entry that follows it.
-    fn prologue(&mut self) -> usize {
-        let pc = self.block.pc as i64;
-        let cell = self.cell as i64;
+    /// The prologue; returns the offset of the chain entry that follows it. With
+    /// the instruction hooks nothing is stored at the chain entry: the PC goes to the
+    /// `pc` hook before anything can fault, and `ctx.last` is set on the way out.
+    fn prologue<E: DirectGlobals>(&mut self) -> usize {
         dynasm!(self.ops
             ; .arch x64
             ; push rbp
@@ -454,25 +508,37 @@ impl Gen<'_> {
             ; mov r13, rdx
         );
         let chain_entry = self.ops.offset().0;
-        dynasm!(self.ops
-            ; .arch x64
-            ; mov rax, QWORD pc
-            ; mov [rsp], rax
-            ; mov rax, QWORD cell
-            ; mov [rbx + CTX_LAST], rax
-        );
+        if E::insn_hooks().is_none() {
+            let pc = self.block.pc as i64;
+            dynasm!(self.ops
+                ; .arch x64
+                ; mov rax, QWORD pc
+                ; mov [rsp], rax
+            );
+        }
         chain_entry
     }
 
-    fn epilogue(&mut self) {
+    /// The fault path and the epilogue, which records the block as the last one run
+    /// (`ctx.last`).
+    fn epilogue<E: DirectGlobals>(&mut self) {
         let (epilogue, fault) = (self.epilogue, self.fault);
+        dynasm!(self.ops ; .arch x64 ; =>fault);
+        match E::insn_hooks() {
+            Some(h) => {
+                let hpc = h.pc as i32;
+                dynasm!(self.ops ; .arch x64 ; mov rax, [r12 + hpc]);
+            }
+            None => dynasm!(self.ops ; .arch x64 ; mov rax, [rsp]),
+        }
+        let cell = self.cell as i64;
         dynasm!(self.ops
             ; .arch x64
-            ; =>fault
-            ; mov rax, [rsp]
             ; mov [rbx + CTX_PC], rax
             ; mov eax, RET_FAULT as i32
             ; =>epilogue
+            ; mov rcx, QWORD cell
+            ; mov [rbx + CTX_LAST], rcx
             ; add rsp, 8
             ; pop r15
             ; pop r14
@@ -608,6 +674,58 @@ impl Gen<'_> {
         }
     }
 
+    /// Whether the block reads temp `t` exactly once.
+    fn read_once(&self, t: Temp) -> bool {
+        self.uses.get(t.0 as usize) == Some(&1)
+    }
+
+    /// Sets the host flags from `a` compared with `b` at width `size` (`a` from its
+    /// register or `rax`, `b` as an immediate, a register or `rcx`).
+    fn compare(&mut self, size: Size, a: Temp, b: Temp) {
+        let ra = match (self.reg(a), self.k(a)) {
+            (Some(r), None) if matches!(size, Size::B32 | Size::B64) => r,
+            _ => {
+                self.ld(RAX, a);
+                RAX
+            }
+        };
+        match (size, self.k32(b)) {
+            (Size::B32, Some(v)) => dynasm!(self.ops ; .arch x64 ; cmp Rd(ra), v),
+            (Size::B64, Some(v)) => dynasm!(self.ops ; .arch x64 ; cmp Rq(ra), v),
+            _ => {
+                let rb = match (self.reg(b), self.k(b)) {
+                    (Some(r), None) => r,
+                    _ => {
+                        self.ld(RCX, b);
+                        RCX
+                    }
+                };
+                match size {
+                    Size::B8 => dynasm!(self.ops ; .arch x64 ; cmp Rb(ra), Rb(rb)),
+                    Size::B16 => dynasm!(self.ops ; .arch x64 ; cmp Rw(ra), Rw(rb)),
+                    Size::B32 => dynasm!(self.ops ; .arch x64 ; cmp Rd(ra), Rd(rb)),
+                    Size::B64 => dynasm!(self.ops ; .arch x64 ; cmp Rq(ra), Rq(rb)),
+                }
+            }
+        }
+    }
+
+    /// Jumps to `l` if `cond` holds for the last comparison.
+    fn jcc(&mut self, cond: Cond, l: DynamicLabel) {
+        match cond {
+            Cond::Eq => dynasm!(self.ops ; .arch x64 ; je =>l),
+            Cond::Ne => dynasm!(self.ops ; .arch x64 ; jne =>l),
+            Cond::Ltu => dynasm!(self.ops ; .arch x64 ; jb =>l),
+            Cond::Leu => dynasm!(self.ops ; .arch x64 ; jbe =>l),
+            Cond::Gtu => dynasm!(self.ops ; .arch x64 ; ja =>l),
+            Cond::Geu => dynasm!(self.ops ; .arch x64 ; jae =>l),
+            Cond::Lt => dynasm!(self.ops ; .arch x64 ; jl =>l),
+            Cond::Le => dynasm!(self.ops ; .arch x64 ; jle =>l),
+            Cond::Gt => dynasm!(self.ops ; .arch x64 ; jg =>l),
+            Cond::Ge => dynasm!(self.ops ; .arch x64 ; jge =>l),
+        }
+    }
+
     /// Leaves through the fault path unless the status in `rax` is OK.
     fn check_status(&mut self) {
         let fault = self.fault;
@@ -622,8 +740,13 @@ impl Gen<'_> {
         self.flush::<E>();
         let (code, target) = exit_code(kind);
         if let Some(t) = target {
-            self.imm(RAX, t);
-            dynasm!(self.ops ; .arch x64 ; mov [rbx + CTX_TARGET], rax);
+            match i32::try_from(t as i64) {
+                Ok(k) => dynasm!(self.ops ; .arch x64 ; mov QWORD [rbx + CTX_TARGET], k),
+                Err(_) => {
+                    self.imm(RAX, t);
+                    dynasm!(self.ops ; .arch x64 ; mov [rbx + CTX_TARGET], rax);
+                }
+            }
         }
         if let ExitKind::Jump(t) = kind {
             if let Some(k) = self.slot_targets.iter().position(|s| *s == Some(t)) {
@@ -767,25 +890,31 @@ impl Gen<'_> {
     }
 
     /// The shared end of chaining: with a live block's entry in `rax` and an exit's
-    /// return code in `esi`, jumps into the block if the run may go on, else returns
-    /// the code.
-    fn go_tail(&mut self) {
-        let (Some(go), Some(guards)) = (self.go, self.guards.clone()) else {
+    /// return code in `esi`, jumps into the block if the run may go on (the
+    /// environment's counter below `ctx.limit`, the wake-up flags clear and, if the
+    /// block may have changed them, the stop request and chain guards clear: at the
+    /// run's start they are, or the limit is already reached), else returns the code.
+    fn go_tail<E: DirectGlobals>(&mut self) {
+        let (Some(go), Some(guards), Some(h)) = (self.go, self.guards.clone(), E::insn_hooks())
+        else {
             return;
         };
         let epilogue = self.epilogue;
+        let counter = h.counter as i32;
         dynasm!(self.ops
             ; .arch x64
             ; =>go
-            ; mov rcx, [rbx + CTX_INSNS]
+            ; mov rcx, [r12 + counter]
             ; cmp rcx, [rbx + CTX_LIMIT]
             ; jae >fail
             ; mov rcx, [rbx + CTX_FLAGS]
             ; cmp DWORD [rcx], 0
             ; jne >fail
         );
-        for g in guards {
-            dynasm!(self.ops ; .arch x64 ; cmp BYTE [r12 + g], 0 ; jne >fail);
+        if self.guard_risk {
+            for g in guards {
+                dynasm!(self.ops ; .arch x64 ; cmp BYTE [r12 + g], 0 ; jne >fail);
+            }
         }
         dynasm!(self.ops
             ; .arch x64
@@ -904,19 +1033,23 @@ impl Gen<'_> {
                 a,
                 b,
             } => {
-                self.ld(RAX, a);
-                match (size, self.k32(b)) {
-                    (Size::B32, Some(v)) => dynasm!(self.ops ; .arch x64 ; cmp eax, v),
-                    (Size::B64, Some(v)) => dynasm!(self.ops ; .arch x64 ; cmp rax, v),
-                    _ => {
-                        self.ld(RCX, b);
-                        match size {
-                            Size::B8 => dynasm!(self.ops ; .arch x64 ; cmp al, cl),
-                            Size::B16 => dynasm!(self.ops ; .arch x64 ; cmp ax, cx),
-                            Size::B32 => dynasm!(self.ops ; .arch x64 ; cmp eax, ecx),
-                            Size::B64 => dynasm!(self.ops ; .arch x64 ; cmp rax, rcx),
-                        }
+                // A comparison only the branch right after it reads: compare and
+                // branch (the branch's bookkeeping first, it may touch the flags).
+                let branch = match self.block.ops.get(self.cur + 1) {
+                    Some(&Op::BrIf { cond: c, target }) if c == dst && self.read_once(dst) => {
+                        let n = target.0;
+                        let l = self.label(n)?;
+                        self.flush::<E>();
+                        self.pc_for_label::<E>(n);
+                        Some(l)
                     }
+                    _ => None,
+                };
+                self.compare(size, a, b);
+                if let Some(l) = branch {
+                    self.jcc(cond, l);
+                    self.fused = true;
+                    return Ok(());
                 }
                 match cond {
                     Cond::Eq => dynasm!(self.ops ; .arch x64 ; sete al),
@@ -1031,6 +1164,7 @@ impl Gen<'_> {
                 self.pc_for_label::<E>(n);
                 dynasm!(self.ops ; .arch x64 ; jmp =>l);
             }
+            Op::BrIf { .. } if std::mem::take(&mut self.fused) => {}
             Op::BrIf { cond, target } => {
                 let n = target.0;
                 let l = self.label(n)?;
@@ -1139,12 +1273,25 @@ impl Gen<'_> {
         let mask = ((1u32 << t.index_bits) - 1) as i32;
         let shift = t.entry_shift as i8;
         let last = size.bytes() as i32 - 1;
+        if shift <= 12 {
+            // ((la >> 12) & mask) << shift, in two steps.
+            dynasm!(self.ops
+                ; .arch x64
+                ; mov rax, rsi
+                ; shr rax, 12 - shift
+                ; and eax, mask << shift
+            );
+        } else {
+            dynasm!(self.ops
+                ; .arch x64
+                ; mov rax, rsi
+                ; shr rax, 12
+                ; and eax, mask
+                ; shl eax, shift
+            );
+        }
         dynasm!(self.ops
             ; .arch x64
-            ; mov rax, rsi
-            ; shr rax, 12
-            ; and eax, mask
-            ; shl eax, shift
             ; lea rcx, [rsi + last]
             ; shr rcx, 12
             ; cmp rcx, QWORD [r12 + rax + tag]
@@ -1217,7 +1364,8 @@ impl Gen<'_> {
         }
     }
 
-    /// Adds (`add`) or takes back `n` instructions from both counters.
+    /// Adds (`add`) or takes back `n` instructions from the environment's counter
+    /// (with the hooks, the run's count is the counter's difference).
     fn count<E: GuestEnv + DirectGlobals>(&mut self, n: u32, add: bool) {
         let Some(h) = E::insn_hooks() else {
             return;
@@ -1228,17 +1376,21 @@ impl Gen<'_> {
         let counter = h.counter as i32;
         let n = n as i32;
         if add {
-            dynasm!(self.ops
-                ; .arch x64
-                ; add QWORD [r12 + counter], n
-                ; add QWORD [rbx + CTX_INSNS], n
-            );
+            dynasm!(self.ops ; .arch x64 ; add QWORD [r12 + counter], n);
         } else {
-            dynasm!(self.ops
-                ; .arch x64
-                ; sub QWORD [r12 + counter], n
-                ; sub QWORD [rbx + CTX_INSNS], n
-            );
+            dynasm!(self.ops ; .arch x64 ; sub QWORD [r12 + counter], n);
+        }
+    }
+
+    /// Stores `v` to the environment's `u64` at `off` (one instruction when `v` is a
+    /// sign-extended 32-bit immediate).
+    fn store_imm(&mut self, off: i32, v: u64) {
+        match i32::try_from(v as i64) {
+            Ok(k) => dynasm!(self.ops ; .arch x64 ; mov QWORD [r12 + off], k),
+            Err(_) => {
+                self.imm(RAX, v);
+                dynasm!(self.ops ; .arch x64 ; mov [r12 + off], rax);
+            }
         }
     }
 
@@ -1263,12 +1415,7 @@ impl Gen<'_> {
         }
         if let Some(h) = E::insn_hooks() {
             let hpc = h.pc as i32;
-            self.imm(RAX, self.book.pc);
-            dynasm!(self.ops
-                ; .arch x64
-                ; mov [rsp], rax
-                ; mov [r12 + hpc], rax
-            );
+            self.store_imm(hpc, self.book.pc);
         }
         self.book.pc_synced = true;
     }
@@ -1355,11 +1502,18 @@ impl Gen<'_> {
         if !(matches!(op, Add | Sub | And | Or | Xor | Mul) || (shift && kb.is_some())) {
             return false;
         }
-        let d = self.reg(dst).unwrap_or(RAX);
-        // `b` in `d` would be overwritten by `a` first.
-        if b != a && self.reg(b) == Some(d) {
-            return false;
+        let mut d = self.reg(dst).unwrap_or(RAX);
+        let (mut a, mut b) = (a, b);
+        // `b` in `d` would be overwritten by `a` first: take the operands the other
+        // way round if the operation allows, else compute in `rax`.
+        if b != a && self.reg(b) == Some(d) && self.k(b).is_none() {
+            if matches!(op, Add | And | Or | Xor | Mul) {
+                (a, b) = (b, a);
+            } else {
+                d = RAX;
+            }
         }
+        let kb = self.k(b);
         self.ld(d, a);
         if shift {
             let n = (kb.unwrap_or(0) % u64::from(size.bits())) as i8;

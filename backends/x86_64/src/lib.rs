@@ -129,6 +129,8 @@ pub struct JitCache<E> {
     max_temps: usize,
     /// Blocks by PC for indirect exits (boxed: generated code holds its address).
     ind: Box<[IndEntry]>,
+    /// The offsets of the environment's stop request and chain guards (asked once).
+    guard_offsets: std::cell::OnceCell<Box<[usize]>>,
     gen: u64,
     used: usize,
     limit: usize,
@@ -189,6 +191,7 @@ impl<E> JitCache<E> {
             cells_used: CELLS,
             max_temps: 1,
             ind: vec![IND_EMPTY; IND_SIZE].into_boxed_slice(),
+            guard_offsets: std::cell::OnceCell::new(),
             gen: 0,
             used: 0,
             limit,
@@ -371,6 +374,24 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
         if !self.is_live(b) {
             return None;
         }
+        // With the instruction hooks, generated code counts in the environment's
+        // counter only and checks it against an absolute limit; it checks the stop
+        // request and chain guards only after blocks that may change them, so if one
+        // is already set the run stops after this block.
+        let hooks = E::insn_hooks();
+        let start = hooks.map(|h| {
+            let count = read_u64(env, h.counter);
+            let guards = self
+                .guard_offsets
+                .get_or_init(|| std::iter::once(h.stop).chain(E::chain_guards()).collect());
+            let clear = guards.iter().all(|&o| !read_bool(env, o));
+            (h.counter, count, clear)
+        });
+        let limit = match start {
+            Some((_, count, true)) => count.saturating_add(limit),
+            Some((_, count, false)) => count,
+            None => limit,
+        };
         let mut ctx = tramp::Ctx {
             env: (env as *mut E).cast::<u8>(),
             insns: 0,
@@ -402,11 +423,14 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
             let f: Entry = std::mem::transmute::<usize, Entry>(b.entry);
             f(&mut ctx, ctx.env, state.temps.as_mut_ptr())
         };
-        state.insns += ctx.insns;
+        state.insns += match start {
+            Some((counter, count, _)) => read_u64(env, counter).wrapping_sub(count),
+            None => ctx.insns,
+        };
         if let Some(p) = ctx.panic.take() {
             std::panic::resume_unwind(p);
         }
-        // SAFETY: `ctx.last` is the cell of the block that returned (set at its entry):
+        // SAFETY: `ctx.last` is the cell of the block that returned (set in its epilogue):
         // a cell of this generation, in `self.cells`.
         let tag = unsafe { (*(ctx.last as *const Cell)).tag };
         let outcome = match code {
@@ -426,6 +450,21 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
             chained: ctx.chains,
         })
     }
+}
+
+/// The `u64` at byte offset `off` of `env`, an offset [`DirectGlobals::insn_hooks`]
+/// names.
+fn read_u64<E: DirectGlobals>(env: &E, off: usize) -> u64 {
+    // SAFETY: `DirectGlobals` vouches that the hooks' counter offset is that of a
+    // `u64` inside `E` (so in bounds and aligned); `env` is borrowed for the read.
+    unsafe { std::ptr::read((env as *const E).cast::<u8>().add(off).cast::<u64>()) }
+}
+
+/// The `bool` at byte offset `off` of `env`, the hooks' stop request or a chain guard.
+fn read_bool<E: DirectGlobals>(env: &E, off: usize) -> bool {
+    // SAFETY: `DirectGlobals` vouches that these offsets are those of `bool`s inside
+    // `E`; `env` is borrowed for the read.
+    unsafe { std::ptr::read((env as *const E).cast::<u8>().add(off).cast::<bool>()) }
 }
 
 /// How a [`JitCache::run_chained`] ended.

@@ -587,7 +587,27 @@ fn random_op(
         }
         80..=84 => {
             let l = b.label();
-            b.br_if(pick(rng), l);
+            // Half the time on a comparison only the branch reads (compiled as a
+            // compare-and-branch), sometimes flipped (the IR passes invert it).
+            let c = if rng.chance(50) {
+                let c = b.temp();
+                b.push(Op::SetCond {
+                    cond: rng.pick(&CONDS),
+                    size: rng.size(),
+                    dst: c,
+                    a: pick(rng),
+                    b: pick(rng),
+                });
+                if rng.chance(30) {
+                    let one = b.konst(1);
+                    b.bin(BinOp::Xor, rng.size(), c, one)
+                } else {
+                    c
+                }
+            } else {
+                pick(rng)
+            };
+            b.br_if(c, l);
             pending.push(l);
         }
         85 => {

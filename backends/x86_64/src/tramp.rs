@@ -26,17 +26,19 @@ pub const ST_STOP: u64 = 3;
 pub struct Ctx {
     /// The environment (`*mut E`).
     pub env: *mut u8,
-    /// Guest instructions started by this run.
+    /// Guest instructions started by this run (without the instruction hooks; with
+    /// them, the environment's counter counts).
     pub insns: u64,
     /// The PC of a fault (the current instruction's) or of a stop.
     pub pc: u64,
     pub fault: Option<Fault>,
     pub panic: Option<Box<dyn Any + Send>>,
-    /// Chain to another block only while `insns` is below this.
+    /// Chain to another block only while the environment's counter (with the
+    /// instruction hooks) is below this.
     pub limit: u64,
     /// Four bytes that must all be zero to chain (the vCPU's wake-up flags).
     pub flags: *const u8,
-    /// The [`crate::Cell`] of the block running (set at each block's entry).
+    /// The [`crate::Cell`] of the block that returned (set on its way out).
     pub last: usize,
     /// The target of a `Jump` or `Pause` exit.
     pub target: u64,

@@ -70,7 +70,19 @@ impl Tr {
                 self.b.setcond(Cond::Ltu, size, a, s)
             }
             Some((CcKind::Add, size, d, s)) => self.b.setcond(Cond::Ltu, size, d, s),
-            Some((CcKind::Inc | CcKind::Dec, _, _, s)) => self.b.bini(BinOp::And, Size::B64, s, 1),
+            // Shifts right keep the last bit out in `cc_src`'s bit 0, shifts left in
+            // its bit `size - 1`; a multiply sets CF when the high half is nonzero.
+            Some((CcKind::Inc | CcKind::Dec | CcKind::Sar, _, _, s)) => {
+                self.b.bini(BinOp::And, Size::B64, s, 1)
+            }
+            Some((CcKind::Shl, size, _, s)) => {
+                let top = self.b.bini(BinOp::Shr, Size::B64, s, u64::from(size.bits() - 1));
+                self.b.bini(BinOp::And, Size::B64, top, 1)
+            }
+            Some((CcKind::Mul, _, _, s)) => {
+                let zero = self.b.konst(0);
+                self.b.setcond(Cond::Ne, Size::B64, s, zero)
+            }
             _ => {
                 let f = self.eflags();
                 self.b.bini(BinOp::And, Size::B64, f, CF)

@@ -518,6 +518,49 @@ fn shifts_and_rotates_edge_counts() {
     }
 }
 
+/// INC and DEC keep CF: after a shift or a multiply in the same block the translator
+/// computes it from the known operation inline.
+#[test]
+fn inc_and_dec_keep_the_carry_of_a_shift_or_multiply() {
+    let values = [1u64, 0x81, 0x8000_0001, 0xdead_beef_1234_5678, u64::MAX];
+    for op in [4u8, 5, 7] {
+        for bits in [8u32, 16, 32, 64] {
+            for &v in &values {
+                for count in [1u32, 2, 7, 8, 31, 63] {
+                    for (post, name) in [(0xc1u8, "inc"), (0xc9, "dec")] {
+                        // shift rbx, count; inc/dec ecx.
+                        let mut code = size_prefix(bits);
+                        let w = u8::from(bits != 8);
+                        code.extend([0xc0 + w, 0xc3 | (op << 3), count as u8, 0xff, post]);
+                        let (cpu, end) = exec(M::Long64, &code, &[(3, v), (1, 5)], 0);
+                        assert_eq!(end, End::Halt);
+                        let cmask = if bits == 64 { 63 } else { 31 };
+                        let (_, fl) = ref_shift(op, bits, v, count & cmask, 0);
+                        let cf = fl.map_or(0, |(c, _)| c);
+                        assert_eq!(
+                            cpu.rflags() & CF,
+                            cf,
+                            "op {op} bits {bits} v {v:#x} count {count} then {name}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    for bits in [16u32, 32, 64] {
+        for (a, b) in [(3u64, 5u64), (0x7fff, 2), (0x4000_0000, 4), (u64::MAX, 2), (1 << 40, 1 << 30)] {
+            // imul rbx, rdx; dec ecx: CF set when the product does not fit.
+            let mut code = size_prefix(bits);
+            code.extend([0x0f, 0xaf, 0xda, 0xff, 0xc9]);
+            let (cpu, end) = exec(M::Long64, &code, &[(3, a), (2, b), (1, 5)], 0);
+            assert_eq!(end, End::Halt);
+            let p = sx(bits, a) * sx(bits, b);
+            let fits = sx(bits, p as u64) == p;
+            assert_eq!(cpu.rflags() & CF, u64::from(!fits), "imul {bits} {a:#x} {b:#x}");
+        }
+    }
+}
+
 #[test]
 fn jcc_setcc_cmov_after_every_flag_producer() {
     // cmp/add/and/inc/stc-style producers, then setcc for all 16 conditions into memory.
