@@ -33,6 +33,8 @@ pub enum Command {
 pub struct LogConfig {
     pub categories: Vec<String>,
     pub file: Option<PathBuf>,
+    /// `-dfilter`: guest address ranges (inclusive) the translation logs show.
+    pub dfilter: Option<Vec<(u64, u64)>>,
 }
 
 /// `-d` categories and the log targets they enable (see docs/ARCHITECTURE.md).
@@ -113,6 +115,9 @@ Run control and debugging:
   -no-reboot              exit instead of rebooting on reset or triple fault
   -d CAT[,CAT...]         enable log categories (-d help lists them); RUST_LOG works too
   -D FILE                 write the log to FILE instead of stderr
+  -dfilter RANGE[,RANGE...]
+                          in_asm, op and out_asm only for blocks overlapping a
+                          range: START..LAST, START+LEN or END-LEN
   -h, -help, --help       this text
   -version, --version     version
 Exit status: 0 after ACPI power-off or Ctrl-A X; (value << 1) | 1 after a write of
@@ -459,6 +464,12 @@ pub fn parse(args: &[String]) -> Result<Command> {
                 }
             }
             "-D" => log.file = Some(PathBuf::from(value()?)),
+            "-dfilter" => {
+                let v = value()?;
+                let r = vireo_tcg::dfilter::parse(v)
+                    .map_err(|e| Error::usage(format!("-dfilter {v}: {e}")))?;
+                log.dfilter = Some(r);
+            }
             other => {
                 return Err(Error::usage(format!(
                     "{other}: unknown option (vireo --help lists the options)"
@@ -581,6 +592,8 @@ mod tests {
             &["-serial", "pty"],
             &["-cpu", "pentium9"],
             &["-d", "nonsense"],
+            &["-dfilter", "0x1000"],
+            &["-dfilter", "0x2000..0x1000"],
             &["-device", "isa-debug-exit,iobase=0xffff,iosize=4"],
             &["-serial", "chardev:nope"],
             &["disk.img"],

@@ -23,6 +23,9 @@ pub fn init(cfg: &LogConfig) -> Result<()> {
         })?;
         b.target(env_logger::Target::Pipe(Box::new(f)));
     }
+    if let Some(r) = &cfg.dfilter {
+        vireo_tcg::dfilter::set(r.clone());
+    }
     b.format_timestamp_micros();
     // A second initialisation (tests) is harmless.
     let _ = b.try_init();

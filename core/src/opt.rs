@@ -84,6 +84,13 @@ fn sources_mut(op: &mut Op, mut f: impl FnMut(&mut Temp)) {
     }
 }
 
+/// An operand as common-subexpression keys see it: constants by value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Operand {
+    Temp(Temp),
+    Const(u64),
+}
+
 /// What is known about the temps and globals at a point of a region.
 struct Known {
     konst: Vec<Option<u64>>,
@@ -96,6 +103,10 @@ struct Known {
     /// `setcc[t] = Some((cond, size, a, b))`: `t` holds `a cond b` (0 or 1), with
     /// `a` and `b` holding the values compared.
     setcc: Vec<Option<(Cond, Size, Temp, Temp)>>,
+    /// The temp holding the value of each binary operation computed in the region
+    /// (common subexpressions: an address computed for a load and again for the
+    /// store after it).
+    exprs: HashMap<(BinOp, Size, Operand, Operand), Temp>,
     /// Assignments of each temp in the block (a temp assigned once needs no
     /// invalidation scan: nothing can refer to it before its assignment).
     defs: Vec<u32>,
@@ -108,6 +119,7 @@ impl Known {
         self.copy.fill(None);
         self.globals.clear();
         self.setcc.fill(None);
+        self.exprs.clear();
     }
 
     fn resolve(&self, t: Temp) -> Temp {
@@ -116,6 +128,10 @@ impl Known {
 
     fn konst(&self, t: Temp) -> Option<u64> {
         self.konst.get(t.0 as usize).copied().flatten()
+    }
+
+    fn operand(&self, t: Temp) -> Operand {
+        self.konst(t).map_or(Operand::Temp(t), Operand::Const)
     }
 
     /// `t` is being assigned: what was known about (and through) it ends.
@@ -140,6 +156,9 @@ impl Known {
                     *c = None;
                 }
             }
+            let o = Operand::Temp(t);
+            self.exprs
+                .retain(|&(_, _, a, b), v| a != o && b != o && *v != t);
         }
     }
 
@@ -213,6 +232,7 @@ fn forward(block: &mut Block) {
         copy: vec![None; n],
         globals: HashMap::new(),
         setcc: vec![None; n],
+        exprs: HashMap::new(),
         defs: vec![0; n],
     };
     for op in &block.ops {
@@ -254,7 +274,13 @@ fn forward(block: &mut Block) {
                             b: cb,
                         })
                     }
-                    _ => identity(bop, a, b, ka, kb).map(|x| trunc_of(dst, x, size)),
+                    _ => identity(bop, a, b, ka, kb)
+                        .map(|x| trunc_of(dst, x, size))
+                        .or_else(|| {
+                            let key = (bop, size, k.operand(a), k.operand(b));
+                            let e = k.exprs.get(&key).copied();
+                            e.filter(|&x| x != dst).map(|src| Op::Mov { dst, src })
+                        }),
                 }
             }
             Op::Un {
@@ -346,7 +372,20 @@ fn forward(block: &mut Block) {
                 k.set_fits(dst, k.fits(src));
             }
             // Results at a width are zero-extended from it.
-            Op::Bin { dst, size, .. } | Op::Un { dst, size, .. } => k.set_fits(dst, Some(size)),
+            Op::Bin {
+                op: bop,
+                dst,
+                size,
+                a,
+                b,
+            } => {
+                k.set_fits(dst, Some(size));
+                if dst != a && dst != b {
+                    let key = (bop, size, k.operand(a), k.operand(b));
+                    k.exprs.insert(key, dst);
+                }
+            }
+            Op::Un { dst, size, .. } => k.set_fits(dst, Some(size)),
             Op::Ext {
                 dst,
                 from,
@@ -448,7 +487,15 @@ fn narrow_extensions(block: &mut Block) {
 fn dead_global_stores(block: &mut Block) {
     // An instruction boundary observes the state if a stop request may be pending
     // there: it is the block's first (one may have been raised before the block), or
-    // a store or a call that is not pure ran before it.
+    // a store or a call that is not pure ran since the last boundary (one that saw no
+    // stop request leaves none pending: only a store or a call raises one). After a
+    // label, any such op of the block may have run on the way there.
+    let effect = |op: &Op| match op {
+        Op::Store { .. } => true,
+        Op::Call { effects, .. } => !pure_call(effects),
+        _ => false,
+    };
+    let any_effect = block.ops.iter().any(effect);
     let mut may_stop = vec![false; block.ops.len()];
     let mut seen_effect = false;
     let mut first = true;
@@ -457,9 +504,10 @@ fn dead_global_stores(block: &mut Block) {
             Op::InsnStart { .. } => {
                 may_stop[i] = first || seen_effect;
                 first = false;
+                seen_effect = false;
             }
-            Op::Store { .. } => seen_effect = true,
-            Op::Call { effects, .. } if !pure_call(effects) => seen_effect = true,
+            Op::Label(_) => seen_effect |= any_effect,
+            o if effect(o) => seen_effect = true,
             _ => {}
         }
     }
@@ -619,6 +667,32 @@ mod tests {
         // only a 32-bit add reads; a sign extension from the same width stays, and so
         // does the zero-extension of a register stored whole.
         assert_eq!(exts, [(Size::B32, true), (Size::B32, false)], "{blk}");
+    }
+
+    /// An address computed for a load and again for the store after it is
+    /// computed once.
+    #[test]
+    fn a_repeated_computation_is_reused() {
+        let mut b = Builder::new(0);
+        b.insn_start(0, 4);
+        let base = b.get(Global::Gpr(6));
+        let idx = b.get(Global::Gpr(1));
+        let off = b.bini(BinOp::Shl, Size::B64, idx, 3);
+        let a1 = b.bin(BinOp::Add, Size::B64, base, off);
+        let v = b.load(a1, Size::B64, false, MmuIdx::User);
+        let s = b.bin(BinOp::Add, Size::B64, v, idx);
+        b.insn_start(4, 4);
+        let base2 = b.get(Global::Gpr(6));
+        let idx2 = b.get(Global::Gpr(1));
+        let off2 = b.bini(BinOp::Shl, Size::B64, idx2, 3);
+        let a2 = b.bin(BinOp::Add, Size::B64, base2, off2);
+        b.store(a2, s, Size::B64, MmuIdx::User);
+        b.exit(ExitKind::Indirect);
+        let mut blk = b.finish();
+        optimize(&mut blk);
+        blk.validate().unwrap();
+        // The shift and the address add once, the sum once.
+        assert_eq!(count(&blk, |o| matches!(o, Op::Bin { .. })), 3, "{blk}");
     }
 
     /// Flipping a comparison's result is the opposite comparison.

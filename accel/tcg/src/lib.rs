@@ -10,10 +10,12 @@
 //!   APIC port (register page, MSRs, CR8).
 //! - [`smp`]: several vCPUs round-robin on one thread, sharing one block cache.
 //! - [`frontend`]: the calls into the x86 frontend, in one place.
-//! - [`disas`]: guest disassembly for `-d in_asm`.
+//! - [`disas`]: guest disassembly for `-d in_asm`; [`dfilter`]: which blocks the
+//!   translation logs show (`-dfilter`).
 
 pub mod apic;
 pub mod cache;
+pub mod dfilter;
 pub mod disas;
 pub mod frontend;
 pub mod irq;

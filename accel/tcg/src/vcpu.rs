@@ -912,13 +912,16 @@ impl TcgVcpu {
         } else {
             None
         };
-        self.log_translation(&block, key, page2);
+        let shown = crate::dfilter::allows(linear, u64::from(block.guest_len));
+        if shown {
+            self.log_translation(&block, key, page2);
+        }
         let mut block = block;
         vireo_core::opt::optimize(&mut block);
         let jit = match self.backend {
             Backend::Jit => {
                 self.cache.jit.keep_code =
-                    log::log_enabled!(target: LOG_OUT_ASM, log::Level::Trace);
+                    shown && log::log_enabled!(target: LOG_OUT_ASM, log::Level::Trace);
                 self.cache
                     .make_room(block.ops.len(), &mut self.cpu.mmu.code);
                 self.cache.compile(&block, &mut self.cpu.mmu.code)

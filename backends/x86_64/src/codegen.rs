@@ -249,12 +249,28 @@ struct StopStub {
 struct SlowPath {
     entry: DynamicLabel,
     done: DynamicLabel,
-    store: bool,
+    access: Access,
     packed: i32,
     /// The op it belongs to (which temps live in caller-saved registers across it).
     op: usize,
     /// The bookkeeping at the access (the stub syncs it for the call).
     book: Book,
+}
+
+/// Where a memory access's operands are (the slow path moves them where the
+/// trampolines want them: address in `rsi`, a store's value in `rdx`, a load's
+/// result from `rdx`).
+#[derive(Debug, Clone, Copy)]
+enum Access {
+    Load { addr: u8, dst: u8 },
+    Store { addr: u8, val: Value },
+}
+
+/// A store's value: a register, or a constant.
+#[derive(Debug, Clone, Copy)]
+enum Value {
+    Reg(u8),
+    Imm(u64),
 }
 
 /// Registers temps may live in: two callee-saved (kept across calls), two
@@ -306,11 +322,42 @@ fn allocate(block: &Block) -> Allocation {
             }
         }
     }
+    // Where each label is, and the ops that branch to each.
+    let mut label_at = vec![usize::MAX; block.labels as usize];
+    for &i in &labels {
+        if let Op::Label(l) = block.ops[i] {
+            if let Some(a) = label_at.get_mut(l.0 as usize) {
+                *a = i;
+            }
+        }
+    }
+    let mut branches: Vec<(usize, usize)> = Vec::new(); // (label position, branch position)
+    for (i, op) in block.ops.iter().enumerate() {
+        if let Op::Br(l) | Op::BrIf { target: l, .. } = op {
+            let at = label_at.get(l.0 as usize).copied().unwrap_or(usize::MAX);
+            branches.push((at, i));
+        }
+    }
+    // Each label defined once (else the old rule: no label inside the interval).
+    let unique = labels
+        .iter()
+        .all(|&i| matches!(block.ops[i], Op::Label(x) if label_at.get(x.0 as usize) == Some(&i)));
+    // A path into the interval after the assignment (up to the last use) either runs
+    // the assignment or branches to a label inside it: every branch to such a label
+    // must come from inside too (as to the label after a check's `Raise`).
+    let inside = |d: usize, u: usize, i: usize| d < i && i <= u;
     let straight = |k: usize| {
+        let (d, u) = (first_def[k], last_use[k]);
         defs[k] == 1
-            && first_def[k] < first_use[k]
+            && d < first_use[k]
             && first_use[k] != usize::MAX
-            && !labels.iter().any(|&l| l > first_def[k] && l <= last_use[k])
+            && if unique {
+                branches
+                    .iter()
+                    .all(|&(l, b)| !inside(d, u, l) || inside(d, u, b))
+            } else {
+                !labels.iter().any(|&l| inside(d, u, l))
+            }
     };
     // Constants that qualify are not computed at all: each use takes the value.
     let mut konst = vec![None; n];
@@ -1082,42 +1129,48 @@ impl Gen<'_> {
                 write,
             } => {
                 let packed = tramp::pack_access(size, mmu, write, signed) as i32;
-                self.ld(RSI, addr);
                 let slow = self.ops.new_dynamic_label();
-                let fast = self.fast_lookup::<E>(mmu, size, write, slow);
+                let a = self.addr_reg(addr);
+                let fast = self.fast_lookup::<E>(a, mmu, size, write, slow);
                 if fast {
-                    // rsi + rax is the host address.
+                    // [a + rax] is the host address; the value goes straight to the
+                    // result's register (the slow path puts it there too).
+                    let d = self.reg(dst).unwrap_or(RDX);
                     match (size, signed) {
                         (Size::B8, false) => {
-                            dynasm!(self.ops ; .arch x64 ; movzx edx, BYTE [rsi + rax])
+                            dynasm!(self.ops ; .arch x64 ; movzx Rd(d), BYTE [Rq(a) + rax])
                         }
                         (Size::B8, true) => {
-                            dynasm!(self.ops ; .arch x64 ; movsx rdx, BYTE [rsi + rax])
+                            dynasm!(self.ops ; .arch x64 ; movsx Rq(d), BYTE [Rq(a) + rax])
                         }
                         (Size::B16, false) => {
-                            dynasm!(self.ops ; .arch x64 ; movzx edx, WORD [rsi + rax])
+                            dynasm!(self.ops ; .arch x64 ; movzx Rd(d), WORD [Rq(a) + rax])
                         }
                         (Size::B16, true) => {
-                            dynasm!(self.ops ; .arch x64 ; movsx rdx, WORD [rsi + rax])
+                            dynasm!(self.ops ; .arch x64 ; movsx Rq(d), WORD [Rq(a) + rax])
                         }
                         (Size::B32, false) => {
-                            dynasm!(self.ops ; .arch x64 ; mov edx, DWORD [rsi + rax])
+                            dynasm!(self.ops ; .arch x64 ; mov Rd(d), DWORD [Rq(a) + rax])
                         }
                         (Size::B32, true) => {
-                            dynasm!(self.ops ; .arch x64 ; movsxd rdx, DWORD [rsi + rax])
+                            dynasm!(self.ops ; .arch x64 ; movsxd Rq(d), DWORD [Rq(a) + rax])
                         }
                         (Size::B64, _) => {
-                            dynasm!(self.ops ; .arch x64 ; mov rdx, QWORD [rsi + rax])
+                            dynasm!(self.ops ; .arch x64 ; mov Rq(d), QWORD [Rq(a) + rax])
                         }
                     }
-                    self.slow_path(slow, false, packed);
+                    self.slow_path(slow, Access::Load { addr: a, dst: d }, packed);
+                    self.st(dst, d);
                 } else {
                     self.sync::<E>();
+                    if a != RSI {
+                        dynasm!(self.ops ; .arch x64 ; mov rsi, Rq(a));
+                    }
                     dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov edx, packed);
                     self.call(tramp::load_tramp::<E> as *const () as usize);
                     self.check_status();
+                    self.st(dst, RDX);
                 }
-                self.st(dst, RDX);
             }
             Op::Store {
                 addr,
@@ -1126,20 +1179,60 @@ impl Gen<'_> {
                 mmu,
             } => {
                 let packed = tramp::pack_access(size, mmu, false, false) as i32;
-                self.ld(RSI, addr);
-                self.ld(RDX, val);
                 let slow = self.ops.new_dynamic_label();
-                let fast = self.fast_lookup::<E>(mmu, size, true, slow);
-                if fast {
-                    match size {
-                        Size::B8 => dynasm!(self.ops ; .arch x64 ; mov BYTE [rsi + rax], dl),
-                        Size::B16 => dynasm!(self.ops ; .arch x64 ; mov WORD [rsi + rax], dx),
-                        Size::B32 => dynasm!(self.ops ; .arch x64 ; mov DWORD [rsi + rax], edx),
-                        Size::B64 => dynasm!(self.ops ; .arch x64 ; mov QWORD [rsi + rax], rdx),
+                let a = self.addr_reg(addr);
+                // The value from its register, as an immediate, or from rdx.
+                let v = match (self.reg(val), self.k(val)) {
+                    (_, Some(k)) => Value::Imm(k),
+                    (Some(r), None) => Value::Reg(r),
+                    (None, None) => {
+                        self.ld(RDX, val);
+                        Value::Reg(RDX)
                     }
-                    self.slow_path(slow, true, packed);
+                };
+                let fast = self.fast_lookup::<E>(a, mmu, size, true, slow);
+                if fast {
+                    match (size, v) {
+                        (Size::B8, Value::Reg(r)) => {
+                            dynasm!(self.ops ; .arch x64 ; mov BYTE [Rq(a) + rax], Rb(r))
+                        }
+                        (Size::B16, Value::Reg(r)) => {
+                            dynasm!(self.ops ; .arch x64 ; mov WORD [Rq(a) + rax], Rw(r))
+                        }
+                        (Size::B32, Value::Reg(r)) => {
+                            dynasm!(self.ops ; .arch x64 ; mov DWORD [Rq(a) + rax], Rd(r))
+                        }
+                        (Size::B64, Value::Reg(r)) => {
+                            dynasm!(self.ops ; .arch x64 ; mov QWORD [Rq(a) + rax], Rq(r))
+                        }
+                        (Size::B8, Value::Imm(k)) => {
+                            dynasm!(self.ops ; .arch x64 ; mov BYTE [Rq(a) + rax], k as u8 as i8)
+                        }
+                        (Size::B16, Value::Imm(k)) => {
+                            dynasm!(self.ops ; .arch x64 ; mov WORD [Rq(a) + rax], k as u16 as i16)
+                        }
+                        (Size::B32, Value::Imm(k)) => {
+                            dynasm!(self.ops ; .arch x64 ; mov DWORD [Rq(a) + rax], k as u32 as i32)
+                        }
+                        (Size::B64, Value::Imm(k)) => match i32::try_from(k as i64) {
+                            Ok(i) => dynasm!(self.ops ; .arch x64 ; mov QWORD [Rq(a) + rax], i),
+                            Err(_) => {
+                                self.imm(RCX, k);
+                                dynasm!(self.ops ; .arch x64 ; mov QWORD [Rq(a) + rax], rcx);
+                            }
+                        },
+                    }
+                    self.slow_path(slow, Access::Store { addr: a, val: v }, packed);
                 } else {
                     self.sync::<E>();
+                    if a != RSI {
+                        dynasm!(self.ops ; .arch x64 ; mov rsi, Rq(a));
+                    }
+                    match v {
+                        Value::Reg(RDX) => {}
+                        Value::Reg(r) => dynasm!(self.ops ; .arch x64 ; mov rdx, Rq(r)),
+                        Value::Imm(k) => self.imm(RDX, k),
+                    }
                     dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov ecx, packed);
                     self.call(tramp::store_tramp::<E> as *const () as usize);
                     self.check_status();
@@ -1246,13 +1339,25 @@ impl Gen<'_> {
         Ok(())
     }
 
+    /// The register holding access address `t`: its own, else `rsi` (loaded).
+    fn addr_reg(&mut self, t: Temp) -> u8 {
+        match (self.reg(t), self.k(t)) {
+            (Some(r), None) => r,
+            _ => {
+                self.ld(RSI, t);
+                RSI
+            }
+        }
+    }
+
     /// The inline fast TLB lookup for an access of `size` at the linear address in
-    /// `rsi` (see [`vireo_core::exec::DirectGlobals::fast_tlb`]): on a hit, `rax`
-    /// holds the host addend (the access is at `rsi + rax`) and the code falls
-    /// through; on a miss it jumps to `slow` (with `rsi` and `rdx` intact). Clobbers
+    /// `a` (see [`vireo_core::exec::DirectGlobals::fast_tlb`]): on a hit, `rax`
+    /// holds the host addend (the access is at `a + rax`) and the code falls
+    /// through; on a miss it jumps to `slow` (with `a` and `rdx` intact). Clobbers
     /// `rcx`. `false` (nothing emitted) when the environment has no fast TLB.
     fn fast_lookup<E: DirectGlobals>(
         &mut self,
+        a: u8,
         mmu: MmuIdx,
         size: Size,
         write: bool,
@@ -1277,14 +1382,14 @@ impl Gen<'_> {
             // ((la >> 12) & mask) << shift, in two steps.
             dynasm!(self.ops
                 ; .arch x64
-                ; mov rax, rsi
+                ; mov rax, Rq(a)
                 ; shr rax, 12 - shift
                 ; and eax, mask << shift
             );
         } else {
             dynasm!(self.ops
                 ; .arch x64
-                ; mov rax, rsi
+                ; mov rax, Rq(a)
                 ; shr rax, 12
                 ; and eax, mask
                 ; shl eax, shift
@@ -1292,7 +1397,7 @@ impl Gen<'_> {
         }
         dynasm!(self.ops
             ; .arch x64
-            ; lea rcx, [rsi + last]
+            ; lea rcx, [Rq(a) + last]
             ; shr rcx, 12
             ; cmp rcx, QWORD [r12 + rax + tag]
             ; jne =>slow
@@ -1303,20 +1408,20 @@ impl Gen<'_> {
 
     /// Records the slow path entered at `entry` for the current access and places
     /// the point it returns to here.
-    fn slow_path(&mut self, entry: DynamicLabel, store: bool, packed: i32) {
+    fn slow_path(&mut self, entry: DynamicLabel, access: Access, packed: i32) {
         let done = self.ops.new_dynamic_label();
         dynasm!(self.ops ; .arch x64 ; =>done);
         self.stubs.push(SlowPath {
             entry,
             done,
-            store,
+            access,
             packed,
             op: self.cur,
             book: self.book,
         });
         // A store may hit code (self-modifying code raises the stop request); loads
         // never raise it.
-        if store {
+        if let Access::Store { .. } = access {
             self.book.may_stop = true;
         }
     }
@@ -1333,16 +1438,35 @@ impl Gen<'_> {
             self.book = s.book;
             let pending = s.book.pending;
             self.sync::<E>();
+            let addr = match s.access {
+                Access::Load { addr, .. } | Access::Store { addr, .. } => addr,
+            };
+            if addr != RSI {
+                dynasm!(self.ops ; .arch x64 ; mov rsi, Rq(addr));
+            }
             dynasm!(self.ops ; .arch x64 ; mov rdi, rbx);
-            if s.store {
-                dynasm!(self.ops ; .arch x64 ; mov ecx, packed);
-                self.call(tramp::store_tramp::<E> as *const () as usize);
-            } else {
-                dynasm!(self.ops ; .arch x64 ; mov edx, packed);
-                self.call(tramp::load_tramp::<E> as *const () as usize);
+            match s.access {
+                Access::Store { val, .. } => {
+                    match val {
+                        Value::Reg(RDX) => {}
+                        Value::Reg(r) => dynasm!(self.ops ; .arch x64 ; mov rdx, Rq(r)),
+                        Value::Imm(k) => self.imm(RDX, k),
+                    }
+                    dynasm!(self.ops ; .arch x64 ; mov ecx, packed);
+                    self.call(tramp::store_tramp::<E> as *const () as usize);
+                }
+                Access::Load { .. } => {
+                    dynasm!(self.ops ; .arch x64 ; mov edx, packed);
+                    self.call(tramp::load_tramp::<E> as *const () as usize);
+                }
             }
             self.check_status();
             self.count::<E>(pending, false);
+            if let Access::Load { dst, .. } = s.access {
+                if dst != RDX {
+                    dynasm!(self.ops ; .arch x64 ; mov Rq(dst), rdx);
+                }
+            }
             dynasm!(self.ops ; .arch x64 ; jmp =>done);
         }
     }

@@ -490,7 +490,51 @@ fn random_op(
     pending: &mut Vec<Label>,
 ) {
     let mmu = |rng: &mut Rng| rng.pick(&[MmuIdx::Kernel, MmuIdx::User]);
-    match rng.below(100) {
+    match rng.below(106) {
+        100.. => {
+            // A temp assigned once and read after a label that only a branch from
+            // after the assignment leads to (it may live in a register across it),
+            // with other ops (maybe a call, an exit or a raise) skipped over.
+            let t = b.temp();
+            b.push(Op::Bin {
+                op: rng.pick(&BINOPS),
+                size: rng.size(),
+                dst: t,
+                a: pick(rng),
+                b: pick(rng),
+            });
+            let skip = b.label();
+            b.br_if(pick(rng), skip);
+            for _ in 0..rng.below(3) {
+                match rng.below(4) {
+                    0 => b.exit(exit_kind(rng)),
+                    1 => {
+                        let r = pick_dst(rng);
+                        b.push(Op::Call {
+                            helper: HelperId(rng.pick(&[0u16, 1, 5, 6])),
+                            args: vec![t, pick(rng), pick(rng)],
+                            ret: Some(r),
+                            effects: Effects::ALL,
+                        });
+                    }
+                    _ => b.push(Op::Bin {
+                        op: rng.pick(&BINOPS),
+                        size: rng.size(),
+                        dst: pick_dst(rng),
+                        a: t,
+                        b: pick(rng),
+                    }),
+                }
+            }
+            b.set_label(skip);
+            b.push(Op::Bin {
+                op: rng.pick(&BINOPS),
+                size: rng.size(),
+                dst: pick_dst(rng),
+                a: t,
+                b: pick(rng),
+            });
+        }
         0..=7 => {
             let v = rng.value();
             b.push(Op::Const {

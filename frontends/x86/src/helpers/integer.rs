@@ -46,6 +46,9 @@ pub enum IntHelper {
     /// `(crc, data, bytes) -> crc`: CRC32 (pure): the CRC-32C of the low `bytes`
     /// bytes of `data` continued from the low 32 bits of `crc`.
     Crc32,
+    /// `(cc_op, cc_dst, cc_src, cc_src2) -> 0 | 1`: CF alone (pure; what INC and DEC
+    /// keep when the flag-setting operation is not known at translation time).
+    ComputeCarry,
 }
 
 impl IntHelper {
@@ -70,6 +73,15 @@ const fn size_of_code(code: u64) -> Size {
 
 fn arg(args: &[u64], i: usize) -> u64 {
     args.get(i).copied().unwrap_or(0)
+}
+
+fn compute_carry(_cpu: &mut X86Cpu, args: &[u64]) -> Result<u64, Fault> {
+    Ok(flags::carry(
+        arg(args, 0),
+        arg(args, 1),
+        arg(args, 2),
+        arg(args, 3),
+    ))
 }
 
 fn compute_eflags(_cpu: &mut X86Cpu, args: &[u64]) -> Result<u64, Fault> {
@@ -450,6 +462,11 @@ pub static TABLE: &[HelperDef] = &[
         f: crc32,
         effects: PURE,
     },
+    HelperDef {
+        name: "compute_carry",
+        f: compute_carry,
+        effects: PURE,
+    },
 ];
 
 #[cfg(test)]
@@ -458,7 +475,11 @@ mod tests {
 
     #[test]
     fn table_matches_enum() {
-        assert_eq!(TABLE.len(), IntHelper::Crc32 as usize + 1);
+        assert_eq!(TABLE.len(), IntHelper::ComputeCarry as usize + 1);
+        assert_eq!(
+            TABLE[IntHelper::ComputeCarry as usize].name,
+            "compute_carry"
+        );
         assert_eq!(TABLE[IntHelper::Smsw as usize].name, "smsw");
         assert_eq!(TABLE[IntHelper::Crc32 as usize].name, "crc32");
         assert_eq!(

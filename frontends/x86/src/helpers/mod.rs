@@ -47,7 +47,18 @@ pub fn lookup(h: HelperId) -> Option<&'static HelperDef> {
 /// The plain-function form of pure helper `h`, if it has one (see
 /// [`vireo_core::exec::DirectGlobals::pure_fn`]).
 pub fn pure_fn(h: HelperId) -> Option<vireo_core::exec::PureFn> {
-    (h == integer::IntHelper::ComputeEflags.id()).then_some(compute_eflags_c as _)
+    if h == integer::IntHelper::ComputeEflags.id() {
+        Some(compute_eflags_c as _)
+    } else if h == integer::IntHelper::ComputeCarry.id() {
+        Some(compute_carry_c as _)
+    } else {
+        None
+    }
+}
+
+/// [`crate::flags::carry`] (the `compute_carry` helper) for compiled code.
+extern "C" fn compute_carry_c(op: u64, dst: u64, src: u64, src2: u64) -> u64 {
+    crate::flags::carry(op, dst, src, src2)
 }
 
 /// [`crate::flags::compute`] (the `compute_eflags` helper) for compiled code.

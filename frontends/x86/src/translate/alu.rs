@@ -44,6 +44,9 @@ impl Tr {
             self.write(dst, size, r);
         }
         self.set_cc(kind, size, r, b, src2);
+        if kind == CcKind::Sub {
+            self.cc.first = Some(a);
+        }
         Flow::Next
     }
 

@@ -14,6 +14,9 @@ use vireo_core::ir::{BinOp, Cond, Global, Size, Temp};
 pub(crate) struct CcTrack {
     /// The operation and the temps holding `cc_dst`/`cc_src`, when known.
     pub known: Option<(CcKind, Size, Temp, Temp)>,
+    /// With a known `Sub`: the temp holding its first operand (`cc_dst + cc_src`),
+    /// when the translator recorded it.
+    pub first: Option<Temp>,
 }
 
 impl CcTrack {
@@ -21,6 +24,7 @@ impl CcTrack {
     pub fn forget_if(&mut self, writes: bool) {
         if writes {
             self.known = None;
+            self.first = None;
         }
     }
 }
@@ -36,6 +40,16 @@ impl Tr {
             self.b.set(Global::CcSrc2, s2);
         }
         self.cc.known = Some((kind, size, dst, src));
+        self.cc.first = None;
+    }
+
+    /// The first operand of the known `Sub` whose result is `d` and second operand
+    /// `s`: recorded, else recomputed as `d + s`.
+    fn sub_first(&mut self, size: Size, d: Temp, s: Temp) -> Temp {
+        match self.cc.first {
+            Some(a) => a,
+            None => self.b.bin(BinOp::Add, size, d, s),
+        }
     }
 
     /// Sets the flags to the explicit value `f` (arithmetic bits in RFLAGS positions).
@@ -46,6 +60,7 @@ impl Tr {
         let z = self.b.konst(0);
         self.b.set(Global::CcDst, z);
         self.cc.known = Some((CcKind::Eflags, Size::B64, z, f));
+        self.cc.first = None;
     }
 
     /// The six arithmetic flags, computed.
@@ -66,7 +81,7 @@ impl Tr {
         match self.cc.known {
             Some((CcKind::Logic | CcKind::Clr | CcKind::Popcnt, ..)) => self.b.konst(0),
             Some((CcKind::Sub, size, d, s)) => {
-                let a = self.b.bin(BinOp::Add, size, d, s);
+                let a = self.sub_first(size, d, s);
                 self.b.setcond(Cond::Ltu, size, a, s)
             }
             Some((CcKind::Add, size, d, s)) => self.b.setcond(Cond::Ltu, size, d, s),
@@ -76,16 +91,23 @@ impl Tr {
                 self.b.bini(BinOp::And, Size::B64, s, 1)
             }
             Some((CcKind::Shl, size, _, s)) => {
-                let top = self.b.bini(BinOp::Shr, Size::B64, s, u64::from(size.bits() - 1));
+                let top = self
+                    .b
+                    .bini(BinOp::Shr, Size::B64, s, u64::from(size.bits() - 1));
                 self.b.bini(BinOp::And, Size::B64, top, 1)
             }
-            Some((CcKind::Mul, _, _, s)) => {
+            Some((CcKind::Mul, size, _, s)) => {
                 let zero = self.b.konst(0);
-                self.b.setcond(Cond::Ne, Size::B64, s, zero)
+                self.b.setcond(Cond::Ne, size, s, zero)
             }
+            Some((CcKind::Eflags, _, _, f)) => self.b.bini(BinOp::And, Size::B64, f, CF),
             _ => {
-                let f = self.eflags();
-                self.b.bini(BinOp::And, Size::B64, f, CF)
+                let op = self.b.get(Global::CcOp);
+                let d = self.b.get(Global::CcDst);
+                let s = self.b.get(Global::CcSrc);
+                let s2 = self.b.get(Global::CcSrc2);
+                self.int(IntHelper::ComputeCarry, &[op, d, s, s2], true)
+                    .unwrap_or(op)
             }
         }
     }
@@ -134,7 +156,7 @@ impl Tr {
             );
             match (kind, cc) {
                 (CcKind::Sub, C::b | C::be | C::l | C::le) => {
-                    let a = self.b.bin(BinOp::Add, size, d, s);
+                    let a = self.sub_first(size, d, s);
                     let c = match cc {
                         C::b => Cond::Ltu,
                         C::be => Cond::Leu,

@@ -548,7 +548,13 @@ fn inc_and_dec_keep_the_carry_of_a_shift_or_multiply() {
         }
     }
     for bits in [16u32, 32, 64] {
-        for (a, b) in [(3u64, 5u64), (0x7fff, 2), (0x4000_0000, 4), (u64::MAX, 2), (1 << 40, 1 << 30)] {
+        for (a, b) in [
+            (3u64, 5u64),
+            (0x7fff, 2),
+            (0x4000_0000, 4),
+            (u64::MAX, 2),
+            (1 << 40, 1 << 30),
+        ] {
             // imul rbx, rdx; dec ecx: CF set when the product does not fit.
             let mut code = size_prefix(bits);
             code.extend([0x0f, 0xaf, 0xda, 0xff, 0xc9]);
@@ -556,7 +562,11 @@ fn inc_and_dec_keep_the_carry_of_a_shift_or_multiply() {
             assert_eq!(end, End::Halt);
             let p = sx(bits, a) * sx(bits, b);
             let fits = sx(bits, p as u64) == p;
-            assert_eq!(cpu.rflags() & CF, u64::from(!fits), "imul {bits} {a:#x} {b:#x}");
+            assert_eq!(
+                cpu.rflags() & CF,
+                u64::from(!fits),
+                "imul {bits} {a:#x} {b:#x}"
+            );
         }
     }
 }
