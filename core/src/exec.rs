@@ -73,9 +73,9 @@ pub trait GuestEnv {
 /// Generated code reads and writes the environment's memory at the offsets given, from
 /// the environment's base pointer (`*mut Self`). An implementation promises:
 ///
-/// - `global_offset(g) == Some(off)`: the 8 bytes at `off` are an aligned `u64` inside
-///   `Self`, `GuestEnv::get(g)` returns it and `GuestEnv::set(g, v)` stores exactly `v`
-///   there, with no other effect;
+/// - `global_offset(g) == Some(off)`: the 8 bytes at `off` lie inside `Self` (not
+///   necessarily aligned), `GuestEnv::get(g)` returns them as a little-endian `u64`
+///   and `GuestEnv::set(g, v)` stores exactly `v` there, with no other effect;
 /// - `insn_hooks() == Some(h)`: `h.stop` is a `bool` inside `Self` that
 ///   `GuestEnv::stop_requested` returns (with no other effect), and
 ///   `GuestEnv::insn_start(pc)` does exactly: store `pc` in the `u64` at `h.pc` and
@@ -136,9 +136,11 @@ pub unsafe trait DirectGlobals {
     }
     /// A function that computes helper `h` on the environment and up to three
     /// arguments (missing ones are 0), for helpers that never fault, never raise the
-    /// stop request or set a chain guard, read and write no IR global (only other state of the
-    /// environment) and never panic: a JIT calls it without syncing anything
-    /// (through a minimal trampoline) instead of going through [`GuestEnv::call`].
+    /// stop request or set a chain guard, read and write no IR global other than
+    /// direct ones ([`DirectGlobals::global_offset`], which generated code keeps in
+    /// the environment between ops) and never panic: a JIT calls it without syncing
+    /// anything (through a minimal trampoline) instead of going through
+    /// [`GuestEnv::call`].
     /// It must do what `call(h, args)` does.
     fn env_fn(_h: crate::ir::HelperId) -> Option<EnvFn<Self>>
     where

@@ -95,6 +95,11 @@ pub enum Global {
     Flags,
     /// Base of segment register `n` (x86: ES, CS, SS, DS, FS, GS).
     SegBase(u8),
+    /// Half of a 128-bit vector register: `Xmm(2r)` is the low 64 bits of register
+    /// `r` (0-15), `Xmm(2r + 1)` the high ones. Helpers that touch vector state may
+    /// read and write these without declaring it (the passes assume any call that is
+    /// not pure does).
+    Xmm(u8),
 }
 
 /// A guest memory access class: selects the page-table permission checks.
@@ -724,6 +729,7 @@ impl fmt::Display for Global {
             Global::CcSrc2 => write!(f, "cc_src2"),
             Global::Flags => write!(f, "flags"),
             Global::SegBase(n) => write!(f, "segbase{n}"),
+            Global::Xmm(n) => write!(f, "xmm{}.{}", n / 2, if n % 2 == 0 { "lo" } else { "hi" }),
         }
     }
 }

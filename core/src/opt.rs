@@ -33,6 +33,7 @@ fn plain(g: Global) -> bool {
     match g {
         Global::Gpr(n) => n < 16,
         Global::SegBase(n) => n < 6,
+        Global::Xmm(n) => n < 32,
         Global::Pc | Global::CcOp | Global::CcDst | Global::CcSrc | Global::CcSrc2 => true,
         Global::Flags => false,
     }
@@ -419,6 +420,10 @@ fn forward(block: &mut Block) {
                 k.globals.insert(dst, src);
             }
             Op::Call { ref effects, .. } if effects.writes_globals => k.globals.clear(),
+            // Vector state may change in any call that is not pure (see `Global::Xmm`).
+            Op::Call { ref effects, .. } if !pure_call(effects) => {
+                k.globals.retain(|g, _| !matches!(g, Global::Xmm(_)))
+            }
             Op::Label(_) => k.clear(),
             _ => {}
         }

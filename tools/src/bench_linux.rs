@@ -132,6 +132,12 @@ pub fn boots(jobs: &[Job]) -> Vec<Vec<Job>> {
     b
 }
 
+/// The CPU model of every benchmark run: the guest sees the same CPU under each
+/// engine, QEMU's TCG default `qemu64` (vireo's TCG default is `max`, which has
+/// SSSE3 and SSE4.2: the C library would pick other string functions than under
+/// QEMU, and time would go to different guest code).
+pub const CPU: &[&str] = &["-cpu", "qemu64"];
+
 /// Machine options shared by every engine.
 pub const MACHINE: &[&str] = &[
     "-nodefaults",
@@ -142,7 +148,7 @@ pub const MACHINE: &[&str] = &[
     "-no-reboot",
 ];
 
-/// The arguments of `v`: its own, then memory, [`MACHINE`] and the guest.
+/// The arguments of `v`: its own, then memory, [`CPU`], [`MACHINE`] and the guest.
 pub fn engine_args(
     v: &Variant,
     mem_mib: u32,
@@ -153,7 +159,7 @@ pub fn engine_args(
     let mut a: Vec<OsString> = v.args.iter().map(OsString::from).collect();
     a.push("-m".into());
     a.push(mem_mib.to_string().into());
-    a.extend(MACHINE.iter().map(OsString::from));
+    a.extend(CPU.iter().chain(MACHINE).map(OsString::from));
     a.push("-kernel".into());
     a.push(kernel.into());
     a.push("-initrd".into());
@@ -554,6 +560,8 @@ mod tests {
                 "tcg",
                 "-m",
                 "512",
+                "-cpu",
+                "qemu64",
                 "-nodefaults",
                 "-display",
                 "none",

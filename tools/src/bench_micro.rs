@@ -7,7 +7,7 @@
 //! checksum against its own, and divides the guest instructions the measured part
 //! retires (known from the code) by that time.
 
-use crate::bench_linux::{median, times, Variant, MACHINE, REFERENCE};
+use crate::bench_linux::{median, times, Variant, CPU, MACHINE, REFERENCE};
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -37,7 +37,7 @@ pub fn engine_args(v: &Variant, kernel: &Path) -> Vec<OsString> {
     let mut a: Vec<OsString> = v.args.iter().map(OsString::from).collect();
     a.push("-m".into());
     a.push(mk::MEM_MIB.to_string().into());
-    a.extend(MACHINE.iter().map(OsString::from));
+    a.extend(CPU.iter().chain(MACHINE).map(OsString::from));
     a.push("-device".into());
     a.push(format!("isa-debug-exit,iobase={:#x},iosize=0x04", mk::EXIT_PORT).into());
     a.push("-kernel".into());
@@ -273,6 +273,7 @@ mod tests {
             .windows(2)
             .any(|w| w == ["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]));
         assert!(a.windows(2).any(|w| w == ["-m", "64"]));
+        assert!(a.windows(2).any(|w| w == ["-cpu", "qemu64"]));
     }
 
     #[test]

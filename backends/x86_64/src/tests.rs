@@ -27,6 +27,9 @@ struct Env<const DIRECT: bool> {
     cc: [u64; 4],
     flags: u64,
     segbase: [u64; 2],
+    /// `Global::Xmm(0)` and `Xmm(1)`: little-endian bytes 1..9 and 9..17 (direct at
+    /// an unaligned offset in `Env<true>`).
+    vec: [u8; 17],
     mem: Vec<u8>,
     /// Helper calls: number, arguments, and the instruction PC and count they saw.
     calls: Vec<(u16, Vec<u64>, u64, u64)>,
@@ -62,6 +65,7 @@ impl<const D: bool> Env<D> {
             cc: [0; 4],
             flags: 2,
             segbase: [0; 2],
+            vec: std::array::from_fn(|_| rng.next() as u8),
             mem: (0..MEM).map(|_| rng.next() as u8).collect(),
             calls: Vec::new(),
             stop: false,
@@ -108,6 +112,12 @@ impl<const D: bool> GuestEnv for Env<D> {
             Global::CcSrc2 => self.cc[3],
             Global::Flags => self.flags & 0xf00,
             Global::SegBase(n) => self.segbase[usize::from(n) % 2],
+            Global::Xmm(n) => {
+                let at = 1 + 8 * usize::from(n % 2);
+                let mut q = [0u8; 8];
+                q.copy_from_slice(&self.vec[at..at + 8]);
+                u64::from_le_bytes(q)
+            }
         }
     }
     fn set(&mut self, g: Global, v: u64) {
@@ -121,6 +131,10 @@ impl<const D: bool> GuestEnv for Env<D> {
             // A global with masking: not a plain field.
             Global::Flags => self.flags = (v & 0xf00) | 2,
             Global::SegBase(n) => self.segbase[usize::from(n) % 2] = v,
+            Global::Xmm(n) => {
+                let at = 1 + 8 * usize::from(n % 2);
+                self.vec[at..at + 8].copy_from_slice(&v.to_le_bytes());
+            }
         }
     }
     fn load(&mut self, addr: u64, size: Size, _: MmuIdx, write: bool) -> Result<u64, Fault> {
@@ -215,6 +229,9 @@ unsafe impl DirectGlobals for Env<true> {
             }
             Global::Pc => Some(std::mem::offset_of!(Env<true>, pc)),
             Global::SegBase(1) => Some(std::mem::offset_of!(Env<true>, segbase) + 8),
+            Global::Xmm(n) if n < 2 => {
+                Some(std::mem::offset_of!(Env<true>, vec) + 1 + 8 * usize::from(n))
+            }
             _ => None,
         }
     }
@@ -348,7 +365,8 @@ const CONDS: [Cond; 10] = [
 ];
 
 fn global(rng: &mut Rng) -> Global {
-    match rng.below(12) {
+    match rng.below(13) {
+        12 => Global::Xmm(rng.below(2) as u8),
         0..=5 => Global::Gpr(rng.below(8) as u8),
         6 => Global::Pc,
         7 => Global::CcOp,

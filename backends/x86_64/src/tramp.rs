@@ -90,6 +90,7 @@ pub fn pack_global(g: Global) -> u64 {
         Global::CcSrc2 => 0x104,
         Global::Flags => 0x105,
         Global::SegBase(n) => 0x200 | u64::from(n),
+        Global::Xmm(n) => 0x400 | u64::from(n),
     }
 }
 
@@ -101,6 +102,7 @@ fn unpack_global(v: u64) -> Global {
         0x103 => Global::CcSrc,
         0x104 => Global::CcSrc2,
         0x105 => Global::Flags,
+        v if v & 0x400 != 0 => Global::Xmm(v as u8),
         v if v & 0x200 != 0 => Global::SegBase(v as u8),
         v => Global::Gpr(v as u8),
     }

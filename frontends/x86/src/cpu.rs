@@ -167,6 +167,12 @@ impl GuestEnv for X86Cpu {
             Global::CcSrc2 => self.cc.src2,
             Global::Flags => self.state.rflags & !ARITH,
             Global::SegBase(n) => self.state.seg[usize::from(n % 6)].base,
+            Global::Xmm(n) => {
+                let (r, h) = (usize::from(n / 2 % 16), usize::from(n % 2) * 8);
+                let mut q = [0u8; 8];
+                q.copy_from_slice(&self.state.fpu.xmm[r][h..h + 8]);
+                u64::from_le_bytes(q)
+            }
         }
     }
 
@@ -182,6 +188,10 @@ impl GuestEnv for X86Cpu {
                 self.state.rflags = (self.state.rflags & ARITH) | (v & !ARITH) | fl::FIXED1
             }
             Global::SegBase(n) => self.state.seg[usize::from(n % 6)].base = v,
+            Global::Xmm(n) => {
+                let (r, h) = (usize::from(n / 2 % 16), usize::from(n % 2) * 8);
+                self.state.fpu.xmm[r][h..h + 8].copy_from_slice(&v.to_le_bytes());
+            }
         }
     }
 
@@ -215,7 +225,9 @@ impl GuestEnv for X86Cpu {
 
 // SAFETY: every offset is that of a plain `u64` field of `X86Cpu` that `get`/`set`
 // read and write as is (GPRs, RIP, the lazy-flag quadruple, the segment bases; not
-// `Flags`, which `set` masks); `stop` is the `bool` `stop_requested` returns, and
+// `Flags`, which `set` masks), or of eight bytes of an XMM register that they read
+// and write as a little-endian `u64` (generated code, on x86-64, accesses them with
+// plain 64-bit moves, for which alignment does not matter); `stop` is the `bool` `stop_requested` returns, and
 // `insn_start` does exactly: `insn_pc = pc; icount += 1` (wrapping); `stop` is
 // raised only inside the environment's methods (a store that hits code, a port
 // write), and `insn_pc`/`icount` are read only by them (helpers, exception
@@ -246,6 +258,13 @@ unsafe impl DirectGlobals for X86Cpu {
                     + offset_of!(CpuState, seg)
                     + size_of::<vireo_core::cpu::Segment>() * usize::from(n)
                     + offset_of!(vireo_core::cpu::Segment, base)
+            }
+            // Little-endian bytes, as `get`/`set` read them (the JIT runs on x86-64).
+            Global::Xmm(n) if n < 32 => {
+                state
+                    + offset_of!(CpuState, fpu)
+                    + offset_of!(vireo_core::cpu::FpuState, xmm)
+                    + 8 * usize::from(n)
             }
             _ => return None,
         })
@@ -300,6 +319,7 @@ mod tests {
         let mut cpu = crate::testutil::machine();
         let mut globals: Vec<Global> = (0..16).map(Global::Gpr).collect();
         globals.extend((0..6).map(Global::SegBase));
+        globals.extend((0..32).map(Global::Xmm));
         globals.extend([
             Global::Pc,
             Global::CcOp,
@@ -314,7 +334,7 @@ mod tests {
             let base = (&raw const cpu).cast::<u8>();
             // SAFETY: the offset is inside `X86Cpu` (that is what is tested: a wrong
             // one would read another field, and the values are all different).
-            let raw = unsafe { base.add(off).cast::<u64>().read() };
+            let raw = unsafe { base.add(off).cast::<u64>().read_unaligned() };
             assert_eq!(raw, v, "{g}");
         }
         assert_eq!(X86Cpu::global_offset(Global::Flags), None);

@@ -116,29 +116,36 @@ fn szp(size: Size, dst: u64) -> u64 {
 }
 
 /// CF (0 or 1) of the lazy-flag state: what [`compute`] gives, `& CF`, without the
-/// other five.
+/// other five. (Called for every INC/DEC whose block does not know the operation
+/// before it: kept to a mask and one comparison for the common kinds.)
 pub fn carry(op: u64, dst: u64, src: u64, src2: u64) -> u64 {
-    let (kind, size) = decode(op);
-    let t = |v: u64| size.trunc(v);
-    let (d, s) = (t(dst), t(src));
-    let cf = match kind {
-        CcKind::Eflags => src & CF != 0,
-        CcKind::Add => d < s,
-        CcKind::Adc if src2 & 1 != 0 => d <= s,
-        CcKind::Adc => d < s,
-        CcKind::Sub | CcKind::Sbb => {
-            let cin = if kind == CcKind::Sbb { src2 & 1 } else { 0 };
-            let first = t(d.wrapping_add(s).wrapping_add(cin));
-            if cin != 0 {
-                first <= s
-            } else {
-                first < s
-            }
-        }
-        CcKind::Logic | CcKind::Clr | CcKind::Popcnt => false,
-        CcKind::Inc | CcKind::Dec | CcKind::Sar => src & 1 != 0,
-        CcKind::Shl => s & size.sign_bit() != 0,
-        CcKind::Mul => s != 0,
+    const ADD: u64 = CcKind::Add as u64;
+    const ADC: u64 = CcKind::Adc as u64;
+    const SUB: u64 = CcKind::Sub as u64;
+    const SBB: u64 = CcKind::Sbb as u64;
+    const INC: u64 = CcKind::Inc as u64;
+    const DEC: u64 = CcKind::Dec as u64;
+    const SHL: u64 = CcKind::Shl as u64;
+    const SAR: u64 = CcKind::Sar as u64;
+    const MUL: u64 = CcKind::Mul as u64;
+    let bits = 8u32 << (op & 3);
+    let mask = u64::MAX >> (64 - bits);
+    let (d, s) = (dst & mask, src & mask);
+    let cf = match op >> 2 {
+        SUB => (d.wrapping_add(s) & mask) < s,
+        ADD => d < s,
+        0 => src & CF != 0,
+        INC | DEC | SAR => src & 1 != 0,
+        ADC if src2 & 1 != 0 => d <= s,
+        ADC => d < s,
+        SBB if src2 & 1 != 0 => (d.wrapping_add(s).wrapping_add(1) & mask) <= s,
+        SBB => (d.wrapping_add(s) & mask) < s,
+        SHL => s >> (bits - 1) != 0,
+        MUL => s != 0,
+        // Logic, Clr, Popcnt (and codes no operation has, as `compute` reads them:
+        // EFLAGS).
+        k if k < KINDS.len() as u64 => false,
+        _ => src & CF != 0,
     };
     u64::from(cf)
 }
@@ -274,6 +281,12 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+        // Codes of no operation read as explicit flags.
+        for op in [52, 55, 1000, u64::MAX] {
+            for s in [0, 1, 0xfe, 0x8d5] {
+                assert_eq!(carry(op, 0, s, 0), compute(op, 0, s, 0) & CF, "{op} {s:#x}");
             }
         }
     }

@@ -526,6 +526,14 @@ enum FastOp {
     Move,
     /// PMOVMSKB: the top bit of every source byte, as a value.
     MoveMask,
+    /// Word- and dword-wise equal.
+    EqW,
+    EqD,
+    /// Interleaved low (`false`) or high halves of the destination and the source,
+    /// by elements of 1, 2 or 4 bytes.
+    Unpack(u8, bool),
+    /// PSHUFD: dwords of the source picked by the immediate.
+    ShufD,
 }
 
 fn fast_op(mn: Mnemonic) -> Option<FastOp> {
@@ -542,6 +550,15 @@ fn fast_op(mn: Mnemonic) -> Option<FastOp> {
         M::Pxor | M::Xorps | M::Xorpd => FastOp::Xor,
         M::Movdqa | M::Movdqu | M::Movaps | M::Movups | M::Movapd | M::Movupd => FastOp::Move,
         M::Pmovmskb => FastOp::MoveMask,
+        M::Pcmpeqw => FastOp::EqW,
+        M::Pcmpeqd => FastOp::EqD,
+        M::Punpcklbw => FastOp::Unpack(1, false),
+        M::Punpcklwd => FastOp::Unpack(2, false),
+        M::Punpckldq => FastOp::Unpack(4, false),
+        M::Punpckhbw => FastOp::Unpack(1, true),
+        M::Punpckhwd => FastOp::Unpack(2, true),
+        M::Punpckhdq => FastOp::Unpack(4, true),
+        M::Pshufd => FastOp::ShufD,
         _ => return None,
     })
 }
@@ -554,7 +571,7 @@ pub fn fast_handles(mn: Mnemonic) -> bool {
 /// Those forms, byte-wise on arrays the host compiler vectorizes (each operation
 /// its own loop): the same results as the general path (`int_op`), without its
 /// dispatch. `None` for other mnemonics.
-fn xmm_fast(cpu: &mut X86Cpu, mn: Mnemonic, dst: usize, s: u128) -> Option<u64> {
+fn xmm_fast(cpu: &mut X86Cpu, mn: Mnemonic, dst: usize, s: u128, imm: u8) -> Option<u64> {
     #[inline(always)]
     fn bytewise(reg: &mut [u8; 16], b: [u8; 16], f: impl Fn(u8, u8) -> u8) -> u64 {
         for (d, s) in reg.iter_mut().zip(b) {
@@ -582,6 +599,42 @@ fn xmm_fast(cpu: &mut X86Cpu, mn: Mnemonic, dst: usize, s: u128) -> Option<u64> 
             .iter()
             .enumerate()
             .fold(0u64, |m, (i, &x)| m | u64::from(x >> 7) << i),
+        FastOp::EqW => {
+            let mut r = [0u8; 16];
+            for (i, c) in r.chunks_exact_mut(2).enumerate() {
+                let eq = reg[2 * i..2 * i + 2] == b[2 * i..2 * i + 2];
+                c.fill(if eq { 0xff } else { 0 });
+            }
+            *reg = r;
+            0
+        }
+        FastOp::EqD => {
+            let mut r = [0u8; 16];
+            for (i, c) in r.chunks_exact_mut(4).enumerate() {
+                let eq = reg[4 * i..4 * i + 4] == b[4 * i..4 * i + 4];
+                c.fill(if eq { 0xff } else { 0 });
+            }
+            *reg = r;
+            0
+        }
+        FastOp::Unpack(n, high) => {
+            let n = usize::from(n);
+            let from = if high { 8 } else { 0 };
+            let d = *reg;
+            for (i, c) in reg.chunks_exact_mut(2 * n).enumerate() {
+                let at = from + i * n;
+                c[..n].copy_from_slice(&d[at..at + n]);
+                c[n..].copy_from_slice(&b[at..at + n]);
+            }
+            0
+        }
+        FastOp::ShufD => {
+            for (i, c) in reg.chunks_exact_mut(4).enumerate() {
+                let k = usize::from(imm >> (2 * i) & 3) * 4;
+                c.copy_from_slice(&b[k..k + 4]);
+            }
+            0
+        }
     })
 }
 
@@ -657,7 +710,7 @@ pub fn fast_direct(cpu: &mut X86Cpu, sp: u64, lo: u64, hi: u64) -> u64 {
     } else {
         u128::from(lo) | u128::from(hi) << 64
     };
-    xmm_fast(cpu, mn, dst, s).unwrap_or(0)
+    xmm_fast(cpu, mn, dst, s, (sp >> spec::IMM_SHIFT) as u8).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -691,6 +744,15 @@ mod tests {
             M::Xorpd,
             M::Pmovmskb,
             M::Movdqu,
+            M::Pcmpeqw,
+            M::Pcmpeqd,
+            M::Punpcklbw,
+            M::Punpcklwd,
+            M::Punpckldq,
+            M::Punpckhbw,
+            M::Punpckhwd,
+            M::Punpckhdq,
+            M::Pshufd,
         ] {
             for k in 0..300 {
                 let d = u128::from(next()) | u128::from(next()) << 64;
@@ -701,11 +763,13 @@ mod tests {
                     u128::from(next()) | u128::from(next()) << 64
                 };
                 cpu.state.fpu.xmm[5] = d.to_le_bytes();
-                let v = xmm_fast(&mut cpu, mn, 5, s).expect("fast form");
+                let imm = next() as u8;
+                let v = xmm_fast(&mut cpu, mn, 5, s, imm).expect("fast form");
                 let got = u128::from_le_bytes(cpu.state.fpu.xmm[5]);
+                let sp = u64::from(imm) << spec::IMM_SHIFT;
                 let want = match mn {
                     M::Movdqu => Out::Reg(s),
-                    _ => int_op(mn, d, s, 0, 16, 0).expect("general form"),
+                    _ => int_op(mn, d, s, sp, 16, 0).expect("general form"),
                 };
                 match want {
                     Out::Reg(w) => assert_eq!(got, w, "{mn:?} {d:#x} {s:#x}"),
@@ -717,6 +781,6 @@ mod tests {
                 }
             }
         }
-        assert_eq!(xmm_fast(&mut cpu, M::Pshufb, 5, 0), None);
+        assert_eq!(xmm_fast(&mut cpu, M::Pshufb, 5, 0, 0), None);
     }
 }

@@ -40,6 +40,7 @@ mod muldiv;
 mod operand;
 mod shift;
 mod sse;
+mod sse_ir;
 mod stack;
 mod string;
 pub use string::REP_BUDGET;
@@ -107,6 +108,9 @@ pub struct Mode {
     pub long: bool,
     pub cpl: u8,
     pub seg: [SegClass; 6],
+    /// SSE instructions pass their #UD/#NM checks: CR0.EM and CR0.TS clear, CR4.OSFXSR
+    /// set (then the translator checks nothing at run time).
+    pub sse_ok: bool,
 }
 
 impl Mode {
@@ -148,6 +152,7 @@ impl Mode {
             long,
             cpl: s.cpl(),
             seg,
+            sse_ok: s.cr0 & (ctl::CR0_EM | ctl::CR0_TS) == 0 && s.cr4 & ctl::CR4_OSFXSR != 0,
         }
     }
 
@@ -203,7 +208,7 @@ impl Mode {
         for (i, c) in self.seg.iter().enumerate() {
             k |= (*c as u64) << (9 + 2 * i);
         }
-        k
+        k | u64::from(self.sse_ok) << 21
     }
 }
 
@@ -233,6 +238,7 @@ fn classify(seg: &vireo_core::cpu::Segment, protected: bool) -> SegClass {
 /// | 6 | EFER.LMA |
 /// | 7-8 | CPL (selects the MMU index and inline privilege checks) |
 /// | 9-20 | per segment ES, CS, SS, DS, FS, GS, 2 bits: [`SegClass`] (0 checked at run time, 1 limit 0xFFFF, 2 flat) |
+/// | 21 | SSE enabled: CR0.EM = CR0.TS = 0, CR4.OSFXSR = 1 ([`Mode::sse_ok`]) |
 ///
 /// Segment bases are not part of the key: blocks read `Global::SegBase`.
 pub fn mode_key(cpu: &X86Cpu) -> u64 {

@@ -25,7 +25,7 @@ use vireo_core::ir::{BinOp, Cond, Size, Temp};
 
 /// Register operand kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(super) enum Kind {
     Xmm(u8),
     Mm(u8),
     Gpr,
@@ -55,7 +55,7 @@ fn kind_of(i: &iced_x86::Instruction, n: u32) -> Option<Kind> {
 
 /// Forms with a 16-byte memory operand that need no alignment (the SDM's exception
 /// type 4 footnote: LDDQU and the string comparisons; checked on hardware).
-fn unaligned_ok(mn: Mnemonic) -> bool {
+pub(super) fn unaligned_ok(mn: Mnemonic) -> bool {
     use Mnemonic as M;
     matches!(
         mn,
@@ -97,7 +97,7 @@ impl Tr {
     }
 
     /// Linear address of the memory operand, with the alignment check.
-    fn sse_addr(&mut self, write: bool) -> Temp {
+    pub(super) fn sse_addr(&mut self, write: bool) -> Temp {
         let len = self.i.memory_size().size().max(1) as u64;
         let ea = self.ea();
         let seg = sreg_index(self.i.memory_segment()).unwrap_or(sreg::DS as u8);
@@ -110,7 +110,7 @@ impl Tr {
     }
 
     /// `addr + 8` in the address width.
-    fn plus8(&mut self, addr: Temp) -> Temp {
+    pub(super) fn plus8(&mut self, addr: Temp) -> Temp {
         let a8 = self.b.bini(BinOp::Add, Size::B64, addr, 8);
         if self.m.bits == 64 {
             a8
@@ -160,10 +160,18 @@ impl Tr {
         let sse_checks = has_xmm || matches!(mn, Mnemonic::Ldmxcsr | Mnemonic::Stmxcsr);
         let mmx = has_mm || mn == Mnemonic::Emms;
         let maskmovq = mn == Mnemonic::Maskmovq;
-        let e = self
-            .b
-            .konst(u64::from(mmx) | u64::from(sse_checks || !mmx) << 1 | u64::from(maskmovq) << 2);
-        self.sse(SseHelper::Enter, &[e], false);
+        if !mmx && self.m.sse_ok {
+            // The SSE checks pass in this mode (a block key bit): none at run time,
+            // and the plain 64-bit forms need no helper at all.
+            if let Some(flow) = self.sse_ir(mn, &kinds) {
+                return Some(flow);
+            }
+        } else {
+            let e = self.b.konst(
+                u64::from(mmx) | u64::from(sse_checks || !mmx) << 1 | u64::from(maskmovq) << 2,
+            );
+            self.sse(SseHelper::Enter, &[e], false);
+        }
 
         let mut sp = mn as u64;
         if i.op_count() >= 2 && i.op_kind(i.op_count() - 1) == OpKind::Immediate8 {
@@ -235,7 +243,7 @@ impl Tr {
                 if rmmx {
                     // The store must not fault after Op switched to MMX mode.
                     let size = Size::from_bytes(len).unwrap_or(Size::B64);
-                    self.b.load(addr, size, true, mmu);
+                    self.b.load_for_write(addr, size, mmu);
                 }
                 let s = self.b.konst(sp);
                 let lo = self.sse(SseHelper::Op, &[s, zero, zero], true)?;
@@ -244,8 +252,8 @@ impl Tr {
                     let hi = self.sse(SseHelper::Op, &[s2, zero, zero], true)?;
                     let a8 = self.plus8(addr);
                     if unaligned_ok(mn) {
-                        self.b.load(addr, Size::B64, true, mmu);
-                        self.b.load(a8, Size::B64, true, mmu);
+                        self.b.load_for_write(addr, Size::B64, mmu);
+                        self.b.load_for_write(a8, Size::B64, mmu);
                     }
                     self.b.store(addr, lo, Size::B64, mmu);
                     self.b.store(a8, hi, Size::B64, mmu);

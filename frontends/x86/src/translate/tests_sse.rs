@@ -87,6 +87,100 @@ fn moves_and_logic() {
     assert_eq!(xmm(&cpu, 8), (u128::MAX << 64) | (A & u128::from(u64::MAX)));
 }
 
+/// The forms done in IR on register halves (see `sse_ir`), each from both register
+/// and memory sources, against Rust arithmetic on the halves.
+#[test]
+fn qword_forms_in_ir() {
+    let lo = |v: u128| v as u64;
+    let hi = |v: u128| (v >> 64) as u64;
+    let q = |l: u64, h: u64| u128::from(l) | u128::from(h) << 64;
+    let code = asm64(|a| {
+        a.movdqa(xmm0, xmmword_ptr(rbx))?; // A
+        a.movdqa(xmm1, xmmword_ptr(rbx + 16))?; // B
+        a.movdqa(xmm2, xmm0)?;
+        a.punpcklqdq(xmm2, xmm1)?;
+        a.movdqa(xmm3, xmm0)?;
+        a.punpckhqdq(xmm3, xmmword_ptr(rbx + 16))?;
+        a.movdqa(xmm4, xmm0)?;
+        a.paddq(xmm4, xmm1)?;
+        a.movdqa(xmm5, xmm0)?;
+        a.psubq(xmm5, xmmword_ptr(rbx + 16))?;
+        a.movdqa(xmm6, xmm0)?;
+        a.pandn(xmm6, xmm1)?;
+        a.movdqa(xmm7, xmm1)?;
+        a.movlps(xmm7, qword_ptr(rbx))?;
+        a.movdqa(xmm8, xmm1)?;
+        a.movhpd(xmm8, qword_ptr(rbx))?;
+        a.movlpd(qword_ptr(rbx + 32), xmm1)?;
+        a.movhps(qword_ptr(rbx + 40), xmm0)?;
+        a.movq(xmm9, xmm0)?;
+        a.movq(xmm10, qword_ptr(rbx + 16))?;
+        a.movd(xmm11, dword_ptr(rbx + 16))?;
+        a.movq(qword_ptr(rbx + 48), xmm1)?;
+        a.movd(dword_ptr(rbx + 56), xmm0)?;
+        a.psubq(xmm12, xmm12)?;
+        a.por(xmm13, xmm0)?;
+        a.movntdq(xmmword_ptr(rbx + 64), xmm1)?;
+        a.lddqu(xmm14, xmmword_ptr(rbx + 1))?;
+        Ok(())
+    });
+    let mut data = bytes(&[A, B, 0, 0, 0, 0]);
+    data.extend([0u8; 16]);
+    let (cpu, end) = run_with(&code, &data, |c| {
+        set_xmm(c, 12, u128::MAX);
+        set_xmm(c, 13, 0x5555 << 70);
+    });
+    assert_eq!(end, End::Halt);
+    assert_eq!(xmm(&cpu, 2), q(lo(A), lo(B)));
+    assert_eq!(xmm(&cpu, 3), q(hi(A), hi(B)));
+    assert_eq!(
+        xmm(&cpu, 4),
+        q(lo(A).wrapping_add(lo(B)), hi(A).wrapping_add(hi(B)))
+    );
+    assert_eq!(
+        xmm(&cpu, 5),
+        q(lo(A).wrapping_sub(lo(B)), hi(A).wrapping_sub(hi(B)))
+    );
+    assert_eq!(xmm(&cpu, 6), !A & B);
+    assert_eq!(xmm(&cpu, 7), q(lo(A), hi(B)));
+    assert_eq!(xmm(&cpu, 8), q(lo(B), lo(A)));
+    assert_eq!(rd(&cpu, DATA + 32, 8), lo(B));
+    assert_eq!(rd(&cpu, DATA + 40, 8), hi(A));
+    assert_eq!(xmm(&cpu, 9), q(lo(A), 0));
+    assert_eq!(xmm(&cpu, 10), q(lo(B), 0));
+    assert_eq!(xmm(&cpu, 11), q(lo(B) & 0xffff_ffff, 0));
+    assert_eq!(rd(&cpu, DATA + 48, 8), lo(B));
+    assert_eq!(rd(&cpu, DATA + 56, 4), lo(A) & 0xffff_ffff);
+    assert_eq!(xmm(&cpu, 12), 0);
+    assert_eq!(xmm(&cpu, 13), A | 0x5555 << 70);
+    assert_eq!(
+        rd(&cpu, DATA + 64, 8) as u128 | u128::from(rd(&cpu, DATA + 72, 8)) << 64,
+        B
+    );
+    let mut want = [0u8; 16];
+    want.copy_from_slice(&data[1..17]);
+    assert_eq!(xmm(&cpu, 14), u128::from_le_bytes(want));
+}
+
+/// A misaligned MOVDQA source faults (#GP) before the register changes, and a
+/// misaligned PAND too.
+#[test]
+fn aligned_ir_forms_fault_on_misaligned_operands() {
+    for form in 0..2 {
+        let code = asm64(|a| {
+            if form == 0 {
+                a.movdqa(xmm1, xmmword_ptr(rbx + 8))?;
+            } else {
+                a.pand(xmm1, xmmword_ptr(rbx + 8))?;
+            }
+            Ok(())
+        });
+        let (cpu, end) = run_with(&code, &bytes(&[A, B]), |c| set_xmm(c, 1, 7));
+        assert_eq!(end, End::Fault(13, Some(0)));
+        assert_eq!(xmm(&cpu, 1), 7);
+    }
+}
+
 fn lanes16(v: u128) -> [u16; 8] {
     core::array::from_fn(|i| (v >> (16 * i)) as u16)
 }

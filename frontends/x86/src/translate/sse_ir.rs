@@ -1,0 +1,182 @@
+//! The SSE instructions that are plain 64-bit work on the halves of the XMM registers
+//! (`Global::Xmm`), done in IR with no helper call: the 128-bit moves (to, from and
+//! between registers), the bitwise logic, PADDQ/PSUBQ, the qword unpacks and shuffles
+//! (PUNPCKLQDQ/PUNPCKHQDQ, MOVLPS/MOVHPS/MOVHLPS/MOVLHPS and their PD forms), MOVQ and
+//! MOVD. Used when the mode says SSE passes its checks ([`super::Mode::sse_ok`]); a
+//! memory operand is read before any register is written, so a fault leaves them.
+
+use super::sse::{unaligned_ok, Kind};
+use super::{Flow, Tr};
+use iced_x86::Mnemonic;
+use vireo_core::ir::{BinOp, Global, Size, Temp, UnOp};
+
+/// The IR global of half `hi` (0 low, 1 high) of XMM register `r`.
+fn half(r: u8, hi: u8) -> Global {
+    Global::Xmm((r & 15) * 2 + hi)
+}
+
+impl Tr {
+    fn xmm_get(&mut self, r: u8) -> (Temp, Temp) {
+        (self.b.get(half(r, 0)), self.b.get(half(r, 1)))
+    }
+
+    fn xmm_set(&mut self, r: u8, lo: Temp, hi: Temp) {
+        self.b.set(half(r, 0), lo);
+        self.b.set(half(r, 1), hi);
+    }
+
+    /// A 128-bit source operand: a register, or memory (alignment checked).
+    fn src128(&mut self, k: Kind) -> Option<(Temp, Temp)> {
+        match k {
+            Kind::Xmm(r) => Some(self.xmm_get(r)),
+            Kind::Mem => {
+                let mmu = self.m.mmu();
+                let addr = self.sse_addr(false);
+                let lo = self.b.load(addr, Size::B64, false, mmu);
+                let a8 = self.plus8(addr);
+                let hi = self.b.load(a8, Size::B64, false, mmu);
+                Some((lo, hi))
+            }
+            _ => None,
+        }
+    }
+
+    /// A 64-bit memory operand's address (no alignment requirement).
+    fn addr64(&mut self, write: bool) -> Temp {
+        self.sse_addr(write)
+    }
+
+    /// Translates `mn` with operands `kinds` in IR if it is one of this module's;
+    /// `None` otherwise (nothing emitted).
+    pub(super) fn sse_ir(&mut self, mn: Mnemonic, kinds: &[Kind]) -> Option<Flow> {
+        use Mnemonic as M;
+        let mmu = self.m.mmu();
+        match (mn, kinds) {
+            (
+                M::Movaps | M::Movups | M::Movapd | M::Movupd | M::Movdqa | M::Movdqu | M::Lddqu,
+                &[Kind::Xmm(d), s @ (Kind::Xmm(_) | Kind::Mem)],
+            ) => {
+                let (lo, hi) = self.src128(s)?;
+                self.xmm_set(d, lo, hi);
+            }
+            (
+                M::Movaps
+                | M::Movups
+                | M::Movapd
+                | M::Movupd
+                | M::Movdqa
+                | M::Movdqu
+                | M::Movntps
+                | M::Movntpd
+                | M::Movntdq,
+                &[Kind::Mem, Kind::Xmm(s)],
+            ) => {
+                let addr = self.sse_addr(true);
+                let a8 = self.plus8(addr);
+                if unaligned_ok(mn) {
+                    // Both qwords writable before either is written (the aligned
+                    // forms are on one page).
+                    self.b.load_for_write(addr, Size::B64, mmu);
+                    self.b.load_for_write(a8, Size::B64, mmu);
+                }
+                let (lo, hi) = self.xmm_get(s);
+                self.b.store(addr, lo, Size::B64, mmu);
+                self.b.store(a8, hi, Size::B64, mmu);
+            }
+            (
+                M::Pxor
+                | M::Xorps
+                | M::Xorpd
+                | M::Por
+                | M::Orps
+                | M::Orpd
+                | M::Pand
+                | M::Andps
+                | M::Andpd
+                | M::Pandn
+                | M::Andnps
+                | M::Andnpd
+                | M::Paddq
+                | M::Psubq,
+                &[Kind::Xmm(d), s @ (Kind::Xmm(_) | Kind::Mem)],
+            ) => {
+                let zeroing =
+                    matches!(mn, M::Pxor | M::Xorps | M::Xorpd | M::Psubq) && s == Kind::Xmm(d);
+                if zeroing {
+                    let z = self.b.konst(0);
+                    self.xmm_set(d, z, z);
+                    return Some(Flow::Next);
+                }
+                let (slo, shi) = self.src128(s)?;
+                let (mut dlo, mut dhi) = self.xmm_get(d);
+                let op = match mn {
+                    M::Pxor | M::Xorps | M::Xorpd => BinOp::Xor,
+                    M::Por | M::Orps | M::Orpd => BinOp::Or,
+                    M::Paddq => BinOp::Add,
+                    M::Psubq => BinOp::Sub,
+                    M::Pandn | M::Andnps | M::Andnpd => {
+                        dlo = self.b.un(UnOp::Not, Size::B64, dlo);
+                        dhi = self.b.un(UnOp::Not, Size::B64, dhi);
+                        BinOp::And
+                    }
+                    _ => BinOp::And,
+                };
+                let lo = self.b.bin(op, Size::B64, dlo, slo);
+                let hi = self.b.bin(op, Size::B64, dhi, shi);
+                self.xmm_set(d, lo, hi);
+            }
+            (M::Punpcklqdq, &[Kind::Xmm(d), s @ (Kind::Xmm(_) | Kind::Mem)]) => {
+                let (slo, _) = self.src128(s)?;
+                self.b.set(half(d, 1), slo);
+            }
+            (M::Punpckhqdq, &[Kind::Xmm(d), s @ (Kind::Xmm(_) | Kind::Mem)]) => {
+                let (_, shi) = self.src128(s)?;
+                let dhi = self.b.get(half(d, 1));
+                self.xmm_set(d, dhi, shi);
+            }
+            (M::Movlps | M::Movlpd | M::Movhps | M::Movhpd, &[Kind::Xmm(d), Kind::Mem]) => {
+                let addr = self.addr64(false);
+                let v = self.b.load(addr, Size::B64, false, mmu);
+                let h = u8::from(matches!(mn, M::Movhps | M::Movhpd));
+                self.b.set(half(d, h), v);
+            }
+            (M::Movlps | M::Movlpd | M::Movhps | M::Movhpd, &[Kind::Mem, Kind::Xmm(s)]) => {
+                let addr = self.addr64(true);
+                let h = u8::from(matches!(mn, M::Movhps | M::Movhpd));
+                let v = self.b.get(half(s, h));
+                self.b.store(addr, v, Size::B64, mmu);
+            }
+            (M::Movhlps, &[Kind::Xmm(d), Kind::Xmm(s)]) => {
+                let v = self.b.get(half(s, 1));
+                self.b.set(half(d, 0), v);
+            }
+            (M::Movlhps, &[Kind::Xmm(d), Kind::Xmm(s)]) => {
+                let v = self.b.get(half(s, 0));
+                self.b.set(half(d, 1), v);
+            }
+            // MOVQ/MOVD into a register: the element, the rest zeroed.
+            (M::Movq | M::Movd, &[Kind::Xmm(d), s @ (Kind::Xmm(_) | Kind::Mem | Kind::Gpr)]) => {
+                let size = if mn == M::Movq { Size::B64 } else { Size::B32 };
+                let v = match s {
+                    Kind::Xmm(r) if mn == M::Movq => self.b.get(half(r, 0)),
+                    Kind::Mem | Kind::Gpr => {
+                        let o = self.operand(1, false);
+                        self.read(o, size)
+                    }
+                    _ => return None,
+                };
+                let z = self.b.konst(0);
+                self.xmm_set(d, v, z);
+            }
+            // MOVQ/MOVD out of a register: its low element.
+            (M::Movq | M::Movd, &[Kind::Mem | Kind::Gpr, Kind::Xmm(s)]) => {
+                let size = if mn == M::Movq { Size::B64 } else { Size::B32 };
+                let o = self.operand(0, true);
+                let v = self.b.get(half(s, 0));
+                self.write(o, size, v);
+            }
+            _ => return None,
+        }
+        Some(Flow::Next)
+    }
+}
