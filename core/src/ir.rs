@@ -572,7 +572,16 @@ impl Block {
                 }
                 *d = true;
             }
-            for x in op.temps() {
+            if let Some(d) = op.dst() {
+                t(&d)?;
+            }
+            let mut bad = None;
+            op.for_each_read(|x| {
+                if x.0 >= self.temps {
+                    bad.get_or_insert(x);
+                }
+            });
+            if let Some(x) = bad {
                 t(&x)?;
             }
         }
@@ -690,6 +699,38 @@ impl Op {
             | Op::Load { dst, .. } => Some(*dst),
             Op::Call { ret, .. } => *ret,
             _ => None,
+        }
+    }
+
+    /// Calls `f` with every temp the op reads (its operands, not its result), without
+    /// allocating.
+    pub fn for_each_read(&self, mut f: impl FnMut(Temp)) {
+        match self {
+            Op::Mov { src, .. } | Op::Ext { src, .. } | Op::Set { src, .. } => f(*src),
+            Op::Bin { a, b, .. } | Op::SetCond { a, b, .. } => {
+                f(*a);
+                f(*b);
+            }
+            Op::Un { a, .. } => f(*a),
+            Op::Select { cond, a, b, .. } => {
+                f(*cond);
+                f(*a);
+                f(*b);
+            }
+            Op::Load { addr, .. } => f(*addr),
+            Op::Store { addr, val, .. } => {
+                f(*addr);
+                f(*val);
+            }
+            Op::BrIf { cond, .. } => f(*cond),
+            Op::Call { args, .. } => args.iter().copied().for_each(f),
+            Op::Raise { error, .. } => error.iter().copied().for_each(f),
+            Op::InsnStart { .. }
+            | Op::Const { .. }
+            | Op::Get { .. }
+            | Op::Label(_)
+            | Op::Br(_)
+            | Op::Exit(_) => {}
         }
     }
 

@@ -28,16 +28,64 @@ pub fn optimize(block: &mut Block) {
     dead_temps(block);
 }
 
+/// Plain globals, numbered: [`slot`]'s range.
+const SLOTS: usize = 60;
+
+/// The number of plain global `g` (below [`SLOTS`]); `None` for the others.
+fn slot(g: Global) -> Option<usize> {
+    Some(match g {
+        Global::Gpr(n) if n < 16 => usize::from(n),
+        Global::Pc => 16,
+        Global::CcOp => 17,
+        Global::CcDst => 18,
+        Global::CcSrc => 19,
+        Global::CcSrc2 => 20,
+        Global::SegBase(n) if n < 6 => 21 + usize::from(n),
+        Global::Xmm(n) if n < 32 => 27 + usize::from(n),
+        _ => return None,
+    })
+}
+
+/// The first [`slot`] of the vector-register halves.
+const XMM_SLOTS: usize = 27;
+
 /// Whether `g` is one plain storage location (see the module documentation).
 fn plain(g: Global) -> bool {
-    match g {
-        Global::Gpr(n) => n < 16,
-        Global::SegBase(n) => n < 6,
-        Global::Xmm(n) => n < 32,
-        Global::Pc | Global::CcOp | Global::CcDst | Global::CcSrc | Global::CcSrc2 => true,
-        Global::Flags => false,
+    slot(g).is_some()
+}
+
+/// A multiplicative hasher for the passes' small integer keys (the standard
+/// library's SipHash showed in translation profiles).
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+    fn write_isize(&mut self, n: isize) {
+        self.write_u64(n as u64);
     }
 }
+
+type KeyMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<KeyHasher>>;
 
 /// A call that reads no guest state, writes none, cannot fault and does not end the
 /// block: it observes nothing and cannot raise a stop request.
@@ -100,14 +148,14 @@ struct Known {
     /// `copy[t] = Some(s)`: `t` holds the value `s` holds now.
     copy: Vec<Option<Temp>>,
     /// The temp holding each plain global's current value.
-    globals: HashMap<Global, Temp>,
+    globals: [Option<Temp>; SLOTS],
     /// `setcc[t] = Some((cond, size, a, b))`: `t` holds `a cond b` (0 or 1), with
     /// `a` and `b` holding the values compared.
     setcc: Vec<Option<(Cond, Size, Temp, Temp)>>,
     /// The temp holding the value of each binary operation computed in the region
     /// (common subexpressions: an address computed for a load and again for the
     /// store after it).
-    exprs: HashMap<(BinOp, Size, Operand, Operand), Temp>,
+    exprs: KeyMap<(BinOp, Size, Operand, Operand), Temp>,
     /// Assignments of each temp in the block (a temp assigned once needs no
     /// invalidation scan: nothing can refer to it before its assignment).
     defs: Vec<u32>,
@@ -118,7 +166,7 @@ impl Known {
         self.konst.fill(None);
         self.fits.fill(None);
         self.copy.fill(None);
-        self.globals.clear();
+        self.globals = [None; SLOTS];
         self.setcc.fill(None);
         self.exprs.clear();
     }
@@ -151,7 +199,11 @@ impl Known {
                     *c = None;
                 }
             }
-            self.globals.retain(|_, v| *v != t);
+            for g in self.globals.iter_mut() {
+                if *g == Some(t) {
+                    *g = None;
+                }
+            }
             for c in self.setcc.iter_mut() {
                 if matches!(*c, Some((_, _, a, b)) if a == t || b == t) {
                     *c = None;
@@ -231,9 +283,9 @@ fn forward(block: &mut Block) {
         konst: vec![None; n],
         fits: vec![None; n],
         copy: vec![None; n],
-        globals: HashMap::new(),
+        globals: [None; SLOTS],
         setcc: vec![None; n],
-        exprs: HashMap::new(),
+        exprs: KeyMap::default(),
         defs: vec![0; n],
     };
     for op in &block.ops {
@@ -248,9 +300,9 @@ fn forward(block: &mut Block) {
         sources_mut(op, |t| *t = k.resolve(*t));
         // Rewrite the op from what is known.
         let rewritten = match *op {
-            Op::Get { dst, src } if plain(src) => {
-                k.globals.get(&src).map(|&t| Op::Mov { dst, src: t })
-            }
+            Op::Get { dst, src } if plain(src) => slot(src)
+                .and_then(|i| k.globals[i])
+                .map(|t| Op::Mov { dst, src: t }),
             Op::Bin {
                 op: bop,
                 size,
@@ -414,15 +466,19 @@ fn forward(block: &mut Block) {
                 ..
             } => k.set_fits(dst, Some(size)),
             Op::Get { dst, src } if plain(src) => {
-                k.globals.insert(src, dst);
+                if let Some(i) = slot(src) {
+                    k.globals[i] = Some(dst);
+                }
             }
             Op::Set { dst, src } if plain(dst) => {
-                k.globals.insert(dst, src);
+                if let Some(i) = slot(dst) {
+                    k.globals[i] = Some(src);
+                }
             }
-            Op::Call { ref effects, .. } if effects.writes_globals => k.globals.clear(),
+            Op::Call { ref effects, .. } if effects.writes_globals => k.globals = [None; SLOTS],
             // Vector state may change in any call that is not pure (see `Global::Xmm`).
             Op::Call { ref effects, .. } if !pure_call(effects) => {
-                k.globals.retain(|g, _| !matches!(g, Global::Xmm(_)))
+                k.globals[XMM_SLOTS..].fill(None)
             }
             Op::Label(_) => k.clear(),
             _ => {}
@@ -455,16 +511,7 @@ fn demanded_bits(block: &Block) -> Vec<u32> {
                 need(addr, 64);
                 need(val, size.bits());
             }
-            ref o => {
-                let d = o.dst();
-                for t in o.temps() {
-                    // An op's result is not one of its reads (unless it is also an
-                    // operand, which `temps` then lists twice).
-                    if Some(t) != d || o.temps().iter().filter(|&&x| x == t).count() > 1 {
-                        need(t, 64);
-                    }
-                }
-            }
+            ref o => o.for_each_read(|t| need(t, 64)),
         }
     }
     demand

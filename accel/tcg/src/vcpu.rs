@@ -660,7 +660,15 @@ impl TcgVcpu {
                 (r.outcome, TbId::from_tag(r.tag))
             }
             Some(r) => (r.outcome, id),
-            None => (self.interp.run(&tb.code, &mut self.cpu), id),
+            None => match &tb.code {
+                Some(code) => (self.interp.run(code, &mut self.cpu), id),
+                None => {
+                    // A compiled block whose code is gone (the block and JIT caches
+                    // flush together, so this does not happen): translate anew.
+                    self.flush_code();
+                    return Step::Continue;
+                }
+            },
         };
         if shadow {
             // The interrupt shadow (STI, MOV SS) covers the instruction after; a
@@ -935,9 +943,11 @@ impl TcgVcpu {
         if let (Some(j), true) = (&jit, crate::perfmap::enabled()) {
             crate::perfmap::record(j.entry(), j.bytes, key.cs_base, key.pc);
         }
+        // A compiled block needs its IR no more (the two caches flush together).
+        let code = jit.is_none().then(|| Prepared::new(block));
         let tb = Tb {
             key,
-            code: Prepared::new(block),
+            code,
             jit,
             pages: [Some(key.phys >> 12), page2],
             linear_page: linear >> 12,

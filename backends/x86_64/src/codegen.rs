@@ -303,17 +303,13 @@ fn allocate(block: &Block) -> Allocation {
             labels.push(i);
         }
         let d = op.dst();
-        for t in op.temps() {
+        op.for_each_read(|t| {
             let k = t.0 as usize;
-            if k >= n {
-                continue;
+            if k < n {
+                first_use[k] = first_use[k].min(i);
+                last_use[k] = last_use[k].max(i);
             }
-            if Some(t) == d && defs_once(op, t) {
-                continue;
-            }
-            first_use[k] = first_use[k].min(i);
-            last_use[k] = last_use[k].max(i);
-        }
+        });
         if let Some(t) = d {
             let k = t.0 as usize;
             if k < n {
@@ -420,22 +416,13 @@ struct Allocation {
 fn reads(block: &Block) -> Vec<u32> {
     let mut n = vec![0u32; block.temps as usize];
     for op in &block.ops {
-        let d = op.dst();
-        for t in op.temps() {
-            if Some(t) == d && defs_once(op, t) {
-                continue;
-            }
+        op.for_each_read(|t| {
             if let Some(c) = n.get_mut(t.0 as usize) {
                 *c += 1;
             }
-        }
+        });
     }
     n
-}
-
-/// Whether `t`, the op's result, is not also one of its operands.
-fn defs_once(op: &Op, t: Temp) -> bool {
-    op.temps().iter().filter(|x| **x == t).count() == 1
 }
 
 /// Compiles `block` for environment type `E`, with its cell at address `cell`.
