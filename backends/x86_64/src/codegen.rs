@@ -13,7 +13,8 @@
 //! The block is `extern "C" fn(ctx, env, temps) -> u64`; it returns [`RET_FAULT`]
 //! (a fault or a panic is parked in the context, `ctx.pc` is the instruction's PC),
 //! [`RET_STOP`] (`ctx.pc` is the PC to stop at) or `RET_EXIT + k` for an exit of kind
-//! `k` (see [`exit_of`]; the target of a `Jump` or `Pause` is in `ctx.target`). Its
+//! `k` (see [`exit_of`]; the target of a `Pause` is in `ctx.target`, a `Jump`'s is
+//! the PC the block stored, as the IR requires). Its
 //! epilogue records its cell in `ctx.last`.
 //!
 //! **Chaining.** After the prologue is the block's *chain entry*, where another
@@ -70,7 +71,8 @@ pub struct Compiled {
     pub slot_targets: [Option<u64>; 2],
 }
 
-/// The exit a return code `n >= RET_EXIT` stands for (`target` from `ctx.target`).
+/// The exit a return code `n >= RET_EXIT` stands for (`target` from `ctx.target`;
+/// the run takes a `Jump`'s from the environment's PC instead).
 pub fn exit_of(n: u64, target: u64) -> ExitKind {
     match n.wrapping_sub(RET_EXIT) {
         0 => ExitKind::Jump(target),
@@ -773,6 +775,9 @@ impl Gen<'_> {
     fn exit<E: GuestEnv + DirectGlobals>(&mut self, kind: ExitKind) {
         self.flush::<E>();
         let (code, target) = exit_code(kind);
+        // A `Jump`'s target is the PC it stored (see `ExitKind::Jump`): the run reads
+        // it from there.
+        let target = target.filter(|_| !matches!(kind, ExitKind::Jump(_)));
         if let Some(t) = target {
             match i32::try_from(t as i64) {
                 Ok(k) => dynasm!(self.ops ; .arch x64 ; mov QWORD [rbx + CTX_TARGET], k),
@@ -901,8 +906,9 @@ impl Gen<'_> {
         dynasm!(self.ops ; .arch x64 ; no:);
     }
 
-    /// With a cell address (or 0) in `rax`: jumps into its block if it lives and the
-    /// run may go on; else jumps to the local label `no` (which the caller defines).
+    /// With a cell address in `rax` (never 0: empty slots and table entries name the
+    /// null cell, whose entry is 0): jumps into its block if it lives and the run may
+    /// go on; else jumps to the local label `no` (which the caller defines).
     /// (If the block is live: the run conditions are checked by the block's shared
     /// `go` code, which returns with `code` when they fail.)
     fn chain_to_cell(&mut self, code: u64) {
@@ -913,8 +919,6 @@ impl Gen<'_> {
         let go = *self.go.get_or_insert_with(|| self.ops.new_dynamic_label());
         dynasm!(self.ops
             ; .arch x64
-            ; test rax, rax
-            ; jz >no
             ; mov rax, [rax + CELL_ENTRY]
             ; test rax, rax
             ; jz >no

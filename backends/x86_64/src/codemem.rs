@@ -135,6 +135,16 @@ impl CodeChunk {
         }
     }
 
+    /// Skips bytes (never executed) so that the next code pushed has its byte at
+    /// `offset` on a multiple of `to` (a power of two), if that fits.
+    pub fn align_for(&mut self, offset: usize, to: usize) {
+        let at = self.rx as usize + self.used + offset;
+        let pad = at.next_multiple_of(to) - at;
+        if pad <= self.room() {
+            self.used += pad;
+        }
+    }
+
     /// Copies `code` in after the code already there; returns its executable
     /// address, or `None` if it does not fit.
     pub fn push(&mut self, code: &[u8]) -> Option<usize> {

@@ -25,7 +25,7 @@ mod tests;
 
 use std::marker::PhantomData;
 use vireo_core::exec::{BlockOutcome, DirectGlobals, Fault, GuestEnv};
-use vireo_core::ir::Block;
+use vireo_core::ir::{Block, ExitKind};
 
 /// Why a block could not be compiled.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +46,9 @@ pub enum JitError {
 
 /// Size of one chunk of code memory (a larger block gets a chunk of its own).
 const CHUNK: usize = 1 << 20;
+
+/// Alignment of a block's chain entry in code memory.
+const ENTRY_ALIGN: usize = 64;
 
 /// Default limit of code memory per cache.
 pub const DEFAULT_LIMIT: usize = 128 << 20;
@@ -80,6 +83,19 @@ pub struct Cell {
     tag: u64,
 }
 
+/// The cell empty chain slots and indirect-table entries name (never a block's:
+/// its entry is 0), so that generated code needs no null test of a cell address.
+static NULL_CELL: Cell = Cell {
+    entry: 0,
+    slots: [0; 2],
+    tag: 0,
+};
+
+/// The address of [`NULL_CELL`].
+fn null_cell() -> usize {
+    (&raw const NULL_CELL) as usize
+}
+
 /// Cells per arena chunk.
 const CELLS: usize = 4096;
 
@@ -94,12 +110,15 @@ pub(crate) struct IndEntry {
     cell: usize,
 }
 
-const IND_EMPTY: IndEntry = IndEntry {
-    pc: u64::MAX,
-    cs_base: u64::MAX,
-    guard: u64::MAX,
-    cell: 0,
-};
+/// An empty indirect-table entry (matches no key; its cell is [`NULL_CELL`]).
+fn ind_empty() -> IndEntry {
+    IndEntry {
+        pc: u64::MAX,
+        cs_base: u64::MAX,
+        guard: u64::MAX,
+        cell: null_cell(),
+    }
+}
 
 /// Entries of the indirect-exit table (a power of two).
 pub(crate) const IND_SIZE: usize = 1024;
@@ -190,7 +209,7 @@ impl<E> JitCache<E> {
             cells: Vec::new(),
             cells_used: CELLS,
             max_temps: 1,
-            ind: vec![IND_EMPTY; IND_SIZE].into_boxed_slice(),
+            ind: vec![ind_empty(); IND_SIZE].into_boxed_slice(),
             guard_offsets: std::cell::OnceCell::new(),
             gen: 0,
             used: 0,
@@ -213,7 +232,7 @@ impl<E> JitCache<E> {
             self.retired.append(&mut self.chunks);
         }
         self.chunks.clear();
-        self.ind.fill(IND_EMPTY);
+        self.ind.fill(ind_empty());
         self.cells.clear();
         self.cells_used = CELLS;
         self.used = 0;
@@ -225,13 +244,13 @@ impl<E> JitCache<E> {
         b.gen == self.gen
     }
 
-    /// A new cell (entry 0, no links, tag 0).
+    /// A new cell (entry 0, no links: both slots name [`NULL_CELL`], tag 0).
     fn new_cell(&mut self) -> *mut Cell {
         if self.cells_used == CELLS {
             let chunk = (0..CELLS)
                 .map(|_| Cell {
                     entry: 0,
-                    slots: [0; 2],
+                    slots: [null_cell(); 2],
                     tag: 0,
                 })
                 .collect();
@@ -322,7 +341,10 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
                 limit: self.limit,
             });
         }
-        let fits = self.chunks.last().is_some_and(|ch| ch.room() >= len);
+        let fits = self
+            .chunks
+            .last()
+            .is_some_and(|ch| ch.room() >= len + ENTRY_ALIGN);
         if !fits {
             if let Some(full) = self.chunks.last_mut() {
                 full.seal();
@@ -330,6 +352,10 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
             self.chunks.push(codemem::CodeChunk::new(len.max(CHUNK))?);
         }
         let gen = self.gen;
+        // The chain entry (where chained blocks jump in) on a fetch boundary.
+        if let Some(ch) = self.chunks.last_mut() {
+            ch.align_for(c.chain_entry, ENTRY_ALIGN);
+        }
         let Some(entry) = self.chunks.last_mut().and_then(|ch| ch.push(&c.code)) else {
             return Err(JitError::Unsupported("code chunk lost".into()));
         };
@@ -441,6 +467,9 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
             codegen::RET_STOP => {
                 env.set(vireo_core::ir::Global::Pc, ctx.pc);
                 BlockOutcome::Stopped { pc: ctx.pc }
+            }
+            codegen::RET_EXIT => {
+                BlockOutcome::Exit(ExitKind::Jump(env.get(vireo_core::ir::Global::Pc)))
             }
             n => BlockOutcome::Exit(codegen::exit_of(n, ctx.target)),
         };

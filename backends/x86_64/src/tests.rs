@@ -377,6 +377,16 @@ fn global(rng: &mut Rng) -> Global {
     }
 }
 
+/// Exit `kind`, with the PC set first for a `Jump` or `Pause` (the IR's contract:
+/// `Global::Pc` holds their target).
+fn exit(b: &mut Builder, kind: ExitKind) {
+    if let ExitKind::Jump(t) | ExitKind::Pause(t) = kind {
+        let k = b.konst(t);
+        b.set(Global::Pc, k);
+    }
+    b.exit(kind);
+}
+
 fn exit_kind(rng: &mut Rng) -> ExitKind {
     match rng.below(5) {
         0 => ExitKind::Jump(rng.next() & 0xffff),
@@ -487,7 +497,7 @@ fn random_block(rng: &mut Rng) -> Block {
         let e = rng.chance(50).then(|| pick(rng));
         b.raise(rng.pick(&[0u8, 6, 13, 14]), e);
     } else {
-        b.exit(exit_kind(rng));
+        exit(&mut b, exit_kind(rng));
     }
     let blk = b.finish();
     blk.validate().expect("generator made an invalid block");
@@ -525,7 +535,7 @@ fn random_op(
             b.br_if(pick(rng), skip);
             for _ in 0..rng.below(3) {
                 match rng.below(4) {
-                    0 => b.exit(exit_kind(rng)),
+                    0 => exit(b, exit_kind(rng)),
                     1 => {
                         let r = pick_dst(rng);
                         b.push(Op::Call {
@@ -705,7 +715,7 @@ fn random_op(
             // A conditional exit in the middle.
             let skip = b.label();
             b.br_if(pick(rng), skip);
-            b.exit(exit_kind(rng));
+            exit(b, exit_kind(rng));
             b.set_label(skip);
         }
         96 => {
