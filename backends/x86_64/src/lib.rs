@@ -349,7 +349,8 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
             if let Some(full) = self.chunks.last_mut() {
                 full.seal();
             }
-            self.chunks.push(codemem::CodeChunk::new(len.max(CHUNK))?);
+            self.chunks
+                .push(codemem::CodeChunk::new((len + ENTRY_ALIGN).max(CHUNK))?);
         }
         let gen = self.gen;
         // The chain entry (where chained blocks jump in) on a fetch boundary.
