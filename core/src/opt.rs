@@ -328,7 +328,15 @@ fn forward(block: &mut Block) {
                         })
                     }
                     _ => identity(bop, a, b, ka, kb)
-                        .map(|x| trunc_of(dst, x, size))
+                        .map(|x| {
+                            // Already narrow enough: the value itself.
+                            let narrow = k.fits(x).is_some_and(|w| w.bits() <= size.bits());
+                            if narrow {
+                                Op::Mov { dst, src: x }
+                            } else {
+                                trunc_of(dst, x, size)
+                            }
+                        })
                         .or_else(|| {
                             let key = (bop, size, k.operand(a), k.operand(b));
                             let e = k.exprs.get(&key).copied();

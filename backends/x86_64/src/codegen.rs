@@ -719,15 +719,20 @@ impl Gen<'_> {
     /// register or `rax`, `b` as an immediate, a register or `rcx`).
     fn compare(&mut self, size: Size, a: Temp, b: Temp) {
         let ra = match (self.reg(a), self.k(a)) {
-            (Some(r), None) if matches!(size, Size::B32 | Size::B64) => r,
+            (Some(r), None) => r,
             _ => {
                 self.ld(RAX, a);
                 RAX
             }
         };
-        match (size, self.k32(b)) {
-            (Size::B32, Some(v)) => dynasm!(self.ops ; .arch x64 ; cmp Rd(ra), v),
-            (Size::B64, Some(v)) => dynasm!(self.ops ; .arch x64 ; cmp Rq(ra), v),
+        match (size, self.k32(b), self.k(b)) {
+            (Size::B32, Some(v), _) => dynasm!(self.ops ; .arch x64 ; cmp Rd(ra), v),
+            (Size::B64, Some(v), _) => dynasm!(self.ops ; .arch x64 ; cmp Rq(ra), v),
+            // The constant truncated to the width, as the comparison sees it.
+            (Size::B8, _, Some(v)) => dynasm!(self.ops ; .arch x64 ; cmp Rb(ra), v as u8 as i8),
+            (Size::B16, _, Some(v)) => {
+                dynasm!(self.ops ; .arch x64 ; cmp Rw(ra), v as u16 as i16)
+            }
             _ => {
                 let rb = match (self.reg(b), self.k(b)) {
                     (Some(r), None) => r,

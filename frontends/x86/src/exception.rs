@@ -97,6 +97,7 @@ impl X86Cpu {
     /// Writes CR2 for a #PF, promotes to #DF per the SDM's table, and returns
     /// `Err(Shutdown)` on a triple fault.
     pub fn deliver_exception(&mut self, fault: Fault, insn_pc: u64) -> Result<(), Shutdown> {
+        let fault = self.noncanonical_fault(fault, insn_pc);
         let insn_pc = self.fault_pc.take().unwrap_or(insn_pc);
         self.deliver(
             Event {
@@ -107,6 +108,18 @@ impl X86Cpu {
             },
             fault.address,
         )
+    }
+
+    /// A #GP(0) the softmmu marked as a non-canonical data access (it carries the
+    /// address): #SS(0) if every access of the instruction at `insn_pc` goes through
+    /// SS (`crate::translate::stack_only`), else #GP(0); other faults as they are.
+    pub(crate) fn noncanonical_fault(&mut self, fault: Fault, insn_pc: u64) -> Fault {
+        if fault.vector != 13 || fault.error_code != Some(0) || fault.address.is_none() {
+            return fault;
+        }
+        let stack = crate::translate::decode_at(self, insn_pc)
+            .is_some_and(|i| crate::translate::stack_only(&i));
+        Fault::with_error(if stack { 12 } else { 13 }, 0)
     }
 
     /// Delivers external interrupt `vector` at the current RIP.

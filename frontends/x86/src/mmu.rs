@@ -701,10 +701,17 @@ pub fn read_bytes(
 }
 
 /// #GP(0) in long mode unless both ends of `[la, la+len)` are canonical (checked
-/// before any page of the access is walked, as the CPU does).
+/// before any page of the access is walked, as the CPU does). The fault carries the
+/// address, which marks it as a non-canonical data access: if the instruction's
+/// accesses all go through SS it is #SS(0) instead, which exception delivery decides
+/// (see [`crate::translate::stack_only`]; the translator leaves such accesses
+/// unchecked).
 fn check_canonical(cpu: &X86Cpu, la: u64, len: usize) -> Result<(), Fault> {
     if cpu.state.efer & ctl::EFER_LMA != 0 && !canonical_range(la, len) {
-        return Err(gp0());
+        return Err(Fault {
+            address: Some(la),
+            ..gp0()
+        });
     }
     Ok(())
 }

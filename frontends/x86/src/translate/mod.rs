@@ -273,6 +273,92 @@ pub(crate) struct Tr {
     pub model: crate::cpuid::CpuidModel,
 }
 
+/// Whether every memory access of `i` goes through SS: a stack instruction (PUSH,
+/// POP, near CALL and RET, ENTER, LEAVE, PUSHF, POPF) whose explicit memory operand,
+/// if any, is SS-relative, or another instruction whose only memory operand is
+/// SS-relative; not the ones that also read descriptor tables (segment loads, far
+/// transfers, LGDT and kin) or string operands. A non-canonical address in such an
+/// instruction is #SS(0), in any other #GP(0): the translator leaves its accesses to
+/// the softmmu's check (which marks the fault) and exception delivery decides.
+pub(crate) fn stack_only(i: &Instruction) -> bool {
+    use iced_x86::OpKind as K;
+    use Mnemonic as M;
+    let mut explicit = false;
+    for n in 0..i.op_count() {
+        match i.op_kind(n) {
+            K::Memory => explicit = true,
+            K::Register if i.op_register(n).is_segment_register() => return false,
+            K::MemorySegSI
+            | K::MemorySegESI
+            | K::MemorySegRSI
+            | K::MemorySegDI
+            | K::MemorySegEDI
+            | K::MemorySegRDI
+            | K::MemoryESDI
+            | K::MemoryESEDI
+            | K::MemoryESRDI => return false,
+            _ => {}
+        }
+    }
+    if explicit && i.memory_segment() != iced_x86::Register::SS {
+        return false;
+    }
+    let system = matches!(
+        i.mnemonic(),
+        M::Lgdt
+            | M::Lidt
+            | M::Lldt
+            | M::Ltr
+            | M::Lar
+            | M::Lsl
+            | M::Verr
+            | M::Verw
+            | M::Lss
+            | M::Lfs
+            | M::Lgs
+            | M::Iret
+            | M::Iretd
+            | M::Iretq
+            | M::Retf
+            | M::Int
+            | M::Int1
+            | M::Int3
+            | M::Into
+            | M::Xlatb
+    ) || i.is_call_far()
+        || i.is_call_far_indirect()
+        || i.is_jmp_far()
+        || i.is_jmp_far_indirect();
+    if system {
+        return false;
+    }
+    let stack = matches!(
+        i.mnemonic(),
+        M::Push
+            | M::Pop
+            | M::Call
+            | M::Ret
+            | M::Enter
+            | M::Leave
+            | M::Pushf
+            | M::Pushfq
+            | M::Popf
+            | M::Popfq
+    );
+    explicit || stack
+}
+
+/// The instruction at CS-relative `pc` in the CPU's current mode, if its bytes can
+/// be read and decode.
+pub(crate) fn decode_at(cpu: &mut X86Cpu, pc: u64) -> Option<Instruction> {
+    let m = Mode::of(cpu);
+    let mut buf = [0u8; 15];
+    let (avail, _) = fetch(cpu, &m, pc, &mut buf);
+    let mut dec = Decoder::with_ip(m.bits, &buf[..avail], pc, DecoderOptions::NONE);
+    let i = dec.decode();
+    (!i.is_invalid()).then_some(i)
+}
+
 /// Reads the code bytes of the instruction at CS-relative `pc`: up to 15 bytes,
 /// stopping at the first byte that cannot be fetched (its fault is returned too).
 fn fetch(cpu: &mut X86Cpu, m: &Mode, pc: u64, buf: &mut [u8; 15]) -> (usize, Option<Fault>) {

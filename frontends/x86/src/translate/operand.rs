@@ -195,14 +195,16 @@ impl Tr {
             };
             // Non-canonical: bits 63..47 of the first or the last byte's address not
             // all equal (an access crossing 2^47 faults before any page is walked).
-            // An access of at most 8 bytes (one load or store) through another segment
-            // than SS faults #GP(0) in the softmmu (no fast TLB entry matches such an
-            // address, and `mmu` checks both ends first), which keeps the block free
-            // of a branch per access. SS faults #SS(0), and a wider operand (several
-            // loads) must fault before its first part is accessed: checked here.
+            // An access of at most 8 bytes (one load or store) faults in the softmmu
+            // (no fast TLB entry matches such an address, and `mmu` checks both ends
+            // first), which keeps the block free of a branch per access: #GP(0), or
+            // #SS(0) when all of the instruction's accesses go through SS (exception
+            // delivery decides: `stack_only`). An SS access of an instruction that
+            // also has others, and a wider operand (several loads, which must fault
+            // before the first part is accessed), are checked here.
             // With b = lin + 2^47, the first byte is canonical iff b < 2^48, the last
             // iff b + len - 1 < 2^48.
-            if !stack && len <= 8 {
+            if len <= 8 && (!stack || super::stack_only(&self.i)) {
                 return lin;
             }
             let biased = self

@@ -154,6 +154,8 @@ pub fn run(cpu: &mut X86Cpu, max_blocks: usize) -> End {
             BlockOutcome::Stopped { .. } => cpu.stop = false,
             BlockOutcome::Fault { fault, pc } => {
                 cpu.state.rip = pc;
+                // As exception delivery classifies it.
+                let fault = cpu.noncanonical_fault(fault, pc);
                 if is_hlt_standin(cpu, &fault, pc) {
                     cpu.state.rip = pc + 1;
                     return End::Halt;

@@ -500,3 +500,33 @@ fn random_bytes_never_panic() {
         }
     }
 }
+
+/// A non-canonical address is #SS(0) in an instruction whose accesses all go through
+/// SS (the stack instructions, RSP/RBP-based operands), #GP(0) otherwise, also when
+/// an SS access of the same instruction would fault too; nothing is written.
+#[test]
+fn non_canonical_addresses_fault_ss_for_stack_accesses_only() {
+    const BAD: u64 = 0x8000_0000_0000_0010;
+    const SP: u64 = 0x7000;
+    // (code, RSP, RBP, RAX, expected vector)
+    let cases: [(&[u8], u64, u64, u64, u8); 13] = [
+        (&[0x50], BAD, 0, 0, 12),                         // push rax
+        (&[0x58], BAD, 0, 0, 12),                         // pop rax
+        (&[0xe8, 0, 0, 0, 0], BAD, 0, 0, 12),             // call rel32
+        (&[0xc3], BAD, 0, 0, 12),                         // ret
+        (&[0xc9], SP, BAD, 0, 12),                        // leave (RSP = RBP first)
+        (&[0x48, 0x8b, 0x44, 0x24, 0x08], BAD, 0, 0, 12), // mov rax, [rsp+8]
+        (&[0x48, 0x8b, 0x45, 0x00], SP, BAD, 0, 12),      // mov rax, [rbp]
+        (&[0x48, 0x89, 0x45, 0x08], SP, BAD, 0, 12),      // mov [rbp+8], rax
+        (&[0x48, 0x8b, 0x00], SP, 0, BAD, 13),            // mov rax, [rax]
+        (&[0xff, 0x30], SP, 0, BAD, 13),                  // push qword [rax]
+        (&[0xff, 0x30], BAD, 0, 0x6000, 12),              // push qword [rax]: the push
+        (&[0x8f, 0x00], SP, 0, BAD, 13),                  // pop qword [rax]
+        (&[0x64, 0x48, 0x8b, 0x04, 0x24], BAD, 0, 0, 13), // mov rax, fs:[rsp]
+    ];
+    for (code, sp, bp, ax, vector) in cases {
+        let (cpu, end) = exec(M::Long64, code, &[(4, sp), (5, bp), (0, ax)], 0);
+        assert_eq!(end, End::Fault(vector, Some(0)), "{code:02x?}");
+        assert_eq!(cpu.state.gpr[4], sp, "{code:02x?}: RSP unchanged");
+    }
+}
