@@ -156,7 +156,8 @@ enum Cmd {
     /// Linux under TCG: vireo against qemu-system-x86_64 -accel tcg on the same guest.
     ///
     /// Boots the prepared Debian kernel and busybox initramfs (`prepare-guest`) with the
-    /// same kernel command line, `-m` and machine options under each engine, and measures
+    /// same kernel command line, `-m`, CPU model (`-cpu qemu64`, QEMU's TCG default) and
+    /// machine options under each engine, and measures
     /// spawn to the /init marker, CPU-bound jobs timed between marker lines the guest
     /// prints (md5sum and gzip of generated files, a shell arithmetic loop), and the
     /// whole process (wall time, peak RSS) of the boot that runs md5. Prints medians and
@@ -215,9 +216,10 @@ enum Cmd {
     ///
     /// Multiboot kernels built in process, one per kind of guest work (integer ALU
     /// loop, memory-bound loop over a 16 MiB array, call/ret recursion, indirect jumps,
-    /// system calls, page faults), each run with the same file and machine options
-    /// under each engine. Prints the median time between the kernel's begin/end marker
-    /// lines, guest instructions per second, and each engine's speed relative to QEMU.
+    /// system calls, page faults), each run with the same file, CPU model and machine
+    /// options under each engine. Prints the median time between the kernel's begin/end
+    /// marker lines, guest instructions per second, and each engine's speed relative to
+    /// QEMU.
     ///
     /// Exit status: 0 if every run gave its figure (right checksum), 2 if some failed,
     /// 1 on errors.
