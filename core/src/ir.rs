@@ -702,6 +702,37 @@ impl Op {
         }
     }
 
+    /// [`Op::for_each_read`] with each operand to rewrite in place.
+    pub fn for_each_read_mut(&mut self, mut f: impl FnMut(&mut Temp)) {
+        match self {
+            Op::Mov { src, .. } | Op::Ext { src, .. } | Op::Set { src, .. } => f(src),
+            Op::Bin { a, b, .. } | Op::SetCond { a, b, .. } => {
+                f(a);
+                f(b);
+            }
+            Op::Un { a, .. } => f(a),
+            Op::Select { cond, a, b, .. } => {
+                f(cond);
+                f(a);
+                f(b);
+            }
+            Op::Load { addr, .. } => f(addr),
+            Op::Store { addr, val, .. } => {
+                f(addr);
+                f(val);
+            }
+            Op::BrIf { cond, .. } => f(cond),
+            Op::Call { args, .. } => args.iter_mut().for_each(f),
+            Op::Raise { error, .. } => error.iter_mut().for_each(f),
+            Op::InsnStart { .. }
+            | Op::Const { .. }
+            | Op::Get { .. }
+            | Op::Label(_)
+            | Op::Br(_)
+            | Op::Exit(_) => {}
+        }
+    }
+
     /// Calls `f` with every temp the op reads (its operands, not its result), without
     /// allocating.
     pub fn for_each_read(&self, mut f: impl FnMut(Temp)) {
@@ -731,24 +762,6 @@ impl Op {
             | Op::Label(_)
             | Op::Br(_)
             | Op::Exit(_) => {}
-        }
-    }
-
-    /// Every temp the op reads or writes.
-    pub fn temps(&self) -> Vec<Temp> {
-        match self {
-            Op::InsnStart { .. } | Op::Label(_) | Op::Br(_) | Op::Exit(_) => vec![],
-            Op::Const { dst, .. } | Op::Get { dst, .. } => vec![*dst],
-            Op::Mov { dst, src } | Op::Ext { dst, src, .. } => vec![*dst, *src],
-            Op::Set { src, .. } => vec![*src],
-            Op::Bin { dst, a, b, .. } | Op::SetCond { dst, a, b, .. } => vec![*dst, *a, *b],
-            Op::Un { dst, a, .. } => vec![*dst, *a],
-            Op::Select { dst, cond, a, b } => vec![*dst, *cond, *a, *b],
-            Op::Load { dst, addr, .. } => vec![*dst, *addr],
-            Op::Store { addr, val, .. } => vec![*addr, *val],
-            Op::BrIf { cond, .. } => vec![*cond],
-            Op::Call { args, ret, .. } => args.iter().chain(ret.iter()).copied().collect(),
-            Op::Raise { error, .. } => error.iter().copied().collect(),
         }
     }
 }

@@ -102,37 +102,6 @@ fn retain_kept(block: &mut Block, keep: &[bool]) {
     });
 }
 
-/// Applies `f` to every temp `op` reads.
-fn sources_mut(op: &mut Op, mut f: impl FnMut(&mut Temp)) {
-    match op {
-        Op::Mov { src, .. } | Op::Ext { src, .. } | Op::Set { src, .. } => f(src),
-        Op::Bin { a, b, .. } | Op::SetCond { a, b, .. } => {
-            f(a);
-            f(b);
-        }
-        Op::Un { a, .. } => f(a),
-        Op::Select { cond, a, b, .. } => {
-            f(cond);
-            f(a);
-            f(b);
-        }
-        Op::Load { addr, .. } => f(addr),
-        Op::Store { addr, val, .. } => {
-            f(addr);
-            f(val);
-        }
-        Op::BrIf { cond, .. } => f(cond),
-        Op::Call { args, .. } => args.iter_mut().for_each(f),
-        Op::Raise { error, .. } => error.iter_mut().for_each(f),
-        Op::InsnStart { .. }
-        | Op::Const { .. }
-        | Op::Get { .. }
-        | Op::Label(_)
-        | Op::Br(_)
-        | Op::Exit(_) => {}
-    }
-}
-
 /// An operand as common-subexpression keys see it: constants by value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Operand {
@@ -297,7 +266,7 @@ fn forward(block: &mut Block) {
     }
     let mut keep = vec![true; block.ops.len()];
     for (i, op) in block.ops.iter_mut().enumerate() {
-        sources_mut(op, |t| *t = k.resolve(*t));
+        op.for_each_read_mut(|t| *t = k.resolve(*t));
         // Rewrite the op from what is known.
         let rewritten = match *op {
             Op::Get { dst, src } if plain(src) => slot(src)
@@ -603,7 +572,7 @@ fn dead_global_stores(block: &mut Block) {
 fn dead_temps(block: &mut Block) {
     let mut uses = vec![0u32; block.temps as usize];
     for op in block.ops.iter_mut() {
-        sources_mut(op, |t| {
+        op.for_each_read_mut(|t| {
             if let Some(u) = uses.get_mut(t.0 as usize) {
                 *u += 1;
             }
@@ -637,7 +606,7 @@ fn dead_temps(block: &mut Block) {
             if removable && unused {
                 keep[i] = false;
                 changed = true;
-                sources_mut(op, |t| {
+                op.for_each_read_mut(|t| {
                     if let Some(u) = uses.get_mut(t.0 as usize) {
                         *u = u.saturating_sub(1);
                     }

@@ -247,19 +247,7 @@ mod tests {
     /// `carry` is `compute`'s CF for every operation, size and a spread of values.
     #[test]
     fn carry_is_the_computed_cf() {
-        let vals = [
-            0u64,
-            1,
-            2,
-            0x7f,
-            0x80,
-            0xff,
-            0x7fff,
-            0x8000,
-            0xffff_ffff,
-            1 << 63,
-            u64::MAX,
-        ];
+        let vals = crate::translate::tests::EDGE;
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         for kind in KINDS {
             for size in [Size::B8, Size::B16, Size::B32, Size::B64] {

@@ -48,7 +48,7 @@ mod system;
 mod x87;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 #[cfg(test)]
 mod tests_lockstep;
 #[cfg(test)]
