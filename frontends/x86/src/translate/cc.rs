@@ -6,7 +6,7 @@ use super::Tr;
 use crate::flags::{cc_op, CcKind, CC_EFLAGS};
 use crate::helpers::integer::IntHelper;
 use iced_x86::ConditionCode;
-use vireo_core::cpu::flags::{CF, OF, PF, SF, ZF};
+use vireo_core::cpu::flags::{AF, CF, OF, PF, SF, ZF};
 use vireo_core::ir::{BinOp, Cond, Global, Size, Temp};
 
 /// What the translator knows about the lazy flags at the current point.
@@ -74,6 +74,59 @@ impl Tr {
         let s2 = self.b.get(Global::CcSrc2);
         self.int(IntHelper::ComputeEflags, &[op, d, s, s2], true)
             .unwrap_or(op)
+    }
+
+    /// The arithmetic flags with CF and OF left undefined (their bits may hold
+    /// anything: the caller replaces them, as rotates do). Computed inline when the
+    /// last operation is a known add, subtract, logic op, increment or decrement:
+    /// ZF, SF and PF of its result, AF from its operands; else through
+    /// `compute_eflags`.
+    pub fn eflags_but_cf_of(&mut self) -> Temp {
+        use vireo_core::ir::UnOp;
+        let Some((kind, size, d, s)) = self.cc.known else {
+            return self.eflags();
+        };
+        // The first operand and the second (AF is bit 4 of a ^ b ^ result).
+        let operands = match kind {
+            CcKind::Add => Some((self.b.bin(BinOp::Sub, size, d, s), s)),
+            CcKind::Sub => Some((self.sub_first(size, d, s), s)),
+            CcKind::Inc => {
+                let one = self.b.konst(1);
+                Some((self.b.bin(BinOp::Sub, size, d, one), one))
+            }
+            CcKind::Dec => {
+                let one = self.b.konst(1);
+                Some((self.b.bin(BinOp::Add, size, d, one), one))
+            }
+            CcKind::Logic => None,
+            _ => return self.eflags(),
+        };
+        let zero = self.b.konst(0);
+        let z = self.b.setcond(Cond::Eq, size, d, zero);
+        let zf = self
+            .b
+            .bini(BinOp::Shl, Size::B64, z, u64::from(ZF.trailing_zeros()));
+        let sign = self
+            .b
+            .bini(BinOp::Shr, Size::B64, d, u64::from(size.bits() - 1));
+        let sf = self
+            .b
+            .bini(BinOp::Shl, Size::B64, sign, u64::from(SF.trailing_zeros()));
+        let ones = self.b.un(UnOp::Popcnt, Size::B8, d);
+        let odd = self.b.bini(BinOp::And, Size::B64, ones, 1);
+        let even = self.b.bini(BinOp::Xor, Size::B64, odd, 1);
+        let pf = self
+            .b
+            .bini(BinOp::Shl, Size::B64, even, u64::from(PF.trailing_zeros()));
+        let mut f = self.b.bin(BinOp::Or, Size::B64, zf, sf);
+        f = self.b.bin(BinOp::Or, Size::B64, f, pf);
+        if let Some((a, b)) = operands {
+            let x = self.b.bin(BinOp::Xor, Size::B64, a, b);
+            let x = self.b.bin(BinOp::Xor, Size::B64, x, d);
+            let af = self.b.bini(BinOp::And, Size::B64, x, AF);
+            f = self.b.bin(BinOp::Or, Size::B64, f, af);
+        }
+        f
     }
 
     /// CF as 0/1.

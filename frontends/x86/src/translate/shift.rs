@@ -102,7 +102,7 @@ impl Tr {
                 let f = if known == Some(0) {
                     None
                 } else {
-                    Some(self.eflags())
+                    Some(self.eflags_but_cf_of())
                 };
                 self.shift_writeback(dst, size, r, known);
                 self.with_nonzero_count(cnt, known, |t| {

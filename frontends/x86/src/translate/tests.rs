@@ -520,6 +520,61 @@ fn shifts_and_rotates_edge_counts() {
     }
 }
 
+/// A rotate keeps SF, ZF, AF and PF of the operation before it (computed inline when
+/// that is an add, subtract, compare, logic op, increment or decrement in the same
+/// block) and sets CF (and OF for a count of 1).
+#[test]
+fn rotates_keep_the_flags_of_the_operation_before() {
+    let values = [0u64, 1, 0x0f, 0x10, 0x7f, 0x80, 0xff, 0x8000_0000, u64::MAX];
+    // (opcode byte of `op rbx, rcx` (01 add, 29 sub, 39 cmp, 21 and, 31 xor) or
+    // FF /0 /1 (inc/dec rbx), /r number for `ref_alu`).
+    let ops: [(&[u8], u8); 7] = [
+        (&[0x01, 0xcb], 0),
+        (&[0x29, 0xcb], 5),
+        (&[0x39, 0xcb], 7),
+        (&[0x21, 0xcb], 4),
+        (&[0x31, 0xcb], 6),
+        (&[0xff, 0xc3], 8),
+        (&[0xff, 0xcb], 9),
+    ];
+    for bits in [8u32, 16, 32, 64] {
+        for (code_op, alu) in ops {
+            for &a in &values {
+                for &b in &values {
+                    for (rot, count) in [(0u8, 1u32), (1, 1), (0, 5), (1, 13)] {
+                        let mut code = size_prefix(bits);
+                        let w = u8::from(bits != 8);
+                        code.push(code_op[0] - u8::from(bits == 8));
+                        code.push(code_op[1]);
+                        // rol/ror rdx, count
+                        code.extend(size_prefix(bits));
+                        code.extend([0xc0 + w, 0xc2 | (rot << 3), count as u8]);
+                        let (cpu, end) = exec(M::Long64, &code, &[(3, a), (1, b), (2, a ^ b)], 0);
+                        assert_eq!(end, End::Halt);
+                        let f1 = match alu {
+                            8 => (ref_alu(0, bits, a, 1, 0).1 & !CF),
+                            9 => (ref_alu(5, bits, a, 1, 0).1 & !CF),
+                            k => ref_alu(k, bits, a, b, 0).1,
+                        };
+                        let cmask = if bits == 64 { 63 } else { 31 };
+                        let (_, fl) = ref_shift(rot, bits, a ^ b, count & cmask, 0);
+                        let (cf, of) = fl.expect("count not 0");
+                        let ctx = format!(
+                            "bits {bits} op {alu} a {a:#x} b {b:#x} rot {rot} count {count}"
+                        );
+                        let f = cpu.rflags() & ARITH;
+                        assert_eq!(f & (SF | ZF | AF | PF), f1 & (SF | ZF | AF | PF), "{ctx}");
+                        assert_eq!(f & CF, cf, "CF {ctx}");
+                        if count == 1 {
+                            assert_eq!((f & OF) >> 11, of, "OF {ctx}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// INC and DEC keep CF: after a shift or a multiply in the same block the translator
 /// computes it from the known operation inline.
 #[test]
