@@ -552,8 +552,8 @@ fn rotates_keep_the_flags_of_the_operation_before() {
                         let (cpu, end) = exec(M::Long64, &code, &[(3, a), (1, b), (2, a ^ b)], 0);
                         assert_eq!(end, End::Halt);
                         let f1 = match alu {
-                            8 => (ref_alu(0, bits, a, 1, 0).1 & !CF),
-                            9 => (ref_alu(5, bits, a, 1, 0).1 & !CF),
+                            8 => ref_alu(0, bits, a, 1, 0).1 & !CF,
+                            9 => ref_alu(5, bits, a, 1, 0).1 & !CF,
                             k => ref_alu(k, bits, a, b, 0).1,
                         };
                         let cmask = if bits == 64 { 63 } else { 31 };
