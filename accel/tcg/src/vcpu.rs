@@ -84,12 +84,6 @@ impl JumpCache {
 }
 const LOG_EXEC: &str = "vireo::tcg::exec";
 
-/// What a lookup epoch stands for: mode key, CPL, MMU generation, A20.
-type EpochState = (u64, u8, u64, bool);
-const NO_EPOCH_STATE: EpochState = (u64::MAX, u8::MAX, u64::MAX, false);
-/// States whose epochs are remembered.
-const RECENT_EPOCHS: usize = 4;
-
 /// Run-loop counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TcgStats {
@@ -177,12 +171,6 @@ pub struct TcgVcpu {
     chain_from: Option<(TbId, u64)>,
     /// Blocks found by CS:RIP lookups, direct-mapped by PC.
     jcache: Vec<JumpCache>,
-    /// Lookup epochs of the last few states (mode key, CPL, MMU generation, A20),
-    /// the current one first. Blocks are looked up under the current epoch, by the
-    /// jump cache and by compiled code's indirect exits (`X86Cpu::mmu.jc_guard`);
-    /// epochs are unique across vCPUs (they may share a JIT cache). Returning to a
-    /// recent state (a system call's return to user mode) finds its entries again.
-    recent_epochs: [(EpochState, u64); RECENT_EPOCHS],
     max_insns: usize,
     translator: Translator,
     pub stats: TcgStats,
@@ -228,7 +216,6 @@ impl TcgVcpu {
             budget: None,
             chain_from: None,
             jcache: vec![JumpCache::EMPTY; JCACHE_SIZE],
-            recent_epochs: [(NO_EPOCH_STATE, u64::MAX); RECENT_EPOCHS],
             max_insns: MAX_BLOCK_INSNS,
             translator: frontend::translate,
             stats: TcgStats::default(),
@@ -557,8 +544,13 @@ impl TcgVcpu {
     }
 
     /// The current lookup epoch.
+    /// The current lookup epoch. Blocks are looked up under it, by the jump cache and
+    /// by compiled code's indirect exits (`X86Cpu::mmu.jc_guard`); epochs are unique
+    /// across vCPUs (they may share a JIT cache). The epochs of the last few states
+    /// are kept (`X86Cpu::mmu.epochs`): returning to a recent state (a system call's
+    /// return to user mode) finds its entries again.
     fn epoch(&self) -> u64 {
-        self.recent_epochs[0].1
+        self.cpu.mmu.epochs[0].1
     }
 
     /// Interrupts may be taken again: a hint taken while they could not comes back.
@@ -759,20 +751,18 @@ impl TcgVcpu {
     /// delivered (`Err(step)`).
     fn find_block(&mut self, pc: u64, prev: Option<(TbId, u64)>) -> Result<TbId, Step> {
         let cs_base = self.cpu.state.seg[sreg::CS].base;
-        let mode = frontend::mode_key(&self.cpu) | u64::from(self.single_stepping()) << 63;
-        let cpl = self.cpu.state.cpl();
-        let a20 = self.cpu.bus.a20.enabled();
-        let state = (mode, cpl, self.cpu.mmu.gen, a20);
-        if state != self.recent_epochs[0].0 {
+        let state = vireo_x86::mmu::epoch_state(&self.cpu);
+        let a20 = state.3;
+        if state != self.cpu.mmu.epochs[0].0 {
             // Move the state to the front; a new one takes the oldest place.
             // (Shifted by hand: `rotate_right` goes through `memmove`, which showed
             // in profiles of system-call-heavy guests.)
-            let r = &mut self.recent_epochs;
+            let r = &mut self.cpu.mmu.epochs;
             let (i, front) = match r.iter().position(|(s, _)| *s == state) {
                 Some(i) => (i, r[i]),
                 None => {
                     let e = EPOCHS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    (RECENT_EPOCHS - 1, (state, e))
+                    (vireo_x86::mmu::RECENT_EPOCHS - 1, (state, e))
                 }
             };
             for j in (1..=i).rev() {

@@ -238,7 +238,9 @@ impl GuestEnv for X86Cpu {
 // the same entries first). The chain guard is the `bool` interrupt shadow. The
 // indirect guard is `mmu.jc_guard`: any TLB flush sets it to `u64::MAX`, and the run
 // loop sets it to an epoch that changes with the mode, CPL, MMU generation and A20;
-// the mode and CPL change only through exits other than `Jump`/`Indirect` (far
+// the mode and CPL change only through exits other than `Jump`/`Indirect`, or in
+// SYSCALL, whose helper then sets the guard to the epoch of the new state
+// (`mmu::refresh_guard`, from the run loop's recent epochs) (far
 // transfers that exit `Indirect`, in real and V86 mode, change only the CS base,
 // which lookups compare separately).
 unsafe impl DirectGlobals for X86Cpu {

@@ -233,6 +233,37 @@ pub struct Mmu {
     /// targets under (see `DirectGlobals::indirect_guard`); `u64::MAX` (matches
     /// nothing) from any TLB flush until the run loop sets it again.
     pub jc_guard: u64,
+    /// The lookup epochs of the last few CPU states ([`epoch_state`]), the current
+    /// one first: kept by the run loop, read by helpers that change the state and
+    /// let their block chain on (SYSCALL: [`refresh_guard`]).
+    pub epochs: [(EpochState, u64); RECENT_EPOCHS],
+}
+
+/// What a lookup epoch stands for: mode key (bit 63: single-stepping), CPL, MMU
+/// generation, A20.
+pub type EpochState = (u64, u8, u64, bool);
+/// No state has it.
+pub const NO_EPOCH_STATE: EpochState = (u64::MAX, u8::MAX, u64::MAX, false);
+/// States whose epochs are remembered.
+pub const RECENT_EPOCHS: usize = 4;
+
+/// The CPU's state as lookup epochs name it.
+pub fn epoch_state(cpu: &X86Cpu) -> EpochState {
+    let single_step = cpu.state.rflags & vireo_core::cpu::flags::TF != 0;
+    let mode = crate::translate::mode_key(cpu) | u64::from(single_step) << 63;
+    (mode, cpu.state.cpl(), cpu.mmu.gen, cpu.bus.a20.enabled())
+}
+
+/// Sets the indirect-lookup guard to the epoch of the CPU's current state if the run
+/// loop gave it one recently, else to "none" (`u64::MAX`): for a helper that changed
+/// the mode or CPL in a block that then exits `Indirect` (compiled code may then go
+/// on into the block registered for the new state).
+pub fn refresh_guard(cpu: &mut X86Cpu) {
+    let state = epoch_state(cpu);
+    cpu.mmu.jc_guard = match cpu.mmu.epochs.iter().find(|(s, _)| *s == state) {
+        Some(&(_, e)) if state.3 => e,
+        _ => u64::MAX,
+    };
 }
 
 impl Default for Mmu {
@@ -240,6 +271,7 @@ impl Default for Mmu {
         Mmu {
             gen: 0,
             jc_guard: u64::MAX,
+            epochs: [(NO_EPOCH_STATE, u64::MAX); RECENT_EPOCHS],
             fast: FastTlb::default(),
             code: CodeWatch::default(),
             tlb: vec![EMPTY; CLASSES * TLB_SIZE],

@@ -453,3 +453,26 @@ fn fast_tlb_gives_way_to_code_pages_and_remaps() {
         Ok(0x77)
     );
 }
+
+/// A helper that changed the mode finds the epoch the run loop gave the new state,
+/// and "none" for a state it never saw or with A20 off.
+#[test]
+fn the_guard_follows_the_state_through_the_recent_epochs() {
+    let mut cpu = machine();
+    assert!(cpu.bus.a20.enabled());
+    let here = epoch_state(&cpu);
+    cpu.mmu.epochs[2] = (here, 77);
+    refresh_guard(&mut cpu);
+    assert_eq!(cpu.mmu.jc_guard, 77);
+    // Another CPL (or mode, or MMU generation): a state without an epoch.
+    cpu.mmu.gen += 1;
+    refresh_guard(&mut cpu);
+    assert_eq!(cpu.mmu.jc_guard, u64::MAX);
+    cpu.mmu.epochs[0] = (epoch_state(&cpu), 78);
+    refresh_guard(&mut cpu);
+    assert_eq!(cpu.mmu.jc_guard, 78);
+    cpu.bus.a20.set(false);
+    cpu.mmu.epochs[1] = (epoch_state(&cpu), 79);
+    refresh_guard(&mut cpu);
+    assert_eq!(cpu.mmu.jc_guard, u64::MAX);
+}

@@ -268,8 +268,12 @@ fn pushf(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
 fn popf(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
     unit(io::popf(cpu, arg(a, 0), arg(a, 1)))
 }
+/// SYSCALL, whose block exits `Indirect`: the lookup guard follows the new CPL and
+/// mode, so that compiled code may go straight on into the kernel's entry block.
 fn syscall(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
-    unit(fast::syscall(cpu, arg(a, 0)))
+    fast::syscall(cpu, arg(a, 0))?;
+    crate::mmu::refresh_guard(cpu);
+    Ok(0)
 }
 fn sysret(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
     unit(fast::sysret(cpu, arg(a, 0)))

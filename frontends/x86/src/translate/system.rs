@@ -168,9 +168,13 @@ impl Tr {
             M::Swapgs => self.simple(SysHelper::Swapgs),
             M::Sysenter => self.simple(SysHelper::Sysenter),
             M::Syscall => {
+                // An `Indirect` exit, not `Sync`: the helper sets the lookup guard for
+                // the new mode, and SYSCALL never sets IF (it can only clear it), so
+                // no interrupt becomes deliverable.
                 let n = self.b.konst(next);
                 self.sys(SysHelper::Syscall, &[n], false);
-                self.sync()
+                self.b.exit(ExitKind::Indirect);
+                Flow::End
             }
             M::Sysret | M::Sysretq => {
                 let bits = self.b.konst(if self.i.code() == Code::Sysretq {
