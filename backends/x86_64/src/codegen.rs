@@ -104,6 +104,8 @@ struct Gen<'a> {
     fault: DynamicLabel,
     /// Address of the block's cell.
     cell: usize,
+    /// The block's chain entry.
+    entry: DynamicLabel,
     /// The `Jump` targets served by the chain slots.
     slot_targets: [Option<u64>; 2],
     /// Offsets of the bools that must be false to chain; `None`: never chain.
@@ -440,6 +442,7 @@ pub fn compile<E: GuestEnv + DirectGlobals>(
     let labels = (0..block.labels).map(|_| ops.new_dynamic_label()).collect();
     let epilogue = ops.new_dynamic_label();
     let fault = ops.new_dynamic_label();
+    let entry = ops.new_dynamic_label();
     // The first two distinct static successors get chain slots.
     let mut slot_targets = [None; 2];
     let mut n = 0;
@@ -469,6 +472,7 @@ pub fn compile<E: GuestEnv + DirectGlobals>(
         epilogue,
         fault,
         cell,
+        entry,
         slot_targets,
         guards,
         popcnt: std::arch::is_x86_feature_detected!("popcnt"),
@@ -544,6 +548,8 @@ impl Gen<'_> {
             ; mov r13, rdx
         );
         let chain_entry = self.ops.offset().0;
+        let entry = self.entry;
+        dynasm!(self.ops ; .arch x64 ; =>entry);
         if E::insn_hooks().is_none() {
             let pc = self.block.pc as i64;
             dynasm!(self.ops
@@ -793,6 +799,20 @@ impl Gen<'_> {
             }
         }
         if let ExitKind::Jump(t) = kind {
+            // A jump to the block's own start (a loop that is one block): its own
+            // chain entry, under the same run conditions as any chaining (a store
+            // that hits this block's code raises the stop request, which they check).
+            if t == self.block.pc && self.guards.is_some() {
+                let entry = self.entry;
+                let go = *self.go.get_or_insert_with(|| self.ops.new_dynamic_label());
+                dynasm!(self.ops
+                    ; .arch x64
+                    ; lea rax, [=>entry]
+                    ; mov esi, code as i32
+                    ; jmp =>go
+                );
+                return;
+            }
             if let Some(k) = self.slot_targets.iter().position(|s| *s == Some(t)) {
                 if self.guards.is_some() {
                     // The slot's cell, then the block's shared chaining code.

@@ -1034,6 +1034,50 @@ fn step_block(pc: u64, dst: u8, src: u8, next: u64) -> Block {
     b.finish()
 }
 
+/// A block that jumps to its own start runs on in itself, unlinked, until the
+/// limit or a flag; one that stores into code stops after one pass.
+#[test]
+fn a_block_looping_to_itself_runs_on_until_the_limit_or_a_flag() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut jit: JitCache<Env<true>> = JitCache::new(1 << 20);
+    let env = Env::<true>::new(&mut Rng(11));
+    let blk = step_block(0x100, 0, 1, 0x100);
+    let a = jit.compile(&blk).unwrap();
+    jit.set_tag(&a, 1);
+    let mut want = env.clone();
+    let p = Prepared::new(blk);
+    let mut interp = Interp::new();
+    for _ in 0..7 {
+        interp.run(&p, &mut want);
+    }
+    let flags: [AtomicBool; 4] = Default::default();
+    let (mut e, mut st) = (env.clone(), JitState::new());
+    let r = jit.run_chained(&a, &mut e, &mut st, &flags, 7).unwrap();
+    assert_eq!(r.outcome, BlockOutcome::Exit(ExitKind::Jump(0x100)));
+    assert_eq!((r.tag, r.chained, st.insns), (1, 6, 7));
+    e.insn_pc = want.insn_pc;
+    assert_eq!(e, want);
+    flags[2].store(true, Ordering::Relaxed);
+    let r = jit
+        .run_chained(&a, &mut env.clone(), &mut st, &flags, 7)
+        .unwrap();
+    assert_eq!(r.chained, 0);
+    flags[2].store(false, Ordering::Relaxed);
+    // A store into code raises the stop request: no second pass.
+    let mut bc = Builder::new(0x300);
+    bc.insn_start(0x300, 1);
+    let at = bc.konst(CODE);
+    bc.store(at, at, Size::B8, MmuIdx::Kernel);
+    let n = bc.konst(0x300);
+    bc.set(Global::Pc, n);
+    bc.exit(ExitKind::Jump(0x300));
+    let c = jit.compile(&bc.finish()).unwrap();
+    let mut e = env.clone();
+    e.map_pages();
+    let r = jit.run_chained(&c, &mut e, &mut st, &flags, 7).unwrap();
+    assert_eq!(r.chained, 0);
+}
+
 #[test]
 fn linked_blocks_run_on_until_the_limit_or_a_flag() {
     use std::sync::atomic::{AtomicBool, Ordering};
