@@ -392,6 +392,8 @@ impl Builder {
         Builder {
             block: Block {
                 pc,
+                // Room for a typical block (~40 ops in a Linux boot): no regrowth.
+                ops: Vec::with_capacity(64),
                 ..Block::default()
             },
         }
