@@ -120,10 +120,13 @@ fn ind_empty() -> IndEntry {
     }
 }
 
-/// Entries of the indirect-exit table (a power of two). With 1,024, returns in a
-/// shell's interpreter loop collided so often that ~57 exits per loop iteration went
-/// back to the run loop (ten times as many as with 8,192); 4,096 (128 KiB) keeps most.
-pub(crate) const IND_SIZE: usize = 4096;
+/// Entries of the indirect-exit table (a power of two): 2,048 (64 KiB). With 1,024,
+/// returns in a shell's interpreter loop collided so often that ~57 exits per loop
+/// iteration went back to the run loop (2,048: a third of that; 4,096: a fifth, but
+/// a table of 128 KiB, which the allocator maps apart, made unrelated loops ~30%
+/// slower on this host; a Fibonacci hash of the low 32 bits did worse than this
+/// one).
+pub(crate) const IND_SIZE: usize = 2048;
 
 /// The slot of `pc` in the indirect-exit table (generated code computes the same).
 pub(crate) fn ind_slot(pc: u64) -> usize {
