@@ -1034,6 +1034,19 @@ fn step_block(pc: u64, dst: u8, src: u8, next: u64) -> Block {
     b.finish()
 }
 
+/// A block at `pc` that stores into `CODE` (raising the stop request) and jumps to
+/// `next`.
+fn code_store_block(pc: u64, next: u64) -> Block {
+    let mut b = Builder::new(pc);
+    b.insn_start(pc, 1);
+    let at = b.konst(CODE);
+    b.store(at, at, Size::B8, MmuIdx::Kernel);
+    let n = b.konst(next);
+    b.set(Global::Pc, n);
+    b.exit(ExitKind::Jump(next));
+    b.finish()
+}
+
 /// A block that jumps to its own start runs on in itself, unlinked, until the
 /// limit or a flag; one that stores into code stops after one pass.
 #[test]
@@ -1064,14 +1077,7 @@ fn a_block_looping_to_itself_runs_on_until_the_limit_or_a_flag() {
     assert_eq!(r.chained, 0);
     flags[2].store(false, Ordering::Relaxed);
     // A store into code raises the stop request: no second pass.
-    let mut bc = Builder::new(0x300);
-    bc.insn_start(0x300, 1);
-    let at = bc.konst(CODE);
-    bc.store(at, at, Size::B8, MmuIdx::Kernel);
-    let n = bc.konst(0x300);
-    bc.set(Global::Pc, n);
-    bc.exit(ExitKind::Jump(0x300));
-    let c = jit.compile(&bc.finish()).unwrap();
+    let c = jit.compile(&code_store_block(0x300, 0x300)).unwrap();
     let mut e = env.clone();
     e.map_pages();
     let r = jit.run_chained(&c, &mut e, &mut st, &flags, 7).unwrap();
@@ -1121,14 +1127,7 @@ fn linked_blocks_run_on_until_the_limit_or_a_flag() {
     assert_eq!((r.tag, r.chained), (1, 0));
     flags[1].store(false, Ordering::Relaxed);
     // A stop request raised inside a block (a store into `CODE`) ends the chain too.
-    let mut bc = Builder::new(0x300);
-    bc.insn_start(0x300, 1);
-    let at = bc.konst(CODE);
-    bc.store(at, at, Size::B8, MmuIdx::Kernel);
-    let n = bc.konst(0x100);
-    bc.set(Global::Pc, n);
-    bc.exit(ExitKind::Jump(0x100));
-    let c = jit.compile(&bc.finish()).unwrap();
+    let c = jit.compile(&code_store_block(0x300, 0x100)).unwrap();
     jit.set_tag(&c, 3);
     jit.link(&c, 0x100, &a);
     let r = jit
