@@ -15,6 +15,7 @@
 #[cfg(not(target_arch = "x86_64"))]
 compile_error!("vireo-jit generates x86-64 code: build it on an x86-64 host");
 
+mod analysis;
 mod codegen;
 mod codemem;
 pub use codemem::set_anonymous as set_anonymous_code;

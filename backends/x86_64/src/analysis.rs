@@ -1,0 +1,227 @@
+//! What the code generator learns about a block before emitting it: which ops want
+//! the current PC or may raise the stop request, which labels need the PC, the
+//! register allocation of temps and the reads of each temp.
+
+use crate::codegen::direct;
+use vireo_core::exec::DirectGlobals;
+use vireo_core::ir::{Block, Op, Temp};
+
+/// Whether `op` may fault or call into the environment (wants the current PC and
+/// the counters up to date).
+pub(crate) fn wants_pc<E: DirectGlobals>(op: &Op) -> bool {
+    match op {
+        Op::Get { src: g, .. } | Op::Set { dst: g, .. } => direct::<E>(*g).is_none(),
+        Op::Load { .. } | Op::Store { .. } | Op::Call { .. } | Op::Raise { .. } => true,
+        _ => false,
+    }
+}
+
+/// Whether `op` may raise the environment's stop request or set one of its chain
+/// guards: only code that calls into the environment with effects may (a store, which
+/// may hit code; a helper; a global that is not a plain field). Loads and the plain
+/// functions of [`DirectGlobals::pure_fn`]/[`DirectGlobals::env_fn`] cannot; a `Raise`
+/// leaves the block.
+pub(crate) fn guard_risk<E: DirectGlobals>(op: &Op) -> bool {
+    match op {
+        Op::Get { src: g, .. } | Op::Set { dst: g, .. } => direct::<E>(*g).is_none(),
+        Op::Store { .. } => true,
+        Op::Call {
+            helper,
+            args,
+            effects,
+            ..
+        } => {
+            let pure = *effects == vireo_core::ir::Effects::PURE
+                && args.len() <= 4
+                && E::pure_fn(*helper).is_some();
+            let env = args.len() <= 3 && E::env_fn(*helper).is_some();
+            !(pure || env)
+        }
+        _ => false,
+    }
+}
+
+/// Which labels need the PC (`Gen::label_needs_pc`): a label does if the code after it,
+/// up to the next instruction start, wants it or goes to a label that needs it
+/// (by a branch or by falling through).
+pub(crate) fn labels_needing_pc<E: DirectGlobals>(block: &Block) -> Vec<bool> {
+    let mut needs = vec![false; block.labels as usize];
+    let at = |l: u32, needs: &[bool]| needs.get(l as usize).copied().unwrap_or(true);
+    loop {
+        let mut changed = false;
+        for (i, op) in block.ops.iter().enumerate() {
+            let Op::Label(l) = op else { continue };
+            if at(l.0, &needs) {
+                continue;
+            }
+            let wants = block.ops[i + 1..]
+                .iter()
+                .take_while(|o| !matches!(o, Op::InsnStart { .. }))
+                .any(|o| match o {
+                    Op::Label(m) | Op::Br(m) | Op::BrIf { target: m, .. } => at(m.0, &needs),
+                    o => wants_pc::<E>(o),
+                });
+            if wants {
+                if let Some(n) = needs.get_mut(l.0 as usize) {
+                    *n = true;
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            return needs;
+        }
+    }
+}
+
+/// Registers temps may live in: two callee-saved (kept across calls), two
+/// caller-saved (saved around calls). None is used by the op templates.
+pub(crate) const ALLOC_REGS: [u8; 4] = [14, 15, 10, 11];
+
+/// A temp in a caller-saved register, live from op `start` (its assignment) to op
+/// `end` (its last use).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Volatile {
+    pub temp: Temp,
+    pub reg: u8,
+    pub start: usize,
+    pub end: usize,
+}
+
+/// Linear-scan allocation of temps to [`ALLOC_REGS`]: a temp qualifies when it is
+/// assigned once, before any use, and no label lies between its assignment and its
+/// last use (so every path that reads it ran the assignment in the same straight
+/// line). Temps that get no register stay in the temp area.
+pub(crate) fn allocate(block: &Block) -> Allocation {
+    let n = block.temps as usize;
+    let mut defs = vec![0u32; n];
+    let mut first_def = vec![usize::MAX; n];
+    let mut first_use = vec![usize::MAX; n];
+    let mut last_use = vec![0usize; n];
+    let mut labels = Vec::new();
+    for (i, op) in block.ops.iter().enumerate() {
+        if let Op::Label(_) = op {
+            labels.push(i);
+        }
+        let d = op.dst();
+        op.for_each_read(|t| {
+            let k = t.0 as usize;
+            if k < n {
+                first_use[k] = first_use[k].min(i);
+                last_use[k] = last_use[k].max(i);
+            }
+        });
+        if let Some(t) = d {
+            let k = t.0 as usize;
+            if k < n {
+                defs[k] += 1;
+                first_def[k] = first_def[k].min(i);
+            }
+        }
+    }
+    // Where each label is, and the ops that branch to each.
+    let mut label_at = vec![usize::MAX; block.labels as usize];
+    for &i in &labels {
+        if let Op::Label(l) = block.ops[i] {
+            if let Some(a) = label_at.get_mut(l.0 as usize) {
+                *a = i;
+            }
+        }
+    }
+    let mut branches: Vec<(usize, usize)> = Vec::new(); // (label position, branch position)
+    for (i, op) in block.ops.iter().enumerate() {
+        if let Op::Br(l) | Op::BrIf { target: l, .. } = op {
+            let at = label_at.get(l.0 as usize).copied().unwrap_or(usize::MAX);
+            branches.push((at, i));
+        }
+    }
+    // Each label defined once (else the old rule: no label inside the interval).
+    let unique = labels
+        .iter()
+        .all(|&i| matches!(block.ops[i], Op::Label(x) if label_at.get(x.0 as usize) == Some(&i)));
+    // A path into the interval after the assignment (up to the last use) either runs
+    // the assignment or branches to a label inside it: every branch to such a label
+    // must come from inside too (as to the label after a check's `Raise`).
+    let inside = |d: usize, u: usize, i: usize| d < i && i <= u;
+    let straight = |k: usize| {
+        let (d, u) = (first_def[k], last_use[k]);
+        defs[k] == 1
+            && d < first_use[k]
+            && first_use[k] != usize::MAX
+            && if unique {
+                branches
+                    .iter()
+                    .all(|&(l, b)| !inside(d, u, l) || inside(d, u, b))
+            } else {
+                !labels.iter().any(|&l| inside(d, u, l))
+            }
+    };
+    // Constants that qualify are not computed at all: each use takes the value.
+    let mut konst = vec![None; n];
+    for k in (0..n).filter(|&k| straight(k)) {
+        if let Some(Op::Const { value, .. }) = block.ops.get(first_def[k]) {
+            konst[k] = Some(*value);
+        }
+    }
+    let mut intervals: Vec<(usize, usize, Temp)> = (0..n)
+        .filter(|&k| straight(k) && konst[k].is_none())
+        .map(|k| (first_def[k], last_use[k], Temp(k as u32)))
+        .collect();
+    intervals.sort();
+    let mut alloc = vec![None; n];
+    let mut volatile = Vec::new();
+    // (end, register) of the intervals holding a register.
+    let mut active: Vec<(usize, u8)> = Vec::new();
+    let mut free: Vec<u8> = ALLOC_REGS.iter().rev().copied().collect();
+    for (start, end, t) in intervals {
+        // An interval ending at this op frees its register for the op's result.
+        active.retain(|&(e, r)| {
+            if e <= start {
+                free.push(r);
+                false
+            } else {
+                true
+            }
+        });
+        if let Some(r) = free.pop() {
+            alloc[t.0 as usize] = Some(r);
+            active.push((end, r));
+            if r == 10 || r == 11 {
+                volatile.push(Volatile {
+                    temp: t,
+                    reg: r,
+                    start,
+                    end,
+                });
+            }
+        }
+    }
+    Allocation {
+        regs: alloc,
+        volatile,
+        konst,
+    }
+}
+
+/// Where the temps live.
+pub(crate) struct Allocation {
+    /// The host register of each temp that has one.
+    pub regs: Vec<Option<u8>>,
+    pub volatile: Vec<Volatile>,
+    /// The value of each temp that is a constant assigned once, before every use in
+    /// the same straight line: never stored, its uses take the value.
+    pub konst: Vec<Option<u64>>,
+}
+
+/// The number of reads of each temp in `block`.
+pub(crate) fn reads(block: &Block) -> Vec<u32> {
+    let mut n = vec![0u32; block.temps as usize];
+    for op in &block.ops {
+        op.for_each_read(|t| {
+            if let Some(c) = n.get_mut(t.0 as usize) {
+                *c += 1;
+            }
+        });
+    }
+    n
+}

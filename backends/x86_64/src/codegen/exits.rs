@@ -1,0 +1,221 @@
+//! A block's ways out: its exits, the shared chaining code (slots, the
+//! indirect-exit table, the run conditions) and returning to the run loop.
+
+// dynasm's dynamic registers (`Rq(r)`) expand to `r.into()`.
+#![allow(clippy::useless_conversion)]
+
+use super::{
+    direct, exit_code, Gen, CELL_ENTRY, CELL_SLOTS, CTX_CHAINS, CTX_FLAGS, CTX_LIMIT, CTX_TARGET,
+    RAX,
+};
+use dynasmrt::{dynasm, DynasmApi, DynasmLabelApi};
+use vireo_core::exec::{DirectGlobals, GuestEnv};
+use vireo_core::ir::{ExitKind, Global};
+
+impl Gen<'_> {
+    pub(super) fn exit<E: GuestEnv + DirectGlobals>(&mut self, kind: ExitKind) {
+        self.flush::<E>();
+        let (code, target) = exit_code(kind);
+        // A `Jump`'s target is the PC it stored (see `ExitKind::Jump`): the run reads
+        // it from there.
+        let target = target.filter(|_| !matches!(kind, ExitKind::Jump(_)));
+        if let Some(t) = target {
+            match i32::try_from(t as i64) {
+                Ok(k) => dynasm!(self.ops ; .arch x64 ; mov QWORD [rbx + CTX_TARGET], k),
+                Err(_) => {
+                    self.imm(RAX, t);
+                    dynasm!(self.ops ; .arch x64 ; mov [rbx + CTX_TARGET], rax);
+                }
+            }
+        }
+        if let ExitKind::Jump(t) = kind {
+            // A jump to the block's own start (a loop that is one block): its own
+            // chain entry, under the same run conditions as any chaining (a store
+            // that hits this block's code raises the stop request, which they check).
+            if t == self.block.pc && self.guards.is_some() {
+                let entry = self.entry;
+                let go = *self.go.get_or_insert_with(|| self.ops.new_dynamic_label());
+                dynasm!(self.ops
+                    ; .arch x64
+                    ; lea rax, [=>entry]
+                    ; mov esi, code as i32
+                    ; jmp =>go
+                );
+                return;
+            }
+            if let Some(k) = self.slot_targets.iter().position(|s| *s == Some(t)) {
+                if self.guards.is_some() {
+                    // The slot's cell, then the block's shared chaining code.
+                    let cell = self.cell as i64;
+                    let slot = CELL_SLOTS + 8 * k as i32;
+                    let l = *self
+                        .slot_tail
+                        .get_or_insert_with(|| self.ops.new_dynamic_label());
+                    dynasm!(self.ops
+                        ; .arch x64
+                        ; mov rax, QWORD cell
+                        ; mov rax, [rax + slot]
+                        ; jmp =>l
+                    );
+                    return;
+                }
+            }
+        }
+        // An indirect exit, or a jump no slot took (another page, not linked yet):
+        // the indirect-exit table, through the block's shared lookup.
+        let tail = match kind {
+            ExitKind::Jump(_) => Some(0),
+            ExitKind::Indirect => Some(1),
+            _ => None,
+        };
+        if let (Some(k), true) = (tail, self.indirect_ok::<E>()) {
+            let l = *self.ind_tails[k].get_or_insert_with(|| self.ops.new_dynamic_label());
+            dynasm!(self.ops ; .arch x64 ; jmp =>l);
+            return;
+        }
+        self.leave(code);
+    }
+
+    /// Returns from the block with return code `code`.
+    pub(super) fn leave(&mut self, code: u64) {
+        let epilogue = self.epilogue;
+        self.imm(RAX, code);
+        dynasm!(self.ops ; .arch x64 ; jmp =>epilogue);
+    }
+
+    /// Whether exits can look up the indirect-exit table.
+    fn indirect_ok<E: DirectGlobals>(&self) -> bool {
+        self.guards.is_some()
+            && direct::<E>(Global::Pc).is_some()
+            && direct::<E>(Global::SegBase(1)).is_some()
+            && E::indirect_guard().is_some_and(|o| i32::try_from(o).is_ok())
+    }
+
+    /// The shared exit code the block's exits jump to: chaining through a slot (else
+    /// the table), the table lookups, else the exit's return code (a `Jump` target is
+    /// already in `ctx.target`).
+    pub(super) fn indirect_tails<E: DirectGlobals>(&mut self) {
+        if let Some(l) = self.slot_tail {
+            dynasm!(self.ops ; .arch x64 ; =>l);
+            self.chain_to_cell(exit_code(ExitKind::Jump(0)).0);
+            dynasm!(self.ops ; .arch x64 ; no:);
+            if self.indirect_ok::<E>() {
+                let t = *self.ind_tails[0].get_or_insert_with(|| self.ops.new_dynamic_label());
+                dynasm!(self.ops ; .arch x64 ; jmp =>t);
+            } else {
+                self.leave(exit_code(ExitKind::Jump(0)).0);
+            }
+        }
+        for (k, kind) in [(0, ExitKind::Jump(0)), (1, ExitKind::Indirect)] {
+            if let Some(l) = self.ind_tails[k] {
+                dynasm!(self.ops ; .arch x64 ; =>l);
+                let code = exit_code(kind).0;
+                self.chain_indirect::<E>(code);
+                self.leave(code);
+            }
+        }
+    }
+
+    /// At an indirect exit: goes on into the block the indirect-exit table holds for
+    /// the new PC, CS base and the environment's guard, if any and allowed; falls
+    /// through otherwise.
+    fn chain_indirect<E: DirectGlobals>(&mut self, code: u64) {
+        let (Some(pc_off), Some(cs_off), Some(guard_off)) = (
+            direct::<E>(Global::Pc),
+            direct::<E>(Global::SegBase(1)),
+            E::indirect_guard().and_then(|o| i32::try_from(o).ok()),
+        ) else {
+            return;
+        };
+        if self.guards.is_none() {
+            return;
+        }
+        let ind = self.ind as i64;
+        let mask = (crate::IND_SIZE - 1) as i32;
+        const PC: i32 = std::mem::offset_of!(crate::IndEntry, pc) as i32;
+        const CS: i32 = std::mem::offset_of!(crate::IndEntry, cs_base) as i32;
+        const GUARD: i32 = std::mem::offset_of!(crate::IndEntry, guard) as i32;
+        const CELL: i32 = std::mem::offset_of!(crate::IndEntry, cell) as i32;
+        let shift = std::mem::size_of::<crate::IndEntry>().trailing_zeros() as i8;
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov rax, [r12 + pc_off]
+            ; mov rcx, rax
+            ; shr rcx, 10
+            ; xor rcx, rax
+            ; and ecx, mask
+            ; shl ecx, shift
+            ; mov rdx, QWORD ind
+            ; add rdx, rcx
+            ; cmp rax, [rdx + PC]
+            ; jne >no
+            ; mov rax, [r12 + cs_off]
+            ; cmp rax, [rdx + CS]
+            ; jne >no
+            ; mov rax, [r12 + guard_off]
+            ; cmp rax, [rdx + GUARD]
+            ; jne >no
+            ; mov rax, [rdx + CELL]
+        );
+        self.chain_to_cell(code);
+        dynasm!(self.ops ; .arch x64 ; no:);
+    }
+
+    /// With a cell address in `rax` (never 0: empty slots and table entries name the
+    /// null cell, whose entry is 0): jumps into its block if it lives and the run may
+    /// go on; else jumps to the local label `no` (which the caller defines).
+    /// (If the block is live: the run conditions are checked by the block's shared
+    /// `go` code, which returns with `code` when they fail.)
+    fn chain_to_cell(&mut self, code: u64) {
+        if self.guards.is_none() {
+            dynasm!(self.ops ; .arch x64 ; jmp >no);
+            return;
+        }
+        let go = *self.go.get_or_insert_with(|| self.ops.new_dynamic_label());
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov rax, [rax + CELL_ENTRY]
+            ; test rax, rax
+            ; jz >no
+            ; mov esi, code as i32
+            ; jmp =>go
+        );
+    }
+
+    /// The shared end of chaining: with a live block's entry in `rax` and an exit's
+    /// return code in `esi`, jumps into the block if the run may go on (the
+    /// environment's counter below `ctx.limit`, the wake-up flags clear and, if the
+    /// block may have changed them, the stop request and chain guards clear: at the
+    /// run's start they are, or the limit is already reached), else returns the code.
+    pub(super) fn go_tail<E: DirectGlobals>(&mut self) {
+        let (Some(go), Some(guards), Some(h)) = (self.go, self.guards.clone(), E::insn_hooks())
+        else {
+            return;
+        };
+        let epilogue = self.epilogue;
+        let counter = h.counter as i32;
+        dynasm!(self.ops
+            ; .arch x64
+            ; =>go
+            ; mov rcx, [r12 + counter]
+            ; cmp rcx, [rbx + CTX_LIMIT]
+            ; jae >fail
+            ; mov rcx, [rbx + CTX_FLAGS]
+            ; cmp DWORD [rcx], 0
+            ; jne >fail
+        );
+        if self.guard_risk {
+            for g in guards {
+                dynasm!(self.ops ; .arch x64 ; cmp BYTE [r12 + g], 0 ; jne >fail);
+            }
+        }
+        dynasm!(self.ops
+            ; .arch x64
+            ; add QWORD [rbx + CTX_CHAINS], 1
+            ; jmp rax
+            ; fail:
+            ; mov eax, esi
+            ; jmp =>epilogue
+        );
+    }
+}

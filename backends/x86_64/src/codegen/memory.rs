@@ -1,0 +1,272 @@
+//! Loads and stores: the inline fast-TLB lookup, the access itself from and to the
+//! temps' registers, and the out-of-line slow paths through the softmmu trampolines.
+
+// dynasm's dynamic registers (`Rq(r)`) expand to `r.into()`.
+#![allow(clippy::useless_conversion)]
+
+use super::{Access, Gen, SlowPath, Value, RCX, RDX, RSI};
+use crate::tramp;
+use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi};
+use vireo_core::exec::{DirectGlobals, GuestEnv};
+use vireo_core::ir::{MmuIdx, Size, Temp};
+
+impl Gen<'_> {
+    /// A load: the fast TLB inline (the value straight into the result's register),
+    /// else the slow path; without a fast TLB, the trampoline.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn load<E: GuestEnv + DirectGlobals>(
+        &mut self,
+        dst: Temp,
+        addr: Temp,
+        size: Size,
+        signed: bool,
+        mmu: MmuIdx,
+        write: bool,
+    ) {
+        let packed = tramp::pack_access(size, mmu, write, signed) as i32;
+        let slow = self.ops.new_dynamic_label();
+        let a = self.addr_reg(addr);
+        let fast = self.fast_lookup::<E>(a, mmu, size, write, slow);
+        if fast {
+            // [a + rax] is the host address; the value goes straight to the
+            // result's register (the slow path puts it there too).
+            let d = self.reg(dst).unwrap_or(RDX);
+            match (size, signed) {
+                (Size::B8, false) => {
+                    dynasm!(self.ops ; .arch x64 ; movzx Rd(d), BYTE [Rq(a) + rax])
+                }
+                (Size::B8, true) => {
+                    dynasm!(self.ops ; .arch x64 ; movsx Rq(d), BYTE [Rq(a) + rax])
+                }
+                (Size::B16, false) => {
+                    dynasm!(self.ops ; .arch x64 ; movzx Rd(d), WORD [Rq(a) + rax])
+                }
+                (Size::B16, true) => {
+                    dynasm!(self.ops ; .arch x64 ; movsx Rq(d), WORD [Rq(a) + rax])
+                }
+                (Size::B32, false) => {
+                    dynasm!(self.ops ; .arch x64 ; mov Rd(d), DWORD [Rq(a) + rax])
+                }
+                (Size::B32, true) => {
+                    dynasm!(self.ops ; .arch x64 ; movsxd Rq(d), DWORD [Rq(a) + rax])
+                }
+                (Size::B64, _) => {
+                    dynasm!(self.ops ; .arch x64 ; mov Rq(d), QWORD [Rq(a) + rax])
+                }
+            }
+            self.slow_path(slow, Access::Load { addr: a, dst: d }, packed);
+            self.st(dst, d);
+        } else {
+            self.sync::<E>();
+            if a != RSI {
+                dynasm!(self.ops ; .arch x64 ; mov rsi, Rq(a));
+            }
+            dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov edx, packed);
+            self.call(tramp::load_tramp::<E> as *const () as usize);
+            self.check_status();
+            self.st(dst, RDX);
+        }
+    }
+
+    /// A store: the fast TLB inline (from the value's register or an immediate),
+    /// else the slow path; without a fast TLB, the trampoline.
+    pub(super) fn store<E: GuestEnv + DirectGlobals>(
+        &mut self,
+        addr: Temp,
+        val: Temp,
+        size: Size,
+        mmu: MmuIdx,
+    ) {
+        let packed = tramp::pack_access(size, mmu, false, false) as i32;
+        let slow = self.ops.new_dynamic_label();
+        let a = self.addr_reg(addr);
+        // The value from its register, as an immediate, or from rdx.
+        let v = match (self.reg(val), self.k(val)) {
+            (_, Some(k)) => Value::Imm(k),
+            (Some(r), None) => Value::Reg(r),
+            (None, None) => {
+                self.ld(RDX, val);
+                Value::Reg(RDX)
+            }
+        };
+        let fast = self.fast_lookup::<E>(a, mmu, size, true, slow);
+        if fast {
+            match (size, v) {
+                (Size::B8, Value::Reg(r)) => {
+                    dynasm!(self.ops ; .arch x64 ; mov BYTE [Rq(a) + rax], Rb(r))
+                }
+                (Size::B16, Value::Reg(r)) => {
+                    dynasm!(self.ops ; .arch x64 ; mov WORD [Rq(a) + rax], Rw(r))
+                }
+                (Size::B32, Value::Reg(r)) => {
+                    dynasm!(self.ops ; .arch x64 ; mov DWORD [Rq(a) + rax], Rd(r))
+                }
+                (Size::B64, Value::Reg(r)) => {
+                    dynasm!(self.ops ; .arch x64 ; mov QWORD [Rq(a) + rax], Rq(r))
+                }
+                (Size::B8, Value::Imm(k)) => {
+                    dynasm!(self.ops ; .arch x64 ; mov BYTE [Rq(a) + rax], k as u8 as i8)
+                }
+                (Size::B16, Value::Imm(k)) => {
+                    dynasm!(self.ops ; .arch x64 ; mov WORD [Rq(a) + rax], k as u16 as i16)
+                }
+                (Size::B32, Value::Imm(k)) => {
+                    dynasm!(self.ops ; .arch x64 ; mov DWORD [Rq(a) + rax], k as u32 as i32)
+                }
+                (Size::B64, Value::Imm(k)) => match i32::try_from(k as i64) {
+                    Ok(i) => dynasm!(self.ops ; .arch x64 ; mov QWORD [Rq(a) + rax], i),
+                    Err(_) => {
+                        self.imm(RCX, k);
+                        dynasm!(self.ops ; .arch x64 ; mov QWORD [Rq(a) + rax], rcx);
+                    }
+                },
+            }
+            self.slow_path(slow, Access::Store { addr: a, val: v }, packed);
+        } else {
+            self.sync::<E>();
+            if a != RSI {
+                dynasm!(self.ops ; .arch x64 ; mov rsi, Rq(a));
+            }
+            match v {
+                Value::Reg(RDX) => {}
+                Value::Reg(r) => dynasm!(self.ops ; .arch x64 ; mov rdx, Rq(r)),
+                Value::Imm(k) => self.imm(RDX, k),
+            }
+            dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov ecx, packed);
+            self.call(tramp::store_tramp::<E> as *const () as usize);
+            self.check_status();
+        }
+    }
+
+    /// The register holding access address `t`: its own, else `rsi` (loaded).
+    fn addr_reg(&mut self, t: Temp) -> u8 {
+        match (self.reg(t), self.k(t)) {
+            (Some(r), None) => r,
+            _ => {
+                self.ld(RSI, t);
+                RSI
+            }
+        }
+    }
+
+    /// The inline fast TLB lookup for an access of `size` at the linear address in
+    /// `a` (see [`vireo_core::exec::DirectGlobals::fast_tlb`]): on a hit, `rax`
+    /// holds the host addend (the access is at `a + rax`) and the code falls
+    /// through; on a miss it jumps to `slow` (with `a` and `rdx` intact). Clobbers
+    /// `rcx`. `false` (nothing emitted) when the environment has no fast TLB.
+    fn fast_lookup<E: DirectGlobals>(
+        &mut self,
+        a: u8,
+        mmu: MmuIdx,
+        size: Size,
+        write: bool,
+        slow: DynamicLabel,
+    ) -> bool {
+        let Some(t) = E::fast_tlb() else {
+            return false;
+        };
+        let tag = if write { t.write_tag } else { t.read_tag };
+        let table = t.table_of(mmu);
+        let (Ok(tag), Ok(addend)) = (i32::try_from(table + tag), i32::try_from(table + t.addend))
+        else {
+            return false;
+        };
+        if t.index_bits == 0 || t.index_bits + t.entry_shift > 30 {
+            return false;
+        }
+        let mask = ((1u32 << t.index_bits) - 1) as i32;
+        let shift = t.entry_shift as i8;
+        let last = size.bytes() as i32 - 1;
+        if shift <= 12 {
+            // ((la >> 12) & mask) << shift, in two steps.
+            dynasm!(self.ops
+                ; .arch x64
+                ; mov rax, Rq(a)
+                ; shr rax, 12 - shift
+                ; and eax, mask << shift
+            );
+        } else {
+            dynasm!(self.ops
+                ; .arch x64
+                ; mov rax, Rq(a)
+                ; shr rax, 12
+                ; and eax, mask
+                ; shl eax, shift
+            );
+        }
+        dynasm!(self.ops
+            ; .arch x64
+            ; lea rcx, [Rq(a) + last]
+            ; shr rcx, 12
+            ; cmp rcx, QWORD [r12 + rax + tag]
+            ; jne =>slow
+            ; mov rax, QWORD [r12 + rax + addend]
+        );
+        true
+    }
+
+    /// Records the slow path entered at `entry` for the current access and places
+    /// the point it returns to here.
+    fn slow_path(&mut self, entry: DynamicLabel, access: Access, packed: i32) {
+        let done = self.ops.new_dynamic_label();
+        dynasm!(self.ops ; .arch x64 ; =>done);
+        self.stubs.push(SlowPath {
+            entry,
+            done,
+            access,
+            packed,
+            op: self.cur,
+            book: self.book,
+        });
+        // A store may hit code (self-modifying code raises the stop request); loads
+        // never raise it.
+        if let Access::Store { .. } = access {
+            self.book.may_stop = true;
+        }
+    }
+
+    /// The slow paths of the block's memory accesses (out of line: the fast paths
+    /// fall through without a jump).
+    pub(super) fn slow_paths<E: GuestEnv + DirectGlobals>(&mut self) {
+        for s in std::mem::take(&mut self.stubs) {
+            self.cur = s.op;
+            let (entry, done, packed) = (s.entry, s.done, s.packed);
+            dynasm!(self.ops ; .arch x64 ; =>entry);
+            // The call sees the bookkeeping as of the access; the fast path that
+            // goes on after it still counts the pending instructions itself.
+            self.book = s.book;
+            let pending = s.book.pending;
+            self.sync::<E>();
+            let addr = match s.access {
+                Access::Load { addr, .. } | Access::Store { addr, .. } => addr,
+            };
+            if addr != RSI {
+                dynasm!(self.ops ; .arch x64 ; mov rsi, Rq(addr));
+            }
+            dynasm!(self.ops ; .arch x64 ; mov rdi, rbx);
+            match s.access {
+                Access::Store { val, .. } => {
+                    match val {
+                        Value::Reg(RDX) => {}
+                        Value::Reg(r) => dynasm!(self.ops ; .arch x64 ; mov rdx, Rq(r)),
+                        Value::Imm(k) => self.imm(RDX, k),
+                    }
+                    dynasm!(self.ops ; .arch x64 ; mov ecx, packed);
+                    self.call(tramp::store_tramp::<E> as *const () as usize);
+                }
+                Access::Load { .. } => {
+                    dynasm!(self.ops ; .arch x64 ; mov edx, packed);
+                    self.call(tramp::load_tramp::<E> as *const () as usize);
+                }
+            }
+            self.check_status();
+            self.count::<E>(pending, false);
+            if let Access::Load { dst, .. } = s.access {
+                if dst != RDX {
+                    dynasm!(self.ops ; .arch x64 ; mov Rq(dst), rdx);
+                }
+            }
+            dynasm!(self.ops ; .arch x64 ; jmp =>done);
+        }
+    }
+}
