@@ -3,8 +3,33 @@
 //! register allocation of temps and the reads of each temp.
 
 use crate::codegen::direct;
-use vireo_core::exec::DirectGlobals;
-use vireo_core::ir::{Block, Op, Temp};
+use vireo_core::exec::{DirectGlobals, EnvFn, PureFn};
+use vireo_core::ir::{Block, Effects, HelperId, Op, Temp};
+
+/// How a helper call is compiled.
+pub(crate) enum CallKind<E> {
+    /// A pure helper with a plain-function form (`DirectGlobals::pure_fn`): called
+    /// directly, nothing synced.
+    Pure(PureFn),
+    /// A function on the environment that cannot fault or ask to stop
+    /// (`DirectGlobals::env_fn`): through the minimal trampoline.
+    Env(EnvFn<E>),
+    /// Everything else: the general trampoline, after a sync.
+    General,
+}
+
+/// How the call of `helper` with `args` and `effects` is compiled.
+pub(crate) fn call_kind<E: DirectGlobals>(
+    helper: HelperId,
+    args: &[Temp],
+    effects: Effects,
+) -> CallKind<E> {
+    match (E::pure_fn(helper), E::env_fn(helper)) {
+        (Some(f), _) if effects == Effects::PURE && args.len() <= 4 => CallKind::Pure(f),
+        (_, Some(f)) if args.len() <= 3 => CallKind::Env(f),
+        _ => CallKind::General,
+    }
+}
 
 /// Whether `op` may fault or call into the environment (wants the current PC and
 /// the counters up to date).
@@ -30,13 +55,7 @@ pub(crate) fn guard_risk<E: DirectGlobals>(op: &Op) -> bool {
             args,
             effects,
             ..
-        } => {
-            let pure = *effects == vireo_core::ir::Effects::PURE
-                && args.len() <= 4
-                && E::pure_fn(*helper).is_some();
-            let env = args.len() <= 3 && E::env_fn(*helper).is_some();
-            !(pure || env)
-        }
+        } => matches!(call_kind::<E>(*helper, args, *effects), CallKind::General),
         _ => false,
     }
 }

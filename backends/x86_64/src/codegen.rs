@@ -36,7 +36,8 @@ mod exits;
 mod memory;
 
 use crate::analysis::{
-    allocate, guard_risk, labels_needing_pc, reads, wants_pc, Allocation, Volatile,
+    allocate, call_kind, guard_risk, labels_needing_pc, reads, wants_pc, Allocation, CallKind,
+    Volatile,
 };
 use crate::tramp::{self, Ctx};
 use crate::JitError;
@@ -89,10 +90,12 @@ pub fn exit_of(n: u64, target: u64) -> ExitKind {
     }
 }
 
-/// The return code of exit `kind` (and the target it stores, if any).
+/// The return code of exit `kind` and the target it stores in `ctx.target`, if any
+/// (a `Jump`'s target is the PC the block stored, see `ExitKind::Jump`: the run
+/// reads it from there).
 fn exit_code(kind: ExitKind) -> (u64, Option<u64>) {
     match kind {
-        ExitKind::Jump(t) => (RET_EXIT, Some(t)),
+        ExitKind::Jump(_) => (RET_EXIT, None),
         ExitKind::Pause(t) => (RET_EXIT + 1, Some(t)),
         ExitKind::Indirect => (RET_EXIT + 2, None),
         ExitKind::Sync => (RET_EXIT + 3, None),
@@ -763,55 +766,43 @@ impl Gen<'_> {
                 ref args,
                 ret,
                 effects,
-            } if effects == vireo_core::ir::Effects::PURE
-                && args.len() <= 4
-                && E::pure_fn(helper).is_some() =>
-            {
-                // A plain function of its arguments: called directly (nothing to
-                // sync, it cannot fault or ask to stop).
-                let f = E::pure_fn(helper).map_or(0, |f| f as usize);
-                self.args_or_zero(&[RDI, RSI, RDX, RCX], args);
-                self.call(f);
-                if let Some(r) = ret {
-                    self.st(r, RAX);
+            } => match call_kind::<E>(helper, args, effects) {
+                CallKind::Pure(f) => {
+                    // A plain function of its arguments: called directly (nothing to
+                    // sync, it cannot fault or ask to stop).
+                    self.args_or_zero(&[RDI, RSI, RDX, RCX], args);
+                    self.call(f as usize);
+                    if let Some(r) = ret {
+                        self.st(r, RAX);
+                    }
                 }
-            }
-            Op::Call {
-                helper,
-                ref args,
-                ret,
-                ..
-            } if args.len() <= 3 && E::env_fn(helper).is_some() => {
-                // A plain function on the environment that cannot fault or ask to
-                // stop: no sync, no status.
-                let f = E::env_fn(helper).map_or(0, |f| f as usize) as i64;
-                self.args_or_zero(&[RDX, RCX, 8], args);
-                dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov rsi, QWORD f);
-                self.call(tramp::env_tramp::<E> as *const () as usize);
-                if let Some(r) = ret {
-                    self.st(r, RAX);
+                CallKind::Env(f) => {
+                    // A plain function on the environment that cannot fault or ask to
+                    // stop: no sync, no status.
+                    let f = f as usize as i64;
+                    self.args_or_zero(&[RDX, RCX, 8], args);
+                    dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov rsi, QWORD f);
+                    self.call(tramp::env_tramp::<E> as *const () as usize);
+                    if let Some(r) = ret {
+                        self.st(r, RAX);
+                    }
                 }
-            }
-            Op::Call {
-                helper,
-                ref args,
-                ret,
-                ..
-            } => {
-                // Arguments 1-4 of the helper go to rdx, rcx, r8, r9.
-                const ARG_REGS: [u8; 4] = [RDX, RCX, 8, 9];
-                self.sync::<E>();
-                for (k, a) in args.iter().take(4).enumerate() {
-                    self.ld(ARG_REGS[k], *a);
+                CallKind::General => {
+                    // Arguments 1-4 of the helper go to rdx, rcx, r8, r9.
+                    const ARG_REGS: [u8; 4] = [RDX, RCX, 8, 9];
+                    self.sync::<E>();
+                    for (k, a) in args.iter().take(4).enumerate() {
+                        self.ld(ARG_REGS[k], *a);
+                    }
+                    let hn = u64::from(helper.0) | (args.len().min(4) as u64) << 16;
+                    dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov esi, hn as i32);
+                    self.call(tramp::call_tramp::<E> as *const () as usize);
+                    self.check_status();
+                    if let Some(r) = ret {
+                        self.st(r, RDX);
+                    }
                 }
-                let hn = u64::from(helper.0) | (args.len().min(4) as u64) << 16;
-                dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov esi, hn as i32);
-                self.call(tramp::call_tramp::<E> as *const () as usize);
-                self.check_status();
-                if let Some(r) = ret {
-                    self.st(r, RDX);
-                }
-            }
+            },
             Op::Raise { vector, error } => {
                 self.sync::<E>();
                 match error {

@@ -16,9 +16,6 @@ impl Gen<'_> {
     pub(super) fn exit<E: GuestEnv + DirectGlobals>(&mut self, kind: ExitKind) {
         self.flush::<E>();
         let (code, target) = exit_code(kind);
-        // A `Jump`'s target is the PC it stored (see `ExitKind::Jump`): the run reads
-        // it from there.
-        let target = target.filter(|_| !matches!(kind, ExitKind::Jump(_)));
         if let Some(t) = target {
             match i32::try_from(t as i64) {
                 Ok(k) => dynasm!(self.ops ; .arch x64 ; mov QWORD [rbx + CTX_TARGET], k),
