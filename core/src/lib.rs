@@ -10,6 +10,7 @@ pub mod control;
 pub mod cpu;
 pub mod error;
 pub mod exec;
+pub mod fxhash;
 pub mod ir;
 pub mod irq;
 pub mod layout;

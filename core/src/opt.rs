@@ -17,8 +17,8 @@
 //! Knowledge is kept per straight-line region (it ends at each label). The passes keep
 //! the number of temps and labels, so a block stays valid.
 
+use crate::fxhash::FxMap;
 use crate::ir::{BinOp, Block, Cond, Effects, Global, Op, Size, Temp};
-use std::collections::HashMap;
 
 /// Runs all passes on `block`.
 pub fn optimize(block: &mut Block) {
@@ -53,39 +53,6 @@ const XMM_SLOTS: usize = 27;
 fn plain(g: Global) -> bool {
     slot(g).is_some()
 }
-
-/// A multiplicative hasher for the passes' small integer keys (the standard
-/// library's SipHash showed in translation profiles).
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl std::hash::Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-    fn write_u8(&mut self, n: u8) {
-        self.write_u64(u64::from(n));
-    }
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-    fn write_isize(&mut self, n: isize) {
-        self.write_u64(n as u64);
-    }
-}
-
-type KeyMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<KeyHasher>>;
 
 /// A call that reads no guest state, writes none, cannot fault and does not end the
 /// block: it observes nothing and cannot raise a stop request.
@@ -124,7 +91,7 @@ struct Known {
     /// The temp holding the value of each binary operation computed in the region
     /// (common subexpressions: an address computed for a load and again for the
     /// store after it).
-    exprs: KeyMap<(BinOp, Size, Operand, Operand), Temp>,
+    exprs: FxMap<(BinOp, Size, Operand, Operand), Temp>,
     /// Assignments of each temp in the block (a temp assigned once needs no
     /// invalidation scan: nothing can refer to it before its assignment).
     defs: Vec<u32>,
@@ -254,7 +221,7 @@ fn forward(block: &mut Block) {
         copy: vec![None; n],
         globals: [None; SLOTS],
         setcc: vec![None; n],
-        exprs: KeyMap::default(),
+        exprs: FxMap::default(),
         defs: vec![0; n],
     };
     for op in &block.ops {

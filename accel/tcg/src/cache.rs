@@ -18,8 +18,7 @@
 //! `ExitKind::Jump` to a PC on the same linear page. The run loop follows a link
 //! without hashing or walking page tables; links die with their target's generation.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use vireo_core::fxhash::FxMap;
 use vireo_interp::Prepared;
 use vireo_jit::{JitBlock, JitCache, JitError};
 use vireo_x86::mmu::CodeWatch;
@@ -110,26 +109,6 @@ struct Slot {
     gen: u32,
     tb: Option<Tb>,
 }
-
-/// FxHash (rustc's hasher): keys are a few integers, SipHash would dominate lookups.
-#[derive(Default)]
-pub struct FxHasher(u64);
-
-impl Hasher for FxHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.write_u64(u64::from(*b));
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
 /// Cache limits.
 #[derive(Debug, Clone, Copy)]

@@ -522,7 +522,7 @@ fn random_op(
         100.. => {
             // A temp assigned once and read after a label that only a branch from
             // after the assignment leads to (it may live in a register across it),
-            // with other ops (maybe a call, an exit or a raise) skipped over.
+            // with other ops (maybe a call or an exit) skipped over.
             let t = b.temp();
             b.push(Op::Bin {
                 op: rng.pick(&BINOPS),
