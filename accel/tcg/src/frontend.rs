@@ -29,10 +29,11 @@ pub fn translate(cpu: &mut X86Cpu, max_insns: usize) -> Result<Block, TranslateE
     vireo_x86::translate::translate_block(cpu, max_insns).map_err(TranslateError::Fault)
 }
 
-/// Everything besides CS base, RIP and physical address that changes how guest code
-/// translates (operand/address sizes, CPU mode, CPL...): part of the block-cache key.
-pub fn mode_key(cpu: &X86Cpu) -> u64 {
-    vireo_x86::translate::mode_key(cpu)
+/// The CPU's state as block keys and lookup epochs see it: the mode key
+/// (everything besides CS base, RIP and physical address that changes how guest
+/// code translates; bit 63 single-stepping), CPL, MMU generation, A20.
+pub fn epoch_state(cpu: &X86Cpu) -> vireo_x86::mmu::EpochState {
+    vireo_x86::mmu::epoch_state(cpu)
 }
 
 /// Whether the CPU runs 64-bit code (linear addresses are not truncated to 32 bits).

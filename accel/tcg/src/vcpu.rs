@@ -751,7 +751,7 @@ impl TcgVcpu {
     /// delivered (`Err(step)`).
     fn find_block(&mut self, pc: u64, prev: Option<(TbId, u64)>) -> Result<TbId, Step> {
         let cs_base = self.cpu.state.seg[sreg::CS].base;
-        let state = vireo_x86::mmu::epoch_state(&self.cpu);
+        let state = frontend::epoch_state(&self.cpu);
         let a20 = state.3;
         if state != self.cpu.mmu.epochs[0].0 {
             // Move the state to the front; a new one takes the oldest place.
@@ -771,7 +771,7 @@ impl TcgVcpu {
             r[0] = front;
         }
         self.cpu.mmu.jc_guard = if a20 { self.epoch() } else { u64::MAX };
-        let id = self.find_block_cached(pc, prev, cs_base, a20)?;
+        let id = self.find_block_cached(pc, prev, cs_base, state)?;
         // Compiled code's indirect exits (and jumps no link serves) to this PC may go
         // straight in from now on, within this epoch (which also vouches for the
         // second page of a block on two).
@@ -785,14 +785,15 @@ impl TcgVcpu {
     }
 
     /// The jump cache in front of [`TcgVcpu::find_block_slow`], in the current epoch
-    /// (`find_block` brought it up to date).
+    /// (`find_block` brought it up to date for `state`, the CPU's).
     fn find_block_cached(
         &mut self,
         pc: u64,
         prev: Option<(TbId, u64)>,
         cs_base: u64,
-        a20: bool,
+        state: vireo_x86::mmu::EpochState,
     ) -> Result<TbId, Step> {
+        let a20 = state.3;
         let slot = JumpCache::slot(pc);
         let j = self.jcache[slot];
         if j.pc == pc
@@ -805,7 +806,7 @@ impl TcgVcpu {
             self.link_prev(prev, pc, j.id);
             return Ok(j.id);
         }
-        let id = self.find_block_slow(pc, prev)?;
+        let id = self.find_block_slow(pc, prev, state.0)?;
         // Blocks on two pages too: the epoch moves with every TLB flush, the only way
         // the second page's mapping changes for the guest (it may use stale
         // translations until it flushes them).
@@ -838,15 +839,21 @@ impl TcgVcpu {
         }
     }
 
-    /// [`TcgVcpu::find_block`] without the jump cache.
-    fn find_block_slow(&mut self, pc: u64, prev: Option<(TbId, u64)>) -> Result<TbId, Step> {
+    /// [`TcgVcpu::find_block`] without the jump cache; `mode` is the block key's (the
+    /// mode key with the single-stepping bit, as in the epoch state).
+    fn find_block_slow(
+        &mut self,
+        pc: u64,
+        prev: Option<(TbId, u64)>,
+        mode: u64,
+    ) -> Result<TbId, Step> {
         let linear = frontend::code_linear(&self.cpu, pc);
         let phys = frontend::code_phys(&mut self.cpu, linear).map_err(|f| self.fault(f, pc))?;
         let key = TbKey {
             phys,
             pc,
             cs_base: self.cpu.state.seg[sreg::CS].base,
-            mode: frontend::mode_key(&self.cpu) | u64::from(self.single_stepping()) << 63,
+            mode,
         };
         let id = match self.cache.lookup(&key) {
             Some(id) if self.second_page_matches(id)? => id,

@@ -57,6 +57,8 @@ pub const RET_EXIT: u64 = 2;
 const RAX: u8 = 0;
 const RCX: u8 = 1;
 const RDX: u8 = 2;
+const RBX: u8 = 3;
+const R12: u8 = 12;
 
 const CTX_PC: i32 = offset_of!(Ctx, pc) as i32;
 
@@ -857,14 +859,15 @@ impl Gen<'_> {
         }
     }
 
-    /// Stores `v` to the environment's `u64` at `off` (one instruction when `v` is a
-    /// sign-extended 32-bit immediate).
-    fn store_imm(&mut self, off: i32, v: u64) {
+    /// Stores `v` to the `u64` at `off` from register `base` (`r12`: the
+    /// environment, `rbx`: the context); one instruction when `v` is a sign-extended
+    /// 32-bit immediate, else through `rax`.
+    fn store_imm(&mut self, base: u8, off: i32, v: u64) {
         match i32::try_from(v as i64) {
-            Ok(k) => dynasm!(self.ops ; .arch x64 ; mov QWORD [r12 + off], k),
+            Ok(k) => dynasm!(self.ops ; .arch x64 ; mov QWORD [Rq(base) + off], k),
             Err(_) => {
                 self.imm(RAX, v);
-                dynasm!(self.ops ; .arch x64 ; mov [r12 + off], rax);
+                dynasm!(self.ops ; .arch x64 ; mov [Rq(base) + off], rax);
             }
         }
     }
@@ -890,7 +893,7 @@ impl Gen<'_> {
         }
         if let Some(h) = E::insn_hooks() {
             let hpc = h.pc as i32;
-            self.store_imm(hpc, self.book.pc);
+            self.store_imm(R12, hpc, self.book.pc);
         }
         self.book.pc_synced = true;
     }

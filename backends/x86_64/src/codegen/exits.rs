@@ -6,7 +6,7 @@
 
 use super::{
     direct, exit_code, Gen, CELL_ENTRY, CELL_SLOTS, CTX_CHAINS, CTX_FLAGS, CTX_LIMIT, CTX_TARGET,
-    RAX,
+    RAX, RBX,
 };
 use dynasmrt::{dynasm, DynasmApi, DynasmLabelApi};
 use vireo_core::exec::{DirectGlobals, GuestEnv};
@@ -17,13 +17,7 @@ impl Gen<'_> {
         self.flush::<E>();
         let (code, target) = exit_code(kind);
         if let Some(t) = target {
-            match i32::try_from(t as i64) {
-                Ok(k) => dynasm!(self.ops ; .arch x64 ; mov QWORD [rbx + CTX_TARGET], k),
-                Err(_) => {
-                    self.imm(RAX, t);
-                    dynasm!(self.ops ; .arch x64 ; mov [rbx + CTX_TARGET], rax);
-                }
-            }
+            self.store_imm(RBX, CTX_TARGET, t);
         }
         if let ExitKind::Jump(t) = kind {
             // A jump to the block's own start (a loop that is one block): its own

@@ -41,11 +41,6 @@ impl Tr {
         }
     }
 
-    /// A 64-bit memory operand's address (no alignment requirement).
-    fn addr64(&mut self, write: bool) -> Temp {
-        self.sse_addr(write)
-    }
-
     /// Translates `mn` with operands `kinds` in IR if it is one of this module's;
     /// `None` otherwise (nothing emitted).
     pub(super) fn sse_ir(&mut self, mn: Mnemonic, kinds: &[Kind]) -> Option<Flow> {
@@ -135,13 +130,13 @@ impl Tr {
                 self.xmm_set(d, dhi, shi);
             }
             (M::Movlps | M::Movlpd | M::Movhps | M::Movhpd, &[Kind::Xmm(d), Kind::Mem]) => {
-                let addr = self.addr64(false);
+                let addr = self.sse_addr(false);
                 let v = self.b.load(addr, Size::B64, false, mmu);
                 let h = u8::from(matches!(mn, M::Movhps | M::Movhpd));
                 self.b.set(half(d, h), v);
             }
             (M::Movlps | M::Movlpd | M::Movhps | M::Movhpd, &[Kind::Mem, Kind::Xmm(s)]) => {
-                let addr = self.addr64(true);
+                let addr = self.sse_addr(true);
                 let h = u8::from(matches!(mn, M::Movhps | M::Movhpd));
                 let v = self.b.get(half(s, h));
                 self.b.store(addr, v, Size::B64, mmu);
