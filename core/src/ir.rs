@@ -553,6 +553,53 @@ impl Builder {
 }
 
 impl Block {
+    /// For each label, the position of the branch that is its only way in, if it has
+    /// such a branch: one `Br`/`BrIf` targets it, from before it and from the same
+    /// instruction (no `InsnStart` in between), and the op before the label does not
+    /// fall through (`Br`, `Raise`, `Exit`). The code after such a label runs in the
+    /// state the branch left: what passes and backends know at the branch still holds
+    /// there, less what the skipped ops changed (the typical case: the `Raise` of a
+    /// check, skipped when the check passes).
+    pub fn branch_only_labels(&self) -> Vec<Option<usize>> {
+        let n = self.labels as usize;
+        let mut at = vec![usize::MAX; n];
+        let mut from = vec![None; n];
+        let mut count = vec![0u32; n];
+        for (i, op) in self.ops.iter().enumerate() {
+            match op {
+                Op::Label(l) => {
+                    if let Some(a) = at.get_mut(l.0 as usize) {
+                        *a = i;
+                    }
+                }
+                Op::Br(l) | Op::BrIf { target: l, .. } => {
+                    if let (Some(c), Some(f)) =
+                        (count.get_mut(l.0 as usize), from.get_mut(l.0 as usize))
+                    {
+                        *c += 1;
+                        *f = Some(i);
+                    }
+                }
+                _ => {}
+            }
+        }
+        (0..n)
+            .map(|l| {
+                let (b, a) = (from[l]?, at[l]);
+                let closed = a > 0
+                    && matches!(
+                        self.ops.get(a - 1),
+                        Some(Op::Br(_) | Op::Raise { .. } | Op::Exit(_))
+                    );
+                let same_insn = b < a
+                    && !self.ops[b + 1..a]
+                        .iter()
+                        .any(|o| matches!(o, Op::InsnStart { .. }));
+                (count[l] == 1 && closed && same_insn).then_some(b)
+            })
+            .collect()
+    }
+
     /// Checks structural invariants: temps and labels in range, every label defined
     /// once, every branch to a defined label, the block ends with an exit or a raise.
     pub fn validate(&self) -> Result<(), String> {

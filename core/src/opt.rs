@@ -14,8 +14,11 @@
 //! - temporaries are plain values; a temp may be assigned more than once (knowledge
 //!   about it ends at its next assignment).
 //!
-//! Knowledge is kept per straight-line region (it ends at each label). The passes keep
-//! the number of temps and labels, so a block stays valid.
+//! Knowledge is kept per straight-line region (it ends at each label), except across
+//! a label only one branch reaches past code that cannot fall through (a check's
+//! `Raise`: [`Block::branch_only_labels`]), where what was known at the branch holds
+//! less what the skipped code assigned. The passes keep the number of temps and
+//! labels, so a block stays valid.
 
 use crate::fxhash::FxMap;
 use crate::ir::{BinOp, Block, Cond, Effects, Global, Op, Size, Temp};
@@ -151,6 +154,38 @@ impl Known {
         }
     }
 
+    /// Back at a label whose only way in is a branch (see
+    /// [`Block::branch_only_labels`]): what the skipped ops taught goes, as the
+    /// temps they assigned (`temps`) and the global slots they set (`slots`) do not
+    /// hold what was learnt about them on that path.
+    fn forget(&mut self, temps: &[Temp], slots: &[usize]) {
+        if temps.is_empty() && slots.is_empty() {
+            return;
+        }
+        // `assign` forgets a temp's own entries (and, for one assigned more than
+        // once, everything referring to it); a temp assigned only on the skipped
+        // path is referred to only by entries of that path: the globals and
+        // subexpressions it holds.
+        for &t in temps {
+            self.assign(t);
+        }
+        for g in self.globals.iter_mut() {
+            if g.is_some_and(|g| temps.contains(&g)) {
+                *g = None;
+            }
+        }
+        for &s in slots {
+            if let Some(g) = self.globals.get_mut(s) {
+                *g = None;
+            }
+        }
+        if !self.exprs.is_empty() && !temps.is_empty() {
+            let dead = |o: Operand| matches!(o, Operand::Temp(t) if temps.contains(&t));
+            self.exprs
+                .retain(|&(_, _, a, b), v| !temps.contains(v) && !dead(a) && !dead(b));
+        }
+    }
+
     fn set_konst(&mut self, t: Temp, v: u64) {
         if let Some(k) = self.konst.get_mut(t.0 as usize) {
             *k = Some(v);
@@ -232,6 +267,14 @@ fn forward(block: &mut Block) {
         }
     }
     let mut keep = vec![true; block.ops.len()];
+    // Labels reached only from one branch (typically past a check's `Raise`): the
+    // knowledge at the branch holds there, less what the ops skipped assigned. While
+    // such a branch's label is ahead (`open`: label, start in `log` and `glog`), the
+    // temps assigned and global slots set go to the logs.
+    let only = block.branch_only_labels();
+    let mut open: Vec<(u32, usize, usize)> = Vec::new();
+    let mut log: Vec<Temp> = Vec::new();
+    let mut glog: Vec<usize> = Vec::new();
     for (i, op) in block.ops.iter_mut().enumerate() {
         op.for_each_read_mut(|t| *t = k.resolve(*t));
         // Rewrite the op from what is known.
@@ -361,6 +404,12 @@ fn forward(block: &mut Block) {
         // Update what is known.
         if let Some(d) = op.dst() {
             k.assign(d);
+            if !open.is_empty() {
+                log.push(d);
+            }
+        }
+        if let (Op::Set { dst, .. }, false) = (&*op, open.is_empty()) {
+            glog.extend(slot(*dst));
         }
         match *op {
             Op::Const { dst, value } => k.set_konst(dst, value),
@@ -424,7 +473,27 @@ fn forward(block: &mut Block) {
             Op::Call { ref effects, .. } if !pure_call(effects) => {
                 k.globals[XMM_SLOTS..].fill(None)
             }
-            Op::Label(_) => k.clear(),
+            Op::Label(l) => match open.last() {
+                Some(&(o, t0, g0)) if o == l.0 => {
+                    open.pop();
+                    k.forget(&log[t0..], &glog[g0..]);
+                    if open.is_empty() {
+                        log.clear();
+                        glog.clear();
+                    }
+                }
+                _ => {
+                    k.clear();
+                    open.clear();
+                    log.clear();
+                    glog.clear();
+                }
+            },
+            Op::Br(l) | Op::BrIf { target: l, .. }
+                if keep[i] && only.get(l.0 as usize).copied().flatten() == Some(i) =>
+            {
+                open.push((l.0, log.len(), glog.len()));
+            }
             _ => {}
         }
     }
@@ -485,15 +554,19 @@ fn dead_global_stores(block: &mut Block) {
     // there: it is the block's first (one may have been raised before the block), or
     // a store or a call that is not pure ran since the last boundary (one that saw no
     // stop request leaves none pending: only a store or a call raises one). After a
-    // label, any such op of the block may have run on the way there.
+    // label, any such op of the block may have run on the way there (after one only a
+    // branch reaches, those before the branch).
     let effect = |op: &Op| match op {
         Op::Store { .. } => true,
         Op::Call { effects, .. } => !pure_call(effects),
         _ => false,
     };
     let any_effect = block.ops.iter().any(effect);
+    let only = block.branch_only_labels();
     let mut may_stop = vec![false; block.ops.len()];
     let mut seen_effect = false;
+    // `seen_effect` at each branch (for the labels only it reaches).
+    let mut at_branch = vec![false; block.ops.len()];
     let mut first = true;
     for (i, op) in block.ops.iter().enumerate() {
         match op {
@@ -502,7 +575,11 @@ fn dead_global_stores(block: &mut Block) {
                 first = false;
                 seen_effect = false;
             }
-            Op::Label(_) => seen_effect |= any_effect,
+            Op::Br(_) | Op::BrIf { .. } => at_branch[i] = seen_effect,
+            Op::Label(l) => match only.get(l.0 as usize).copied().flatten() {
+                Some(b) => seen_effect = at_branch[b],
+                None => seen_effect |= any_effect,
+            },
             o if effect(o) => seen_effect = true,
             _ => {}
         }

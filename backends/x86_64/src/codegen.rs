@@ -163,6 +163,47 @@ struct Gen<'a> {
     /// The block's shared chaining through a slot (the cell in `rax`, the target in
     /// `ctx.target`), emitted after its code when used.
     slot_tail: Option<DynamicLabel>,
+    /// Per label, the branch that is its only way in ([`Block::branch_only_labels`]):
+    /// that branch syncs nothing, the label takes the bookkeeping it had (`at_branch`).
+    only: Vec<Option<usize>>,
+    at_branch: Vec<Option<Book>>,
+    /// An `And` with a constant left for the comparison with zero after it.
+    test_of: Option<TestOf>,
+    /// Where each label is in the block's ops.
+    label_pos: Vec<usize>,
+    /// Ops the main pass passes over (a branch's skipped ops, see
+    /// [`Gen::book_for_branch`]).
+    skip: std::ops::Range<usize>,
+    /// Skipped ops compiled after the block's code.
+    cold: Vec<Cold>,
+}
+
+/// How a branch is compiled ([`Gen::book_for_branch`]).
+enum Branch {
+    /// To its label.
+    ToLabel,
+    /// Falling through to its label; the ops it skips run at this entry (out of
+    /// line) when it is not taken.
+    Cold(DynamicLabel),
+    /// Not at all: an unconditional branch over ops nothing else reaches.
+    Over,
+}
+
+/// Ops compiled out of line, at `entry`, with the bookkeeping `book`.
+struct Cold {
+    entry: DynamicLabel,
+    ops: std::ops::Range<usize>,
+    book: Book,
+}
+
+/// `dst = src & mask` not computed: the next comparison of `dst` with zero tests
+/// `src` against `mask` (64 bits wide, or 32).
+#[derive(Debug, Clone, Copy)]
+struct TestOf {
+    dst: Temp,
+    src: Temp,
+    mask: i32,
+    wide: bool,
 }
 
 /// Lazy instruction bookkeeping. The PC of the current instruction (`[rsp]` and the
@@ -283,9 +324,28 @@ pub fn compile<E: GuestEnv + DirectGlobals>(
         ind_tails: [None; 2],
         go: None,
         slot_tail: None,
+        only: block.branch_only_labels(),
+        at_branch: vec![None; block.labels as usize],
+        test_of: None,
+        label_pos: {
+            let mut at = vec![usize::MAX; block.labels as usize];
+            for (i, op) in block.ops.iter().enumerate() {
+                if let Op::Label(l) = op {
+                    if let Some(a) = at.get_mut(l.0 as usize) {
+                        *a = i;
+                    }
+                }
+            }
+            at
+        },
+        skip: 0..0,
+        cold: Vec::new(),
     };
     let chain_entry = g.prologue::<E>();
     for (i, op) in block.ops.iter().enumerate() {
+        if g.skip.contains(&i) {
+            continue;
+        }
         g.cur = i;
         g.op::<E>(op)?;
     }
@@ -299,6 +359,7 @@ pub fn compile<E: GuestEnv + DirectGlobals>(
         g.flush::<E>();
         g.leave(exit_code(ExitKind::Indirect).0);
     }
+    g.cold_paths::<E>()?;
     g.slow_paths::<E>();
     g.stop_exits::<E>();
     g.indirect_tails::<E>();
@@ -508,6 +569,44 @@ impl Gen<'_> {
     }
 
     /// Whether the block reads temp `t` exactly once.
+    /// `dst = a & mask` read only by the comparison with zero after it: nothing
+    /// computed, the comparison is a `test` ([`Gen::test_of`]).
+    fn fuse_test(&mut self, size: Size, dst: Temp, a: Temp, b: Temp) -> bool {
+        let (Some(mask), None) = (self.k32(b), self.k(a)) else {
+            return false;
+        };
+        // The comparison next (constants before it emit nothing).
+        let next = self.block.ops[self.cur + 1..]
+            .iter()
+            .find(|o| !matches!(o, Op::Const { dst, .. } if self.k(*dst).is_some()));
+        let Some(&Op::SetCond {
+            cond: Cond::Eq | Cond::Ne,
+            size: s,
+            a: x,
+            b: z,
+            ..
+        }) = next
+        else {
+            return false;
+        };
+        if x != dst || z == dst || self.k(z) != Some(0) || !self.read_once(dst) {
+            return false;
+        }
+        // The bits the comparison sees: 64 only if both widths are.
+        let wide = match (size, s) {
+            (Size::B64, Size::B64) => true,
+            (Size::B32 | Size::B64, Size::B32 | Size::B64) => false,
+            _ => return false,
+        };
+        self.test_of = Some(TestOf {
+            dst,
+            src: a,
+            mask,
+            wide,
+        });
+        true
+    }
+
     fn read_once(&self, t: Temp) -> bool {
         self.uses.get(t.0 as usize) == Some(&1)
     }
@@ -515,6 +614,36 @@ impl Gen<'_> {
     /// Sets the host flags from `a` compared with `b` at width `size` (`a` from its
     /// register or `rax`, `b` as an immediate, a register or `rcx`).
     fn compare(&mut self, size: Size, a: Temp, b: Temp) {
+        if let Some(t) = self.test_of.take() {
+            if t.dst == a {
+                let r = match (self.reg(t.src), self.k(t.src)) {
+                    (Some(r), None) => r,
+                    _ => {
+                        self.ld(RAX, t.src);
+                        RAX
+                    }
+                };
+                let v = t.mask;
+                if t.wide {
+                    dynasm!(self.ops ; .arch x64 ; test Rq(r), v);
+                } else {
+                    dynasm!(self.ops ; .arch x64 ; test Rd(r), v);
+                }
+                return;
+            }
+        }
+        if self.k(b) == Some(0) && self.k(a).is_none() {
+            if let Some(r) = self.reg(a) {
+                // The same flags as `cmp r, 0`.
+                match size {
+                    Size::B8 => dynasm!(self.ops ; .arch x64 ; test Rb(r), Rb(r)),
+                    Size::B16 => dynasm!(self.ops ; .arch x64 ; test Rw(r), Rw(r)),
+                    Size::B32 => dynasm!(self.ops ; .arch x64 ; test Rd(r), Rd(r)),
+                    Size::B64 => dynasm!(self.ops ; .arch x64 ; test Rq(r), Rq(r)),
+                }
+                return;
+            }
+        }
         let ra = match (self.reg(a), self.k(a)) {
             (Some(r), None) => r,
             _ => {
@@ -640,6 +769,9 @@ impl Gen<'_> {
                 a,
                 b,
             } => {
+                if op == BinOp::And && self.fuse_test(size, dst, a, b) {
+                    return Ok(());
+                }
                 if !self.bin_in_place(op, size, dst, a, b) {
                     self.ld(RAX, a);
                     self.ld(RCX, b);
@@ -687,15 +819,16 @@ impl Gen<'_> {
                     Some(&Op::BrIf { cond: c, target }) if c == dst && self.read_once(dst) => {
                         let n = target.0;
                         let l = self.label(n)?;
-                        self.flush::<E>();
-                        self.pc_for_label::<E>(n);
-                        Some(l)
+                        Some((l, self.book_for_branch::<E>(n, self.cur + 1, true)))
                     }
                     _ => None,
                 };
                 self.compare(size, a, b);
-                if let Some(l) = branch {
-                    self.jcc(cond, l);
+                if let Some((l, how)) = branch {
+                    match how {
+                        Branch::Cold(c) => self.jcc(cond.invert(), c),
+                        _ => self.jcc(cond, l),
+                    }
                     self.fused = true;
                     return Ok(());
                 }
@@ -741,6 +874,12 @@ impl Gen<'_> {
                 // depends on the path).
                 let n = l.0;
                 let l = self.label(n)?;
+                if let Some(b) = self.at_branch.get(n as usize).copied().flatten() {
+                    // Only its branch comes here (the op before cannot fall through).
+                    dynasm!(self.ops ; .arch x64 ; =>l);
+                    self.book = b;
+                    return Ok(());
+                }
                 self.flush::<E>();
                 self.pc_for_label::<E>(n);
                 dynasm!(self.ops ; .arch x64 ; =>l);
@@ -750,18 +889,20 @@ impl Gen<'_> {
             Op::Br(l) => {
                 let n = l.0;
                 let l = self.label(n)?;
-                self.flush::<E>();
-                self.pc_for_label::<E>(n);
-                dynasm!(self.ops ; .arch x64 ; jmp =>l);
+                if let Branch::ToLabel = self.book_for_branch::<E>(n, self.cur, false) {
+                    dynasm!(self.ops ; .arch x64 ; jmp =>l);
+                }
             }
             Op::BrIf { .. } if std::mem::take(&mut self.fused) => {}
             Op::BrIf { cond, target } => {
                 let n = target.0;
                 let l = self.label(n)?;
-                self.flush::<E>();
-                self.pc_for_label::<E>(n);
+                let how = self.book_for_branch::<E>(n, self.cur, true);
                 self.test_zero(cond);
-                dynasm!(self.ops ; .arch x64 ; jne =>l);
+                match how {
+                    Branch::Cold(c) => dynasm!(self.ops ; .arch x64 ; je =>c),
+                    _ => dynasm!(self.ops ; .arch x64 ; jne =>l),
+                }
             }
             Op::Call {
                 helper,
@@ -880,6 +1021,73 @@ impl Gen<'_> {
         }
     }
 
+    /// Before the branch at op `at` to label `l`: the label takes the bookkeeping as
+    /// it is if the branch is its only way in, else the counters are brought up to
+    /// date (and the PC stored if the code after the label may want it).
+    ///
+    /// The ops such a branch skips (up to its label) leave the straight line: a
+    /// conditional branch's go out of line ([`Branch::Cold`]: the caller jumps there
+    /// on the opposite condition and falls through to the label), an unconditional
+    /// one's are not compiled at all ([`Branch::Over`]) unless a label lies among
+    /// them.
+    fn book_for_branch<E: GuestEnv + DirectGlobals>(
+        &mut self,
+        l: u32,
+        at: usize,
+        conditional: bool,
+    ) -> Branch {
+        let li = l as usize;
+        if self.only.get(li).copied().flatten() == Some(at) && li < self.at_branch.len() {
+            self.at_branch[li] = Some(self.book);
+            let to = self.label_pos.get(li).copied().unwrap_or(0);
+            let Some(skipped) = self.block.ops.get(at + 1..to) else {
+                return Branch::ToLabel;
+            };
+            let labels = skipped.iter().any(|o| matches!(o, Op::Label(_)));
+            if !conditional && !labels {
+                self.skip = at + 1..to;
+                return Branch::Over;
+            }
+            let straight = !skipped.is_empty()
+                && !skipped.iter().any(|o| {
+                    matches!(
+                        o,
+                        Op::Label(_) | Op::Br(_) | Op::BrIf { .. } | Op::InsnStart { .. }
+                    )
+                });
+            if conditional && straight {
+                let entry = self.ops.new_dynamic_label();
+                self.cold.push(Cold {
+                    entry,
+                    ops: at + 1..to,
+                    book: self.book,
+                });
+                self.skip = at + 1..to;
+                return Branch::Cold(entry);
+            }
+            return Branch::ToLabel;
+        }
+        self.flush::<E>();
+        self.pc_for_label::<E>(l);
+        Branch::ToLabel
+    }
+
+    /// The skipped ops of the branches compiled as [`Branch::Cold`], out of line,
+    /// each with the bookkeeping of its branch.
+    fn cold_paths<E: GuestEnv + DirectGlobals>(&mut self) -> Result<(), JitError> {
+        for c in std::mem::take(&mut self.cold) {
+            let entry = c.entry;
+            dynasm!(self.ops ; .arch x64 ; =>entry);
+            self.book = c.book;
+            for i in c.ops {
+                self.cur = i;
+                let block = self.block;
+                self.op::<E>(&block.ops[i])?;
+            }
+        }
+        Ok(())
+    }
+
     /// Whether code after label `l` may want the PC ([`Gen::label_needs_pc`]; an
     /// unknown label is taken to).
     fn label_wants_pc(&self, l: u32) -> bool {
@@ -982,10 +1190,27 @@ impl Gen<'_> {
         }
         let mut d = self.reg(dst).unwrap_or(RAX);
         let (mut a, mut b) = (a, b);
+        let commutes = matches!(op, Add | And | Or | Xor | Mul);
+        // A constant first operand goes second (as an immediate).
+        if commutes && self.k(a).is_some() && self.k(b).is_none() {
+            (a, b) = (b, a);
+        }
+        // A register plus a constant into another register: one `lea`.
+        if let (Add, Some(v), Some(ra), None) = (op, self.k32(b), self.reg(a), self.k(a)) {
+            if ra != d {
+                if wide {
+                    dynasm!(self.ops ; .arch x64 ; lea Rq(d), [Rq(ra) + v]);
+                } else {
+                    dynasm!(self.ops ; .arch x64 ; lea Rd(d), [Rq(ra) + v]);
+                }
+                self.st(dst, d);
+                return true;
+            }
+        }
         // `b` in `d` would be overwritten by `a` first: take the operands the other
         // way round if the operation allows, else compute in `rax`.
         if b != a && self.reg(b) == Some(d) && self.k(b).is_none() {
-            if matches!(op, Add | And | Or | Xor | Mul) {
+            if commutes {
                 (a, b) = (b, a);
             } else {
                 d = RAX;

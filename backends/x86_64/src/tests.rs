@@ -518,8 +518,45 @@ fn random_op(
     pending: &mut Vec<Label>,
 ) {
     let mmu = |rng: &mut Rng| rng.pick(&[MmuIdx::Kernel, MmuIdx::User]);
-    match rng.below(106) {
-        100.. => {
+    match rng.below(110) {
+        106.. => {
+            // A mask tested against zero (compiled as one `test`), the result for a
+            // branch or kept, at mixed widths.
+            let t = b.temp();
+            let mask = b.temp();
+            let m = rng.pick(&[0xf, 0x8000_0000, 0xffff_ffff_8000_0000, 1, 0x7fff_ffff]);
+            b.push(Op::Const {
+                dst: mask,
+                value: m,
+            });
+            let zero = b.konst(0);
+            b.push(Op::Bin {
+                op: BinOp::And,
+                size: rng.pick(&[Size::B32, Size::B64, Size::B16]),
+                dst: t,
+                a: pick(rng),
+                b: mask,
+            });
+            let c = b.temp();
+            b.push(Op::SetCond {
+                cond: rng.pick(&[Cond::Eq, Cond::Ne]),
+                size: rng.pick(&[Size::B32, Size::B64, Size::B8]),
+                dst: c,
+                a: t,
+                b: zero,
+            });
+            if rng.chance(70) {
+                let l = b.label();
+                b.br_if(c, l);
+                pending.push(l);
+            } else {
+                b.push(Op::Mov {
+                    dst: pick_dst(rng),
+                    src: c,
+                });
+            }
+        }
+        100..=105 => {
             // A temp assigned once and read after a label that only a branch from
             // after the assignment leads to (it may live in a register across it),
             // with other ops (maybe a call or an exit) skipped over.
@@ -719,10 +756,41 @@ fn random_op(
             b.set_label(skip);
         }
         96 => {
+            // A check: the branch past its raise (or exit) is the label's only way
+            // in; the skipped path may change temps and globals first (what the
+            // passes and the code generator knew at the branch holds after the
+            // label, less that).
             let skip = b.label();
             b.br_if(pick(rng), skip);
-            let e = rng.chance(50).then(|| pick(rng));
-            b.raise(rng.pick(&[0u8, 6, 13, 14]), e);
+            for _ in 0..rng.below(4) {
+                match rng.below(4) {
+                    0 => b.push(Op::Set {
+                        dst: global(rng),
+                        src: pick(rng),
+                    }),
+                    1 => b.push(Op::Get {
+                        dst: pick_dst(rng),
+                        src: global(rng),
+                    }),
+                    2 => b.push(Op::Const {
+                        dst: pick_dst(rng),
+                        value: rng.value(),
+                    }),
+                    _ => b.push(Op::Bin {
+                        op: rng.pick(&BINOPS),
+                        size: rng.size(),
+                        dst: pick_dst(rng),
+                        a: pick(rng),
+                        b: pick(rng),
+                    }),
+                }
+            }
+            if rng.chance(70) {
+                let e = rng.chance(50).then(|| pick(rng));
+                b.raise(rng.pick(&[0u8, 6, 13, 14]), e);
+            } else {
+                exit(b, exit_kind(rng));
+            }
             b.set_label(skip);
         }
         _ => {

@@ -175,14 +175,33 @@ impl Tr {
     /// Linear address of `ea` in segment `seg` for an access of `len` bytes, with the
     /// segment-limit (16/32-bit) or canonical (64-bit) checks.
     pub fn linear(&mut self, seg: u8, ea: Temp, len: u64, write: bool) -> Temp {
-        let lin = self.linear_unrecorded(seg, ea, len, write);
+        self.linear_with(seg, ea, len, write, false)
+    }
+
+    /// [`Self::linear`] for an access of at most 16 bytes whose natural alignment
+    /// the caller checks right after (and before any access): such an access lies in
+    /// one page and on one side of 2^47, so a non-canonical address faults in the
+    /// softmmu on its first part, as for an access of at most 8 bytes.
+    pub fn linear_aligned(&mut self, seg: u8, ea: Temp, len: u64, write: bool) -> Temp {
+        self.linear_with(seg, ea, len, write, len <= 16)
+    }
+
+    fn linear_with(&mut self, seg: u8, ea: Temp, len: u64, write: bool, aligned: bool) -> Temp {
+        let lin = self.linear_unrecorded(seg, ea, len, write, aligned);
         if write {
             self.rmw_addr = Some(lin);
         }
         lin
     }
 
-    fn linear_unrecorded(&mut self, seg: u8, ea: Temp, len: u64, write: bool) -> Temp {
+    fn linear_unrecorded(
+        &mut self,
+        seg: u8,
+        ea: Temp,
+        len: u64,
+        write: bool,
+        aligned: bool,
+    ) -> Temp {
         let seg = seg % 6;
         let stack = usize::from(seg) == sreg::SS;
         let vector = if stack { 12 } else { 13 };
@@ -201,10 +220,11 @@ impl Tr {
             // #SS(0) when all of the instruction's accesses go through SS (exception
             // delivery decides: `stack_only`). An SS access of an instruction that
             // also has others, and a wider operand (several loads, which must fault
-            // before the first part is accessed), are checked here.
+            // before the first part is accessed) unless it is aligned (see
+            // `linear_aligned`), are checked here.
             // With b = lin + 2^47, the first byte is canonical iff b < 2^48, the last
             // iff b + len - 1 < 2^48.
-            if len <= 8 && (!stack || super::stack_only(&self.i)) {
+            if (len <= 8 || aligned) && (!stack || super::stack_only(&self.i)) {
                 return lin;
             }
             let biased = self

@@ -101,8 +101,13 @@ impl Tr {
         let len = self.i.memory_size().size().max(1) as u64;
         let ea = self.ea();
         let seg = sreg_index(self.i.memory_segment()).unwrap_or(sreg::DS as u8);
-        let addr = self.linear(seg, ea, len, write);
-        if len == 16 && !unaligned_ok(self.i.mnemonic()) {
+        let aligned = len == 16 && !unaligned_ok(self.i.mnemonic());
+        let addr = if aligned {
+            self.linear_aligned(seg, ea, len, write)
+        } else {
+            self.linear(seg, ea, len, write)
+        };
+        if aligned {
             let low = self.b.bini(BinOp::And, Size::B64, addr, 15);
             self.raise_if(low, 13, true);
         }

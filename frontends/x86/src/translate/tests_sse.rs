@@ -181,6 +181,31 @@ fn aligned_ir_forms_fault_on_misaligned_operands() {
     }
 }
 
+/// A non-canonical aligned 16-byte operand (checked by the softmmu on the first
+/// half, not in the block): #SS(0) through SS, else #GP(0); nothing is written.
+#[test]
+fn aligned_forms_fault_on_non_canonical_operands() {
+    const BAD: u64 = 0x8000_0000_0000_0010;
+    type Form = fn(&mut CodeAssembler) -> Result<(), IcedError>;
+    let cases: [(Form, u8); 4] = [
+        (|a| a.movaps(xmmword_ptr(rsp), xmm1), 12),
+        (|a| a.movdqa(xmm1, xmmword_ptr(rbp + 16)), 12),
+        (|a| a.movaps(xmmword_ptr(rax), xmm1), 13),
+        (|a| a.pand(xmm1, xmmword_ptr(rax)), 13),
+    ];
+    for (form, vector) in cases {
+        let code = asm64(form);
+        let (cpu, end) = run_with(&code, &[], |c| {
+            set_xmm(c, 1, 7);
+            c.state.gpr[0] = BAD;
+            c.state.gpr[4] = BAD;
+            c.state.gpr[5] = BAD - 16;
+        });
+        assert_eq!(end, End::Fault(vector, Some(0)), "{code:02x?}");
+        assert_eq!(xmm(&cpu, 1), 7);
+    }
+}
+
 fn lanes16(v: u128) -> [u16; 8] {
     core::array::from_fn(|i| (v >> (16 * i)) as u16)
 }
