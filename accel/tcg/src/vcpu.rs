@@ -179,6 +179,10 @@ pub struct TcgVcpu {
     /// [`Vcpu::run`] runs (checked out), placeholders otherwise.
     share: Option<CodeShare>,
     checked_out: bool,
+    /// The placeholders while the group's code is checked out (swapped, not made
+    /// anew: an empty cache allocates its JIT's indirect-exit table, and a run
+    /// checks out and in at every return).
+    parked: Option<(BlockCache, CodeWatch)>,
     /// In a group: return from `run` instead of sleeping when idle, and after PAUSE.
     group_mode: GroupMode,
     /// Set when `run` returned [`VcpuExit::Halted`] in a group: whether an interrupt
@@ -221,6 +225,7 @@ impl TcgVcpu {
             stats: TcgStats::default(),
             share: None,
             checked_out: false,
+            parked: None,
             group_mode: GroupMode::default(),
             wakeable: true,
             irq_deferred: false,
@@ -373,8 +378,9 @@ impl TcgVcpu {
                 "TCG: two vCPUs of one group ran at the same time".into(),
             ));
         };
-        self.cache = code.cache;
-        self.cpu.mmu.code = code.watch;
+        let cache = std::mem::replace(&mut self.cache, code.cache);
+        let watch = std::mem::replace(&mut self.cpu.mmu.code, code.watch);
+        self.parked = Some((cache, watch));
         self.checked_out = true;
         // Links name blocks of the cache as it was; other vCPUs changed it since.
         self.chain_from = None;
@@ -384,9 +390,10 @@ impl TcgVcpu {
     /// Gives the group's code back after a run.
     fn check_in(&mut self) {
         if let (Some(share), true) = (&self.share, self.checked_out) {
+            let (cache, watch) = self.parked.take().unwrap_or_default();
             *share.lock() = Some(SharedCode {
-                cache: std::mem::take(&mut self.cache),
-                watch: std::mem::take(&mut self.cpu.mmu.code),
+                cache: std::mem::replace(&mut self.cache, cache),
+                watch: std::mem::replace(&mut self.cpu.mmu.code, watch),
             });
             self.checked_out = false;
         }
