@@ -243,6 +243,9 @@ struct SlowPath {
     op: usize,
     /// The bookkeeping at the access (the stub syncs it for the call).
     book: Book,
+    /// A store the stub checks the stop request after: the PC of the instruction
+    /// to stop before (see `Gen::slow_path`).
+    stop_at: Option<u64>,
 }
 
 /// Where a memory access's operands are (the slow path moves them where the

@@ -4,11 +4,11 @@
 // dynasm's dynamic registers (`Rq(r)`) expand to `r.into()`.
 #![allow(clippy::useless_conversion)]
 
-use super::{Access, Gen, SlowPath, Value, RCX, RDX, RSI};
+use super::{Access, Gen, SlowPath, StopStub, Value, RCX, RDX, RSI};
 use crate::tramp;
 use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi};
 use vireo_core::exec::{DirectGlobals, GuestEnv};
-use vireo_core::ir::{MmuIdx, Size, Temp};
+use vireo_core::ir::{MmuIdx, Op, Size, Temp};
 
 impl Gen<'_> {
     /// A load: the fast TLB inline (the value straight into the result's register),
@@ -210,6 +210,34 @@ impl Gen<'_> {
     fn slow_path(&mut self, entry: DynamicLabel, access: Access, packed: i32) {
         let done = self.ops.new_dynamic_label();
         dynasm!(self.ops ; .arch x64 ; =>done);
+        // A store may hit code (self-modifying code raises the stop request); loads
+        // never raise it. Only the slow path can: when nothing but temp arithmetic
+        // follows the store in its instruction, the slow path checks the request
+        // itself (and stops before the next instruction), the fast path nothing.
+        let stop_at = match access {
+            Access::Store { .. } => {
+                let next = self.block.ops[self.cur + 1..].iter().find(|o| {
+                    !matches!(
+                        o,
+                        Op::Const { .. }
+                            | Op::Mov { .. }
+                            | Op::Bin { .. }
+                            | Op::Un { .. }
+                            | Op::Ext { .. }
+                            | Op::SetCond { .. }
+                            | Op::Select { .. }
+                    )
+                });
+                match next {
+                    Some(&Op::InsnStart { pc, .. }) => Some(pc),
+                    _ => {
+                        self.book.may_stop = true;
+                        None
+                    }
+                }
+            }
+            Access::Load { .. } => None,
+        };
         self.stubs.push(SlowPath {
             entry,
             done,
@@ -217,12 +245,8 @@ impl Gen<'_> {
             packed,
             op: self.cur,
             book: self.book,
+            stop_at,
         });
-        // A store may hit code (self-modifying code raises the stop request); loads
-        // never raise it.
-        if let Access::Store { .. } = access {
-            self.book.may_stop = true;
-        }
     }
 
     /// The slow paths of the block's memory accesses (out of line: the fast paths
@@ -260,6 +284,22 @@ impl Gen<'_> {
                 }
             }
             self.check_status();
+            if let (Some(pc), Some(h)) = (s.stop_at, E::insn_hooks()) {
+                // A stop request the store raised: stop before the next instruction
+                // (the counters already count this one).
+                let stop = h.stop as i32;
+                let exit = self.ops.new_dynamic_label();
+                dynasm!(self.ops
+                    ; .arch x64
+                    ; cmp BYTE [r12 + stop], 0
+                    ; jne =>exit
+                );
+                self.stop_stubs.push(StopStub {
+                    entry: exit,
+                    pc,
+                    pending: 0,
+                });
+            }
             self.count::<E>(pending, false);
             if let Access::Load { dst, .. } = s.access {
                 if dst != RDX {
