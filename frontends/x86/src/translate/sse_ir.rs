@@ -2,7 +2,8 @@
 //! (`Global::Xmm`), done in IR with no helper call: the 128-bit moves (to, from and
 //! between registers), the bitwise logic, PADDQ/PSUBQ, the qword unpacks and shuffles
 //! (PUNPCKLQDQ/PUNPCKHQDQ, MOVLPS/MOVHPS/MOVHLPS/MOVLHPS and their PD forms), MOVQ and
-//! MOVD. Used when the mode says SSE passes its checks ([`super::Mode::sse_ok`]); a
+//! MOVD; and, as bit tricks on 64-bit halves, PCMPEQB and PMOVMSKB (the core of the C
+//! library's SSE2 string functions). Used when the mode says SSE passes its checks ([`super::Mode::sse_ok`]); a
 //! memory operand is read before any register is written, so a fault leaves them.
 
 use super::sse::{unaligned_ok, Kind};
@@ -170,8 +171,56 @@ impl Tr {
                 let v = self.b.get(half(s, 0));
                 self.write(o, size, v);
             }
+            (M::Pcmpeqb, &[Kind::Xmm(d), s @ (Kind::Xmm(_) | Kind::Mem)]) => {
+                let (slo, shi) = self.src128(s)?;
+                let (dlo, dhi) = self.xmm_get(d);
+                let lo = self.bytes_equal(dlo, slo);
+                let hi = self.bytes_equal(dhi, shi);
+                self.xmm_set(d, lo, hi);
+            }
+            (M::Pmovmskb, &[Kind::Gpr, Kind::Xmm(s)]) => {
+                let (lo, hi) = self.xmm_get(s);
+                let lo = self.sign_bits(lo);
+                let hi = self.sign_bits(hi);
+                let hi = self.b.bini(BinOp::Shl, Size::B64, hi, 8);
+                let mask = self.b.bin(BinOp::Or, Size::B64, lo, hi);
+                let size = if self.i.op0_register().is_gpr64() {
+                    Size::B64
+                } else {
+                    Size::B32
+                };
+                let o = self.operand(0, true);
+                self.write(o, size, mask);
+            }
             _ => return None,
         }
         Some(Flow::Next)
+    }
+
+    /// 0xff in each byte where `a` and `b` are equal, else 0 (PCMPEQB on a half):
+    /// with x = a ^ b, a byte's top bit of `(x & 7f..) + 7f.. | x` is set iff the byte
+    /// is not zero (the sum carries out of no byte).
+    fn bytes_equal(&mut self, a: Temp, b: Temp) -> Temp {
+        const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+        let x = self.b.bin(BinOp::Xor, Size::B64, a, b);
+        let m = self.b.bini(BinOp::And, Size::B64, x, LOW7);
+        let y = self.b.bini(BinOp::Add, Size::B64, m, LOW7);
+        let y = self.b.bin(BinOp::Or, Size::B64, y, x);
+        let n = self.b.un(UnOp::Not, Size::B64, y);
+        // 0x80 in each equal byte; minus its 0x01s, or itself: 0xff.
+        let z = self.b.bini(BinOp::And, Size::B64, n, !LOW7);
+        let ones = self.b.bini(BinOp::Shr, Size::B64, z, 7);
+        let f = self.b.bin(BinOp::Sub, Size::B64, z, ones);
+        self.b.bin(BinOp::Or, Size::B64, f, z)
+    }
+
+    /// The top bits of the eight bytes of `v`, byte i's as bit i (PMOVMSKB on a
+    /// half): the bits moved to the bottom of their bytes, then gathered into the top
+    /// byte by one multiplication (every partial product lands on its own bit).
+    fn sign_bits(&mut self, v: Temp) -> Temp {
+        let t = self.b.bini(BinOp::Shr, Size::B64, v, 7);
+        let t = self.b.bini(BinOp::And, Size::B64, t, 0x0101_0101_0101_0101);
+        let t = self.b.bini(BinOp::Mul, Size::B64, t, 0x0102_0408_1020_4080);
+        self.b.bini(BinOp::Shr, Size::B64, t, 56)
     }
 }

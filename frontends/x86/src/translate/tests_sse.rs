@@ -181,6 +181,50 @@ fn aligned_ir_forms_fault_on_misaligned_operands() {
     }
 }
 
+/// PCMPEQB and PMOVMSKB (bit tricks on the halves in IR) against byte-wise
+/// references, on operands whose bytes run through every value against equal,
+/// one-bit-off and top-bit-off partners (carries between bytes would show).
+#[test]
+fn byte_compare_and_mask() {
+    let code = asm64(|a| {
+        a.movdqu(xmm0, xmmword_ptr(rbx))?;
+        a.movdqu(xmm1, xmmword_ptr(rbx + 16))?;
+        a.pcmpeqb(xmm0, xmm1)?;
+        a.pmovmskb(eax, xmm0)?;
+        a.movdqu(xmm2, xmmword_ptr(rbx + 16))?;
+        a.pcmpeqb(xmm2, xmmword_ptr(rbx))?;
+        a.pmovmskb(rcx, xmm1)?;
+        Ok(())
+    });
+    for k in 0..64u32 {
+        let mut a = [0u8; 16];
+        let mut b = [0u8; 16];
+        for i in 0..16 {
+            let v = (k * 16 + i as u32) as u8;
+            a[i] = v;
+            b[i] = match (k + i as u32) % 4 {
+                0 => v,
+                1 => v ^ 1,
+                2 => v ^ 0x80,
+                _ => v.wrapping_add(0x7f),
+            };
+        }
+        let (x, y) = (u128::from_le_bytes(a), u128::from_le_bytes(b));
+        let (cpu, end) = run_with(&code, &bytes(&[x, y]), |c| {
+            c.state.gpr[0] = u64::MAX;
+            c.state.gpr[1] = u64::MAX;
+        });
+        assert_eq!(end, End::Halt);
+        let eq: [u8; 16] = std::array::from_fn(|i| if a[i] == b[i] { 0xff } else { 0 });
+        let eq = u128::from_le_bytes(eq);
+        let mask = |v: u128| (0..16).fold(0u64, |m, i| m | (((v >> (8 * i + 7)) & 1) as u64) << i);
+        assert_eq!(xmm(&cpu, 0), eq, "{x:032x} {y:032x}");
+        assert_eq!(xmm(&cpu, 2), eq, "{x:032x} {y:032x}");
+        assert_eq!(cpu.state.gpr[0], mask(eq), "eax zero-extended");
+        assert_eq!(cpu.state.gpr[1], mask(y), "rcx");
+    }
+}
+
 /// A non-canonical aligned 16-byte operand (checked by the softmmu on the first
 /// half, not in the block): #SS(0) through SS, else #GP(0); nothing is written.
 #[test]
