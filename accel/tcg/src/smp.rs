@@ -2,7 +2,8 @@
 //!
 //! The vCPUs of a [`RoundRobin`] group run one at a time, each for a time slice of
 //! [`DEFAULT_SLICE`] guest instructions (counted, so the interleaving of guest code
-//! does not depend on host timing), in a fixed order. Because only one runs at a time,
+//! does not depend on host timing), in a fixed order; a group of one runs without
+//! slices. Because only one runs at a time,
 //! every guest instruction is atomic with respect to the other vCPUs, and the group
 //! shares one block cache and one code-page watch ([`SharedCode`]): code translated for
 //! one CPU serves all, and a write by any CPU to a code page drops its blocks for all.
@@ -125,9 +126,16 @@ impl RoundRobin {
             let seen = self.bell.count();
             let mut progress = false;
             let mut wakeable = false;
+            // A lone vCPU has no one to give way to: no slices (each end of one
+            // costs a return from `run`).
+            let slice = if self.vcpus.len() > 1 {
+                self.slice
+            } else {
+                u64::MAX
+            };
             for (i, v) in self.vcpus.iter_mut().enumerate() {
                 let before = v.insns();
-                v.set_insn_limit(Some(before.saturating_add(self.slice)));
+                v.set_insn_limit(Some(before.saturating_add(slice)));
                 let exit = v.run()?;
                 match exit {
                     VcpuExit::Stopped => {
