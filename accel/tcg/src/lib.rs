@@ -52,3 +52,5 @@ mod tests_apic;
 mod tests_smc;
 #[cfg(test)]
 mod tests_smp;
+#[cfg(test)]
+mod tests_sysret;

@@ -188,12 +188,6 @@ pub struct TcgVcpu {
     /// Set when `run` returned [`VcpuExit::Halted`] in a group: whether an interrupt
     /// or CPU event can still wake this CPU.
     wakeable: bool,
-    /// The interrupt hint was taken while the CPU could not take interrupts (IF
-    /// clear, or the interrupt shadow): compiled code chains on meanwhile, and the
-    /// hint comes back once interrupts are enabled. Every instruction that can set
-    /// IF (STI, POPF, IRET, SYSRET, SYSEXIT, far returns, task switches) ends its
-    /// block with a `Sync` exit, which never chains, so the run loop sees it.
-    irq_deferred: bool,
 }
 
 /// How a vCPU in a round-robin group gives way to the others.
@@ -228,7 +222,6 @@ impl TcgVcpu {
             parked: None,
             group_mode: GroupMode::default(),
             wakeable: true,
-            irq_deferred: false,
         }
     }
 
@@ -539,7 +532,7 @@ impl TcgVcpu {
         if !frontend::interrupts_enabled(&self.cpu) {
             // Not now: let compiled code chain (see `irq_deferred`).
             if self.signal.irq_hint() && self.signal.take_irq() {
-                self.irq_deferred = true;
+                self.cpu.irq_deferred = true;
             }
             return Step::Continue;
         }
@@ -561,8 +554,16 @@ impl TcgVcpu {
     }
 
     /// Interrupts may be taken again: a hint taken while they could not comes back.
+    ///
+    /// While a hint is deferred (`X86Cpu::irq_deferred`: the hint was taken while the
+    /// CPU could not take interrupts, IF clear or the interrupt shadow), compiled code
+    /// chains on; the hint comes back once interrupts are enabled. Every instruction
+    /// that can set IF (STI, POPF, IRET, SYSEXIT, far returns, task switches) ends its
+    /// block with a `Sync` exit, which never chains, so the run loop sees it; SYSRET
+    /// exits `Indirect` and sets the `X86Cpu::irq_window` chain guard instead.
     fn undefer_irq(&mut self) {
-        if std::mem::take(&mut self.irq_deferred) {
+        if std::mem::take(&mut self.cpu.irq_deferred) {
+            self.cpu.irq_window = false;
             self.signal.rearm_irq();
         }
     }

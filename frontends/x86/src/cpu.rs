@@ -29,6 +29,12 @@ pub struct X86Cpu {
     pub insn_pc: u64,
     /// Stop the current block at the next instruction boundary.
     pub stop: bool,
+    /// The run loop took an interrupt request while the CPU could not take it (IF
+    /// clear, or the interrupt shadow) and let compiled code chain on meanwhile.
+    pub irq_deferred: bool,
+    /// A chain guard: an instruction whose block chains on set IF while a request was
+    /// deferred (SYSRET), so compiled code must return to the run loop to take it.
+    pub irq_window: bool,
     /// The CPUID model (what the guest is told this CPU implements).
     pub cpuid: crate::cpuid::CpuidModel,
     /// MSRs not carried in [`CpuState`] (MTRRs, TSC offset...).
@@ -58,6 +64,8 @@ impl X86Cpu {
             mmu: crate::mmu::Mmu::default(),
             insn_pc: 0,
             stop: false,
+            irq_deferred: false,
+            irq_window: false,
             cpuid: crate::cpuid::CpuidModel::default(),
             msrs: crate::msr::MsrExtra::default(),
             tsc_source: None,
@@ -286,6 +294,7 @@ unsafe impl DirectGlobals for X86Cpu {
             offset_of!(X86Cpu, state)
                 + offset_of!(CpuState, events)
                 + offset_of!(vireo_core::cpu::EventState, interrupt_shadow),
+            offset_of!(X86Cpu, irq_window),
         ]
     }
 

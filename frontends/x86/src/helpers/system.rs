@@ -275,8 +275,17 @@ fn syscall(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
     crate::mmu::refresh_guard(cpu);
     Ok(0)
 }
+/// SYSRET, whose block exits `Indirect` too (back to user mode without the run
+/// loop): the lookup guard follows the new CPL; if it set IF while an interrupt
+/// request was deferred, the `irq_window` chain guard sends compiled code back to the
+/// run loop, which delivers it.
 fn sysret(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
-    unit(fast::sysret(cpu, arg(a, 0)))
+    fast::sysret(cpu, arg(a, 0))?;
+    crate::mmu::refresh_guard(cpu);
+    if cpu.irq_deferred && cpu.state.rflags & vireo_core::cpu::flags::IF != 0 {
+        cpu.irq_window = true;
+    }
+    Ok(0)
 }
 fn sysenter(cpu: &mut X86Cpu, _a: &[u64]) -> Result<u64, Fault> {
     unit(fast::sysenter(cpu))

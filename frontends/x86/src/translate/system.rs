@@ -182,8 +182,11 @@ impl Tr {
                 } else {
                     32
                 });
+                // `Indirect` too: the helper sets the lookup guard and, when it
+                // enables a deferred interrupt, a chain guard (`X86Cpu::irq_window`).
                 self.sys(SysHelper::Sysret, &[bits], false);
-                self.sync()
+                self.b.exit(ExitKind::Indirect);
+                Flow::End
             }
             M::Sysexit | M::Sysexitq => {
                 let bits = self.b.konst(if self.i.code() == Code::Sysexitq {
