@@ -515,6 +515,8 @@ impl TcgVcpu {
     /// Delivers a pending NMI, or a pending external interrupt, if the CPU may take
     /// one now.
     fn poll_interrupt(&mut self) -> Step {
+        // The run loop is here: what the guard asked for is looked at now.
+        self.cpu.irq_window = false;
         let ev = &self.cpu.state.events;
         if ev.nmi_pending && !ev.nmi_masked && !ev.interrupt_shadow {
             self.cpu.state.events.nmi_pending = false;
@@ -558,12 +560,12 @@ impl TcgVcpu {
     /// While a hint is deferred (`X86Cpu::irq_deferred`: the hint was taken while the
     /// CPU could not take interrupts, IF clear or the interrupt shadow), compiled code
     /// chains on; the hint comes back once interrupts are enabled. Every instruction
-    /// that can set IF (STI, POPF, IRET, SYSEXIT, far returns, task switches) ends its
+    /// that can set IF (STI, POPF, SYSEXIT, far returns, task switches) ends its
     /// block with a `Sync` exit, which never chains, so the run loop sees it; SYSRET
-    /// exits `Indirect` and sets the `X86Cpu::irq_window` chain guard instead.
+    /// and IRET exit `Indirect` and set the `X86Cpu::irq_window` chain guard instead
+    /// (cleared when the run loop polls for interrupts).
     fn undefer_irq(&mut self) {
         if std::mem::take(&mut self.cpu.irq_deferred) {
-            self.cpu.irq_window = false;
             self.signal.rearm_irq();
         }
     }

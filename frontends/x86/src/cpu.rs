@@ -32,8 +32,9 @@ pub struct X86Cpu {
     /// The run loop took an interrupt request while the CPU could not take it (IF
     /// clear, or the interrupt shadow) and let compiled code chain on meanwhile.
     pub irq_deferred: bool,
-    /// A chain guard: an instruction whose block chains on set IF while a request was
-    /// deferred (SYSRET), so compiled code must return to the run loop to take it.
+    /// A chain guard: an instruction whose block chains on (SYSRET, IRET) set IF
+    /// while a request was deferred, or may have unblocked a pending NMI, so compiled
+    /// code must return to the run loop to deliver it. The run loop clears it.
     pub irq_window: bool,
     /// The CPUID model (what the guest is told this CPU implements).
     pub cpuid: crate::cpuid::CpuidModel,

@@ -175,8 +175,25 @@ fn far_call(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
 fn far_ret(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
     unit(transfer::far_ret(cpu, arg(a, 0), arg(a, 1)))
 }
+/// IRET, whose block exits `Indirect` (see [`deliverable_guard`]).
 fn iret(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
-    unit(transfer::iret(cpu, arg(a, 0)))
+    transfer::iret(cpu, arg(a, 0))?;
+    deliverable_guard(cpu);
+    Ok(0)
+}
+
+/// After an instruction whose block exits `Indirect` although it may change the mode
+/// and make an interrupt deliverable (SYSRET, IRET): the lookup guard follows the new
+/// state, and the `irq_window` chain guard sends compiled code back to the run loop
+/// when IF is set while an interrupt request was deferred, or an NMI is pending (IRET
+/// unblocks NMIs).
+fn deliverable_guard(cpu: &mut X86Cpu) {
+    crate::mmu::refresh_guard(cpu);
+    let ev = &cpu.state.events;
+    let irq = cpu.irq_deferred && cpu.state.rflags & vireo_core::cpu::flags::IF != 0;
+    if irq || ev.nmi_pending {
+        cpu.irq_window = true;
+    }
 }
 fn soft_int(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
     unit(crate::exception::soft_int(
@@ -276,15 +293,10 @@ fn syscall(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
     Ok(0)
 }
 /// SYSRET, whose block exits `Indirect` too (back to user mode without the run
-/// loop): the lookup guard follows the new CPL; if it set IF while an interrupt
-/// request was deferred, the `irq_window` chain guard sends compiled code back to the
-/// run loop, which delivers it.
+/// loop; see [`deliverable_guard`]).
 fn sysret(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
     fast::sysret(cpu, arg(a, 0))?;
-    crate::mmu::refresh_guard(cpu);
-    if cpu.irq_deferred && cpu.state.rflags & vireo_core::cpu::flags::IF != 0 {
-        cpu.irq_window = true;
-    }
+    deliverable_guard(cpu);
     Ok(0)
 }
 fn sysenter(cpu: &mut X86Cpu, _a: &[u64]) -> Result<u64, Fault> {

@@ -10,7 +10,7 @@ use crate::helpers::integer::IntHelper;
 use crate::helpers::system::SysHelper;
 use iced_x86::{Code, ConditionCode, Mnemonic, OpKind};
 use vireo_core::cpu::sreg;
-use vireo_core::ir::{BinOp, Cond, Size, Temp};
+use vireo_core::ir::{BinOp, Cond, ExitKind, Size, Temp};
 
 impl Tr {
     /// Far pointer operand: (selector, offset, operand size).
@@ -184,8 +184,11 @@ impl Tr {
             _ => 64,
         };
         let k = self.b.konst(bits);
+        // `Indirect`: the helper sets the lookup guard for the new state and, when an
+        // interrupt or NMI may now be delivered, a chain guard (`X86Cpu::irq_window`).
         self.sys(SysHelper::Iret, &[k], false);
-        self.sync()
+        self.b.exit(ExitKind::Indirect);
+        Flow::End
     }
 
     pub(super) fn jcc(&mut self) -> Flow {
