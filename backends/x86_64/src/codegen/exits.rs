@@ -8,7 +8,7 @@ use super::{
     direct, exit_code, Gen, CELL_ENTRY, CELL_SLOTS, CTX_CHAINS, CTX_FLAGS, CTX_LIMIT, CTX_TARGET,
     RAX, RBX,
 };
-use dynasmrt::{dynasm, DynasmApi, DynasmLabelApi};
+use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi};
 use vireo_core::exec::{DirectGlobals, GuestEnv};
 use vireo_core::ir::{ExitKind, Global};
 
@@ -23,30 +23,40 @@ impl Gen<'_> {
             // A jump to the block's own start (a loop that is one block): its own
             // chain entry, under the same run conditions as any chaining (a store
             // that hits this block's code raises the stop request, which they check).
+            // The run conditions are checked here, and the jump is direct.
             if t == self.block.pc && self.guards.is_some() {
-                let entry = self.entry;
-                let go = *self.go.get_or_insert_with(|| self.ops.new_dynamic_label());
-                dynasm!(self.ops
-                    ; .arch x64
-                    ; lea rax, [=>entry]
-                    ; mov esi, code as i32
-                    ; jmp =>go
-                );
-                return;
+                if let Some(fail) = self.run_checks::<E>() {
+                    let entry = self.entry;
+                    dynasm!(self.ops
+                        ; .arch x64
+                        ; add QWORD [rbx + CTX_CHAINS], 1
+                        ; jmp =>entry
+                        ; =>fail
+                    );
+                    self.leave(code);
+                    return;
+                }
             }
             if let Some(k) = self.slot_targets.iter().position(|s| *s == Some(t)) {
                 if self.guards.is_some() {
-                    // The slot's cell, then the block's shared chaining code.
+                    // The slot's cell and its block's entry (0: not linked or gone:
+                    // the table, or the run loop), then the block's shared chaining
+                    // code.
                     let cell = self.cell as i64;
                     let slot = CELL_SLOTS + 8 * k as i32;
-                    let l = *self
+                    let go = *self.go.get_or_insert_with(|| self.ops.new_dynamic_label());
+                    let miss = *self
                         .slot_tail
                         .get_or_insert_with(|| self.ops.new_dynamic_label());
                     dynasm!(self.ops
                         ; .arch x64
                         ; mov rax, QWORD cell
                         ; mov rax, [rax + slot]
-                        ; jmp =>l
+                        ; mov rax, [rax + CELL_ENTRY]
+                        ; test rax, rax
+                        ; jz =>miss
+                        ; mov esi, code as i32
+                        ; jmp =>go
                     );
                     return;
                 }
@@ -87,9 +97,8 @@ impl Gen<'_> {
     /// already in `ctx.target`).
     pub(super) fn indirect_tails<E: DirectGlobals>(&mut self) {
         if let Some(l) = self.slot_tail {
+            // A slot that named no live block.
             dynasm!(self.ops ; .arch x64 ; =>l);
-            self.chain_to_cell(exit_code(ExitKind::Jump(0)).0);
-            dynasm!(self.ops ; .arch x64 ; no:);
             if self.indirect_ok::<E>() {
                 let t = *self.ind_tails[0].get_or_insert_with(|| self.ops.new_dynamic_label());
                 dynasm!(self.ops ; .arch x64 ; jmp =>t);
@@ -179,34 +188,49 @@ impl Gen<'_> {
     /// block may have changed them, the stop request and chain guards clear: at the
     /// run's start they are, or the limit is already reached), else returns the code.
     pub(super) fn go_tail<E: DirectGlobals>(&mut self) {
-        let (Some(go), Some(guards), Some(h)) = (self.go, self.guards.clone(), E::insn_hooks())
-        else {
+        // (`go` exists only with the guards and hooks: `run_checks` then checks.)
+        let (Some(go), Some(_), Some(_)) = (self.go, &self.guards, E::insn_hooks()) else {
+            return;
+        };
+        dynasm!(self.ops ; .arch x64 ; =>go);
+        let Some(fail) = self.run_checks::<E>() else {
             return;
         };
         let epilogue = self.epilogue;
-        let counter = h.counter as i32;
-        dynasm!(self.ops
-            ; .arch x64
-            ; =>go
-            ; mov rcx, [r12 + counter]
-            ; cmp rcx, [rbx + CTX_LIMIT]
-            ; jae >fail
-            ; mov rcx, [rbx + CTX_FLAGS]
-            ; cmp DWORD [rcx], 0
-            ; jne >fail
-        );
-        if self.guard_risk {
-            for g in guards {
-                dynasm!(self.ops ; .arch x64 ; cmp BYTE [r12 + g], 0 ; jne >fail);
-            }
-        }
         dynasm!(self.ops
             ; .arch x64
             ; add QWORD [rbx + CTX_CHAINS], 1
             ; jmp rax
-            ; fail:
+            ; =>fail
             ; mov eax, esi
             ; jmp =>epilogue
         );
+    }
+
+    /// The run conditions of chaining: the environment's counter below `ctx.limit`,
+    /// the wake-up flags clear and, if the block may have changed them, the stop
+    /// request and chain guards clear. Falls through when they hold, else jumps to the
+    /// returned label (which the caller places). Clobbers `rcx`.
+    fn run_checks<E: DirectGlobals>(&mut self) -> Option<DynamicLabel> {
+        let (Some(guards), Some(h)) = (self.guards.clone(), E::insn_hooks()) else {
+            return None;
+        };
+        let fail = self.ops.new_dynamic_label();
+        let counter = h.counter as i32;
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov rcx, [r12 + counter]
+            ; cmp rcx, [rbx + CTX_LIMIT]
+            ; jae =>fail
+            ; mov rcx, [rbx + CTX_FLAGS]
+            ; cmp DWORD [rcx], 0
+            ; jne =>fail
+        );
+        if self.guard_risk {
+            for g in guards {
+                dynasm!(self.ops ; .arch x64 ; cmp BYTE [r12 + g], 0 ; jne =>fail);
+            }
+        }
+        Some(fail)
     }
 }
