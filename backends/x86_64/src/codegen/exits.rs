@@ -40,11 +40,9 @@ impl Gen<'_> {
             if let Some(k) = self.slot_targets.iter().position(|s| *s == Some(t)) {
                 if self.guards.is_some() {
                     // The slot's cell and its block's entry (0: not linked or gone:
-                    // the table, or the run loop), then the block's shared chaining
-                    // code.
+                    // the table, or the run loop), then the run conditions.
                     let cell = self.cell as i64;
                     let slot = CELL_SLOTS + 8 * k as i32;
-                    let go = *self.go.get_or_insert_with(|| self.ops.new_dynamic_label());
                     let miss = *self
                         .slot_tail
                         .get_or_insert_with(|| self.ops.new_dynamic_label());
@@ -55,9 +53,16 @@ impl Gen<'_> {
                         ; mov rax, [rax + CELL_ENTRY]
                         ; test rax, rax
                         ; jz =>miss
-                        ; mov esi, code as i32
-                        ; jmp =>go
                     );
+                    if let Some(fail) = self.run_checks::<E>() {
+                        dynasm!(self.ops
+                            ; .arch x64
+                            ; add QWORD [rbx + CTX_CHAINS], 1
+                            ; jmp rax
+                            ; =>fail
+                        );
+                    }
+                    self.leave(code);
                     return;
                 }
             }
