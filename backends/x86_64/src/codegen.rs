@@ -169,6 +169,9 @@ struct Gen<'a> {
     at_branch: Vec<Option<Book>>,
     /// An `And` with a constant left for the comparison with zero after it.
     test_of: Option<TestOf>,
+    /// The PC a `Set` left for the `Jump` exit right after it to store on its paths
+    /// back to the run loop ([`Gen::chains_directly`]).
+    pc_later: Option<u64>,
     /// Where each label is in the block's ops.
     label_pos: Vec<usize>,
     /// Ops the main pass passes over (a branch's skipped ops, see
@@ -330,6 +333,7 @@ pub fn compile<E: GuestEnv + DirectGlobals>(
         only: block.branch_only_labels(),
         at_branch: vec![None; block.labels as usize],
         test_of: None,
+        pc_later: None,
         label_pos: {
             let mut at = vec![usize::MAX; block.labels as usize];
             for (i, op) in block.ops.iter().enumerate() {
@@ -744,6 +748,18 @@ impl Gen<'_> {
                     }
                 }
                 self.st(dst, RAX);
+            }
+            // The PC of a `Jump` that chains directly: stored only on the paths that
+            // return to the run loop.
+            Op::Set {
+                dst: Global::Pc,
+                src,
+            } if matches!(
+                (self.k(src), self.block.ops.get(self.cur + 1)),
+                (Some(v), Some(&Op::Exit(ExitKind::Jump(t)))) if v == t && self.chains_directly::<E>(t)
+            ) =>
+            {
+                self.pc_later = self.k(src);
             }
             Op::Set { dst, src } => match direct::<E>(dst) {
                 Some(off) => {

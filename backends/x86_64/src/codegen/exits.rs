@@ -6,18 +6,43 @@
 
 use super::{
     direct, exit_code, Gen, CELL_ENTRY, CELL_SLOTS, CTX_CHAINS, CTX_FLAGS, CTX_LIMIT, CTX_TARGET,
-    RAX, RBX,
+    R12, RAX, RBX,
 };
 use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi};
 use vireo_core::exec::{DirectGlobals, GuestEnv};
 use vireo_core::ir::{ExitKind, Global};
 
 impl Gen<'_> {
+    /// Whether a `Jump` exit to `t` goes straight into the next block (its own start
+    /// or a chain slot) with the run conditions checked at the exit: then the PC
+    /// store before it waits for the paths that return ([`Gen::pc_later`]).
+    pub(super) fn chains_directly<E: DirectGlobals>(&self, t: u64) -> bool {
+        self.guards.is_some()
+            && E::insn_hooks().is_some()
+            && direct::<E>(Global::Pc).is_some()
+            && (t == self.block.pc || self.slot_targets.contains(&Some(t)))
+    }
+
+    /// Stores the PC held back for the exit ([`Gen::pc_later`]), if any.
+    fn store_pc_later<E: DirectGlobals>(&mut self, pc: Option<u64>) {
+        if let (Some(v), Some(off)) = (pc, direct::<E>(Global::Pc)) {
+            self.store_imm(R12, off, v);
+        }
+    }
+
     pub(super) fn exit<E: GuestEnv + DirectGlobals>(&mut self, kind: ExitKind) {
         self.flush::<E>();
+        let mut pc_later = self.pc_later.take();
         let (code, target) = exit_code(kind);
         if let Some(t) = target {
             self.store_imm(RBX, CTX_TARGET, t);
+        }
+        let direct_to = match kind {
+            ExitKind::Jump(t) if self.chains_directly::<E>(t) => Some(t),
+            _ => None,
+        };
+        if direct_to.is_none() || pc_later != direct_to {
+            self.store_pc_later::<E>(pc_later.take());
         }
         if let ExitKind::Jump(t) = kind {
             // A jump to the block's own start (a loop that is one block): its own
@@ -33,6 +58,7 @@ impl Gen<'_> {
                         ; jmp =>entry
                         ; =>fail
                     );
+                    self.store_pc_later::<E>(pc_later);
                     self.leave(code);
                     return;
                 }
@@ -43,9 +69,14 @@ impl Gen<'_> {
                     // the table, or the run loop), then the run conditions.
                     let cell = self.cell as i64;
                     let slot = CELL_SLOTS + 8 * k as i32;
-                    let miss = *self
+                    let tail = *self
                         .slot_tail
                         .get_or_insert_with(|| self.ops.new_dynamic_label());
+                    // With the PC held back, a miss stores it on the way.
+                    let miss = match pc_later {
+                        Some(_) => self.ops.new_dynamic_label(),
+                        None => tail,
+                    };
                     dynasm!(self.ops
                         ; .arch x64
                         ; mov rax, QWORD cell
@@ -62,7 +93,13 @@ impl Gen<'_> {
                             ; =>fail
                         );
                     }
+                    self.store_pc_later::<E>(pc_later);
                     self.leave(code);
+                    if pc_later.is_some() {
+                        dynasm!(self.ops ; .arch x64 ; =>miss);
+                        self.store_pc_later::<E>(pc_later);
+                        dynasm!(self.ops ; .arch x64 ; jmp =>tail);
+                    }
                     return;
                 }
             }
