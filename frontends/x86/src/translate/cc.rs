@@ -7,7 +7,7 @@ use crate::flags::{cc_op, CcKind, CC_EFLAGS};
 use crate::helpers::integer::IntHelper;
 use iced_x86::ConditionCode;
 use vireo_core::cpu::flags::{AF, CF, OF, PF, SF, ZF};
-use vireo_core::ir::{BinOp, Cond, Global, Size, Temp};
+use vireo_core::ir::{BinOp, Cond, Global, Op, Size, Temp};
 
 /// What the translator knows about the lazy flags at the current point.
 #[derive(Debug, Clone, Copy, Default)]
@@ -154,15 +154,60 @@ impl Tr {
                 self.b.setcond(Cond::Ne, size, s, zero)
             }
             Some((CcKind::Eflags, _, _, f)) => self.b.bini(BinOp::And, Size::B64, f, CF),
-            _ => {
-                let op = self.b.get(Global::CcOp);
-                let d = self.b.get(Global::CcDst);
-                let s = self.b.get(Global::CcSrc);
-                let s2 = self.b.get(Global::CcSrc2);
-                self.int(IntHelper::ComputeCarry, &[op, d, s, s2], true)
-                    .unwrap_or(op)
-            }
+            _ => self.carry_of_state(),
         }
+    }
+
+    /// CF of the lazy-flag state in the globals (an operation the block does not
+    /// know: typically the block before's). When the operation is the one the CPU
+    /// held at translation (`entry_cc_op`) and its CF is simple (INC or DEC after a
+    /// CMP, the top of many loops), the check and the inline formula; otherwise (and
+    /// as the fallback) the carry helper.
+    fn carry_of_state(&mut self) -> Temp {
+        let op = self.b.get(Global::CcOp);
+        let d = self.b.get(Global::CcDst);
+        let s = self.b.get(Global::CcSrc);
+        let k = self.entry_cc_op;
+        let (kind, size) = crate::flags::decode(k);
+        let simple = matches!(
+            kind,
+            CcKind::Add
+                | CcKind::Sub
+                | CcKind::Logic
+                | CcKind::Inc
+                | CcKind::Dec
+                | CcKind::Sar
+                | CcKind::Clr
+        ) && cc_op(kind, size) == k;
+        let call = |t: &mut Self| {
+            let s2 = t.b.get(Global::CcSrc2);
+            t.int(IntHelper::ComputeCarry, &[op, d, s, s2], true)
+                .unwrap_or(op)
+        };
+        if !simple {
+            return call(self);
+        }
+        let (fast, done) = (self.b.label(), self.b.label());
+        let r = self.b.temp();
+        let kk = self.b.konst(k);
+        let same = self.b.setcond(Cond::Eq, Size::B64, op, kk);
+        self.b.br_if(same, fast);
+        let c = call(self);
+        self.b.push(Op::Mov { dst: r, src: c });
+        self.b.br(done);
+        self.b.set_label(fast);
+        let saved = std::mem::replace(
+            &mut self.cc,
+            CcTrack {
+                known: Some((kind, size, d, s)),
+                first: None,
+            },
+        );
+        let c = self.carry();
+        self.cc = saved;
+        self.b.push(Op::Mov { dst: r, src: c });
+        self.b.set_label(done);
+        r
     }
 
     /// Evaluates condition `cc` to 0/1.

@@ -271,6 +271,10 @@ pub(crate) struct Tr {
     /// The CPUID model: an instruction whose feature it lacks raises #UD. (Fixed for
     /// the life of an engine, and the same on all its CPUs, so not in the mode key.)
     pub model: crate::cpuid::CpuidModel,
+    /// The lazy-flag operation the CPU held when the block was translated (the state
+    /// its first instructions see then): CF of an unknown state is computed inline
+    /// when the operation at run time is this one ([`Tr::carry`]).
+    pub entry_cc_op: u64,
 }
 
 /// Whether every memory access of `i` goes through SS: a stack instruction (PUSH,
@@ -428,6 +432,7 @@ pub fn translate_block(cpu: &mut X86Cpu, max_insns: usize) -> Result<Block, Faul
         sp_adjust: 0,
         rmw_addr: None,
         model: cpu.cpuid.clone(),
+        entry_cc_op: cpu.cc.op,
     };
     let first_page = code_linear(cpu, &m, start) >> 12;
     let mut pc = start;

@@ -530,3 +530,95 @@ fn non_canonical_addresses_fault_ss_for_stack_accesses_only() {
         assert_eq!(cpu.state.gpr[4], sp, "{code:02x?}: RSP unchanged");
     }
 }
+
+/// INC at the start of a block keeps the CF of the block before's operation: the
+/// block is translated while a CMP's state is live (its CF is then computed inline,
+/// guarded by the operation), and is entered again after an ADD (the guard fails:
+/// the carry helper). `adc edx, 0` after each INC adds the CF it kept.
+#[test]
+fn inc_at_a_block_start_keeps_the_carry_of_any_operation_before() {
+    let code = super::tests::asm64(|a| {
+        use iced_x86::code_asm::*;
+        let (mut top, mut done) = (a.create_label(), a.create_label());
+        a.mov(esi, 2)?;
+        a.xor(edx, edx)?;
+        a.cmp(eax, ebx)?;
+        a.jmp(top)?;
+        a.set_label(&mut top)?;
+        a.inc(ecx)?;
+        a.adc(edx, 0)?;
+        a.dec(esi)?;
+        a.jz(done)?;
+        a.add(eax, ebx)?;
+        a.jmp(top)?;
+        a.set_label(&mut done)?;
+        a.nop()
+    });
+    // (eax, ebx): CF of the CMP, then of the ADD.
+    for (ax, bx) in [(1u64, 2u64), (0xffff_ffff, 2), (5, 3), (0xffff_fff0, 0x20)] {
+        let (cpu, end) = exec(M::Long64, &code, &[(0, ax), (3, bx), (1, 7)], 0);
+        assert_eq!(end, End::Halt);
+        let cmp_cf = u64::from(ax < bx);
+        let add_cf = u64::from(ax + bx > 0xffff_ffff);
+        assert_eq!(cpu.state.gpr[2], cmp_cf + add_cf, "{ax:#x}, {bx:#x}");
+        assert_eq!(cpu.state.gpr[1], 9);
+    }
+}
+
+/// A block translated while one lazy-flag operation is live and run with another:
+/// the guarded inline CF (same operation) and the carry helper (any other) both give
+/// the CF the INC at its start keeps, under both backends.
+#[test]
+fn inc_carry_guessed_at_translation_is_checked_at_run_time() {
+    use crate::cpu::LazyFlags;
+    use crate::flags::{cc_op, CcKind};
+    use vireo_core::ir::Size;
+    // inc ecx; adc edx, 0; hlt
+    let code = [0xff, 0xc1, 0x83, 0xd2, 0x00];
+    let state = |kind: CcKind, a: u64, b: u64| {
+        let (dst, cf) = match kind {
+            CcKind::Sub => (a.wrapping_sub(b) & 0xffff_ffff, a < b),
+            _ => {
+                let s = a + b;
+                (s & 0xffff_ffff, s > 0xffff_ffff)
+            }
+        };
+        let op = cc_op(kind, Size::B32);
+        (
+            LazyFlags {
+                op,
+                dst,
+                src: b,
+                src2: 0,
+            },
+            u64::from(cf),
+        )
+    };
+    let jit = std::env::var("VIREO_TEST_BACKEND").is_ok_and(|v| v == "jit");
+    for guess in [CcKind::Sub, CcKind::Add] {
+        for kind in [CcKind::Sub, CcKind::Add] {
+            for (a, b) in [(1u64, 2u64), (0xffff_ffff, 2), (5, 3), (0, 0)] {
+                let mut cpu = machine(M::Long64, &code);
+                cpu.cc = state(guess, 7, 9).0;
+                let mut block = translate_block(&mut cpu, 32).expect("translate");
+                vireo_core::opt::optimize(&mut block);
+                let (cc, cf) = state(kind, a, b);
+                cpu.cc = cc;
+                cpu.state.gpr[2] = 0;
+                if jit {
+                    let mut cache = vireo_jit::JitCache::<crate::X86Cpu>::new(1 << 20);
+                    let code = cache.compile(&block).expect("JIT compile");
+                    cache
+                        .run(&code, &mut cpu, &mut vireo_jit::JitState::new())
+                        .expect("live block");
+                } else {
+                    vireo_interp::Interp::new().run(&vireo_interp::Prepared::new(block), &mut cpu);
+                }
+                assert_eq!(
+                    cpu.state.gpr[2], cf,
+                    "guess {guess:?}, run {kind:?} {a:#x} {b:#x}"
+                );
+            }
+        }
+    }
+}
