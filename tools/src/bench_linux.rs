@@ -53,19 +53,19 @@ pub const VARIANTS: &[Variant] = &[
         name: "vireo-interp",
         program: Program::Vireo,
         args: &["-accel", "tcg", "-tcg-backend", "interp"],
-        about: "vireo, TCG with the IR interpreter, CPU model max",
+        about: "vireo, TCG with the IR interpreter (CPU model: `-cpu qemu64`, as for all)",
     },
     Variant {
         name: "vireo-jit",
         program: Program::Vireo,
         args: &["-accel", "tcg", "-tcg-backend", "jit"],
-        about: "vireo, TCG with the x86-64 JIT, CPU model max",
+        about: "vireo, TCG with the x86-64 JIT (CPU model: `-cpu qemu64`, as for all)",
     },
     Variant {
         name: "qemu-tcg",
         program: Program::Qemu,
         args: &["-accel", "tcg"],
-        about: "QEMU TCG, its default CPU (qemu64)",
+        about: "QEMU TCG (`-cpu qemu64`, its default)",
     },
 ];
 
