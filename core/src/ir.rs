@@ -734,6 +734,21 @@ impl UnOp {
 }
 
 impl Op {
+    /// Whether the op only computes a temp from temps (no global, memory, call or
+    /// control flow): it cannot fault, observe or change guest state.
+    pub fn is_arith(&self) -> bool {
+        matches!(
+            self,
+            Op::Const { .. }
+                | Op::Mov { .. }
+                | Op::Bin { .. }
+                | Op::Un { .. }
+                | Op::Ext { .. }
+                | Op::SetCond { .. }
+                | Op::Select { .. }
+        )
+    }
+
     /// The temp the op assigns, if any.
     pub fn dst(&self) -> Option<Temp> {
         match self {

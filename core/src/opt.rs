@@ -599,13 +599,7 @@ fn dead_global_stores(block: &mut Block) {
             Op::Get { src, .. } => overwritten.retain(|g| g != src),
             Op::InsnStart { .. } if !may_stop[i] => {}
             Op::Call { effects, .. } if pure_call(effects) => {}
-            Op::Const { .. }
-            | Op::Mov { .. }
-            | Op::Bin { .. }
-            | Op::Un { .. }
-            | Op::Ext { .. }
-            | Op::SetCond { .. }
-            | Op::Select { .. } => {}
+            o if o.is_arith() => {}
             _ => overwritten.clear(),
         }
     }
@@ -629,15 +623,9 @@ fn dead_temps(block: &mut Block) {
             if !keep[i] {
                 continue;
             }
-            let removable = match op {
-                Op::Const { .. }
-                | Op::Mov { .. }
-                | Op::Get { .. }
-                | Op::Bin { .. }
-                | Op::Un { .. }
-                | Op::Ext { .. }
-                | Op::SetCond { .. }
-                | Op::Select { .. } => true,
+            let removable = match &*op {
+                o if o.is_arith() => true,
+                Op::Get { .. } => true,
                 // A pure helper (e.g. computing the flags a later instruction
                 // overwrites) is an expression too.
                 Op::Call { effects, .. } => pure_call(effects),

@@ -1147,23 +1147,28 @@ impl Gen<'_> {
             .ok_or_else(|| JitError::Unsupported(format!("label L{l} out of range")))
     }
 
+    /// Goes to an out-of-line stop exit (counting `pending` more instructions, then
+    /// stopping before `pc`) if the environment's stop request is set.
+    pub(super) fn stop_check<E: DirectGlobals>(&mut self, pc: u64, pending: u32) {
+        let Some(h) = E::insn_hooks() else {
+            return;
+        };
+        let stop = h.stop as i32;
+        let entry = self.ops.new_dynamic_label();
+        dynasm!(self.ops
+            ; .arch x64
+            ; cmp BYTE [r12 + stop], 0
+            ; jne =>entry
+        );
+        self.stop_stubs.push(StopStub { entry, pc, pending });
+    }
+
     fn insn_start<E: GuestEnv + DirectGlobals>(&mut self, pc: u64) {
         let epilogue = self.epilogue;
         match E::insn_hooks() {
-            Some(h) => {
+            Some(_) => {
                 if self.book.may_stop {
-                    let stop = h.stop as i32;
-                    let entry = self.ops.new_dynamic_label();
-                    dynasm!(self.ops
-                        ; .arch x64
-                        ; cmp BYTE [r12 + stop], 0
-                        ; jne =>entry
-                    );
-                    self.stop_stubs.push(StopStub {
-                        entry,
-                        pc,
-                        pending: self.book.pending,
-                    });
+                    self.stop_check::<E>(pc, self.book.pending);
                     self.book.may_stop = false;
                 }
                 self.book.pending += 1;

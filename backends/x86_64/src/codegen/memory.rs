@@ -4,7 +4,7 @@
 // dynasm's dynamic registers (`Rq(r)`) expand to `r.into()`.
 #![allow(clippy::useless_conversion)]
 
-use super::{Access, Gen, SlowPath, StopStub, Value, RCX, RDX, RSI};
+use super::{Access, Gen, SlowPath, Value, RCX, RDX, RSI};
 use crate::tramp;
 use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi};
 use vireo_core::exec::{DirectGlobals, GuestEnv};
@@ -216,18 +216,9 @@ impl Gen<'_> {
         // itself (and stops before the next instruction), the fast path nothing.
         let stop_at = match access {
             Access::Store { .. } => {
-                let next = self.block.ops[self.cur + 1..].iter().find(|o| {
-                    !matches!(
-                        o,
-                        Op::Const { .. }
-                            | Op::Mov { .. }
-                            | Op::Bin { .. }
-                            | Op::Un { .. }
-                            | Op::Ext { .. }
-                            | Op::SetCond { .. }
-                            | Op::Select { .. }
-                    )
-                });
+                let next = self.block.ops[self.cur + 1..]
+                    .iter()
+                    .find(|o| !o.is_arith());
                 match next {
                     Some(&Op::InsnStart { pc, .. }) => Some(pc),
                     _ => {
@@ -284,21 +275,10 @@ impl Gen<'_> {
                 }
             }
             self.check_status();
-            if let (Some(pc), Some(h)) = (s.stop_at, E::insn_hooks()) {
+            if let Some(pc) = s.stop_at {
                 // A stop request the store raised: stop before the next instruction
                 // (the counters already count this one).
-                let stop = h.stop as i32;
-                let exit = self.ops.new_dynamic_label();
-                dynasm!(self.ops
-                    ; .arch x64
-                    ; cmp BYTE [r12 + stop], 0
-                    ; jne =>exit
-                );
-                self.stop_stubs.push(StopStub {
-                    entry: exit,
-                    pc,
-                    pending: 0,
-                });
+                self.stop_check::<E>(pc, 0);
             }
             self.count::<E>(pending, false);
             if let Access::Load { dst, .. } = s.access {
