@@ -160,8 +160,8 @@ struct Gen<'a> {
     /// The block's shared run-condition check before entering another block
     /// ([`Gen::go_tail`]).
     go: Option<DynamicLabel>,
-    /// The block's shared chaining through a slot (the cell in `rax`, the target in
-    /// `ctx.target`), emitted after its code when used.
+    /// Where slot exits whose slot names no live block go (the indirect-exit table,
+    /// else the run loop), emitted after the block's code when used.
     slot_tail: Option<DynamicLabel>,
     /// Per label, the branch that is its only way in ([`Block::branch_only_labels`]):
     /// that branch syncs nothing, the label takes the bookkeeping it had (`at_branch`).
@@ -575,7 +575,6 @@ impl Gen<'_> {
         }
     }
 
-    /// Whether the block reads temp `t` exactly once.
     /// `dst = a & mask` read only by the comparison with zero after it: nothing
     /// computed, the comparison is a `test` ([`Gen::test_of`]).
     fn fuse_test(&mut self, size: Size, dst: Temp, a: Temp, b: Temp) -> bool {
@@ -614,6 +613,7 @@ impl Gen<'_> {
         true
     }
 
+    /// Whether the block reads temp `t` exactly once.
     fn read_once(&self, t: Temp) -> bool {
         self.uses.get(t.0 as usize) == Some(&1)
     }
