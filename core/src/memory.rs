@@ -153,7 +153,7 @@ impl GuestMemory {
         let (p, _) = self.host_ptr(gpa, buf.len())?;
         // SAFETY: `host_ptr` checked that the whole range lies inside one live mapping;
         // `buf` is a distinct host buffer.
-        unsafe { std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), buf.len()) };
+        unsafe { copy(p, buf.as_mut_ptr(), buf.len()) };
         Ok(())
     }
 
@@ -182,7 +182,7 @@ impl GuestMemory {
             return Ok(false);
         }
         // SAFETY: `host_ptr` checked that the whole range lies inside one live RAM mapping.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) };
+        unsafe { copy(data.as_ptr(), p, data.len()) };
         Ok(true)
     }
 
@@ -270,6 +270,34 @@ impl GuestMemory {
     }
     pub fn write_u64(&self, gpa: u64, v: u64) -> Result<()> {
         self.write_le(gpa, 8, v)
+    }
+}
+
+/// Copies `len` bytes from `src` to `dst`: the CPU's accesses (1, 2, 4 or 8 bytes:
+/// page-table entries, descriptors, stack slots) as one unaligned load and store,
+/// anything else through `copy_nonoverlapping` (a `memmove` call when the length is
+/// not known at compile time, which cost more than the copy).
+///
+/// # Safety
+/// `src` must be valid for reads and `dst` for writes of `len` bytes, not overlapping.
+#[inline]
+unsafe fn copy(src: *const u8, dst: *mut u8, len: usize) {
+    // SAFETY: the caller's contract; each arm reads and writes exactly `len` bytes,
+    // unaligned.
+    unsafe {
+        match len {
+            8 => dst
+                .cast::<u64>()
+                .write_unaligned(src.cast::<u64>().read_unaligned()),
+            4 => dst
+                .cast::<u32>()
+                .write_unaligned(src.cast::<u32>().read_unaligned()),
+            2 => dst
+                .cast::<u16>()
+                .write_unaligned(src.cast::<u16>().read_unaligned()),
+            1 => *dst = *src,
+            _ => std::ptr::copy_nonoverlapping(src, dst, len),
+        }
     }
 }
 
