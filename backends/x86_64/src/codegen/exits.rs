@@ -259,18 +259,19 @@ impl Gen<'_> {
         };
         let fail = self.ops.new_dynamic_label();
         let counter = h.counter as i32;
+        // Short jumps: the callers place `fail` within a few dozen bytes.
         dynasm!(self.ops
             ; .arch x64
             ; mov rcx, [r12 + counter]
             ; cmp rcx, [rbx + CTX_LIMIT]
-            ; jae =>fail
+            ; jae BYTE =>fail
             ; mov rcx, [rbx + CTX_FLAGS]
             ; cmp DWORD [rcx], 0
-            ; jne =>fail
+            ; jne BYTE =>fail
         );
         if self.guard_risk {
             for g in guards {
-                dynasm!(self.ops ; .arch x64 ; cmp BYTE [r12 + g], 0 ; jne =>fail);
+                dynasm!(self.ops ; .arch x64 ; cmp BYTE [r12 + g], 0 ; jne BYTE =>fail);
             }
         }
         Some(fail)
