@@ -499,14 +499,16 @@ fn deliver_long(cpu: &mut X86Cpu, ev: &Event) -> Result<(), Fault> {
     };
     let ss_seg = cpu.state.seg[sreg::SS];
     let mut st = Stack::on(&ss_seg, rsp, true, agent, u32::from(ext));
-    st.push(cpu, u64::from(ss_seg.selector), 8)?;
-    st.push(cpu, cpu.state.gpr[reg::RSP], 8)?;
-    st.push(cpu, pushed_flags(cpu, ev), 8)?;
-    st.push(cpu, u64::from(cpu.state.seg[sreg::CS].selector), 8)?;
-    st.push(cpu, ev.return_pc, 8)?;
-    if let Some(e) = ev.error_code {
-        st.push(cpu, u64::from(e), 8)?;
-    }
+    let frame = [
+        u64::from(ss_seg.selector),
+        cpu.state.gpr[reg::RSP],
+        pushed_flags(cpu, ev),
+        u64::from(cpu.state.seg[sreg::CS].selector),
+        ev.return_pc,
+        u64::from(ev.error_code.unwrap_or(0)),
+    ];
+    let len = if ev.error_code.is_some() { 6 } else { 5 };
+    st.push_all(cpu, &frame[..len], 8)?;
     if !mmu::is_canonical(offset) {
         return Err(Fault::with_error(GP, u32::from(ext)));
     }

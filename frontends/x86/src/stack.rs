@@ -96,6 +96,32 @@ impl Stack {
         Ok(())
     }
 
+    /// Pushes `values` in order (the first at the highest address), each `size`
+    /// bytes, as that many [`Stack::push`]es would: in 64-bit mode a frame within one
+    /// page is one write after a check of the first slot (which faults where the
+    /// first push would; nothing else of the page can fault then).
+    pub fn push_all(&mut self, cpu: &mut X86Cpu, values: &[u64], size: usize) -> Result<(), Fault> {
+        let n = values.len() * size;
+        let off = self.sp.wrapping_sub(n as u64);
+        let first = self.sp.wrapping_sub(size as u64);
+        let one_page = off >> 12 == first >> 12 && off < self.sp;
+        if !(self.flat && size == 8 && n <= 64 && one_page) {
+            for &v in values {
+                self.push(cpu, v, size)?;
+            }
+            return Ok(());
+        }
+        mmu::probe_write(cpu, self.linear(first), size, self.agent)?;
+        let mut buf = [0u8; 64];
+        for (i, v) in values.iter().enumerate() {
+            let at = n - (i + 1) * 8;
+            buf[at..at + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        mmu::write_bytes(cpu, self.linear(off), &buf[..n], self.agent)?;
+        self.sp = off;
+        Ok(())
+    }
+
     /// Pops `size` bytes.
     pub fn pop(&mut self, cpu: &mut X86Cpu, size: usize) -> Result<u64, Fault> {
         let v = self.peek(cpu, 0, size)?;
@@ -133,5 +159,45 @@ impl Stack {
     pub fn commit(&self, cpu: &mut X86Cpu) {
         let old = cpu.state.gpr[reg::RSP];
         cpu.state.gpr[reg::RSP] = self.rsp(old);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{machine, r64};
+
+    /// `push_all` leaves the same bytes and stack pointer as one push per value, for
+    /// frames inside a page and across a page boundary, with and without the sixth
+    /// slot (an error code).
+    #[test]
+    fn push_all_writes_what_pushes_would() {
+        let seg = Segment::flat(0x10, false, true);
+        for sp in [
+            0x9_0000u64,
+            0x9_0010,
+            0x9_0028,
+            0x9_0020,
+            0x9_0ff0,
+            0x9_1000,
+        ] {
+            for n in [5usize, 6] {
+                let values: Vec<u64> = (0..n as u64)
+                    .map(|i| 0x1111_0000_0000 * (i + 1) + sp)
+                    .collect();
+                let mut a = machine();
+                let mut b = machine();
+                let mut sa = Stack::on(&seg, sp, true, Agent::Kernel, 0);
+                let mut sb = sa;
+                sa.push_all(&mut a, &values, 8).expect("push_all");
+                for &v in &values {
+                    sb.push(&mut b, v, 8).expect("push");
+                }
+                assert_eq!(sa.sp, sb.sp, "{sp:#x} {n}");
+                for at in (sp - 64..sp + 16).step_by(8) {
+                    assert_eq!(r64(&a, at), r64(&b, at), "{sp:#x} {n} at {at:#x}");
+                }
+            }
+        }
     }
 }
