@@ -553,6 +553,20 @@ impl Builder {
 }
 
 impl Block {
+    /// The position in `ops` of each label's definition (`usize::MAX`: none; the last
+    /// one if a label is defined twice, which `validate` refuses).
+    pub fn label_positions(&self) -> Vec<usize> {
+        let mut at = vec![usize::MAX; self.labels as usize];
+        for (i, op) in self.ops.iter().enumerate() {
+            if let Op::Label(l) = op {
+                if let Some(a) = at.get_mut(l.0 as usize) {
+                    *a = i;
+                }
+            }
+        }
+        at
+    }
+
     /// For each label, the position of the branch that is its only way in, if it has
     /// such a branch: one `Br`/`BrIf` targets it, from before it and from the same
     /// instruction (no `InsnStart` in between), and the op before the label does not
@@ -562,25 +576,17 @@ impl Block {
     /// check, skipped when the check passes).
     pub fn branch_only_labels(&self) -> Vec<Option<usize>> {
         let n = self.labels as usize;
-        let mut at = vec![usize::MAX; n];
+        let at = self.label_positions();
         let mut from = vec![None; n];
         let mut count = vec![0u32; n];
         for (i, op) in self.ops.iter().enumerate() {
-            match op {
-                Op::Label(l) => {
-                    if let Some(a) = at.get_mut(l.0 as usize) {
-                        *a = i;
-                    }
+            if let Op::Br(l) | Op::BrIf { target: l, .. } = op {
+                if let (Some(c), Some(f)) =
+                    (count.get_mut(l.0 as usize), from.get_mut(l.0 as usize))
+                {
+                    *c += 1;
+                    *f = Some(i);
                 }
-                Op::Br(l) | Op::BrIf { target: l, .. } => {
-                    if let (Some(c), Some(f)) =
-                        (count.get_mut(l.0 as usize), from.get_mut(l.0 as usize))
-                    {
-                        *c += 1;
-                        *f = Some(i);
-                    }
-                }
-                _ => {}
             }
         }
         (0..n)

@@ -139,14 +139,7 @@ pub(crate) fn allocate(block: &Block) -> Allocation {
         }
     }
     // Where each label is, and the ops that branch to each.
-    let mut label_at = vec![usize::MAX; block.labels as usize];
-    for &i in &labels {
-        if let Op::Label(l) = block.ops[i] {
-            if let Some(a) = label_at.get_mut(l.0 as usize) {
-                *a = i;
-            }
-        }
-    }
+    let label_at = block.label_positions();
     let mut branches: Vec<(usize, usize)> = Vec::new(); // (label position, branch position)
     for (i, op) in block.ops.iter().enumerate() {
         if let Op::Br(l) | Op::BrIf { target: l, .. } = op {

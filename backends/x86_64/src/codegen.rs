@@ -334,17 +334,7 @@ pub fn compile<E: GuestEnv + DirectGlobals>(
         at_branch: vec![None; block.labels as usize],
         test_of: None,
         pc_later: None,
-        label_pos: {
-            let mut at = vec![usize::MAX; block.labels as usize];
-            for (i, op) in block.ops.iter().enumerate() {
-                if let Op::Label(l) = op {
-                    if let Some(a) = at.get_mut(l.0 as usize) {
-                        *a = i;
-                    }
-                }
-            }
-            at
-        },
+        label_pos: block.label_positions(),
         skip: 0..0,
         cold: Vec::new(),
     };
