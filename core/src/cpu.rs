@@ -386,7 +386,11 @@ pub struct MsrState {
 }
 
 /// The complete architectural state of one CPU.
+///
+/// `repr(C)`: the general registers come first, then RIP, RFLAGS and the segments
+/// (a JIT addresses the most used fields with short displacements from one point).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[repr(C)]
 pub struct CpuState {
     /// RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8..R15.
     pub gpr: [u64; 16],

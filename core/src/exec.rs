@@ -107,6 +107,13 @@ pub unsafe trait DirectGlobals {
     fn global_offset(_g: Global) -> Option<usize> {
         None
     }
+    /// An offset inside `Self` near the fields generated code accesses most (guest
+    /// registers, lazy flags, the instruction hooks): a JIT may address the
+    /// environment relative to it, where the shortest displacements (-128..=127)
+    /// reach them. Only a hint: any value is correct.
+    fn hot_offset() -> usize {
+        0
+    }
     /// Offsets that let generated code do `insn_start`/`stop_requested` inline.
     fn insn_hooks() -> Option<InsnHooks> {
         None

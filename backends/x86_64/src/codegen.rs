@@ -32,6 +32,7 @@
 // dynasm's dynamic registers (`Rq(r)`) expand to `r.into()`.
 #![allow(clippy::useless_conversion)]
 
+mod enc;
 mod exits;
 mod memory;
 
@@ -59,6 +60,7 @@ const RCX: u8 = 1;
 const RDX: u8 = 2;
 const RBX: u8 = 3;
 const R12: u8 = 12;
+const R13: u8 = 13;
 
 const CTX_PC: i32 = offset_of!(Ctx, pc) as i32;
 
@@ -295,7 +297,7 @@ pub fn compile<E: GuestEnv + DirectGlobals>(
     let guards = E::insn_hooks().and_then(|h| {
         std::iter::once(h.stop)
             .chain(E::chain_guards())
-            .map(|o| i32::try_from(o).ok())
+            .map(env_off::<E>)
             .collect::<Option<Vec<i32>>>()
     });
     let Allocation {
@@ -393,13 +395,13 @@ impl Gen<'_> {
             ; push r15
             ; sub rsp, 8
             ; mov rbx, rdi
-            ; mov r12, rsi
             ; mov r13, rdx
         );
+        enc::lea(&mut self.ops, R12, RSI, bias::<E>());
         let chain_entry = self.ops.offset().0;
         let entry = self.entry;
         dynasm!(self.ops ; .arch x64 ; =>entry);
-        if E::insn_hooks().is_none() {
+        if hooks::<E>().is_none() {
             let pc = self.block.pc as i64;
             dynasm!(self.ops
                 ; .arch x64
@@ -415,21 +417,23 @@ impl Gen<'_> {
     fn epilogue<E: DirectGlobals>(&mut self) {
         let (epilogue, fault) = (self.epilogue, self.fault);
         dynasm!(self.ops ; .arch x64 ; =>fault);
-        match E::insn_hooks() {
+        match hooks::<E>() {
             Some(h) => {
-                let hpc = h.pc as i32;
-                dynasm!(self.ops ; .arch x64 ; mov rax, [r12 + hpc]);
+                enc::load(&mut self.ops, RAX, R12, h.pc);
             }
             None => dynasm!(self.ops ; .arch x64 ; mov rax, [rsp]),
         }
         let cell = self.cell as i64;
+        enc::store(&mut self.ops, RBX, CTX_PC, RAX);
         dynasm!(self.ops
             ; .arch x64
-            ; mov [rbx + CTX_PC], rax
             ; mov eax, RET_FAULT as i32
             ; =>epilogue
             ; mov rcx, QWORD cell
-            ; mov [rbx + CTX_LAST], rcx
+        );
+        enc::store(&mut self.ops, RBX, CTX_LAST, RCX);
+        dynasm!(self.ops
+            ; .arch x64
             ; add rsp, 8
             ; pop r15
             ; pop r14
@@ -464,10 +468,7 @@ impl Gen<'_> {
         match self.reg(t) {
             Some(h) if h == r => {}
             Some(h) => dynasm!(self.ops ; .arch x64 ; mov Rq(r), Rq(h)),
-            None => {
-                let off = toff(t);
-                dynasm!(self.ops ; .arch x64 ; mov Rq(r), QWORD [r13 + off]);
-            }
+            None => enc::load(&mut self.ops, r, R13, toff(t)),
         }
     }
 
@@ -475,10 +476,7 @@ impl Gen<'_> {
         match self.reg(t) {
             Some(h) if h == r => {}
             Some(h) => dynasm!(self.ops ; .arch x64 ; mov Rq(h), Rq(r)),
-            None => {
-                let off = toff(t);
-                dynasm!(self.ops ; .arch x64 ; mov QWORD [r13 + off], Rq(r));
-            }
+            None => enc::store(&mut self.ops, R13, toff(t), r),
         }
     }
 
@@ -491,10 +489,7 @@ impl Gen<'_> {
         }
         match self.reg(t) {
             Some(h) => dynasm!(self.ops ; .arch x64 ; test Rq(h), Rq(h)),
-            None => {
-                let off = toff(t);
-                dynasm!(self.ops ; .arch x64 ; cmp QWORD [r13 + off], 0);
-            }
+            None => enc::alu_imm(&mut self.ops, enc::Alu::Cmp, R13, toff(t), 0),
         }
     }
 
@@ -551,8 +546,7 @@ impl Gen<'_> {
     fn call(&mut self, f: usize) {
         let live = self.live_volatile();
         for &(t, r) in &live {
-            let off = toff(t);
-            dynasm!(self.ops ; .arch x64 ; mov QWORD [r13 + off], Rq(r));
+            enc::store(&mut self.ops, R13, toff(t), r);
         }
         dynasm!(self.ops
             ; .arch x64
@@ -560,8 +554,7 @@ impl Gen<'_> {
             ; call rax
         );
         for &(t, r) in &live {
-            let off = toff(t);
-            dynasm!(self.ops ; .arch x64 ; mov Rq(r), QWORD [r13 + off]);
+            enc::load(&mut self.ops, r, R13, toff(t));
         }
     }
 
@@ -704,13 +697,12 @@ impl Gen<'_> {
         match *op {
             Op::InsnStart { pc, .. } => self.insn_start::<E>(pc),
             Op::Const { dst, value } => {
-                let off = toff(dst);
                 if self.k(dst).is_some() {
                     // Its uses take the value.
                 } else if let Some(h) = self.reg(dst) {
                     self.imm(h, value);
-                } else if i32::try_from(value as i64).is_ok() {
-                    dynasm!(self.ops ; .arch x64 ; mov QWORD [r13 + off], value as i32);
+                } else if let Ok(v) = i32::try_from(value as i64) {
+                    enc::store_imm(&mut self.ops, R13, toff(dst), v);
                 } else {
                     self.imm(RAX, value);
                     self.st(dst, RAX);
@@ -724,10 +716,10 @@ impl Gen<'_> {
             Op::Get { dst, src } => {
                 match (direct::<E>(src), self.reg(dst)) {
                     (Some(off), Some(h)) => {
-                        dynasm!(self.ops ; .arch x64 ; mov Rq(h), [r12 + off]);
+                        enc::load(&mut self.ops, h, R12, off);
                         return Ok(());
                     }
-                    (Some(off), None) => dynasm!(self.ops ; .arch x64 ; mov rax, [r12 + off]),
+                    (Some(off), None) => enc::load(&mut self.ops, RAX, R12, off),
                     (None, _) => {
                         self.sync::<E>();
                         let g = tramp::pack_global(src) as i32;
@@ -754,12 +746,12 @@ impl Gen<'_> {
             Op::Set { dst, src } => match direct::<E>(dst) {
                 Some(off) => {
                     if let Some(v) = self.k32(src) {
-                        dynasm!(self.ops ; .arch x64 ; mov QWORD [r12 + off], v);
+                        enc::store_imm(&mut self.ops, R12, off, v);
                     } else if let Some(h) = self.reg(src) {
-                        dynasm!(self.ops ; .arch x64 ; mov [r12 + off], Rq(h));
+                        enc::store(&mut self.ops, R12, off, h);
                     } else {
                         self.ld(RAX, src);
-                        dynasm!(self.ops ; .arch x64 ; mov [r12 + off], rax);
+                        enc::store(&mut self.ops, R12, off, RAX);
                     }
                 }
                 None => {
@@ -981,10 +973,9 @@ impl Gen<'_> {
             let entry = s.entry;
             dynasm!(self.ops ; .arch x64 ; =>entry);
             self.count::<E>(s.pending, true);
-            self.imm(RAX, s.pc);
+            self.store_imm(RBX, CTX_PC, s.pc);
             dynasm!(self.ops
                 ; .arch x64
-                ; mov [rbx + CTX_PC], rax
                 ; mov eax, RET_STOP as i32
                 ; jmp =>epilogue
             );
@@ -994,19 +985,14 @@ impl Gen<'_> {
     /// Adds (`add`) or takes back `n` instructions from the environment's counter
     /// (with the hooks, the run's count is the counter's difference).
     fn count<E: GuestEnv + DirectGlobals>(&mut self, n: u32, add: bool) {
-        let Some(h) = E::insn_hooks() else {
+        let Some(h) = hooks::<E>() else {
             return;
         };
         if n == 0 {
             return;
         }
-        let counter = h.counter as i32;
-        let n = n as i32;
-        if add {
-            dynasm!(self.ops ; .arch x64 ; add QWORD [r12 + counter], n);
-        } else {
-            dynasm!(self.ops ; .arch x64 ; sub QWORD [r12 + counter], n);
-        }
+        let op = if add { enc::Alu::Add } else { enc::Alu::Sub };
+        enc::alu_imm(&mut self.ops, op, R12, h.counter, n as i32);
     }
 
     /// Stores `v` to the `u64` at `off` from register `base` (`r12`: the
@@ -1014,10 +1000,10 @@ impl Gen<'_> {
     /// 32-bit immediate, else through `rax`.
     fn store_imm(&mut self, base: u8, off: i32, v: u64) {
         match i32::try_from(v as i64) {
-            Ok(k) => dynasm!(self.ops ; .arch x64 ; mov QWORD [Rq(base) + off], k),
+            Ok(k) => enc::store_imm(&mut self.ops, base, off, k),
             Err(_) => {
                 self.imm(RAX, v);
-                dynasm!(self.ops ; .arch x64 ; mov [Rq(base) + off], rax);
+                enc::store(&mut self.ops, base, off, RAX);
             }
         }
     }
@@ -1108,9 +1094,8 @@ impl Gen<'_> {
         if self.book.pc_synced {
             return;
         }
-        if let Some(h) = E::insn_hooks() {
-            let hpc = h.pc as i32;
-            self.store_imm(R12, hpc, self.book.pc);
+        if let Some(h) = hooks::<E>() {
+            self.store_imm(R12, h.pc, self.book.pc);
         }
         self.book.pc_synced = true;
     }
@@ -1140,22 +1125,18 @@ impl Gen<'_> {
     /// Goes to an out-of-line stop exit (counting `pending` more instructions, then
     /// stopping before `pc`) if the environment's stop request is set.
     pub(super) fn stop_check<E: DirectGlobals>(&mut self, pc: u64, pending: u32) {
-        let Some(h) = E::insn_hooks() else {
+        let Some(h) = hooks::<E>() else {
             return;
         };
-        let stop = h.stop as i32;
         let entry = self.ops.new_dynamic_label();
-        dynasm!(self.ops
-            ; .arch x64
-            ; cmp BYTE [r12 + stop], 0
-            ; jne =>entry
-        );
+        enc::cmp_byte(&mut self.ops, R12, h.stop, 0);
+        dynasm!(self.ops ; .arch x64 ; jne =>entry);
         self.stop_stubs.push(StopStub { entry, pc, pending });
     }
 
     fn insn_start<E: GuestEnv + DirectGlobals>(&mut self, pc: u64) {
         let epilogue = self.epilogue;
-        match E::insn_hooks() {
+        match hooks::<E>() {
             Some(_) => {
                 if self.book.may_stop {
                     self.stop_check::<E>(pc, self.book.pending);
@@ -1470,7 +1451,41 @@ impl Gen<'_> {
 const RSI: u8 = 6;
 const RDI: u8 = 7;
 
-/// The offset of `g` from the environment's base, if direct and addressable.
+/// Where `r12` points: [`DirectGlobals::hot_offset`] bytes into the environment
+/// (0 if that is not a small enough offset).
+pub(crate) fn bias<E: DirectGlobals>() -> i32 {
+    i32::try_from(E::hot_offset())
+        .ok()
+        .filter(|&b| b < 1 << 30)
+        .unwrap_or(0)
+}
+
+/// The displacement from `r12` ([`bias`]) of the environment's byte `off`, if it
+/// fits 32 bits.
+pub(crate) fn env_off<E: DirectGlobals>(off: usize) -> Option<i32> {
+    i32::try_from(off).ok()?.checked_sub(bias::<E>())
+}
+
+/// The displacement from `r12` of global `g`, if direct and addressable.
 pub(crate) fn direct<E: DirectGlobals>(g: Global) -> Option<i32> {
-    E::global_offset(g).and_then(|o| i32::try_from(o).ok())
+    E::global_offset(g).and_then(env_off::<E>)
+}
+
+/// The displacements from `r12` of the instruction hooks, if the environment has
+/// them and they are addressable.
+pub(crate) fn hooks<E: DirectGlobals>() -> Option<Hooks> {
+    let h = E::insn_hooks()?;
+    Some(Hooks {
+        stop: env_off::<E>(h.stop)?,
+        pc: env_off::<E>(h.pc)?,
+        counter: env_off::<E>(h.counter)?,
+    })
+}
+
+/// [`vireo_core::exec::InsnHooks`] as displacements from `r12`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Hooks {
+    pub stop: i32,
+    pub pc: i32,
+    pub counter: i32,
 }

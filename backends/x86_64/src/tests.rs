@@ -235,6 +235,11 @@ unsafe impl DirectGlobals for Env<true> {
             _ => None,
         }
     }
+    // Some fields below it, some above, some beyond a one-byte displacement: every
+    // form of addressing the environment is exercised.
+    fn hot_offset() -> usize {
+        std::mem::offset_of!(Env<true>, pc) + 100
+    }
     fn insn_hooks() -> Option<InsnHooks> {
         Some(InsnHooks {
             stop: std::mem::offset_of!(Env<true>, stop),

@@ -16,17 +16,19 @@ pub struct LazyFlags {
 }
 
 /// One x86 CPU under TCG.
+///
+/// `repr(C)`, in this order: the fields compiled code touches most (lazy flags,
+/// the instruction hooks, the stop request, then the guest registers at the start of
+/// [`CpuState`]) lie within 128 bytes of [`DirectGlobals::hot_offset`], where the
+/// JIT reaches them with one-byte displacements.
+#[repr(C)]
 pub struct X86Cpu {
-    /// Architectural state. While the CPU runs, the arithmetic bits of
-    /// `state.rflags` are stale: [`X86Cpu::cc`] holds them (use [`X86Cpu::rflags`]).
-    pub state: CpuState,
     pub cc: LazyFlags,
-    pub bus: SystemBus,
-    /// Softmmu state (TLB).
-    pub mmu: crate::mmu::Mmu,
     /// PC (relative to CS) of the instruction being executed: helpers that fault
     /// report it.
     pub insn_pc: u64,
+    /// Guest instructions executed, kept by the run loop (the default TSC source).
+    pub icount: u64,
     /// Stop the current block at the next instruction boundary.
     pub stop: bool,
     /// The run loop took an interrupt request while the CPU could not take it (IF
@@ -36,6 +38,12 @@ pub struct X86Cpu {
     /// while a request was deferred, or may have unblocked a pending NMI, so compiled
     /// code must return to the run loop to deliver it. The run loop clears it.
     pub irq_window: bool,
+    /// Architectural state. While the CPU runs, the arithmetic bits of
+    /// `state.rflags` are stale: [`X86Cpu::cc`] holds them (use [`X86Cpu::rflags`]).
+    pub state: CpuState,
+    pub bus: SystemBus,
+    /// Softmmu state (TLB).
+    pub mmu: crate::mmu::Mmu,
     /// The CPUID model (what the guest is told this CPU implements).
     pub cpuid: crate::cpuid::CpuidModel,
     /// MSRs not carried in [`CpuState`] (MTRRs, TSC offset...).
@@ -44,8 +52,6 @@ pub struct X86Cpu {
     /// source + offset, the offset moved by writes to IA32_TSC). `None` uses
     /// [`X86Cpu::icount`]. The run loop may install e.g. the virtual clock in TSC ticks.
     pub tsc_source: Option<crate::msr::TscSource>,
-    /// Guest instructions executed, kept by the run loop (the default TSC source).
-    pub icount: u64,
     /// Set by a helper whose fault belongs to a different instruction than the one
     /// running (a fault in the new task after a task switch): the return address
     /// [`X86Cpu::deliver_exception`] pushes instead of its `insn_pc`.
@@ -281,6 +287,11 @@ unsafe impl DirectGlobals for X86Cpu {
         })
     }
 
+    fn hot_offset() -> usize {
+        // The guest registers from -64, the lazy flags and hooks below them.
+        std::mem::offset_of!(X86Cpu, state) + std::mem::offset_of!(CpuState, gpr) + 64
+    }
+
     fn insn_hooks() -> Option<InsnHooks> {
         Some(InsnHooks {
             stop: std::mem::offset_of!(X86Cpu, stop),
@@ -324,6 +335,39 @@ unsafe impl DirectGlobals for X86Cpu {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fields compiled code touches most lie within a one-byte displacement of
+    /// the hot offset: all sixteen registers, RIP, the CS base, the lazy flags and
+    /// the instruction hooks.
+    #[test]
+    fn hot_fields_are_near_the_hot_offset() {
+        let hot = X86Cpu::hot_offset() as i64;
+        let h = X86Cpu::insn_hooks().expect("hooks");
+        let mut offs: Vec<(String, usize)> = (0..16)
+            .map(Global::Gpr)
+            .chain([
+                Global::Pc,
+                Global::SegBase(1),
+                Global::CcOp,
+                Global::CcDst,
+                Global::CcSrc,
+                Global::CcSrc2,
+            ])
+            .map(|g| (g.to_string(), X86Cpu::global_offset(g).expect("direct")))
+            .collect();
+        offs.extend([
+            ("stop".into(), h.stop),
+            ("pc".into(), h.pc),
+            ("counter".into(), h.counter),
+        ]);
+        for (name, off) in offs {
+            let d = off as i64 - hot;
+            assert!(
+                (-128..=127).contains(&d),
+                "{name} at {d} from the hot offset"
+            );
+        }
+    }
 
     /// The direct-access offsets name the fields `get`/`set` use.
     #[test]

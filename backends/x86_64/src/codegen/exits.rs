@@ -5,8 +5,8 @@
 #![allow(clippy::useless_conversion)]
 
 use super::{
-    direct, exit_code, Gen, CELL_ENTRY, CELL_SLOTS, CTX_CHAINS, CTX_FLAGS, CTX_LIMIT, CTX_TARGET,
-    R12, RAX, RBX,
+    direct, enc, env_off, exit_code, hooks, Gen, CELL_ENTRY, CELL_SLOTS, CTX_CHAINS, CTX_FLAGS,
+    CTX_LIMIT, CTX_TARGET, R12, RAX, RBX, RCX, RDX,
 };
 use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi};
 use vireo_core::exec::{DirectGlobals, GuestEnv};
@@ -18,7 +18,7 @@ impl Gen<'_> {
     /// store before it waits for the paths that return ([`Gen::pc_later`]).
     pub(super) fn chains_directly<E: DirectGlobals>(&self, t: u64) -> bool {
         self.guards.is_some()
-            && E::insn_hooks().is_some()
+            && hooks::<E>().is_some()
             && direct::<E>(Global::Pc).is_some()
             && (t == self.block.pc || self.slot_targets.contains(&Some(t)))
     }
@@ -52,9 +52,9 @@ impl Gen<'_> {
             if t == self.block.pc && self.guards.is_some() {
                 if let Some(fail) = self.run_checks::<E>() {
                     let entry = self.entry;
+                    self.count_chain();
                     dynasm!(self.ops
                         ; .arch x64
-                        ; add QWORD [rbx + CTX_CHAINS], 1
                         ; jmp =>entry
                         ; =>fail
                     );
@@ -77,18 +77,18 @@ impl Gen<'_> {
                         Some(_) => self.ops.new_dynamic_label(),
                         None => tail,
                     };
+                    dynasm!(self.ops ; .arch x64 ; mov rax, QWORD cell);
+                    enc::load(&mut self.ops, RAX, RAX, slot);
+                    enc::load(&mut self.ops, RAX, RAX, CELL_ENTRY);
                     dynasm!(self.ops
                         ; .arch x64
-                        ; mov rax, QWORD cell
-                        ; mov rax, [rax + slot]
-                        ; mov rax, [rax + CELL_ENTRY]
                         ; test rax, rax
                         ; jz =>miss
                     );
                     if let Some(fail) = self.run_checks::<E>() {
+                        self.count_chain();
                         dynasm!(self.ops
                             ; .arch x64
-                            ; add QWORD [rbx + CTX_CHAINS], 1
                             ; jmp rax
                             ; =>fail
                         );
@@ -131,7 +131,7 @@ impl Gen<'_> {
         self.guards.is_some()
             && direct::<E>(Global::Pc).is_some()
             && direct::<E>(Global::SegBase(1)).is_some()
-            && E::indirect_guard().is_some_and(|o| i32::try_from(o).is_ok())
+            && E::indirect_guard().and_then(env_off::<E>).is_some()
     }
 
     /// The shared exit code the block's exits jump to: chaining through a slot (else
@@ -165,7 +165,7 @@ impl Gen<'_> {
         let (Some(pc_off), Some(cs_off), Some(guard_off)) = (
             direct::<E>(Global::Pc),
             direct::<E>(Global::SegBase(1)),
-            E::indirect_guard().and_then(|o| i32::try_from(o).ok()),
+            E::indirect_guard().and_then(env_off::<E>),
         ) else {
             return;
         };
@@ -179,9 +179,9 @@ impl Gen<'_> {
         const GUARD: i32 = std::mem::offset_of!(crate::IndEntry, guard) as i32;
         const CELL: i32 = std::mem::offset_of!(crate::IndEntry, cell) as i32;
         let shift = std::mem::size_of::<crate::IndEntry>().trailing_zeros() as i8;
+        enc::load(&mut self.ops, RAX, R12, pc_off);
         dynasm!(self.ops
             ; .arch x64
-            ; mov rax, [r12 + pc_off]
             ; mov rcx, rax
             ; shr rcx, 10
             ; xor rcx, rax
@@ -189,16 +189,16 @@ impl Gen<'_> {
             ; shl ecx, shift
             ; mov rdx, QWORD ind
             ; add rdx, rcx
-            ; cmp rax, [rdx + PC]
-            ; jne >no
-            ; mov rax, [r12 + cs_off]
-            ; cmp rax, [rdx + CS]
-            ; jne >no
-            ; mov rax, [r12 + guard_off]
-            ; cmp rax, [rdx + GUARD]
-            ; jne >no
-            ; mov rax, [rdx + CELL]
         );
+        enc::cmp_load(&mut self.ops, RAX, RDX, PC);
+        dynasm!(self.ops ; .arch x64 ; jne >no);
+        enc::load(&mut self.ops, RAX, R12, cs_off);
+        enc::cmp_load(&mut self.ops, RAX, RDX, CS);
+        dynasm!(self.ops ; .arch x64 ; jne >no);
+        enc::load(&mut self.ops, RAX, R12, guard_off);
+        enc::cmp_load(&mut self.ops, RAX, RDX, GUARD);
+        dynasm!(self.ops ; .arch x64 ; jne >no);
+        enc::load(&mut self.ops, RAX, RDX, CELL);
         self.chain_to_cell(code);
         dynasm!(self.ops ; .arch x64 ; no:);
     }
@@ -214,9 +214,9 @@ impl Gen<'_> {
             return;
         }
         let go = *self.go.get_or_insert_with(|| self.ops.new_dynamic_label());
+        enc::load(&mut self.ops, RAX, RAX, CELL_ENTRY);
         dynasm!(self.ops
             ; .arch x64
-            ; mov rax, [rax + CELL_ENTRY]
             ; test rax, rax
             ; jz >no
             ; mov esi, code as i32
@@ -231,7 +231,7 @@ impl Gen<'_> {
     /// run's start they are, or the limit is already reached), else returns the code.
     pub(super) fn go_tail<E: DirectGlobals>(&mut self) {
         // (`go` exists only with the guards and hooks: `run_checks` then checks.)
-        let (Some(go), Some(_), Some(_)) = (self.go, &self.guards, E::insn_hooks()) else {
+        let (Some(go), Some(_), Some(_)) = (self.go, &self.guards, hooks::<E>()) else {
             return;
         };
         dynasm!(self.ops ; .arch x64 ; =>go);
@@ -239,9 +239,9 @@ impl Gen<'_> {
             return;
         };
         let epilogue = self.epilogue;
+        self.count_chain();
         dynasm!(self.ops
             ; .arch x64
-            ; add QWORD [rbx + CTX_CHAINS], 1
             ; jmp rax
             ; =>fail
             ; mov eax, esi
@@ -254,26 +254,28 @@ impl Gen<'_> {
     /// request and chain guards clear. Falls through when they hold, else jumps to the
     /// returned label (which the caller places). Clobbers `rcx`.
     fn run_checks<E: DirectGlobals>(&mut self) -> Option<DynamicLabel> {
-        let (Some(guards), Some(h)) = (self.guards.clone(), E::insn_hooks()) else {
+        let (Some(guards), Some(h)) = (self.guards.clone(), hooks::<E>()) else {
             return None;
         };
         let fail = self.ops.new_dynamic_label();
-        let counter = h.counter as i32;
         // Short jumps: the callers place `fail` within a few dozen bytes.
-        dynasm!(self.ops
-            ; .arch x64
-            ; mov rcx, [r12 + counter]
-            ; cmp rcx, [rbx + CTX_LIMIT]
-            ; jae BYTE =>fail
-            ; mov rcx, [rbx + CTX_FLAGS]
-            ; cmp DWORD [rcx], 0
-            ; jne BYTE =>fail
-        );
+        enc::load(&mut self.ops, RCX, R12, h.counter);
+        enc::cmp_load(&mut self.ops, RCX, RBX, CTX_LIMIT);
+        dynasm!(self.ops ; .arch x64 ; jae BYTE =>fail);
+        enc::load(&mut self.ops, RCX, RBX, CTX_FLAGS);
+        enc::cmp_dword(&mut self.ops, RCX, 0, 0);
+        dynasm!(self.ops ; .arch x64 ; jne BYTE =>fail);
         if self.guard_risk {
             for g in guards {
-                dynasm!(self.ops ; .arch x64 ; cmp BYTE [r12 + g], 0 ; jne BYTE =>fail);
+                enc::cmp_byte(&mut self.ops, R12, g, 0);
+                dynasm!(self.ops ; .arch x64 ; jne BYTE =>fail);
             }
         }
         Some(fail)
+    }
+
+    /// Counts one block entered straight from another (`ctx.chains`).
+    fn count_chain(&mut self) {
+        enc::alu_imm(&mut self.ops, enc::Alu::Add, RBX, CTX_CHAINS, 1);
     }
 }

@@ -167,8 +167,10 @@ impl Gen<'_> {
         };
         let tag = if write { t.write_tag } else { t.read_tag };
         let table = t.table_of(mmu);
-        let (Ok(tag), Ok(addend)) = (i32::try_from(table + tag), i32::try_from(table + t.addend))
-        else {
+        let (Some(tag), Some(addend)) = (
+            super::env_off::<E>(table + tag),
+            super::env_off::<E>(table + t.addend),
+        ) else {
             return false;
         };
         if t.index_bits == 0 || t.index_bits + t.entry_shift > 30 {
@@ -194,9 +196,13 @@ impl Gen<'_> {
                 ; shl eax, shift
             );
         }
+        if last == 0 {
+            dynasm!(self.ops ; .arch x64 ; mov rcx, Rq(a));
+        } else {
+            super::enc::lea(&mut self.ops, RCX, a, last);
+        }
         dynasm!(self.ops
             ; .arch x64
-            ; lea rcx, [Rq(a) + last]
             ; shr rcx, 12
             ; cmp rcx, QWORD [r12 + rax + tag]
             ; jne =>slow
