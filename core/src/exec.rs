@@ -95,7 +95,9 @@ pub trait GuestEnv {
 ///   memory that stays mapped while `Self` lives, and `GuestEnv::load`/`store` of
 ///   that access would do nothing but read or write exactly those bytes, little
 ///   endian (no fault, no other effect; statistics aside);
-/// - every offset in `chain_guards()` is that of a `bool` inside `Self`;
+/// - every offset in `chain_guards()` is that of a `bool` inside `Self` that only
+///   `GuestEnv::call` and `get`/`set` of globals without a direct offset set (never
+///   a `load` or a `store`);
 /// - `indirect_guard() == Some(off)`: the `u64` at `off` is inside `Self`, and the
 ///   environment changes it (or sets it to `u64::MAX`) whenever the block that runs
 ///   at a given PC and segment base could change other than through a block exit

@@ -45,11 +45,12 @@ pub(crate) fn wants_pc<E: DirectGlobals>(op: &Op) -> bool {
 /// guards: only code that calls into the environment with effects may (a store, which
 /// may hit code; a helper; a global that is not a plain field). Loads and the plain
 /// functions of [`DirectGlobals::pure_fn`]/[`DirectGlobals::env_fn`] cannot; a `Raise`
-/// leaves the block.
-pub(crate) fn guard_risk<E: DirectGlobals>(op: &Op) -> bool {
+/// leaves the block. A store raises at most the stop request (the contract of
+/// [`DirectGlobals::chain_guards`]): `stores` says whether to count stores.
+pub(crate) fn guard_risk<E: DirectGlobals>(op: &Op, stores: bool) -> bool {
     match op {
         Op::Get { src: g, .. } | Op::Set { dst: g, .. } => direct::<E>(*g).is_none(),
-        Op::Store { .. } => true,
+        Op::Store { .. } => stores,
         Op::Call {
             helper,
             args,

@@ -69,6 +69,7 @@ const CTX_FLAGS: i32 = offset_of!(Ctx, flags) as i32;
 const CTX_LAST: i32 = offset_of!(Ctx, last) as i32;
 const CTX_TARGET: i32 = offset_of!(Ctx, target) as i32;
 const CTX_CHAINS: i32 = offset_of!(Ctx, chains) as i32;
+const CTX_TRAMPS: i32 = offset_of!(Ctx, tramps) as i32;
 const CELL_ENTRY: i32 = offset_of!(crate::Cell, entry) as i32;
 const CELL_SLOTS: i32 = offset_of!(crate::Cell, slots) as i32;
 
@@ -150,6 +151,9 @@ struct Gen<'a> {
     /// The block may raise the stop request or set a chain guard (a store, a call
     /// into the environment): its chaining checks them ([`guard_risk`]).
     guard_risk: bool,
+    /// The block may raise the stop request (a store, or any of `guard_risk`): its
+    /// chaining checks that.
+    stop_risk: bool,
     /// Temps that are constants (see [`Allocation::konst`]).
     konst: Vec<Option<u64>>,
     /// Reads of each temp in the block.
@@ -328,7 +332,8 @@ pub fn compile<E: GuestEnv + DirectGlobals>(
         uses: reads(block),
         fused: false,
         has_calls: block.ops.iter().any(wants_pc::<E>),
-        guard_risk: block.ops.iter().any(guard_risk::<E>),
+        guard_risk: block.ops.iter().any(|o| guard_risk::<E>(o, false)),
+        stop_risk: block.ops.iter().any(|o| guard_risk::<E>(o, true)),
         ind_tails: [None; 2],
         go: None,
         slot_tail: None,
@@ -541,18 +546,31 @@ impl Gen<'_> {
         }
     }
 
-    /// Calls `f` (an `extern "C"` trampoline; arguments already in place), keeping
+    /// Calls `f` (an `extern "C"` function; arguments already in place), keeping
     /// the temps that live in caller-saved registers across it (in their slots).
     fn call(&mut self, f: usize) {
+        self.call_with(|ops| {
+            dynasm!(ops
+                ; .arch x64
+                ; mov rax, QWORD f as i64
+                ; call rax
+            )
+        });
+    }
+
+    /// Calls trampoline `t` through the context's table (three bytes), as
+    /// [`Gen::call`].
+    fn call_tramp(&mut self, t: tramp::Tramp) {
+        let off = CTX_TRAMPS + 8 * t as i32;
+        self.call_with(|ops| enc::call_mem(ops, RBX, off));
+    }
+
+    fn call_with(&mut self, emit: impl FnOnce(&mut Asm)) {
         let live = self.live_volatile();
         for &(t, r) in &live {
             enc::store(&mut self.ops, R13, toff(t), r);
         }
-        dynasm!(self.ops
-            ; .arch x64
-            ; mov rax, QWORD f as i64
-            ; call rax
-        );
+        emit(&mut self.ops);
         for &(t, r) in &live {
             enc::load(&mut self.ops, r, R13, toff(t));
         }
@@ -641,7 +659,14 @@ impl Gen<'_> {
                 RAX
             }
         };
+        let k8 = self.k32(b).and_then(|v| i8::try_from(v).ok());
         match (size, self.k32(b), self.k(b)) {
+            (Size::B32, Some(_), _) if k8.is_some() => {
+                enc::cmp_reg_imm8(&mut self.ops, false, ra, k8.unwrap_or(0))
+            }
+            (Size::B64, Some(_), _) if k8.is_some() => {
+                enc::cmp_reg_imm8(&mut self.ops, true, ra, k8.unwrap_or(0))
+            }
             (Size::B32, Some(v), _) => dynasm!(self.ops ; .arch x64 ; cmp Rd(ra), v),
             (Size::B64, Some(v), _) => dynasm!(self.ops ; .arch x64 ; cmp Rq(ra), v),
             // The constant truncated to the width, as the comparison sees it.
@@ -724,7 +749,7 @@ impl Gen<'_> {
                         self.sync::<E>();
                         let g = tramp::pack_global(src) as i32;
                         dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov esi, g);
-                        self.call(tramp::get_tramp::<E> as *const () as usize);
+                        self.call_tramp(tramp::Tramp::Get);
                         self.check_status();
                         dynasm!(self.ops ; .arch x64 ; mov rax, rdx);
                     }
@@ -759,7 +784,7 @@ impl Gen<'_> {
                     let g = tramp::pack_global(dst) as i32;
                     self.ld(RDX, src);
                     dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov esi, g);
-                    self.call(tramp::set_tramp::<E> as *const () as usize);
+                    self.call_tramp(tramp::Tramp::Set);
                     self.check_status();
                 }
             },
@@ -926,7 +951,7 @@ impl Gen<'_> {
                     let f = f as usize as i64;
                     self.args_or_zero(&[RDX, RCX, 8], args);
                     dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov rsi, QWORD f);
-                    self.call(tramp::env_tramp::<E> as *const () as usize);
+                    self.call_tramp(tramp::Tramp::Env);
                     if let Some(r) = ret {
                         self.st(r, RAX);
                     }
@@ -940,7 +965,7 @@ impl Gen<'_> {
                     }
                     let hn = u64::from(helper.0) | (args.len().min(4) as u64) << 16;
                     dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov esi, hn as i32);
-                    self.call(tramp::call_tramp::<E> as *const () as usize);
+                    self.call_tramp(tramp::Tramp::Call);
                     self.check_status();
                     if let Some(r) = ret {
                         self.st(r, RDX);
@@ -958,7 +983,7 @@ impl Gen<'_> {
                 }
                 let fault = self.fault;
                 dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov esi, i32::from(vector));
-                self.call(tramp::raise_tramp as *const () as usize);
+                self.call_tramp(tramp::Tramp::Raise);
                 dynasm!(self.ops ; .arch x64 ; jmp =>fault);
             }
             Op::Exit(kind) => self.exit::<E>(kind),
@@ -1151,7 +1176,7 @@ impl Gen<'_> {
                 self.book.pc_synced = true;
                 self.imm(RSI, pc);
                 dynasm!(self.ops ; .arch x64 ; mov [rsp], rsi ; mov rdi, rbx);
-                self.call(tramp::insn_tramp::<E> as *const () as usize);
+                self.call_tramp(tramp::Tramp::Insn);
                 let fault = self.fault;
                 dynasm!(self.ops
                     ; .arch x64
@@ -1193,11 +1218,7 @@ impl Gen<'_> {
         // A register plus a constant into another register: one `lea`.
         if let (Add, Some(v), Some(ra), None) = (op, self.k32(b), self.reg(a), self.k(a)) {
             if ra != d {
-                if wide {
-                    dynasm!(self.ops ; .arch x64 ; lea Rq(d), [Rq(ra) + v]);
-                } else {
-                    dynasm!(self.ops ; .arch x64 ; lea Rd(d), [Rq(ra) + v]);
-                }
+                enc::lea_sized(&mut self.ops, wide, d, ra, v);
                 self.st(dst, d);
                 return true;
             }
@@ -1230,6 +1251,23 @@ impl Gen<'_> {
                 (Rol, false) => dynasm!(self.ops ; .arch x64 ; rol Rd(d), n),
                 (_, false) => dynasm!(self.ops ; .arch x64 ; ror Rd(d), n),
                 _ => unreachable!("shifts only"),
+            }
+        } else if let Some(v) = self.k32(b).and_then(|v| i8::try_from(v).ok()) {
+            // An immediate that fits a byte: the short forms.
+            match (op, wide) {
+                (Add, true) => dynasm!(self.ops ; .arch x64 ; add Rq(d), BYTE v),
+                (Sub, true) => dynasm!(self.ops ; .arch x64 ; sub Rq(d), BYTE v),
+                (And, true) => dynasm!(self.ops ; .arch x64 ; and Rq(d), BYTE v),
+                (Or, true) => dynasm!(self.ops ; .arch x64 ; or Rq(d), BYTE v),
+                (Xor, true) => dynasm!(self.ops ; .arch x64 ; xor Rq(d), BYTE v),
+                (Mul, true) => dynasm!(self.ops ; .arch x64 ; imul Rq(d), Rq(d), BYTE v),
+                (Add, false) => dynasm!(self.ops ; .arch x64 ; add Rd(d), BYTE v),
+                (Sub, false) => dynasm!(self.ops ; .arch x64 ; sub Rd(d), BYTE v),
+                (And, false) => dynasm!(self.ops ; .arch x64 ; and Rd(d), BYTE v),
+                (Or, false) => dynasm!(self.ops ; .arch x64 ; or Rd(d), BYTE v),
+                (Xor, false) => dynasm!(self.ops ; .arch x64 ; xor Rd(d), BYTE v),
+                (_, false) => dynasm!(self.ops ; .arch x64 ; imul Rd(d), Rd(d), BYTE v),
+                _ => unreachable!("ALU operations only"),
             }
         } else if let Some(v) = self.k32(b) {
             match (op, wide) {

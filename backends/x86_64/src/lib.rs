@@ -436,6 +436,7 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
             last: b.cell as usize,
             target: 0,
             chains: 0,
+            tramps: tramp::table::<E>(),
         };
         // The temp area: the generated code trusts it to hold every temp of any block
         // it may chain to, which is at most the largest block compiled; grow it lazily.

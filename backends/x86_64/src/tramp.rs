@@ -22,28 +22,61 @@ pub const ST_PANIC: u64 = 2;
 pub const ST_STOP: u64 = 3;
 
 /// The context a block runs with (its address is in `rbx` while the block runs).
+/// The fields generated code touches lie first, within a one-byte displacement.
 #[repr(C)]
 pub struct Ctx {
-    /// The environment (`*mut E`).
-    pub env: *mut u8,
-    /// Guest instructions started by this run (without the instruction hooks; with
-    /// them, the environment's counter counts).
-    pub insns: u64,
-    /// The PC of a fault (the current instruction's) or of a stop.
-    pub pc: u64,
-    pub fault: Option<Fault>,
-    pub panic: Option<Box<dyn Any + Send>>,
     /// Chain to another block only while the environment's counter (with the
     /// instruction hooks) is below this.
     pub limit: u64,
     /// Four bytes that must all be zero to chain (the vCPU's wake-up flags).
     pub flags: *const u8,
+    /// Jumps from one block straight into the next.
+    pub chains: u64,
     /// The [`crate::Cell`] of the block that returned (set on its way out).
     pub last: usize,
     /// The target of a `Jump` or `Pause` exit.
     pub target: u64,
-    /// Jumps from one block straight into the next.
-    pub chains: u64,
+    /// The PC of a fault (the current instruction's) or of a stop.
+    pub pc: u64,
+    /// The trampolines generated code calls (`call [rbx + off]`), by [`Tramp`].
+    pub tramps: [usize; TRAMPS],
+    /// The environment (`*mut E`).
+    pub env: *mut u8,
+    /// Guest instructions started by this run (without the instruction hooks; with
+    /// them, the environment's counter counts).
+    pub insns: u64,
+    pub fault: Option<Fault>,
+    pub panic: Option<Box<dyn Any + Send>>,
+}
+
+/// The trampolines of [`Ctx::tramps`].
+#[derive(Debug, Clone, Copy)]
+pub enum Tramp {
+    Get,
+    Set,
+    Load,
+    Store,
+    Call,
+    Insn,
+    Env,
+    Raise,
+}
+
+/// Entries of [`Ctx::tramps`].
+pub const TRAMPS: usize = 8;
+
+/// The trampolines for environment type `E`, in [`Tramp`] order.
+pub fn table<E: GuestEnv>() -> [usize; TRAMPS] {
+    [
+        get_tramp::<E> as *const () as usize,
+        set_tramp::<E> as *const () as usize,
+        load_tramp::<E> as *const () as usize,
+        store_tramp::<E> as *const () as usize,
+        call_tramp::<E> as *const () as usize,
+        insn_tramp::<E> as *const () as usize,
+        env_tramp::<E> as *const () as usize,
+        raise_tramp as *const () as usize,
+    ]
 }
 
 /// Two values back in `rax:rdx` (System V returns a 16-byte integer struct there).

@@ -250,7 +250,9 @@ impl GuestEnv for X86Cpu {
 // is `mmu.fast`, whose entries hold exactly what the contract asks (see
 // `crate::fasttlb`: entries only for whole RAM/ROM pages of the guest memory the TLB
 // keeps alive, write tags only for RAM pages without code, and `load`/`store` take
-// the same entries first). The chain guard is the `bool` interrupt shadow. The
+// the same entries first). The chain guards are the `bool` interrupt shadow (set by
+// the STI, MOV/POP SS and segment-load helpers) and `irq_window` (set by the SYSRET and
+// IRET helpers): no load or store sets either. The
 // indirect guard is `mmu.jc_guard`: any TLB flush sets it to `u64::MAX`, and the run
 // loop sets it to an epoch that changes with the mode, CPL, MMU generation and A20;
 // the mode and CPL change only through exits other than `Jump`/`Indirect`, or in

@@ -65,7 +65,12 @@ pub(crate) fn store_imm(ops: &mut Asm, base: u8, disp: i32, imm: i32) {
 
 /// `lea dst, [base + disp]`.
 pub(crate) fn lea(ops: &mut Asm, dst: u8, base: u8, disp: i32) {
-    rex(ops, true, dst, base, false);
+    lea_sized(ops, true, dst, base, disp);
+}
+
+/// `lea dst, [base + disp]` with a 64-bit (`wide`) or 32-bit destination.
+pub(crate) fn lea_sized(ops: &mut Asm, wide: bool, dst: u8, base: u8, disp: i32) {
+    rex(ops, wide, dst, base, false);
     ops.push(0x8d);
     modrm(ops, dst, base, disp);
 }
@@ -93,6 +98,22 @@ pub(crate) fn alu_imm(ops: &mut Asm, op: Alu, base: u8, disp: i32, imm: i32) {
             ops.extend(imm.to_le_bytes());
         }
     }
+}
+
+/// `cmp reg, imm` (64-bit if `wide`, else 32), the immediate sign-extended from 8
+/// bits.
+pub(crate) fn cmp_reg_imm8(ops: &mut Asm, wide: bool, reg: u8, imm: i8) {
+    rex(ops, wide, 0, reg, false);
+    ops.push(0x83);
+    ops.push(0xc0 | 7 << 3 | (reg & 7));
+    ops.push(imm as u8);
+}
+
+/// `call QWORD [base + disp]`.
+pub(crate) fn call_mem(ops: &mut Asm, base: u8, disp: i32) {
+    rex(ops, false, 0, base, false);
+    ops.push(0xff);
+    modrm(ops, 2, base, disp);
 }
 
 /// `cmp reg, QWORD [base + disp]`.
@@ -144,6 +165,25 @@ mod tests {
         Register::R15,
     ];
 
+    const GPR32: [Register; 16] = [
+        Register::EAX,
+        Register::ECX,
+        Register::EDX,
+        Register::EBX,
+        Register::ESP,
+        Register::EBP,
+        Register::ESI,
+        Register::EDI,
+        Register::R8D,
+        Register::R9D,
+        Register::R10D,
+        Register::R11D,
+        Register::R12D,
+        Register::R13D,
+        Register::R14D,
+        Register::R15D,
+    ];
+
     fn one(f: impl FnOnce(&mut Asm)) -> (Instruction, usize) {
         let mut ops: Asm = VecAssembler::<X64Relocation>::new(0);
         f(&mut ops);
@@ -193,11 +233,25 @@ mod tests {
                     assert_eq!(i.mnemonic(), Mnemonic::Lea);
                     assert_eq!(i.op0_register(), GPR[reg as usize], "{i}");
                     check_mem(&i, 1, base, disp);
+                    let (i, _) = one(|o| lea_sized(o, false, reg, base, disp));
+                    assert_eq!(i.mnemonic(), Mnemonic::Lea);
+                    assert_eq!(i.op0_register(), GPR32[reg as usize], "{i}");
+                    check_mem(&i, 1, base, disp);
 
                     let (i, _) = one(|o| cmp_load(o, reg, base, disp));
                     assert_eq!(i.mnemonic(), Mnemonic::Cmp);
                     assert_eq!(i.op0_register(), GPR[reg as usize], "{i}");
                     check_mem(&i, 1, base, disp);
+                }
+                for imm in [0i8, 1, -1, 127, -128] {
+                    for wide in [false, true] {
+                        let (i, n) = one(|o| cmp_reg_imm8(o, wide, base, imm));
+                        assert_eq!(i.mnemonic(), Mnemonic::Cmp);
+                        let r = if wide { GPR } else { GPR32 };
+                        assert_eq!(i.op0_register(), r[base as usize], "{i}");
+                        assert_eq!(i.immediate(1) as i64 as i8, imm, "{i}");
+                        assert_eq!(n, 3 + usize::from(wide || base >= 8), "{i}");
+                    }
                 }
                 for imm in [0, 1, -1, 127, -128, 128, 0x1234_5678, i32::MIN] {
                     let (i, _) = one(|o| store_imm(o, base, disp, imm));
@@ -226,6 +280,9 @@ mod tests {
                     check_mem(&i, 0, base, disp);
                     assert_eq!(i.immediate(1) as u8, imm, "{i}");
                 }
+                let (i, _) = one(|o| call_mem(o, base, disp));
+                assert_eq!(i.mnemonic(), Mnemonic::Call);
+                check_mem(&i, 0, base, disp);
                 let (i, _) = one(|o| cmp_dword(o, base, disp, -2));
                 assert_eq!(i.mnemonic(), Mnemonic::Cmp);
                 assert_eq!(i.memory_size(), iced_x86::MemorySize::UInt32, "{i}");

@@ -265,11 +265,15 @@ impl Gen<'_> {
         enc::load(&mut self.ops, RCX, RBX, CTX_FLAGS);
         enc::cmp_dword(&mut self.ops, RCX, 0, 0);
         dynasm!(self.ops ; .arch x64 ; jne BYTE =>fail);
-        if self.guard_risk {
-            for g in guards {
-                enc::cmp_byte(&mut self.ops, R12, g, 0);
-                dynasm!(self.ops ; .arch x64 ; jne BYTE =>fail);
-            }
+        // The stop request first, then the chain guards (which stores never set).
+        let n = match (self.stop_risk, self.guard_risk) {
+            (_, true) => guards.len(),
+            (true, false) => 1,
+            (false, false) => 0,
+        };
+        for g in guards.into_iter().take(n) {
+            enc::cmp_byte(&mut self.ops, R12, g, 0);
+            dynasm!(self.ops ; .arch x64 ; jne BYTE =>fail);
         }
         Some(fail)
     }

@@ -62,7 +62,7 @@ impl Gen<'_> {
                 dynasm!(self.ops ; .arch x64 ; mov rsi, Rq(a));
             }
             dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov edx, packed);
-            self.call(tramp::load_tramp::<E> as *const () as usize);
+            self.call_tramp(tramp::Tramp::Load);
             self.check_status();
             self.st(dst, RDX);
         }
@@ -133,7 +133,7 @@ impl Gen<'_> {
                 Value::Imm(k) => self.imm(RDX, k),
             }
             dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov ecx, packed);
-            self.call(tramp::store_tramp::<E> as *const () as usize);
+            self.call_tramp(tramp::Tramp::Store);
             self.check_status();
         }
     }
@@ -273,11 +273,11 @@ impl Gen<'_> {
                         Value::Imm(k) => self.imm(RDX, k),
                     }
                     dynasm!(self.ops ; .arch x64 ; mov ecx, packed);
-                    self.call(tramp::store_tramp::<E> as *const () as usize);
+                    self.call_tramp(tramp::Tramp::Store);
                 }
                 Access::Load { .. } => {
                     dynasm!(self.ops ; .arch x64 ; mov edx, packed);
-                    self.call(tramp::load_tramp::<E> as *const () as usize);
+                    self.call_tramp(tramp::Tramp::Load);
                 }
             }
             self.check_status();
