@@ -273,6 +273,7 @@ impl BlockCache {
         self.stats.inserted += 1;
         if let Some(j) = &tb.jit {
             self.jit.set_tag(j, id.to_tag());
+            self.jit.set_page(j, tb.linear_page, tb.pages[1].is_none());
         }
         self.slots[index as usize].tb = Some(tb);
         id

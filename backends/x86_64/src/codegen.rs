@@ -72,6 +72,8 @@ const CTX_CHAINS: i32 = offset_of!(Ctx, chains) as i32;
 const CTX_TRAMPS: i32 = offset_of!(Ctx, tramps) as i32;
 const CELL_ENTRY: i32 = offset_of!(crate::Cell, entry) as i32;
 const CELL_SLOTS: i32 = offset_of!(crate::Cell, slots) as i32;
+const CELL_PAGE: i32 = offset_of!(crate::Cell, page) as i32;
+const CELL_LINKABLE: i32 = offset_of!(crate::Cell, linkable) as i32;
 
 /// A compiled block, position-independent (relative branches inside, absolute
 /// addresses of the trampolines and of its cell).

@@ -75,14 +75,22 @@ unsafe impl Send for JitBlock {}
 
 /// What generated code knows about a block besides its code: where to enter it
 /// when chaining (0 once the block is dropped), the cells of the blocks its chain
-/// slots lead to, and a tag its owner gives it (the block cache's id).
+/// slots lead to, a tag its owner gives it (the block cache's id) and the page
+/// it may be linked within ([`JitCache::set_page`]).
 #[repr(C)]
 #[derive(Debug)]
 pub struct Cell {
     entry: usize,
     slots: [usize; 2],
     tag: u64,
+    /// The block's linear code page ([`NO_PAGE`] until set).
+    page: u64,
+    /// Nonzero if blocks of the same page may link to this one.
+    linkable: u64,
 }
+
+/// The page of a cell its owner gave none.
+const NO_PAGE: u64 = u64::MAX;
 
 /// The cell empty chain slots and indirect-table entries name (never a block's:
 /// its entry is 0), so that generated code needs no null test of a cell address.
@@ -90,6 +98,8 @@ static NULL_CELL: Cell = Cell {
     entry: 0,
     slots: [0; 2],
     tag: 0,
+    page: NO_PAGE,
+    linkable: 0,
 };
 
 /// The address of [`NULL_CELL`].
@@ -258,6 +268,8 @@ impl<E> JitCache<E> {
                     entry: 0,
                     slots: [null_cell(); 2],
                     tag: 0,
+                    page: NO_PAGE,
+                    linkable: 0,
                 })
                 .collect();
             self.cells.push(CellChunk(chunk));
@@ -285,6 +297,22 @@ impl<E> JitCache<E> {
     pub fn set_tag(&mut self, b: &JitBlock, tag: u64) {
         if let Some(c) = self.cell_mut(b) {
             c.tag = tag;
+        }
+    }
+
+    /// Tells generated code where `b` lies: its linear code `page`, and whether it
+    /// lies on that page alone (`single`). A `Jump` exit of a block that one of its
+    /// chain slots serves but finds unlinked, and that finds its target in the
+    /// indirect-exit table (valid in the current state), links the slot itself when
+    /// both blocks have the same page and the target lies on it alone: the
+    /// conditions under which the owner links blocks ([`JitCache::link`]; the
+    /// table's guard vouches for the mode). Without this, an edge whose target some
+    /// other path had registered in the table would never be linked: its exits never
+    /// return to the owner.
+    pub fn set_page(&mut self, b: &JitBlock, page: u64, single: bool) {
+        if let Some(c) = self.cell_mut(b) {
+            c.page = page;
+            c.linkable = u64::from(single);
         }
     }
 

@@ -1256,6 +1256,50 @@ fn linked_blocks_run_on_until_the_limit_or_a_flag() {
     assert!(jit.run(&a, &mut e, &mut st).is_none());
 }
 
+/// A jump whose chain slot is empty but whose target the indirect-exit table holds
+/// links the slot (same page, target on one page): after that it chains without the
+/// table; across pages, or into a two-page block, it never does.
+#[test]
+fn a_table_hit_links_an_empty_slot_within_a_page() {
+    use std::sync::atomic::AtomicBool;
+    let flags: [AtomicBool; 4] = Default::default();
+    let mut rng = Rng(11);
+    let env = Env::<true>::new(&mut rng);
+    let key = vireo_core::exec::IndirectKey {
+        pc: 0x200,
+        cs_base: env.segbase[1],
+        guard: env.guard,
+    };
+    // (page of a, page of b, b on one page, linked after the table hit)
+    for (pa, pb, single, links) in [
+        (7, 7, true, true),
+        (7, 8, true, false),
+        (7, 7, false, false),
+    ] {
+        let mut jit: JitCache<Env<true>> = JitCache::new(1 << 20);
+        let mut st = JitState::new();
+        let a = jit.compile(&step_block(0x100, 0, 1, 0x200)).unwrap();
+        let b = jit.compile(&step_block(0x200, 1, 0, 0x300)).unwrap();
+        jit.set_tag(&a, 1);
+        jit.set_tag(&b, 2);
+        jit.set_page(&a, pa, true);
+        jit.set_page(&b, pb, single);
+        jit.set_indirect(key, &b);
+        // Through the table: a, then b.
+        let r = jit
+            .run_chained(&a, &mut env.clone(), &mut st, &flags, 10)
+            .unwrap();
+        assert_eq!((r.tag, r.chained), (2, 1), "{pa} {pb} {single}");
+        // Another guard: the table no longer serves the jump; the slot does if the
+        // hit linked it.
+        let mut e = env.clone();
+        e.guard ^= 1;
+        let r = jit.run_chained(&a, &mut e, &mut st, &flags, 10).unwrap();
+        let want = if links { (2, 1) } else { (1, 0) };
+        assert_eq!((r.tag, r.chained), want, "{pa} {pb} {single}");
+    }
+}
+
 /// `-d out_asm` support: the cache keeps the last block's code when asked.
 #[test]
 fn the_last_code_is_kept_on_request() {

@@ -5,8 +5,8 @@
 #![allow(clippy::useless_conversion)]
 
 use super::{
-    direct, enc, env_off, exit_code, hooks, Gen, CELL_ENTRY, CELL_SLOTS, CTX_CHAINS, CTX_FLAGS,
-    CTX_LIMIT, CTX_TARGET, R12, RAX, RBX, RCX, RDX,
+    direct, enc, env_off, exit_code, hooks, Gen, CELL_ENTRY, CELL_LINKABLE, CELL_PAGE, CELL_SLOTS,
+    CTX_CHAINS, CTX_FLAGS, CTX_LIMIT, CTX_TARGET, R12, RAX, RBX, RCX, RDX,
 };
 use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi};
 use vireo_core::exec::{DirectGlobals, GuestEnv};
@@ -72,11 +72,9 @@ impl Gen<'_> {
                     let tail = *self
                         .slot_tail
                         .get_or_insert_with(|| self.ops.new_dynamic_label());
-                    // With the PC held back, a miss stores it on the way.
-                    let miss = match pc_later {
-                        Some(_) => self.ops.new_dynamic_label(),
-                        None => tail,
-                    };
+                    // A miss (storing the PC held back, if any) names the slot for
+                    // the table lookup to link ([`Gen::chain_indirect`]).
+                    let miss = self.ops.new_dynamic_label();
                     dynasm!(self.ops ; .arch x64 ; mov rax, QWORD cell);
                     enc::load(&mut self.ops, RAX, RAX, slot);
                     enc::load(&mut self.ops, RAX, RAX, CELL_ENTRY);
@@ -95,11 +93,13 @@ impl Gen<'_> {
                     }
                     self.store_pc_later::<E>(pc_later);
                     self.leave(code);
-                    if pc_later.is_some() {
-                        dynasm!(self.ops ; .arch x64 ; =>miss);
-                        self.store_pc_later::<E>(pc_later);
-                        dynasm!(self.ops ; .arch x64 ; jmp =>tail);
-                    }
+                    dynasm!(self.ops ; .arch x64 ; =>miss);
+                    self.store_pc_later::<E>(pc_later);
+                    dynasm!(self.ops
+                        ; .arch x64
+                        ; mov r8d, slot
+                        ; jmp =>tail
+                    );
                     return;
                 }
             }
@@ -138,21 +138,35 @@ impl Gen<'_> {
     /// the table), the table lookups, else the exit's return code (a `Jump` target is
     /// already in `ctx.target`).
     pub(super) fn indirect_tails<E: DirectGlobals>(&mut self) {
-        if let Some(l) = self.slot_tail {
-            // A slot that named no live block.
-            dynasm!(self.ops ; .arch x64 ; =>l);
-            if self.indirect_ok::<E>() {
-                let t = *self.ind_tails[0].get_or_insert_with(|| self.ops.new_dynamic_label());
-                dynasm!(self.ops ; .arch x64 ; jmp =>t);
-            } else {
-                self.leave(exit_code(ExitKind::Jump(0)).0);
+        let slot_tail = match self.slot_tail {
+            Some(l) if self.indirect_ok::<E>() => {
+                // A slot that named no live block (its offset in `r8d`): the jump
+                // lookup, which links the slot on a hit.
+                self.ind_tails[0].get_or_insert_with(|| self.ops.new_dynamic_label());
+                Some(l)
             }
-        }
+            Some(l) => {
+                dynasm!(self.ops ; .arch x64 ; =>l);
+                self.leave(exit_code(ExitKind::Jump(0)).0);
+                None
+            }
+            None => None,
+        };
         for (k, kind) in [(0, ExitKind::Jump(0)), (1, ExitKind::Indirect)] {
             if let Some(l) = self.ind_tails[k] {
                 dynasm!(self.ops ; .arch x64 ; =>l);
                 let code = exit_code(kind).0;
-                self.chain_indirect::<E>(code);
+                let link = if k == 0 {
+                    // Jumps no slot serves: nothing to link.
+                    dynasm!(self.ops ; .arch x64 ; xor r8d, r8d);
+                    if let Some(s) = slot_tail {
+                        dynasm!(self.ops ; .arch x64 ; =>s);
+                    }
+                    true
+                } else {
+                    false
+                };
+                self.chain_indirect::<E>(code, link);
                 self.leave(code);
             }
         }
@@ -160,8 +174,10 @@ impl Gen<'_> {
 
     /// At an indirect exit: goes on into the block the indirect-exit table holds for
     /// the new PC, CS base and the environment's guard, if any and allowed; falls
-    /// through otherwise.
-    fn chain_indirect<E: DirectGlobals>(&mut self, code: u64) {
+    /// through otherwise. With `link`, `r8d` holds 0 or the offset in the block's
+    /// cell of the chain slot the exit missed: a hit links that slot when the two
+    /// blocks may be linked ([`crate::JitCache::set_page`]).
+    fn chain_indirect<E: DirectGlobals>(&mut self, code: u64, link: bool) {
         let (Some(pc_off), Some(cs_off), Some(guard_off)) = (
             direct::<E>(Global::Pc),
             direct::<E>(Global::SegBase(1)),
@@ -199,6 +215,25 @@ impl Gen<'_> {
         enc::cmp_load(&mut self.ops, RAX, RDX, GUARD);
         dynasm!(self.ops ; .arch x64 ; jne >no);
         enc::load(&mut self.ops, RAX, RDX, CELL);
+        if link {
+            let cell = self.cell as i64;
+            dynasm!(self.ops
+                ; .arch x64
+                ; test r8d, r8d
+                ; jz >nolink
+                ; mov rcx, QWORD cell
+            );
+            enc::load(&mut self.ops, RDX, RCX, CELL_PAGE);
+            enc::cmp_load(&mut self.ops, RDX, RAX, CELL_PAGE);
+            dynasm!(self.ops ; .arch x64 ; jne >nolink);
+            enc::alu_imm(&mut self.ops, enc::Alu::Cmp, RAX, CELL_LINKABLE, 0);
+            dynasm!(self.ops
+                ; .arch x64
+                ; je >nolink
+                ; mov [rcx + r8], rax
+                ; nolink:
+            );
+        }
         self.chain_to_cell(code);
         dynasm!(self.ops ; .arch x64 ; no:);
     }
