@@ -618,13 +618,25 @@ fn xmm_fast(cpu: &mut X86Cpu, mn: Mnemonic, dst: usize, s: u128, imm: u8) -> Opt
             0
         }
         FastOp::Unpack(n, high) => {
-            let n = usize::from(n);
-            let from = if high { 8 } else { 0 };
-            let d = *reg;
-            for (i, c) in reg.chunks_exact_mut(2 * n).enumerate() {
-                let at = from + i * n;
-                c[..n].copy_from_slice(&d[at..at + n]);
-                c[n..].copy_from_slice(&b[at..at + n]);
+            // Lanes of a size known at compile time: fixed-size copies (a run-time
+            // length made each a `memcpy` call).
+            #[inline(always)]
+            fn unpack<const N: usize>(reg: &mut [u8; 16], b: &[u8; 16], high: bool) {
+                let from = if high { 8 } else { 0 };
+                let d = *reg;
+                for i in 0..8 / N {
+                    let at = from + i * N;
+                    let mut x = [0u8; N];
+                    x.copy_from_slice(&d[at..at + N]);
+                    reg[2 * N * i..2 * N * i + N].copy_from_slice(&x);
+                    x.copy_from_slice(&b[at..at + N]);
+                    reg[2 * N * i + N..2 * N * (i + 1)].copy_from_slice(&x);
+                }
+            }
+            match n {
+                1 => unpack::<1>(reg, &b, high),
+                2 => unpack::<2>(reg, &b, high),
+                _ => unpack::<4>(reg, &b, high),
             }
             0
         }
