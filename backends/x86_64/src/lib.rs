@@ -131,17 +131,26 @@ fn ind_empty() -> IndEntry {
     }
 }
 
-/// Entries of the indirect-exit table (a power of two): 2,048 (64 KiB). With 1,024,
-/// returns in a shell's interpreter loop collided so often that ~57 exits per loop
-/// iteration went back to the run loop (2,048: a third of that; 4,096: a fifth, but
-/// a table of 128 KiB, which the allocator maps apart, made unrelated loops ~30%
-/// slower on this host; a Fibonacci hash of the low 32 bits did worse than this
-/// one).
+/// Entries of the indirect-exit table (a power of two): 2,048 (64 KiB), in sets of
+/// [`IND_WAYS`]. Direct-mapped (one entry per set), returns in a shell's interpreter
+/// loop collided so often that pairs of targets evicted each other on every
+/// iteration of the guest's loop; two ways keep both. (With 1,024 direct-mapped
+/// entries ~57 exits per loop iteration went back to the run loop, 2,048: a third of
+/// that; 4,096: a fifth, but a table of 128 KiB, which the allocator maps apart, made
+/// unrelated loops ~30% slower on this host; a Fibonacci hash of the low 32 bits did
+/// worse than this one.)
 pub(crate) const IND_SIZE: usize = 2048;
 
-/// The slot of `pc` in the indirect-exit table (generated code computes the same).
-pub(crate) fn ind_slot(pc: u64) -> usize {
-    ((pc ^ (pc >> 10)) as usize) & (IND_SIZE - 1)
+/// Entries per set of the indirect-exit table: a PC's entry is in its set
+/// ([`ind_set`]), the most recently registered first.
+pub(crate) const IND_WAYS: usize = 2;
+
+/// Sets of the indirect-exit table.
+pub(crate) const IND_SETS: usize = IND_SIZE / IND_WAYS;
+
+/// The set of `pc` in the indirect-exit table (generated code computes the same).
+pub(crate) fn ind_set(pc: u64) -> usize {
+    ((pc ^ (pc >> 10)) as usize) & (IND_SETS - 1)
 }
 
 /// A chunk of cells: boxed, so that cells never move while the chunk lives.
@@ -338,12 +347,21 @@ impl<E> JitCache<E> {
         if !self.is_live(b) || key.guard == u64::MAX {
             return;
         }
-        self.ind[ind_slot(key.pc)] = IndEntry {
+        let entry = IndEntry {
             pc: key.pc,
             cs_base: key.cs_base,
             guard: key.guard,
             cell: b.cell as usize,
         };
+        // The new entry first; the one it displaces second unless it was for the
+        // same PC (so a PC is in one way at most: the code finds the first).
+        let at = ind_set(key.pc) * IND_WAYS;
+        if let Some(set) = self.ind.get_mut(at..at + IND_WAYS) {
+            if set[0].pc != key.pc {
+                set[1] = set[0];
+            }
+            set[0] = entry;
+        }
     }
 
     /// Stops chaining into `b` (it is being dropped).

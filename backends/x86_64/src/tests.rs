@@ -1300,6 +1300,54 @@ fn a_table_hit_links_an_empty_slot_within_a_page() {
     }
 }
 
+/// The indirect-exit table keeps two targets whose PCs share a set; a third
+/// displaces the one registered longest ago.
+#[test]
+fn the_indirect_table_keeps_two_targets_per_set() {
+    use std::sync::atomic::AtomicBool;
+    let flags: [AtomicBool; 4] = Default::default();
+    let mut rng = Rng(12);
+    let env = Env::<true>::new(&mut rng);
+    let mut jit: JitCache<Env<true>> = JitCache::new(1 << 20);
+    let mut st = JitState::new();
+    // Three PCs in one set.
+    let pcs: Vec<u64> = (0x1000..0x200000u64)
+        .step_by(4)
+        .filter(|&p| crate::ind_set(p) == crate::ind_set(0x1000))
+        .take(3)
+        .collect();
+    let indirect_to = |pc: u64| {
+        let mut b = Builder::new(0x400 + pc);
+        b.insn_start(0x400 + pc, 1);
+        let n = b.konst(pc);
+        b.set(Global::Pc, n);
+        b.exit(ExitKind::Indirect);
+        b.finish()
+    };
+    let mut exits = Vec::new();
+    for (i, &pc) in pcs.iter().enumerate() {
+        let t = jit.compile(&step_block(pc, 0, 1, 0x9000)).unwrap();
+        jit.set_tag(&t, 10 + i as u64);
+        let key = vireo_core::exec::IndirectKey {
+            pc,
+            cs_base: env.segbase[1],
+            guard: env.guard,
+        };
+        jit.set_indirect(key, &t);
+        let x = jit.compile(&indirect_to(pc)).unwrap();
+        jit.set_tag(&x, 20 + i as u64);
+        exits.push((x, t));
+    }
+    // The last two registered are found; the first was displaced.
+    for (i, (x, _)) in exits.iter().enumerate() {
+        let r = jit
+            .run_chained(x, &mut env.clone(), &mut st, &flags, 10)
+            .unwrap();
+        let want = if i == 0 { (20, 0) } else { (10 + i as u64, 1) };
+        assert_eq!((r.tag, r.chained), want, "target {i} at {:#x}", pcs[i]);
+    }
+}
+
 /// `-d out_asm` support: the cache keeps the last block's code when asked.
 #[test]
 fn the_last_code_is_kept_on_request() {

@@ -189,12 +189,14 @@ impl Gen<'_> {
             return;
         }
         let ind = self.ind as i64;
-        let mask = (crate::IND_SIZE - 1) as i32;
+        let mask = (crate::IND_SETS - 1) as i32;
         const PC: i32 = std::mem::offset_of!(crate::IndEntry, pc) as i32;
         const CS: i32 = std::mem::offset_of!(crate::IndEntry, cs_base) as i32;
         const GUARD: i32 = std::mem::offset_of!(crate::IndEntry, guard) as i32;
         const CELL: i32 = std::mem::offset_of!(crate::IndEntry, cell) as i32;
-        let shift = std::mem::size_of::<crate::IndEntry>().trailing_zeros() as i8;
+        const SIZE: i32 = std::mem::size_of::<crate::IndEntry>() as i32;
+        let shift =
+            (std::mem::size_of::<crate::IndEntry>() * crate::IND_WAYS).trailing_zeros() as i8;
         enc::load(&mut self.ops, RAX, R12, pc_off);
         dynasm!(self.ops
             ; .arch x64
@@ -206,8 +208,16 @@ impl Gen<'_> {
             ; mov rdx, QWORD ind
             ; add rdx, rcx
         );
+        // The set's first way, else its second (a PC is in one way at most).
         enc::cmp_load(&mut self.ops, RAX, RDX, PC);
-        dynasm!(self.ops ; .arch x64 ; jne >no);
+        dynasm!(self.ops ; .arch x64 ; je >way);
+        enc::cmp_load(&mut self.ops, RAX, RDX, SIZE + PC);
+        dynasm!(self.ops
+            ; .arch x64
+            ; jne >no
+            ; add rdx, SIZE
+            ; way:
+        );
         enc::load(&mut self.ops, RAX, R12, cs_off);
         enc::cmp_load(&mut self.ops, RAX, RDX, CS);
         dynasm!(self.ops ; .arch x64 ; jne >no);
