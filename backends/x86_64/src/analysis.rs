@@ -4,7 +4,7 @@
 
 use crate::codegen::direct;
 use vireo_core::exec::{DirectGlobals, EnvFn, PureFn};
-use vireo_core::ir::{Block, Effects, HelperId, Op, Temp};
+use vireo_core::ir::{Block, Effects, Global, HelperId, Op, Temp};
 
 /// How a helper call is compiled.
 pub(crate) enum CallKind<E> {
@@ -94,6 +94,87 @@ pub(crate) fn labels_needing_pc<E: DirectGlobals>(block: &Block) -> Vec<bool> {
     }
 }
 
+/// Stores of direct globals that only the slow paths of memory accesses could see
+/// before the global is stored again (lazy: see [`lazy_sets`]).
+pub(crate) struct LazySets {
+    /// Per op: a `Set` left for the slow paths (its value stays available until the
+    /// last access before the global is stored again).
+    pub lazy: Vec<bool>,
+    /// Per op: the lazy `Set`s (their op indices) a slow path of this access stores
+    /// before calling into the environment.
+    pub pending: Vec<Vec<usize>>,
+}
+
+/// Finds the lazy `Set`s of `block`: a `Set` of a direct global (not the PC) is lazy
+/// when the same global is set again later in the straight line, only loads,
+/// stores, temp arithmetic, instruction starts and accesses of other direct globals
+/// come between, and its value is a constant or a temp read at or after the last of
+/// those accesses anyway. The fast path of a load or store cannot observe the environment,
+/// so only those accesses' slow paths (which may fault, call into the environment or
+/// raise the stop request, after which a stop exit may leave) need the value in
+/// place: they store it before their call, and the main path stores only the
+/// second value. A stop exit between them is taken only after a slow path (the only
+/// code that raises the request in such a stretch) stored the pending values.
+pub(crate) fn lazy_sets<E: DirectGlobals>(block: &Block) -> LazySets {
+    let n = block.ops.len();
+    let mut lazy = vec![false; n];
+    let mut pending: Vec<Vec<usize>> = vec![Vec::new(); n];
+    // The last read of each temp, and the temps that are constants.
+    let mut last_read = vec![0usize; block.temps as usize];
+    let mut konst = vec![false; block.temps as usize];
+    for (i, op) in block.ops.iter().enumerate() {
+        op.for_each_read(|t| {
+            if let Some(u) = last_read.get_mut(t.0 as usize) {
+                *u = i;
+            }
+        });
+        if let Op::Const { dst, .. } = *op {
+            if let Some(k) = konst.get_mut(dst.0 as usize) {
+                *k = true;
+            }
+        }
+    }
+    for (i, op) in block.ops.iter().enumerate() {
+        let Op::Set { dst: g, src } = *op else {
+            continue;
+        };
+        if g == Global::Pc || direct::<E>(g).is_none() {
+            continue;
+        }
+        let mut accesses = Vec::new();
+        let mut again = false;
+        for (j, o) in block.ops.iter().enumerate().skip(i + 1) {
+            match *o {
+                Op::Set { dst, .. } if dst == g => {
+                    again = true;
+                    break;
+                }
+                Op::Set { dst: h, .. } | Op::Get { src: h, .. }
+                    if h != g && direct::<E>(h).is_some() => {}
+                Op::Load { .. } | Op::Store { .. } => accesses.push(j),
+                Op::InsnStart { .. } => {}
+                ref o if o.is_arith() => {}
+                _ => break,
+            }
+        }
+        // Only where the value costs no register beyond its own life: a constant,
+        // or a temp read at or after the last of the accesses anyway (keeping
+        // others in registers longer could spill hot temps).
+        let t = src.0 as usize;
+        let free = konst.get(t).copied().unwrap_or(false)
+            || accesses
+                .last()
+                .is_some_and(|&a| last_read.get(t).is_some_and(|&u| u >= a));
+        if again && !accesses.is_empty() && free {
+            lazy[i] = true;
+            for j in accesses {
+                pending[j].push(i);
+            }
+        }
+    }
+    LazySets { lazy, pending }
+}
+
 /// Registers temps may live in: two callee-saved (kept across calls), two
 /// caller-saved (saved around calls). None is used by the op templates.
 pub(crate) const ALLOC_REGS: [u8; 4] = [14, 15, 10, 11];
@@ -112,7 +193,7 @@ pub(crate) struct Volatile {
 /// assigned once, before any use, and no label lies between its assignment and its
 /// last use (so every path that reads it ran the assignment in the same straight
 /// line). Temps that get no register stay in the temp area.
-pub(crate) fn allocate(block: &Block) -> Allocation {
+pub(crate) fn allocate(block: &Block, lazy: &LazySets) -> Allocation {
     let n = block.temps as usize;
     let mut defs = vec![0u32; n];
     let mut first_def = vec![usize::MAX; n];
@@ -136,6 +217,16 @@ pub(crate) fn allocate(block: &Block) -> Allocation {
             if k < n {
                 defs[k] += 1;
                 first_def[k] = first_def[k].min(i);
+            }
+        }
+    }
+    // A lazy `Set`'s value is read by the slow paths of the accesses after it.
+    for (j, sets) in lazy.pending.iter().enumerate() {
+        for &i in sets {
+            if let Some(Op::Set { src, .. }) = block.ops.get(i) {
+                if let Some(u) = last_use.get_mut(src.0 as usize) {
+                    *u = (*u).max(j);
+                }
             }
         }
     }

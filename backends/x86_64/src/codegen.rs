@@ -37,8 +37,8 @@ mod exits;
 mod memory;
 
 use crate::analysis::{
-    allocate, call_kind, guard_risk, labels_needing_pc, reads, wants_pc, Allocation, CallKind,
-    Volatile,
+    allocate, call_kind, guard_risk, labels_needing_pc, lazy_sets, reads, wants_pc, Allocation,
+    CallKind, LazySets, Volatile,
 };
 use crate::tramp::{self, Ctx};
 use crate::JitError;
@@ -187,6 +187,8 @@ struct Gen<'a> {
     skip: std::ops::Range<usize>,
     /// Skipped ops compiled after the block's code.
     cold: Vec<Cold>,
+    /// Stores of globals left to the slow paths ([`lazy_sets`]).
+    lazy: LazySets,
 }
 
 /// How a branch is compiled ([`Gen::book_for_branch`]).
@@ -306,11 +308,12 @@ pub fn compile<E: GuestEnv + DirectGlobals>(
             .map(env_off::<E>)
             .collect::<Option<Vec<i32>>>()
     });
+    let lazy = lazy_sets::<E>(block);
     let Allocation {
         regs: alloc,
         volatile,
         konst,
-    } = allocate(block);
+    } = allocate(block, &lazy);
     let mut g = Gen {
         ops,
         block,
@@ -346,6 +349,7 @@ pub fn compile<E: GuestEnv + DirectGlobals>(
         label_pos: block.label_positions(),
         skip: 0..0,
         cold: Vec::new(),
+        lazy,
     };
     let chain_entry = g.prologue::<E>();
     for (i, op) in block.ops.iter().enumerate() {
@@ -770,17 +774,10 @@ impl Gen<'_> {
             {
                 self.pc_later = self.k(src);
             }
+            // Left to the slow paths of the accesses before the next store.
+            Op::Set { .. } if self.lazy.lazy.get(self.cur) == Some(&true) => {}
             Op::Set { dst, src } => match direct::<E>(dst) {
-                Some(off) => {
-                    if let Some(v) = self.k32(src) {
-                        enc::store_imm(&mut self.ops, R12, off, v);
-                    } else if let Some(h) = self.reg(src) {
-                        enc::store(&mut self.ops, R12, off, h);
-                    } else {
-                        self.ld(RAX, src);
-                        enc::store(&mut self.ops, R12, off, RAX);
-                    }
-                }
+                Some(off) => self.store_global(off, src),
                 None => {
                     self.sync::<E>();
                     let g = tramp::pack_global(dst) as i32;
@@ -991,6 +988,31 @@ impl Gen<'_> {
             Op::Exit(kind) => self.exit::<E>(kind),
         }
         Ok(())
+    }
+
+    /// Stores temp `src` to the direct global at `off` (clobbers `rax`).
+    fn store_global(&mut self, off: i32, src: Temp) {
+        if let Some(v) = self.k32(src) {
+            enc::store_imm(&mut self.ops, R12, off, v);
+        } else if let Some(h) = self.reg(src) {
+            enc::store(&mut self.ops, R12, off, h);
+        } else {
+            self.ld(RAX, src);
+            enc::store(&mut self.ops, R12, off, RAX);
+        }
+    }
+
+    /// Before the access at op `at` calls into the environment: the lazy `Set`s
+    /// pending there, stored (clobbers `rax`).
+    fn store_lazy<E: DirectGlobals>(&mut self, at: usize) {
+        let pending = self.lazy.pending.get(at).cloned().unwrap_or_default();
+        for i in pending {
+            if let Some(&Op::Set { dst, src }) = self.block.ops.get(i) {
+                if let Some(off) = direct::<E>(dst) {
+                    self.store_global(off, src);
+                }
+            }
+        }
     }
 
     /// The stop exits of the block's instruction boundaries.

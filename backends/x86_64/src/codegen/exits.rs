@@ -156,15 +156,14 @@ impl Gen<'_> {
             if let Some(l) = self.ind_tails[k] {
                 dynasm!(self.ops ; .arch x64 ; =>l);
                 let code = exit_code(kind).0;
-                let link = if k == 0 {
-                    // Jumps no slot serves: nothing to link.
-                    dynasm!(self.ops ; .arch x64 ; xor r8d, r8d);
-                    if let Some(s) = slot_tail {
-                        dynasm!(self.ops ; .arch x64 ; =>s);
+                // Jumps no slot serves come first (nothing to link), then the
+                // slots' misses (the slot in `r8d`).
+                let link = match (k, slot_tail) {
+                    (0, Some(s)) => {
+                        dynasm!(self.ops ; .arch x64 ; xor r8d, r8d ; =>s);
+                        true
                     }
-                    true
-                } else {
-                    false
+                    _ => false,
                 };
                 self.chain_indirect::<E>(code, link);
                 self.leave(code);

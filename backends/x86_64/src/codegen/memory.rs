@@ -58,6 +58,7 @@ impl Gen<'_> {
             self.st(dst, d);
         } else {
             self.sync::<E>();
+            self.store_lazy::<E>(self.cur);
             if a != RSI {
                 dynasm!(self.ops ; .arch x64 ; mov rsi, Rq(a));
             }
@@ -124,6 +125,7 @@ impl Gen<'_> {
             self.slow_path(slow, Access::Store { addr: a, val: v }, packed);
         } else {
             self.sync::<E>();
+            self.store_lazy::<E>(self.cur);
             if a != RSI {
                 dynasm!(self.ops ; .arch x64 ; mov rsi, Rq(a));
             }
@@ -258,6 +260,7 @@ impl Gen<'_> {
             self.book = s.book;
             let pending = s.book.pending;
             self.sync::<E>();
+            self.store_lazy::<E>(s.op);
             let addr = match s.access {
                 Access::Load { addr, .. } | Access::Store { addr, .. } => addr,
             };
