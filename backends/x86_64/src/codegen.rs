@@ -34,6 +34,7 @@
 
 mod enc;
 mod exits;
+pub(crate) use exits::lookup_stub;
 mod memory;
 
 use crate::analysis::{
@@ -70,6 +71,7 @@ const CTX_LAST: i32 = offset_of!(Ctx, last) as i32;
 const CTX_TARGET: i32 = offset_of!(Ctx, target) as i32;
 const CTX_CHAINS: i32 = offset_of!(Ctx, chains) as i32;
 const CTX_TRAMPS: i32 = offset_of!(Ctx, tramps) as i32;
+const CTX_LOOKUP: i32 = offset_of!(Ctx, lookup) as i32;
 const CELL_ENTRY: i32 = offset_of!(crate::Cell, entry) as i32;
 const CELL_SLOTS: i32 = offset_of!(crate::Cell, slots) as i32;
 const CELL_PAGE: i32 = offset_of!(crate::Cell, page) as i32;
@@ -134,8 +136,6 @@ struct Gen<'a> {
     volatile: Vec<Volatile>,
     /// Index of the op being compiled.
     cur: usize,
-    /// Address of the JIT cache's indirect-exit table.
-    ind: usize,
     /// Slow paths of memory accesses, emitted after the block's code.
     stubs: Vec<SlowPath>,
     /// Instruction bookkeeping (with [`vireo_core::exec::InsnHooks`]), done lazily:
@@ -162,15 +162,11 @@ struct Gen<'a> {
     uses: Vec<u32>,
     /// The op just compiled was a comparison that also did the `BrIf` after it.
     fused: bool,
-    /// The block's shared indirect-exit-table lookups, for `Jump` exits (0) and
-    /// `Indirect` exits (1), emitted after its code when used.
-    ind_tails: [Option<DynamicLabel>; 2],
-    /// The block's shared run-condition check before entering another block
-    /// ([`Gen::go_tail`]).
-    go: Option<DynamicLabel>,
-    /// Where slot exits whose slot names no live block go (the indirect-exit table,
-    /// else the run loop), emitted after the block's code when used.
-    slot_tail: Option<DynamicLabel>,
+    /// The block's way into the cache's shared table lookup (its cell in `rcx`),
+    /// emitted after its code when used ([`Gen::lookup_tail`]).
+    lookup_tail: Option<DynamicLabel>,
+    /// The cache has the shared lookup (`ctx.lookup` is nonzero).
+    lookup: bool,
     /// Per label, the branch that is its only way in ([`Block::branch_only_labels`]):
     /// that branch syncs nothing, the label takes the bookkeeping it had (`at_branch`).
     only: Vec<Option<usize>>,
@@ -281,7 +277,7 @@ enum Value {
 pub fn compile<E: GuestEnv + DirectGlobals>(
     block: &Block,
     cell: usize,
-    ind: usize,
+    lookup: bool,
 ) -> Result<Compiled, JitError> {
     if block.temps >= 1 << 28 {
         return Err(JitError::Unsupported("too many temporaries".into()));
@@ -328,7 +324,6 @@ pub fn compile<E: GuestEnv + DirectGlobals>(
         alloc,
         volatile,
         cur: 0,
-        ind,
         stubs: Vec::new(),
         book: Book::default(),
         stop_stubs: Vec::new(),
@@ -339,9 +334,8 @@ pub fn compile<E: GuestEnv + DirectGlobals>(
         has_calls: block.ops.iter().any(wants_pc::<E>),
         guard_risk: block.ops.iter().any(|o| guard_risk::<E>(o, false)),
         stop_risk: block.ops.iter().any(|o| guard_risk::<E>(o, true)),
-        ind_tails: [None; 2],
-        go: None,
-        slot_tail: None,
+        lookup_tail: None,
+        lookup,
         only: block.branch_only_labels(),
         at_branch: vec![None; block.labels as usize],
         test_of: None,
@@ -372,8 +366,7 @@ pub fn compile<E: GuestEnv + DirectGlobals>(
     g.cold_paths::<E>()?;
     g.slow_paths::<E>();
     g.stop_exits::<E>();
-    g.indirect_tails::<E>();
-    g.go_tail::<E>();
+    g.lookup_tail();
     g.epilogue::<E>();
     let slot_targets = g.slot_targets;
     let code = g.ops.finalize().map_err(|e| JitError::Asm(e.to_string()))?;

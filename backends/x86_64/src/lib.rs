@@ -173,6 +173,10 @@ pub struct JitCache<E> {
     max_temps: usize,
     /// Blocks by PC for indirect exits (boxed: generated code holds its address).
     ind: Box<[IndEntry]>,
+    /// The shared table lookup (`codegen::lookup_stub`) in a chunk of its own,
+    /// made with the first block and kept across flushes (the table stays put):
+    /// the chunk and the stub's address (0: the environment allows no lookups).
+    lookup: Option<(codemem::CodeChunk, usize)>,
     /// The offsets of the environment's stop request and chain guards (asked once).
     guard_offsets: std::cell::OnceCell<Box<[usize]>>,
     gen: u64,
@@ -235,6 +239,7 @@ impl<E> JitCache<E> {
             cells_used: CELLS,
             max_temps: 1,
             ind: vec![ind_empty(); IND_SIZE].into_boxed_slice(),
+            lookup: None,
             guard_offsets: std::cell::OnceCell::new(),
             gen: 0,
             used: 0,
@@ -385,7 +390,17 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
         if cell.is_null() {
             return Err(JitError::Unsupported("no cell".into()));
         }
-        let c = codegen::compile::<E>(block, cell as usize, self.ind.as_ptr() as usize)?;
+        if self.lookup.is_none() {
+            let mut chunk = codemem::CodeChunk::new(4096)?;
+            let at = match codegen::lookup_stub::<E>(self.ind.as_ptr() as usize) {
+                Some(code) => chunk.push(&code).unwrap_or(0),
+                None => 0,
+            };
+            chunk.seal();
+            self.lookup = Some((chunk, at));
+        }
+        let lookup = self.lookup.as_ref().is_some_and(|l| l.1 != 0);
+        let c = codegen::compile::<E>(block, cell as usize, lookup)?;
         let len = c.code.len();
         if self.used + len > self.limit {
             return Err(JitError::Full {
@@ -483,6 +498,7 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
             target: 0,
             chains: 0,
             tramps: tramp::table::<E>(),
+            lookup: self.lookup.as_ref().map_or(0, |l| l.1),
         };
         // The temp area: the generated code trusts it to hold every temp of any block
         // it may chain to, which is at most the largest block compiled; grow it lazily.

@@ -38,6 +38,9 @@ pub struct Ctx {
     pub target: u64,
     /// The PC of a fault (the current instruction's) or of a stop.
     pub pc: u64,
+    /// The cache's shared indirect-exit-table lookup (`codegen::lookup_stub`), 0 if
+    /// none (no block then jumps there).
+    pub lookup: usize,
     /// The trampolines generated code calls (`call [rbx + off]`), by [`Tramp`].
     pub tramps: [usize; TRAMPS],
     /// The environment (`*mut E`).

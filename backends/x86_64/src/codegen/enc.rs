@@ -116,6 +116,13 @@ pub(crate) fn call_mem(ops: &mut Asm, base: u8, disp: i32) {
     modrm(ops, 2, base, disp);
 }
 
+/// `jmp QWORD [base + disp]`.
+pub(crate) fn jmp_mem(ops: &mut Asm, base: u8, disp: i32) {
+    rex(ops, false, 0, base, false);
+    ops.push(0xff);
+    modrm(ops, 4, base, disp);
+}
+
 /// `cmp reg, QWORD [base + disp]`.
 pub(crate) fn cmp_load(ops: &mut Asm, reg: u8, base: u8, disp: i32) {
     rex(ops, true, reg, base, false);
@@ -282,6 +289,9 @@ mod tests {
                 }
                 let (i, _) = one(|o| call_mem(o, base, disp));
                 assert_eq!(i.mnemonic(), Mnemonic::Call);
+                check_mem(&i, 0, base, disp);
+                let (i, _) = one(|o| jmp_mem(o, base, disp));
+                assert_eq!(i.mnemonic(), Mnemonic::Jmp);
                 check_mem(&i, 0, base, disp);
                 let (i, _) = one(|o| cmp_dword(o, base, disp, -2));
                 assert_eq!(i.mnemonic(), Mnemonic::Cmp);

@@ -6,7 +6,7 @@
 
 use super::{
     direct, enc, env_off, exit_code, hooks, Gen, CELL_ENTRY, CELL_LINKABLE, CELL_PAGE, CELL_SLOTS,
-    CTX_CHAINS, CTX_FLAGS, CTX_LIMIT, CTX_TARGET, R12, RAX, RBX, RCX, RDX,
+    CTX_CHAINS, CTX_FLAGS, CTX_LAST, CTX_LIMIT, CTX_LOOKUP, CTX_TARGET, R12, RAX, RBX, RCX, RDX,
 };
 use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi};
 use vireo_core::exec::{DirectGlobals, GuestEnv};
@@ -69,11 +69,8 @@ impl Gen<'_> {
                     // the table, or the run loop), then the run conditions.
                     let cell = self.cell as i64;
                     let slot = CELL_SLOTS + 8 * k as i32;
-                    let tail = *self
-                        .slot_tail
-                        .get_or_insert_with(|| self.ops.new_dynamic_label());
                     // A miss (storing the PC held back, if any) names the slot for
-                    // the table lookup to link ([`Gen::chain_indirect`]).
+                    // the table lookup to link ([`lookup_stub`]).
                     let miss = self.ops.new_dynamic_label();
                     dynasm!(self.ops ; .arch x64 ; mov rax, QWORD cell);
                     enc::load(&mut self.ops, RAX, RAX, slot);
@@ -95,28 +92,38 @@ impl Gen<'_> {
                     self.leave(code);
                     dynasm!(self.ops ; .arch x64 ; =>miss);
                     self.store_pc_later::<E>(pc_later);
-                    dynasm!(self.ops
-                        ; .arch x64
-                        ; mov r8d, slot
-                        ; jmp =>tail
-                    );
+                    self.to_lookup::<E>(code, slot);
                     return;
                 }
             }
         }
         // An indirect exit, or a jump no slot took (another page, not linked yet):
-        // the indirect-exit table, through the block's shared lookup.
-        let tail = match kind {
-            ExitKind::Jump(_) => Some(0),
-            ExitKind::Indirect => Some(1),
-            _ => None,
-        };
-        if let (Some(k), true) = (tail, self.indirect_ok::<E>()) {
-            let l = *self.ind_tails[k].get_or_insert_with(|| self.ops.new_dynamic_label());
-            dynasm!(self.ops ; .arch x64 ; jmp =>l);
+        // the indirect-exit table.
+        match kind {
+            ExitKind::Jump(_) | ExitKind::Indirect => self.to_lookup::<E>(code, 0),
+            _ => self.leave(code),
+        }
+    }
+
+    /// Goes to the cache's shared table lookup ([`lookup_stub`]) with return code
+    /// `code` for when it finds nothing, and the offset of the chain slot to link
+    /// in the block's cell (0: none); returns with `code` if lookups are not
+    /// possible.
+    fn to_lookup<E: DirectGlobals>(&mut self, code: u64, slot: i32) {
+        if !self.indirect_ok::<E>() {
+            self.leave(code);
             return;
         }
-        self.leave(code);
+        let tail = *self
+            .lookup_tail
+            .get_or_insert_with(|| self.ops.new_dynamic_label());
+        dynasm!(self.ops ; .arch x64 ; mov esi, code as i32);
+        if slot == 0 {
+            dynasm!(self.ops ; .arch x64 ; xor r8d, r8d);
+        } else {
+            dynasm!(self.ops ; .arch x64 ; mov r8d, slot);
+        }
+        dynasm!(self.ops ; .arch x64 ; jmp =>tail);
     }
 
     /// Returns from the block with return code `code`.
@@ -128,169 +135,20 @@ impl Gen<'_> {
 
     /// Whether exits can look up the indirect-exit table.
     fn indirect_ok<E: DirectGlobals>(&self) -> bool {
-        self.guards.is_some()
+        self.lookup
+            && self.guards.is_some()
             && direct::<E>(Global::Pc).is_some()
             && direct::<E>(Global::SegBase(1)).is_some()
             && E::indirect_guard().and_then(env_off::<E>).is_some()
     }
 
-    /// The shared exit code the block's exits jump to: chaining through a slot (else
-    /// the table), the table lookups, else the exit's return code (a `Jump` target is
-    /// already in `ctx.target`).
-    pub(super) fn indirect_tails<E: DirectGlobals>(&mut self) {
-        let slot_tail = match self.slot_tail {
-            Some(l) if self.indirect_ok::<E>() => {
-                // A slot that named no live block (its offset in `r8d`): the jump
-                // lookup, which links the slot on a hit.
-                self.ind_tails[0].get_or_insert_with(|| self.ops.new_dynamic_label());
-                Some(l)
-            }
-            Some(l) => {
-                dynasm!(self.ops ; .arch x64 ; =>l);
-                self.leave(exit_code(ExitKind::Jump(0)).0);
-                None
-            }
-            None => None,
-        };
-        for (k, kind) in [(0, ExitKind::Jump(0)), (1, ExitKind::Indirect)] {
-            if let Some(l) = self.ind_tails[k] {
-                dynasm!(self.ops ; .arch x64 ; =>l);
-                let code = exit_code(kind).0;
-                // Jumps no slot serves come first (nothing to link), then the
-                // slots' misses (the slot in `r8d`).
-                let link = match (k, slot_tail) {
-                    (0, Some(s)) => {
-                        dynasm!(self.ops ; .arch x64 ; xor r8d, r8d ; =>s);
-                        true
-                    }
-                    _ => false,
-                };
-                self.chain_indirect::<E>(code, link);
-                self.leave(code);
-            }
-        }
-    }
-
-    /// At an indirect exit: goes on into the block the indirect-exit table holds for
-    /// the new PC, CS base and the environment's guard, if any and allowed; falls
-    /// through otherwise. With `link`, `r8d` holds 0 or the offset in the block's
-    /// cell of the chain slot the exit missed: a hit links that slot when the two
-    /// blocks may be linked ([`crate::JitCache::set_page`]).
-    fn chain_indirect<E: DirectGlobals>(&mut self, code: u64, link: bool) {
-        let (Some(pc_off), Some(cs_off), Some(guard_off)) = (
-            direct::<E>(Global::Pc),
-            direct::<E>(Global::SegBase(1)),
-            E::indirect_guard().and_then(env_off::<E>),
-        ) else {
-            return;
-        };
-        if self.guards.is_none() {
-            return;
-        }
-        let ind = self.ind as i64;
-        let mask = (crate::IND_SETS - 1) as i32;
-        const PC: i32 = std::mem::offset_of!(crate::IndEntry, pc) as i32;
-        const CS: i32 = std::mem::offset_of!(crate::IndEntry, cs_base) as i32;
-        const GUARD: i32 = std::mem::offset_of!(crate::IndEntry, guard) as i32;
-        const CELL: i32 = std::mem::offset_of!(crate::IndEntry, cell) as i32;
-        const SIZE: i32 = std::mem::size_of::<crate::IndEntry>() as i32;
-        let shift =
-            (std::mem::size_of::<crate::IndEntry>() * crate::IND_WAYS).trailing_zeros() as i8;
-        enc::load(&mut self.ops, RAX, R12, pc_off);
-        dynasm!(self.ops
-            ; .arch x64
-            ; mov rcx, rax
-            ; shr rcx, 10
-            ; xor rcx, rax
-            ; and ecx, mask
-            ; shl ecx, shift
-            ; mov rdx, QWORD ind
-            ; add rdx, rcx
-        );
-        // The set's first way, else its second (a PC is in one way at most).
-        enc::cmp_load(&mut self.ops, RAX, RDX, PC);
-        dynasm!(self.ops ; .arch x64 ; je >way);
-        enc::cmp_load(&mut self.ops, RAX, RDX, SIZE + PC);
-        dynasm!(self.ops
-            ; .arch x64
-            ; jne >no
-            ; add rdx, SIZE
-            ; way:
-        );
-        enc::load(&mut self.ops, RAX, R12, cs_off);
-        enc::cmp_load(&mut self.ops, RAX, RDX, CS);
-        dynasm!(self.ops ; .arch x64 ; jne >no);
-        enc::load(&mut self.ops, RAX, R12, guard_off);
-        enc::cmp_load(&mut self.ops, RAX, RDX, GUARD);
-        dynasm!(self.ops ; .arch x64 ; jne >no);
-        enc::load(&mut self.ops, RAX, RDX, CELL);
-        if link {
+    /// The block's way into the shared lookup: its cell in `rcx`, then the stub.
+    pub(super) fn lookup_tail(&mut self) {
+        if let Some(l) = self.lookup_tail {
             let cell = self.cell as i64;
-            dynasm!(self.ops
-                ; .arch x64
-                ; test r8d, r8d
-                ; jz >nolink
-                ; mov rcx, QWORD cell
-            );
-            enc::load(&mut self.ops, RDX, RCX, CELL_PAGE);
-            enc::cmp_load(&mut self.ops, RDX, RAX, CELL_PAGE);
-            dynasm!(self.ops ; .arch x64 ; jne >nolink);
-            enc::alu_imm(&mut self.ops, enc::Alu::Cmp, RAX, CELL_LINKABLE, 0);
-            dynasm!(self.ops
-                ; .arch x64
-                ; je >nolink
-                ; mov [rcx + r8], rax
-                ; nolink:
-            );
+            dynasm!(self.ops ; .arch x64 ; =>l ; mov rcx, QWORD cell);
+            enc::jmp_mem(&mut self.ops, RBX, CTX_LOOKUP);
         }
-        self.chain_to_cell(code);
-        dynasm!(self.ops ; .arch x64 ; no:);
-    }
-
-    /// With a cell address in `rax` (never 0: empty slots and table entries name the
-    /// null cell, whose entry is 0): jumps into its block if it lives and the run may
-    /// go on; else jumps to the local label `no` (which the caller defines).
-    /// (If the block is live: the run conditions are checked by the block's shared
-    /// `go` code, which returns with `code` when they fail.)
-    fn chain_to_cell(&mut self, code: u64) {
-        if self.guards.is_none() {
-            dynasm!(self.ops ; .arch x64 ; jmp >no);
-            return;
-        }
-        let go = *self.go.get_or_insert_with(|| self.ops.new_dynamic_label());
-        enc::load(&mut self.ops, RAX, RAX, CELL_ENTRY);
-        dynasm!(self.ops
-            ; .arch x64
-            ; test rax, rax
-            ; jz >no
-            ; mov esi, code as i32
-            ; jmp =>go
-        );
-    }
-
-    /// The shared end of chaining: with a live block's entry in `rax` and an exit's
-    /// return code in `esi`, jumps into the block if the run may go on (the
-    /// environment's counter below `ctx.limit`, the wake-up flags clear and, if the
-    /// block may have changed them, the stop request and chain guards clear: at the
-    /// run's start they are, or the limit is already reached), else returns the code.
-    pub(super) fn go_tail<E: DirectGlobals>(&mut self) {
-        // (`go` exists only with the guards and hooks: `run_checks` then checks.)
-        let (Some(go), Some(_), Some(_)) = (self.go, &self.guards, hooks::<E>()) else {
-            return;
-        };
-        dynasm!(self.ops ; .arch x64 ; =>go);
-        let Some(fail) = self.run_checks::<E>() else {
-            return;
-        };
-        let epilogue = self.epilogue;
-        self.count_chain();
-        dynasm!(self.ops
-            ; .arch x64
-            ; jmp rax
-            ; =>fail
-            ; mov eax, esi
-            ; jmp =>epilogue
-        );
     }
 
     /// The run conditions of chaining: the environment's counter below `ctx.limit`,
@@ -326,4 +184,111 @@ impl Gen<'_> {
     fn count_chain(&mut self) {
         enc::alu_imm(&mut self.ops, enc::Alu::Add, RBX, CTX_CHAINS, 1);
     }
+}
+
+/// The code of a cache's shared indirect-exit-table lookup, which blocks jump to
+/// (`jmp [rbx + CTX_LOOKUP]`) with their cell in `rcx`, the return code for a miss
+/// in `esi` and the offset of an empty chain slot to link in `r8d` (or 0); `None`
+/// if the environment does not allow lookups (no block then jumps there).
+///
+/// It finds the block the table holds for the new PC, CS base and the
+/// environment's guard (in either way of the PC's set); links the slot if the two
+/// blocks may be linked ([`crate::JitCache::set_page`]); and jumps into the block if
+/// it lives and the run may go on: the environment's counter below `ctx.limit`, the
+/// wake-up flags clear, and the stop request and every chain guard clear (all of
+/// them: it does not know what the block before may have changed). Otherwise it
+/// returns from the run as the block would have: `ctx.last` its cell, `esi` the
+/// return code, through the frame the prologue built (the same for every block).
+/// One copy per cache instead of one per block: ~150 bytes of host code a block.
+pub(crate) fn lookup_stub<E: GuestEnv + DirectGlobals>(ind: usize) -> Option<Vec<u8>> {
+    let (Some(pc_off), Some(cs_off), Some(guard_off), Some(h)) = (
+        direct::<E>(Global::Pc),
+        direct::<E>(Global::SegBase(1)),
+        E::indirect_guard().and_then(env_off::<E>),
+        hooks::<E>(),
+    ) else {
+        return None;
+    };
+    let guards = std::iter::once(h.stop)
+        .map(Some)
+        .chain(E::chain_guards().into_iter().map(env_off::<E>))
+        .collect::<Option<Vec<i32>>>()?;
+    const PC: i32 = std::mem::offset_of!(crate::IndEntry, pc) as i32;
+    const CS: i32 = std::mem::offset_of!(crate::IndEntry, cs_base) as i32;
+    const GUARD: i32 = std::mem::offset_of!(crate::IndEntry, guard) as i32;
+    const CELL: i32 = std::mem::offset_of!(crate::IndEntry, cell) as i32;
+    const SIZE: i32 = std::mem::size_of::<crate::IndEntry>() as i32;
+    let mask = (crate::IND_SETS - 1) as i32;
+    let shift = (std::mem::size_of::<crate::IndEntry>() * crate::IND_WAYS).trailing_zeros() as i8;
+    let mut ops = super::Asm::new(0);
+    let o = &mut ops;
+    enc::load(o, RAX, R12, pc_off);
+    dynasm!(o
+        ; .arch x64
+        ; mov rdx, rax
+        ; shr rdx, 10
+        ; xor rdx, rax
+        ; and edx, mask
+        ; shl edx, shift
+        ; mov r9, QWORD ind as i64
+        ; add rdx, r9
+    );
+    // The set's first way, else its second (a PC is in one way at most).
+    enc::cmp_load(o, RAX, RDX, PC);
+    dynasm!(o ; .arch x64 ; je >way);
+    enc::cmp_load(o, RAX, RDX, SIZE + PC);
+    dynasm!(o
+        ; .arch x64
+        ; jne >fail
+        ; add rdx, SIZE
+        ; way:
+    );
+    enc::load(o, RAX, R12, cs_off);
+    enc::cmp_load(o, RAX, RDX, CS);
+    dynasm!(o ; .arch x64 ; jne >fail);
+    enc::load(o, RAX, R12, guard_off);
+    enc::cmp_load(o, RAX, RDX, GUARD);
+    dynasm!(o ; .arch x64 ; jne >fail);
+    enc::load(o, RAX, RDX, CELL);
+    // Link the slot the jump missed, when allowed.
+    dynasm!(o ; .arch x64 ; test r8d, r8d ; jz >nolink);
+    enc::load(o, RDX, RCX, CELL_PAGE);
+    enc::cmp_load(o, RDX, RAX, CELL_PAGE);
+    dynasm!(o ; .arch x64 ; jne >nolink);
+    enc::alu_imm(o, enc::Alu::Cmp, RAX, CELL_LINKABLE, 0);
+    dynasm!(o
+        ; .arch x64
+        ; je >nolink
+        ; mov [rcx + r8], rax
+        ; nolink:
+    );
+    enc::load(o, RAX, RAX, CELL_ENTRY);
+    dynasm!(o ; .arch x64 ; test rax, rax ; jz >fail);
+    // The run conditions.
+    enc::load(o, RDX, R12, h.counter);
+    enc::cmp_load(o, RDX, RBX, CTX_LIMIT);
+    dynasm!(o ; .arch x64 ; jae >fail);
+    enc::load(o, RDX, RBX, CTX_FLAGS);
+    enc::cmp_dword(o, RDX, 0, 0);
+    dynasm!(o ; .arch x64 ; jne >fail);
+    for g in guards {
+        enc::cmp_byte(o, R12, g, 0);
+        dynasm!(o ; .arch x64 ; jne >fail);
+    }
+    enc::alu_imm(o, enc::Alu::Add, RBX, CTX_CHAINS, 1);
+    dynasm!(o ; .arch x64 ; jmp rax ; fail:);
+    enc::store(o, RBX, CTX_LAST, RCX);
+    dynasm!(o
+        ; .arch x64
+        ; mov eax, esi
+        ; add rsp, 8
+        ; pop r15
+        ; pop r14
+        ; pop r13
+        ; pop r12
+        ; pop rbx
+        ; pop rbp
+        ; ret
+    );
+    ops.finalize().ok()
 }
