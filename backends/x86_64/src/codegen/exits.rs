@@ -92,7 +92,7 @@ impl Gen<'_> {
                     self.leave(code);
                     dynasm!(self.ops ; .arch x64 ; =>miss);
                     self.store_pc_later::<E>(pc_later);
-                    self.to_lookup::<E>(code, slot);
+                    self.go_lookup::<E>(code, slot);
                     return;
                 }
             }
@@ -100,7 +100,7 @@ impl Gen<'_> {
         // An indirect exit, or a jump no slot took (another page, not linked yet):
         // the indirect-exit table.
         match kind {
-            ExitKind::Jump(_) | ExitKind::Indirect => self.to_lookup::<E>(code, 0),
+            ExitKind::Jump(_) | ExitKind::Indirect => self.go_lookup::<E>(code, 0),
             _ => self.leave(code),
         }
     }
@@ -109,7 +109,7 @@ impl Gen<'_> {
     /// `code` for when it finds nothing, and the offset of the chain slot to link
     /// in the block's cell (0: none); returns with `code` if lookups are not
     /// possible.
-    fn to_lookup<E: DirectGlobals>(&mut self, code: u64, slot: i32) {
+    fn go_lookup<E: DirectGlobals>(&mut self, code: u64, slot: i32) {
         if !self.indirect_ok::<E>() {
             self.leave(code);
             return;
