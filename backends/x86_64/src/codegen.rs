@@ -34,7 +34,7 @@
 
 mod enc;
 mod exits;
-pub(crate) use exits::lookup_stub;
+pub(crate) use exits::shared_stubs;
 mod memory;
 
 use crate::analysis::{
@@ -72,6 +72,7 @@ const CTX_TARGET: i32 = offset_of!(Ctx, target) as i32;
 const CTX_CHAINS: i32 = offset_of!(Ctx, chains) as i32;
 const CTX_TRAMPS: i32 = offset_of!(Ctx, tramps) as i32;
 const CTX_LOOKUP: i32 = offset_of!(Ctx, lookup) as i32;
+const CTX_LEAVE: i32 = offset_of!(Ctx, leave) as i32;
 const CELL_ENTRY: i32 = offset_of!(crate::Cell, entry) as i32;
 const CELL_SLOTS: i32 = offset_of!(crate::Cell, slots) as i32;
 const CELL_PAGE: i32 = offset_of!(crate::Cell, page) as i32;
@@ -435,18 +436,8 @@ impl Gen<'_> {
             ; =>epilogue
             ; mov rcx, QWORD cell
         );
-        enc::store(&mut self.ops, RBX, CTX_LAST, RCX);
-        dynasm!(self.ops
-            ; .arch x64
-            ; add rsp, 8
-            ; pop r15
-            ; pop r14
-            ; pop r13
-            ; pop r12
-            ; pop rbx
-            ; pop rbp
-            ; ret
-        );
+        // The cache's shared return (`exits::shared_stubs`).
+        enc::jmp_mem(&mut self.ops, RBX, CTX_LEAVE);
     }
 
     /// The register temp `t` lives in, if any.

@@ -153,6 +153,14 @@ pub(crate) fn ind_set(pc: u64) -> usize {
     ((pc ^ (pc >> 10)) as usize) & (IND_SETS - 1)
 }
 
+/// The code a cache's blocks share: its chunk (kept mapped while the cache lives) and
+/// the addresses of the shared return and table lookup (0: none).
+struct SharedCode {
+    _chunk: codemem::CodeChunk,
+    leave: usize,
+    lookup: usize,
+}
+
 /// A chunk of cells: boxed, so that cells never move while the chunk lives.
 struct CellChunk(Box<[Cell]>);
 
@@ -173,10 +181,9 @@ pub struct JitCache<E> {
     max_temps: usize,
     /// Blocks by PC for indirect exits (boxed: generated code holds its address).
     ind: Box<[IndEntry]>,
-    /// The shared table lookup (`codegen::lookup_stub`) in a chunk of its own,
-    /// made with the first block and kept across flushes (the table stays put):
-    /// the chunk and the stub's address (0: the environment allows no lookups).
-    lookup: Option<(codemem::CodeChunk, usize)>,
+    /// The code blocks share (`codegen::shared_stubs`) in a chunk of its own, made
+    /// with the first block and kept across flushes (the table stays put).
+    stubs: Option<SharedCode>,
     /// The offsets of the environment's stop request and chain guards (asked once).
     guard_offsets: std::cell::OnceCell<Box<[usize]>>,
     gen: u64,
@@ -239,7 +246,7 @@ impl<E> JitCache<E> {
             cells_used: CELLS,
             max_temps: 1,
             ind: vec![ind_empty(); IND_SIZE].into_boxed_slice(),
-            lookup: None,
+            stubs: None,
             guard_offsets: std::cell::OnceCell::new(),
             gen: 0,
             used: 0,
@@ -390,16 +397,21 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
         if cell.is_null() {
             return Err(JitError::Unsupported("no cell".into()));
         }
-        if self.lookup.is_none() {
+        if self.stubs.is_none() {
+            let stubs = codegen::shared_stubs::<E>(self.ind.as_ptr() as usize)
+                .ok_or_else(|| JitError::Asm("shared code".into()))?;
             let mut chunk = codemem::CodeChunk::new(4096)?;
-            let at = match codegen::lookup_stub::<E>(self.ind.as_ptr() as usize) {
-                Some(code) => chunk.push(&code).unwrap_or(0),
-                None => 0,
-            };
+            let at = chunk
+                .push(&stubs.code)
+                .ok_or_else(|| JitError::Asm("shared code does not fit".into()))?;
             chunk.seal();
-            self.lookup = Some((chunk, at));
+            self.stubs = Some(SharedCode {
+                _chunk: chunk,
+                leave: at + stubs.leave,
+                lookup: stubs.lookup.map_or(0, |l| at + l),
+            });
         }
-        let lookup = self.lookup.as_ref().is_some_and(|l| l.1 != 0);
+        let lookup = self.stubs.as_ref().is_some_and(|s| s.lookup != 0);
         let c = codegen::compile::<E>(block, cell as usize, lookup)?;
         let len = c.code.len();
         if self.used + len > self.limit {
@@ -498,7 +510,8 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
             target: 0,
             chains: 0,
             tramps: tramp::table::<E>(),
-            lookup: self.lookup.as_ref().map_or(0, |l| l.1),
+            lookup: self.stubs.as_ref().map_or(0, |s| s.lookup),
+            leave: self.stubs.as_ref().map_or(0, |s| s.leave),
         };
         // The temp area: the generated code trusts it to hold every temp of any block
         // it may chain to, which is at most the largest block compiled; grow it lazily.

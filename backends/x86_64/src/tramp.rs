@@ -38,9 +38,11 @@ pub struct Ctx {
     pub target: u64,
     /// The PC of a fault (the current instruction's) or of a stop.
     pub pc: u64,
-    /// The cache's shared indirect-exit-table lookup (`codegen::lookup_stub`), 0 if
-    /// none (no block then jumps there).
+    /// The cache's shared indirect-exit-table lookup (`codegen::shared_stubs`), 0
+    /// if none (no block then jumps there).
     pub lookup: usize,
+    /// The cache's shared return from a run (`codegen::shared_stubs`).
+    pub leave: usize,
     /// The trampolines generated code calls (`call [rbx + off]`), by [`Tramp`].
     pub tramps: [usize; TRAMPS],
     /// The environment (`*mut E`).

@@ -200,7 +200,11 @@ impl Gen<'_> {
 /// returns from the run as the block would have: `ctx.last` its cell, `esi` the
 /// return code, through the frame the prologue built (the same for every block).
 /// One copy per cache instead of one per block: ~150 bytes of host code a block.
-pub(crate) fn lookup_stub<E: GuestEnv + DirectGlobals>(ind: usize) -> Option<Vec<u8>> {
+fn lookup_stub<E: GuestEnv + DirectGlobals>(
+    o: &mut super::Asm,
+    ind: usize,
+    leave: DynamicLabel,
+) -> Option<()> {
     let (Some(pc_off), Some(cs_off), Some(guard_off), Some(h)) = (
         direct::<E>(Global::Pc),
         direct::<E>(Global::SegBase(1)),
@@ -220,8 +224,6 @@ pub(crate) fn lookup_stub<E: GuestEnv + DirectGlobals>(ind: usize) -> Option<Vec
     const SIZE: i32 = std::mem::size_of::<crate::IndEntry>() as i32;
     let mask = (crate::IND_SETS - 1) as i32;
     let shift = (std::mem::size_of::<crate::IndEntry>() * crate::IND_WAYS).trailing_zeros() as i8;
-    let mut ops = super::Asm::new(0);
-    let o = &mut ops;
     enc::load(o, RAX, R12, pc_off);
     dynasm!(o
         ; .arch x64
@@ -276,11 +278,36 @@ pub(crate) fn lookup_stub<E: GuestEnv + DirectGlobals>(ind: usize) -> Option<Vec
         dynasm!(o ; .arch x64 ; jne >fail);
     }
     enc::alu_imm(o, enc::Alu::Add, RBX, CTX_CHAINS, 1);
-    dynasm!(o ; .arch x64 ; jmp rax ; fail:);
-    enc::store(o, RBX, CTX_LAST, RCX);
     dynasm!(o
         ; .arch x64
+        ; jmp rax
+        ; fail:
         ; mov eax, esi
+        ; jmp =>leave
+    );
+    Some(())
+}
+
+/// A cache's shared code ([`shared_stubs`]).
+pub(crate) struct Stubs {
+    pub code: Vec<u8>,
+    /// Offset of the return from a run: `ctx.last` from `rcx` (the block's cell),
+    /// the return code in `rax`, then the frame the prologue built (the same for
+    /// every block) undone.
+    pub leave: usize,
+    /// Offset of the table lookup ([`lookup_stub`]), if the environment allows it.
+    pub lookup: Option<usize>,
+}
+
+/// The code every block of a cache shares, reached through the context
+/// (`jmp [rbx + d8]`): the return from a run and the indirect-exit-table lookup.
+pub(crate) fn shared_stubs<E: GuestEnv + DirectGlobals>(ind: usize) -> Option<Stubs> {
+    let mut ops = super::Asm::new(0);
+    let leave = ops.new_dynamic_label();
+    dynasm!(ops ; .arch x64 ; =>leave);
+    enc::store(&mut ops, RBX, CTX_LAST, RCX);
+    dynasm!(ops
+        ; .arch x64
         ; add rsp, 8
         ; pop r15
         ; pop r14
@@ -290,5 +317,11 @@ pub(crate) fn lookup_stub<E: GuestEnv + DirectGlobals>(ind: usize) -> Option<Vec
         ; pop rbp
         ; ret
     );
-    ops.finalize().ok()
+    let at = ops.offset().0;
+    let lookup = lookup_stub::<E>(&mut ops, ind, leave).map(|()| at);
+    Some(Stubs {
+        code: ops.finalize().ok()?,
+        leave: 0,
+        lookup,
+    })
 }
