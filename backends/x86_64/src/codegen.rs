@@ -389,20 +389,7 @@ impl Gen<'_> {
     /// the instruction hooks nothing is stored at the chain entry: the PC goes to the
     /// `pc` hook before anything can fault, and `ctx.last` is set on the way out.
     fn prologue<E: DirectGlobals>(&mut self) -> usize {
-        dynasm!(self.ops
-            ; .arch x64
-            ; push rbp
-            ; mov rbp, rsp
-            ; push rbx
-            ; push r12
-            ; push r13
-            ; push r14
-            ; push r15
-            ; sub rsp, 8
-            ; mov rbx, rdi
-            ; mov r13, rdx
-        );
-        enc::lea(&mut self.ops, R12, RSI, bias::<E>());
+        // The frame is the cache's shared entry's (`exits::shared_stubs`).
         let chain_entry = self.ops.offset().0;
         let entry = self.entry;
         dynasm!(self.ops ; .arch x64 ; =>entry);
@@ -1494,7 +1481,7 @@ impl Gen<'_> {
     }
 }
 
-const RSI: u8 = 6;
+pub(crate) const RSI: u8 = 6;
 const RDI: u8 = 7;
 
 /// Where `r12` points: [`DirectGlobals::hot_offset`] bytes into the environment

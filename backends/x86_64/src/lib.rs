@@ -154,9 +154,10 @@ pub(crate) fn ind_set(pc: u64) -> usize {
 }
 
 /// The code a cache's blocks share: its chunk (kept mapped while the cache lives) and
-/// the addresses of the shared return and table lookup (0: none).
+/// the addresses of the entry, the return and the table lookup (0: none).
 struct SharedCode {
     _chunk: codemem::CodeChunk,
+    enter: usize,
     leave: usize,
     lookup: usize,
 }
@@ -407,6 +408,7 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
             chunk.seal();
             self.stubs = Some(SharedCode {
                 _chunk: chunk,
+                enter: at + stubs.enter,
                 leave: at + stubs.leave,
                 lookup: stubs.lookup.map_or(0, |l| at + l),
             });
@@ -518,10 +520,15 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
         if state.temps.len() < self.max_temps {
             state.temps.resize(self.max_temps, 0);
         }
-        type Entry = unsafe extern "C" fn(*mut tramp::Ctx, *mut u8, *mut u64) -> u64;
-        // SAFETY: `b` is live, so `entry` points to its code in a chunk this cache
-        // still maps executable; the code follows the System V ABI with the signature
-        // of `Entry` (codegen's prologue/epilogue). It may jump on into the chain entry
+        let Some(enter) = self.stubs.as_ref().map(|s| s.enter) else {
+            return None;
+        };
+        type Entry = unsafe extern "C" fn(*mut tramp::Ctx, *mut u8, *mut u64, usize) -> u64;
+        // SAFETY: `enter` is the shared entry in the cache's stub chunk (mapped while
+        // the cache lives), which follows the System V ABI with the signature of
+        // `Entry`: it builds the frame and jumps to `b.entry`; `b` is live, so that
+        // points to its code in a chunk this cache still maps executable, and the
+        // code returns through the shared return, which undoes the frame. It may jump on into the chain entry
         // of any block whose cell a live cell's slot names while that cell's entry is
         // nonzero: those are blocks of this generation not killed, in chunks still
         // mapped. `ctx` (and `flags`, which it points to) outlive the call; `env` is
@@ -529,8 +536,8 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
         // as `E`, at offsets `DirectGlobals` vouches for); the temp area holds at
         // least `max_temps` slots, which covers every temp any block addresses.
         let code = unsafe {
-            let f: Entry = std::mem::transmute::<usize, Entry>(b.entry);
-            f(&mut ctx, ctx.env, state.temps.as_mut_ptr())
+            let f: Entry = std::mem::transmute::<usize, Entry>(enter);
+            f(&mut ctx, ctx.env, state.temps.as_mut_ptr(), b.entry)
         };
         state.insns += match start {
             Some((counter, count, _)) => read_u64(env, counter).wrapping_sub(count),

@@ -7,6 +7,7 @@
 use super::{
     direct, enc, env_off, exit_code, hooks, Gen, CELL_ENTRY, CELL_LINKABLE, CELL_PAGE, CELL_SLOTS,
     CTX_CHAINS, CTX_FLAGS, CTX_LAST, CTX_LIMIT, CTX_LOOKUP, CTX_TARGET, R12, RAX, RBX, RCX, RDX,
+    RSI,
 };
 use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi};
 use vireo_core::exec::{DirectGlobals, GuestEnv};
@@ -291,6 +292,10 @@ fn lookup_stub<E: GuestEnv + DirectGlobals>(
 /// A cache's shared code ([`shared_stubs`]).
 pub(crate) struct Stubs {
     pub code: Vec<u8>,
+    /// Offset of the entry from Rust: `extern "C" fn(ctx, env, temps, block)`
+    /// builds the frame every block runs in (see `codegen`) and jumps to `block`
+    /// (a block's chain entry).
+    pub enter: usize,
     /// Offset of the return from a run: `ctx.last` from `rcx` (the block's cell),
     /// the return code in `rax`, then the frame the prologue built (the same for
     /// every block) undone.
@@ -299,8 +304,9 @@ pub(crate) struct Stubs {
     pub lookup: Option<usize>,
 }
 
-/// The code every block of a cache shares, reached through the context
-/// (`jmp [rbx + d8]`): the return from a run and the indirect-exit-table lookup.
+/// The code every block of a cache shares: the entry from Rust, and, reached
+/// through the context (`jmp [rbx + d8]`), the return from a run and the
+/// indirect-exit-table lookup.
 pub(crate) fn shared_stubs<E: GuestEnv + DirectGlobals>(ind: usize) -> Option<Stubs> {
     let mut ops = super::Asm::new(0);
     let leave = ops.new_dynamic_label();
@@ -317,10 +323,27 @@ pub(crate) fn shared_stubs<E: GuestEnv + DirectGlobals>(ind: usize) -> Option<St
         ; pop rbp
         ; ret
     );
+    let enter = ops.offset().0;
+    dynasm!(ops
+        ; .arch x64
+        ; push rbp
+        ; mov rbp, rsp
+        ; push rbx
+        ; push r12
+        ; push r13
+        ; push r14
+        ; push r15
+        ; sub rsp, 8
+        ; mov rbx, rdi
+        ; mov r13, rdx
+    );
+    enc::lea(&mut ops, R12, RSI, super::bias::<E>());
+    dynasm!(ops ; .arch x64 ; jmp rcx);
     let at = ops.offset().0;
     let lookup = lookup_stub::<E>(&mut ops, ind, leave).map(|()| at);
     Some(Stubs {
         code: ops.finalize().ok()?,
+        enter,
         leave: 0,
         lookup,
     })
