@@ -520,9 +520,7 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
         if state.temps.len() < self.max_temps {
             state.temps.resize(self.max_temps, 0);
         }
-        let Some(enter) = self.stubs.as_ref().map(|s| s.enter) else {
-            return None;
-        };
+        let enter = self.stubs.as_ref().map(|s| s.enter)?;
         type Entry = unsafe extern "C" fn(*mut tramp::Ctx, *mut u8, *mut u64, usize) -> u64;
         // SAFETY: `enter` is the shared entry in the cache's stub chunk (mapped while
         // the cache lives), which follows the System V ABI with the signature of
