@@ -12,9 +12,9 @@ use dynasmrt::DynasmApi;
 
 /// A REX prefix: `w` for 64-bit operands, the high bits of `reg` (ModRM.reg) and
 /// `base` (ModRM.rm).
-fn rex(ops: &mut Asm, w: bool, reg: u8, base: u8, force: bool) {
+fn rex(ops: &mut Asm, w: bool, reg: u8, base: u8) {
     let b = 0x40 | u8::from(w) << 3 | (reg >> 3 & 1) << 2 | (base >> 3 & 1);
-    if b != 0x40 || force {
+    if b != 0x40 {
         ops.push(b);
     }
 }
@@ -41,25 +41,28 @@ fn modrm(ops: &mut Asm, reg: u8, base: u8, disp: i32) {
     }
 }
 
+/// One instruction with a ModRM memory operand: REX (`w`: 64-bit operand), the
+/// opcode, then ModRM/SIB/displacement with `reg` (a register or an opcode
+/// extension) in ModRM.reg.
+fn rm(ops: &mut Asm, w: bool, opcode: u8, reg: u8, base: u8, disp: i32) {
+    rex(ops, w, reg, base);
+    ops.push(opcode);
+    modrm(ops, reg, base, disp);
+}
+
 /// `mov dst, QWORD [base + disp]`.
 pub(crate) fn load(ops: &mut Asm, dst: u8, base: u8, disp: i32) {
-    rex(ops, true, dst, base, false);
-    ops.push(0x8b);
-    modrm(ops, dst, base, disp);
+    rm(ops, true, 0x8b, dst, base, disp);
 }
 
 /// `mov QWORD [base + disp], src`.
 pub(crate) fn store(ops: &mut Asm, base: u8, disp: i32, src: u8) {
-    rex(ops, true, src, base, false);
-    ops.push(0x89);
-    modrm(ops, src, base, disp);
+    rm(ops, true, 0x89, src, base, disp);
 }
 
 /// `mov QWORD [base + disp], imm` (sign-extended).
 pub(crate) fn store_imm(ops: &mut Asm, base: u8, disp: i32, imm: i32) {
-    rex(ops, true, 0, base, false);
-    ops.push(0xc7);
-    modrm(ops, 0, base, disp);
+    rm(ops, true, 0xc7, 0, base, disp);
     ops.extend(imm.to_le_bytes());
 }
 
@@ -70,9 +73,7 @@ pub(crate) fn lea(ops: &mut Asm, dst: u8, base: u8, disp: i32) {
 
 /// `lea dst, [base + disp]` with a 64-bit (`wide`) or 32-bit destination.
 pub(crate) fn lea_sized(ops: &mut Asm, wide: bool, dst: u8, base: u8, disp: i32) {
-    rex(ops, wide, dst, base, false);
-    ops.push(0x8d);
-    modrm(ops, dst, base, disp);
+    rm(ops, wide, 0x8d, dst, base, disp);
 }
 
 /// An arithmetic operation of the `0x81`/`0x83` group on a memory operand.
@@ -85,16 +86,13 @@ pub(crate) enum Alu {
 
 /// `op QWORD [base + disp], imm` (sign-extended; 8 bits when it fits).
 pub(crate) fn alu_imm(ops: &mut Asm, op: Alu, base: u8, disp: i32, imm: i32) {
-    rex(ops, true, 0, base, false);
     match i8::try_from(imm) {
         Ok(k) => {
-            ops.push(0x83);
-            modrm(ops, op as u8, base, disp);
+            rm(ops, true, 0x83, op as u8, base, disp);
             ops.push(k as u8);
         }
         Err(_) => {
-            ops.push(0x81);
-            modrm(ops, op as u8, base, disp);
+            rm(ops, true, 0x81, op as u8, base, disp);
             ops.extend(imm.to_le_bytes());
         }
     }
@@ -103,7 +101,7 @@ pub(crate) fn alu_imm(ops: &mut Asm, op: Alu, base: u8, disp: i32, imm: i32) {
 /// `cmp reg, imm` (64-bit if `wide`, else 32), the immediate sign-extended from 8
 /// bits.
 pub(crate) fn cmp_reg_imm8(ops: &mut Asm, wide: bool, reg: u8, imm: i8) {
-    rex(ops, wide, 0, reg, false);
+    rex(ops, wide, 0, reg);
     ops.push(0x83);
     ops.push(0xc0 | 7 << 3 | (reg & 7));
     ops.push(imm as u8);
@@ -111,38 +109,28 @@ pub(crate) fn cmp_reg_imm8(ops: &mut Asm, wide: bool, reg: u8, imm: i8) {
 
 /// `call QWORD [base + disp]`.
 pub(crate) fn call_mem(ops: &mut Asm, base: u8, disp: i32) {
-    rex(ops, false, 0, base, false);
-    ops.push(0xff);
-    modrm(ops, 2, base, disp);
+    rm(ops, false, 0xff, 2, base, disp);
 }
 
 /// `jmp QWORD [base + disp]`.
 pub(crate) fn jmp_mem(ops: &mut Asm, base: u8, disp: i32) {
-    rex(ops, false, 0, base, false);
-    ops.push(0xff);
-    modrm(ops, 4, base, disp);
+    rm(ops, false, 0xff, 4, base, disp);
 }
 
 /// `cmp reg, QWORD [base + disp]`.
 pub(crate) fn cmp_load(ops: &mut Asm, reg: u8, base: u8, disp: i32) {
-    rex(ops, true, reg, base, false);
-    ops.push(0x3b);
-    modrm(ops, reg, base, disp);
+    rm(ops, true, 0x3b, reg, base, disp);
 }
 
 /// `cmp BYTE [base + disp], imm`.
 pub(crate) fn cmp_byte(ops: &mut Asm, base: u8, disp: i32, imm: u8) {
-    rex(ops, false, 0, base, false);
-    ops.push(0x80);
-    modrm(ops, 7, base, disp);
+    rm(ops, false, 0x80, 7, base, disp);
     ops.push(imm);
 }
 
 /// `cmp DWORD [base + disp], imm` (sign-extended 8 bits).
 pub(crate) fn cmp_dword(ops: &mut Asm, base: u8, disp: i32, imm: i8) {
-    rex(ops, false, 0, base, false);
-    ops.push(0x83);
-    modrm(ops, 7, base, disp);
+    rm(ops, false, 0x83, 7, base, disp);
     ops.push(imm as u8);
 }
 
