@@ -112,8 +112,11 @@ const V_SPURIOUS: u32 = 0xff;
 const PIT_1MS: u32 = 1193;
 const PIT_10MS: u32 = 11932;
 const PIT_200US: u32 = 239;
-/// Bounds of the waits, in milliseconds.
-const ALIVE_WAIT_MS: u32 = 5_000;
+/// Bounds of the waits, in milliseconds. (The waits end as soon as what they wait
+/// for happens; the bounds only matter when it does not. 5 s for the APs to check in
+/// was too short for QEMU's vCPU threads on a loaded two-core host: one of eight CI
+/// runs saw an AP alive only after it.)
+const ALIVE_WAIT_MS: u32 = 30_000;
 const IPI_WAIT_MS: u32 = 30_000;
 
 /// Result bits.
@@ -445,7 +448,7 @@ fn assemble_pass(prev: Addrs) -> Result<(Vec<u8>, Addrs), IcedError> {
     k.print("\n")?;
 
     // --- INIT, 10 ms, SIPI, 200 us, SIPI, to all CPUs but this one; then wait until
-    // N - 1 APs checked in (or 5 s).
+    // N - 1 APs checked in (or `ALIVE_WAIT_MS`).
     let mut uni = k.a.create_label();
     k.a.cmp(dword_ptr(NCPUS), 2)?;
     k.a.jb(uni)?;
