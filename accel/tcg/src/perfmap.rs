@@ -4,7 +4,8 @@
 //! `/tmp/perf-<pid>.map` (lines `START SIZE NAME`, hexadecimal). With the map on,
 //! every block the JIT compiles is written there as `guest:<cs base>:<pc>`, so the
 //! host time spent in generated code is reported per guest block (QEMU's
-//! `-perfmap`). The file is shared by all vCPUs of the process and only appended to.
+//! `-perfmap`); the code the blocks of a cache share is `vireo:shared`. The file is
+//! shared by all vCPUs of the process and only appended to.
 
 use parking_lot::Mutex;
 use std::io::Write;
@@ -44,6 +45,14 @@ pub fn enable() {
 pub fn record(start: usize, size: usize, cs_base: u64, pc: u64) {
     if let Some(Some(f)) = MAP.get() {
         let _ = writeln!(f.lock(), "{start:x} {size:x} guest:{cs_base:x}:{pc:x}");
+    }
+}
+
+/// Records the code all of a JIT cache's blocks share (its entry, return and
+/// indirect-exit-table lookup), `size` bytes at `start`, as `vireo:shared`.
+pub fn record_shared(start: usize, size: usize) {
+    if let Some(Some(f)) = MAP.get() {
+        let _ = writeln!(f.lock(), "{start:x} {size:x} vireo:shared");
     }
 }
 

@@ -156,7 +156,8 @@ fn code_written_by_a_device_is_translated_again() {
     assert_eq!(mp.r32(DATA), 6);
 }
 
-/// `-perfmap`: compiled blocks are named in `/tmp/perf-<pid>.map` by guest address.
+/// `-perfmap`: compiled blocks are named in `/tmp/perf-<pid>.map` by guest address,
+/// and the code they share as `vireo:shared`.
 #[test]
 fn the_perf_map_names_compiled_blocks() {
     crate::perfmap::enable();
@@ -180,6 +181,11 @@ fn the_perf_map_names_compiled_blocks() {
     let start = usize::from_str_radix(f.next().unwrap(), 16).unwrap();
     let size = usize::from_str_radix(f.next().unwrap(), 16).unwrap();
     assert!(start != 0 && size > 0, "{line}");
+    // The code blocks share (entry, return, table lookup) is named too.
+    assert!(
+        map.lines().any(|l| l.ends_with(" vireo:shared")),
+        "no line for the shared code in:\n{map}"
+    );
     let _ = std::fs::remove_file(crate::perfmap::path());
 }
 

@@ -955,6 +955,9 @@ impl TcgVcpu {
         }
         if let (Some(j), true) = (&jit, crate::perfmap::enabled()) {
             crate::perfmap::record(j.entry(), j.bytes, key.cs_base, key.pc);
+            if let Some((start, len)) = self.cache.jit.take_new_shared_code() {
+                crate::perfmap::record_shared(start, len);
+            }
         }
         // A compiled block needs its IR no more (the two caches flush together).
         let code = jit.is_none().then(|| Prepared::new(block));

@@ -157,6 +157,11 @@ pub(crate) fn ind_set(pc: u64) -> usize {
 /// the addresses of the entry, the return and the table lookup (0: none).
 struct SharedCode {
     _chunk: codemem::CodeChunk,
+    /// Where the code starts and its length (for `-perfmap`).
+    start: usize,
+    len: usize,
+    /// Not yet handed out by [`JitCache::take_new_shared_code`].
+    new: bool,
     enter: usize,
     leave: usize,
     lookup: usize,
@@ -322,6 +327,14 @@ impl<E> JitCache<E> {
         }
     }
 
+    /// Where the code all blocks share lies (`start`, `len`), once after it was made
+    /// (with the first block), for a symbol map; `None` otherwise.
+    pub fn take_new_shared_code(&mut self) -> Option<(usize, usize)> {
+        let s = self.stubs.as_mut().filter(|s| s.new)?;
+        s.new = false;
+        Some((s.start, s.len))
+    }
+
     /// Tells generated code where `b` lies: its linear code `page`, and whether it
     /// lies on that page alone (`single`). A `Jump` exit of a block that one of its
     /// chain slots serves but finds unlinked, and that finds its target in the
@@ -408,6 +421,9 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
             chunk.seal();
             self.stubs = Some(SharedCode {
                 _chunk: chunk,
+                start: at,
+                len: stubs.code.len(),
+                new: true,
                 enter: at + stubs.enter,
                 leave: at + stubs.leave,
                 lookup: stubs.lookup.map_or(0, |l| at + l),
