@@ -212,31 +212,31 @@ mod tests {
                     4
                 };
                 let sib = usize::from(base & 7 == 4);
+                // (encoder, mnemonic, the register's operand, its width: 64?)
+                type Form = (fn(&mut Asm, u8, u8, i32), Mnemonic, u32, bool);
+                let forms: [Form; 5] = [
+                    (|o, r, b, d| load(o, r, b, d), Mnemonic::Mov, 0, true),
+                    (|o, r, b, d| store(o, b, d, r), Mnemonic::Mov, 1, true),
+                    (|o, r, b, d| lea(o, r, b, d), Mnemonic::Lea, 0, true),
+                    (
+                        |o, r, b, d| lea_sized(o, false, r, b, d),
+                        Mnemonic::Lea,
+                        0,
+                        false,
+                    ),
+                    (|o, r, b, d| cmp_load(o, r, b, d), Mnemonic::Cmp, 0, true),
+                ];
                 for reg in 0..16u8 {
-                    let (i, n) = one(|o| load(o, reg, base, disp));
-                    assert_eq!(i.mnemonic(), Mnemonic::Mov);
-                    assert_eq!(i.op0_register(), GPR[reg as usize], "{i}");
-                    check_mem(&i, 1, base, disp);
-                    assert_eq!(n, 3 + sib + short, "{i}");
-
-                    let (i, _) = one(|o| store(o, base, disp, reg));
-                    assert_eq!(i.mnemonic(), Mnemonic::Mov);
-                    assert_eq!(i.op1_register(), GPR[reg as usize], "{i}");
-                    check_mem(&i, 0, base, disp);
-
-                    let (i, _) = one(|o| lea(o, reg, base, disp));
-                    assert_eq!(i.mnemonic(), Mnemonic::Lea);
-                    assert_eq!(i.op0_register(), GPR[reg as usize], "{i}");
-                    check_mem(&i, 1, base, disp);
-                    let (i, _) = one(|o| lea_sized(o, false, reg, base, disp));
-                    assert_eq!(i.mnemonic(), Mnemonic::Lea);
-                    assert_eq!(i.op0_register(), GPR32[reg as usize], "{i}");
-                    check_mem(&i, 1, base, disp);
-
-                    let (i, _) = one(|o| cmp_load(o, reg, base, disp));
-                    assert_eq!(i.mnemonic(), Mnemonic::Cmp);
-                    assert_eq!(i.op0_register(), GPR[reg as usize], "{i}");
-                    check_mem(&i, 1, base, disp);
+                    for (k, (f, m, at, wide)) in forms.iter().enumerate() {
+                        let (i, n) = one(|o| f(o, reg, base, disp));
+                        assert_eq!(i.mnemonic(), *m, "{i}");
+                        let regs = if *wide { GPR } else { GPR32 };
+                        assert_eq!(i.op_register(*at), regs[reg as usize], "{i}");
+                        check_mem(&i, 1 - *at as usize, base, disp);
+                        if k == 0 {
+                            assert_eq!(n, 3 + sib + short, "{i}");
+                        }
+                    }
                 }
                 for imm in [0i8, 1, -1, 127, -128] {
                     for wide in [false, true] {
