@@ -109,11 +109,11 @@ pub(crate) struct LazySets {
 /// when the same global is set again later in the straight line, only loads,
 /// stores, temp arithmetic, instruction starts and accesses of other direct globals
 /// come between, and its value is a constant or a temp read at or after the last of
-/// those accesses anyway. The fast path of a load or store cannot observe the environment,
-/// so only those accesses' slow paths (which may fault, call into the environment or
-/// raise the stop request, after which a stop exit may leave) need the value in
-/// place: they store it before their call, and the main path stores only the
-/// second value. A stop exit between them is taken only after a slow path (the only
+/// those accesses anyway. The fast path of a load or store cannot observe the
+/// environment, so only those accesses' slow paths (which may fault, call into the
+/// environment or raise the stop request, after which a stop exit may leave) need
+/// the value in place: they store it before their call, and the main path stores
+/// only the second value. A stop exit between them is taken only after a slow path (the only
 /// code that raises the request in such a stretch) stored the pending values.
 pub(crate) fn lazy_sets<E: DirectGlobals>(block: &Block) -> LazySets {
     let n = block.ops.len();

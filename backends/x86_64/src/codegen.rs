@@ -5,29 +5,33 @@
 //! | register | holds |
 //! | --- | --- |
 //! | `rbx` | the [`Ctx`] |
-//! | `r12` | the environment (`*mut E`): direct globals are `[r12 + offset]` |
+//! | `r12` | the environment (`*mut E`) plus [`bias`]: direct globals are `[r12 + offset]` |
 //! | `r13` | the temp area: temp `n` is `[r13 + 8n]` |
 //! | `[rsp]` | the PC of the current instruction without the instruction hooks (with them, the `pc` hook holds it) |
 //! | `rax`, `rcx`, `rdx`, `rsi`, `rdi`, `r8`-`r11` | scratch |
 //!
-//! The block is `extern "C" fn(ctx, env, temps) -> u64`; it returns [`RET_FAULT`]
-//! (a fault or a panic is parked in the context, `ctx.pc` is the instruction's PC),
-//! [`RET_STOP`] (`ctx.pc` is the PC to stop at) or `RET_EXIT + k` for an exit of kind
-//! `k` (see [`exit_of`]; the target of a `Pause` is in `ctx.target`, a `Jump`'s is
-//! the PC the block stored, as the IR requires). Its
-//! epilogue records its cell in `ctx.last`.
+//! Blocks have no prologue: the cache's shared entry (`exits::shared_stubs`),
+//! `extern "C" fn(ctx, env, temps, block) -> u64`, builds the frame and the
+//! registers above (`r12` is the environment plus [`bias`]) and jumps to the
+//! block's first byte. A run returns [`RET_FAULT`] (a fault or a panic is parked in
+//! the context, `ctx.pc` is the instruction's PC), [`RET_STOP`] (`ctx.pc` is the PC
+//! to stop at) or `RET_EXIT + k` for an exit of kind `k` (see [`exit_of`]; the
+//! target of a `Pause` is in `ctx.target`, a `Jump`'s is the PC the block stored, as
+//! the IR requires), through the shared return, which records the block's cell (in
+//! `rcx`) in `ctx.last`.
 //!
-//! **Chaining.** After the prologue is the block's *chain entry*, where another
-//! block with the same frame may jump straight in (nothing is stored there with the
+//! **Chaining.** A block's first byte is its *chain entry*, where another block in
+//! the same frame may jump straight in (nothing is stored there with the
 //! instruction hooks). A `Jump` exit to a PC one of the block's two chain slots serves
 //! loads the slot (the target's cell, or 0), the target's chain entry from it (0 once
 //! the target was dropped), and jumps there if the run may go on: the environment's
 //! instruction counter below `ctx.limit`, the four bytes at `ctx.flags` clear (the
 //! vCPU's kick / interrupt / event flags) and, after a block that may have changed
-//! them, the environment's guard bools clear (the stop request, the interrupt
-//! shadow; `JitCache::run_chained` lets nothing chain if one is set at the start).
-//! Otherwise it returns as any exit does. Code is never patched: the slots are data
-//! in the cell.
+//! them, the environment's guard bools clear (after a store only the stop request;
+//! after a helper also the chain guards; `JitCache::run_chained` lets nothing chain
+//! if one is set at the start); if they fail it returns as any exit does. An empty
+//! slot (or a dropped target) goes to the cache's shared table lookup, which may
+//! link it. Code is never patched: the slots are data in the cell.
 
 // dynasm's dynamic registers (`Rq(r)`) expand to `r.into()`.
 #![allow(clippy::useless_conversion)]
@@ -81,9 +85,8 @@ const CELL_LINKABLE: i32 = offset_of!(crate::Cell, linkable) as i32;
 /// A compiled block, position-independent (relative branches inside, absolute
 /// addresses of the trampolines and of its cell).
 pub struct Compiled {
+    /// The code; its first byte is the chain entry.
     pub code: Vec<u8>,
-    /// Offset of the chain entry in `code`.
-    pub chain_entry: usize,
     /// The `Jump` targets served by chain slots 0 and 1.
     pub slot_targets: [Option<u64>; 2],
 }
@@ -299,12 +302,7 @@ pub fn compile<E: GuestEnv + DirectGlobals>(
             }
         }
     }
-    let guards = E::insn_hooks().and_then(|h| {
-        std::iter::once(h.stop)
-            .chain(E::chain_guards())
-            .map(env_off::<E>)
-            .collect::<Option<Vec<i32>>>()
-    });
+    let guards = guards::<E>();
     let lazy = lazy_sets::<E>(block);
     let Allocation {
         regs: alloc,
@@ -346,7 +344,7 @@ pub fn compile<E: GuestEnv + DirectGlobals>(
         cold: Vec::new(),
         lazy,
     };
-    let chain_entry = g.prologue::<E>();
+    g.chain_entry::<E>();
     for (i, op) in block.ops.iter().enumerate() {
         if g.skip.contains(&i) {
             continue;
@@ -371,11 +369,7 @@ pub fn compile<E: GuestEnv + DirectGlobals>(
     g.epilogue::<E>();
     let slot_targets = g.slot_targets;
     let code = g.ops.finalize().map_err(|e| JitError::Asm(e.to_string()))?;
-    Ok(Compiled {
-        code,
-        chain_entry,
-        slot_targets,
-    })
+    Ok(Compiled { code, slot_targets })
 }
 
 fn toff(t: Temp) -> i32 {
@@ -385,12 +379,11 @@ fn toff(t: Temp) -> i32 {
 }
 
 impl Gen<'_> {
-    /// The prologue; returns the offset of the chain entry that follows it. With
-    /// the instruction hooks nothing is stored at the chain entry: the PC goes to the
-    /// `pc` hook before anything can fault, and `ctx.last` is set on the way out.
-    fn prologue<E: DirectGlobals>(&mut self) -> usize {
-        // The frame is the cache's shared entry's (`exits::shared_stubs`).
-        let chain_entry = self.ops.offset().0;
+    /// The chain entry, the block's first byte (the frame is the cache's shared
+    /// entry's, `exits::shared_stubs`). With the instruction hooks nothing is stored
+    /// there: the PC goes to the `pc` hook before anything can fault, and `ctx.last`
+    /// is set on the way out; without them the PC goes to `[rsp]`.
+    fn chain_entry<E: DirectGlobals>(&mut self) {
         let entry = self.entry;
         dynasm!(self.ops ; .arch x64 ; =>entry);
         if hooks::<E>().is_none() {
@@ -401,7 +394,6 @@ impl Gen<'_> {
                 ; mov [rsp], rax
             );
         }
-        chain_entry
     }
 
     /// The fault path and the epilogue, which records the block as the last one run
@@ -638,11 +630,8 @@ impl Gen<'_> {
         };
         let k8 = self.k32(b).and_then(|v| i8::try_from(v).ok());
         match (size, self.k32(b), self.k(b)) {
-            (Size::B32, Some(_), _) if k8.is_some() => {
-                enc::cmp_reg_imm8(&mut self.ops, false, ra, k8.unwrap_or(0))
-            }
-            (Size::B64, Some(_), _) if k8.is_some() => {
-                enc::cmp_reg_imm8(&mut self.ops, true, ra, k8.unwrap_or(0))
+            (Size::B32 | Size::B64, Some(_), _) if let Some(v) = k8 => {
+                enc::cmp_reg_imm8(&mut self.ops, size == Size::B64, ra, v)
             }
             (Size::B32, Some(v), _) => dynasm!(self.ops ; .arch x64 ; cmp Rd(ra), v),
             (Size::B64, Some(v), _) => dynasm!(self.ops ; .arch x64 ; cmp Rq(ra), v),
@@ -1513,6 +1502,16 @@ pub(crate) fn hooks<E: DirectGlobals>() -> Option<Hooks> {
         pc: env_off::<E>(h.pc)?,
         counter: env_off::<E>(h.counter)?,
     })
+}
+
+/// The displacements from `r12` of the bools that must be false to chain: the stop
+/// request first, then [`DirectGlobals::chain_guards`]; `None` (never chain)
+/// without the hooks or if one is not addressable.
+pub(crate) fn guards<E: DirectGlobals>() -> Option<Vec<i32>> {
+    let h = hooks::<E>()?;
+    std::iter::once(Some(h.stop))
+        .chain(E::chain_guards().into_iter().map(env_off::<E>))
+        .collect()
 }
 
 /// [`vireo_core::exec::InsnHooks`] as displacements from `r12`.

@@ -135,10 +135,10 @@ impl CodeChunk {
         }
     }
 
-    /// Skips bytes (never executed) so that the next code pushed has its byte at
-    /// `offset` on a multiple of `to` (a power of two), if that fits.
-    pub fn align_for(&mut self, offset: usize, to: usize) {
-        let at = self.rx as usize + self.used + offset;
+    /// Skips bytes (never executed) so that the next code pushed starts on a
+    /// multiple of `to` (a power of two), if that fits.
+    pub fn align(&mut self, to: usize) {
+        let at = self.rx as usize + self.used;
         let pad = at.next_multiple_of(to) - at;
         if pad <= self.room() {
             self.used += pad;

@@ -450,9 +450,10 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
                 .push(codemem::CodeChunk::new((len + ENTRY_ALIGN).max(CHUNK))?);
         }
         let gen = self.gen;
-        // The chain entry (where chained blocks jump in) on a fetch boundary.
+        // The block's start, its chain entry (where chained blocks jump in), on a
+        // fetch boundary.
         if let Some(ch) = self.chunks.last_mut() {
-            ch.align_for(c.chain_entry, ENTRY_ALIGN);
+            ch.align(ENTRY_ALIGN);
         }
         let Some(entry) = self.chunks.last_mut().and_then(|ch| ch.push(&c.code)) else {
             return Err(JitError::Unsupported("code chunk lost".into()));
@@ -465,7 +466,7 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
         self.max_temps = self.max_temps.max(block.temps as usize);
         // SAFETY: `cell` is this generation's newest cell (from `new_cell`, non-null);
         // no code runs while `&mut self` is held.
-        unsafe { (*cell).entry = entry + c.chain_entry };
+        unsafe { (*cell).entry = entry };
         Ok(JitBlock {
             entry,
             gen,
@@ -542,10 +543,10 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
         // the cache lives), which follows the System V ABI with the signature of
         // `Entry`: it builds the frame and jumps to `b.entry`; `b` is live, so that
         // points to its code in a chunk this cache still maps executable, and the
-        // code returns through the shared return, which undoes the frame. It may jump on into the chain entry
-        // of any block whose cell a live cell's slot names while that cell's entry is
-        // nonzero: those are blocks of this generation not killed, in chunks still
-        // mapped. `ctx` (and `flags`, which it points to) outlive the call; `env` is
+        // code returns through the shared return, which undoes the frame. It may
+        // jump on into the chain entry of any block whose cell a live cell's slot
+        // names (or the indirect table holds) while that cell's entry is nonzero:
+        // those are blocks of this generation not killed, in chunks still mapped. `ctx` (and `flags`, which it points to) outlive the call; `env` is
         // borrowed mutably for the call (the code and the trampolines access it only
         // as `E`, at offsets `DirectGlobals` vouches for); the temp area holds at
         // least `max_temps` slots, which covers every temp any block addresses.

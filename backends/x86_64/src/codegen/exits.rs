@@ -206,18 +206,15 @@ fn lookup_stub<E: GuestEnv + DirectGlobals>(
     ind: usize,
     leave: DynamicLabel,
 ) -> Option<()> {
-    let (Some(pc_off), Some(cs_off), Some(guard_off), Some(h)) = (
+    let (Some(pc_off), Some(cs_off), Some(guard_off), Some(h), Some(guards)) = (
         direct::<E>(Global::Pc),
         direct::<E>(Global::SegBase(1)),
         E::indirect_guard().and_then(env_off::<E>),
         hooks::<E>(),
+        super::guards::<E>(),
     ) else {
         return None;
     };
-    let guards = std::iter::once(h.stop)
-        .map(Some)
-        .chain(E::chain_guards().into_iter().map(env_off::<E>))
-        .collect::<Option<Vec<i32>>>()?;
     const PC: i32 = std::mem::offset_of!(crate::IndEntry, pc) as i32;
     const CS: i32 = std::mem::offset_of!(crate::IndEntry, cs_base) as i32;
     const GUARD: i32 = std::mem::offset_of!(crate::IndEntry, guard) as i32;

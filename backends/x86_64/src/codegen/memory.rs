@@ -198,11 +198,8 @@ impl Gen<'_> {
                 ; shl eax, shift
             );
         }
-        if last == 0 {
-            dynasm!(self.ops ; .arch x64 ; mov rcx, Rq(a));
-        } else {
-            super::enc::lea(&mut self.ops, RCX, a, last);
-        }
+        // (`lea` with no displacement for a one-byte access.)
+        super::enc::lea(&mut self.ops, RCX, a, last);
         dynasm!(self.ops
             ; .arch x64
             ; shr rcx, 12
