@@ -237,6 +237,11 @@ pub struct Mmu {
     /// one first: kept by the run loop, read by helpers that change the state and
     /// let their block chain on (SYSCALL: [`refresh_guard`]).
     pub epochs: [(EpochState, u64); RECENT_EPOCHS],
+    /// Recent mode transitions of helpers that let their block go on (SYSCALL,
+    /// SYSRET): (epoch before, transition key, epoch after), see [`follow_guard`].
+    transitions: [(u64, u64, u64); RECENT_EPOCHS],
+    /// The entry of `transitions` the next new transition replaces.
+    next_transition: usize,
 }
 
 /// What a lookup epoch stands for: mode key (bit 63: single-stepping), CPL, MMU
@@ -266,12 +271,52 @@ pub fn refresh_guard(cpu: &mut X86Cpu) {
     };
 }
 
+/// [`refresh_guard`] after a helper's mode change that is a function of the state
+/// before it and of `key` alone: `from` is the indirect-lookup guard the helper found
+/// (the epoch of the state before, or `u64::MAX`). The same transition from the same
+/// epoch lands in the same state, so its epoch is remembered and reused while the run
+/// loop still keeps it among the recent ones; working out the state (the mode key)
+/// anew was a quarter of a system-call-bound guest's time.
+///
+/// The caller vouches that the state after depends on nothing but the state before
+/// (as its epoch names it: mode key with the trap flag, CPL, MMU generation, A20) and
+/// `key`; the guard it found is the epoch of the state before because no helper
+/// changes that state without leaving its block to the run loop or setting the guard
+/// itself (see `X86Cpu`'s `DirectGlobals` contract).
+pub fn follow_guard(cpu: &mut X86Cpu, from: u64, key: u64) {
+    let m = &mut cpu.mmu;
+    if from != u64::MAX {
+        let hit = m.transitions.iter().find(|t| t.0 == from && t.1 == key);
+        if let Some(&(_, _, to)) = hit {
+            if m.epochs.iter().any(|e| e.1 == to) {
+                m.jc_guard = to;
+                return;
+            }
+        }
+    }
+    refresh_guard(cpu);
+    let m = &mut cpu.mmu;
+    if from != u64::MAX && m.jc_guard != u64::MAX {
+        let i = match m.transitions.iter().position(|t| t.0 == from && t.1 == key) {
+            Some(i) => i,
+            None => {
+                let i = m.next_transition;
+                m.next_transition = (i + 1) % RECENT_EPOCHS;
+                i
+            }
+        };
+        m.transitions[i] = (from, key, m.jc_guard);
+    }
+}
+
 impl Default for Mmu {
     fn default() -> Mmu {
         Mmu {
             gen: 0,
             jc_guard: u64::MAX,
             epochs: [(NO_EPOCH_STATE, u64::MAX); RECENT_EPOCHS],
+            transitions: [(u64::MAX, 0, u64::MAX); RECENT_EPOCHS],
+            next_transition: 0,
             fast: FastTlb::default(),
             code: CodeWatch::default(),
             tlb: vec![EMPTY; CLASSES * TLB_SIZE],

@@ -476,3 +476,36 @@ fn the_guard_follows_the_state_through_the_recent_epochs() {
     refresh_guard(&mut cpu);
     assert_eq!(cpu.mmu.jc_guard, u64::MAX);
 }
+
+/// A helper's mode transition reuses the epoch it found for the same transition from
+/// the same epoch before, while the run loop keeps that epoch; otherwise (no epoch
+/// before, another key, an epoch the run loop dropped) it works the state out anew.
+#[test]
+fn transitions_remember_the_epoch_they_land_in() {
+    let mut cpu = machine();
+    let here = epoch_state(&cpu);
+    cpu.mmu.epochs[1] = (here, 40);
+    follow_guard(&mut cpu, 7, 1);
+    assert_eq!(cpu.mmu.jc_guard, 40);
+    // The state moves on without the transition's knowing (which a caller vouches
+    // never happens): the remembered epoch shows that it was not worked out anew.
+    cpu.mmu.gen += 1;
+    follow_guard(&mut cpu, 7, 1);
+    assert_eq!(cpu.mmu.jc_guard, 40);
+    // Another key or another epoch before: worked out (no epoch for this state).
+    follow_guard(&mut cpu, 7, 2);
+    assert_eq!(cpu.mmu.jc_guard, u64::MAX);
+    follow_guard(&mut cpu, 8, 1);
+    assert_eq!(cpu.mmu.jc_guard, u64::MAX);
+    // No epoch before: nothing remembered or reused.
+    cpu.mmu.epochs[2] = (epoch_state(&cpu), 41);
+    follow_guard(&mut cpu, u64::MAX, 1);
+    assert_eq!(cpu.mmu.jc_guard, 41);
+    // The run loop dropped epoch 40: worked out again, and the new one remembered.
+    cpu.mmu.epochs[1] = (NO_EPOCH_STATE, u64::MAX);
+    follow_guard(&mut cpu, 7, 1);
+    assert_eq!(cpu.mmu.jc_guard, 41);
+    cpu.mmu.gen += 1;
+    follow_guard(&mut cpu, 7, 1);
+    assert_eq!(cpu.mmu.jc_guard, 41);
+}

@@ -189,6 +189,12 @@ fn iret(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
 /// unblocks NMIs).
 fn deliverable_guard(cpu: &mut X86Cpu) {
     crate::mmu::refresh_guard(cpu);
+    irq_window(cpu);
+}
+
+/// Sets the `irq_window` chain guard if an interrupt request was deferred and IF is
+/// now set, or an NMI is pending (see [`deliverable_guard`]).
+fn irq_window(cpu: &mut X86Cpu) {
     let ev = &cpu.state.events;
     let irq = cpu.irq_deferred && cpu.state.rflags & vireo_core::cpu::flags::IF != 0;
     if irq || ev.nmi_pending {
@@ -288,15 +294,40 @@ fn popf(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
 /// SYSCALL, whose block exits `Indirect`: the lookup guard follows the new CPL and
 /// mode, so that compiled code may go straight on into the kernel's entry block.
 fn syscall(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
+    let from = cpu.mmu.jc_guard;
+    let long = cpu.state.long_mode();
     fast::syscall(cpu, arg(a, 0))?;
-    crate::mmu::refresh_guard(cpu);
+    if long {
+        // To 64-bit CPL 0 with flat CS and SS; the trap flag stays unless SFMASK
+        // clears it: nothing else of the new mode comes from outside the old one.
+        let key = TRANSITION_SYSCALL | (cpu.state.msr.sfmask & vireo_core::cpu::flags::TF);
+        crate::mmu::follow_guard(cpu, from, key);
+    } else {
+        // Legacy SYSCALL keeps DS, ES, FS and GS, whose checks the mode key holds
+        // only outside V86 mode.
+        crate::mmu::refresh_guard(cpu);
+    }
     Ok(0)
 }
+
+/// Transition keys of [`crate::mmu::follow_guard`] (the low bits: the trap flag).
+const TRANSITION_SYSCALL: u64 = 1 << 32;
+const TRANSITION_SYSRET64: u64 = 2 << 32;
 /// SYSRET, whose block exits `Indirect` too (back to user mode without the run
 /// loop; see [`deliverable_guard`]).
 fn sysret(cpu: &mut X86Cpu, a: &[u64]) -> Result<u64, Fault> {
+    let from = cpu.mmu.jc_guard;
+    let to64 = cpu.state.long_mode() && arg(a, 0) == 64;
     fast::sysret(cpu, arg(a, 0))?;
-    deliverable_guard(cpu);
+    if to64 {
+        // To 64-bit CPL 3 with flat CS and SS and R11's trap flag. (A return to
+        // 32-bit code brings back DS, ES, FS and GS checks the old mode key lacks.)
+        let key = TRANSITION_SYSRET64 | (cpu.state.gpr[11] & vireo_core::cpu::flags::TF);
+        crate::mmu::follow_guard(cpu, from, key);
+        irq_window(cpu);
+    } else {
+        deliverable_guard(cpu);
+    }
     Ok(0)
 }
 fn sysenter(cpu: &mut X86Cpu, _a: &[u64]) -> Result<u64, Fault> {
