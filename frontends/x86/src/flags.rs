@@ -101,7 +101,7 @@ const EVEN_PARITY: [u64; 4] = {
     let mut t = [0u64; 4];
     let mut b = 0;
     while b < 256 {
-        if (b as u8).count_ones() % 2 == 0 {
+        if (b as u8).count_ones().is_multiple_of(2) {
             t[b / 64] |= 1 << (b % 64);
         }
         b += 1;
@@ -300,7 +300,7 @@ mod tests {
     #[test]
     fn parity_flag_of_every_byte() {
         for b in 0..=255u64 {
-            let even = (b as u8).count_ones() % 2 == 0;
+            let even = (b as u8).count_ones().is_multiple_of(2);
             let f = compute(cc_op(CcKind::Logic, Size::B32), b | 0x100, 0, 0);
             assert_eq!(f & PF != 0, even, "{b:#x}");
         }
