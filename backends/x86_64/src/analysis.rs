@@ -175,9 +175,13 @@ pub(crate) fn lazy_sets<E: DirectGlobals>(block: &Block) -> LazySets {
     LazySets { lazy, pending }
 }
 
-/// Registers temps may live in: two callee-saved (kept across calls), two
-/// caller-saved (saved around calls). None is used by the op templates.
-pub(crate) const ALLOC_REGS: [u8; 4] = [14, 15, 10, 11];
+/// Registers temps may live in: three callee-saved (kept across calls; the shared
+/// entry saves them), two caller-saved (saved around calls, [`VOLATILE_REGS`]). None
+/// is used by the op templates.
+pub(crate) const ALLOC_REGS: [u8; 5] = [14, 15, 5, 10, 11];
+
+/// The caller-saved registers of [`ALLOC_REGS`].
+pub(crate) const VOLATILE_REGS: [u8; 2] = [10, 11];
 
 /// A temp in a caller-saved register, live from op `start` (its assignment) to op
 /// `end` (its last use).
@@ -273,13 +277,12 @@ pub(crate) fn allocate(block: &Block, lazy: &LazySets) -> Allocation {
         .collect();
     intervals.sort();
     let mut alloc = vec![None; n];
-    let mut volatile = Vec::new();
-    // (end, register) of the intervals holding a register.
-    let mut active: Vec<(usize, u8)> = Vec::new();
+    // (end, register, temp) of the intervals holding a register.
+    let mut active: Vec<(usize, u8, Temp)> = Vec::new();
     let mut free: Vec<u8> = ALLOC_REGS.iter().rev().copied().collect();
-    for (start, end, t) in intervals {
+    for &(start, end, t) in &intervals {
         // An interval ending at this op frees its register for the op's result.
-        active.retain(|&(e, r)| {
+        active.retain(|&(e, r, _)| {
             if e <= start {
                 free.push(r);
                 false
@@ -289,17 +292,34 @@ pub(crate) fn allocate(block: &Block, lazy: &LazySets) -> Allocation {
         });
         if let Some(r) = free.pop() {
             alloc[t.0 as usize] = Some(r);
-            active.push((end, r));
-            if r == 10 || r == 11 {
-                volatile.push(Volatile {
-                    temp: t,
-                    reg: r,
-                    start,
-                    end,
-                });
-            }
+            active.push((end, r, t));
+            continue;
+        }
+        // None free: the interval that ends last stays in the temp area, as in
+        // Poletto and Sarkar's linear scan (the decisions are made before any code,
+        // so the temp it displaces never had the register).
+        let Some(far) = (0..active.len()).max_by_key(|&i| active[i].0) else {
+            continue;
+        };
+        let (e, r, s) = active[far];
+        if e > end {
+            alloc[s.0 as usize] = None;
+            alloc[t.0 as usize] = Some(r);
+            active[far] = (end, r, t);
         }
     }
+    let volatile = intervals
+        .iter()
+        .filter_map(|&(start, end, t)| match alloc[t.0 as usize] {
+            Some(reg) if VOLATILE_REGS.contains(&reg) => Some(Volatile {
+                temp: t,
+                reg,
+                start,
+                end,
+            }),
+            _ => None,
+        })
+        .collect();
     Allocation {
         regs: alloc,
         volatile,
@@ -328,4 +348,80 @@ pub(crate) fn reads(block: &Block) -> Vec<u32> {
         });
     }
     n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vireo_core::ir::{BinOp, Builder, ExitKind, Size};
+
+    /// With more long-lived temps than registers, the ones that live longest stay in
+    /// the temp area and the short ones between get registers (first come, first
+    /// served would leave every short temp in memory).
+    #[test]
+    fn the_longest_intervals_give_way_to_short_ones() {
+        let mut b = Builder::new(0x1000);
+        let long: Vec<Temp> = (0..ALLOC_REGS.len() + 2)
+            .map(|i| b.get(Global::Gpr(i as u8)))
+            .collect();
+        let mut short = Vec::new();
+        let mut x = b.konst(3);
+        let mut y = b.get(Global::Gpr(15));
+        for _ in 0..4 {
+            let s = b.bin(BinOp::Add, Size::B64, x, y);
+            short.push(s);
+            x = b.bin(BinOp::Xor, Size::B64, s, y);
+            short.push(x);
+            y = x;
+        }
+        b.set(Global::Gpr(15), x);
+        let mut acc = x;
+        for &t in long.iter().rev() {
+            acc = b.bin(BinOp::Add, Size::B64, acc, t);
+        }
+        b.set(Global::Gpr(14), acc);
+        b.exit(ExitKind::Jump(0x2000));
+        let block = b.finish();
+        let lazy = LazySets {
+            lazy: vec![false; block.ops.len()],
+            pending: vec![Vec::new(); block.ops.len()],
+        };
+        let a = allocate(&block, &lazy);
+        for &s in &short {
+            assert!(
+                a.regs[s.0 as usize].is_some(),
+                "short-lived {s:?} got no register"
+            );
+        }
+        // The long ones read last (the first defined) are the ones left in memory.
+        let kept = long
+            .iter()
+            .filter(|t| a.regs[t.0 as usize].is_some())
+            .count();
+        assert!(
+            kept < ALLOC_REGS.len(),
+            "{kept} long-lived temps kept registers"
+        );
+        // No register holds two temps at once (one may end where the next starts).
+        let mut live = vec![(usize::MAX, 0usize); block.temps as usize];
+        for (i, op) in block.ops.iter().enumerate() {
+            if let Some(d) = op.dst() {
+                live[d.0 as usize].0 = live[d.0 as usize].0.min(i);
+            }
+            op.for_each_read(|t| live[t.0 as usize].1 = i);
+        }
+        for (p, rp) in a.regs.iter().enumerate() {
+            for (q, rq) in a.regs.iter().enumerate().skip(p + 1) {
+                if let (Some(rp), Some(rq)) = (rp, rq) {
+                    let (sp, ep) = live[p];
+                    let (sq, eq) = live[q];
+                    assert!(
+                        rp != rq || ep <= sq || eq <= sp,
+                        "t{p} and t{q} share register {rp}"
+                    );
+                }
+            }
+        }
+        assert!(a.regs.iter().flatten().all(|r| ALLOC_REGS.contains(r)));
+    }
 }

@@ -290,3 +290,51 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod byte_register_tests {
+    use super::super::Asm;
+    use dynasmrt::{dynasm, DynasmApi};
+    use iced_x86::{Decoder, DecoderOptions, Register};
+
+    /// dynasm's dynamic byte registers name SPL/BPL/SIL/DIL for 4 to 7 (not AH to
+    /// BH), so any allocatable register (RBP among them) works in byte forms.
+    #[test]
+    fn dynamic_byte_registers_4_to_7_are_the_low_bytes() {
+        const LOW: [Register; 16] = [
+            Register::AL,
+            Register::CL,
+            Register::DL,
+            Register::BL,
+            Register::SPL,
+            Register::BPL,
+            Register::SIL,
+            Register::DIL,
+            Register::R8L,
+            Register::R9L,
+            Register::R10L,
+            Register::R11L,
+            Register::R12L,
+            Register::R13L,
+            Register::R14L,
+            Register::R15L,
+        ];
+        for r in 0..16u8 {
+            let mut ops = Asm::new(0);
+            dynasm!(ops
+                ; .arch x64
+                ; movzx eax, Rb(r)
+                ; cmp Rb(r), Rb(0)
+                ; mov BYTE [rax + rcx], Rb(r)
+                ; setb Rb(r)
+                ; test Rb(r), Rb(r)
+            );
+            let code = ops.finalize().expect("assembles");
+            let mut d = Decoder::with_ip(64, &code, 0, DecoderOptions::NONE);
+            for (i, at) in [(0usize, 1u32), (1, 0), (2, 1), (3, 0), (4, 0)] {
+                let insn = d.decode();
+                assert_eq!(insn.op_register(at), LOW[r as usize], "form {i}: {insn}");
+            }
+        }
+    }
+}
