@@ -324,7 +324,7 @@ mod byte_register_tests {
             dynasm!(ops
                 ; .arch x64
                 ; movzx eax, Rb(r)
-                ; cmp Rb(r), Rb(0)
+                ; cmp Rb(r), al
                 ; mov BYTE [rax + rcx], Rb(r)
                 ; setb Rb(r)
                 ; test Rb(r), Rb(r)
