@@ -176,12 +176,14 @@ pub(crate) fn lazy_sets<E: DirectGlobals>(block: &Block) -> LazySets {
 }
 
 /// Registers temps may live in: three callee-saved (kept across calls; the shared
-/// entry saves them), two caller-saved (saved around calls, [`VOLATILE_REGS`]). None
-/// is used by the op templates.
-pub(crate) const ALLOC_REGS: [u8; 5] = [14, 15, 5, 10, 11];
+/// entry saves them), four caller-saved (saved around calls, [`VOLATILE_REGS`]). The
+/// op templates use none of them; r8 and r9 are argument registers of environment
+/// calls (moved in as one parallel move after the temps in them are saved) and
+/// carry the slot offset of an exit to the shared lookup (where the block is left).
+pub(crate) const ALLOC_REGS: [u8; 7] = [14, 15, 5, 10, 11, 8, 9];
 
 /// The caller-saved registers of [`ALLOC_REGS`].
-pub(crate) const VOLATILE_REGS: [u8; 2] = [10, 11];
+pub(crate) const VOLATILE_REGS: [u8; 4] = [10, 11, 8, 9];
 
 /// A temp in a caller-saved register, live from op `start` (its assignment) to op
 /// `end` (its last use).

@@ -1,4 +1,6 @@
-//! IR to x86-64: one pass over the ops, every temporary in its slot of the temp area.
+//! IR to x86-64: one pass over the ops; temps live in the registers the linear-scan
+//! allocation gives them (`analysis::allocate`), the others in their slots of the
+//! temp area.
 //!
 //! Registers while a block runs:
 //!
@@ -8,7 +10,8 @@
 //! | `r12` | the environment (`*mut E`) plus [`bias`]: direct globals are `[r12 + offset]` |
 //! | `r13` | the temp area: temp `n` is `[r13 + 8n]` |
 //! | `[rsp]` | the PC of the current instruction without the instruction hooks (with them, the `pc` hook holds it) |
-//! | `rax`, `rcx`, `rdx`, `rsi`, `rdi`, `r8`-`r11` | scratch |
+//! | `r14`, `r15`, `rbp`, `r10`, `r11`, `r8`, `r9` | temps (`analysis::ALLOC_REGS`) |
+//! | `rax`, `rcx`, `rdx`, `rsi`, `rdi` | scratch |
 //!
 //! Blocks have no prologue: the cache's shared entry (`exits::shared_stubs`),
 //! `extern "C" fn(ctx, env, temps, block) -> u64`, builds the frame and the
@@ -485,13 +488,48 @@ impl Gen<'_> {
         }
     }
 
-    /// Loads `args` into `regs` in order, 0 into the registers left over.
+    /// Loads `args` into `regs` in order, 0 into the registers left over, as one
+    /// parallel move: an argument in a register another argument goes to is read
+    /// before that register is written (a cycle goes through `rax`, which is never an
+    /// argument register; two of them, `r8` and `r9`, can hold temps, so there is at
+    /// most one cycle).
     fn args_or_zero(&mut self, regs: &[u8], args: &[Temp]) {
-        for (k, &r) in regs.iter().enumerate() {
-            match args.get(k) {
-                Some(&a) => self.ld(r, a),
-                None => dynasm!(self.ops ; .arch x64 ; xor Rd(r), Rd(r)),
+        // (destination, temp, the register it is read from if any)
+        let mut moves: Vec<(u8, Temp, Option<u8>)> = regs
+            .iter()
+            .zip(args)
+            .map(|(&r, &a)| (r, a, self.reg(a).filter(|_| self.k(a).is_none())))
+            .collect();
+        while !moves.is_empty() {
+            let free = (0..moves.len()).find(|&i| {
+                let d = moves[i].0;
+                moves
+                    .iter()
+                    .enumerate()
+                    .all(|(j, m)| j == i || m.2 != Some(d))
+            });
+            match free {
+                Some(i) => {
+                    let (d, t, src) = moves.remove(i);
+                    match src {
+                        Some(s) if s == d => {}
+                        Some(s) => dynasm!(self.ops ; .arch x64 ; mov Rq(d), Rq(s)),
+                        None => self.ld(d, t),
+                    }
+                }
+                None => {
+                    // Every destination is still to be read: park the first one's
+                    // value in rax and read it from there.
+                    let d = moves[0].0;
+                    dynasm!(self.ops ; .arch x64 ; mov rax, Rq(d));
+                    for m in moves.iter_mut().filter(|m| m.2 == Some(d)) {
+                        m.2 = Some(RAX);
+                    }
+                }
             }
+        }
+        for &r in regs.iter().skip(args.len()) {
+            dynasm!(self.ops ; .arch x64 ; xor Rd(r), Rd(r));
         }
     }
 
@@ -530,17 +568,29 @@ impl Gen<'_> {
     /// Calls trampoline `t` through the context's table (three bytes), as
     /// [`Gen::call`].
     fn call_tramp(&mut self, t: tramp::Tramp) {
-        let off = CTX_TRAMPS + 8 * t as i32;
+        let off = tramp_off(t);
         self.call_with(|ops| enc::call_mem(ops, RBX, off));
     }
 
     fn call_with(&mut self, emit: impl FnOnce(&mut Asm)) {
+        let live = self.save_volatile();
+        emit(&mut self.ops);
+        self.restore_volatile(&live);
+    }
+
+    /// Stores the temps that live in caller-saved registers across the current op
+    /// in their slots (before a call, or before argument moves that may overwrite
+    /// them); returns them for [`Gen::restore_volatile`].
+    fn save_volatile(&mut self) -> Vec<(Temp, u8)> {
         let live = self.live_volatile();
         for &(t, r) in &live {
             enc::store(&mut self.ops, R13, toff(t), r);
         }
-        emit(&mut self.ops);
-        for &(t, r) in &live {
+        live
+    }
+
+    fn restore_volatile(&mut self, live: &[(Temp, u8)]) {
+        for &(t, r) in live {
             enc::load(&mut self.ops, r, R13, toff(t));
         }
     }
@@ -908,23 +958,29 @@ impl Gen<'_> {
                     // A plain function on the environment that cannot fault or ask to
                     // stop: no sync, no status.
                     let f = f as usize as i64;
-                    self.args_or_zero(&[RDX, RCX, 8], args);
+                    // (Temps live across the call saved first: the arguments go to
+                    // r8, which may hold one.)
+                    let live = self.save_volatile();
+                    self.args_or_zero(&[RDX, RCX, R8], args);
                     dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov rsi, QWORD f);
-                    self.call_tramp(tramp::Tramp::Env);
+                    enc::call_mem(&mut self.ops, RBX, tramp_off(tramp::Tramp::Env));
+                    self.restore_volatile(&live);
                     if let Some(r) = ret {
                         self.st(r, RAX);
                     }
                 }
                 CallKind::General => {
-                    // Arguments 1-4 of the helper go to rdx, rcx, r8, r9.
-                    const ARG_REGS: [u8; 4] = [RDX, RCX, 8, 9];
+                    // Arguments 1-4 of the helper go to rdx, rcx, r8, r9 (which may
+                    // hold temps: those live across the call saved first).
+                    const ARG_REGS: [u8; 4] = [RDX, RCX, R8, R9];
                     self.sync::<E>();
-                    for (k, a) in args.iter().take(4).enumerate() {
-                        self.ld(ARG_REGS[k], *a);
-                    }
-                    let hn = u64::from(helper.0) | (args.len().min(4) as u64) << 16;
+                    let live = self.save_volatile();
+                    let n = args.len().min(4);
+                    self.args_or_zero(&ARG_REGS[..n], &args[..n]);
+                    let hn = u64::from(helper.0) | (n as u64) << 16;
                     dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov esi, hn as i32);
-                    self.call_tramp(tramp::Tramp::Call);
+                    enc::call_mem(&mut self.ops, RBX, tramp_off(tramp::Tramp::Call));
+                    self.restore_volatile(&live);
                     self.check_status();
                     if let Some(r) = ret {
                         self.st(r, RDX);
@@ -1472,6 +1528,13 @@ impl Gen<'_> {
 
 pub(crate) const RSI: u8 = 6;
 const RDI: u8 = 7;
+const R8: u8 = 8;
+const R9: u8 = 9;
+
+/// The context displacement of trampoline `t`'s address.
+fn tramp_off(t: tramp::Tramp) -> i32 {
+    CTX_TRAMPS + 8 * t as i32
+}
 
 /// Where `r12` points: [`DirectGlobals::hot_offset`] bytes into the environment
 /// (0 if that is not a small enough offset).

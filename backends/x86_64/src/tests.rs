@@ -1450,3 +1450,48 @@ fn flushed_code_stays_mapped_when_asked() {
         jit.flush();
     }
 }
+
+/// Calls whose arguments sit in allocated registers that are argument registers
+/// too (r8, r9: each order, cycles among them included), with more temps live
+/// across the calls than callee-saved registers hold: the same as the interpreter.
+#[test]
+fn call_arguments_in_allocated_registers_move_as_one() {
+    let mut jit: JitCache<Env<true>> = JitCache::new(8 << 20);
+    let mut rng = Rng(0x5eed);
+    for case in 0..400u64 {
+        let mut b = Builder::new(0x1000);
+        b.insn_start(0x1000, 4);
+        let temps: Vec<Temp> = (0..9u8)
+            .map(|i| {
+                let g = b.get(Global::Gpr(i));
+                b.bini(BinOp::Xor, Size::B64, g, 0x1111 * u64::from(i) + case)
+            })
+            .collect();
+        let mut results = Vec::new();
+        for k in 0..3 {
+            // (Helper 6 in its environment-function form takes three arguments.)
+            let (helper, effects, n) = match (case + k) % 3 {
+                0 => (0u16, Effects::ALL, 1 + rng.below(4) as usize),
+                1 => (6, Effects::ALL, 3),
+                _ => (5, Effects::PURE, 1 + rng.below(4) as usize),
+            };
+            let args: Vec<Temp> = (0..n)
+                .map(|_| temps[rng.below(temps.len() as u64) as usize])
+                .collect();
+            results.extend(b.call(HelperId(helper), &args, true, effects));
+        }
+        // Every temp is read after the calls (they live across them).
+        let mut acc = b.konst(0);
+        for &t in temps.iter().chain(&results) {
+            acc = b.bin(BinOp::Add, Size::B64, acc, t);
+            acc = b.bini(BinOp::Mul, Size::B64, acc, 0x9e37_79b9);
+        }
+        b.set(Global::Gpr(9), acc);
+        b.set(Global::Pc, acc);
+        b.exit(ExitKind::Indirect);
+        let blk = b.finish();
+        let mut env_rng = Rng(case);
+        let env = Env::<true>::new(&mut env_rng);
+        check(&mut jit, &blk, &env);
+    }
+}
