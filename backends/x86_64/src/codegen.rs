@@ -814,6 +814,23 @@ impl Gen<'_> {
                     self.st(dst, RAX);
                 }
             }
+            Op::Un {
+                op: op @ (UnOp::Not | UnOp::Neg),
+                size,
+                dst,
+                a,
+            } => {
+                // In the result's register when it has one.
+                let d = self.reg(dst).unwrap_or(RAX);
+                self.ld(d, a);
+                if op == UnOp::Not {
+                    dynasm!(self.ops ; .arch x64 ; not Rq(d));
+                } else {
+                    dynasm!(self.ops ; .arch x64 ; neg Rq(d));
+                }
+                self.trunc(d, size);
+                self.st(dst, d);
+            }
             Op::Un { op, size, dst, a } => {
                 self.ld(RAX, a);
                 self.un(op, size)?;

@@ -2,8 +2,9 @@
 //! (`Global::Xmm`), done in IR with no helper call: the 128-bit moves (to, from and
 //! between registers), the bitwise logic, PADDQ/PSUBQ, the qword unpacks and shuffles
 //! (PUNPCKLQDQ/PUNPCKHQDQ, MOVLPS/MOVHPS/MOVHLPS/MOVLHPS and their PD forms), MOVQ and
-//! MOVD; and, as bit tricks on 64-bit halves, PCMPEQB and PMOVMSKB (the core of the C
-//! library's SSE2 string functions). Used when the mode says SSE passes its checks ([`super::Mode::sse_ok`]); a
+//! MOVD, PSHUFD; and, as bit tricks on 64-bit halves, the byte/word/dword unpacks
+//! (PUNPCKL/H BW, WD, DQ), PCMPEQB and PMOVMSKB (the core of the C library's SSE2
+//! string functions: the unpacks and PSHUFD broadcast the byte searched for). Used when the mode says SSE passes its checks ([`super::Mode::sse_ok`]); a
 //! memory operand is read before any register is written, so a fault leaves them.
 
 use super::sse::{unaligned_ok, Kind};
@@ -121,6 +122,58 @@ impl Tr {
                 let hi = self.b.bin(op, Size::B64, dhi, shi);
                 self.xmm_set(d, lo, hi);
             }
+            (
+                M::Punpcklbw
+                | M::Punpcklwd
+                | M::Punpckldq
+                | M::Punpckhbw
+                | M::Punpckhwd
+                | M::Punpckhdq,
+                &[Kind::Xmm(d), s @ (Kind::Xmm(_) | Kind::Mem)],
+            ) => {
+                let (slo, shi) = self.src128(s)?;
+                let (dlo, dhi) = self.xmm_get(d);
+                let (a, b) = if matches!(mn, M::Punpcklbw | M::Punpcklwd | M::Punpckldq) {
+                    (dlo, slo)
+                } else {
+                    (dhi, shi)
+                };
+                let bits = match mn {
+                    M::Punpcklbw | M::Punpckhbw => 8,
+                    M::Punpcklwd | M::Punpckhwd => 16,
+                    _ => 32,
+                };
+                // The low result half interleaves the low dwords of the two halves
+                // chosen, the high result half their high dwords.
+                let (a0, b0) = (self.low_dword(a), self.low_dword(b));
+                let lo = self.interleave(a0, b0, bits);
+                let a1 = self.b.bini(BinOp::Shr, Size::B64, a, 32);
+                let b1 = self.b.bini(BinOp::Shr, Size::B64, b, 32);
+                let hi = self.interleave(a1, b1, bits);
+                self.xmm_set(d, lo, hi);
+            }
+            (M::Pshufd, &[Kind::Xmm(d), s @ (Kind::Xmm(_) | Kind::Mem), Kind::Imm]) => {
+                let imm = self.i.immediate8();
+                let (slo, shi) = self.src128(s)?;
+                let dword = |tr: &mut Self, i: u8| {
+                    let sel = imm >> (2 * i) & 3;
+                    let half = if sel < 2 { slo } else { shi };
+                    if sel & 1 == 0 {
+                        tr.low_dword(half)
+                    } else {
+                        tr.b.bini(BinOp::Shr, Size::B64, half, 32)
+                    }
+                };
+                let pair = |tr: &mut Self, i: u8| {
+                    let l = dword(tr, i);
+                    let h = dword(tr, i + 1);
+                    let h = tr.b.bini(BinOp::Shl, Size::B64, h, 32);
+                    tr.b.bin(BinOp::Or, Size::B64, l, h)
+                };
+                let lo = pair(self, 0);
+                let hi = pair(self, 2);
+                self.xmm_set(d, lo, hi);
+            }
             (M::Punpcklqdq, &[Kind::Xmm(d), s @ (Kind::Xmm(_) | Kind::Mem)]) => {
                 let (slo, _) = self.src128(s)?;
                 self.b.set(half(d, 1), slo);
@@ -195,6 +248,38 @@ impl Tr {
             _ => return None,
         }
         Some(Flow::Next)
+    }
+
+    /// The low 32 bits of `v`, zero-extended.
+    fn low_dword(&mut self, v: Temp) -> Temp {
+        self.b.ext(v, Size::B32, false)
+    }
+
+    /// The elements (`bits` wide) of the 32-bit values `a` and `b` interleaved into
+    /// 64 bits, `a`'s first (a PUNPCK half): each spread to every other element,
+    /// `b`'s shifted up by one.
+    fn interleave(&mut self, a: Temp, b: Temp, bits: u32) -> Temp {
+        let a = self.spread(a, bits);
+        let b = self.spread(b, bits);
+        let b = self.b.bini(BinOp::Shl, Size::B64, b, u64::from(bits));
+        self.b.bin(BinOp::Or, Size::B64, a, b)
+    }
+
+    /// The `bits`-wide elements of the 32-bit value `x` moved to every other element
+    /// of 64 bits (zeros between).
+    fn spread(&mut self, x: Temp, bits: u32) -> Temp {
+        if bits == 32 {
+            return x;
+        }
+        let t = self.b.bini(BinOp::Shl, Size::B64, x, 16);
+        let t = self.b.bin(BinOp::Or, Size::B64, x, t);
+        let t = self.b.bini(BinOp::And, Size::B64, t, 0x0000_ffff_0000_ffff);
+        if bits == 16 {
+            return t;
+        }
+        let u = self.b.bini(BinOp::Shl, Size::B64, t, 8);
+        let u = self.b.bin(BinOp::Or, Size::B64, t, u);
+        self.b.bini(BinOp::And, Size::B64, u, 0x00ff_00ff_00ff_00ff)
     }
 
     /// 0xff in each byte where `a` and `b` are equal, else 0 (PCMPEQB on a half):

@@ -480,3 +480,96 @@ fn maskmovdqu_stores_selected_bytes() {
         .collect();
     assert_eq!(got, want);
 }
+
+/// The element `i` (`bits` wide) of `v`.
+fn elem(v: u128, bits: u32, i: u32) -> u128 {
+    v >> (bits * i) & ((1u128 << bits) - 1)
+}
+
+/// PUNPCKL/H on 128 bits: the low (or high) halves' elements of `d` and `s`
+/// alternating, `d`'s first.
+fn unpacked(d: u128, s: u128, bits: u32, high: bool) -> u128 {
+    let n = 64 / bits;
+    let first = if high { n } else { 0 };
+    (0..n).fold(0, |r, i| {
+        r | elem(d, bits, first + i) << (2 * i * bits)
+            | elem(s, bits, first + i) << ((2 * i + 1) * bits)
+    })
+}
+
+/// The byte, word and dword unpacks and PSHUFD (done in IR in this mode), from
+/// registers (the source the destination itself too) and from memory.
+#[test]
+fn unpacks_and_dword_shuffles() {
+    type Unpack = fn(&mut CodeAssembler, AsmRegisterXmm, AsmRegisterXmm) -> Result<(), IcedError>;
+    type UnpackMem =
+        fn(&mut CodeAssembler, AsmRegisterXmm, AsmMemoryOperand) -> Result<(), IcedError>;
+    let forms: [(Unpack, UnpackMem, u32, bool); 6] = [
+        (CodeAssembler::punpcklbw, CodeAssembler::punpcklbw, 8, false),
+        (
+            CodeAssembler::punpcklwd,
+            CodeAssembler::punpcklwd,
+            16,
+            false,
+        ),
+        (
+            CodeAssembler::punpckldq,
+            CodeAssembler::punpckldq,
+            32,
+            false,
+        ),
+        (CodeAssembler::punpckhbw, CodeAssembler::punpckhbw, 8, true),
+        (CodeAssembler::punpckhwd, CodeAssembler::punpckhwd, 16, true),
+        (CodeAssembler::punpckhdq, CodeAssembler::punpckhdq, 32, true),
+    ];
+    for (reg, mem, bits, high) in forms {
+        let code = asm64(|a| {
+            a.movdqa(xmm0, xmmword_ptr(rbx))?;
+            a.movdqa(xmm1, xmm0)?;
+            a.movdqa(xmm2, xmm0)?;
+            reg(a, xmm0, xmm3)?;
+            mem(a, xmm1, xmmword_ptr(rbx + 16))?;
+            reg(a, xmm2, xmm2)?;
+            Ok(())
+        });
+        let (cpu, end) = run_with(&code, &bytes(&[A, B]), |cpu| set_xmm(cpu, 3, B));
+        assert_eq!(end, End::Halt);
+        let want = unpacked(A, B, bits, high);
+        assert_eq!(
+            xmm(&cpu, 0),
+            want,
+            "{bits} high={high}: {:#x}",
+            xmm(&cpu, 0)
+        );
+        assert_eq!(xmm(&cpu, 1), want, "{bits} high={high}, memory");
+        assert_eq!(
+            xmm(&cpu, 2),
+            unpacked(A, A, bits, high),
+            "{bits} high={high}, itself"
+        );
+    }
+    for imm in [0x00u32, 0x1b, 0xe4, 0x4e, 0xb1, 0x93] {
+        let code = asm64(|a| {
+            a.pshufd(xmm0, xmm1, imm)?;
+            a.pshufd(xmm2, xmmword_ptr(rbx), imm)?;
+            a.pshufd(xmm1, xmm1, imm)?;
+            Ok(())
+        });
+        let (cpu, end) = run_with(&code, &bytes(&[A]), |cpu| set_xmm(cpu, 1, A));
+        assert_eq!(end, End::Halt);
+        let want = (0..4).fold(0u128, |r, i| {
+            r | elem(A, 32, imm >> (2 * i) & 3) << (32 * i)
+        });
+        for x in [0, 2, 1] {
+            assert_eq!(xmm(&cpu, x), want, "pshufd {imm:#x} xmm{x}");
+        }
+    }
+    // An unaligned memory source faults (#GP) and leaves the destination.
+    let code = asm64(|a| {
+        a.punpcklbw(xmm0, xmmword_ptr(rbx + 8))?;
+        Ok(())
+    });
+    let (cpu, end) = run_with(&code, &bytes(&[A, B]), |cpu| set_xmm(cpu, 0, B));
+    assert!(matches!(end, End::Fault(13, _)), "{end:?}");
+    assert_eq!(xmm(&cpu, 0), B);
+}
