@@ -25,7 +25,7 @@
 //!
 //! **Chaining.** A block's first byte is its *chain entry*, where another block in
 //! the same frame may jump straight in (nothing is stored there with the
-//! instruction hooks). A `Jump` exit to a PC one of the block's two chain slots serves
+//! instruction hooks). A `Jump` exit to a PC one of the block's chain slots serves
 //! loads the slot (the target's cell, or 0), the target's chain entry from it (0 once
 //! the target was dropped), and jumps there if the run may go on: the environment's
 //! instruction counter below `ctx.limit`, the four bytes at `ctx.flags` clear (the
@@ -91,7 +91,7 @@ pub struct Compiled {
     /// The code; its first byte is the chain entry.
     pub code: Vec<u8>,
     /// The `Jump` targets served by chain slots 0 and 1.
-    pub slot_targets: [Option<u64>; 2],
+    pub slot_targets: [Option<u64>; crate::SLOTS],
 }
 
 /// The exit a return code `n >= RET_EXIT` stands for (`target` from `ctx.target`;
@@ -132,7 +132,7 @@ struct Gen<'a> {
     /// The block's chain entry.
     entry: DynamicLabel,
     /// The `Jump` targets served by the chain slots.
-    slot_targets: [Option<u64>; 2],
+    slot_targets: [Option<u64>; crate::SLOTS],
     /// Offsets of the bools that must be false to chain; `None`: never chain.
     guards: Option<Vec<i32>>,
     popcnt: bool,
@@ -294,12 +294,12 @@ pub fn compile<E: GuestEnv + DirectGlobals>(
     let epilogue = ops.new_dynamic_label();
     let fault = ops.new_dynamic_label();
     let entry = ops.new_dynamic_label();
-    // The first two distinct static successors get chain slots.
-    let mut slot_targets = [None; 2];
+    // The first distinct static successors get chain slots.
+    let mut slot_targets = [None; crate::SLOTS];
     let mut n = 0;
     for op in &block.ops {
         if let Op::Exit(ExitKind::Jump(t)) = *op {
-            if n < 2 && !slot_targets.contains(&Some(t)) {
+            if n < crate::SLOTS && !slot_targets.contains(&Some(t)) {
                 slot_targets[n] = Some(t);
                 n += 1;
             }

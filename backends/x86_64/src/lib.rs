@@ -63,8 +63,8 @@ pub struct JitBlock {
     gen: u64,
     /// Its cell (in the cache's arena, alive until the next flush).
     cell: *mut Cell,
-    /// The `Jump` targets its two chain slots serve (`cell.slots[k]`).
-    slot_targets: [Option<u64>; 2],
+    /// The `Jump` targets its chain slots serve (`cell.slots[k]`).
+    slot_targets: [Option<u64>; SLOTS],
     /// Bytes of host code.
     pub bytes: usize,
 }
@@ -81,13 +81,18 @@ unsafe impl Send for JitBlock {}
 #[derive(Debug)]
 pub struct Cell {
     entry: usize,
-    slots: [usize; 2],
+    slots: [usize; SLOTS],
     tag: u64,
     /// The block's linear code page ([`NO_PAGE`] until set).
     page: u64,
     /// Nonzero if blocks of the same page may link to this one.
     linkable: u64,
 }
+
+/// Chain slots per block: its first distinct `Jump` targets (a block may exit to a
+/// few: the end of a conditional branch and the side exits of those it went on
+/// past).
+pub const SLOTS: usize = 4;
 
 /// The page of a cell its owner gave none.
 const NO_PAGE: u64 = u64::MAX;
@@ -96,7 +101,7 @@ const NO_PAGE: u64 = u64::MAX;
 /// its entry is 0), so that generated code needs no null test of a cell address.
 static NULL_CELL: Cell = Cell {
     entry: 0,
-    slots: [0; 2],
+    slots: [0; SLOTS],
     tag: 0,
     page: NO_PAGE,
     linkable: 0,
@@ -287,13 +292,13 @@ impl<E> JitCache<E> {
         b.gen == self.gen
     }
 
-    /// A new cell (entry 0, no links: both slots name [`NULL_CELL`], tag 0).
+    /// A new cell (entry 0, no links: every slot names [`NULL_CELL`], tag 0).
     fn new_cell(&mut self) -> *mut Cell {
         if self.cells_used == CELLS {
             let chunk = (0..CELLS)
                 .map(|_| Cell {
                     entry: 0,
-                    slots: [null_cell(); 2],
+                    slots: [null_cell(); SLOTS],
                     tag: 0,
                     page: NO_PAGE,
                     linkable: 0,

@@ -191,9 +191,28 @@ impl Tr {
         Flow::End
     }
 
+    /// Jcc. A forward branch (the fall-through is the likely way, as static
+    /// prediction has it) leaves the block only if taken: the block goes on with the
+    /// next instruction, one transition fewer where the branch falls through, and
+    /// the flags state the branch read still known. A backward branch (a loop) ends
+    /// the block.
     pub(super) fn jcc(&mut self) -> Flow {
-        let c = self.cond(self.i.condition_code());
         let target = self.i.near_branch_target();
+        let not_taken = negated(self.i.condition_code());
+        if let (Some(nc), true) = (not_taken, target > self.next_pc) {
+            if self.side_exits >= super::MAX_SIDE_EXITS {
+                let c = self.cond(self.i.condition_code());
+                return self.branch(c, target);
+            }
+            self.side_exits += 1;
+            let c = self.cond(nc);
+            let on = self.b.label();
+            self.b.br_if(c, on);
+            self.exit_to(target);
+            self.b.set_label(on);
+            return Flow::Next;
+        }
+        let c = self.cond(self.i.condition_code());
         self.branch(c, target)
     }
 
@@ -240,6 +259,30 @@ impl Tr {
         self.asize = saved;
         self.branch(c, target)
     }
+}
+
+/// The condition that holds exactly when `cc` does not (`None` for no condition).
+fn negated(cc: ConditionCode) -> Option<ConditionCode> {
+    use ConditionCode as C;
+    Some(match cc {
+        C::o => C::no,
+        C::no => C::o,
+        C::b => C::ae,
+        C::ae => C::b,
+        C::e => C::ne,
+        C::ne => C::e,
+        C::be => C::a,
+        C::a => C::be,
+        C::s => C::ns,
+        C::ns => C::s,
+        C::p => C::np,
+        C::np => C::p,
+        C::l => C::ge,
+        C::ge => C::l,
+        C::le => C::g,
+        C::g => C::le,
+        C::None => return None,
+    })
 }
 
 fn is_far_mem(c: Code) -> bool {

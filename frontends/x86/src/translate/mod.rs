@@ -275,7 +275,14 @@ pub(crate) struct Tr {
     /// its first instructions see then): CF of an unknown state is computed inline
     /// when the operation at run time is this one ([`Tr::carry`]).
     pub entry_cc_op: u64,
+    /// Side exits taken so far: conditional branches the block went on past
+    /// ([`Tr::jcc`]), at most [`MAX_SIDE_EXITS`].
+    pub side_exits: u32,
 }
+
+/// Conditional branches a block goes on past (each one more exit to a static target;
+/// the JIT keeps chain slots for a few).
+pub const MAX_SIDE_EXITS: u32 = 3;
 
 /// Whether every memory access of `i` goes through SS: a stack instruction (PUSH,
 /// POP, near CALL and RET, ENTER, LEAVE, PUSHF, POPF) whose explicit memory operand,
@@ -433,6 +440,7 @@ pub fn translate_block(cpu: &mut X86Cpu, max_insns: usize) -> Result<Block, Faul
         rmw_addr: None,
         model: cpu.cpuid.clone(),
         entry_cc_op: cpu.cc.op,
+        side_exits: 0,
     };
     let first_page = code_linear(cpu, &m, start) >> 12;
     let mut pc = start;

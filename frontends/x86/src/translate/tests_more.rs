@@ -622,3 +622,73 @@ fn inc_carry_guessed_at_translation_is_checked_at_run_time() {
         }
     }
 }
+
+/// A forward Jcc leaves the block only when taken: the block goes on with the
+/// instruction after it (up to `MAX_SIDE_EXITS` such branches); a backward Jcc ends
+/// the block. Either way the guest sees the same: the taken path skips, the other
+/// runs the instructions after the branch, and the TSC-less instruction count is
+/// exact on both.
+#[test]
+fn forward_branches_are_side_exits() {
+    use iced_x86::code_asm::*;
+    use vireo_core::ir::{ExitKind, Op};
+    let code = super::tests::asm64(|a| {
+        let mut skip = a.create_label();
+        let mut back = a.create_label();
+        a.set_label(&mut back)?;
+        a.cmp(rax, 5)?;
+        a.je(skip)?; // forward: a side exit
+        a.add(rcx, 1)?;
+        a.add(rdx, 2)?;
+        a.set_label(&mut skip)?;
+        a.inc(rsi)?;
+        a.cmp(rsi, 3)?;
+        a.jb(back)?; // backward: the end
+        Ok(())
+    });
+    let mut cpu = machine(M::Long64, &code);
+    let block = translate_block(&mut cpu, 32).expect("translates");
+    let jumps: Vec<u64> = block
+        .ops
+        .iter()
+        .filter_map(|o| match o {
+            Op::Exit(ExitKind::Jump(t)) => Some(*t),
+            _ => None,
+        })
+        .collect();
+    // The skip target (side exit), then the loop head and the fall-through after
+    // the backward branch: the whole sequence is one block.
+    assert_eq!(jumps.len(), 3, "{block}");
+    assert_eq!(block.insns, 7, "{block}");
+    assert!(jumps.contains(&CODE), "{block}");
+    for (a0, want_rcx) in [(5u64, 0u64), (4, 3)] {
+        let mut cpu = machine(M::Long64, &code);
+        cpu.state.gpr[0] = a0;
+        assert_eq!(run(&mut cpu, 100), End::Halt);
+        assert_eq!(cpu.state.gpr[1], want_rcx, "rax {a0}");
+        assert_eq!(cpu.state.gpr[2], 2 * want_rcx, "rax {a0}");
+        assert_eq!(cpu.state.gpr[6], 3);
+    }
+    // More forward branches than side exits allowed: the block ends at the one
+    // after the last.
+    let code = super::tests::asm64(|a| {
+        let mut end = a.create_label();
+        for _ in 0..super::MAX_SIDE_EXITS + 2 {
+            a.test(rax, rax)?;
+            a.jnz(end)?;
+            a.inc(rcx)?;
+        }
+        a.set_label(&mut end)?;
+        Ok(())
+    });
+    let mut cpu = machine(M::Long64, &code);
+    let block = translate_block(&mut cpu, 64).expect("translates");
+    let n = super::MAX_SIDE_EXITS as usize + 1;
+    assert_eq!(block.insns as usize, 3 * n - 1, "{block}");
+    for (a0, want) in [(0u64, u64::from(super::MAX_SIDE_EXITS) + 2), (1, 0)] {
+        let mut cpu = machine(M::Long64, &code);
+        cpu.state.gpr[0] = a0;
+        assert_eq!(run(&mut cpu, 100), End::Halt);
+        assert_eq!(cpu.state.gpr[1], want, "rax {a0}");
+    }
+}
