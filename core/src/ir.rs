@@ -370,7 +370,9 @@ pub enum Op {
 pub struct Block {
     /// Guest PC of the first instruction (relative to the code segment).
     pub pc: u64,
-    /// Number of guest bytes translated.
+    /// Guest bytes from the block's first byte to the end of its furthest
+    /// instruction (instructions may skip bytes forward: a block may go on at the
+    /// target of a forward jump, but never back).
     pub guest_len: u32,
     /// Number of guest instructions.
     pub insns: u32,
@@ -419,7 +421,9 @@ impl Builder {
     }
     pub fn insn_start(&mut self, pc: u64, len: u8) {
         self.block.insns += 1;
-        self.block.guest_len += u32::from(len);
+        let end = pc.wrapping_sub(self.block.pc).wrapping_add(u64::from(len));
+        let end = u32::try_from(end).unwrap_or(u32::MAX);
+        self.block.guest_len = self.block.guest_len.max(end);
         self.push(Op::InsnStart { pc, len });
     }
     pub fn konst(&mut self, value: u64) -> Temp {
@@ -1008,6 +1012,20 @@ mod tests {
         assert!(Cond::Lt.eval(Size::B8, 0x80, 0x7f));
         assert!(Cond::Gtu.eval(Size::B8, 0x80, 0x7f));
         assert!(Cond::Eq.eval(Size::B16, 0x1_0005, 5));
+    }
+
+    /// A block's guest length spans its furthest instruction, bytes skipped by a
+    /// forward jump included.
+    #[test]
+    fn guest_length_spans_skipped_bytes() {
+        let mut b = Builder::new(0x1ff0);
+        b.insn_start(0x1ff0, 2);
+        assert_eq!(b.block.guest_len, 2);
+        b.insn_start(0x1ffa, 5);
+        b.exit(ExitKind::Jump(0x1fff));
+        let blk = b.finish();
+        assert_eq!(blk.guest_len, 0xf);
+        assert_eq!(blk.insns, 2);
     }
 
     #[test]

@@ -990,9 +990,18 @@ impl TcgVcpu {
             } else {
                 16
             };
+            // The instructions the block holds (it may skip bytes after a jump).
+            let mut text = String::new();
+            for op in &block.ops {
+                if let vireo_core::ir::Op::InsnStart { pc, len } = *op {
+                    let at = pc.wrapping_sub(key.pc) as usize;
+                    if let Some(b) = bytes.get(at..at + usize::from(len)) {
+                        text.push_str(&crate::disas::block(b, pc, bitness));
+                    }
+                }
+            }
             log::trace!(target: LOG_IN_ASM, "IN: {:04x}:{:#x} (phys {:#x}, {} insns)\n{}",
-                cs.selector, key.pc, key.phys, block.insns,
-                crate::disas::block(&bytes, key.pc, bitness).trim_end());
+                cs.selector, key.pc, key.phys, block.insns, text.trim_end());
         }
         if log::log_enabled!(target: LOG_OP, log::Level::Trace) {
             log::trace!(target: LOG_OP, "OP:\n{block}");

@@ -57,6 +57,13 @@ impl Tr {
         match self.i.op_kind(0) {
             OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64 => {
                 let t = self.i.near_branch_target();
+                if t > self.next_pc {
+                    // Forward: the block goes on at the target (the block loop ends
+                    // it there if the target is on another page). PCs only grow
+                    // along a block, so no instruction is translated twice.
+                    self.next_pc = t;
+                    return Flow::Next;
+                }
                 self.exit_to(t);
                 Flow::End
             }

@@ -669,6 +669,27 @@ fn forward_branches_are_side_exits() {
         assert_eq!(cpu.state.gpr[2], 2 * want_rcx, "rax {a0}");
         assert_eq!(cpu.state.gpr[6], 3);
     }
+    // A forward JMP: the block goes on at its target (the bytes between are not
+    // translated), and its length spans them.
+    let code = super::tests::asm64(|a| {
+        let mut over = a.create_label();
+        a.inc(rcx)?;
+        a.jmp(over)?;
+        a.inc(rdx)?;
+        a.inc(rdx)?;
+        a.set_label(&mut over)?;
+        a.inc(rsi)?;
+        Ok(())
+    });
+    let mut cpu = machine(M::Long64, &code);
+    let block = translate_block(&mut cpu, 32).expect("translates");
+    assert_eq!(block.insns, 4, "{block}");
+    assert_eq!(block.guest_len as usize, code.len(), "{block}");
+    assert_eq!(run(&mut cpu, 100), End::Halt);
+    assert_eq!(
+        [cpu.state.gpr[1], cpu.state.gpr[2], cpu.state.gpr[6]],
+        [1, 0, 1]
+    );
     // More forward branches than side exits allowed: the block ends at the one
     // after the last.
     let code = super::tests::asm64(|a| {
