@@ -26,13 +26,14 @@
 //! Every flush of the softmmu TLB flushes the fast TLB too (or the part that covers
 //! the flushed pages). The entries keep the guest memory they point into alive.
 
+use crate::filllog::FillLog;
 use std::sync::Arc;
 use vireo_core::exec::FastTlbLayout;
 use vireo_core::ir::MmuIdx;
 use vireo_core::GuestMemory;
 
 /// log2 of the entries per MMU index.
-pub const FAST_BITS: u32 = 8;
+pub const FAST_BITS: u32 = 9;
 /// Entries per MMU index.
 pub const FAST_SIZE: usize = 1 << FAST_BITS;
 const INVALID: u64 = u64::MAX;
@@ -69,6 +70,8 @@ pub struct FastTlb {
     pub(crate) watch_gen: u64,
     /// Whether any entry may be valid (skips needless flushes).
     used: bool,
+    /// The slots filled since the last flush (flat: table * FAST_SIZE + slot).
+    log: FillLog,
     /// Hits and fills (statistics, tests).
     pub hits: u64,
     pub fills: u64,
@@ -91,6 +94,7 @@ impl Default for FastTlb {
             mem: None,
             watch_gen: 0,
             used: false,
+            log: FillLog::default(),
             hits: 0,
             fills: 0,
         }
@@ -145,12 +149,26 @@ impl FastTlb {
         }
     }
 
-    /// Drops every entry.
+    /// Runs `f` on every entry that may be valid: the logged ones, or all.
+    fn each_filled(&mut self, mut f: impl FnMut(&mut FastEntry)) {
+        let FastTlb { entries, log, .. } = self;
+        match log.filled() {
+            Some(slots) => {
+                for &i in slots {
+                    let i = i as usize;
+                    f(&mut entries[i / FAST_SIZE][i % FAST_SIZE]);
+                }
+            }
+            None => entries.iter_mut().flatten().for_each(f),
+        }
+    }
+
+    /// Drops every entry (the filled ones: a context switch resets a few entries,
+    /// not the whole table).
     pub fn flush(&mut self) {
         if self.used {
-            for t in self.entries.iter_mut() {
-                t.fill(EMPTY);
-            }
+            self.each_filled(|e| *e = EMPTY);
+            self.log.clear();
             self.used = false;
         }
     }
@@ -158,9 +176,7 @@ impl FastTlb {
     /// Drops every write tag.
     pub fn flush_writes(&mut self) {
         if self.used {
-            for e in self.entries.iter_mut().flatten() {
-                e.write = INVALID;
-            }
+            self.each_filled(|e| e.write = INVALID);
         }
     }
 
@@ -169,7 +185,7 @@ impl FastTlb {
         if !self.used {
             return;
         }
-        for e in self.entries.iter_mut().flatten() {
+        self.each_filled(|e| {
             let mask = !(e.page_mask >> 12);
             if [e.read, e.write]
                 .into_iter()
@@ -177,7 +193,7 @@ impl FastTlb {
             {
                 *e = EMPTY;
             }
-        }
+        });
     }
 
     /// The host address for `len` bytes at `la`, if an entry allows the access.
@@ -284,7 +300,11 @@ impl FastTlb {
             self.mem = Some(Arc::clone(mem));
         }
         let addend = host.wrapping_sub(vpn << 12);
-        let e = &mut self.entries[table.into().0][slot(vpn)];
+        let (t, k) = (table.into().0, slot(vpn));
+        let e = &mut self.entries[t][k];
+        if e.read == INVALID && e.write == INVALID {
+            self.log.note(t * FAST_SIZE + k);
+        }
         let same = e.addend == addend && (e.read == vpn || e.write == vpn);
         if !same {
             *e = EMPTY;

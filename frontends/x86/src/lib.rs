@@ -22,6 +22,7 @@ pub mod exception;
 #[cfg(test)]
 mod exception_tests;
 pub mod fasttlb;
+mod filllog;
 pub mod flags;
 pub mod fpu;
 pub mod helpers;

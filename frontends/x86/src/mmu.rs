@@ -64,7 +64,7 @@ pub mod pferr {
 /// Physical address width of the CPU model (CPUID 0x80000008 EAX[7:0]).
 pub const PHYS_BITS: u32 = 40;
 /// Entries per access class in the TLB.
-pub const TLB_SIZE: usize = 256;
+pub const TLB_SIZE: usize = 1024;
 const CLASSES: usize = 3;
 const INVALID: u64 = u64::MAX;
 /// Bits 51:12 of a paging-structure entry (the address field before MAXPHYADDR).
@@ -220,6 +220,8 @@ pub struct Mmu {
     /// Pages with translated code (self-modifying-code detection).
     pub code: CodeWatch,
     tlb: Vec<TlbEntry>,
+    /// The entries of `tlb` filled since it was last emptied.
+    log: crate::filllog::FillLog,
     /// The current PCID (CR3[11:0] when CR4.PCIDE is set, else 0).
     pcid: u16,
     /// Walks done (statistics, tests).
@@ -320,6 +322,7 @@ impl Default for Mmu {
             fast: FastTlb::default(),
             code: CodeWatch::default(),
             tlb: vec![EMPTY; CLASSES * TLB_SIZE],
+            log: Default::default(),
             pcid: 0,
             walks: 0,
         }
@@ -327,18 +330,39 @@ impl Default for Mmu {
 }
 
 impl Mmu {
+    /// Resets the entries that may be valid (the logged ones, or all) for which
+    /// `drop` holds; the log then lists the ones left.
+    fn drop_where(&mut self, drop: impl Fn(&TlbEntry) -> bool) {
+        let Mmu { tlb, log, .. } = self;
+        match log.filled() {
+            Some(slots) => {
+                for &i in slots {
+                    let e = &mut tlb[i as usize];
+                    if drop(e) {
+                        *e = EMPTY;
+                    }
+                }
+            }
+            None => {
+                for e in tlb.iter_mut().filter(|e| drop(e)) {
+                    *e = EMPTY;
+                }
+            }
+        }
+        log.retain(tlb.len(), |i| tlb[i].vpn().is_some());
+    }
+
     /// Drops every cached translation, global ones included.
     pub fn flush(&mut self) {
-        self.tlb.fill(EMPTY);
+        self.drop_where(|_| true);
+        self.log.clear();
         self.fast.flush();
         self.remapped();
     }
 
     /// Drops every non-global translation (a CR3 write with CR4.PGE).
     pub fn flush_nonglobal(&mut self) {
-        for e in self.tlb.iter_mut().filter(|e| !e.global) {
-            *e = EMPTY;
-        }
+        self.drop_where(|e| !e.global);
         self.fast.flush();
         self.remapped();
     }
@@ -346,9 +370,7 @@ impl Mmu {
     /// Drops the non-global translations of `pcid` (a CR3 write with PCIDE that does
     /// not ask to keep them, INVPCID single-context).
     pub fn flush_pcid(&mut self, pcid: u16) {
-        for e in self.tlb.iter_mut().filter(|e| !e.global && e.pcid == pcid) {
-            *e = EMPTY;
-        }
+        self.drop_where(|e| !e.global && e.pcid == pcid);
         // The fast entries all belong to the current PCID.
         if pcid == self.pcid {
             self.fast.flush();
@@ -360,14 +382,10 @@ impl Mmu {
     /// large pages are flushed whole).
     pub fn flush_page(&mut self, la: u64) {
         let vpn = la >> 12;
-        for e in self.tlb.iter_mut() {
-            if let Some(t) = e.vpn() {
-                let mask = e.page_mask >> 12;
-                if (t ^ vpn) & !mask == 0 {
-                    *e = EMPTY;
-                }
-            }
-        }
+        self.drop_where(|e| {
+            e.vpn()
+                .is_some_and(|t| (t ^ vpn) & !(e.page_mask >> 12) == 0)
+        });
         self.fast.flush_page(vpn);
         self.remapped();
     }
@@ -728,6 +746,9 @@ pub fn translate(cpu: &mut X86Cpu, la: u64, access: Access, agent: Agent) -> Res
     }
     let w = walk(cpu, la, access, class)?;
     let pcid = cpu.mmu.pcid;
+    if cpu.mmu.tlb[i].vpn().is_none() {
+        cpu.mmu.log.note(i);
+    }
     let slot = &mut cpu.mmu.tlb[i];
     // Keep the tags of an entry for the same page (a write after a read).
     let same = slot.vpn() == Some(vpn) && slot.phys == w.phys && (slot.pcid == pcid);

@@ -509,3 +509,52 @@ fn transitions_remember_the_epoch_they_land_in() {
     follow_guard(&mut cpu, 7, 1);
     assert_eq!(cpu.mmu.jc_guard, 41);
 }
+
+/// A CR3 write (with CR4.PGE: global entries stay) and a full flush drop every
+/// translation filled before them, whether the TLBs logged the few slots filled or
+/// gave up logging (more than the log holds), in both the softmmu and the fast TLB.
+#[test]
+fn flushes_reach_every_filled_entry() {
+    for pages in [6u64, 700] {
+        let mut cpu = legacy(P | RW | US, P | RW | US);
+        cpu.state.cr4 |= ctl::CR4_PGE;
+        let old = |i: u64| 0x10_0000 + i * 0x1000;
+        let new = |i: u64| 0x80_0000 + i * 0x1000;
+        let global = |i: u64| i.is_multiple_of(3);
+        for i in 0..pages {
+            let g = if global(i) { G } else { 0 };
+            w32(&cpu, PT + 4 * i, (old(i) | P | RW | US | g) as u32);
+            w32(&cpu, old(i), i as u32);
+            w32(&cpu, new(i), 0x1000 + i as u32);
+        }
+        let la = |i: u64| 0x40_0000 + i * 0x1000;
+        // Twice: the second pass hits the fast TLB.
+        for _ in 0..2 {
+            for i in 0..pages {
+                assert_eq!(read(&mut cpu, la(i), Size::B32, MmuIdx::User), Ok(i));
+            }
+        }
+        for i in 0..pages {
+            let g = if global(i) { G } else { 0 };
+            w32(&cpu, PT + 4 * i, (new(i) | P | RW | US | g) as u32);
+        }
+        cpu.mmu.flush_nonglobal();
+        for i in 0..pages {
+            // Global pages keep their (now stale) translation; the others walk anew.
+            let want = if global(i) { i } else { 0x1000 + i };
+            assert_eq!(
+                read(&mut cpu, la(i), Size::B32, MmuIdx::User),
+                Ok(want),
+                "{pages} pages, page {i}"
+            );
+        }
+        cpu.mmu.flush();
+        for i in 0..pages {
+            assert_eq!(
+                read(&mut cpu, la(i), Size::B32, MmuIdx::User),
+                Ok(0x1000 + i),
+                "{pages} pages, page {i}, after a full flush"
+            );
+        }
+    }
+}

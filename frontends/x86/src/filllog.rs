@@ -1,0 +1,87 @@
+//! Which slots of a TLB were filled since it was last emptied, so that emptying it
+//! (every CR3 write: each context switch) resets those slots, not the whole table.
+//! The TLBs are big enough that pages a few mebibytes apart rarely meet in one
+//! direct-mapped slot; a full reset of them would cost more than the few entries a
+//! process touches between switches.
+
+/// The filled slots of one table (indices into its flat entry array).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct FillLog {
+    slots: Vec<u32>,
+    /// More slots were filled than the log holds: any slot may be filled.
+    overflowed: bool,
+}
+
+/// Slots logged before a table is treated as wholly filled (past this, resetting
+/// all of it is about as cheap).
+const CAP: usize = 512;
+
+impl FillLog {
+    /// Records that slot `i` was filled (possibly again).
+    pub fn note(&mut self, i: usize) {
+        if self.overflowed {
+            return;
+        }
+        if self.slots.len() == CAP {
+            self.overflowed = true;
+            self.slots = Vec::new();
+        } else {
+            self.slots.push(i as u32);
+        }
+    }
+
+    /// The slots that may be filled, `None` for any of them.
+    pub fn filled(&self) -> Option<&[u32]> {
+        (!self.overflowed).then_some(&self.slots[..])
+    }
+
+    /// Forgets every slot (the table was emptied).
+    pub fn clear(&mut self) {
+        self.slots.clear();
+        self.overflowed = false;
+    }
+
+    /// Keeps only the slots `keep` says still hold an entry (after a partial reset).
+    /// An overflowed log is built anew from the slots of all `n` that hold one, if
+    /// they fit.
+    pub fn retain(&mut self, n: usize, mut keep: impl FnMut(usize) -> bool) {
+        if self.overflowed {
+            self.clear();
+            for i in (0..n).filter(|&i| keep(i)) {
+                self.note(i);
+            }
+        } else {
+            self.slots.retain(|&i| keep(i as usize));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_slots_until_the_cap_then_any() {
+        let mut l = FillLog::default();
+        l.note(3);
+        l.note(7);
+        assert_eq!(l.filled(), Some(&[3, 7][..]));
+        l.retain(10, |i| i == 7);
+        assert_eq!(l.filled(), Some(&[7][..]));
+        for i in 0..CAP {
+            l.note(i);
+        }
+        assert_eq!(l.filled(), None);
+        // Overflowed: rebuilt from what still holds an entry, when it fits...
+        l.retain(4 * CAP, |i| i % 8 == 1);
+        assert_eq!(l.filled().map(<[u32]>::len), Some(CAP / 2));
+        // ... or left overflowed.
+        for i in 0..CAP {
+            l.note(i);
+        }
+        l.retain(4 * CAP, |i| i % 2 == 0);
+        assert_eq!(l.filled(), None);
+        l.clear();
+        assert_eq!(l.filled(), Some(&[][..]));
+    }
+}
