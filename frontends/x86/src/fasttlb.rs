@@ -94,7 +94,7 @@ impl Default for FastTlb {
             mem: None,
             watch_gen: 0,
             used: false,
-            log: FillLog::default(),
+            log: FillLog::new(3 * FAST_SIZE),
             hits: 0,
             fills: 0,
         }
@@ -161,6 +161,12 @@ impl FastTlb {
             }
             None => entries.iter_mut().flatten().for_each(f),
         }
+    }
+
+    /// Makes the fill log hold `n` slots at most (tests of its overflow).
+    #[cfg(test)]
+    pub(crate) fn set_log_cap(&mut self, n: usize) {
+        self.log = FillLog::new(n);
     }
 
     /// Drops every entry (the filled ones: a context switch resets a few entries,

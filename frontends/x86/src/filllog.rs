@@ -5,24 +5,34 @@
 //! process touches between switches.
 
 /// The filled slots of one table (indices into its flat entry array).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct FillLog {
     slots: Vec<u32>,
     /// More slots were filled than the log holds: any slot may be filled.
     overflowed: bool,
+    /// Slots logged before the table counts as wholly filled.
+    cap: usize,
 }
 
-/// Slots logged before a table is treated as wholly filled (past this, resetting
-/// all of it is about as cheap).
-const CAP: usize = 512;
-
 impl FillLog {
+    /// A log for a table of `slots` entries: it holds as many (a slot is logged when
+    /// it goes from empty to filled, and leaves the log when a partial reset empties
+    /// it), so it overflows only through slots emptied and filled again without a
+    /// reset that looks at the log.
+    pub fn new(slots: usize) -> FillLog {
+        FillLog {
+            slots: Vec::new(),
+            overflowed: false,
+            cap: slots,
+        }
+    }
+
     /// Records that slot `i` was filled (possibly again).
     pub fn note(&mut self, i: usize) {
         if self.overflowed {
             return;
         }
-        if self.slots.len() == CAP {
+        if self.slots.len() >= self.cap {
             self.overflowed = true;
             self.slots = Vec::new();
         } else {
@@ -62,7 +72,8 @@ mod tests {
 
     #[test]
     fn logs_slots_until_the_cap_then_any() {
-        let mut l = FillLog::default();
+        const CAP: usize = 64;
+        let mut l = FillLog::new(CAP);
         l.note(3);
         l.note(7);
         assert_eq!(l.filled(), Some(&[3, 7][..]));

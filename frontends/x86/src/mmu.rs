@@ -322,7 +322,7 @@ impl Default for Mmu {
             fast: FastTlb::default(),
             code: CodeWatch::default(),
             tlb: vec![EMPTY; CLASSES * TLB_SIZE],
-            log: Default::default(),
+            log: crate::filllog::FillLog::new(CLASSES * TLB_SIZE),
             pcid: 0,
             walks: 0,
         }

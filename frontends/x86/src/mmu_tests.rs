@@ -511,13 +511,18 @@ fn transitions_remember_the_epoch_they_land_in() {
 }
 
 /// A CR3 write (with CR4.PGE: global entries stay) and a full flush drop every
-/// translation filled before them, whether the TLBs logged the few slots filled or
-/// gave up logging (more than the log holds), in both the softmmu and the fast TLB.
+/// translation filled before them, whether the TLBs logged the slots filled or gave
+/// up logging (more than the log holds: a small log here), in both the softmmu and
+/// the fast TLB.
 #[test]
 fn flushes_reach_every_filled_entry() {
-    for pages in [6u64, 700] {
+    for (pages, cap) in [(6u64, None), (700, None), (700, Some(64))] {
         let mut cpu = legacy(P | RW | US, P | RW | US);
         cpu.state.cr4 |= ctl::CR4_PGE;
+        if let Some(n) = cap {
+            cpu.mmu.log = crate::filllog::FillLog::new(n);
+            cpu.mmu.fast.set_log_cap(n);
+        }
         let old = |i: u64| 0x10_0000 + i * 0x1000;
         let new = |i: u64| 0x80_0000 + i * 0x1000;
         let global = |i: u64| i.is_multiple_of(3);
