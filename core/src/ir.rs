@@ -394,8 +394,9 @@ impl Builder {
         Builder {
             block: Block {
                 pc,
-                // Room for a typical block (~40 ops in a Linux boot): no regrowth.
-                ops: Vec::with_capacity(64),
+                // Room for most blocks (~40 ops in a Linux boot, more since blocks go
+                // on past forward branches): rarely a regrowth.
+                ops: Vec::with_capacity(256),
                 ..Block::default()
             },
         }

@@ -134,6 +134,9 @@ pub(crate) fn lazy_sets<E: DirectGlobals>(block: &Block) -> LazySets {
             }
         }
     }
+    // (One buffer for every `Set`'s accesses: an allocation per `Set` showed in the
+    // translation-bound Linux boot.)
+    let mut accesses = Vec::new();
     for (i, op) in block.ops.iter().enumerate() {
         let Op::Set { dst: g, src } = *op else {
             continue;
@@ -141,7 +144,7 @@ pub(crate) fn lazy_sets<E: DirectGlobals>(block: &Block) -> LazySets {
         if g == Global::Pc || direct::<E>(g).is_none() {
             continue;
         }
-        let mut accesses = Vec::new();
+        accesses.clear();
         let mut again = false;
         for (j, o) in block.ops.iter().enumerate().skip(i + 1) {
             match *o {
@@ -167,7 +170,7 @@ pub(crate) fn lazy_sets<E: DirectGlobals>(block: &Block) -> LazySets {
                 .is_some_and(|&a| last_read.get(t).is_some_and(|&u| u >= a));
         if again && !accesses.is_empty() && free {
             lazy[i] = true;
-            for j in accesses {
+            for &j in &accesses {
                 pending[j].push(i);
             }
         }
