@@ -47,7 +47,9 @@ pub fn rep(cpu: &mut X86Cpu, kind: Kind, size: usize) -> Result<(), Fault> {
     let back = cpu.state.rflags & flags::DF != 0;
     let mut budget = BYTES_PER_CALL;
     let mut singles = crate::translate::REP_BUDGET as usize;
-    let mut buf = [0u8; PAGE as usize];
+    // The slow path's page buffer, made when first needed (zeroing 4 KiB at every
+    // call was most of a short REP's cost).
+    let mut buf: Option<Box<[u8; PAGE as usize]>> = None;
     while cpu.state.gpr[reg::RCX] != 0 && budget >= size && singles > 0 {
         let rcx = cpu.state.gpr[reg::RCX];
         let dst = cpu.state.gpr[reg::RDI];
@@ -75,7 +77,8 @@ pub fn rep(cpu: &mut X86Cpu, kind: Kind, size: usize) -> Result<(), Fault> {
         // just behind the destination, a page end near) go one element at a time.
         if k == 0 || !fast_run(cpu, src, dst, k * size, size) {
             k = if k * size >= MIN_RUN {
-                run(cpu, src, dst, k, size, agent, &mut buf)?
+                let b = buf.get_or_insert_with(|| Box::new([0u8; PAGE as usize]));
+                run(cpu, src, dst, k, size, agent, b)?
             } else {
                 0
             };
