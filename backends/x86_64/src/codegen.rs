@@ -186,7 +186,7 @@ struct Gen<'a> {
     /// Where each label is in the block's ops.
     label_pos: Vec<usize>,
     /// Ops the main pass passes over (a branch's skipped ops, see
-    /// [`Gen::book_for_branch`]).
+    /// [`Gen::book_for_branch`]; the second op of a store pair, `Gen::store_pair`).
     skip: std::ops::Range<usize>,
     /// Skipped ops compiled after the block's code.
     cold: Vec<Cold>,
@@ -269,8 +269,22 @@ struct SlowPath {
 /// result from `rdx`).
 #[derive(Debug, Clone, Copy)]
 enum Access {
-    Load { addr: u8, dst: u8 },
-    Store { addr: u8, val: Value },
+    Load {
+        addr: u8,
+        dst: u8,
+    },
+    Store {
+        addr: u8,
+        val: Value,
+    },
+    /// Two 64-bit stores, at `addr` and at `addr + 8` (which temp `addr2` holds),
+    /// with one lookup: the second value is `val2` (a temp or a constant).
+    StorePair {
+        addr: u8,
+        val: Value,
+        addr2: Temp,
+        val2: Temp,
+    },
 }
 
 /// A store's value: a register, or a constant.
@@ -924,7 +938,12 @@ impl Gen<'_> {
                 val,
                 size,
                 mmu,
-            } => self.store::<E>(addr, val, size, mmu),
+            } => {
+                if size == Size::B64 && self.store_pair::<E>(addr, val, mmu) {
+                    return Ok(());
+                }
+                self.store::<E>(addr, val, size, mmu)
+            }
             Op::Label(l) => {
                 // Every path reaches the label with the counters up to date, and
                 // with the PC stored if the code after it may want it (the PC
@@ -1161,7 +1180,13 @@ impl Gen<'_> {
             let entry = c.entry;
             dynasm!(self.ops ; .arch x64 ; =>entry);
             self.book = c.book;
+            // (The main pass's last skip is over; a store pair here skips its
+            // second op.)
+            self.skip = 0..0;
             for i in c.ops {
+                if self.skip.contains(&i) {
+                    continue;
+                }
                 self.cur = i;
                 let block = self.block;
                 self.op::<E>(&block.ops[i])?;
@@ -1549,7 +1574,7 @@ impl Gen<'_> {
 }
 
 pub(crate) const RSI: u8 = 6;
-const RDI: u8 = 7;
+pub(crate) const RDI: u8 = 7;
 const R8: u8 = 8;
 const R9: u8 = 9;
 

@@ -4,11 +4,11 @@
 // dynasm's dynamic registers (`Rq(r)`) expand to `r.into()`.
 #![allow(clippy::useless_conversion)]
 
-use super::{Access, Gen, SlowPath, Value, RCX, RDX, RSI};
+use super::{Access, Gen, SlowPath, Value, RCX, RDI, RDX, RSI};
 use crate::tramp;
 use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi};
 use vireo_core::exec::{DirectGlobals, GuestEnv};
-use vireo_core::ir::{MmuIdx, Op, Size, Temp};
+use vireo_core::ir::{BinOp, MmuIdx, Op, Size, Temp};
 
 impl Gen<'_> {
     /// A load: the fast TLB inline (the value straight into the result's register),
@@ -26,7 +26,7 @@ impl Gen<'_> {
         let packed = tramp::pack_access(size, mmu, write, signed) as i32;
         let slow = self.ops.new_dynamic_label();
         let a = self.addr_reg(addr);
-        let fast = self.fast_lookup::<E>(a, mmu, size, write, slow);
+        let fast = self.fast_lookup::<E>(a, mmu, size.bytes() as i32 - 1, write, slow);
         if fast {
             // [a + rax] is the host address; the value goes straight to the
             // result's register (the slow path puts it there too).
@@ -90,7 +90,7 @@ impl Gen<'_> {
                 Value::Reg(RDX)
             }
         };
-        let fast = self.fast_lookup::<E>(a, mmu, size, true, slow);
+        let fast = self.fast_lookup::<E>(a, mmu, size.bytes() as i32 - 1, true, slow);
         if fast {
             match (size, v) {
                 (Size::B8, Value::Reg(r)) => {
@@ -140,6 +140,90 @@ impl Gen<'_> {
         }
     }
 
+    /// The 64-bit store at op `cur` and the one right after it at 8 bytes further (a
+    /// 128-bit store split in halves: `movaps`, `movdqu`) with one fast-TLB lookup
+    /// for the 16 bytes; `false` (nothing emitted) if the ops are not such a pair or
+    /// there is no fast TLB. The slow path stores the halves one after the other,
+    /// as the two ops would.
+    pub(super) fn store_pair<E: GuestEnv + DirectGlobals>(
+        &mut self,
+        addr: Temp,
+        val: Temp,
+        mmu: MmuIdx,
+    ) -> bool {
+        let Some(&Op::Store {
+            addr: addr2,
+            val: val2,
+            size: Size::B64,
+            mmu: m2,
+        }) = self.block.ops.get(self.cur + 1)
+        else {
+            return false;
+        };
+        if m2 != mmu || E::fast_tlb().is_none() || !self.is_plus8(addr2, addr) {
+            return false;
+        }
+        let packed = tramp::pack_access(Size::B64, mmu, false, false) as i32;
+        let slow = self.ops.new_dynamic_label();
+        let a = self.addr_reg(addr);
+        // The values from their registers, as immediates, or from rdx and rdi
+        // (the lookup clobbers rax and rcx).
+        let value = |g: &mut Self, t: Temp, scratch: u8| match (g.reg(t), g.k(t)) {
+            (_, Some(k)) if i32::try_from(k as i64).is_ok() => Value::Imm(k),
+            (Some(r), None) => Value::Reg(r),
+            _ => {
+                g.ld(scratch, t);
+                Value::Reg(scratch)
+            }
+        };
+        let v1 = value(self, val, RDX);
+        let v2 = value(self, val2, RDI);
+        if !self.fast_lookup::<E>(a, mmu, 15, true, slow) {
+            return false;
+        }
+        for (v, d) in [(v1, 0i32), (v2, 8)] {
+            match v {
+                Value::Reg(r) => dynasm!(self.ops ; .arch x64 ; mov QWORD [Rq(a) + rax + d], Rq(r)),
+                Value::Imm(k) => {
+                    dynasm!(self.ops ; .arch x64 ; mov QWORD [Rq(a) + rax + d], k as i64 as i32)
+                }
+            }
+        }
+        let access = Access::StorePair {
+            addr: a,
+            val: v1,
+            addr2,
+            val2,
+        };
+        self.slow_path(slow, access, packed);
+        self.skip = self.cur + 1..self.cur + 2;
+        true
+    }
+
+    /// Whether temp `t` holds `base + 8`: assigned once, by `add64 base, 8` (or
+    /// `8, base`) in the straight line before the current op, with neither temp
+    /// assigned again since.
+    fn is_plus8(&self, t: Temp, base: Temp) -> bool {
+        for o in self.block.ops[..self.cur].iter().rev() {
+            match *o {
+                Op::Label(_) => return false,
+                Op::Bin {
+                    op: BinOp::Add,
+                    size: Size::B64,
+                    dst,
+                    a,
+                    b,
+                } if dst == t => {
+                    return (a == base && self.k(b) == Some(8))
+                        || (b == base && self.k(a) == Some(8));
+                }
+                ref o if o.dst() == Some(t) || o.dst() == Some(base) => return false,
+                _ => {}
+            }
+        }
+        false
+    }
+
     /// The register holding access address `t`: its own, else `rsi` (loaded).
     fn addr_reg(&mut self, t: Temp) -> u8 {
         match (self.reg(t), self.k(t)) {
@@ -160,7 +244,7 @@ impl Gen<'_> {
         &mut self,
         a: u8,
         mmu: MmuIdx,
-        size: Size,
+        last: i32,
         write: bool,
         slow: DynamicLabel,
     ) -> bool {
@@ -180,7 +264,6 @@ impl Gen<'_> {
         }
         let mask = ((1u32 << t.index_bits) - 1) as i32;
         let shift = t.entry_shift as i8;
-        let last = size.bytes() as i32 - 1;
         if shift <= 12 {
             // ((la >> 12) & mask) << shift, in two steps.
             dynasm!(self.ops
@@ -220,10 +303,12 @@ impl Gen<'_> {
         // follows the store in its instruction, the slow path checks the request
         // itself (and stops before the next instruction), the fast path nothing.
         let stop_at = match access {
-            Access::Store { .. } => {
-                let next = self.block.ops[self.cur + 1..]
-                    .iter()
-                    .find(|o| !o.is_arith());
+            Access::Store { .. } | Access::StorePair { .. } => {
+                let after = match access {
+                    Access::StorePair { .. } => self.cur + 2,
+                    _ => self.cur + 1,
+                };
+                let next = self.block.ops[after..].iter().find(|o| !o.is_arith());
                 match next {
                     Some(&Op::InsnStart { pc, .. }) => Some(pc),
                     _ => {
@@ -259,7 +344,9 @@ impl Gen<'_> {
             self.sync::<E>();
             self.store_lazy::<E>(s.op);
             let addr = match s.access {
-                Access::Load { addr, .. } | Access::Store { addr, .. } => addr,
+                Access::Load { addr, .. }
+                | Access::Store { addr, .. }
+                | Access::StorePair { addr, .. } => addr,
             };
             if addr != RSI {
                 dynasm!(self.ops ; .arch x64 ; mov rsi, Rq(addr));
@@ -273,6 +360,25 @@ impl Gen<'_> {
                         Value::Imm(k) => self.imm(RDX, k),
                     }
                     dynasm!(self.ops ; .arch x64 ; mov ecx, packed);
+                    self.call_tramp(tramp::Tramp::Store);
+                }
+                Access::StorePair {
+                    val, addr2, val2, ..
+                } => {
+                    match val {
+                        Value::Reg(RDX) => {}
+                        Value::Reg(r) => dynasm!(self.ops ; .arch x64 ; mov rdx, Rq(r)),
+                        Value::Imm(k) => self.imm(RDX, k),
+                    }
+                    dynasm!(self.ops ; .arch x64 ; mov ecx, packed);
+                    self.call_tramp(tramp::Tramp::Store);
+                    self.check_status();
+                    // The second half as its own op would: its address and value
+                    // from where they live (both are read by that op, so they
+                    // outlive the first call).
+                    self.ld(RSI, addr2);
+                    self.ld(RDX, val2);
+                    dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov ecx, packed);
                     self.call_tramp(tramp::Tramp::Store);
                 }
                 Access::Load { .. } => {
