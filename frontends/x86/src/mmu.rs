@@ -63,8 +63,9 @@ pub mod pferr {
 
 /// Physical address width of the CPU model (CPUID 0x80000008 EAX[7:0]).
 pub const PHYS_BITS: u32 = 40;
-/// Entries per access class in the TLB.
-pub const TLB_SIZE: usize = 1024;
+/// Entries per access class in the TLB: 256 sets of two (pages 1 MiB apart that
+/// shared a slot of a direct-mapped TLB made some boots' gzip twice as slow).
+pub const TLB_SIZE: usize = 512;
 const CLASSES: usize = 3;
 const INVALID: u64 = u64::MAX;
 /// Bits 51:12 of a paging-structure entry (the address field before MAXPHYADDR).
@@ -421,8 +422,9 @@ impl Mmu {
         self.jc_guard = u64::MAX;
     }
 
+    /// The first entry of `vpn`'s set in `class` (two ways: the one used last first).
     fn slot(class: usize, vpn: u64) -> usize {
-        class * TLB_SIZE + (vpn as usize % TLB_SIZE)
+        class * TLB_SIZE + 2 * (vpn as usize % (TLB_SIZE / 2))
     }
 }
 
@@ -735,26 +737,45 @@ pub fn translate(cpu: &mut X86Cpu, la: u64, access: Access, agent: Agent) -> Res
     let class = class_of(cpu, agent);
     let vpn = la >> 12;
     let i = Mmu::slot(class, vpn);
-    let e = cpu.mmu.tlb[i];
-    let tag = match access {
-        Access::Read => e.tag_r,
-        Access::Write => e.tag_w,
-        Access::Exec => e.tag_x,
-    };
-    if tag == vpn && (e.global || e.pcid == cpu.mmu.pcid) {
-        return Ok(e.phys | (la & 0xfff));
+    for way in [i, i + 1] {
+        let e = cpu.mmu.tlb[way];
+        let tag = match access {
+            Access::Read => e.tag_r,
+            Access::Write => e.tag_w,
+            Access::Exec => e.tag_x,
+        };
+        if tag == vpn && (e.global || e.pcid == cpu.mmu.pcid) {
+            // The set's entry used last comes first.
+            if way != i {
+                if cpu.mmu.tlb[i].vpn().is_none() {
+                    cpu.mmu.log.note(i);
+                }
+                cpu.mmu.tlb.swap(i, way);
+            }
+            return Ok(e.phys | (la & 0xfff));
+        }
     }
     let w = walk(cpu, la, access, class)?;
     let pcid = cpu.mmu.pcid;
-    if cpu.mmu.tlb[i].vpn().is_none() {
-        cpu.mmu.log.note(i);
+    // Keep the tags of an entry for the same page (a write after a read), moved to
+    // the front; else the front entry moves to the back, over the older one.
+    // (The fill log gets a slot when it goes from empty to filled.)
+    let same = |e: &TlbEntry| e.vpn() == Some(vpn) && e.phys == w.phys && e.pcid == pcid;
+    let m = &mut cpu.mmu;
+    let (front_empty, back_empty) = (m.tlb[i].vpn().is_none(), m.tlb[i + 1].vpn().is_none());
+    if same(&m.tlb[i + 1]) {
+        m.tlb.swap(i, i + 1);
+    } else if !same(&m.tlb[i]) {
+        if back_empty && !front_empty {
+            m.log.note(i + 1);
+        }
+        m.tlb[i + 1] = m.tlb[i];
+        m.tlb[i] = EMPTY;
+    }
+    if front_empty {
+        m.log.note(i);
     }
     let slot = &mut cpu.mmu.tlb[i];
-    // Keep the tags of an entry for the same page (a write after a read).
-    let same = slot.vpn() == Some(vpn) && slot.phys == w.phys && (slot.pcid == pcid);
-    if !same {
-        *slot = EMPTY;
-    }
     slot.phys = w.phys;
     slot.global = w.global;
     slot.pcid = pcid;
