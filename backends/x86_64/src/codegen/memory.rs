@@ -353,7 +353,7 @@ impl Gen<'_> {
             }
             dynasm!(self.ops ; .arch x64 ; mov rdi, rbx);
             match s.access {
-                Access::Store { val, .. } => {
+                Access::Store { val, .. } | Access::StorePair { val, .. } => {
                     match val {
                         Value::Reg(RDX) => {}
                         Value::Reg(r) => dynasm!(self.ops ; .arch x64 ; mov rdx, Rq(r)),
@@ -361,25 +361,16 @@ impl Gen<'_> {
                     }
                     dynasm!(self.ops ; .arch x64 ; mov ecx, packed);
                     self.call_tramp(tramp::Tramp::Store);
-                }
-                Access::StorePair {
-                    val, addr2, val2, ..
-                } => {
-                    match val {
-                        Value::Reg(RDX) => {}
-                        Value::Reg(r) => dynasm!(self.ops ; .arch x64 ; mov rdx, Rq(r)),
-                        Value::Imm(k) => self.imm(RDX, k),
+                    if let Access::StorePair { addr2, val2, .. } = s.access {
+                        self.check_status();
+                        // The second half as its own op would: its address and
+                        // value from where they live (both are read by that op, so
+                        // they outlive the first call).
+                        self.ld(RSI, addr2);
+                        self.ld(RDX, val2);
+                        dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov ecx, packed);
+                        self.call_tramp(tramp::Tramp::Store);
                     }
-                    dynasm!(self.ops ; .arch x64 ; mov ecx, packed);
-                    self.call_tramp(tramp::Tramp::Store);
-                    self.check_status();
-                    // The second half as its own op would: its address and value
-                    // from where they live (both are read by that op, so they
-                    // outlive the first call).
-                    self.ld(RSI, addr2);
-                    self.ld(RDX, val2);
-                    dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov ecx, packed);
-                    self.call_tramp(tramp::Tramp::Store);
                 }
                 Access::Load { .. } => {
                     dynasm!(self.ops ; .arch x64 ; mov edx, packed);
