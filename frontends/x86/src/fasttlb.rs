@@ -60,17 +60,30 @@ const EMPTY: FastEntry = FastEntry {
     page_mask: 0xfff,
 };
 
-/// The fast TLB of one CPU: [`FAST_SIZE`] direct-mapped entries per [`MmuIdx`].
+/// Tables: kernel, user, kernel with SMAP opened ([`Table`]).
+const TABLES: usize = 3;
+
+/// The fast TLB of one CPU: [`FAST_SIZE`] sets of two entries per [`Table`], the one
+/// filled last in front. Generated code looks up the front entries only (inline, at a
+/// fixed offset from the CPU); the Rust path its misses call looks up both (the back
+/// ones live on the heap), so a page that a conflict pushed back costs a trampoline
+/// call, not a page walk and a refill that pushes the other page out in turn. (With
+/// one way, the stack and a buffer of gzip's that met in one slot, as in some boots,
+/// made the job up to twice as slow; a second inline look would grow every access's
+/// code, and a Linux boot 5%.)
 pub struct FastTlb {
-    /// `entries[table][vpn % FAST_SIZE]` (see [`Table`]).
-    entries: [[FastEntry; FAST_SIZE]; 3],
+    /// `entries[table][vpn % FAST_SIZE]` (see [`Table`]): the front of each set.
+    entries: [[FastEntry; FAST_SIZE]; TABLES],
+    /// The back of each set, the older entry.
+    back: Box<[[FastEntry; FAST_SIZE]; TABLES]>,
     /// The guest memory the entries point into (kept alive while they exist).
     mem: Option<Arc<GuestMemory>>,
     /// The code watch generation the write tags were checked against.
     pub(crate) watch_gen: u64,
     /// Whether any entry may be valid (skips needless flushes).
     used: bool,
-    /// The slots filled since the last flush (flat: table * FAST_SIZE + slot).
+    /// The slots filled since the last flush (flat: table * FAST_SIZE + slot, the
+    /// back entries after the front ones).
     log: FillLog,
     /// Hits and fills (statistics, tests).
     pub hits: u64,
@@ -90,11 +103,12 @@ impl std::fmt::Debug for FastTlb {
 impl Default for FastTlb {
     fn default() -> FastTlb {
         FastTlb {
-            entries: [[EMPTY; FAST_SIZE]; 3],
+            entries: [[EMPTY; FAST_SIZE]; TABLES],
+            back: Box::new([[EMPTY; FAST_SIZE]; TABLES]),
             mem: None,
             watch_gen: 0,
             used: false,
-            log: FillLog::new(3 * FAST_SIZE),
+            log: FillLog::new(2 * TABLES * FAST_SIZE),
             hits: 0,
             fills: 0,
         }
@@ -151,15 +165,25 @@ impl FastTlb {
 
     /// Runs `f` on every entry that may be valid: the logged ones, or all.
     fn each_filled(&mut self, mut f: impl FnMut(&mut FastEntry)) {
-        let FastTlb { entries, log, .. } = self;
+        let FastTlb {
+            entries, back, log, ..
+        } = self;
         match log.filled() {
             Some(slots) => {
                 for &i in slots {
                     let i = i as usize;
-                    f(&mut entries[i / FAST_SIZE][i % FAST_SIZE]);
+                    let (t, k) = (i / FAST_SIZE, i % FAST_SIZE);
+                    match t.checked_sub(TABLES) {
+                        None => f(&mut entries[t][k]),
+                        Some(b) => f(&mut back[b][k]),
+                    }
                 }
             }
-            None => entries.iter_mut().flatten().for_each(f),
+            None => entries
+                .iter_mut()
+                .chain(back.iter_mut())
+                .flatten()
+                .for_each(f),
         }
     }
 
@@ -204,10 +228,24 @@ impl FastTlb {
 
     /// The host address for `len` bytes at `la`, if an entry allows the access.
     #[inline]
-    fn host(&self, la: u64, len: usize, table: Table, write: bool) -> Option<*mut u8> {
-        let e = &self.entries[table.0][slot(la >> 12)];
-        let tag = if write { e.write } else { e.read };
-        (tag == last_vpn(la, len)).then(|| la.wrapping_add(e.addend) as *mut u8)
+    fn host(&mut self, la: u64, len: usize, table: Table, write: bool) -> Option<*mut u8> {
+        let (t, k) = (table.0, slot(la >> 12));
+        let want = last_vpn(la, len);
+        let hit = |e: &FastEntry| {
+            let tag = if write { e.write } else { e.read };
+            (tag == want).then(|| la.wrapping_add(e.addend) as *mut u8)
+        };
+        if let Some(p) = hit(&self.entries[t][k]) {
+            return Some(p);
+        }
+        // A hit at the back comes to the front, where generated code sees it (the
+        // front slot enters the log if it was empty).
+        let p = hit(&self.back[t][k])?;
+        if self.entries[t][k].read == INVALID && self.entries[t][k].write == INVALID {
+            self.log.note(t * FAST_SIZE + k);
+        }
+        std::mem::swap(&mut self.entries[t][k], &mut self.back[t][k]);
+        Some(p)
     }
 
     /// Reads `len` (1-8) bytes at `la` if an entry allows it (`write`: for a
@@ -307,14 +345,26 @@ impl FastTlb {
         }
         let addend = host.wrapping_sub(vpn << 12);
         let (t, k) = (table.into().0, slot(vpn));
-        let e = &mut self.entries[t][k];
-        if e.read == INVALID && e.write == INVALID {
+        let same = |e: &FastEntry| e.addend == addend && (e.read == vpn || e.write == vpn);
+        let empty = |e: &FastEntry| e.read == INVALID && e.write == INVALID;
+        // The page's entry, or the set's front one, goes in front; the front one
+        // moves back over the older. (The log gets a slot when it goes from empty to
+        // filled.)
+        let (front, back) = (&mut self.entries[t][k], &mut self.back[t][k]);
+        let (front_empty, back_empty) = (empty(front), empty(back));
+        if same(back) {
+            std::mem::swap(front, back);
+        } else if !same(front) {
+            if back_empty && !front_empty {
+                self.log.note((TABLES + t) * FAST_SIZE + k);
+            }
+            *back = *front;
+            *front = EMPTY;
+        }
+        if front_empty {
             self.log.note(t * FAST_SIZE + k);
         }
-        let same = e.addend == addend && (e.read == vpn || e.write == vpn);
-        if !same {
-            *e = EMPTY;
-        }
+        let e = &mut self.entries[t][k];
         e.addend = addend;
         e.page_mask = e.page_mask.max(page_mask);
         // A writable page is readable (x86 has no write-only pages).
@@ -338,6 +388,48 @@ mod tests {
     fn host_of(m: &GuestMemory, pa: u64) -> u64 {
         let r = m.region_of(pa, 1).unwrap();
         r.host_addr + (pa - r.gpa)
+    }
+
+    /// A set holds two pages: the one filled or hit last in front (where generated
+    /// code looks), the other behind (a hit there brings it to the front); a third
+    /// page pushes out the one behind; the flushes reach both.
+    #[test]
+    fn a_set_holds_two_pages() {
+        let m = mem();
+        for (i, pa) in [0x1000u64, 0x2000, 0x3000].into_iter().enumerate() {
+            m.write(pa, &[i as u8 + 1]).unwrap();
+        }
+        let mut t = FastTlb::default();
+        let vpn = |k: u64| 0x40 + k * FAST_SIZE as u64;
+        let fill = |t: &mut FastTlb, k: u64| {
+            t.fill(
+                &m,
+                vpn(k),
+                0xfff,
+                host_of(&m, 0x1000 * (k + 1)),
+                MmuIdx::User,
+                true,
+            );
+        };
+        let read = |t: &mut FastTlb, k: u64| t.read(vpn(k) << 12, 1, MmuIdx::User, false);
+        let front = |t: &FastTlb| t.entries[Table::USER.0][slot(vpn(0))].read;
+        fill(&mut t, 0);
+        fill(&mut t, 1);
+        assert_eq!(front(&t), vpn(1));
+        assert_eq!((read(&mut t, 1), read(&mut t, 0)), (Some(2), Some(1)));
+        assert_eq!(front(&t), vpn(0), "a hit behind comes to the front");
+        // Page 2 in front, page 0 behind: page 1 is gone.
+        fill(&mut t, 2);
+        assert_eq!(read(&mut t, 1), None);
+        assert_eq!((read(&mut t, 0), read(&mut t, 2)), (Some(1), Some(3)));
+        // Filling the page in front again (a write after a read) keeps both.
+        fill(&mut t, 2);
+        assert!(t.write(vpn(2) << 12, 1, 9, MmuIdx::User));
+        assert_eq!((read(&mut t, 0), read(&mut t, 2)), (Some(1), Some(9)));
+        t.flush_page(vpn(2));
+        assert_eq!((read(&mut t, 0), read(&mut t, 2)), (Some(1), None));
+        t.flush();
+        assert_eq!(read(&mut t, 0), None);
     }
 
     #[test]
