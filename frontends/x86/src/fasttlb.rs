@@ -82,8 +82,8 @@ pub struct FastTlb {
     pub(crate) watch_gen: u64,
     /// Whether any entry may be valid (skips needless flushes).
     used: bool,
-    /// The slots filled since the last flush (flat: table * FAST_SIZE + slot, the
-    /// back entries after the front ones).
+    /// The sets filled since the last flush (flat: table * FAST_SIZE + slot; an entry
+    /// gets to the back of a set only from its front, so the set was logged then).
     log: FillLog,
     /// Hits and fills (statistics, tests).
     pub hits: u64,
@@ -108,7 +108,7 @@ impl Default for FastTlb {
             mem: None,
             watch_gen: 0,
             used: false,
-            log: FillLog::new(2 * TABLES * FAST_SIZE),
+            log: FillLog::new(TABLES * FAST_SIZE),
             hits: 0,
             fills: 0,
         }
@@ -171,12 +171,9 @@ impl FastTlb {
         match log.filled() {
             Some(slots) => {
                 for &i in slots {
-                    let i = i as usize;
-                    let (t, k) = (i / FAST_SIZE, i % FAST_SIZE);
-                    match t.checked_sub(TABLES) {
-                        None => f(&mut entries[t][k]),
-                        Some(b) => f(&mut back[b][k]),
-                    }
+                    let (t, k) = (i as usize / FAST_SIZE, i as usize % FAST_SIZE);
+                    f(&mut entries[t][k]);
+                    f(&mut back[t][k]);
                 }
             }
             None => entries
@@ -238,12 +235,9 @@ impl FastTlb {
         if let Some(p) = hit(&self.entries[t][k]) {
             return Some(p);
         }
-        // A hit at the back comes to the front, where generated code sees it (the
-        // front slot enters the log if it was empty).
+        // A hit at the back comes to the front, where generated code sees it (its set
+        // is logged: the entry was in front before).
         let p = hit(&self.back[t][k])?;
-        if self.entries[t][k].read == INVALID && self.entries[t][k].write == INVALID {
-            self.log.note(t * FAST_SIZE + k);
-        }
         std::mem::swap(&mut self.entries[t][k], &mut self.back[t][k]);
         Some(p)
     }
@@ -348,21 +342,16 @@ impl FastTlb {
         let same = |e: &FastEntry| e.addend == addend && (e.read == vpn || e.write == vpn);
         let empty = |e: &FastEntry| e.read == INVALID && e.write == INVALID;
         // The page's entry, or the set's front one, goes in front; the front one
-        // moves back over the older. (The log gets a slot when it goes from empty to
-        // filled.)
+        // moves back over the older. (The log gets a set when both are empty.)
         let (front, back) = (&mut self.entries[t][k], &mut self.back[t][k]);
-        let (front_empty, back_empty) = (empty(front), empty(back));
+        if empty(front) && empty(back) {
+            self.log.note(t * FAST_SIZE + k);
+        }
         if same(back) {
             std::mem::swap(front, back);
         } else if !same(front) {
-            if back_empty && !front_empty {
-                self.log.note((TABLES + t) * FAST_SIZE + k);
-            }
             *back = *front;
             *front = EMPTY;
-        }
-        if front_empty {
-            self.log.note(t * FAST_SIZE + k);
         }
         let e = &mut self.entries[t][k];
         e.addend = addend;
