@@ -456,6 +456,17 @@ impl Gen<'_> {
         self.k(t).and_then(|v| i32::try_from(v as i64).ok())
     }
 
+    /// `t`'s constant as an instruction's 32-bit immediate: sign-extended for a
+    /// 64-bit operation (`wide`), any 32-bit value for a 32-bit one (only its low
+    /// bits count).
+    fn imm_of(&self, t: Temp, wide: bool) -> Option<i32> {
+        if wide {
+            self.k32(t)
+        } else {
+            self.k(t).map(|v| v as u32 as i32)
+        }
+    }
+
     fn ld(&mut self, r: u8, t: Temp) {
         if let Some(v) = self.k(t) {
             self.imm(r, v);
@@ -1303,7 +1314,7 @@ impl Gen<'_> {
             (a, b) = (b, a);
         }
         // A register plus a constant into another register: one `lea`.
-        if let (Add, Some(v), Some(ra), None) = (op, self.k32(b), self.reg(a), self.k(a)) {
+        if let (Add, Some(v), Some(ra), None) = (op, self.imm_of(b, wide), self.reg(a), self.k(a)) {
             if ra != d {
                 enc::lea_sized(&mut self.ops, wide, d, ra, v);
                 self.st(dst, d);
@@ -1339,7 +1350,7 @@ impl Gen<'_> {
                 (_, false) => dynasm!(self.ops ; .arch x64 ; ror Rd(d), n),
                 _ => unreachable!("shifts only"),
             }
-        } else if let Some(v) = self.k32(b).and_then(|v| i8::try_from(v).ok()) {
+        } else if let Some(v) = self.imm_of(b, wide).and_then(|v| i8::try_from(v).ok()) {
             // An immediate that fits a byte: the short forms.
             match (op, wide) {
                 (Add, true) => dynasm!(self.ops ; .arch x64 ; add Rq(d), BYTE v),
@@ -1356,7 +1367,7 @@ impl Gen<'_> {
                 (_, false) => dynasm!(self.ops ; .arch x64 ; imul Rd(d), Rd(d), BYTE v),
                 _ => unreachable!("ALU operations only"),
             }
-        } else if let Some(v) = self.k32(b) {
+        } else if let Some(v) = self.imm_of(b, wide) {
             match (op, wide) {
                 (Add, true) => dynasm!(self.ops ; .arch x64 ; add Rq(d), v),
                 (Sub, true) => dynasm!(self.ops ; .arch x64 ; sub Rq(d), v),
