@@ -1,8 +1,7 @@
-//! Which slots of a TLB were filled since it was last emptied, so that emptying it
-//! (every CR3 write: each context switch) resets those slots, not the whole table.
-//! The TLBs are big enough that pages a few mebibytes apart rarely meet in one
-//! direct-mapped slot; a full reset of them would cost more than the few entries a
-//! process touches between switches.
+//! Which slots (or sets) of a TLB were filled since it was last emptied, so that
+//! emptying it (every CR3 write: each context switch) resets those, not the whole
+//! table: a full reset of TLBs big enough that a process's hot pages rarely meet in
+//! one set costs more than the few entries it touches between switches.
 
 /// The filled slots of one table (indices into its flat entry array).
 #[derive(Debug, Clone)]

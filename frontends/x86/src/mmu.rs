@@ -221,7 +221,8 @@ pub struct Mmu {
     /// Pages with translated code (self-modifying-code detection).
     pub code: CodeWatch,
     tlb: Vec<TlbEntry>,
-    /// The entries of `tlb` filled since it was last emptied.
+    /// The sets of `tlb` filled since it was last emptied (by their first entry's
+    /// index: an entry reaches a set's second way only from its first).
     log: crate::filllog::FillLog,
     /// The current PCID (CR3[11:0] when CR4.PCIDE is set, else 0).
     pcid: u16,
@@ -331,16 +332,17 @@ impl Default for Mmu {
 }
 
 impl Mmu {
-    /// Resets the entries that may be valid (the logged ones, or all) for which
-    /// `drop` holds; the log then lists the ones left.
+    /// Resets the entries that may be valid (those of the logged sets, or all) for
+    /// which `drop` holds; the log then lists the sets left with one.
     fn drop_where(&mut self, drop: impl Fn(&TlbEntry) -> bool) {
         let Mmu { tlb, log, .. } = self;
         match log.filled() {
-            Some(slots) => {
-                for &i in slots {
-                    let e = &mut tlb[i as usize];
-                    if drop(e) {
-                        *e = EMPTY;
+            Some(sets) => {
+                for &i in sets {
+                    for e in &mut tlb[i as usize..i as usize + 2] {
+                        if drop(e) {
+                            *e = EMPTY;
+                        }
                     }
                 }
             }
@@ -350,7 +352,9 @@ impl Mmu {
                 }
             }
         }
-        log.retain(tlb.len(), |i| tlb[i].vpn().is_some());
+        log.retain(tlb.len(), |i| {
+            i % 2 == 0 && (tlb[i].vpn().is_some() || tlb[i + 1].vpn().is_some())
+        });
     }
 
     /// Drops every cached translation, global ones included.
@@ -746,12 +750,7 @@ pub fn translate(cpu: &mut X86Cpu, la: u64, access: Access, agent: Agent) -> Res
         };
         if tag == vpn && (e.global || e.pcid == cpu.mmu.pcid) {
             // The set's entry used last comes first.
-            if way != i {
-                if cpu.mmu.tlb[i].vpn().is_none() {
-                    cpu.mmu.log.note(i);
-                }
-                cpu.mmu.tlb.swap(i, way);
-            }
+            cpu.mmu.tlb.swap(i, way);
             return Ok(e.phys | (la & 0xfff));
         }
     }
@@ -759,21 +758,17 @@ pub fn translate(cpu: &mut X86Cpu, la: u64, access: Access, agent: Agent) -> Res
     let pcid = cpu.mmu.pcid;
     // Keep the tags of an entry for the same page (a write after a read), moved to
     // the front; else the front entry moves to the back, over the older one.
-    // (The fill log gets a slot when it goes from empty to filled.)
+    // (The fill log gets a set when both its entries are empty.)
     let same = |e: &TlbEntry| e.vpn() == Some(vpn) && e.phys == w.phys && e.pcid == pcid;
     let m = &mut cpu.mmu;
-    let (front_empty, back_empty) = (m.tlb[i].vpn().is_none(), m.tlb[i + 1].vpn().is_none());
+    if m.tlb[i].vpn().is_none() && m.tlb[i + 1].vpn().is_none() {
+        m.log.note(i);
+    }
     if same(&m.tlb[i + 1]) {
         m.tlb.swap(i, i + 1);
     } else if !same(&m.tlb[i]) {
-        if back_empty && !front_empty {
-            m.log.note(i + 1);
-        }
         m.tlb[i + 1] = m.tlb[i];
         m.tlb[i] = EMPTY;
-    }
-    if front_empty {
-        m.log.note(i);
     }
     let slot = &mut cpu.mmu.tlb[i];
     slot.phys = w.phys;
