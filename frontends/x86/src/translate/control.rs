@@ -204,23 +204,22 @@ impl Tr {
     /// the flags state the branch read still known. A backward branch (a loop) ends
     /// the block.
     pub(super) fn jcc(&mut self) -> Flow {
-        let target = self.i.near_branch_target();
-        let not_taken = negated(self.i.condition_code());
-        if let (Some(nc), true) = (not_taken, target > self.next_pc) {
-            if self.side_exits >= super::MAX_SIDE_EXITS {
-                let c = self.cond(self.i.condition_code());
-                return self.branch(c, target);
+        let (cc, target) = (self.i.condition_code(), self.i.near_branch_target());
+        match negated(cc) {
+            Some(nc) if target > self.next_pc && self.side_exits < super::MAX_SIDE_EXITS => {
+                self.side_exits += 1;
+                let c = self.cond(nc);
+                let on = self.b.label();
+                self.b.br_if(c, on);
+                self.exit_to(target);
+                self.b.set_label(on);
+                Flow::Next
             }
-            self.side_exits += 1;
-            let c = self.cond(nc);
-            let on = self.b.label();
-            self.b.br_if(c, on);
-            self.exit_to(target);
-            self.b.set_label(on);
-            return Flow::Next;
+            _ => {
+                let c = self.cond(cc);
+                self.branch(c, target)
+            }
         }
-        let c = self.cond(self.i.condition_code());
-        self.branch(c, target)
     }
 
     /// Two-way exit: to `target` if `c != 0`, else to the next instruction.
