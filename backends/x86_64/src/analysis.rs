@@ -181,8 +181,9 @@ pub(crate) fn lazy_sets<E: DirectGlobals>(block: &Block) -> LazySets {
 /// Registers temps may live in: three callee-saved (kept across calls; the shared
 /// entry saves them), four caller-saved (saved around calls, [`VOLATILE_REGS`]). The
 /// op templates use none of them; r8 and r9 are argument registers of environment
-/// calls (moved in as one parallel move after the temps in them are saved) and
-/// carry the slot offset of an exit to the shared lookup (where the block is left).
+/// calls (moved in as one parallel move after the temps in them are saved), and
+/// only on the way out of a block carry anything else (`r8`: the slot an exit to
+/// the shared lookup names; `r9`: the lookup's scratch).
 pub(crate) const ALLOC_REGS: [u8; 7] = [14, 15, 5, 10, 11, 8, 9];
 
 /// The caller-saved registers of [`ALLOC_REGS`].

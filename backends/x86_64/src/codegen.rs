@@ -598,8 +598,17 @@ impl Gen<'_> {
     /// Calls trampoline `t` through the context's table (three bytes), as
     /// [`Gen::call`].
     fn call_tramp(&mut self, t: tramp::Tramp) {
-        let off = tramp_off(t);
-        self.call_with(|ops| enc::call_mem(ops, RBX, off));
+        self.call_tramp_after(t, |_| {});
+    }
+
+    /// Calls trampoline `t` once `setup` has put its arguments in place, with the
+    /// temps that live in caller-saved registers across the call saved before the
+    /// setup (its moves into `r8`/`r9` may overwrite them) and reloaded after.
+    fn call_tramp_after(&mut self, t: tramp::Tramp, setup: impl FnOnce(&mut Self)) {
+        let live = self.save_volatile();
+        setup(self);
+        enc::call_mem(&mut self.ops, RBX, tramp_off(t));
+        self.restore_volatile(&live);
     }
 
     fn call_with(&mut self, emit: impl FnOnce(&mut Asm)) {
@@ -1010,29 +1019,24 @@ impl Gen<'_> {
                     // A plain function on the environment that cannot fault or ask to
                     // stop: no sync, no status.
                     let f = f as usize as i64;
-                    // (Temps live across the call saved first: the arguments go to
-                    // r8, which may hold one.)
-                    let live = self.save_volatile();
-                    self.args_or_zero(&[RDX, RCX, R8], args);
-                    dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov rsi, QWORD f);
-                    enc::call_mem(&mut self.ops, RBX, tramp_off(tramp::Tramp::Env));
-                    self.restore_volatile(&live);
+                    self.call_tramp_after(tramp::Tramp::Env, |g| {
+                        g.args_or_zero(&[RDX, RCX, R8], args);
+                        dynasm!(g.ops ; .arch x64 ; mov rdi, rbx ; mov rsi, QWORD f);
+                    });
                     if let Some(r) = ret {
                         self.st(r, RAX);
                     }
                 }
                 CallKind::General => {
-                    // Arguments 1-4 of the helper go to rdx, rcx, r8, r9 (which may
-                    // hold temps: those live across the call saved first).
+                    // Arguments 1-4 of the helper go to rdx, rcx, r8, r9.
                     const ARG_REGS: [u8; 4] = [RDX, RCX, R8, R9];
                     self.sync::<E>();
-                    let live = self.save_volatile();
                     let n = args.len().min(4);
-                    self.args_or_zero(&ARG_REGS[..n], &args[..n]);
                     let hn = u64::from(helper.0) | (n as u64) << 16;
-                    dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov esi, hn as i32);
-                    enc::call_mem(&mut self.ops, RBX, tramp_off(tramp::Tramp::Call));
-                    self.restore_volatile(&live);
+                    self.call_tramp_after(tramp::Tramp::Call, |g| {
+                        g.args_or_zero(&ARG_REGS[..n], &args[..n]);
+                        dynasm!(g.ops ; .arch x64 ; mov rdi, rbx ; mov esi, hn as i32);
+                    });
                     self.check_status();
                     if let Some(r) = ret {
                         self.st(r, RDX);
