@@ -82,6 +82,8 @@ pub struct Tb {
     /// Physical page numbers (address >> 12) holding its guest code: the first page,
     /// and the second when the code crosses a page boundary.
     pub pages: [Option<u64>; 2],
+    /// The page offsets (first and last byte) the code spans on each of `pages`.
+    pub spans: [(u16, u16); 2],
     /// Linear page number of the first byte (links stay within it).
     pub linear_page: u64,
     /// Up to two direct successors (the two sides of a conditional branch).
@@ -89,6 +91,25 @@ pub struct Tb {
 }
 
 impl Tb {
+    /// The code chunks ([`CodeWatch::chunks`]) the block holds on page `pfn`.
+    pub fn chunks_on(&self, pfn: u64) -> u64 {
+        let mut c = 0;
+        for (p, &(first, last)) in self.pages.iter().zip(&self.spans) {
+            if *p == Some(pfn) {
+                c |= CodeWatch::chunks(u64::from(first), u64::from(last));
+            }
+        }
+        c
+    }
+
+    /// Whether the block's code on page `pfn` overlaps page offsets `first..=last`.
+    pub fn overlaps(&self, pfn: u64, first: u64, last: u64) -> bool {
+        self.pages
+            .iter()
+            .zip(&self.spans)
+            .any(|(p, &(a, b))| *p == Some(pfn) && u64::from(a) <= last && first <= u64::from(b))
+    }
+
     /// The linked successor for an exit to `pc`, if one was recorded.
     pub fn link_to(&self, pc: u64) -> Option<TbId> {
         self.links
@@ -264,8 +285,11 @@ impl BlockCache {
             gen: self.slots[index as usize].gen,
         };
         for pfn in tb.pages.iter().flatten() {
-            self.pages.entry(*pfn).or_default().push(id);
-            watch.watch(*pfn);
+            let list = self.pages.entry(*pfn).or_default();
+            if !list.contains(&id) {
+                list.push(id);
+            }
+            watch.watch(*pfn, tb.chunks_on(*pfn));
         }
         self.map.insert(tb.key, id);
         self.len += 1;
@@ -366,6 +390,34 @@ impl BlockCache {
         watch.unwatch(pfn);
     }
 
+    /// Drops the blocks whose code overlaps physical `[pa, pa+len)` (within one
+    /// page: code the guest wrote); the page's other blocks stay, and the page's
+    /// code chunks are those of the blocks left.
+    pub fn invalidate_bytes(&mut self, pa: u64, len: u64, watch: &mut CodeWatch) {
+        let pfn = pa >> 12;
+        let (first, last) = (pa & 0xfff, ((pa & 0xfff) + len.max(1) - 1).min(0xfff));
+        let Some(ids) = self.pages.get(&pfn) else {
+            watch.unwatch(pfn);
+            return;
+        };
+        let hit: Vec<TbId> = ids
+            .iter()
+            .copied()
+            .filter(|&id| self.get(id).is_none_or(|tb| tb.overlaps(pfn, first, last)))
+            .collect();
+        for id in hit {
+            self.stats.invalidated += 1;
+            self.remove(id, watch);
+        }
+        if let Some(ids) = self.pages.get(&pfn) {
+            let chunks = ids
+                .iter()
+                .filter_map(|&id| self.get(id))
+                .fold(0, |c, tb| c | tb.chunks_on(pfn));
+            watch.set_chunks(pfn, chunks);
+        }
+    }
+
     /// Drops every block with code in physical `[start, start+len)`.
     pub fn invalidate_range(&mut self, start: u64, len: u64, watch: &mut CodeWatch) {
         if len == 0 {
@@ -431,6 +483,7 @@ mod tests {
             },
             code: Some(Prepared::new(b.finish())),
             jit: None,
+            spans: [((phys & 0xfff) as u16, 0xfff), (0, 0xfff)],
             pages,
             linear_page: phys >> 12,
             links: [None; 2],
@@ -467,6 +520,34 @@ mod tests {
         c.flush(&mut w);
         assert!(c.is_empty() && !w.is_watched(5) && !w.is_watched(7));
         assert_eq!(c.stats.invalidated, 2);
+    }
+
+    #[test]
+    fn code_writes_drop_the_blocks_they_reach() {
+        let mut w = CodeWatch::default();
+        let mut c = BlockCache::new(Limits::default());
+        let span = |mut t: Tb, first: u16, last: u16| {
+            t.spans[0] = (first, last);
+            t
+        };
+        let a = c.insert(span(tb(0x1100, [Some(1), None], 1), 0x100, 0x11f), &mut w);
+        let b = c.insert(span(tb(0x1400, [Some(1), None], 1), 0x400, 0x40f), &mut w);
+        let x = c.insert(tb(0x1ff0, [Some(1), Some(2)], 1), &mut w);
+        // Beside the code: no block reached (the page stays watched).
+        c.invalidate_bytes(0x1200, 4, &mut w);
+        assert!(c.get(a).is_some() && c.get(b).is_some() && c.get(x).is_some());
+        assert!(!w.note_write(0x1200, 4) && w.note_write(0x1404, 1));
+        w.take_dirty();
+        // Into `b` (its last byte): only `b` goes; its chunk is no longer code.
+        c.invalidate_bytes(0x140e, 4, &mut w);
+        assert!(c.get(b).is_none() && c.get(a).is_some() && c.get(x).is_some());
+        assert!(!w.note_write(0x1404, 1) && w.note_write(0x1110, 1));
+        // The block crossing into page 2 is reached from either page.
+        c.invalidate_bytes(0x2000, 1, &mut w);
+        assert!(c.get(x).is_none() && !w.is_watched(2) && w.is_watched(1));
+        c.invalidate_bytes(0x1100, 0x100, &mut w);
+        assert!(c.is_empty() && !w.is_watched(1));
+        assert_eq!(c.stats.invalidated, 3);
     }
 
     #[test]

@@ -156,6 +156,75 @@ fn code_written_by_a_device_is_translated_again() {
     assert_eq!(mp.r32(DATA), 6);
 }
 
+#[test]
+fn data_beside_code_leaves_the_code_alone() {
+    let mp = Mp::new();
+    // A loop at 0x1100 that counts in a word at 0x1800, on its own code page (a
+    // kernel's init data next to its init text): 200 writes, no block dropped.
+    mp.code(0x1000, |a| {
+        a.xor(ecx, ecx)?;
+        a.mov(edx, 200u32)?;
+        a.jmp(0x1100u64)
+    });
+    mp.code(0x1100, |a| {
+        a.add(dword_ptr(0x1800u32), 1u32)?;
+        a.dec(edx)?;
+        a.jnz(0x1100u64)?;
+        a.mov(eax, dword_ptr(0x1800u32))?;
+        a.mov(dword_ptr(DATA as u32), eax)?;
+        a.hlt()
+    });
+    let mut v = TcgVcpu::new(mp.bus(), mp.control.clone());
+    v.set_state(&pm_state(0xfee0_0900, 0x1000)).unwrap();
+    assert_eq!(v.run().unwrap(), VcpuExit::Halted);
+    assert_eq!(mp.r32(DATA), 200);
+    let stats = v.cache_stats();
+    assert_eq!(stats.invalidated, 0, "{stats:?}");
+    assert!(stats.inserted <= 4, "{stats:?}");
+}
+
+#[test]
+fn a_code_write_drops_only_the_blocks_it_reaches() {
+    let mp = Mp::new();
+    // Two functions on the page of the loop calling them; the loop patches the
+    // second one's immediate each time round: the second is translated again every
+    // time, the first and the loop itself only once.
+    mp.code(0x1000, |a| {
+        a.xor(ecx, ecx)?;
+        a.xor(ebx, ebx)?;
+        a.mov(edx, 4u32)?;
+        a.jmp(0x1100u64)
+    });
+    mp.code(0x1100, |a| {
+        a.mov(esi, 0x1400u32)?;
+        a.call(esi)?; // ebx += 10
+        a.mov(esi, 0x1600u32)?;
+        a.call(esi)?; // ebx += imm (1, 2, 3, 4)
+        a.add(byte_ptr(0x1602u32), 1u32)?;
+        a.dec(edx)?;
+        a.jnz(0x1100u64)?;
+        a.mov(dword_ptr(DATA as u32), ebx)?;
+        a.hlt()
+    });
+    mp.code(0x1400, |a| {
+        a.add(ebx, 10u32)?;
+        a.ret()
+    });
+    mp.code(0x1600, |a| {
+        a.add(ebx, 1u32)?; // 0x1600: 83 C3 01
+        a.ret()
+    });
+    assert_eq!(mp.mem.read_u8(0x1602).unwrap(), 1, "layout");
+    let mut v = TcgVcpu::new(mp.bus(), mp.control.clone());
+    v.set_state(&pm_state(0xfee0_0900, 0x1000)).unwrap();
+    assert_eq!(v.run().unwrap(), VcpuExit::Halted);
+    assert_eq!(mp.r32(DATA), 4 * 10 + 1 + 2 + 3 + 4);
+    // The function at 0x1600 was dropped after each patch (four times); nothing
+    // else was.
+    let stats = v.cache_stats();
+    assert_eq!(stats.invalidated, 4, "{stats:?}");
+}
+
 /// `-perfmap`: compiled blocks are named in `/tmp/perf-<pid>.map` by guest address,
 /// and the code they share as `vireo:shared`.
 #[test]
@@ -195,4 +264,6 @@ jit_variants!(
     a_write_into_the_running_block_is_seen_by_the_next_instruction,
     a_block_linked_to_itself_sees_its_own_patch,
     a_write_through_an_alias_mapping_reaches_the_code,
+    data_beside_code_leaves_the_code_alone,
+    a_code_write_drops_only_the_blocks_it_reaches,
 );

@@ -748,11 +748,9 @@ impl TcgVcpu {
     fn after_block(&mut self) {
         self.cpu.stop = false;
         let dirty = self.cpu.mmu.code.take_dirty();
-        if !dirty.is_empty() {
-            for pfn in dirty {
-                log::trace!(target: LOG_EXEC, "code page {pfn:#x} written: dropping its blocks");
-                self.cache.invalidate_page(pfn, &mut self.cpu.mmu.code);
-            }
+        for (pa, len) in dirty {
+            log::trace!(target: LOG_EXEC, "code at {pa:#x}+{len:#x} written: dropping its blocks");
+            self.cache.invalidate_bytes(pa, len, &mut self.cpu.mmu.code);
         }
     }
 
@@ -966,6 +964,17 @@ impl TcgVcpu {
             code,
             jit,
             pages: [Some(key.phys >> 12), page2],
+            spans: [
+                (
+                    (linear & 0xfff) as u16,
+                    if page2.is_some() {
+                        0xfff
+                    } else {
+                        (last & 0xfff) as u16
+                    },
+                ),
+                (0, (last & 0xfff) as u16),
+            ],
             linear_page: linear >> 12,
             links: [None; 2],
         };

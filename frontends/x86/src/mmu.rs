@@ -81,15 +81,22 @@ const PTE_PS: u64 = 1 << 7;
 const PTE_G: u64 = 1 << 8;
 const PTE_NX: u64 = 1 << 63;
 
-/// Physical pages that hold translated code, and the ones written since the run loop
-/// last looked: a write to a watched page is self-modifying code.
+/// Physical pages that hold translated code, which parts of them do, and the code
+/// bytes written since the run loop last looked: a write to code is self-modifying
+/// code. A write to a watched page outside its code (data next to code: a kernel's
+/// init data beside its init text, a static key's neighbours) is an ordinary write,
+/// as QEMU's code bitmaps make it; otherwise such a page's blocks were dropped and
+/// translated again every time the data was written.
 #[derive(Debug, Default)]
 pub struct CodeWatch {
-    pages: std::collections::HashSet<u64>,
+    /// Watched page → its code chunks ([`CodeWatch::chunks`]: bit n covers bytes
+    /// 64n..64n+63).
+    pages: std::collections::HashMap<u64, u64>,
     /// One bit per page below 4 GiB, mirroring `pages`, for a cheap write-path test.
     low: Vec<u64>,
-    /// Watched pages written since [`CodeWatch::take_dirty`].
-    dirty: Vec<u64>,
+    /// Code bytes written since [`CodeWatch::take_dirty`]: physical (start, length),
+    /// each within one page.
+    dirty: Vec<(u64, u64)>,
     /// Changes whenever a page starts being watched; unique across all watches.
     gen: u64,
 }
@@ -100,16 +107,36 @@ static WATCH_GEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::n
 const LOW_PAGES: u64 = 1 << 20;
 
 impl CodeWatch {
-    /// Starts watching physical page `pfn` (address >> 12).
-    pub fn watch(&mut self, pfn: u64) {
-        if self.pages.insert(pfn) {
-            self.gen = WATCH_GEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    /// The chunk mask of page offsets `first..=last` (64 bytes a bit).
+    pub fn chunks(first: u64, last: u64) -> u64 {
+        let (a, b) = ((first & 0xfff) >> 6, (last & 0xfff) >> 6);
+        if a > b {
+            return 0;
+        }
+        (u64::MAX >> (63 - b)) & (u64::MAX << a)
+    }
+    /// Starts watching the `chunks` of physical page `pfn` (address >> 12) as code
+    /// (added to those watched already).
+    pub fn watch(&mut self, pfn: u64, chunks: u64) {
+        match self.pages.entry(pfn) {
+            std::collections::hash_map::Entry::Occupied(mut e) => *e.get_mut() |= chunks,
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(chunks);
+                self.gen = WATCH_GEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         if pfn < LOW_PAGES {
             if self.low.is_empty() {
                 self.low = vec![0; (LOW_PAGES / 64) as usize];
             }
             self.low[(pfn / 64) as usize] |= 1 << (pfn % 64);
+        }
+    }
+    /// Replaces the code chunks of watched page `pfn` (some of its blocks were
+    /// dropped).
+    pub fn set_chunks(&mut self, pfn: u64, chunks: u64) {
+        if let Some(c) = self.pages.get_mut(&pfn) {
+            *c = chunks;
         }
     }
     /// Stops watching `pfn` (its blocks were dropped).
@@ -127,27 +154,38 @@ impl CodeWatch {
                 .get((pfn / 64) as usize)
                 .is_some_and(|w| w & (1 << (pfn % 64)) != 0)
         } else {
-            self.pages.contains(&pfn)
+            self.pages.contains_key(&pfn)
         }
     }
-    /// Records a write to `pfn`; true if it holds code.
-    pub fn note_write(&mut self, pfn: u64) -> bool {
-        if self.is_watched(pfn) {
-            if !self.dirty.contains(&pfn) {
-                self.dirty.push(pfn);
-            }
-            true
-        } else {
-            false
+    /// Records a write of physical `[pa, pa+len)` (within one page, `len` > 0); true
+    /// if it reaches code.
+    pub fn note_write(&mut self, pa: u64, len: u64) -> bool {
+        let pfn = pa >> 12;
+        if !self.is_watched(pfn) {
+            return false;
         }
+        let last = pa + len.max(1) - 1;
+        let code = self.pages.get(&pfn).copied().unwrap_or(u64::MAX);
+        if code & Self::chunks(pa, last) == 0 {
+            return false;
+        }
+        match self.dirty.last_mut() {
+            // The same bytes again, or the next ones (a string copy): one range.
+            Some((s, l)) if *s >> 12 == pfn && *s <= pa && pa <= *s + *l => {
+                *l = (*l).max(last + 1 - *s);
+            }
+            _ => self.dirty.push((pa, last + 1 - pa)),
+        }
+        true
     }
     /// Changes whenever a page starts being watched (the fast TLB then drops its
     /// write tags); no two watches share a nonzero value.
     pub fn generation(&self) -> u64 {
         self.gen
     }
-    /// Code pages written since the last call.
-    pub fn take_dirty(&mut self) -> Vec<u64> {
+    /// Code written since the last call: physical (start, length), each within one
+    /// page.
+    pub fn take_dirty(&mut self) -> Vec<(u64, u64)> {
         std::mem::take(&mut self.dirty)
     }
 }
@@ -487,13 +525,15 @@ fn write_phys_le(cpu: &mut X86Cpu, pa: u64, len: usize, v: u64) {
 
 /// Records a write to physical `[pa, pa+len)` for self-modifying-code detection.
 fn note_code_write(cpu: &mut X86Cpu, pa: u64, len: usize) {
-    let first = pa >> 12;
-    let last = pa.saturating_add(len.max(1) as u64 - 1) >> 12;
-    for pfn in first..=last {
-        if cpu.mmu.code.note_write(pfn) {
+    let end = pa.saturating_add(len.max(1) as u64);
+    let mut at = pa;
+    while at < end {
+        let piece = (at | 0xfff).saturating_add(1).min(end) - at;
+        if cpu.mmu.code.note_write(at, piece) {
             // Self-modifying code: finish this instruction, then leave the block.
             cpu.stop = true;
         }
+        at += piece;
     }
 }
 

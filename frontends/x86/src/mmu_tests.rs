@@ -362,10 +362,10 @@ fn paging_off_a20_and_smc() {
     );
     assert_eq!(translate_code(&mut cpu, 0x10_5000), Ok(0x5000));
     cpu.bus.a20.set(true);
-    cpu.mmu.code.watch(5);
+    cpu.mmu.code.watch(5, u64::MAX);
     write(&mut cpu, 0x5ffe, 0, Size::B32, MmuIdx::Kernel).unwrap();
     assert!(cpu.stop);
-    assert_eq!(cpu.mmu.code.take_dirty(), vec![5]);
+    assert_eq!(cpu.mmu.code.take_dirty(), vec![(0x5ffe, 2)]);
     // Outside RAM: reads float high, writes vanish.
     assert_eq!(
         read(&mut cpu, 0x2000_0000, Size::B16, MmuIdx::Kernel),
@@ -378,13 +378,39 @@ fn paging_off_a20_and_smc() {
 fn code_watch_bitmap() {
     let mut w = CodeWatch::default();
     assert!(!w.is_watched(3));
-    w.watch(3);
-    w.watch(1 << 30);
+    w.watch(3, u64::MAX);
+    w.watch(1 << 30, u64::MAX);
     assert!(w.is_watched(3) && w.is_watched(1 << 30));
-    assert!(w.note_write(3));
-    assert!(!w.note_write(4));
+    assert!(w.note_write(0x3000, 4));
+    assert!(!w.note_write(0x4000, 4));
+    assert!(w.note_write((1 << 42) + 0xffc, 4));
     w.unwatch(3);
     assert!(!w.is_watched(3));
+}
+
+#[test]
+fn code_watch_chunks() {
+    assert_eq!(CodeWatch::chunks(0, 0xfff), u64::MAX);
+    assert_eq!(CodeWatch::chunks(0x40, 0x7f), 0b10);
+    assert_eq!(CodeWatch::chunks(0x3f, 0x40), 0b11);
+    assert_eq!(CodeWatch::chunks(0xfc0, 0xfff), 1 << 63);
+    // Code at 0x100..0x17f (chunks 4 and 5) of page 3.
+    let mut w = CodeWatch::default();
+    w.watch(3, CodeWatch::chunks(0x100, 0x17f));
+    // Writes beside it are no code writes; one byte of it is.
+    assert!(!w.note_write(0x30fc, 4));
+    assert!(!w.note_write(0x3180, 8));
+    assert!(w.take_dirty().is_empty());
+    assert!(w.note_write(0x30fe, 4));
+    // The next bytes (a string copy) extend the range; other bytes make another.
+    assert!(w.note_write(0x3102, 4));
+    assert!(w.note_write(0x3170, 1));
+    assert_eq!(w.take_dirty(), vec![(0x30fe, 8), (0x3170, 1)]);
+    // More code on the page adds chunks; replacing them drops the old ones.
+    w.watch(3, CodeWatch::chunks(0x800, 0x801));
+    assert!(w.note_write(0x3800, 1) && w.note_write(0x3100, 1));
+    w.set_chunks(3, CodeWatch::chunks(0x800, 0x801));
+    assert!(!w.note_write(0x3100, 1));
 }
 
 #[test]
@@ -435,11 +461,11 @@ fn fast_tlb_gives_way_to_code_pages_and_remaps() {
     assert!(hits > 0 && !cpu.stop);
     // Code is translated from the page: its writes are seen again (the run loop syncs
     // before each block).
-    cpu.mmu.code.watch(0x20);
+    cpu.mmu.code.watch(0x20, u64::MAX);
     sync_fast_tlb(&mut cpu);
     write(&mut cpu, 0x400008, 3, Size::B32, MmuIdx::Kernel).unwrap();
     assert!(cpu.stop);
-    assert_eq!(cpu.mmu.code.take_dirty(), vec![0x20]);
+    assert_eq!(cpu.mmu.code.take_dirty(), vec![(0x20008, 4)]);
     assert_eq!(cpu.mmu.fast.hits, hits);
     // Reads still hit.
     assert_eq!(read(&mut cpu, 0x400008, Size::B32, MmuIdx::Kernel), Ok(3));
