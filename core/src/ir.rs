@@ -580,35 +580,61 @@ impl Block {
     /// there, less what the skipped ops changed (the typical case: the `Raise` of a
     /// check, skipped when the check passes).
     pub fn branch_only_labels(&self) -> Vec<Option<usize>> {
-        let n = self.labels as usize;
-        let at = self.label_positions();
-        let mut from = vec![None; n];
-        let mut count = vec![0u32; n];
+        let mut out = Vec::new();
+        self.branch_only_labels_into(&mut out);
+        out
+    }
+
+    /// [`Block::branch_only_labels`] into `out` (reused: no allocation once it has
+    /// room), in one pass over the ops.
+    pub fn branch_only_labels_into(&self, out: &mut Vec<Option<usize>>) {
+        // While the pass runs, an entry holds the position of the one branch to the
+        // label seen so far, with flags above it: the label is defined (and this
+        // branch qualified), or the label is out (several branches, a branch after
+        // it, or a definition that falls through or follows an instruction start).
+        const DEFINED: usize = 1 << (usize::BITS - 1);
+        const OUT: usize = 1 << (usize::BITS - 2);
+        const POS: usize = OUT - 1;
+        out.clear();
+        out.resize(self.labels as usize, None);
+        let mut last_insn = None;
+        let mut prev: Option<&Op> = None;
         for (i, op) in self.ops.iter().enumerate() {
-            if let Op::Br(l) | Op::BrIf { target: l, .. } = op {
-                if let (Some(c), Some(f)) =
-                    (count.get_mut(l.0 as usize), from.get_mut(l.0 as usize))
-                {
-                    *c += 1;
-                    *f = Some(i);
+            match *op {
+                Op::Br(l) | Op::BrIf { target: l, .. } => {
+                    if let Some(e) = out.get_mut(l.0 as usize) {
+                        *e = Some(match *e {
+                            None if i <= POS => i,
+                            _ => OUT,
+                        });
+                    }
                 }
+                Op::Label(l) => {
+                    if let Some(e) = out.get_mut(l.0 as usize) {
+                        let closed =
+                            matches!(prev, Some(Op::Br(_) | Op::Raise { .. } | Op::Exit(_)));
+                        *e = Some(match *e {
+                            Some(b)
+                                if b & (DEFINED | OUT) == 0
+                                    && closed
+                                    && last_insn.is_none_or(|s| s < b) =>
+                            {
+                                b | DEFINED
+                            }
+                            _ => OUT,
+                        });
+                    }
+                }
+                Op::InsnStart { .. } => last_insn = Some(i),
+                _ => {}
             }
+            prev = Some(op);
         }
-        (0..n)
-            .map(|l| {
-                let (b, a) = (from[l]?, at[l]);
-                let closed = a > 0
-                    && matches!(
-                        self.ops.get(a - 1),
-                        Some(Op::Br(_) | Op::Raise { .. } | Op::Exit(_))
-                    );
-                let same_insn = b < a
-                    && !self.ops[b + 1..a]
-                        .iter()
-                        .any(|o| matches!(o, Op::InsnStart { .. }));
-                (count[l] == 1 && closed && same_insn).then_some(b)
-            })
-            .collect()
+        for e in out.iter_mut() {
+            *e = e
+                .filter(|&v| v & (DEFINED | OUT) == DEFINED)
+                .map(|v| v & POS);
+        }
     }
 
     /// Checks structural invariants: temps and labels in range, every label defined
@@ -1027,6 +1053,48 @@ mod tests {
         let blk = b.finish();
         assert_eq!(blk.guest_len, 0xf);
         assert_eq!(blk.insns, 2);
+    }
+
+    /// Labels whose only way in is one branch of the same instruction, past code
+    /// that cannot fall through (a check's `Raise`), and the cases that are not.
+    #[test]
+    fn labels_only_a_branch_reaches() {
+        let mut b = Builder::new(0x1000);
+        let (ok, two, fall, other_insn, back, never) = (
+            b.label(),
+            b.label(),
+            b.label(),
+            b.label(),
+            b.label(),
+            b.label(),
+        );
+        b.insn_start(0x1000, 3);
+        let c = b.konst(1);
+        b.br_if(c, ok); // 2
+        b.raise(13, None);
+        b.set_label(ok); // 4
+        b.br_if(c, two); // 5
+        b.br_if(c, two);
+        b.raise(13, None);
+        b.set_label(two);
+        b.br_if(c, fall); // 9
+        b.set_label(fall);
+        b.br_if(c, other_insn); // 11
+        b.raise(13, None);
+        b.insn_start(0x1003, 1);
+        b.exit(ExitKind::Jump(0x1004));
+        b.set_label(other_insn);
+        b.set_label(back); // 16
+        b.br_if(c, back);
+        b.br_if(c, never);
+        b.exit(ExitKind::Jump(0x1004));
+        let blk = b.finish();
+        let only = blk.branch_only_labels();
+        assert_eq!(only, vec![Some(2), None, None, None, None, None]);
+        // The buffer version reuses what it is given.
+        let mut out = vec![Some(7); 9];
+        blk.branch_only_labels_into(&mut out);
+        assert_eq!(out, only);
     }
 
     #[test]

@@ -25,10 +25,48 @@ use crate::ir::{BinOp, Block, Cond, Effects, Global, Op, Size, Temp};
 
 /// Runs all passes on `block`.
 pub fn optimize(block: &mut Block) {
-    narrow_extensions(block);
-    forward(block);
-    dead_global_stores(block);
-    dead_temps(block);
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut s) => optimize_with(block, &mut s),
+        Err(_) => optimize_with(block, &mut Scratch::default()),
+    });
+}
+
+fn optimize_with(block: &mut Block, s: &mut Scratch) {
+    narrow_extensions(block, s);
+    forward(block, s);
+    dead_global_stores(block, s);
+    dead_temps(block, s);
+}
+
+/// Buffers the passes reuse from block to block (their allocations showed in the
+/// translation-bound Linux boot).
+#[derive(Default)]
+struct Scratch {
+    keep: Vec<bool>,
+    only: Vec<Option<usize>>,
+    known: Known,
+    /// `forward`'s open branch-only labels and the temps and global slots assigned
+    /// since.
+    open: Vec<(u32, usize, usize)>,
+    log: Vec<Temp>,
+    glog: Vec<usize>,
+    /// Demanded bits (`narrow_extensions`) or reads (`dead_temps`) per temp.
+    per_temp: Vec<u32>,
+    /// The last assignment of each temp (`dead_temps`).
+    last_def: Vec<usize>,
+    may_stop: Vec<bool>,
+    at_branch: Vec<bool>,
+    overwritten: Vec<Global>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+}
+
+/// `v` cleared and holding `n` copies of `x` (its allocation kept).
+fn reset<T: Clone>(v: &mut Vec<T>, n: usize, x: T) {
+    v.clear();
+    v.resize(n, x);
 }
 
 /// Plain globals, numbered: [`slot`]'s range.
@@ -65,6 +103,9 @@ fn pure_call(e: &Effects) -> bool {
 
 /// Drops the ops whose `keep` entry is false.
 fn retain_kept(block: &mut Block, keep: &[bool]) {
+    if keep.iter().all(|&k| k) {
+        return;
+    }
     let mut i = 0;
     block.ops.retain(|_| {
         i += 1;
@@ -100,7 +141,32 @@ struct Known {
     defs: Vec<u32>,
 }
 
+impl Default for Known {
+    fn default() -> Known {
+        Known {
+            konst: Vec::new(),
+            fits: Vec::new(),
+            copy: Vec::new(),
+            globals: [None; SLOTS],
+            setcc: Vec::new(),
+            exprs: FxMap::default(),
+            defs: Vec::new(),
+        }
+    }
+}
+
 impl Known {
+    /// Nothing known, for a block of `n` temps.
+    fn reset(&mut self, n: usize) {
+        reset(&mut self.konst, n, None);
+        reset(&mut self.fits, n, None);
+        reset(&mut self.copy, n, None);
+        self.globals = [None; SLOTS];
+        reset(&mut self.setcc, n, None);
+        self.exprs.clear();
+        reset(&mut self.defs, n, 0);
+    }
+
     fn clear(&mut self) {
         self.konst.fill(None);
         self.fits.fill(None);
@@ -248,17 +314,18 @@ fn trunc_of(dst: Temp, x: Temp, size: Size) -> Op {
 
 /// Constant folding and propagation, copy propagation, forwarding of globals to the
 /// temps that hold their values, and branches on constants resolved.
-fn forward(block: &mut Block) {
+fn forward(block: &mut Block, s: &mut Scratch) {
     let n = block.temps as usize;
-    let mut k = Known {
-        konst: vec![None; n],
-        fits: vec![None; n],
-        copy: vec![None; n],
-        globals: [None; SLOTS],
-        setcc: vec![None; n],
-        exprs: FxMap::default(),
-        defs: vec![0; n],
-    };
+    let Scratch {
+        keep,
+        only,
+        known: k,
+        open,
+        log,
+        glog,
+        ..
+    } = s;
+    k.reset(n);
     for op in &block.ops {
         if let Some(d) = op.dst() {
             if let Some(c) = k.defs.get_mut(d.0 as usize) {
@@ -266,15 +333,15 @@ fn forward(block: &mut Block) {
             }
         }
     }
-    let mut keep = vec![true; block.ops.len()];
+    reset(keep, block.ops.len(), true);
     // Labels reached only from one branch (typically past a check's `Raise`): the
     // knowledge at the branch holds there, less what the ops skipped assigned. While
     // such a branch's label is ahead (`open`: label, start in `log` and `glog`), the
     // temps assigned and global slots set go to the logs.
-    let only = block.branch_only_labels();
-    let mut open: Vec<(u32, usize, usize)> = Vec::new();
-    let mut log: Vec<Temp> = Vec::new();
-    let mut glog: Vec<usize> = Vec::new();
+    block.branch_only_labels_into(only);
+    open.clear();
+    log.clear();
+    glog.clear();
     for (i, op) in block.ops.iter_mut().enumerate() {
         op.for_each_read_mut(|t| *t = k.resolve(*t));
         // Rewrite the op from what is known.
@@ -497,14 +564,14 @@ fn forward(block: &mut Block) {
             _ => {}
         }
     }
-    retain_kept(block, &keep);
+    retain_kept(block, keep);
 }
 
 /// The low bits of each temp that some op reads (64 where unknown): an op at a width
 /// reads only that many bits of its operands (the IR's semantics, see
 /// [`BinOp::eval`]), an extension only its `from` bits, a store only its size.
-fn demanded_bits(block: &Block) -> Vec<u32> {
-    let mut demand = vec![0u32; block.temps as usize];
+fn demanded_bits(block: &Block, demand: &mut Vec<u32>) {
+    reset(demand, block.temps as usize, 0);
     let mut need = |t: Temp, bits: u32| {
         if let Some(d) = demand.get_mut(t.0 as usize) {
             *d = (*d).max(bits);
@@ -527,14 +594,17 @@ fn demanded_bits(block: &Block) -> Vec<u32> {
             ref o => o.for_each_read(|t| need(t, 64)),
         }
     }
-    demand
 }
 
 /// An extension whose result is read only in bits its source already holds (a
 /// register zero-extended, then added at 32 bits) is a move: the copy propagation
 /// that follows lets its readers take the source.
-fn narrow_extensions(block: &mut Block) {
-    let demand = demanded_bits(block);
+fn narrow_extensions(block: &mut Block, s: &mut Scratch) {
+    if !block.ops.iter().any(|op| matches!(op, Op::Ext { .. })) {
+        return;
+    }
+    let demand = &mut s.per_temp;
+    demanded_bits(block, demand);
     for op in block.ops.iter_mut() {
         if let Op::Ext { dst, src, from, .. } = *op {
             if demand
@@ -549,7 +619,7 @@ fn narrow_extensions(block: &mut Block) {
 
 /// Drops `Set`s of plain globals that a later `Set` of the same global overwrites
 /// before anything can observe them.
-fn dead_global_stores(block: &mut Block) {
+fn dead_global_stores(block: &mut Block, s: &mut Scratch) {
     // An instruction boundary observes the state if a stop request may be pending
     // there: it is the block's first (one may have been raised before the block), or
     // a store or a call that is not pure ran since the last boundary (one that saw no
@@ -562,11 +632,19 @@ fn dead_global_stores(block: &mut Block) {
         _ => false,
     };
     let any_effect = block.ops.iter().any(effect);
-    let only = block.branch_only_labels();
-    let mut may_stop = vec![false; block.ops.len()];
+    let Scratch {
+        keep,
+        only,
+        may_stop,
+        at_branch,
+        overwritten,
+        ..
+    } = s;
+    block.branch_only_labels_into(only);
+    reset(may_stop, block.ops.len(), false);
     let mut seen_effect = false;
     // `seen_effect` at each branch (for the labels only it reaches).
-    let mut at_branch = vec![false; block.ops.len()];
+    reset(at_branch, block.ops.len(), false);
     let mut first = true;
     for (i, op) in block.ops.iter().enumerate() {
         match op {
@@ -584,8 +662,8 @@ fn dead_global_stores(block: &mut Block) {
             _ => {}
         }
     }
-    let mut overwritten: Vec<Global> = Vec::new();
-    let mut keep = vec![true; block.ops.len()];
+    overwritten.clear();
+    reset(keep, block.ops.len(), true);
     for (i, op) in block.ops.iter().enumerate().rev() {
         match op {
             Op::Set { dst, .. } if plain(*dst) => {
@@ -603,27 +681,40 @@ fn dead_global_stores(block: &mut Block) {
             _ => overwritten.clear(),
         }
     }
-    retain_kept(block, &keep);
+    retain_kept(block, keep);
 }
 
 /// Drops ops without side effects whose result no op reads.
-fn dead_temps(block: &mut Block) {
-    let mut uses = vec![0u32; block.temps as usize];
-    for op in block.ops.iter_mut() {
-        op.for_each_read_mut(|t| {
+fn dead_temps(block: &mut Block, s: &mut Scratch) {
+    let Scratch {
+        keep,
+        per_temp: uses,
+        last_def,
+        ..
+    } = s;
+    reset(uses, block.temps as usize, 0);
+    reset(last_def, block.temps as usize, 0);
+    for (i, op) in block.ops.iter().enumerate() {
+        op.for_each_read(|t| {
             if let Some(u) = uses.get_mut(t.0 as usize) {
                 *u += 1;
             }
         });
+        if let Some(d) = op.dst().and_then(|d| last_def.get_mut(d.0 as usize)) {
+            *d = i;
+        }
     }
-    let mut keep = vec![true; block.ops.len()];
+    reset(keep, block.ops.len(), true);
+    // Backwards, an op's operands are assigned before it, so they are seen after it
+    // lost its last reader: one pass, unless a temp whose readers all went is
+    // assigned again further on (a temp assigned more than once).
     loop {
-        let mut changed = false;
-        for (i, op) in block.ops.iter_mut().enumerate().rev() {
+        let mut again = false;
+        for (i, op) in block.ops.iter().enumerate().rev() {
             if !keep[i] {
                 continue;
             }
-            let removable = match &*op {
+            let removable = match op {
                 o if o.is_arith() => true,
                 Op::Get { .. } => true,
                 // A pure helper (e.g. computing the flags a later instruction
@@ -637,19 +728,19 @@ fn dead_temps(block: &mut Block) {
             };
             if removable && unused {
                 keep[i] = false;
-                changed = true;
-                op.for_each_read_mut(|t| {
+                op.for_each_read(|t| {
                     if let Some(u) = uses.get_mut(t.0 as usize) {
                         *u = u.saturating_sub(1);
+                        again |= *u == 0 && last_def.get(t.0 as usize).is_some_and(|&d| d > i);
                     }
                 });
             }
         }
-        if !changed {
+        if !again {
             break;
         }
     }
-    retain_kept(block, &keep);
+    retain_kept(block, keep);
 }
 
 #[cfg(test)]
@@ -663,6 +754,28 @@ mod tests {
 
     fn sets_of(b: &Block, g: Global) -> usize {
         count(b, |o| matches!(o, Op::Set { dst, .. } if *dst == g))
+    }
+
+    /// Dead code goes in one backward pass, and in another when a temp whose readers
+    /// went is assigned again further on.
+    #[test]
+    fn dead_temps_go_also_when_assigned_twice() {
+        let mut b = Builder::new(0x10);
+        b.insn_start(0x10, 3);
+        let t = b.konst(1);
+        let x = b.bin(BinOp::Add, Size::B64, t, t);
+        let _ = x;
+        b.push(Op::Const { dst: t, value: 2 });
+        let r = b.get(Global::Gpr(1));
+        let y = b.bin(BinOp::Xor, Size::B64, r, r);
+        let _ = b.bin(BinOp::Add, Size::B64, y, y);
+        b.set(Global::Gpr(0), r);
+        b.exit(ExitKind::Jump(0x13));
+        let mut blk = b.finish();
+        dead_temps(&mut blk, &mut Scratch::default());
+        blk.validate().unwrap();
+        assert_eq!(count(&blk, |o| o.is_arith()), 0, "{blk}");
+        assert_eq!(count(&blk, |o| matches!(o, Op::Get { .. })), 1, "{blk}");
     }
 
     /// Two ALU instructions in a row: the first one's lazy flags are dead, the

@@ -64,8 +64,9 @@ pub(crate) fn guard_risk<E: DirectGlobals>(op: &Op, stores: bool) -> bool {
 /// Which labels need the PC (`Gen::label_needs_pc`): a label does if the code after it,
 /// up to the next instruction start, wants it or goes to a label that needs it
 /// (by a branch or by falling through).
-pub(crate) fn labels_needing_pc<E: DirectGlobals>(block: &Block) -> Vec<bool> {
-    let mut needs = vec![false; block.labels as usize];
+pub(crate) fn labels_needing_pc<E: DirectGlobals>(block: &Block, sc: &mut Scratch) -> Vec<bool> {
+    let mut needs = std::mem::take(&mut sc.label_needs_pc);
+    reset(&mut needs, block.labels as usize, false);
     let at = |l: u32, needs: &[bool]| needs.get(l as usize).copied().unwrap_or(true);
     loop {
         let mut changed = false;
@@ -96,13 +97,51 @@ pub(crate) fn labels_needing_pc<E: DirectGlobals>(block: &Block) -> Vec<bool> {
 
 /// Stores of direct globals that only the slow paths of memory accesses could see
 /// before the global is stored again (lazy: see [`lazy_sets`]).
+#[derive(Default)]
 pub(crate) struct LazySets {
     /// Per op: a `Set` left for the slow paths (its value stays available until the
     /// last access before the global is stored again).
     pub lazy: Vec<bool>,
-    /// Per op: the lazy `Set`s (their op indices) a slow path of this access stores
-    /// before calling into the environment.
-    pub pending: Vec<Vec<usize>>,
+    /// (access, `Set`): the lazy `Set`s (op indices) a slow path of the access stores
+    /// before calling into the environment, by access.
+    pub pending: Vec<(usize, usize)>,
+}
+
+/// Buffers one compilation leaves to the next (allocations showed in the
+/// translation-bound Linux boot): the analyses' working space, and the vectors of
+/// their results, which the code generator hands back when done.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    last_read: Vec<usize>,
+    is_const: Vec<bool>,
+    accesses: Vec<usize>,
+    next_set: Vec<(Global, usize)>,
+    defs: Vec<u32>,
+    first_def: Vec<usize>,
+    first_use: Vec<usize>,
+    last_use: Vec<usize>,
+    straight: Vec<bool>,
+    labels: Vec<usize>,
+    /// Per label: the first and last branch to it, and its definitions.
+    branch_span: Vec<(usize, usize)>,
+    label_defs: Vec<u32>,
+    intervals: Vec<(usize, usize, Temp)>,
+    active: Vec<(usize, u8, Temp)>,
+    /// Result vectors, given back.
+    pub lazy: LazySets,
+    pub regs: Vec<Option<u8>>,
+    pub volatile: Vec<Volatile>,
+    pub konst: Vec<Option<u64>>,
+    pub uses: Vec<u32>,
+    pub label_needs_pc: Vec<bool>,
+    pub label_pos: Vec<usize>,
+    pub only: Vec<Option<usize>>,
+}
+
+/// `v` cleared and holding `n` copies of `x` (its allocation kept).
+pub(crate) fn reset<T: Clone>(v: &mut Vec<T>, n: usize, x: T) {
+    v.clear();
+    v.resize(n, x);
 }
 
 /// Finds the lazy `Set`s of `block`: a `Set` of a direct global (not the PC) is lazy
@@ -115,67 +154,81 @@ pub(crate) struct LazySets {
 /// the value in place: they store it before their call, and the main path stores
 /// only the second value. A stop exit between them is taken only after a slow path (the only
 /// code that raises the request in such a stretch) stored the pending values.
-pub(crate) fn lazy_sets<E: DirectGlobals>(block: &Block) -> LazySets {
+pub(crate) fn lazy_sets<E: DirectGlobals>(block: &Block, sc: &mut Scratch) -> LazySets {
     let n = block.ops.len();
-    let mut lazy = vec![false; n];
-    let mut pending: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut out = std::mem::take(&mut sc.lazy);
+    reset(&mut out.lazy, n, false);
+    out.pending.clear();
     // The last read of each temp, and the temps that are constants.
-    let mut last_read = vec![0usize; block.temps as usize];
-    let mut konst = vec![false; block.temps as usize];
+    let (last_read, konst, accesses) = (&mut sc.last_read, &mut sc.is_const, &mut sc.accesses);
+    reset(last_read, block.temps as usize, 0);
+    reset(konst, block.temps as usize, false);
+    accesses.clear();
+    let mut sets = false;
     for (i, op) in block.ops.iter().enumerate() {
         op.for_each_read(|t| {
             if let Some(u) = last_read.get_mut(t.0 as usize) {
                 *u = i;
             }
         });
-        if let Op::Const { dst, .. } = *op {
-            if let Some(k) = konst.get_mut(dst.0 as usize) {
-                *k = true;
-            }
-        }
-    }
-    // (One buffer for every `Set`'s accesses: an allocation per `Set` showed in the
-    // translation-bound Linux boot.)
-    let mut accesses = Vec::new();
-    for (i, op) in block.ops.iter().enumerate() {
-        let Op::Set { dst: g, src } = *op else {
-            continue;
-        };
-        if g == Global::Pc || direct::<E>(g).is_none() {
-            continue;
-        }
-        accesses.clear();
-        let mut again = false;
-        for (j, o) in block.ops.iter().enumerate().skip(i + 1) {
-            match *o {
-                Op::Set { dst, .. } if dst == g => {
-                    again = true;
-                    break;
+        match *op {
+            Op::Load { .. } | Op::Store { .. } => accesses.push(i),
+            Op::Const { dst, .. } => {
+                if let Some(k) = konst.get_mut(dst.0 as usize) {
+                    *k = true;
                 }
-                Op::Set { dst: h, .. } | Op::Get { src: h, .. }
-                    if h != g && direct::<E>(h).is_some() => {}
-                Op::Load { .. } | Op::Store { .. } => accesses.push(j),
-                Op::InsnStart { .. } => {}
-                ref o if o.is_arith() => {}
-                _ => break,
             }
-        }
-        // Only where the value costs no register beyond its own life: a constant,
-        // or a temp read at or after the last of the accesses anyway (keeping
-        // others in registers longer could spill hot temps).
-        let t = src.0 as usize;
-        let free = konst.get(t).copied().unwrap_or(false)
-            || accesses
-                .last()
-                .is_some_and(|&a| last_read.get(t).is_some_and(|&u| u >= a));
-        if again && !accesses.is_empty() && free {
-            lazy[i] = true;
-            for &j in &accesses {
-                pending[j].push(i);
-            }
+            Op::Set { dst, .. } => sets |= dst != Global::Pc && direct::<E>(dst).is_some(),
+            _ => {}
         }
     }
-    LazySets { lazy, pending }
+    if !sets {
+        return out;
+    }
+    // Backwards: `next` holds, for each direct global, the next `Set` of it in the
+    // stretch ahead (ops the fast paths pass over: loads, stores, temp arithmetic,
+    // instruction starts, accesses of direct globals); a read of a global ends its
+    // entry, anything else the stretch.
+    let next = &mut sc.next_set;
+    next.clear();
+    for (i, op) in block.ops.iter().enumerate().rev() {
+        match *op {
+            Op::Set { dst: g, src } if direct::<E>(g).is_some() => {
+                let ahead = next.iter().position(|&(h, _)| h == g);
+                if let (Some(k), true) = (ahead, g != Global::Pc) {
+                    let j = next[k].1;
+                    // The accesses between this `Set` and the next.
+                    let from = accesses.partition_point(|&a| a < i);
+                    let to = accesses.partition_point(|&a| a < j);
+                    // Only where the value costs no register beyond its own life: a
+                    // constant, or a temp read at or after the last of the accesses
+                    // anyway (keeping others in registers longer could spill hot
+                    // temps).
+                    let t = src.0 as usize;
+                    let free = konst.get(t).copied().unwrap_or(false)
+                        || accesses[from..to]
+                            .last()
+                            .is_some_and(|&a| last_read.get(t).is_some_and(|&u| u >= a));
+                    if from < to && free {
+                        out.lazy[i] = true;
+                        out.pending
+                            .extend(accesses[from..to].iter().map(|&a| (a, i)));
+                    }
+                }
+                match ahead {
+                    Some(k) => next[k].1 = i,
+                    None => next.push((g, i)),
+                }
+            }
+            Op::Get { src: g, .. } if direct::<E>(g).is_some() => next.retain(|&(h, _)| h != g),
+            Op::Load { .. } | Op::Store { .. } | Op::InsnStart { .. } => {}
+            ref o if o.is_arith() => {}
+            _ => next.clear(),
+        }
+    }
+    // By access (then by `Set`, the order they are stored in).
+    out.pending.sort_unstable();
+    out
 }
 
 /// Registers temps may live in: three callee-saved (kept across calls; the shared
@@ -203,16 +256,43 @@ pub(crate) struct Volatile {
 /// assigned once, before any use, and no label lies between its assignment and its
 /// last use (so every path that reads it ran the assignment in the same straight
 /// line). Temps that get no register stay in the temp area.
-pub(crate) fn allocate(block: &Block, lazy: &LazySets) -> Allocation {
+pub(crate) fn allocate(block: &Block, lazy: &LazySets, sc: &mut Scratch) -> Allocation {
     let n = block.temps as usize;
-    let mut defs = vec![0u32; n];
-    let mut first_def = vec![usize::MAX; n];
-    let mut first_use = vec![usize::MAX; n];
-    let mut last_use = vec![0usize; n];
-    let mut labels = Vec::new();
+    let Scratch {
+        defs,
+        first_def,
+        first_use,
+        last_use,
+        straight,
+        labels,
+        branch_span,
+        label_defs,
+        intervals,
+        active,
+        ..
+    } = sc;
+    reset(defs, n, 0);
+    reset(first_def, n, usize::MAX);
+    reset(first_use, n, usize::MAX);
+    reset(last_use, n, 0);
+    labels.clear();
+    // The first and last branch to each label, and its definitions.
+    reset(branch_span, block.labels as usize, (usize::MAX, 0));
+    reset(label_defs, block.labels as usize, 0);
     for (i, op) in block.ops.iter().enumerate() {
-        if let Op::Label(_) = op {
-            labels.push(i);
+        match *op {
+            Op::Label(l) => {
+                labels.push(i);
+                if let Some(c) = label_defs.get_mut(l.0 as usize) {
+                    *c += 1;
+                }
+            }
+            Op::Br(l) | Op::BrIf { target: l, .. } => {
+                if let Some(s) = branch_span.get_mut(l.0 as usize) {
+                    *s = (s.0.min(i), s.1.max(i));
+                }
+            }
+            _ => {}
         }
         let d = op.dst();
         op.for_each_read(|t| {
@@ -231,72 +311,78 @@ pub(crate) fn allocate(block: &Block, lazy: &LazySets) -> Allocation {
         }
     }
     // A lazy `Set`'s value is read by the slow paths of the accesses after it.
-    for (j, sets) in lazy.pending.iter().enumerate() {
-        for &i in sets {
-            if let Some(Op::Set { src, .. }) = block.ops.get(i) {
-                if let Some(u) = last_use.get_mut(src.0 as usize) {
-                    *u = (*u).max(j);
-                }
+    for &(j, i) in &lazy.pending {
+        if let Some(Op::Set { src, .. }) = block.ops.get(i) {
+            if let Some(u) = last_use.get_mut(src.0 as usize) {
+                *u = (*u).max(j);
             }
         }
     }
-    // Where each label is, and the ops that branch to each.
-    let label_at = block.label_positions();
-    let mut branches: Vec<(usize, usize)> = Vec::new(); // (label position, branch position)
-    for (i, op) in block.ops.iter().enumerate() {
-        if let Op::Br(l) | Op::BrIf { target: l, .. } = op {
-            let at = label_at.get(l.0 as usize).copied().unwrap_or(usize::MAX);
-            branches.push((at, i));
-        }
-    }
     // Each label defined once (else the old rule: no label inside the interval).
-    let unique = labels
-        .iter()
-        .all(|&i| matches!(block.ops[i], Op::Label(x) if label_at.get(x.0 as usize) == Some(&i)));
+    let unique = label_defs.iter().all(|&c| c <= 1);
     // A path into the interval after the assignment (up to the last use) either runs
     // the assignment or branches to a label inside it: every branch to such a label
     // must come from inside too (as to the label after a check's `Raise`).
     let inside = |d: usize, u: usize, i: usize| d < i && i <= u;
-    let straight = |k: usize| {
+    reset(straight, n, false);
+    for k in 0..n {
         let (d, u) = (first_def[k], last_use[k]);
-        defs[k] == 1
-            && d < first_use[k]
-            && first_use[k] != usize::MAX
-            && if unique {
-                branches
-                    .iter()
-                    .all(|&(l, b)| !inside(d, u, l) || inside(d, u, b))
+        straight[k] = defs[k] == 1 && d < first_use[k] && first_use[k] != usize::MAX && {
+            // The labels inside the interval.
+            let from = labels.partition_point(|&p| p <= d);
+            let to = labels.partition_point(|&p| p <= u);
+            if unique {
+                labels[from..to].iter().all(|&p| {
+                    let span = match block.ops[p] {
+                        Op::Label(x) => branch_span.get(x.0 as usize).copied(),
+                        _ => None,
+                    };
+                    span.is_none_or(|(lo, hi)| {
+                        lo == usize::MAX || (inside(d, u, lo) && inside(d, u, hi))
+                    })
+                })
             } else {
-                !labels.iter().any(|&l| inside(d, u, l))
+                from == to
             }
-    };
+        };
+    }
     // Constants that qualify are not computed at all: each use takes the value.
-    let mut konst = vec![None; n];
-    for k in (0..n).filter(|&k| straight(k)) {
-        if let Some(Op::Const { value, .. }) = block.ops.get(first_def[k]) {
-            konst[k] = Some(*value);
+    let mut konst = std::mem::take(&mut sc.konst);
+    reset(&mut konst, n, None);
+    intervals.clear();
+    for k in (0..n).filter(|&k| straight[k]) {
+        match block.ops.get(first_def[k]) {
+            Some(Op::Const { value, .. }) => konst[k] = Some(*value),
+            _ => intervals.push((first_def[k], last_use[k], Temp(k as u32))),
         }
     }
-    let mut intervals: Vec<(usize, usize, Temp)> = (0..n)
-        .filter(|&k| straight(k) && konst[k].is_none())
-        .map(|k| (first_def[k], last_use[k], Temp(k as u32)))
-        .collect();
-    intervals.sort();
-    let mut alloc = vec![None; n];
+    intervals.sort_unstable();
+    let mut alloc = std::mem::take(&mut sc.regs);
+    reset(&mut alloc, n, None);
     // (end, register, temp) of the intervals holding a register.
-    let mut active: Vec<(usize, u8, Temp)> = Vec::new();
-    let mut free: Vec<u8> = ALLOC_REGS.iter().rev().copied().collect();
-    for &(start, end, t) in &intervals {
+    active.clear();
+    // The free registers, a stack (the first of ALLOC_REGS on top).
+    let mut free = [0u8; ALLOC_REGS.len()];
+    for (f, &r) in free.iter_mut().zip(ALLOC_REGS.iter().rev()) {
+        *f = r;
+    }
+    let mut nfree = ALLOC_REGS.len();
+    for &(start, end, t) in intervals.iter() {
         // An interval ending at this op frees its register for the op's result.
         active.retain(|&(e, r, _)| {
             if e <= start {
-                free.push(r);
+                if let Some(f) = free.get_mut(nfree) {
+                    *f = r;
+                    nfree += 1;
+                }
                 false
             } else {
                 true
             }
         });
-        if let Some(r) = free.pop() {
+        if nfree > 0 {
+            nfree -= 1;
+            let r = free[nfree];
             alloc[t.0 as usize] = Some(r);
             active.push((end, r, t));
             continue;
@@ -314,18 +400,21 @@ pub(crate) fn allocate(block: &Block, lazy: &LazySets) -> Allocation {
             active[far] = (end, r, t);
         }
     }
-    let volatile = intervals
-        .iter()
-        .filter_map(|&(start, end, t)| match alloc[t.0 as usize] {
-            Some(reg) if VOLATILE_REGS.contains(&reg) => Some(Volatile {
-                temp: t,
-                reg,
-                start,
-                end,
+    let mut volatile = std::mem::take(&mut sc.volatile);
+    volatile.clear();
+    volatile.extend(
+        intervals
+            .iter()
+            .filter_map(|&(start, end, t)| match alloc[t.0 as usize] {
+                Some(reg) if VOLATILE_REGS.contains(&reg) => Some(Volatile {
+                    temp: t,
+                    reg,
+                    start,
+                    end,
+                }),
+                _ => None,
             }),
-            _ => None,
-        })
-        .collect();
+    );
     Allocation {
         regs: alloc,
         volatile,
@@ -344,8 +433,9 @@ pub(crate) struct Allocation {
 }
 
 /// The number of reads of each temp in `block`.
-pub(crate) fn reads(block: &Block) -> Vec<u32> {
-    let mut n = vec![0u32; block.temps as usize];
+pub(crate) fn reads(block: &Block, sc: &mut Scratch) -> Vec<u32> {
+    let mut n = std::mem::take(&mut sc.uses);
+    reset(&mut n, block.temps as usize, 0);
     for op in &block.ops {
         op.for_each_read(|t| {
             if let Some(c) = n.get_mut(t.0 as usize) {
@@ -390,9 +480,9 @@ mod tests {
         let block = b.finish();
         let lazy = LazySets {
             lazy: vec![false; block.ops.len()],
-            pending: vec![Vec::new(); block.ops.len()],
+            pending: Vec::new(),
         };
-        let a = allocate(&block, &lazy);
+        let a = allocate(&block, &lazy, &mut Scratch::default());
         for &s in &short {
             assert!(
                 a.regs[s.0 as usize].is_some(),

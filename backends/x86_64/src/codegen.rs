@@ -45,8 +45,8 @@ pub(crate) use exits::shared_stubs;
 mod memory;
 
 use crate::analysis::{
-    allocate, call_kind, guard_risk, labels_needing_pc, lazy_sets, reads, wants_pc, Allocation,
-    CallKind, LazySets, Volatile,
+    self, allocate, call_kind, guard_risk, labels_needing_pc, lazy_sets, reads, wants_pc,
+    Allocation, CallKind, LazySets, Volatile,
 };
 use crate::tramp::{self, Ctx};
 use crate::JitError;
@@ -294,11 +294,26 @@ enum Value {
     Imm(u64),
 }
 
-/// Compiles `block` for environment type `E`, with its cell at address `cell`.
-pub fn compile<E: GuestEnv + DirectGlobals>(
+/// Buffers one compilation leaves to the next (allocations showed in the
+/// translation-bound Linux boot).
+#[derive(Default)]
+pub struct Scratch {
+    analysis: analysis::Scratch,
+    ops: Option<Asm>,
+    labels: Vec<DynamicLabel>,
+    stubs: Vec<SlowPath>,
+    stop_stubs: Vec<StopStub>,
+    at_branch: Vec<Option<Book>>,
+    cold: Vec<Cold>,
+}
+
+/// Compiles `block` for environment type `E`, with its cell at address `cell`, with
+/// buffers from `sc` (which it gives back).
+pub fn compile_with<E: GuestEnv + DirectGlobals>(
     block: &Block,
     cell: usize,
     lookup: bool,
+    sc: &mut Scratch,
 ) -> Result<Compiled, JitError> {
     if block.temps >= 1 << 28 {
         return Err(JitError::Unsupported("too many temporaries".into()));
@@ -308,8 +323,16 @@ pub fn compile<E: GuestEnv + DirectGlobals>(
     // percent of a Linux boot, which is mostly translation).
     let ops_room = 64 + 24 * block.ops.len();
     let label_room = block.labels as usize + block.ops.len() / 4 + 8;
-    let mut ops = Asm::new_with_capacity(0, ops_room, 0, 0, label_room, 0, 2 * label_room);
-    let labels = (0..block.labels).map(|_| ops.new_dynamic_label()).collect();
+    let mut ops = match sc.ops.take() {
+        Some(mut a) => {
+            a.reserve_ops(ops_room);
+            a
+        }
+        None => Asm::new_with_capacity(0, ops_room, 0, 0, label_room, 0, 2 * label_room),
+    };
+    let mut labels = std::mem::take(&mut sc.labels);
+    labels.clear();
+    labels.extend((0..block.labels).map(|_| ops.new_dynamic_label()));
     let epilogue = ops.new_dynamic_label();
     let fault = ops.new_dynamic_label();
     let entry = ops.new_dynamic_label();
@@ -325,12 +348,35 @@ pub fn compile<E: GuestEnv + DirectGlobals>(
         }
     }
     let guards = guards::<E>();
-    let lazy = lazy_sets::<E>(block);
+    let asc = &mut sc.analysis;
+    let lazy = lazy_sets::<E>(block, asc);
     let Allocation {
         regs: alloc,
         volatile,
         konst,
-    } = allocate(block, &lazy);
+    } = allocate(block, &lazy, asc);
+    let label_needs_pc = labels_needing_pc::<E>(block, asc);
+    let uses = reads(block, asc);
+    let mut only = std::mem::take(&mut asc.only);
+    block.branch_only_labels_into(&mut only);
+    let mut label_pos = std::mem::take(&mut asc.label_pos);
+    label_pos.clear();
+    label_pos.resize(block.labels as usize, usize::MAX);
+    for (i, op) in block.ops.iter().enumerate() {
+        if let Op::Label(l) = op {
+            if let Some(a) = label_pos.get_mut(l.0 as usize) {
+                *a = i;
+            }
+        }
+    }
+    let mut stubs = std::mem::take(&mut sc.stubs);
+    stubs.clear();
+    let mut stop_stubs = std::mem::take(&mut sc.stop_stubs);
+    stop_stubs.clear();
+    let mut at_branch = std::mem::take(&mut sc.at_branch);
+    analysis::reset(&mut at_branch, block.labels as usize, None);
+    let mut cold = std::mem::take(&mut sc.cold);
+    cold.clear();
     let mut g = Gen {
         ops,
         block,
@@ -345,25 +391,25 @@ pub fn compile<E: GuestEnv + DirectGlobals>(
         alloc,
         volatile,
         cur: 0,
-        stubs: Vec::new(),
+        stubs,
         book: Book::default(),
-        stop_stubs: Vec::new(),
-        label_needs_pc: labels_needing_pc::<E>(block),
+        stop_stubs,
+        label_needs_pc,
         konst,
-        uses: reads(block),
+        uses,
         fused: false,
         has_calls: block.ops.iter().any(wants_pc::<E>),
         guard_risk: block.ops.iter().any(|o| guard_risk::<E>(o, false)),
         stop_risk: block.ops.iter().any(|o| guard_risk::<E>(o, true)),
         lookup_tail: None,
         lookup,
-        only: block.branch_only_labels(),
-        at_branch: vec![None; block.labels as usize],
+        only,
+        at_branch,
         test_of: None,
         pc_later: None,
-        label_pos: block.label_positions(),
+        label_pos,
         skip: 0..0,
-        cold: Vec::new(),
+        cold,
         lazy,
     };
     g.chain_entry::<E>();
@@ -390,7 +436,15 @@ pub fn compile<E: GuestEnv + DirectGlobals>(
     g.lookup_tail();
     g.epilogue::<E>();
     let slot_targets = g.slot_targets;
-    let code = g.ops.finalize().map_err(|e| JitError::Asm(e.to_string()))?;
+    let code = g.ops.take().map_err(|e| JitError::Asm(e.to_string()))?;
+    // The buffers back for the next block.
+    let asc = &mut sc.analysis;
+    (asc.lazy, asc.regs, asc.volatile, asc.konst) = (g.lazy, g.alloc, g.volatile, g.konst);
+    (asc.uses, asc.label_needs_pc, asc.only, asc.label_pos) =
+        (g.uses, g.label_needs_pc, g.only, g.label_pos);
+    (sc.labels, sc.stubs, sc.stop_stubs, sc.at_branch, sc.cold) =
+        (g.labels, g.stubs, g.stop_stubs, g.at_branch, g.cold);
+    sc.ops = Some(g.ops);
     Ok(Compiled { code, slot_targets })
 }
 
@@ -1077,8 +1131,12 @@ impl Gen<'_> {
     /// Before the access at op `at` calls into the environment: the lazy `Set`s
     /// pending there, stored (clobbers `rax`).
     fn store_lazy<E: DirectGlobals>(&mut self, at: usize) {
-        let pending = self.lazy.pending.get(at).cloned().unwrap_or_default();
-        for i in pending {
+        let from = self.lazy.pending.partition_point(|&(a, _)| a < at);
+        for k in from..self.lazy.pending.len() {
+            let (a, i) = self.lazy.pending[k];
+            if a != at {
+                break;
+            }
             if let Some(&Op::Set { dst, src }) = self.block.ops.get(i) {
                 if let Some(off) = direct::<E>(dst) {
                     self.store_global(off, src);

@@ -205,6 +205,8 @@ pub struct JitCache<E> {
     /// Keep a copy of the last block's code in `last_code` (`-d out_asm`).
     pub keep_code: bool,
     pub last_code: Vec<u8>,
+    /// Buffers one compilation leaves to the next.
+    scratch: codegen::Scratch,
     _env: PhantomData<fn(&mut E)>,
 }
 
@@ -265,6 +267,7 @@ impl<E> JitCache<E> {
             compiled: 0,
             keep_code: false,
             last_code: Vec::new(),
+            scratch: codegen::Scratch::default(),
             _env: PhantomData,
         }
     }
@@ -435,7 +438,7 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
             });
         }
         let lookup = self.stubs.as_ref().is_some_and(|s| s.lookup != 0);
-        let c = codegen::compile::<E>(block, cell as usize, lookup)?;
+        let c = codegen::compile_with::<E>(block, cell as usize, lookup, &mut self.scratch)?;
         let len = c.code.len();
         if self.used + len > self.limit {
             return Err(JitError::Full {

@@ -904,6 +904,165 @@ fn differential_random_blocks() {
     );
 }
 
+/// The lazy `Set`s (one backward pass) are those of their definition, checked `Set`
+/// by `Set` by scanning ahead, and the temps allocation takes as constants those of
+/// theirs, on random blocks (the same buffers reused).
+#[test]
+fn lazy_sets_and_constants_match_their_definitions() {
+    use crate::codegen::direct;
+    fn by_definition(block: &Block) -> (Vec<bool>, Vec<(usize, usize)>) {
+        let ops = &block.ops;
+        let mut last_read = vec![0; block.temps as usize];
+        for (i, op) in ops.iter().enumerate() {
+            op.for_each_read(|t| last_read[t.0 as usize] = i);
+        }
+        let konst = |t: Temp| {
+            ops.iter()
+                .any(|o| matches!(o, Op::Const { dst, .. } if *dst == t))
+        };
+        let (mut lazy, mut pending) = (vec![false; ops.len()], Vec::new());
+        for (i, op) in ops.iter().enumerate() {
+            let Op::Set { dst: g, src } = *op else {
+                continue;
+            };
+            if g == Global::Pc || direct::<Env<true>>(g).is_none() {
+                continue;
+            }
+            let mut accesses = Vec::new();
+            let mut again = false;
+            for (j, o) in ops.iter().enumerate().skip(i + 1) {
+                match *o {
+                    Op::Set { dst, .. } if dst == g => {
+                        again = true;
+                        break;
+                    }
+                    Op::Set { dst: h, .. } | Op::Get { src: h, .. }
+                        if h != g && direct::<Env<true>>(h).is_some() => {}
+                    Op::Load { .. } | Op::Store { .. } => accesses.push(j),
+                    Op::InsnStart { .. } => {}
+                    ref o if o.is_arith() => {}
+                    _ => break,
+                }
+            }
+            let free = konst(src)
+                || accesses
+                    .last()
+                    .is_some_and(|&a| last_read[src.0 as usize] >= a);
+            if again && !accesses.is_empty() && free {
+                lazy[i] = true;
+                pending.extend(accesses.iter().map(|&a| (a, i)));
+            }
+        }
+        pending.sort();
+        (lazy, pending)
+    }
+    // Instruction-like stretches: globals set and read, accesses, arithmetic, now
+    // and then something that ends a stretch (a label, a branch, a helper call).
+    fn stretches(rng: &mut Rng) -> Block {
+        let mut b = Builder::new(0x1000);
+        let globals = [
+            Global::Gpr(0),
+            Global::Gpr(1),
+            Global::CcOp,
+            Global::CcSrc,
+            Global::Pc,
+            Global::Flags,
+        ];
+        let mut temps = vec![b.konst(rng.value())];
+        let mut open: Vec<Label> = Vec::new();
+        for _ in 0..rng.below(60) {
+            let t = temps[rng.below(temps.len() as u64) as usize];
+            match rng.below(20) {
+                0..=5 => b.set(rng.pick(&globals), t),
+                6 | 7 => temps.push(b.get(rng.pick(&globals))),
+                8 | 9 => temps.push(b.load(t, Size::B32, false, MmuIdx::Kernel)),
+                10 | 11 => b.store(t, t, Size::B64, MmuIdx::Kernel),
+                12 | 13 => temps.push(b.bin(BinOp::Add, Size::B64, t, t)),
+                14 | 15 => temps.push(b.konst(rng.value())),
+                16 | 17 => b.insn_start(0x1000, 1),
+                // Branches forward, some labels reached by several.
+                18 if !open.is_empty() && rng.chance(40) => {
+                    let k = rng.below(open.len() as u64) as usize;
+                    b.set_label(open.swap_remove(k));
+                }
+                18 => {
+                    let l = match open.is_empty() || rng.chance(50) {
+                        true => {
+                            open.push(b.label());
+                            open[open.len() - 1]
+                        }
+                        false => rng.pick(&open),
+                    };
+                    b.br_if(t, l);
+                }
+                _ => {
+                    b.call(HelperId(0x7), &[t], false, Effects::PURE);
+                }
+            }
+        }
+        for l in open {
+            b.set_label(l);
+        }
+        exit(&mut b, ExitKind::Indirect);
+        b.finish()
+    }
+    let mut sc = crate::analysis::Scratch::default();
+    let mut found = 0;
+    for seed in 0..3000u64 {
+        let blk = if seed % 2 == 0 {
+            random_block(&mut Rng(seed))
+        } else {
+            stretches(&mut Rng(seed))
+        };
+        let got = crate::analysis::lazy_sets::<Env<true>>(&blk, &mut sc);
+        let want = by_definition(&blk);
+        assert_eq!(
+            (&got.lazy, &got.pending),
+            (&want.0, &want.1),
+            "seed {seed}\n{blk}"
+        );
+        found += got.pending.len();
+        // Temps taken as constants: assigned once by a `Const`, before every use,
+        // every path to a use through the assignment (a label between is reached
+        // only by branches from between).
+        let a = crate::analysis::allocate(&blk, &got, &mut sc);
+        let ops = &blk.ops;
+        let pos = |l: Label| ops.iter().position(|o| *o == Op::Label(l));
+        for t in 0..blk.temps {
+            let defs: Vec<usize> = (0..ops.len())
+                .filter(|&i| ops[i].dst() == Some(Temp(t)))
+                .collect();
+            let mut reads = Vec::new();
+            for (i, o) in ops.iter().enumerate() {
+                o.for_each_read(|x| {
+                    if x == Temp(t) {
+                        reads.push(i)
+                    }
+                });
+            }
+            let want = match (&defs[..], reads.first(), reads.last()) {
+                (&[d], Some(&r0), Some(&u)) if d < r0 && matches!(ops[d], Op::Const { .. }) => {
+                    ops.iter().enumerate().all(|(b, o)| match *o {
+                        Op::Br(l) | Op::BrIf { target: l, .. } => {
+                            let inside = |i: usize| d < i && i <= u;
+                            !pos(l).is_some_and(inside) || inside(b)
+                        }
+                        _ => true,
+                    })
+                }
+                _ => false,
+            };
+            assert_eq!(
+                a.konst[t as usize].is_some(),
+                want,
+                "seed {seed} t{t}\n{blk}"
+            );
+        }
+        sc.lazy = got;
+    }
+    assert!(found > 100, "{found} pending stores");
+}
+
 /// Every binary and unary op at every width on edge values, one op per block.
 #[test]
 fn differential_ops_exhaustive_edges() {
@@ -1406,7 +1565,8 @@ fn globals_stored_again_later_are_in_place_for_slow_paths() {
                     b.set(Global::Pc, n);
                     b.exit(ExitKind::Jump(0x200));
                     let blk = b.finish();
-                    let lazy = crate::analysis::lazy_sets::<Env<true>>(&blk);
+                    let lazy =
+                        crate::analysis::lazy_sets::<Env<true>>(&blk, &mut Default::default());
                     lazy_seen += lazy.lazy.iter().filter(|&&l| l).count();
                     check(&mut jit, &blk, &env);
                 }
