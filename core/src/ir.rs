@@ -381,6 +381,21 @@ pub struct Block {
     pub temps: u32,
     /// Number of labels used.
     pub labels: u32,
+    /// What the block's last exit is to the guest: a plain transfer, a call or a
+    /// return (backends may predict returns from calls).
+    pub tail: Tail,
+}
+
+/// What a block's last op, an exit, does in the guest's terms (a hint: the exit's
+/// meaning is the same either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Tail {
+    #[default]
+    Plain,
+    /// A near call: the callee returns to `ret` (the PC after the call).
+    Call { ret: u64 },
+    /// A near return (to the PC `Global::Pc` holds).
+    Return,
 }
 
 /// Builds a block op by op.
@@ -551,6 +566,10 @@ impl Builder {
     }
     pub fn exit(&mut self, kind: ExitKind) {
         self.push(Op::Exit(kind));
+    }
+    /// Marks the block's last exit (the one just emitted) as a call or a return.
+    pub fn set_tail(&mut self, tail: Tail) {
+        self.block.tail = tail;
     }
     pub fn finish(self) -> Block {
         self.block
@@ -1022,6 +1041,11 @@ impl fmt::Display for Block {
                 Op::InsnStart { .. } | Op::Label(_) => writeln!(f, " {op}")?,
                 _ => writeln!(f, "    {op}")?,
             }
+        }
+        match self.tail {
+            Tail::Plain => {}
+            Tail::Call { ret } => writeln!(f, "    (a call, returning to {ret:#x})")?,
+            Tail::Return => writeln!(f, "    (a return)")?,
         }
         Ok(())
     }

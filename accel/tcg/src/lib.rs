@@ -49,6 +49,8 @@ mod tests;
 #[cfg(test)]
 mod tests_apic;
 #[cfg(test)]
+mod tests_calls;
+#[cfg(test)]
 mod tests_smc;
 #[cfg(test)]
 mod tests_smp;

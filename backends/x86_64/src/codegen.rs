@@ -80,6 +80,8 @@ const CTX_CHAINS: i32 = offset_of!(Ctx, chains) as i32;
 const CTX_TRAMPS: i32 = offset_of!(Ctx, tramps) as i32;
 const CTX_LOOKUP: i32 = offset_of!(Ctx, lookup) as i32;
 const CTX_LEAVE: i32 = offset_of!(Ctx, leave) as i32;
+const CTX_DEPTH: i32 = offset_of!(Ctx, depth) as i32;
+const CTX_FRAME: i32 = offset_of!(Ctx, frame) as i32;
 const CELL_ENTRY: i32 = offset_of!(crate::Cell, entry) as i32;
 const CELL_SLOTS: i32 = offset_of!(crate::Cell, slots) as i32;
 const CELL_PAGE: i32 = offset_of!(crate::Cell, page) as i32;
@@ -339,12 +341,19 @@ pub fn compile_with<E: GuestEnv + DirectGlobals>(
     // The first distinct static successors get chain slots.
     let mut slot_targets = [None; crate::SLOTS];
     let mut n = 0;
-    for op in &block.ops {
-        if let Op::Exit(ExitKind::Jump(t)) = *op {
-            if n < crate::SLOTS && !slot_targets.contains(&Some(t)) {
-                slot_targets[n] = Some(t);
-                n += 1;
-            }
+    // (A call's return PC too: where the block goes on when the callee returns.)
+    let ret = match block.tail {
+        vireo_core::ir::Tail::Call { ret } => Some(ret),
+        _ => None,
+    };
+    let jumps = block.ops.iter().filter_map(|op| match *op {
+        Op::Exit(ExitKind::Jump(t)) => Some(t),
+        _ => None,
+    });
+    for t in jumps.chain(ret) {
+        if n < crate::SLOTS && !slot_targets.contains(&Some(t)) {
+            slot_targets[n] = Some(t);
+            n += 1;
         }
     }
     let guards = guards::<E>();

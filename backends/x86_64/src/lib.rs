@@ -538,6 +538,8 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
             chains: 0,
             tramps: tramp::table::<E>(),
             lookup: self.stubs.as_ref().map_or(0, |s| s.lookup),
+            depth: 0,
+            frame: 0,
             leave: self.stubs.as_ref().map_or(0, |s| s.leave),
         };
         // The temp area: the generated code trusts it to hold every temp of any block

@@ -41,6 +41,10 @@ pub struct Ctx {
     /// The cache's shared indirect-exit-table lookup (`codegen::shared_stubs`), 0
     /// if none (no block then jumps there).
     pub lookup: usize,
+    /// Guest calls whose host `call` frames are on the stack (see `codegen::exits`).
+    pub depth: u64,
+    /// The stack pointer blocks run at (the shared return restores it).
+    pub frame: usize,
     /// The cache's shared return from a run (`codegen::shared_stubs`).
     pub leave: usize,
     /// The trampolines generated code calls (`call [rbx + off]`), by [`Tramp`].

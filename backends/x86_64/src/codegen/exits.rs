@@ -6,12 +6,17 @@
 
 use super::{
     direct, enc, env_off, exit_code, hooks, Gen, CELL_ENTRY, CELL_LINKABLE, CELL_PAGE, CELL_SLOTS,
-    CTX_CHAINS, CTX_FLAGS, CTX_LAST, CTX_LIMIT, CTX_LOOKUP, CTX_TARGET, R12, RAX, RBX, RCX, RDX,
-    RSI,
+    CTX_CHAINS, CTX_DEPTH, CTX_FLAGS, CTX_FRAME, CTX_LAST, CTX_LIMIT, CTX_LOOKUP, CTX_TARGET, R12,
+    RAX, RBX, RCX, RDX, RSI,
 };
 use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi};
 use vireo_core::exec::{DirectGlobals, GuestEnv};
-use vireo_core::ir::{ExitKind, Global};
+use vireo_core::ir::{ExitKind, Global, Tail};
+
+const RSP: u8 = 4;
+
+/// Most guest calls with host `call` frames on the stack at once (16 bytes each).
+const MAX_DEPTH: i32 = 64;
 
 impl Gen<'_> {
     /// Whether a `Jump` exit to `t` goes straight into the next block (its own start
@@ -33,6 +38,47 @@ impl Gen<'_> {
 
     pub(super) fn exit<E: GuestEnv + DirectGlobals>(&mut self, kind: ExitKind) {
         self.flush::<E>();
+        // Calls and returns as host calls and returns (predicted by the host's
+        // return stack): the block's last exit, a call, runs as a host `call` of its
+        // exit; a return whose call did so returns (host `ret`) there, and the code
+        // after that call goes on at the call's return PC if the guest returned
+        // there. The frames live only while the run goes on from block to block: no
+        // mapping or code change can come between the call and the return (each
+        // ends the run, whose return drops the frames).
+        let last = self.cur + 1 == self.block.ops.len();
+        if last && self.indirect_ok::<E>() {
+            match (self.block.tail, kind) {
+                (Tail::Call { ret }, ExitKind::Jump(_) | ExitKind::Indirect) => {
+                    let seq = self.ops.new_dynamic_label();
+                    enc::alu_imm(&mut self.ops, enc::Alu::Cmp, RBX, CTX_DEPTH, MAX_DEPTH);
+                    dynasm!(self.ops ; .arch x64 ; jae =>seq);
+                    enc::alu_imm(&mut self.ops, enc::Alu::Add, RBX, CTX_DEPTH, 1);
+                    // (16 bytes a frame keep the stack aligned for helper calls.)
+                    dynasm!(self.ops
+                        ; .arch x64
+                        ; sub rsp, 8
+                        ; call =>seq
+                        ; add rsp, 8
+                    );
+                    self.resume::<E>(ret);
+                    dynasm!(self.ops ; .arch x64 ; =>seq);
+                }
+                (Tail::Return, ExitKind::Indirect) => {
+                    let pc_later = self.pc_later.take();
+                    self.store_pc_later::<E>(pc_later);
+                    let plain = self.ops.new_dynamic_label();
+                    enc::alu_imm(&mut self.ops, enc::Alu::Cmp, RBX, CTX_DEPTH, 0);
+                    dynasm!(self.ops ; .arch x64 ; je =>plain);
+                    enc::alu_imm(&mut self.ops, enc::Alu::Sub, RBX, CTX_DEPTH, 1);
+                    dynasm!(self.ops
+                        ; .arch x64
+                        ; ret
+                        ; =>plain
+                    );
+                }
+                _ => {}
+            }
+        }
         let mut pc_later = self.pc_later.take();
         let (code, target) = exit_code(kind);
         if let Some(t) = target {
@@ -104,6 +150,49 @@ impl Gen<'_> {
             ExitKind::Jump(_) | ExitKind::Indirect => self.go_lookup::<E>(code, 0),
             _ => self.leave(code),
         }
+    }
+
+    /// Where the host `call` of a guest call returns: the guest PC (which the
+    /// returning block stored) is `ret`, the call's return PC: on into its block
+    /// (through the chain slot for it, else the table); another PC: the table.
+    fn resume<E: GuestEnv + DirectGlobals>(&mut self, ret: u64) {
+        let Some(pc_off) = direct::<E>(Global::Pc) else {
+            return;
+        };
+        let other = self.ops.new_dynamic_label();
+        self.imm(RAX, ret);
+        enc::cmp_load(&mut self.ops, RAX, R12, pc_off);
+        dynasm!(self.ops ; .arch x64 ; jne =>other);
+        let (code, _) = exit_code(ExitKind::Jump(ret));
+        match self.slot_targets.iter().position(|s| *s == Some(ret)) {
+            Some(k) => {
+                let cell = self.cell as i64;
+                let slot = CELL_SLOTS + 8 * k as i32;
+                let miss = self.ops.new_dynamic_label();
+                dynasm!(self.ops ; .arch x64 ; mov rax, QWORD cell);
+                enc::load(&mut self.ops, RAX, RAX, slot);
+                enc::load(&mut self.ops, RAX, RAX, CELL_ENTRY);
+                dynasm!(self.ops
+                    ; .arch x64
+                    ; test rax, rax
+                    ; jz =>miss
+                );
+                if let Some(fail) = self.run_checks::<E>() {
+                    self.count_chain();
+                    dynasm!(self.ops
+                        ; .arch x64
+                        ; jmp rax
+                        ; =>fail
+                    );
+                }
+                self.leave(code);
+                dynasm!(self.ops ; .arch x64 ; =>miss);
+                self.go_lookup::<E>(code, slot);
+            }
+            None => self.go_lookup::<E>(code, 0),
+        }
+        dynasm!(self.ops ; .arch x64 ; =>other);
+        self.go_lookup::<E>(exit_code(ExitKind::Indirect).0, 0);
     }
 
     /// Goes to the cache's shared table lookup ([`lookup_stub`]) with return code
@@ -309,6 +398,8 @@ pub(crate) fn shared_stubs<E: GuestEnv + DirectGlobals>(ind: usize) -> Option<St
     let leave = ops.new_dynamic_label();
     dynasm!(ops ; .arch x64 ; =>leave);
     enc::store(&mut ops, RBX, CTX_LAST, RCX);
+    // (Dropping the frames of guest calls, see `Gen::exit`.)
+    enc::load(&mut ops, RSP, RBX, CTX_FRAME);
     dynasm!(ops
         ; .arch x64
         ; add rsp, 8
@@ -334,6 +425,7 @@ pub(crate) fn shared_stubs<E: GuestEnv + DirectGlobals>(ind: usize) -> Option<St
         ; mov rbx, rdi
         ; mov r13, rdx
     );
+    enc::store(&mut ops, RBX, CTX_FRAME, RSP);
     enc::lea(&mut ops, R12, RSI, super::bias::<E>());
     dynasm!(ops ; .arch x64 ; jmp rcx);
     let at = ops.offset().0;

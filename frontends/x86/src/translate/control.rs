@@ -10,7 +10,7 @@ use crate::helpers::integer::IntHelper;
 use crate::helpers::system::SysHelper;
 use iced_x86::{Code, ConditionCode, Mnemonic, OpKind};
 use vireo_core::cpu::sreg;
-use vireo_core::ir::{BinOp, Cond, ExitKind, Size, Temp};
+use vireo_core::ir::{BinOp, Cond, ExitKind, Size, Tail, Temp};
 
 impl Tr {
     /// Far pointer operand: (selector, offset, operand size).
@@ -101,6 +101,7 @@ impl Tr {
                 let ret = self.b.konst(self.next_pc);
                 self.push(ret, size);
                 self.exit_to(t);
+                self.b.set_tail(Tail::Call { ret: self.next_pc });
                 Flow::End
             }
             OpKind::Register => self.call_indirect(),
@@ -141,6 +142,7 @@ impl Tr {
         let ret = self.b.konst(self.next_pc);
         self.push(ret, size);
         self.exit_indirect(target);
+        self.b.set_tail(Tail::Call { ret: self.next_pc });
         Flow::End
     }
 
@@ -167,6 +169,7 @@ impl Tr {
             let nsp = self.b.bini(BinOp::Add, st, nsp, imm);
             self.set_sp(nsp);
             self.exit_indirect(v);
+            self.b.set_tail(Tail::Return);
             return Flow::End;
         }
         if self.far_ok_here() {
