@@ -136,7 +136,7 @@ struct Gen<'a> {
     /// The `Jump` targets served by the chain slots.
     slot_targets: [Option<u64>; crate::SLOTS],
     /// Offsets of the bools that must be false to chain; `None`: never chain.
-    guards: Option<Vec<i32>>,
+    guards: Option<Guards>,
     popcnt: bool,
     /// The host register each temp lives in, if any (else its slot in the temp area).
     alloc: Vec<Option<u8>>,
@@ -300,6 +300,8 @@ enum Value {
 /// translation-bound Linux boot).
 #[derive(Default)]
 pub struct Scratch {
+    /// [`guards`] for the environment (asked once).
+    guards: Option<Option<Guards>>,
     analysis: analysis::Scratch,
     ops: Option<Asm>,
     labels: Vec<DynamicLabel>,
@@ -356,7 +358,7 @@ pub fn compile_with<E: GuestEnv + DirectGlobals>(
             n += 1;
         }
     }
-    let guards = guards::<E>();
+    let guards = *sc.guards.get_or_insert_with(guards::<E>);
     let asc = &mut sc.analysis;
     let lazy = lazy_sets::<E>(block, asc);
     let Allocation {
@@ -1699,11 +1701,36 @@ pub(crate) fn hooks<E: DirectGlobals>() -> Option<Hooks> {
 /// The displacements from `r12` of the bools that must be false to chain: the stop
 /// request first, then [`DirectGlobals::chain_guards`]; `None` (never chain)
 /// without the hooks or if one is not addressable.
-pub(crate) fn guards<E: DirectGlobals>() -> Option<Vec<i32>> {
+pub(crate) fn guards<E: DirectGlobals>() -> Option<Guards> {
     let h = hooks::<E>()?;
-    std::iter::once(Some(h.stop))
-        .chain(E::chain_guards().into_iter().map(env_off::<E>))
-        .collect()
+    let mut g = Guards {
+        offs: [0; MAX_GUARDS],
+        n: 0,
+    };
+    for off in std::iter::once(Some(h.stop)).chain(E::chain_guards().into_iter().map(env_off::<E>))
+    {
+        // More than fit: never chain (it is only slower).
+        *g.offs.get_mut(g.n)? = off?;
+        g.n += 1;
+    }
+    Some(g)
+}
+
+/// Most chain guards (the stop request included) chaining supports.
+const MAX_GUARDS: usize = 8;
+
+/// The displacements of [`guards`] (a copy costs nothing: the code generator asks
+/// at every exit).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Guards {
+    offs: [i32; MAX_GUARDS],
+    n: usize,
+}
+
+impl Guards {
+    pub(crate) fn as_slice(&self) -> &[i32] {
+        &self.offs[..self.n]
+    }
 }
 
 /// [`vireo_core::exec::InsnHooks`] as displacements from `r12`.

@@ -246,7 +246,7 @@ impl Gen<'_> {
     /// request and chain guards clear. Falls through when they hold, else jumps to the
     /// returned label (which the caller places). Clobbers `rcx`.
     fn run_checks<E: DirectGlobals>(&mut self) -> Option<DynamicLabel> {
-        let (Some(guards), Some(h)) = (self.guards.clone(), hooks::<E>()) else {
+        let (Some(guards), Some(h)) = (self.guards, hooks::<E>()) else {
             return None;
         };
         let fail = self.ops.new_dynamic_label();
@@ -259,11 +259,11 @@ impl Gen<'_> {
         dynasm!(self.ops ; .arch x64 ; jne BYTE =>fail);
         // The stop request first, then the chain guards (which stores never set).
         let n = match (self.stop_risk, self.guard_risk) {
-            (_, true) => guards.len(),
+            (_, true) => guards.as_slice().len(),
             (true, false) => 1,
             (false, false) => 0,
         };
-        for g in guards.into_iter().take(n) {
+        for &g in guards.as_slice().iter().take(n) {
             enc::cmp_byte(&mut self.ops, R12, g, 0);
             dynasm!(self.ops ; .arch x64 ; jne BYTE =>fail);
         }
@@ -360,7 +360,7 @@ fn lookup_stub<E: GuestEnv + DirectGlobals>(
     enc::load(o, RDX, RBX, CTX_FLAGS);
     enc::cmp_dword(o, RDX, 0, 0);
     dynasm!(o ; .arch x64 ; jne >fail);
-    for g in guards {
+    for &g in guards.as_slice() {
         enc::cmp_byte(o, R12, g, 0);
         dynasm!(o ; .arch x64 ; jne >fail);
     }
