@@ -1057,6 +1057,32 @@ pub fn write_le(cpu: &mut X86Cpu, la: u64, len: usize, v: u64, agent: Agent) -> 
     write_bytes(cpu, la, &v.to_le_bytes()[..len.min(8)], agent)
 }
 
+/// The fast TLB's table of an explicit access by `agent` (implicit ones have none).
+fn explicit_idx(agent: Agent) -> Option<MmuIdx> {
+    match agent {
+        Agent::User => Some(MmuIdx::User),
+        Agent::Kernel => Some(MmuIdx::Kernel),
+        Agent::Implicit => None,
+    }
+}
+
+/// [`read_le`] of 1, 2, 4 or 8 bytes through the fast TLB when `agent`'s accesses
+/// have a table there (the stack accesses of far transfers, IRET, interrupts).
+pub fn read_by(cpu: &mut X86Cpu, la: u64, len: usize, agent: Agent) -> Result<u64, Fault> {
+    match (explicit_idx(agent), Size::from_bytes(len)) {
+        (Some(mmu), Some(size)) => read(cpu, la, size, mmu),
+        _ => read_le(cpu, la, len, agent),
+    }
+}
+
+/// [`write_le`] through the fast TLB, as [`read_by`].
+pub fn write_by(cpu: &mut X86Cpu, la: u64, len: usize, v: u64, agent: Agent) -> Result<(), Fault> {
+    match (explicit_idx(agent), Size::from_bytes(len)) {
+        (Some(mmu), Some(size)) => write(cpu, la, v, size, mmu),
+        _ => write_le(cpu, la, len, v, agent),
+    }
+}
+
 /// An implicit supervisor read (descriptor tables, IDT, TSS).
 pub fn read_sys(cpu: &mut X86Cpu, la: u64, len: usize) -> Result<u64, Fault> {
     read_le(cpu, la, len, Agent::Implicit)

@@ -91,7 +91,7 @@ impl Stack {
     pub fn push(&mut self, cpu: &mut X86Cpu, v: u64, size: usize) -> Result<(), Fault> {
         let off = self.sp.wrapping_sub(size as u64) & self.mask;
         self.check(off, size as u64)?;
-        mmu::write_le(cpu, self.linear(off), size, v, self.agent)?;
+        mmu::write_by(cpu, self.linear(off), size, v, self.agent)?;
         self.sp = off;
         Ok(())
     }
@@ -133,7 +133,7 @@ impl Stack {
     pub fn peek(&self, cpu: &mut X86Cpu, offset: u64, size: usize) -> Result<u64, Fault> {
         let off = self.sp.wrapping_add(offset) & self.mask;
         self.check(off, size as u64)?;
-        mmu::read_le(cpu, self.linear(off), size, self.agent)
+        mmu::read_by(cpu, self.linear(off), size, self.agent)
     }
 
     /// Drops `n` bytes (RET imm16).
