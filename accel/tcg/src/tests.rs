@@ -163,6 +163,30 @@ fn loop_runs_through_links_until_the_instruction_limit() {
     }
 }
 
+/// A translator whose block reads a temp it never made (a bug in it).
+fn bad_translate(cpu: &mut X86Cpu, _max: usize) -> Result<Block, TranslateError> {
+    let mut b = Builder::new(cpu.state.rip);
+    b.insn_start(cpu.state.rip, 1);
+    b.push(vireo_core::ir::Op::Set {
+        dst: Global::Gpr(0),
+        src: vireo_core::ir::Temp(7),
+    });
+    b.exit(ExitKind::Halt);
+    Ok(b.finish())
+}
+
+/// An invalid block never runs: the engine stops and says why.
+#[test]
+fn an_invalid_block_stops_the_engine() {
+    let mut t = Toy::new(&[0x40]);
+    t.vcpu.set_translator(bad_translate);
+    match t.vcpu.run().unwrap() {
+        VcpuExit::Failed(why) => assert!(why.contains("invalid block"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(t.ax(), 0);
+}
+
 #[test]
 fn one_instruction_blocks_and_cache_flushes() {
     let mut t = Toy::new(&[0x40, 0x40, 0x40, 0xF4]);
@@ -377,6 +401,7 @@ fn a_pending_interrupt_waits_for_sti_without_stopping_chains() {
 
 // The same tests with blocks compiled by the JIT.
 jit_variants!(
+    an_invalid_block_stops_the_engine,
     a_pending_interrupt_waits_for_sti_without_stopping_chains,
     loop_runs_through_links_until_the_instruction_limit,
     one_instruction_blocks_and_cache_flushes,

@@ -915,11 +915,11 @@ impl TcgVcpu {
                 return Err(Step::Exit(VcpuExit::Failed(format!("TCG: {why}"))))
             }
         };
-        if let Err(e) = block.validate() {
-            return Err(Step::Exit(VcpuExit::Failed(format!(
-                "TCG: the translator produced an invalid block at {:#x}: {e}",
-                key.pc
-            ))));
+        // Only checked blocks run: the JIT checks a block itself (after the IR passes,
+        // which keep a block valid) before compiling it, and the interpreter gets
+        // blocks checked here (a block the JIT did not take is checked below).
+        if self.backend == Backend::Interp {
+            Self::check_block(&block, key)?;
         }
         self.stats.translations += 1;
         let len = u64::from(block.guest_len.max(1));
@@ -947,6 +947,9 @@ impl TcgVcpu {
             }
             Backend::Interp => None,
         };
+        if jit.is_none() && self.backend == Backend::Jit {
+            Self::check_block(&block, key)?;
+        }
         if let (Some(j), true) = (&jit, self.cache.jit.keep_code) {
             log::trace!(target: LOG_OUT_ASM, "OUT: [size={}]\n{}", j.bytes,
                 crate::disas::block(&self.cache.jit.last_code, j.entry() as u64, 64));
@@ -979,6 +982,17 @@ impl TcgVcpu {
             links: [None; 2],
         };
         Ok(self.cache.insert(tb, &mut self.cpu.mmu.code))
+    }
+
+    /// A translator's block that is not valid ([`vireo_core::ir::Block::validate`])
+    /// never runs: it stops the engine with the reason.
+    fn check_block(block: &vireo_core::ir::Block, key: TbKey) -> Result<(), Step> {
+        block.validate().map_err(|e| {
+            Step::Exit(VcpuExit::Failed(format!(
+                "TCG: the translator produced an invalid block at {:#x}: {e}",
+                key.pc
+            )))
+        })
     }
 
     /// `-d in_asm` and `-d op` output for a new block.

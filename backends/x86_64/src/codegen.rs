@@ -388,6 +388,13 @@ pub fn compile_with<E: GuestEnv + DirectGlobals>(
     analysis::reset(&mut at_branch, block.labels as usize, None);
     let mut cold = std::mem::take(&mut sc.cold);
     cold.clear();
+    // What the block's ops may do, in one pass.
+    let (mut has_calls, mut risk, mut stores) = (false, false, false);
+    for o in &block.ops {
+        has_calls |= wants_pc::<E>(o);
+        risk |= guard_risk::<E>(o, false);
+        stores |= matches!(o, Op::Store { .. });
+    }
     let mut g = Gen {
         ops,
         block,
@@ -409,9 +416,10 @@ pub fn compile_with<E: GuestEnv + DirectGlobals>(
         konst,
         uses,
         fused: false,
-        has_calls: block.ops.iter().any(wants_pc::<E>),
-        guard_risk: block.ops.iter().any(|o| guard_risk::<E>(o, false)),
-        stop_risk: block.ops.iter().any(|o| guard_risk::<E>(o, true)),
+        has_calls,
+        guard_risk: risk,
+        // (`guard_risk` with stores counted.)
+        stop_risk: risk || stores,
         lookup_tail: None,
         lookup,
         only,
