@@ -284,12 +284,11 @@ impl BlockCache {
             index,
             gen: self.slots[index as usize].gen,
         };
-        for pfn in tb.pages.iter().flatten() {
-            let list = self.pages.entry(*pfn).or_default();
-            if !list.contains(&id) {
-                list.push(id);
-            }
-            watch.watch(*pfn, tb.chunks_on(*pfn));
+        // (Both pages may be the same physical page, mapped twice.)
+        let second = tb.pages[1].filter(|&p| Some(p) != tb.pages[0]);
+        for pfn in [tb.pages[0], second].into_iter().flatten() {
+            self.pages.entry(pfn).or_default().push(id);
+            watch.watch(pfn, tb.chunks_on(pfn));
         }
         self.map.insert(tb.key, id);
         self.len += 1;
