@@ -190,10 +190,19 @@ struct Gen<'a> {
     /// Ops the main pass passes over (a branch's skipped ops, see
     /// [`Gen::book_for_branch`]; the second op of a store pair, `Gen::store_pair`).
     skip: std::ops::Range<usize>,
+    /// A load's host address left in `rdi` for the store to the same address at op
+    /// `store` (0 in `rdi`: the store looks up for itself), see `Gen::load`.
+    reuse: Option<Reuse>,
     /// Skipped ops compiled after the block's code.
     cold: Vec<Cold>,
     /// Stores of globals left to the slow paths ([`lazy_sets`]).
     lazy: LazySets,
+}
+
+/// A store that takes the host address of the load before it ([`Gen::load`]).
+#[derive(Debug, Clone, Copy)]
+struct Reuse {
+    store: usize,
 }
 
 /// How a branch is compiled ([`Gen::book_for_branch`]).
@@ -428,6 +437,7 @@ pub fn compile_with<E: GuestEnv + DirectGlobals>(
         pc_later: None,
         label_pos,
         skip: 0..0,
+        reuse: None,
         cold,
         lazy,
     };
@@ -1032,10 +1042,11 @@ impl Gen<'_> {
                 size,
                 mmu,
             } => {
-                if size == Size::B64 && self.store_pair::<E>(addr, val, mmu) {
+                let reuse = self.reuse.take().filter(|r| r.store == self.cur);
+                if reuse.is_none() && size == Size::B64 && self.store_pair::<E>(addr, val, mmu) {
                     return Ok(());
                 }
-                self.store::<E>(addr, val, size, mmu)
+                self.store::<E>(addr, val, size, mmu, reuse.is_some())
             }
             Op::Label(l) => {
                 // Every path reaches the label with the counters up to date, and

@@ -1718,3 +1718,54 @@ fn store_pairs_match_the_interpreter() {
         assert!(seen.contains_key(k), "{seen:?}");
     }
 }
+
+/// A load and a later store to the same address (a read-modify-write; `x[i] += y`
+/// across instructions), where the store takes the load's host address: on a page
+/// the fast TLB lets the kernel write, on pages it only lets it read (the code page;
+/// the user's view of page 1), across a page and the end of memory (the slow paths,
+/// a fault), at every size, as the interpreter does it.
+#[test]
+fn a_store_after_a_load_of_its_address_matches_the_interpreter() {
+    let mut jit: JitCache<Env<true>> = JitCache::new(8 << 20);
+    let mut seen = std::collections::HashMap::new();
+    for at in [0x1100u64, 0x0040, 0x0ffc, 0x1ffc, 0x84] {
+        for mmu in [MmuIdx::Kernel, MmuIdx::User] {
+            for size in [Size::B8, Size::B16, Size::B32, Size::B64] {
+                for (write, boundary) in [(false, false), (true, false), (false, true)] {
+                    let mut b = Builder::new(0x10);
+                    b.insn_start(0x10, 4);
+                    let a = b.get(Global::Gpr(0));
+                    let v = if write {
+                        b.load_for_write(a, size, mmu)
+                    } else {
+                        b.load(a, size, false, mmu)
+                    };
+                    let y = b.get(Global::Gpr(1));
+                    let s = b.bin(BinOp::Add, size, v, y);
+                    b.set(Global::Gpr(2), s);
+                    if boundary {
+                        b.insn_start(0x14, 3);
+                    }
+                    b.store(a, s, size, mmu);
+                    b.insn_start(0x17, 1);
+                    let next = b.konst(0x18);
+                    b.set(Global::Pc, next);
+                    b.exit(ExitKind::Jump(0x18));
+                    let blk = b.finish();
+                    let mut env = Env::<true>::new(&mut Rng(at ^ size.bytes() as u64));
+                    env.regs[0] = at;
+                    let o = check(&mut jit, &blk, &env);
+                    let kind = match o {
+                        BlockOutcome::Exit(_) => "exit",
+                        BlockOutcome::Fault { .. } => "fault",
+                        BlockOutcome::Stopped { .. } => "stopped",
+                    };
+                    *seen.entry(kind).or_insert(0) += 1;
+                }
+            }
+        }
+    }
+    for k in ["exit", "fault", "stopped"] {
+        assert!(seen.contains_key(k), "{seen:?}");
+    }
+}

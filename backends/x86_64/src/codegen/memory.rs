@@ -4,7 +4,7 @@
 // dynasm's dynamic registers (`Rq(r)`) expand to `r.into()`.
 #![allow(clippy::useless_conversion)]
 
-use super::{Access, Gen, SlowPath, Value, RCX, RDI, RDX, RSI};
+use super::{direct, hooks, Access, Gen, Reuse, SlowPath, Value, RCX, RDI, RDX, RSI};
 use crate::tramp;
 use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi};
 use vireo_core::exec::{DirectGlobals, GuestEnv};
@@ -26,7 +26,18 @@ impl Gen<'_> {
         let packed = tramp::pack_access(size, mmu, write, signed) as i32;
         let slow = self.ops.new_dynamic_label();
         let a = self.addr_reg(addr);
-        let fast = self.fast_lookup::<E>(a, mmu, size.bytes() as i32 - 1, write, slow);
+        // A store to the same address later (the two halves of a read-modify-write,
+        // `x[i] += y`): the lookup checks the write tag first and leaves the host
+        // address in `rdi` for it.
+        let store = self.reusing_store::<E>(addr, size, mmu);
+        let last = size.bytes() as i32 - 1;
+        let fast = match store {
+            Some(_) => self.fast_lookup_rw::<E>(a, mmu, last, write, slow),
+            None => self.fast_lookup::<E>(a, mmu, last, write, slow),
+        };
+        if let (true, Some(store)) = (fast, store) {
+            self.reuse = Some(Reuse { store });
+        }
         if fast {
             // [a + rax] is the host address; the value goes straight to the
             // result's register (the slow path puts it there too).
@@ -77,6 +88,7 @@ impl Gen<'_> {
         val: Temp,
         size: Size,
         mmu: MmuIdx,
+        reuse: bool,
     ) {
         let packed = tramp::pack_access(size, mmu, false, false) as i32;
         let slow = self.ops.new_dynamic_label();
@@ -90,7 +102,39 @@ impl Gen<'_> {
                 Value::Reg(RDX)
             }
         };
+        // The load before left the host address (or 0: look up).
+        let end = reuse.then(|| {
+            let (end, lookup) = (self.ops.new_dynamic_label(), self.ops.new_dynamic_label());
+            dynasm!(self.ops
+                ; .arch x64
+                ; test rdi, rdi
+                ; jz =>lookup
+            );
+            self.store_at_rdi(size, v);
+            dynasm!(self.ops
+                ; .arch x64
+                ; jmp =>end
+                ; =>lookup
+            );
+            end
+        });
         let fast = self.fast_lookup::<E>(a, mmu, size.bytes() as i32 - 1, true, slow);
+        self.store_tail::<E>(fast, a, size, v, slow, packed);
+        if let Some(end) = end {
+            dynasm!(self.ops ; .arch x64 ; =>end);
+        }
+    }
+
+    /// The rest of [`Gen::store`] after the lookup (`fast`: it was emitted).
+    fn store_tail<E: GuestEnv + DirectGlobals>(
+        &mut self,
+        fast: bool,
+        a: u8,
+        size: Size,
+        v: Value,
+        slow: DynamicLabel,
+        packed: i32,
+    ) {
         if fast {
             match (size, v) {
                 (Size::B8, Value::Reg(r)) => {
@@ -222,6 +266,136 @@ impl Gen<'_> {
             }
         }
         false
+    }
+
+    /// The store a load at the current op may leave its host address to (see
+    /// [`Gen::load`]): the next store to the same address temp, size and table,
+    /// with only ops between that leave `rdi` and the fast TLB alone (temp
+    /// arithmetic, direct globals, instruction starts with the hooks).
+    fn reusing_store<E: DirectGlobals>(
+        &self,
+        addr: Temp,
+        size: Size,
+        mmu: MmuIdx,
+    ) -> Option<usize> {
+        hooks::<E>()?;
+        for (j, o) in self.block.ops.iter().enumerate().skip(self.cur + 1) {
+            match *o {
+                Op::Store {
+                    addr: a,
+                    size: s,
+                    mmu: m,
+                    ..
+                } => return (a == addr && s == size && m == mmu).then_some(j),
+                Op::Get { src: g, .. } | Op::Set { dst: g, .. } if direct::<E>(g).is_some() => {}
+                Op::InsnStart { .. } => {}
+                ref o if o.is_arith() && o.dst() != Some(addr) => {}
+                _ => return None,
+            }
+        }
+        None
+    }
+
+    /// A store of `v` at the host address in `rdi`.
+    fn store_at_rdi(&mut self, size: Size, v: Value) {
+        match (size, v) {
+            (Size::B8, Value::Reg(r)) => dynasm!(self.ops ; .arch x64 ; mov BYTE [rdi], Rb(r)),
+            (Size::B16, Value::Reg(r)) => dynasm!(self.ops ; .arch x64 ; mov WORD [rdi], Rw(r)),
+            (Size::B32, Value::Reg(r)) => dynasm!(self.ops ; .arch x64 ; mov DWORD [rdi], Rd(r)),
+            (Size::B64, Value::Reg(r)) => dynasm!(self.ops ; .arch x64 ; mov QWORD [rdi], Rq(r)),
+            (Size::B8, Value::Imm(k)) => {
+                dynasm!(self.ops ; .arch x64 ; mov BYTE [rdi], k as u8 as i8)
+            }
+            (Size::B16, Value::Imm(k)) => {
+                dynasm!(self.ops ; .arch x64 ; mov WORD [rdi], k as u16 as i16)
+            }
+            (Size::B32, Value::Imm(k)) => {
+                dynasm!(self.ops ; .arch x64 ; mov DWORD [rdi], k as u32 as i32)
+            }
+            (Size::B64, Value::Imm(k)) => match i32::try_from(k as i64) {
+                Ok(i) => dynasm!(self.ops ; .arch x64 ; mov QWORD [rdi], i),
+                Err(_) => {
+                    self.imm(RCX, k);
+                    dynasm!(self.ops ; .arch x64 ; mov QWORD [rdi], rcx);
+                }
+            },
+        }
+    }
+
+    /// [`Gen::fast_lookup`] for a load whose host address a later store takes
+    /// (`Gen::reusing_store`): a write-tag hit leaves it in `rdi`; otherwise, for a
+    /// plain load, a read-tag hit loads with 0 in `rdi` (the store looks up for
+    /// itself), and a miss goes to `slow` (whose return leaves 0 in `rdi` too).
+    fn fast_lookup_rw<E: DirectGlobals>(
+        &mut self,
+        a: u8,
+        mmu: MmuIdx,
+        last: i32,
+        write: bool,
+        slow: DynamicLabel,
+    ) -> bool {
+        let Some(t) = E::fast_tlb() else {
+            return false;
+        };
+        let table = t.table_of(mmu);
+        let (Some(wtag), Some(rtag), Some(addend)) = (
+            super::env_off::<E>(table + t.write_tag),
+            super::env_off::<E>(table + t.read_tag),
+            super::env_off::<E>(table + t.addend),
+        ) else {
+            return false;
+        };
+        if t.index_bits == 0 || t.index_bits + t.entry_shift > 30 {
+            return false;
+        }
+        let mask = ((1u32 << t.index_bits) - 1) as i32;
+        let shift = t.entry_shift as i8;
+        if shift <= 12 {
+            dynasm!(self.ops
+                ; .arch x64
+                ; mov rax, Rq(a)
+                ; shr rax, 12 - shift
+                ; and eax, mask << shift
+            );
+        } else {
+            dynasm!(self.ops
+                ; .arch x64
+                ; mov rax, Rq(a)
+                ; shr rax, 12
+                ; and eax, mask
+                ; shl eax, shift
+            );
+        }
+        super::enc::lea(&mut self.ops, RCX, a, last);
+        dynasm!(self.ops
+            ; .arch x64
+            ; shr rcx, 12
+            ; cmp rcx, QWORD [r12 + rax + wtag]
+        );
+        if write {
+            dynasm!(self.ops
+                ; .arch x64
+                ; jne =>slow
+                ; mov rax, QWORD [r12 + rax + addend]
+                ; lea rdi, [Rq(a) + rax]
+            );
+        } else {
+            let (read, go) = (self.ops.new_dynamic_label(), self.ops.new_dynamic_label());
+            dynasm!(self.ops
+                ; .arch x64
+                ; jne =>read
+                ; mov rax, QWORD [r12 + rax + addend]
+                ; lea rdi, [Rq(a) + rax]
+                ; jmp =>go
+                ; =>read
+                ; cmp rcx, QWORD [r12 + rax + rtag]
+                ; jne =>slow
+                ; mov rax, QWORD [r12 + rax + addend]
+                ; xor edi, edi
+                ; =>go
+            );
+        }
+        true
     }
 
     /// The register holding access address `t`: its own, else `rsi` (loaded).
@@ -375,6 +549,8 @@ impl Gen<'_> {
                 Access::Load { .. } => {
                     dynasm!(self.ops ; .arch x64 ; mov edx, packed);
                     self.call_tramp(tramp::Tramp::Load);
+                    // No host address for a store after it (`Gen::load`).
+                    dynasm!(self.ops ; .arch x64 ; xor edi, edi);
                 }
             }
             self.check_status();
