@@ -882,12 +882,7 @@ fn differential_random_blocks() {
         let env_i = Env::<false>::new(&mut env_rng);
         let o = check(&mut direct, &blk, &env_d);
         check(&mut indirect, &blk, &env_i);
-        let kind = match o {
-            BlockOutcome::Exit(_) => "exit",
-            BlockOutcome::Fault { .. } => "fault",
-            BlockOutcome::Stopped { .. } => "stopped",
-        };
-        *seen.entry(kind).or_insert(0u32) += 1;
+        *seen.entry(outcome_kind(&o)).or_insert(0u32) += 1;
     }
     // The generator must exercise every way out of a block.
     for k in ["exit", "fault", "stopped"] {
@@ -1061,6 +1056,15 @@ fn lazy_sets_and_constants_match_their_definitions() {
         sc.lazy = got;
     }
     assert!(found > 100, "{found} pending stores");
+}
+
+/// The kind of a block's outcome, for counting which ways out a test exercised.
+fn outcome_kind(o: &BlockOutcome) -> &'static str {
+    match o {
+        BlockOutcome::Exit(_) => "exit",
+        BlockOutcome::Fault { .. } => "fault",
+        BlockOutcome::Stopped { .. } => "stopped",
+    }
 }
 
 /// Every binary and unary op at every width on edge values, one op per block.
@@ -1705,12 +1709,7 @@ fn store_pairs_match_the_interpreter() {
                 env.regs[0] = at;
                 env.regs[2] = taken;
                 let o = check(&mut jit, &blk, &env);
-                let kind = match o {
-                    BlockOutcome::Exit(_) => "exit",
-                    BlockOutcome::Fault { .. } => "fault",
-                    BlockOutcome::Stopped { .. } => "stopped",
-                };
-                *seen.entry(kind).or_insert(0) += 1;
+                *seen.entry(outcome_kind(&o)).or_insert(0u32) += 1;
             }
         }
     }
@@ -1755,12 +1754,7 @@ fn a_store_after_a_load_of_its_address_matches_the_interpreter() {
                     let mut env = Env::<true>::new(&mut Rng(at ^ size.bytes() as u64));
                     env.regs[0] = at;
                     let o = check(&mut jit, &blk, &env);
-                    let kind = match o {
-                        BlockOutcome::Exit(_) => "exit",
-                        BlockOutcome::Fault { .. } => "fault",
-                        BlockOutcome::Stopped { .. } => "stopped",
-                    };
-                    *seen.entry(kind).or_insert(0) += 1;
+                    *seen.entry(outcome_kind(&o)).or_insert(0u32) += 1;
                 }
             }
         }

@@ -112,34 +112,7 @@ impl Gen<'_> {
             }
             if let Some(k) = self.slot_targets.iter().position(|s| *s == Some(t)) {
                 if self.guards.is_some() {
-                    // The slot's cell and its block's entry (0: not linked or gone:
-                    // the table, or the run loop), then the run conditions.
-                    let cell = self.cell as i64;
-                    let slot = CELL_SLOTS + 8 * k as i32;
-                    // A miss (storing the PC held back, if any) names the slot for
-                    // the table lookup to link ([`lookup_stub`]).
-                    let miss = self.ops.new_dynamic_label();
-                    dynasm!(self.ops ; .arch x64 ; mov rax, QWORD cell);
-                    enc::load(&mut self.ops, RAX, RAX, slot);
-                    enc::load(&mut self.ops, RAX, RAX, CELL_ENTRY);
-                    dynasm!(self.ops
-                        ; .arch x64
-                        ; test rax, rax
-                        ; jz =>miss
-                    );
-                    if let Some(fail) = self.run_checks::<E>() {
-                        self.count_chain();
-                        dynasm!(self.ops
-                            ; .arch x64
-                            ; jmp rax
-                            ; =>fail
-                        );
-                    }
-                    self.store_pc_later::<E>(pc_later);
-                    self.leave(code);
-                    dynasm!(self.ops ; .arch x64 ; =>miss);
-                    self.store_pc_later::<E>(pc_later);
-                    self.go_lookup::<E>(code, slot);
+                    self.through_slot::<E>(k, code, pc_later);
                     return;
                 }
             }
@@ -165,34 +138,47 @@ impl Gen<'_> {
         dynasm!(self.ops ; .arch x64 ; jne =>other);
         let (code, _) = exit_code(ExitKind::Jump(ret));
         match self.slot_targets.iter().position(|s| *s == Some(ret)) {
-            Some(k) => {
-                let cell = self.cell as i64;
-                let slot = CELL_SLOTS + 8 * k as i32;
-                let miss = self.ops.new_dynamic_label();
-                dynasm!(self.ops ; .arch x64 ; mov rax, QWORD cell);
-                enc::load(&mut self.ops, RAX, RAX, slot);
-                enc::load(&mut self.ops, RAX, RAX, CELL_ENTRY);
-                dynasm!(self.ops
-                    ; .arch x64
-                    ; test rax, rax
-                    ; jz =>miss
-                );
-                if let Some(fail) = self.run_checks::<E>() {
-                    self.count_chain();
-                    dynasm!(self.ops
-                        ; .arch x64
-                        ; jmp rax
-                        ; =>fail
-                    );
-                }
-                self.leave(code);
-                dynasm!(self.ops ; .arch x64 ; =>miss);
-                self.go_lookup::<E>(code, slot);
-            }
+            Some(k) => self.through_slot::<E>(k, code, None),
             None => self.go_lookup::<E>(code, 0),
         }
         dynasm!(self.ops ; .arch x64 ; =>other);
         self.go_lookup::<E>(exit_code(ExitKind::Indirect).0, 0);
+    }
+
+    /// A `Jump` exit through chain slot `k`: the slot's cell and its block's entry (0:
+    /// not linked or gone), then the run conditions, then into the block; a failed
+    /// condition returns with `code`, an empty slot goes to the table lookup naming
+    /// the slot to link ([`lookup_stub`]); both store the PC held back, if any.
+    fn through_slot<E: GuestEnv + DirectGlobals>(
+        &mut self,
+        k: usize,
+        code: u64,
+        pc_later: Option<u64>,
+    ) {
+        let cell = self.cell as i64;
+        let slot = CELL_SLOTS + 8 * k as i32;
+        let miss = self.ops.new_dynamic_label();
+        dynasm!(self.ops ; .arch x64 ; mov rax, QWORD cell);
+        enc::load(&mut self.ops, RAX, RAX, slot);
+        enc::load(&mut self.ops, RAX, RAX, CELL_ENTRY);
+        dynasm!(self.ops
+            ; .arch x64
+            ; test rax, rax
+            ; jz =>miss
+        );
+        if let Some(fail) = self.run_checks::<E>() {
+            self.count_chain();
+            dynasm!(self.ops
+                ; .arch x64
+                ; jmp rax
+                ; =>fail
+            );
+        }
+        self.store_pc_later::<E>(pc_later);
+        self.leave(code);
+        dynasm!(self.ops ; .arch x64 ; =>miss);
+        self.store_pc_later::<E>(pc_later);
+        self.go_lookup::<E>(code, slot);
     }
 
     /// Goes to the cache's shared table lookup ([`lookup_stub`]) with return code

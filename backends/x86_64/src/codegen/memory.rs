@@ -136,36 +136,7 @@ impl Gen<'_> {
         packed: i32,
     ) {
         if fast {
-            match (size, v) {
-                (Size::B8, Value::Reg(r)) => {
-                    dynasm!(self.ops ; .arch x64 ; mov BYTE [Rq(a) + rax], Rb(r))
-                }
-                (Size::B16, Value::Reg(r)) => {
-                    dynasm!(self.ops ; .arch x64 ; mov WORD [Rq(a) + rax], Rw(r))
-                }
-                (Size::B32, Value::Reg(r)) => {
-                    dynasm!(self.ops ; .arch x64 ; mov DWORD [Rq(a) + rax], Rd(r))
-                }
-                (Size::B64, Value::Reg(r)) => {
-                    dynasm!(self.ops ; .arch x64 ; mov QWORD [Rq(a) + rax], Rq(r))
-                }
-                (Size::B8, Value::Imm(k)) => {
-                    dynasm!(self.ops ; .arch x64 ; mov BYTE [Rq(a) + rax], k as u8 as i8)
-                }
-                (Size::B16, Value::Imm(k)) => {
-                    dynasm!(self.ops ; .arch x64 ; mov WORD [Rq(a) + rax], k as u16 as i16)
-                }
-                (Size::B32, Value::Imm(k)) => {
-                    dynasm!(self.ops ; .arch x64 ; mov DWORD [Rq(a) + rax], k as u32 as i32)
-                }
-                (Size::B64, Value::Imm(k)) => match i32::try_from(k as i64) {
-                    Ok(i) => dynasm!(self.ops ; .arch x64 ; mov QWORD [Rq(a) + rax], i),
-                    Err(_) => {
-                        self.imm(RCX, k);
-                        dynasm!(self.ops ; .arch x64 ; mov QWORD [Rq(a) + rax], rcx);
-                    }
-                },
-            }
+            self.store_fast(a, size, v);
             self.slow_path(slow, Access::Store { addr: a, val: v }, packed);
         } else {
             self.sync::<E>();
@@ -181,6 +152,40 @@ impl Gen<'_> {
             dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov ecx, packed);
             self.call_tramp(tramp::Tramp::Store);
             self.check_status();
+        }
+    }
+
+    /// The store of `v` at `a + rax` (a hit's host address).
+    fn store_fast(&mut self, a: u8, size: Size, v: Value) {
+        match (size, v) {
+            (Size::B8, Value::Reg(r)) => {
+                dynasm!(self.ops ; .arch x64 ; mov BYTE [Rq(a) + rax], Rb(r))
+            }
+            (Size::B16, Value::Reg(r)) => {
+                dynasm!(self.ops ; .arch x64 ; mov WORD [Rq(a) + rax], Rw(r))
+            }
+            (Size::B32, Value::Reg(r)) => {
+                dynasm!(self.ops ; .arch x64 ; mov DWORD [Rq(a) + rax], Rd(r))
+            }
+            (Size::B64, Value::Reg(r)) => {
+                dynasm!(self.ops ; .arch x64 ; mov QWORD [Rq(a) + rax], Rq(r))
+            }
+            (Size::B8, Value::Imm(k)) => {
+                dynasm!(self.ops ; .arch x64 ; mov BYTE [Rq(a) + rax], k as u8 as i8)
+            }
+            (Size::B16, Value::Imm(k)) => {
+                dynasm!(self.ops ; .arch x64 ; mov WORD [Rq(a) + rax], k as u16 as i16)
+            }
+            (Size::B32, Value::Imm(k)) => {
+                dynasm!(self.ops ; .arch x64 ; mov DWORD [Rq(a) + rax], k as u32 as i32)
+            }
+            (Size::B64, Value::Imm(k)) => match i32::try_from(k as i64) {
+                Ok(i) => dynasm!(self.ops ; .arch x64 ; mov QWORD [Rq(a) + rax], i),
+                Err(_) => {
+                    self.imm(RCX, k);
+                    dynasm!(self.ops ; .arch x64 ; mov QWORD [Rq(a) + rax], rcx);
+                }
+            },
         }
     }
 
@@ -298,28 +303,8 @@ impl Gen<'_> {
 
     /// A store of `v` at the host address in `rdi`.
     fn store_at_rdi(&mut self, size: Size, v: Value) {
-        match (size, v) {
-            (Size::B8, Value::Reg(r)) => dynasm!(self.ops ; .arch x64 ; mov BYTE [rdi], Rb(r)),
-            (Size::B16, Value::Reg(r)) => dynasm!(self.ops ; .arch x64 ; mov WORD [rdi], Rw(r)),
-            (Size::B32, Value::Reg(r)) => dynasm!(self.ops ; .arch x64 ; mov DWORD [rdi], Rd(r)),
-            (Size::B64, Value::Reg(r)) => dynasm!(self.ops ; .arch x64 ; mov QWORD [rdi], Rq(r)),
-            (Size::B8, Value::Imm(k)) => {
-                dynasm!(self.ops ; .arch x64 ; mov BYTE [rdi], k as u8 as i8)
-            }
-            (Size::B16, Value::Imm(k)) => {
-                dynasm!(self.ops ; .arch x64 ; mov WORD [rdi], k as u16 as i16)
-            }
-            (Size::B32, Value::Imm(k)) => {
-                dynasm!(self.ops ; .arch x64 ; mov DWORD [rdi], k as u32 as i32)
-            }
-            (Size::B64, Value::Imm(k)) => match i32::try_from(k as i64) {
-                Ok(i) => dynasm!(self.ops ; .arch x64 ; mov QWORD [rdi], i),
-                Err(_) => {
-                    self.imm(RCX, k);
-                    dynasm!(self.ops ; .arch x64 ; mov QWORD [rdi], rcx);
-                }
-            },
-        }
+        dynasm!(self.ops ; .arch x64 ; xor eax, eax);
+        self.store_fast(RDI, size, v);
     }
 
     /// [`Gen::fast_lookup`] for a load whose host address a later store takes
