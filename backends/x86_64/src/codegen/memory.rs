@@ -319,44 +319,10 @@ impl Gen<'_> {
         write: bool,
         slow: DynamicLabel,
     ) -> bool {
-        let Some(t) = E::fast_tlb() else {
+        let Some((rtag, wtag, addend)) = self.lookup_start::<E>(a, mmu, last) else {
             return false;
         };
-        let table = t.table_of(mmu);
-        let (Some(wtag), Some(rtag), Some(addend)) = (
-            super::env_off::<E>(table + t.write_tag),
-            super::env_off::<E>(table + t.read_tag),
-            super::env_off::<E>(table + t.addend),
-        ) else {
-            return false;
-        };
-        if t.index_bits == 0 || t.index_bits + t.entry_shift > 30 {
-            return false;
-        }
-        let mask = ((1u32 << t.index_bits) - 1) as i32;
-        let shift = t.entry_shift as i8;
-        if shift <= 12 {
-            dynasm!(self.ops
-                ; .arch x64
-                ; mov rax, Rq(a)
-                ; shr rax, 12 - shift
-                ; and eax, mask << shift
-            );
-        } else {
-            dynasm!(self.ops
-                ; .arch x64
-                ; mov rax, Rq(a)
-                ; shr rax, 12
-                ; and eax, mask
-                ; shl eax, shift
-            );
-        }
-        super::enc::lea(&mut self.ops, RCX, a, last);
-        dynasm!(self.ops
-            ; .arch x64
-            ; shr rcx, 12
-            ; cmp rcx, QWORD [r12 + rax + wtag]
-        );
+        dynasm!(self.ops ; .arch x64 ; cmp rcx, QWORD [r12 + rax + wtag]);
         if write {
             dynasm!(self.ops
                 ; .arch x64
@@ -407,19 +373,39 @@ impl Gen<'_> {
         write: bool,
         slow: DynamicLabel,
     ) -> bool {
-        let Some(t) = E::fast_tlb() else {
+        let Some((rtag, wtag, addend)) = self.lookup_start::<E>(a, mmu, last) else {
             return false;
         };
-        let tag = if write { t.write_tag } else { t.read_tag };
+        let tag = if write { wtag } else { rtag };
+        dynasm!(self.ops
+            ; .arch x64
+            ; cmp rcx, QWORD [r12 + rax + tag]
+            ; jne =>slow
+            ; mov rax, QWORD [r12 + rax + addend]
+        );
+        true
+    }
+
+    /// The start of an inline lookup for an access at `a` whose last byte is at
+    /// `a + last`: `rax` = its entry's offset in the table, `rcx` = the last byte's
+    /// page. Returns the displacements (from `r12`) of table `mmu`'s read tag, write
+    /// tag and addend; `None` (nothing emitted) when the environment has no fast TLB
+    /// the code can address.
+    fn lookup_start<E: DirectGlobals>(
+        &mut self,
+        a: u8,
+        mmu: MmuIdx,
+        last: i32,
+    ) -> Option<(i32, i32, i32)> {
+        let t = E::fast_tlb()?;
         let table = t.table_of(mmu);
-        let (Some(tag), Some(addend)) = (
-            super::env_off::<E>(table + tag),
-            super::env_off::<E>(table + t.addend),
-        ) else {
-            return false;
-        };
+        let offs = (
+            super::env_off::<E>(table + t.read_tag)?,
+            super::env_off::<E>(table + t.write_tag)?,
+            super::env_off::<E>(table + t.addend)?,
+        );
         if t.index_bits == 0 || t.index_bits + t.entry_shift > 30 {
-            return false;
+            return None;
         }
         let mask = ((1u32 << t.index_bits) - 1) as i32;
         let shift = t.entry_shift as i8;
@@ -442,14 +428,8 @@ impl Gen<'_> {
         }
         // (`lea` with no displacement for a one-byte access.)
         super::enc::lea(&mut self.ops, RCX, a, last);
-        dynasm!(self.ops
-            ; .arch x64
-            ; shr rcx, 12
-            ; cmp rcx, QWORD [r12 + rax + tag]
-            ; jne =>slow
-            ; mov rax, QWORD [r12 + rax + addend]
-        );
-        true
+        dynasm!(self.ops ; .arch x64 ; shr rcx, 12);
+        Some(offs)
     }
 
     /// Records the slow path entered at `entry` for the current access and places
