@@ -578,9 +578,11 @@ impl Builder {
 
 impl Block {
     /// The position in `ops` of each label's definition (`usize::MAX`: none; the last
-    /// one if a label is defined twice, which `validate` refuses).
-    pub fn label_positions(&self) -> Vec<usize> {
-        let mut at = vec![usize::MAX; self.labels as usize];
+    /// one if a label is defined twice, which `validate` refuses), into `at` (reused:
+    /// no allocation once it has room).
+    pub fn label_positions_into(&self, at: &mut Vec<usize>) {
+        at.clear();
+        at.resize(self.labels as usize, usize::MAX);
         for (i, op) in self.ops.iter().enumerate() {
             if let Op::Label(l) = op {
                 if let Some(a) = at.get_mut(l.0 as usize) {
@@ -588,7 +590,6 @@ impl Block {
                 }
             }
         }
-        at
     }
 
     /// For each label, the position of the branch that is its only way in, if it has

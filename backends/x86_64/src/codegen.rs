@@ -69,6 +69,7 @@ const RDX: u8 = 2;
 const RBX: u8 = 3;
 const R12: u8 = 12;
 const R13: u8 = 13;
+const RSP: u8 = 4;
 
 const CTX_PC: i32 = offset_of!(Ctx, pc) as i32;
 
@@ -190,19 +191,13 @@ struct Gen<'a> {
     /// Ops the main pass passes over (a branch's skipped ops, see
     /// [`Gen::book_for_branch`]; the second op of a store pair, `Gen::store_pair`).
     skip: std::ops::Range<usize>,
-    /// A load's host address left in `rdi` for the store to the same address at op
-    /// `store` (0 in `rdi`: the store looks up for itself), see `Gen::load`.
-    reuse: Option<Reuse>,
+    /// The op of the store to the same address a load left its host address in
+    /// `rdi` for (0 in `rdi`: the store looks up for itself), see `Gen::load`.
+    reuse: Option<usize>,
     /// Skipped ops compiled after the block's code.
     cold: Vec<Cold>,
     /// Stores of globals left to the slow paths ([`lazy_sets`]).
     lazy: LazySets,
-}
-
-/// A store that takes the host address of the load before it ([`Gen::load`]).
-#[derive(Debug, Clone, Copy)]
-struct Reuse {
-    store: usize,
 }
 
 /// How a branch is compiled ([`Gen::book_for_branch`]).
@@ -380,15 +375,7 @@ pub fn compile_with<E: GuestEnv + DirectGlobals>(
     let mut only = std::mem::take(&mut asc.only);
     block.branch_only_labels_into(&mut only);
     let mut label_pos = std::mem::take(&mut asc.label_pos);
-    label_pos.clear();
-    label_pos.resize(block.labels as usize, usize::MAX);
-    for (i, op) in block.ops.iter().enumerate() {
-        if let Op::Label(l) = op {
-            if let Some(a) = label_pos.get_mut(l.0 as usize) {
-                *a = i;
-            }
-        }
-    }
+    block.label_positions_into(&mut label_pos);
     let mut stubs = std::mem::take(&mut sc.stubs);
     stubs.clear();
     let mut stop_stubs = std::mem::take(&mut sc.stop_stubs);
@@ -1042,11 +1029,11 @@ impl Gen<'_> {
                 size,
                 mmu,
             } => {
-                let reuse = self.reuse.take().filter(|r| r.store == self.cur);
-                if reuse.is_none() && size == Size::B64 && self.store_pair::<E>(addr, val, mmu) {
+                let reuse = self.reuse.take() == Some(self.cur);
+                if !reuse && size == Size::B64 && self.store_pair::<E>(addr, val, mmu) {
                     return Ok(());
                 }
-                self.store::<E>(addr, val, size, mmu, reuse.is_some())
+                self.store::<E>(addr, val, size, mmu, reuse)
             }
             Op::Label(l) => {
                 // Every path reaches the label with the counters up to date, and

@@ -7,13 +7,11 @@
 use super::{
     direct, enc, env_off, exit_code, hooks, Gen, CELL_ENTRY, CELL_LINKABLE, CELL_PAGE, CELL_SLOTS,
     CTX_CHAINS, CTX_DEPTH, CTX_FLAGS, CTX_FRAME, CTX_LAST, CTX_LIMIT, CTX_LOOKUP, CTX_TARGET, R12,
-    RAX, RBX, RCX, RDX, RSI,
+    RAX, RBX, RCX, RDX, RSI, RSP,
 };
 use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi};
 use vireo_core::exec::{DirectGlobals, GuestEnv};
 use vireo_core::ir::{ExitKind, Global, Tail};
-
-const RSP: u8 = 4;
 
 /// Most guest calls with host `call` frames on the stack at once (16 bytes each).
 const MAX_DEPTH: i32 = 64;

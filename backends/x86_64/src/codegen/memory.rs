@@ -4,7 +4,7 @@
 // dynasm's dynamic registers (`Rq(r)`) expand to `r.into()`.
 #![allow(clippy::useless_conversion)]
 
-use super::{direct, hooks, Access, Gen, Reuse, SlowPath, Value, RCX, RDI, RDX, RSI};
+use super::{direct, hooks, Access, Gen, SlowPath, Value, RCX, RDI, RDX, RSI};
 use crate::tramp;
 use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi};
 use vireo_core::exec::{DirectGlobals, GuestEnv};
@@ -35,8 +35,8 @@ impl Gen<'_> {
             Some(_) => self.fast_lookup_rw::<E>(a, mmu, last, write, slow),
             None => self.fast_lookup::<E>(a, mmu, last, write, slow),
         };
-        if let (true, Some(store)) = (fast, store) {
-            self.reuse = Some(Reuse { store });
+        if fast {
+            self.reuse = store;
         }
         if fast {
             // [a + rax] is the host address; the value goes straight to the
@@ -119,22 +119,6 @@ impl Gen<'_> {
             end
         });
         let fast = self.fast_lookup::<E>(a, mmu, size.bytes() as i32 - 1, true, slow);
-        self.store_tail::<E>(fast, a, size, v, slow, packed);
-        if let Some(end) = end {
-            dynasm!(self.ops ; .arch x64 ; =>end);
-        }
-    }
-
-    /// The rest of [`Gen::store`] after the lookup (`fast`: it was emitted).
-    fn store_tail<E: GuestEnv + DirectGlobals>(
-        &mut self,
-        fast: bool,
-        a: u8,
-        size: Size,
-        v: Value,
-        slow: DynamicLabel,
-        packed: i32,
-    ) {
         if fast {
             self.store_fast(a, size, v);
             self.slow_path(slow, Access::Store { addr: a, val: v }, packed);
@@ -152,6 +136,9 @@ impl Gen<'_> {
             dynasm!(self.ops ; .arch x64 ; mov rdi, rbx ; mov ecx, packed);
             self.call_tramp(tramp::Tramp::Store);
             self.check_status();
+        }
+        if let Some(end) = end {
+            dynasm!(self.ops ; .arch x64 ; =>end);
         }
     }
 
@@ -319,33 +306,32 @@ impl Gen<'_> {
         write: bool,
         slow: DynamicLabel,
     ) -> bool {
+        if write {
+            // A read-modify-write checks the write tag anyway.
+            if !self.fast_lookup::<E>(a, mmu, last, true, slow) {
+                return false;
+            }
+            dynasm!(self.ops ; .arch x64 ; lea rdi, [Rq(a) + rax]);
+            return true;
+        }
         let Some((rtag, wtag, addend)) = self.lookup_start::<E>(a, mmu, last) else {
             return false;
         };
-        dynasm!(self.ops ; .arch x64 ; cmp rcx, QWORD [r12 + rax + wtag]);
-        if write {
-            dynasm!(self.ops
-                ; .arch x64
-                ; jne =>slow
-                ; mov rax, QWORD [r12 + rax + addend]
-                ; lea rdi, [Rq(a) + rax]
-            );
-        } else {
-            let (read, go) = (self.ops.new_dynamic_label(), self.ops.new_dynamic_label());
-            dynasm!(self.ops
-                ; .arch x64
-                ; jne =>read
-                ; mov rax, QWORD [r12 + rax + addend]
-                ; lea rdi, [Rq(a) + rax]
-                ; jmp =>go
-                ; =>read
-                ; cmp rcx, QWORD [r12 + rax + rtag]
-                ; jne =>slow
-                ; mov rax, QWORD [r12 + rax + addend]
-                ; xor edi, edi
-                ; =>go
-            );
-        }
+        let (read, go) = (self.ops.new_dynamic_label(), self.ops.new_dynamic_label());
+        dynasm!(self.ops
+            ; .arch x64
+            ; cmp rcx, QWORD [r12 + rax + wtag]
+            ; jne =>read
+            ; mov rax, QWORD [r12 + rax + addend]
+            ; lea rdi, [Rq(a) + rax]
+            ; jmp =>go
+            ; =>read
+            ; cmp rcx, QWORD [r12 + rax + rtag]
+            ; jne =>slow
+            ; mov rax, QWORD [r12 + rax + addend]
+            ; xor edi, edi
+            ; =>go
+        );
         true
     }
 
