@@ -85,6 +85,7 @@ const CTX_DEPTH: i32 = offset_of!(Ctx, depth) as i32;
 const CTX_FRAME: i32 = offset_of!(Ctx, frame) as i32;
 const CELL_ENTRY: i32 = offset_of!(crate::Cell, entry) as i32;
 const CELL_SLOTS: i32 = offset_of!(crate::Cell, slots) as i32;
+const CELL_GUARDS: i32 = offset_of!(crate::Cell, guards) as i32;
 const CELL_PAGE: i32 = offset_of!(crate::Cell, page) as i32;
 const CELL_LINKABLE: i32 = offset_of!(crate::Cell, linkable) as i32;
 
@@ -93,8 +94,10 @@ const CELL_LINKABLE: i32 = offset_of!(crate::Cell, linkable) as i32;
 pub struct Compiled {
     /// The code; its first byte is the chain entry.
     pub code: Vec<u8>,
-    /// The `Jump` targets served by chain slots 0 and 1.
+    /// The `Jump` targets served by the chain slots.
     pub slot_targets: [Option<u64>; crate::SLOTS],
+    /// The slots that check the indirect guard (jumps to another page).
+    pub guarded: [bool; crate::SLOTS],
 }
 
 /// The exit a return code `n >= RET_EXIT` stands for (`target` from `ctx.target`;
@@ -136,6 +139,9 @@ struct Gen<'a> {
     entry: DynamicLabel,
     /// The `Jump` targets served by the chain slots.
     slot_targets: [Option<u64>; crate::SLOTS],
+    /// Slots of jumps to another page, which check the indirect guard
+    /// ([`crate::JitCache::set_page`]).
+    guarded: [bool; crate::SLOTS],
     /// Offsets of the bools that must be false to chain; `None`: never chain.
     guards: Option<Guards>,
     popcnt: bool,
@@ -400,6 +406,7 @@ pub fn compile_with<E: GuestEnv + DirectGlobals>(
         cell,
         entry,
         slot_targets,
+        guarded: [false; crate::SLOTS],
         guards,
         popcnt: std::arch::is_x86_feature_detected!("popcnt"),
         alloc,
@@ -428,6 +435,11 @@ pub fn compile_with<E: GuestEnv + DirectGlobals>(
         cold,
         lazy,
     };
+    if g.indirect_ok::<E>() {
+        for (k, t) in slot_targets.iter().enumerate() {
+            g.guarded[k] = t.is_some_and(|t| (t ^ block.pc) >> 12 != 0);
+        }
+    }
     g.chain_entry::<E>();
     for (i, op) in block.ops.iter().enumerate() {
         if g.skip.contains(&i) {
@@ -451,7 +463,7 @@ pub fn compile_with<E: GuestEnv + DirectGlobals>(
     g.stop_exits::<E>();
     g.lookup_tail();
     g.epilogue::<E>();
-    let slot_targets = g.slot_targets;
+    let (slot_targets, guarded) = (g.slot_targets, g.guarded);
     let code = g.ops.take().map_err(|e| JitError::Asm(e.to_string()))?;
     // The buffers back for the next block.
     let asc = &mut sc.analysis;
@@ -461,7 +473,11 @@ pub fn compile_with<E: GuestEnv + DirectGlobals>(
     (sc.labels, sc.stubs, sc.stop_stubs, sc.at_branch, sc.cold) =
         (g.labels, g.stubs, g.stop_stubs, g.at_branch, g.cold);
     sc.ops = Some(g.ops);
-    Ok(Compiled { code, slot_targets })
+    Ok(Compiled {
+        code,
+        slot_targets,
+        guarded,
+    })
 }
 
 fn toff(t: Temp) -> i32 {

@@ -65,6 +65,9 @@ pub struct JitBlock {
     cell: *mut Cell,
     /// The `Jump` targets its chain slots serve (`cell.slots[k]`).
     slot_targets: [Option<u64>; SLOTS],
+    /// Slots whose jump is to another page: they follow their link only while the
+    /// environment's indirect guard is the one it was made under (`cell.guards[k]`).
+    guarded: [bool; SLOTS],
     /// Bytes of host code.
     pub bytes: usize,
 }
@@ -75,13 +78,18 @@ unsafe impl Send for JitBlock {}
 
 /// What generated code knows about a block besides its code: where to enter it
 /// when chaining (0 once the block is dropped), the cells of the blocks its chain
-/// slots lead to, a tag its owner gives it (the block cache's id) and the page
+/// slots lead to (and, for slots of jumps to another page, the indirect guard they
+/// were linked under), a tag its owner gives it (the block cache's id) and the page
 /// it may be linked within ([`JitCache::set_page`]).
 #[repr(C)]
 #[derive(Debug)]
 pub struct Cell {
     entry: usize,
     slots: [usize; SLOTS],
+    /// For a slot that checks the guard (`JitBlock::guarded`): the environment's
+    /// indirect guard under which its link holds (`u64::MAX`, which no table entry
+    /// has, until linked).
+    guards: [u64; SLOTS],
     tag: u64,
     /// The block's linear code page ([`NO_PAGE`] until set).
     page: u64,
@@ -102,6 +110,7 @@ const NO_PAGE: u64 = u64::MAX;
 static NULL_CELL: Cell = Cell {
     entry: 0,
     slots: [0; SLOTS],
+    guards: [u64::MAX; SLOTS],
     tag: 0,
     page: NO_PAGE,
     linkable: 0,
@@ -302,6 +311,7 @@ impl<E> JitCache<E> {
                 .map(|_| Cell {
                     entry: 0,
                     slots: [null_cell(); SLOTS],
+                    guards: [u64::MAX; SLOTS],
                     tag: 0,
                     page: NO_PAGE,
                     linkable: 0,
@@ -352,6 +362,13 @@ impl<E> JitCache<E> {
     /// table's guard vouches for the mode). Without this, an edge whose target some
     /// other path had registered in the table would never be linked: its exits never
     /// return to the owner.
+    ///
+    /// A slot of a jump to another page (by PC: a target outside the 4 KiB of the
+    /// block's start) is linked by any table hit, together with the guard it was
+    /// found under, and followed only while the environment's guard is that one: as
+    /// long as the table entry would serve the jump (QEMU looks such jumps up every
+    /// time; a shell's loop made 200 of them an iteration, more than half its table
+    /// lookups).
     pub fn set_page(&mut self, b: &JitBlock, page: u64, single: bool) {
         if let Some(c) = self.cell_mut(b) {
             c.page = page;
@@ -362,12 +379,15 @@ impl<E> JitCache<E> {
     /// Lets `from` go straight on into `to` when it exits to `pc` (a `Jump` to `pc`
     /// that one of its chain slots serves); nothing otherwise. The caller vouches
     /// that `to` is the block that runs at `pc` after `from` for as long as both live.
+    /// (A slot of a jump to another page is linked only by generated code, under the
+    /// indirect guard its table hit was made in: see [`JitCache::set_page`].)
     pub fn link(&mut self, from: &JitBlock, pc: u64, to: &JitBlock) {
         if !self.is_live(to) {
             return;
         }
         let target = to.cell as usize;
-        if let Some(k) = from.slot_targets.iter().position(|t| *t == Some(pc)) {
+        let slot = from.slot_targets.iter().position(|t| *t == Some(pc));
+        if let Some(k) = slot.filter(|&k| !from.guarded[k]) {
             if let Some(c) = self.cell_mut(from) {
                 c.slots[k] = target;
             }
@@ -480,6 +500,7 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
             gen,
             cell,
             slot_targets: c.slot_targets,
+            guarded: c.guarded,
             bytes: len,
         })
     }

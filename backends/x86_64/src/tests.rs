@@ -1463,6 +1463,64 @@ fn a_table_hit_links_an_empty_slot_within_a_page() {
     }
 }
 
+/// A jump to another page (by PC) is linked only by a table hit, with the guard
+/// it was found under (whichever pages the blocks say they lie on): it chains
+/// without the table while the guard is that one, and looks the table up again
+/// (and links anew) under another.
+#[test]
+fn a_jump_to_another_page_links_under_the_guard() {
+    use std::sync::atomic::AtomicBool;
+    let flags: [AtomicBool; 4] = Default::default();
+    let mut rng = Rng(13);
+    let env = Env::<true>::new(&mut rng);
+    let key = |guard| vireo_core::exec::IndirectKey {
+        pc: 0x2100,
+        cs_base: env.segbase[1],
+        guard,
+    };
+    let g0 = env.guard;
+    let g1 = g0 ^ 1;
+    for single in [true, false] {
+        let mut jit: JitCache<Env<true>> = JitCache::new(1 << 20);
+        let mut st = JitState::new();
+        let a = jit.compile(&step_block(0x1f00, 0, 1, 0x2100)).unwrap();
+        let b = jit.compile(&step_block(0x2100, 1, 0, 0x9000)).unwrap();
+        let c = jit.compile(&step_block(0x2100, 2, 0, 0x9000)).unwrap();
+        for (blk, tag, page) in [(&a, 1, 1), (&b, 2, 2), (&c, 3, 2)] {
+            jit.set_tag(blk, tag);
+            jit.set_page(blk, page, single);
+        }
+        let run = |jit: &JitCache<Env<true>>, st: &mut JitState, guard| {
+            let mut e = env.clone();
+            e.guard = guard;
+            let r = jit.run_chained(&a, &mut e, st, &flags, 10).unwrap();
+            (r.tag, r.chained)
+        };
+        // The owner's link alone does not serve a slot that checks the guard.
+        jit.link(&a, 0x2100, &b);
+        assert_eq!(run(&jit, &mut st, g0), (1, 0), "{single}");
+        // A table hit under g0 links it: b, even once the table holds c.
+        jit.set_indirect(key(g0), &b);
+        assert_eq!(run(&jit, &mut st, g0), (2, 1), "{single}");
+        jit.set_indirect(key(g0), &c);
+        assert_eq!(run(&jit, &mut st, g0), (2, 1), "{single}");
+        // Under g1 the link does not hold: the table (nothing, then c, linked
+        // under g1 from then on).
+        assert_eq!(run(&jit, &mut st, g1), (1, 0), "{single}");
+        jit.set_indirect(key(g1), &c);
+        assert_eq!(run(&jit, &mut st, g1), (3, 1), "{single}");
+        jit.set_indirect(key(g1), &b);
+        assert_eq!(run(&jit, &mut st, g1), (3, 1), "{single}");
+        // Back under g0: the slot (now c's, under g1) misses; the table (which
+        // holds a PC once) says c.
+        jit.set_indirect(key(g0), &c);
+        assert_eq!(run(&jit, &mut st, g0), (3, 1), "{single}");
+        // A dropped target is not entered through the slot.
+        jit.kill(&c);
+        assert_eq!(run(&jit, &mut st, g0), (1, 0), "{single}");
+    }
+}
+
 /// The indirect-exit table keeps two targets whose PCs share a set; a third
 /// displaces the one registered longest ago.
 #[test]

@@ -5,9 +5,9 @@
 #![allow(clippy::useless_conversion)]
 
 use super::{
-    direct, enc, env_off, exit_code, hooks, Gen, CELL_ENTRY, CELL_LINKABLE, CELL_PAGE, CELL_SLOTS,
-    CTX_CHAINS, CTX_DEPTH, CTX_FLAGS, CTX_FRAME, CTX_LAST, CTX_LIMIT, CTX_LOOKUP, CTX_TARGET, R12,
-    RAX, RBX, RCX, RDX, RSI, RSP,
+    direct, enc, env_off, exit_code, hooks, Gen, CELL_ENTRY, CELL_GUARDS, CELL_LINKABLE, CELL_PAGE,
+    CELL_SLOTS, CTX_CHAINS, CTX_DEPTH, CTX_FLAGS, CTX_FRAME, CTX_LAST, CTX_LIMIT, CTX_LOOKUP,
+    CTX_TARGET, R12, RAX, RBX, RCX, RDX, RSI, RSP,
 };
 use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi};
 use vireo_core::exec::{DirectGlobals, GuestEnv};
@@ -146,7 +146,10 @@ impl Gen<'_> {
     /// A `Jump` exit through chain slot `k`: the slot's cell and its block's entry (0:
     /// not linked or gone), then the run conditions, then into the block; a failed
     /// condition returns with `code`, an empty slot goes to the table lookup naming
-    /// the slot to link ([`lookup_stub`]); both store the PC held back, if any.
+    /// the slot to link ([`lookup_stub`]); both store the PC held back, if any. A
+    /// slot of a jump to another page is also empty while the environment's guard
+    /// is not the one it was linked under; the lookup is told so by the offset of
+    /// the slot's guard instead of the slot's.
     fn through_slot<E: GuestEnv + DirectGlobals>(
         &mut self,
         k: usize,
@@ -154,10 +157,17 @@ impl Gen<'_> {
         pc_later: Option<u64>,
     ) {
         let cell = self.cell as i64;
-        let slot = CELL_SLOTS + 8 * k as i32;
+        let mut slot = CELL_SLOTS + 8 * k as i32;
         let miss = self.ops.new_dynamic_label();
         dynasm!(self.ops ; .arch x64 ; mov rax, QWORD cell);
-        enc::load(&mut self.ops, RAX, RAX, slot);
+        if let (true, Some(g)) = (self.guarded[k], E::indirect_guard().and_then(env_off::<E>)) {
+            let at = CELL_GUARDS + 8 * k as i32;
+            enc::load(&mut self.ops, RCX, R12, g);
+            enc::cmp_load(&mut self.ops, RCX, RAX, at);
+            dynasm!(self.ops ; .arch x64 ; jne =>miss);
+            slot = at;
+        }
+        enc::load(&mut self.ops, RAX, RAX, CELL_SLOTS + 8 * k as i32);
         enc::load(&mut self.ops, RAX, RAX, CELL_ENTRY);
         dynasm!(self.ops
             ; .arch x64
@@ -208,7 +218,7 @@ impl Gen<'_> {
     }
 
     /// Whether exits can look up the indirect-exit table.
-    fn indirect_ok<E: DirectGlobals>(&self) -> bool {
+    pub(super) fn indirect_ok<E: DirectGlobals>(&self) -> bool {
         self.lookup
             && self.guards.is_some()
             && direct::<E>(Global::Pc).is_some()
@@ -262,12 +272,14 @@ impl Gen<'_> {
 
 /// The code of a cache's shared indirect-exit-table lookup, which blocks jump to
 /// (`jmp [rbx + CTX_LOOKUP]`) with their cell in `rcx`, the return code for a miss
-/// in `esi` and the offset of an empty chain slot to link in `r8d` (or 0); `None`
-/// if the environment does not allow lookups (no block then jumps there).
+/// in `esi` and the offset of an empty chain slot to link in `r8d` (or 0; the
+/// offset of the slot's guard for a slot that checks it); `None` if the environment
+/// does not allow lookups (no block then jumps there).
 ///
 /// It finds the block the table holds for the new PC, CS base and the
 /// environment's guard (in either way of the PC's set); links the slot if the two
-/// blocks may be linked ([`crate::JitCache::set_page`]); and jumps into the block if
+/// blocks may be linked ([`crate::JitCache::set_page`]; a slot that checks the
+/// guard always, with the guard); and jumps into the block if
 /// it lives and the run may go on: the environment's counter below `ctx.limit`, the
 /// wake-up flags clear, and the stop request and every chain guard clear (all of
 /// them: it does not know what the block before may have changed). Otherwise it
@@ -323,8 +335,23 @@ fn lookup_stub<E: GuestEnv + DirectGlobals>(
     enc::cmp_load(o, RAX, RDX, GUARD);
     dynasm!(o ; .arch x64 ; jne >fail);
     enc::load(o, RAX, RDX, CELL);
-    // Link the slot the jump missed, when allowed.
-    dynasm!(o ; .arch x64 ; test r8d, r8d ; jz >nolink);
+    // Link the slot the jump missed, when allowed: a slot checking the guard with
+    // the guard (its offset is past every slot's), else if on the same page.
+    dynasm!(o
+        ; .arch x64
+        ; test r8d, r8d
+        ; jz >nolink
+        ; cmp r8d, CELL_GUARDS
+        ; jb >page
+    );
+    enc::load(o, RDX, R12, guard_off);
+    dynasm!(o
+        ; .arch x64
+        ; mov [rcx + r8], rdx
+        ; mov [rcx + r8 + (CELL_SLOTS - CELL_GUARDS)], rax
+        ; jmp >nolink
+        ; page:
+    );
     enc::load(o, RDX, RCX, CELL_PAGE);
     enc::cmp_load(o, RDX, RAX, CELL_PAGE);
     dynasm!(o ; .arch x64 ; jne >nolink);
