@@ -204,6 +204,25 @@ struct Gen<'a> {
     cold: Vec<Cold>,
     /// Stores of globals left to the slow paths ([`lazy_sets`]).
     lazy: LazySets,
+    /// Accesses sharing a fast-TLB lookup ([`crate::groups`]).
+    groups: crate::groups::Groups,
+    /// Their out-of-line lookups ([`Gen::group_stubs`]).
+    group_stubs: Vec<GroupStub>,
+}
+
+/// The out-of-line lookup of an access of a group (see [`Gen::grouped_lookup`]).
+struct GroupStub {
+    entry: DynamicLabel,
+    /// Back to the access (the addend in `rax`).
+    back: DynamicLabel,
+    addr: u8,
+    mmu: vireo_core::ir::MmuIdx,
+    last: i32,
+    write: bool,
+    /// The access's slow path.
+    slow: DynamicLabel,
+    /// A lead's slot (marked first).
+    mark: Option<i32>,
 }
 
 /// How a branch is compiled ([`Gen::book_for_branch`]).
@@ -274,6 +293,8 @@ struct SlowPath {
     /// A store the stub checks the stop request after: the PC of the instruction
     /// to stop before (see `Gen::slow_path`).
     stop_at: Option<u64>,
+    /// The access groups' slots it marks (bit `k`: slot `k`; see [`crate::groups`]).
+    marks: u8,
 }
 
 /// Where a memory access's operands are (the slow path moves them where the
@@ -319,6 +340,9 @@ pub struct Scratch {
     stop_stubs: Vec<StopStub>,
     at_branch: Vec<Option<Book>>,
     cold: Vec<Cold>,
+    groups: crate::groups::Scratch,
+    roles: crate::groups::Groups,
+    group_stubs: Vec<GroupStub>,
 }
 
 /// Compiles `block` for environment type `E`, with its cell at address `cell`, with
@@ -390,6 +414,28 @@ pub fn compile_with<E: GuestEnv + DirectGlobals>(
     analysis::reset(&mut at_branch, block.labels as usize, None);
     let mut cold = std::mem::take(&mut sc.cold);
     cold.clear();
+    // Accesses sharing a lookup (none without a fast TLB).
+    let mut groups = std::mem::take(&mut sc.roles);
+    if E::fast_tlb().is_some() {
+        let pure = |o: &Op| match o {
+            Op::Call {
+                helper,
+                args,
+                effects,
+                ..
+            } => matches!(
+                analysis::call_kind::<E>(*helper, args, *effects),
+                analysis::CallKind::Pure(_)
+            ),
+            _ => false,
+        };
+        crate::groups::find(block, pure, &only, &mut sc.groups, &mut groups);
+    } else {
+        groups.role.clear();
+        groups.role.resize(block.ops.len(), None);
+        groups.open.clear();
+        groups.open.resize(block.ops.len(), 0);
+    }
     // What the block's ops may do, in one pass.
     let (mut has_calls, mut risk, mut stores) = (false, false, false);
     for o in &block.ops {
@@ -434,6 +480,8 @@ pub fn compile_with<E: GuestEnv + DirectGlobals>(
         reuse: None,
         cold,
         lazy,
+        groups,
+        group_stubs: std::mem::take(&mut sc.group_stubs),
     };
     if g.indirect_ok::<E>() {
         for (k, t) in slot_targets.iter().enumerate() {
@@ -459,6 +507,7 @@ pub fn compile_with<E: GuestEnv + DirectGlobals>(
         g.leave(exit_code(ExitKind::Indirect).0);
     }
     g.cold_paths::<E>()?;
+    g.group_stubs::<E>();
     g.slow_paths::<E>();
     g.stop_exits::<E>();
     g.lookup_tail();
@@ -472,6 +521,8 @@ pub fn compile_with<E: GuestEnv + DirectGlobals>(
         (g.uses, g.label_needs_pc, g.only, g.label_pos);
     (sc.labels, sc.stubs, sc.stop_stubs, sc.at_branch, sc.cold) =
         (g.labels, g.stubs, g.stop_stubs, g.at_branch, g.cold);
+    sc.roles = g.groups;
+    sc.group_stubs = g.group_stubs;
     sc.ops = Some(g.ops);
     Ok(Compiled {
         code,

@@ -18,6 +18,7 @@ compile_error!("vireo-jit generates x86-64 code: build it on an x86-64 host");
 mod analysis;
 mod codegen;
 mod codemem;
+mod groups;
 pub use codemem::set_anonymous as set_anonymous_code;
 mod tramp;
 
@@ -491,7 +492,8 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
         if self.keep_code {
             self.last_code = c.code;
         }
-        self.max_temps = self.max_temps.max(block.temps as usize);
+        // (The temp area also holds the slots of access groups after the temps.)
+        self.max_temps = self.max_temps.max(block.temps as usize + groups::SLOTS);
         // SAFETY: `cell` is this generation's newest cell (from `new_cell`, non-null);
         // no code runs while `&mut self` is held.
         unsafe { (*cell).entry = entry };

@@ -1821,3 +1821,113 @@ fn a_store_after_a_load_of_its_address_matches_the_interpreter() {
         assert!(seen.contains_key(k), "{seen:?}");
     }
 }
+
+/// Accesses that share a fast-TLB lookup ([`crate::groups`]): pushes and frame
+/// loads, loads at a sum of registers with side exits between them, groups across
+/// pure and environment calls, at bases within a page, across a page boundary,
+/// by the code that asks to stop, at the end of memory, in both tables, as the
+/// interpreter does them.
+#[test]
+fn grouped_accesses_match_the_interpreter() {
+    let mut jit: JitCache<Env<true>> = JitCache::new(8 << 20);
+    let mut seen = std::collections::HashMap::new();
+    let mut members = 0;
+    for at in [
+        0x0100u64, 0x0ff0, 0x1000, 0x1008, 0x1f00, 0x1ff0, 0x1ffe, 0x0090, 0x2008,
+    ] {
+        for mmu in [MmuIdx::Kernel, MmuIdx::User] {
+            for pattern in 0..3 {
+                let mut b = Builder::new(0x10);
+                b.insn_start(0x10, 4);
+                let base = b.get(Global::Gpr(0));
+                match pattern {
+                    0 => {
+                        // Three pushes, then the frame read back.
+                        let v = b.get(Global::Gpr(1));
+                        let mut sp = base;
+                        for k in 0..3u64 {
+                            b.insn_start(0x14 + k, 1);
+                            sp = b.bini(BinOp::Sub, Size::B64, sp, 8);
+                            let x = b.bini(BinOp::Add, Size::B64, v, k);
+                            b.store(sp, x, Size::B64, mmu);
+                            b.set(Global::Gpr(0), sp);
+                        }
+                        b.insn_start(0x20, 4);
+                        let mut sum = b.konst(0);
+                        for (k, size) in [(0u64, Size::B64), (12, Size::B32), (16, Size::B8)] {
+                            let a = b.bini(BinOp::Add, Size::B64, sp, k);
+                            let x = b.load(a, size, false, mmu);
+                            sum = b.bin(BinOp::Add, Size::B64, sum, x);
+                        }
+                        b.set(Global::Gpr(2), sum);
+                    }
+                    1 => {
+                        // Bytes at base + r3 + i compared one by one, each check
+                        // with its side exit.
+                        let r3 = b.get(Global::Gpr(3));
+                        let p = b.bin(BinOp::Add, Size::B64, r3, base);
+                        let bits = b.get(Global::Gpr(4));
+                        for i in 0..4u64 {
+                            b.insn_start(0x20 + 4 * i, 4);
+                            let pi = b.bini(BinOp::Add, Size::B64, p, i);
+                            let x = b.load(pi, Size::B8, false, mmu);
+                            b.set(Global::Gpr(2), x);
+                            let bit = b.bini(BinOp::And, Size::B64, bits, 1 << i);
+                            let on = b.label();
+                            b.br_if(bit, on);
+                            let n = b.konst(0x100 + i);
+                            b.set(Global::Pc, n);
+                            b.exit(ExitKind::Jump(0x100 + i));
+                            b.set_label(on);
+                        }
+                    }
+                    _ => {
+                        // A store, a pure call, a load, an environment call, a load.
+                        let v = b.get(Global::Gpr(1));
+                        b.store(base, v, Size::B32, mmu);
+                        let r = b.call(HelperId(5), &[v], true, Effects::PURE);
+                        b.set(Global::Gpr(5), r.unwrap_or(v));
+                        let a8 = b.bini(BinOp::Add, Size::B64, base, 8);
+                        let x = b.load(a8, Size::B64, false, mmu);
+                        b.set(Global::Gpr(2), x);
+                        let s = b.call(HelperId(6), &[x, v, base], true, Effects::ALL);
+                        b.set(Global::Gpr(6), s.unwrap_or(v));
+                        let a4 = b.bini(BinOp::Add, Size::B64, base, 4);
+                        let y = b.load(a4, Size::B16, false, mmu);
+                        b.set(Global::Gpr(3), y);
+                    }
+                }
+                b.insn_start(0x40, 1);
+                let next = b.konst(0x41);
+                b.set(Global::Pc, next);
+                b.exit(ExitKind::Jump(0x41));
+                let blk = b.finish();
+                let mut groups = crate::groups::Groups::default();
+                crate::groups::find(
+                    &blk,
+                    |_| false,
+                    &blk.branch_only_labels(),
+                    &mut Default::default(),
+                    &mut groups,
+                );
+                members += groups
+                    .role
+                    .iter()
+                    .filter(|r| matches!(r, Some(crate::groups::Role::Member { .. })))
+                    .count();
+                for bits in [0u64, 0b0111, 0b1111] {
+                    let mut env = Env::<true>::new(&mut Rng(at ^ bits));
+                    env.regs[0] = at;
+                    env.regs[3] = 0;
+                    env.regs[4] = bits;
+                    let o = check(&mut jit, &blk, &env);
+                    *seen.entry(outcome_kind(&o)).or_insert(0u32) += 1;
+                }
+            }
+        }
+    }
+    assert!(members > 50, "{members} members");
+    for k in ["exit", "fault", "stopped"] {
+        assert!(seen.contains_key(k), "{seen:?}");
+    }
+}

@@ -4,7 +4,10 @@
 // dynasm's dynamic registers (`Rq(r)`) expand to `r.into()`.
 #![allow(clippy::useless_conversion)]
 
-use super::{direct, hooks, Access, Gen, SlowPath, Value, RCX, RDI, RDX, RSI};
+use super::{
+    direct, enc, hooks, toff, Access, Gen, GroupStub, SlowPath, Value, R13, RAX, RCX, RDI, RDX, RSI,
+};
+use crate::groups::Role;
 use crate::tramp;
 use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi};
 use vireo_core::exec::{DirectGlobals, GuestEnv};
@@ -29,11 +32,14 @@ impl Gen<'_> {
         // A store to the same address later (the two halves of a read-modify-write,
         // `x[i] += y`): the lookup checks the write tag first and leaves the host
         // address in `rdi` for it.
-        let store = self.reusing_store::<E>(addr, size, mmu);
+        // (Not for accesses of a group: theirs is the group's lookup.)
+        let store = self
+            .reusing_store::<E>(addr, size, mmu)
+            .filter(|&j| self.role(self.cur).is_none() && self.role(j).is_none());
         let last = size.bytes() as i32 - 1;
         let fast = match store {
             Some(_) => self.fast_lookup_rw::<E>(a, mmu, last, write, slow),
-            None => self.fast_lookup::<E>(a, mmu, last, write, slow),
+            None => self.grouped_lookup::<E>(a, mmu, last, write, slow),
         };
         if fast {
             self.reuse = store;
@@ -118,7 +124,7 @@ impl Gen<'_> {
             );
             end
         });
-        let fast = self.fast_lookup::<E>(a, mmu, size.bytes() as i32 - 1, true, slow);
+        let fast = self.grouped_lookup::<E>(a, mmu, size.bytes() as i32 - 1, true, slow);
         if fast {
             self.store_fast(a, size, v);
             self.slow_path(slow, Access::Store { addr: a, val: v }, packed);
@@ -197,6 +203,10 @@ impl Gen<'_> {
             return false;
         };
         if m2 != mmu || E::fast_tlb().is_none() || !self.is_plus8(addr2, addr) {
+            return false;
+        }
+        // Accesses of a group take the group's lookup, each on its own.
+        if self.role(self.cur).is_some() || self.role(self.cur + 1).is_some() {
             return false;
         }
         let packed = tramp::pack_access(Size::B64, mmu, false, false) as i32;
@@ -314,7 +324,7 @@ impl Gen<'_> {
             dynasm!(self.ops ; .arch x64 ; lea rdi, [Rq(a) + rax]);
             return true;
         }
-        let Some((rtag, wtag, addend)) = self.lookup_start::<E>(a, mmu, last) else {
+        let Some((rtag, wtag, addend)) = self.lookup_start::<E>(a, mmu, 0, last) else {
             return false;
         };
         let (read, go) = (self.ops.new_dynamic_label(), self.ops.new_dynamic_label());
@@ -359,7 +369,7 @@ impl Gen<'_> {
         write: bool,
         slow: DynamicLabel,
     ) -> bool {
-        let Some((rtag, wtag, addend)) = self.lookup_start::<E>(a, mmu, last) else {
+        let Some((rtag, wtag, addend)) = self.lookup_start::<E>(a, mmu, 0, last) else {
             return false;
         };
         let tag = if write { wtag } else { rtag };
@@ -372,8 +382,89 @@ impl Gen<'_> {
         true
     }
 
-    /// The start of an inline lookup for an access at `a` whose last byte is at
-    /// `a + last`: `rax` = its entry's offset in the table, `rcx` = the last byte's
+    /// The role of op `i` in an access group, if any.
+    fn role(&self, i: usize) -> Option<Role> {
+        self.groups.role.get(i).copied().flatten()
+    }
+
+    /// The displacement (from `r13`) of access-group slot `slot`: after the temps.
+    fn group_slot(&self, slot: u8) -> i32 {
+        toff(vireo_core::ir::Temp(self.block.temps + u32::from(slot)))
+    }
+
+    /// [`Gen::fast_lookup`] for the current access, as its role in an access group
+    /// has it ([`crate::groups`]): a lead looks up the group's span and leaves the
+    /// addend in the group's slot (a miss: the mark, then its own lookup); a member
+    /// takes the addend from the slot (the mark: its own lookup). Either way `rax`
+    /// holds the addend when the code falls through.
+    fn grouped_lookup<E: DirectGlobals>(
+        &mut self,
+        a: u8,
+        mmu: MmuIdx,
+        last: i32,
+        write: bool,
+        slow: DynamicLabel,
+    ) -> bool {
+        let Some(role) = self.role(self.cur) else {
+            return self.fast_lookup::<E>(a, mmu, last, write, slow);
+        };
+        // The fast TLB is addressable (else no groups were formed; see
+        // `lookup_start` for the conditions).
+        let have = self.ops.new_dynamic_label();
+        let cold = self.ops.new_dynamic_label();
+        let mark = match role {
+            Role::Lead { slot, lo, hi } => {
+                let Some((rtag, wtag, addend)) = self.lookup_start::<E>(a, mmu, lo, hi) else {
+                    return false;
+                };
+                let tag = if write { wtag } else { rtag };
+                let at = self.group_slot(slot);
+                dynasm!(self.ops
+                    ; .arch x64
+                    ; cmp rcx, QWORD [r12 + rax + tag]
+                    ; jne =>cold
+                    ; mov rax, QWORD [r12 + rax + addend]
+                );
+                enc::store(&mut self.ops, R13, at, RAX);
+                Some(at)
+            }
+            Role::Member { slot } => {
+                let at = self.group_slot(slot);
+                enc::load(&mut self.ops, RAX, R13, at);
+                dynasm!(self.ops ; .arch x64 ; test al, 1 ; jnz =>cold);
+                None
+            }
+        };
+        dynasm!(self.ops ; .arch x64 ; =>have);
+        self.group_stubs.push(GroupStub {
+            entry: cold,
+            back: have,
+            addr: a,
+            mmu,
+            last,
+            write,
+            slow,
+            mark,
+        });
+        true
+    }
+
+    /// The out-of-line ends of [`Gen::grouped_lookup`]: a lead's miss marks its slot,
+    /// and it or a member that found the mark looks itself up (a miss: its slow
+    /// path), then goes back to its access.
+    pub(super) fn group_stubs<E: DirectGlobals>(&mut self) {
+        for s in std::mem::take(&mut self.group_stubs) {
+            dynasm!(self.ops ; .arch x64 ; =>s.entry);
+            if let Some(at) = s.mark {
+                enc::store_imm(&mut self.ops, R13, at, 1);
+            }
+            self.fast_lookup::<E>(s.addr, s.mmu, s.last, s.write, s.slow);
+            dynasm!(self.ops ; .arch x64 ; jmp =>s.back);
+        }
+    }
+
+    /// The start of an inline lookup for bytes from `a + first` to `a + last`:
+    /// `rax` = the first byte's entry's offset in the table, `rcx` = the last byte's
     /// page. Returns the displacements (from `r12`) of table `mmu`'s read tag, write
     /// tag and addend; `None` (nothing emitted) when the environment has no fast TLB
     /// the code can address.
@@ -381,6 +472,7 @@ impl Gen<'_> {
         &mut self,
         a: u8,
         mmu: MmuIdx,
+        first: i32,
         last: i32,
     ) -> Option<(i32, i32, i32)> {
         let t = E::fast_tlb()?;
@@ -395,18 +487,21 @@ impl Gen<'_> {
         }
         let mask = ((1u32 << t.index_bits) - 1) as i32;
         let shift = t.entry_shift as i8;
+        if first == 0 {
+            dynasm!(self.ops ; .arch x64 ; mov rax, Rq(a));
+        } else {
+            super::enc::lea(&mut self.ops, RAX, a, first);
+        }
         if shift <= 12 {
             // ((la >> 12) & mask) << shift, in two steps.
             dynasm!(self.ops
                 ; .arch x64
-                ; mov rax, Rq(a)
                 ; shr rax, 12 - shift
                 ; and eax, mask << shift
             );
         } else {
             dynasm!(self.ops
                 ; .arch x64
-                ; mov rax, Rq(a)
                 ; shr rax, 12
                 ; and eax, mask
                 ; shl eax, shift
@@ -452,6 +547,7 @@ impl Gen<'_> {
             op: self.cur,
             book: self.book,
             stop_at,
+            marks: self.groups.open.get(self.cur).copied().unwrap_or(0),
         });
     }
 
@@ -505,6 +601,13 @@ impl Gen<'_> {
                 }
             }
             self.check_status();
+            // The softmmu may have changed what the open groups looked up.
+            for k in 0..crate::groups::SLOTS as u8 {
+                if s.marks & (1 << k) != 0 {
+                    let at = self.group_slot(k);
+                    enc::store_imm(&mut self.ops, R13, at, 1);
+                }
+            }
             if let Some(pc) = s.stop_at {
                 // A stop request the store raised: stop before the next instruction
                 // (the counters already count this one).
