@@ -48,12 +48,12 @@ pub(crate) struct Groups {
 }
 
 /// The base of an address: the sum of one to three temps (each as of its
-/// definition count then), in the order of their numbers, [`NO_TEMP`] in the
-/// places after them.
-type Root = [(Temp, u32); 3];
+/// definition then, see [`Scratch::version`]), in the order of their numbers,
+/// [`NO_TEMP`] in the places after them.
+type Root = [(Temp, u64); 3];
 
 /// An empty place of a [`Root`].
-const NO_TEMP: (Temp, u32) = (Temp(u32::MAX), 0);
+const NO_TEMP: (Temp, u64) = (Temp(u32::MAX), 0);
 
 /// A group being formed.
 #[derive(Debug, Clone, Copy)]
@@ -84,16 +84,21 @@ struct Value {
     /// The stretch between labels it was defined in (from an earlier one it is
     /// unknown: a path from elsewhere, or an earlier pass of a loop, may have
     /// assigned it since).
-    stretch: u32,
+    stretch: u64,
 }
 
 /// Working space kept between blocks.
 #[derive(Debug, Default)]
 pub(crate) struct Scratch {
-    /// Per temp: how many times it was assigned so far.
-    version: Vec<u32>,
+    /// A counter of definitions and stretches, over all blocks (so that nothing
+    /// needs clearing per block: what an earlier block left never matches).
+    tick: u64,
+    /// Per temp: the tick of its last definition (of an earlier block if none in
+    /// this one: then it names the value the block starts with).
+    version: Vec<u64>,
     value: Vec<Value>,
-    stretch: u32,
+    /// The tick the current stretch began at.
+    stretch: u64,
     /// Every group of the block (its index is its id).
     groups: Vec<Open>,
     /// Per op: the group an access joined as a member.
@@ -120,19 +125,20 @@ pub(crate) fn find(
     out.role.resize(n, None);
     out.open.clear();
     out.open.resize(n, 0);
-    sc.version.clear();
-    sc.version.resize(temps, 0);
-    sc.value.clear();
-    sc.value.resize(
-        temps,
-        Value {
-            root: [NO_TEMP; 3],
-            off: 0,
-            konst: None,
-            stretch: 0,
-        },
-    );
-    sc.stretch = 1;
+    if sc.version.len() < temps {
+        sc.version.resize(temps, 0);
+        sc.value.resize(
+            temps,
+            Value {
+                root: [NO_TEMP; 3],
+                off: 0,
+                konst: None,
+                stretch: 0,
+            },
+        );
+    }
+    sc.tick += 1;
+    sc.stretch = sc.tick;
     sc.snaps.clear();
     sc.groups.clear();
     sc.joined.clear();
@@ -158,7 +164,8 @@ pub(crate) fn find(
                     }
                     None => {
                         open = [None; SLOTS];
-                        sc.stretch += 1;
+                        sc.tick += 1;
+                        sc.stretch = sc.tick;
                     }
                 }
             }
@@ -288,7 +295,7 @@ impl Scratch {
     fn of(&self, t: Temp) -> Option<(Root, i64)> {
         let v = self.value.get(t.0 as usize)?;
         let holds =
-            |(b, n): (Temp, u32)| (b, n) == NO_TEMP || self.version.get(b.0 as usize) == Some(&n);
+            |(b, n): (Temp, u64)| (b, n) == NO_TEMP || self.version.get(b.0 as usize) == Some(&n);
         // Defined in this stretch from bases that still hold those values.
         if v.stretch == self.stretch && v.root.iter().all(|&r| holds(r)) {
             return Some((v.root, v.off));
@@ -357,7 +364,8 @@ fn define(op: &Op, d: Temp, sc: &mut Scratch) {
         } => (sc.konst(b).and_then(|c| plus(a, c, true)), None),
         _ => (None, None),
     };
-    sc.version[di] += 1;
+    sc.tick += 1;
+    sc.version[di] = sc.tick;
     // A value in terms of `d` itself (`d = d + 8`) refers to its old value.
     let rel = rel.filter(|(r, _)| r.iter().all(|&(b, _)| b != d));
     let (root, off) = rel.unwrap_or(([(d, sc.version[di]), NO_TEMP, NO_TEMP], 0));
