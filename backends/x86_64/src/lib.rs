@@ -91,6 +91,13 @@ pub struct Cell {
     /// indirect guard under which its link holds (`u64::MAX`, which no table entry
     /// has, until linked).
     guards: [u64; SLOTS],
+    /// The block's indirect exits' cache: the target (cell) its last table hit
+    /// found for PC `ic_pc`, CS base `ic_cs` under guard `ic_guard` (the same key as
+    /// the table's; `u64::MAX`, which no table entry has, until then).
+    ic_pc: u64,
+    ic_cs: u64,
+    ic_guard: u64,
+    ic_cell: usize,
     tag: u64,
     /// The block's linear code page ([`NO_PAGE`] until set).
     page: u64,
@@ -112,6 +119,10 @@ static NULL_CELL: Cell = Cell {
     entry: 0,
     slots: [0; SLOTS],
     guards: [u64::MAX; SLOTS],
+    ic_pc: u64::MAX,
+    ic_cs: u64::MAX,
+    ic_guard: u64::MAX,
+    ic_cell: 0,
     tag: 0,
     page: NO_PAGE,
     linkable: 0,
@@ -313,6 +324,10 @@ impl<E> JitCache<E> {
                     entry: 0,
                     slots: [null_cell(); SLOTS],
                     guards: [u64::MAX; SLOTS],
+                    ic_pc: u64::MAX,
+                    ic_cs: u64::MAX,
+                    ic_guard: u64::MAX,
+                    ic_cell: null_cell(),
                     tag: 0,
                     page: NO_PAGE,
                     linkable: 0,

@@ -1521,6 +1521,67 @@ fn a_jump_to_another_page_links_under_the_guard() {
     }
 }
 
+/// An indirect exit keeps the target its table hit found (its inline cache) and
+/// goes there without the table while the PC, CS base and guard are those it was
+/// found for; under another guard, or for its own PC once its block is dropped, it
+/// takes the table's next; for another PC under the same guard it keeps the first.
+#[test]
+fn an_indirect_exit_caches_its_target() {
+    use std::sync::atomic::AtomicBool;
+    let flags: [AtomicBool; 4] = Default::default();
+    let mut rng = Rng(14);
+    let env = Env::<true>::new(&mut rng);
+    let key = |pc, guard| vireo_core::exec::IndirectKey {
+        pc,
+        cs_base: env.segbase[1],
+        guard,
+    };
+    let (g0, g1) = (env.guard, env.guard ^ 1);
+    let mut jit: JitCache<Env<true>> = JitCache::new(1 << 20);
+    let mut st = JitState::new();
+    // The exit's PC comes from r0.
+    let mut bx = Builder::new(0x40);
+    bx.insn_start(0x40, 2);
+    let to = bx.get(Global::Gpr(0));
+    bx.set(Global::Pc, to);
+    bx.exit(ExitKind::Indirect);
+    let x = jit.compile(&bx.finish()).unwrap();
+    let b = jit.compile(&step_block(0x500, 1, 0, 0x9000)).unwrap();
+    let c = jit.compile(&step_block(0x500, 2, 0, 0x9000)).unwrap();
+    let d = jit.compile(&step_block(0x600, 3, 0, 0x9000)).unwrap();
+    for (blk, tag) in [(&x, 1), (&b, 2), (&c, 3), (&d, 4)] {
+        jit.set_tag(blk, tag);
+    }
+    let run = |jit: &JitCache<Env<true>>, st: &mut JitState, pc: u64, guard| {
+        let mut e = env.clone();
+        e.regs[0] = pc;
+        e.guard = guard;
+        let r = jit.run_chained(&x, &mut e, st, &flags, 10).unwrap();
+        (r.tag, r.chained)
+    };
+    assert_eq!(run(&jit, &mut st, 0x500, g0), (1, 0));
+    jit.set_indirect(key(0x500, g0), &b);
+    assert_eq!(run(&jit, &mut st, 0x500, g0), (2, 1));
+    // The cache, not the table.
+    jit.set_indirect(key(0x500, g0), &c);
+    assert_eq!(run(&jit, &mut st, 0x500, g0), (2, 1));
+    // Another PC: the table; the cache keeps 0x500.
+    jit.set_indirect(key(0x600, g0), &d);
+    assert_eq!(run(&jit, &mut st, 0x600, g0), (4, 1));
+    assert_eq!(run(&jit, &mut st, 0x500, g0), (2, 1));
+    // Another guard: the table (nothing, then c, which the cache takes).
+    assert_eq!(run(&jit, &mut st, 0x500, g1), (1, 0));
+    jit.set_indirect(key(0x500, g1), &c);
+    assert_eq!(run(&jit, &mut st, 0x500, g1), (3, 1));
+    jit.set_indirect(key(0x500, g1), &b);
+    assert_eq!(run(&jit, &mut st, 0x500, g1), (3, 1));
+    // Its block dropped: the table's (b), cached from then on.
+    jit.kill(&c);
+    assert_eq!(run(&jit, &mut st, 0x500, g1), (2, 1));
+    jit.set_indirect(key(0x500, g1), &d);
+    assert_eq!(run(&jit, &mut st, 0x500, g1), (2, 1));
+}
+
 /// The indirect-exit table keeps two targets whose PCs share a set; a third
 /// displaces the one registered longest ago.
 #[test]
