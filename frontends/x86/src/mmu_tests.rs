@@ -625,3 +625,39 @@ fn a_tlb_set_keeps_two_pages() {
     t(&mut cpu, 1).unwrap();
     assert_eq!(cpu.mmu.walks, walks + 2);
 }
+
+/// Implicit supervisor reads (descriptor tables) go through the fast TLB's
+/// supervisor table once a read filled it, see what the mapping shows until it is
+/// flushed, never take entries made while RFLAGS.AC opened SMAP, and fault as
+/// before on pages a supervisor may not read.
+#[test]
+fn implicit_reads_take_the_supervisor_fast_table() {
+    let mut cpu = legacy(P | RW, P | RW);
+    w64(&cpu, 0x20010, 0x1122_3344_5566_7788);
+    w64(&cpu, 0x30010, 0x99);
+    assert_eq!(read_sys(&mut cpu, 0x400010, 8), Ok(0x1122_3344_5566_7788));
+    let (walks, hits) = (cpu.mmu.walks, cpu.mmu.fast.hits);
+    assert_eq!(read_sys(&mut cpu, 0x400014, 4), Ok(0x1122_3344));
+    assert_eq!(read_sys(&mut cpu, 0x400010, 2), Ok(0x7788));
+    assert_eq!((cpu.mmu.walks, cpu.mmu.fast.hits), (walks, hits + 2));
+    // A remap shows after the flush that makes it visible.
+    w32(&cpu, PT, (0x30000 | P | RW) as u32);
+    assert_eq!(read_sys(&mut cpu, 0x400010, 8), Ok(0x1122_3344_5566_7788));
+    crate::control::invlpg(&mut cpu, 0x400000).unwrap();
+    assert_eq!(read_sys(&mut cpu, 0x400010, 8), Ok(0x99));
+    // A page crossing reads both pages (the second not mapped: #PF at it).
+    let (_, at) = pf_err(read_sys(&mut cpu, 0x400ffc, 8));
+    assert_eq!(at, 0x401000);
+
+    // A user page under SMAP: an explicit read with AC set fills its own table,
+    // which implicit reads never take.
+    let mut cpu = legacy(P | RW | US, P | RW | US);
+    cpu.state.cr4 |= cr4::SMAP;
+    cpu.state.rflags |= vireo_core::cpu::flags::AC;
+    assert!(read(&mut cpu, 0x400010, Size::B64, MmuIdx::Kernel).is_ok());
+    assert!(read(&mut cpu, 0x400010, Size::B64, MmuIdx::Kernel).is_ok());
+    let (e, _) = pf_err(read_sys(&mut cpu, 0x400010, 8));
+    assert_eq!(e, pferr::P);
+    let (e, _) = pf_err(read_sys(&mut cpu, 0x400010, 8));
+    assert_eq!(e, pferr::P);
+}
