@@ -161,8 +161,9 @@ impl Tr {
     /// CF of the lazy-flag state in the globals (an operation the block does not
     /// know: typically the block before's). When the operation is the one the CPU
     /// held at translation (`entry_cc_op`) and its CF is simple (INC or DEC after a
-    /// CMP, the top of many loops), the check and the inline formula; otherwise (and
-    /// as the fallback) the carry helper.
+    /// CMP, the top of many loops; after SYSRET, IRET or POPF, which leave the flags
+    /// themselves), the check and the inline formula; otherwise (and as the
+    /// fallback) the carry helper.
     fn carry_of_state(&mut self) -> Temp {
         let op = self.b.get(Global::CcOp);
         let d = self.b.get(Global::CcDst);
@@ -171,7 +172,8 @@ impl Tr {
         let (kind, size) = crate::flags::decode(k);
         let simple = matches!(
             kind,
-            CcKind::Add
+            CcKind::Eflags
+                | CcKind::Add
                 | CcKind::Sub
                 | CcKind::Logic
                 | CcKind::Inc

@@ -413,6 +413,103 @@ fn alu_flags_every_op_and_size() {
     }
 }
 
+/// INC and DEC keep the CF of the operation before, which a block translated
+/// while the CPU held a given lazy-flag state computes inline for that state (an
+/// EFLAGS image after SYSRET or POPF, a SUB, an ADD) and through the helper for any
+/// other: the same block run from every state gives that state's CF.
+#[test]
+fn carry_kept_by_inc_follows_the_state_it_runs_from() {
+    use crate::cpu::LazyFlags;
+    use crate::flags::{cc_op, CcKind};
+    use vireo_core::ir::Size;
+    // (state, its CF)
+    let states = [
+        (
+            LazyFlags {
+                op: cc_op(CcKind::Eflags, Size::B8),
+                dst: 0,
+                src: CF | ZF,
+                src2: 0,
+            },
+            1,
+        ),
+        (
+            LazyFlags {
+                op: cc_op(CcKind::Eflags, Size::B8),
+                dst: 0,
+                src: ZF,
+                src2: 0,
+            },
+            0,
+        ),
+        // 3 - 5: a borrow; 5 - 3: none.
+        (
+            LazyFlags {
+                op: cc_op(CcKind::Sub, Size::B32),
+                dst: 3u64.wrapping_sub(5) & 0xffff_ffff,
+                src: 5,
+                src2: 0,
+            },
+            1,
+        ),
+        (
+            LazyFlags {
+                op: cc_op(CcKind::Sub, Size::B32),
+                dst: 2,
+                src: 3,
+                src2: 0,
+            },
+            0,
+        ),
+        // 0xff + 1 in 8 bits: a carry.
+        (
+            LazyFlags {
+                op: cc_op(CcKind::Add, Size::B8),
+                dst: 0,
+                src: 1,
+                src2: 0,
+            },
+            1,
+        ),
+        (
+            LazyFlags {
+                op: cc_op(CcKind::Logic, Size::B64),
+                dst: 5,
+                src: 0,
+                src2: 0,
+            },
+            0,
+        ),
+    ];
+    let use_jit = std::env::var("VIREO_TEST_BACKEND").is_ok_and(|v| v == "jit");
+    let mut jit = vireo_jit::JitCache::<X86Cpu>::new(16 << 20);
+    for (entry, _) in &states {
+        // inc ebx; hlt, translated from `entry`.
+        let mut cpu = machine(M::Long64, &[0xff, 0xc3, 0xf4]);
+        cpu.cc = *entry;
+        let mut block = translate_block(&mut cpu, 1).expect("translate");
+        vireo_core::opt::optimize(&mut block);
+        let code = use_jit.then(|| jit.compile(&block).expect("compile"));
+        for (from, cf) in &states {
+            let mut c = machine(M::Long64, &[0xff, 0xc3, 0xf4]);
+            c.cc = *from;
+            let o = match &code {
+                Some(code) => jit.run(code, &mut c, &mut vireo_jit::JitState::new()),
+                None => None,
+            };
+            if o.is_none() {
+                Interp::new().run(&Prepared::new(block.clone()), &mut c);
+            }
+            assert_eq!(
+                c.rflags() & CF,
+                *cf,
+                "translated from {entry:?}, run from {from:?}"
+            );
+            assert_eq!(c.state.gpr[3], 1);
+        }
+    }
+}
+
 #[test]
 fn inc_dec_neg_not_flags() {
     for bits in [8u32, 16, 32, 64] {
