@@ -219,14 +219,39 @@ struct GroupStub {
     entry: DynamicLabel,
     /// Back to the access (the addend in `rax`).
     back: DynamicLabel,
+    probe: Probe,
+    /// A lead's slot (marked first).
+    mark: Option<i32>,
+}
+
+/// What an inline fast-TLB lookup checks: an access at the address in register
+/// `addr` whose last byte is at `+ last`, in table `mmu`, for writing (the write
+/// tag) or not; a miss goes to `slow`.
+#[derive(Clone, Copy)]
+struct Probe {
     addr: u8,
     mmu: vireo_core::ir::MmuIdx,
     last: i32,
     write: bool,
-    /// The access's slow path.
     slow: DynamicLabel,
-    /// A lead's slot (marked first).
-    mark: Option<i32>,
+}
+
+impl Probe {
+    fn new(
+        addr: u8,
+        mmu: vireo_core::ir::MmuIdx,
+        last: i32,
+        write: bool,
+        slow: DynamicLabel,
+    ) -> Probe {
+        Probe {
+            addr,
+            mmu,
+            last,
+            write,
+            slow,
+        }
+    }
 }
 
 /// How a branch is compiled ([`Gen::book_for_branch`]).

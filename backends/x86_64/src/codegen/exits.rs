@@ -146,11 +146,25 @@ impl Gen<'_> {
         let miss = self.ops.new_dynamic_label();
         dynasm!(self.ops ; .arch x64 ; mov rax, QWORD cell);
         for (env, at) in [(pc, CELL_IC_PC), (guard, CELL_IC_GUARD), (cs, CELL_IC_CS)] {
-            enc::load(&mut self.ops, RCX, R12, env);
-            enc::cmp_load(&mut self.ops, RCX, RAX, at);
+            cmp_env(&mut self.ops, RCX, env, RAX, at);
             dynasm!(self.ops ; .arch x64 ; jne =>miss);
         }
-        enc::load(&mut self.ops, RAX, RAX, CELL_IC_CELL);
+        self.through_cell::<E>(CELL_IC_CELL, miss, code, None, CELL_IC_PC);
+    }
+
+    /// The end of an exit into the cell at `[rax + field]` (`rax`: this block's
+    /// cell): its entry (0: gone, to `miss`), the run conditions, then into it; a
+    /// failed condition returns with `code`, `miss` goes to the table lookup naming
+    /// `link` to fill ([`lookup_stub`]); both store the PC held back, if any.
+    fn through_cell<E: GuestEnv + DirectGlobals>(
+        &mut self,
+        field: i32,
+        miss: DynamicLabel,
+        code: u64,
+        pc_later: Option<u64>,
+        link: i32,
+    ) {
+        enc::load(&mut self.ops, RAX, RAX, field);
         enc::load(&mut self.ops, RAX, RAX, CELL_ENTRY);
         dynasm!(self.ops
             ; .arch x64
@@ -165,9 +179,11 @@ impl Gen<'_> {
                 ; =>fail
             );
         }
+        self.store_pc_later::<E>(pc_later);
         self.leave(code);
         dynasm!(self.ops ; .arch x64 ; =>miss);
-        self.go_lookup::<E>(code, CELL_IC_PC);
+        self.store_pc_later::<E>(pc_later);
+        self.go_lookup::<E>(code, link);
     }
 
     /// Where the host `call` of a guest call returns: the guest PC (which the
@@ -209,31 +225,11 @@ impl Gen<'_> {
         dynasm!(self.ops ; .arch x64 ; mov rax, QWORD cell);
         if let (true, Some(g)) = (self.guarded[k], E::indirect_guard().and_then(env_off::<E>)) {
             let at = CELL_GUARDS + 8 * k as i32;
-            enc::load(&mut self.ops, RCX, R12, g);
-            enc::cmp_load(&mut self.ops, RCX, RAX, at);
+            cmp_env(&mut self.ops, RCX, g, RAX, at);
             dynasm!(self.ops ; .arch x64 ; jne =>miss);
             slot = at;
         }
-        enc::load(&mut self.ops, RAX, RAX, CELL_SLOTS + 8 * k as i32);
-        enc::load(&mut self.ops, RAX, RAX, CELL_ENTRY);
-        dynasm!(self.ops
-            ; .arch x64
-            ; test rax, rax
-            ; jz =>miss
-        );
-        if let Some(fail) = self.run_checks::<E>() {
-            self.count_chain();
-            dynasm!(self.ops
-                ; .arch x64
-                ; jmp rax
-                ; =>fail
-            );
-        }
-        self.store_pc_later::<E>(pc_later);
-        self.leave(code);
-        dynasm!(self.ops ; .arch x64 ; =>miss);
-        self.store_pc_later::<E>(pc_later);
-        self.go_lookup::<E>(code, slot);
+        self.through_cell::<E>(CELL_SLOTS + 8 * k as i32, miss, code, pc_later, slot);
     }
 
     /// Goes to the cache's shared table lookup ([`lookup_stub`]) with return code
@@ -377,11 +373,9 @@ fn lookup_stub<E: GuestEnv + DirectGlobals>(
         ; add rdx, SIZE
         ; way:
     );
-    enc::load(o, RAX, R12, cs_off);
-    enc::cmp_load(o, RAX, RDX, CS);
+    cmp_env(o, RAX, cs_off, RDX, CS);
     dynasm!(o ; .arch x64 ; jne >fail);
-    enc::load(o, RAX, R12, guard_off);
-    enc::cmp_load(o, RAX, RDX, GUARD);
+    cmp_env(o, RAX, guard_off, RDX, GUARD);
     dynasm!(o ; .arch x64 ; jne >fail);
     enc::load(o, RAX, RDX, CELL);
     // Link the slot the jump missed, when allowed: a slot checking the guard with
@@ -407,11 +401,9 @@ fn lookup_stub<E: GuestEnv + DirectGlobals>(
     // (a site jumping to many: refilling it at every miss made a threaded
     // interpreter 3.5% slower); under another guard (a new address space), or for
     // its own PC (its block was dropped), it takes the new one.
-    enc::load(o, RDX, R12, guard_off);
-    enc::cmp_load(o, RDX, RCX, CELL_IC_GUARD);
+    cmp_env(o, RDX, guard_off, RCX, CELL_IC_GUARD);
     dynasm!(o ; .arch x64 ; jne >fill);
-    enc::load(o, RDX, R12, pc_off);
-    enc::cmp_load(o, RDX, RCX, CELL_IC_PC);
+    cmp_env(o, RDX, pc_off, RCX, CELL_IC_PC);
     dynasm!(o
         ; .arch x64
         ; jne >nolink
@@ -463,6 +455,13 @@ fn lookup_stub<E: GuestEnv + DirectGlobals>(
         ; jmp =>leave
     );
     Some(())
+}
+
+/// Compares the environment's `u64` at `env` (loaded into `scratch`) with the one at
+/// `[base + at]`.
+fn cmp_env(o: &mut super::Asm, scratch: u8, env: i32, base: u8, at: i32) {
+    enc::load(o, scratch, R12, env);
+    enc::cmp_load(o, scratch, base, at);
 }
 
 /// A cache's shared code ([`shared_stubs`]).

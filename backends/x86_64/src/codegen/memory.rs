@@ -5,7 +5,8 @@
 #![allow(clippy::useless_conversion)]
 
 use super::{
-    direct, enc, hooks, toff, Access, Gen, GroupStub, SlowPath, Value, R13, RAX, RCX, RDI, RDX, RSI,
+    direct, enc, hooks, toff, Access, Gen, GroupStub, Probe, SlowPath, Value, R13, RAX, RCX, RDI,
+    RDX, RSI,
 };
 use crate::groups::Role;
 use crate::tramp;
@@ -38,8 +39,8 @@ impl Gen<'_> {
             .filter(|&j| self.role(self.cur).is_none() && self.role(j).is_none());
         let last = size.bytes() as i32 - 1;
         let fast = match store {
-            Some(_) => self.fast_lookup_rw::<E>(a, mmu, last, write, slow),
-            None => self.grouped_lookup::<E>(a, mmu, last, write, slow),
+            Some(_) => self.fast_lookup_rw::<E>(Probe::new(a, mmu, last, write, slow)),
+            None => self.grouped_lookup::<E>(Probe::new(a, mmu, last, write, slow)),
         };
         if fast {
             self.reuse = store;
@@ -124,7 +125,8 @@ impl Gen<'_> {
             );
             end
         });
-        let fast = self.grouped_lookup::<E>(a, mmu, size.bytes() as i32 - 1, true, slow);
+        let last = size.bytes() as i32 - 1;
+        let fast = self.grouped_lookup::<E>(Probe::new(a, mmu, last, true, slow));
         if fast {
             self.store_fast(a, size, v);
             self.slow_path(slow, Access::Store { addr: a, val: v }, packed);
@@ -224,7 +226,7 @@ impl Gen<'_> {
         };
         let v1 = value(self, val, RDX);
         let v2 = value(self, val2, RDI);
-        if !self.fast_lookup::<E>(a, mmu, 15, true, slow) {
+        if !self.fast_lookup::<E>(Probe::new(a, mmu, 15, true, slow)) {
             return false;
         }
         for (v, d) in [(v1, 0i32), (v2, 8)] {
@@ -308,23 +310,17 @@ impl Gen<'_> {
     /// (`Gen::reusing_store`): a write-tag hit leaves it in `rdi`; otherwise, for a
     /// plain load, a read-tag hit loads with 0 in `rdi` (the store looks up for
     /// itself), and a miss goes to `slow` (whose return leaves 0 in `rdi` too).
-    fn fast_lookup_rw<E: DirectGlobals>(
-        &mut self,
-        a: u8,
-        mmu: MmuIdx,
-        last: i32,
-        write: bool,
-        slow: DynamicLabel,
-    ) -> bool {
-        if write {
+    fn fast_lookup_rw<E: DirectGlobals>(&mut self, p: Probe) -> bool {
+        let (a, slow) = (p.addr, p.slow);
+        if p.write {
             // A read-modify-write checks the write tag anyway.
-            if !self.fast_lookup::<E>(a, mmu, last, true, slow) {
+            if !self.fast_lookup::<E>(p) {
                 return false;
             }
             dynasm!(self.ops ; .arch x64 ; lea rdi, [Rq(a) + rax]);
             return true;
         }
-        let Some((rtag, wtag, addend)) = self.lookup_start::<E>(a, mmu, 0, last) else {
+        let Some((rtag, wtag, addend)) = self.lookup_start::<E>(a, p.mmu, 0, p.last) else {
             return false;
         };
         let (read, go) = (self.ops.new_dynamic_label(), self.ops.new_dynamic_label());
@@ -356,27 +352,32 @@ impl Gen<'_> {
         }
     }
 
-    /// The inline fast TLB lookup for an access of `size` at the linear address in
-    /// `a` (see [`vireo_core::exec::DirectGlobals::fast_tlb`]): on a hit, `rax`
-    /// holds the host addend (the access is at `a + rax`) and the code falls
-    /// through; on a miss it jumps to `slow` (with `a` and `rdx` intact). Clobbers
-    /// `rcx`. `false` (nothing emitted) when the environment has no fast TLB.
-    fn fast_lookup<E: DirectGlobals>(
+    /// The inline fast TLB lookup for access `p` (see
+    /// [`vireo_core::exec::DirectGlobals::fast_tlb`]): on a hit, `rax` holds the
+    /// host addend (the access is at `p.addr + rax`) and the code falls through; on a
+    /// miss it jumps to `p.slow` (with the address register and `rdx` intact).
+    /// Clobbers `rcx`. `false` (nothing emitted) when the environment has no fast TLB.
+    fn fast_lookup<E: DirectGlobals>(&mut self, p: Probe) -> bool {
+        self.probe_span::<E>(p, 0, p.last, p.slow)
+    }
+
+    /// [`Gen::fast_lookup`] of the bytes from `p.addr + first` to `+ last`, going
+    /// to `miss` on a miss.
+    fn probe_span<E: DirectGlobals>(
         &mut self,
-        a: u8,
-        mmu: MmuIdx,
+        p: Probe,
+        first: i32,
         last: i32,
-        write: bool,
-        slow: DynamicLabel,
+        miss: DynamicLabel,
     ) -> bool {
-        let Some((rtag, wtag, addend)) = self.lookup_start::<E>(a, mmu, 0, last) else {
+        let Some((rtag, wtag, addend)) = self.lookup_start::<E>(p.addr, p.mmu, first, last) else {
             return false;
         };
-        let tag = if write { wtag } else { rtag };
+        let tag = if p.write { wtag } else { rtag };
         dynasm!(self.ops
             ; .arch x64
             ; cmp rcx, QWORD [r12 + rax + tag]
-            ; jne =>slow
+            ; jne =>miss
             ; mov rax, QWORD [r12 + rax + addend]
         );
         true
@@ -397,16 +398,9 @@ impl Gen<'_> {
     /// addend in the group's slot (a miss: the mark, then its own lookup); a member
     /// takes the addend from the slot (the mark: its own lookup). Either way `rax`
     /// holds the addend when the code falls through.
-    fn grouped_lookup<E: DirectGlobals>(
-        &mut self,
-        a: u8,
-        mmu: MmuIdx,
-        last: i32,
-        write: bool,
-        slow: DynamicLabel,
-    ) -> bool {
+    fn grouped_lookup<E: DirectGlobals>(&mut self, p: Probe) -> bool {
         let Some(role) = self.role(self.cur) else {
-            return self.fast_lookup::<E>(a, mmu, last, write, slow);
+            return self.fast_lookup::<E>(p);
         };
         // The fast TLB is addressable (else no groups were formed; see
         // `lookup_start` for the conditions).
@@ -414,17 +408,10 @@ impl Gen<'_> {
         let cold = self.ops.new_dynamic_label();
         let mark = match role {
             Role::Lead { slot, lo, hi } => {
-                let Some((rtag, wtag, addend)) = self.lookup_start::<E>(a, mmu, lo, hi) else {
+                if !self.probe_span::<E>(p, lo, hi, cold) {
                     return false;
-                };
-                let tag = if write { wtag } else { rtag };
+                }
                 let at = self.group_slot(slot);
-                dynasm!(self.ops
-                    ; .arch x64
-                    ; cmp rcx, QWORD [r12 + rax + tag]
-                    ; jne =>cold
-                    ; mov rax, QWORD [r12 + rax + addend]
-                );
                 enc::store(&mut self.ops, R13, at, RAX);
                 Some(at)
             }
@@ -439,11 +426,7 @@ impl Gen<'_> {
         self.group_stubs.push(GroupStub {
             entry: cold,
             back: have,
-            addr: a,
-            mmu,
-            last,
-            write,
-            slow,
+            probe: p,
             mark,
         });
         true
@@ -458,7 +441,7 @@ impl Gen<'_> {
             if let Some(at) = s.mark {
                 enc::store_imm(&mut self.ops, R13, at, 1);
             }
-            self.fast_lookup::<E>(s.addr, s.mmu, s.last, s.write, s.slow);
+            self.fast_lookup::<E>(s.probe);
             dynasm!(self.ops ; .arch x64 ; jmp =>s.back);
         }
     }
