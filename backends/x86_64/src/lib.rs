@@ -80,8 +80,9 @@ unsafe impl Send for JitBlock {}
 /// What generated code knows about a block besides its code: where to enter it
 /// when chaining (0 once the block is dropped), the cells of the blocks its chain
 /// slots lead to (and, for slots of jumps to another page, the indirect guard they
-/// were linked under), a tag its owner gives it (the block cache's id) and the page
-/// it may be linked within ([`JitCache::set_page`]).
+/// were linked under), the target its indirect exits last found (their inline
+/// cache), a tag its owner gives it (the block cache's id) and the page it may be
+/// linked within ([`JitCache::set_page`]).
 #[repr(C)]
 #[derive(Debug)]
 pub struct Cell {
@@ -122,6 +123,7 @@ static NULL_CELL: Cell = Cell {
     ic_pc: u64::MAX,
     ic_cs: u64::MAX,
     ic_guard: u64::MAX,
+    // (No block runs as the null cell: its own cache is never read.)
     ic_cell: 0,
     tag: 0,
     page: NO_PAGE,
@@ -383,8 +385,8 @@ impl<E> JitCache<E> {
     /// block's start) is linked by any table hit, together with the guard it was
     /// found under, and followed only while the environment's guard is that one: as
     /// long as the table entry would serve the jump (QEMU looks such jumps up every
-    /// time; a shell's loop made 200 of them an iteration, more than half its table
-    /// lookups).
+    /// time; a shell's loop made 270 of them an iteration, three quarters of its
+    /// table lookups).
     pub fn set_page(&mut self, b: &JitBlock, page: u64, single: bool) {
         if let Some(c) = self.cell_mut(b) {
             c.page = page;
@@ -592,9 +594,10 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
         // `Entry`: it builds the frame and jumps to `b.entry`; `b` is live, so that
         // points to its code in a chunk this cache still maps executable, and the
         // code returns through the shared return, which undoes the frame. It may
-        // jump on into the chain entry of any block whose cell a live cell's slot
-        // names (or the indirect table holds) while that cell's entry is nonzero:
-        // those are blocks of this generation not killed, in chunks still mapped. `ctx` (and `flags`, which it points to) outlive the call; `env` is
+        // jump on into the chain entry of any block whose cell a live cell's slot or
+        // inline cache names (or the indirect table holds) while that cell's entry
+        // is nonzero: those are blocks of this generation not killed, in chunks
+        // still mapped. `ctx` (and `flags`, which it points to) outlive the call; `env` is
         // borrowed mutably for the call (the code and the trampolines access it only
         // as `E`, at offsets `DirectGlobals` vouches for); the temp area holds at
         // least `max_temps` slots, which covers every temp any block addresses.

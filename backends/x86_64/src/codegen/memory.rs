@@ -14,6 +14,27 @@ use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi};
 use vireo_core::exec::{DirectGlobals, GuestEnv};
 use vireo_core::ir::{BinOp, MmuIdx, Op, Size, Temp};
 
+/// Where the inline lookup finds table `mmu` of the environment's fast TLB: the
+/// displacements (from `r12`) of the read tag, write tag and addend of its first
+/// entry, the index mask and the entry shift; `None` if code cannot address it.
+fn tlb_layout<E: DirectGlobals>(mmu: MmuIdx) -> Option<((i32, i32, i32), i32, i8)> {
+    let t = E::fast_tlb()?;
+    let table = t.table_of(mmu);
+    let offs = (
+        super::env_off::<E>(table + t.read_tag)?,
+        super::env_off::<E>(table + t.write_tag)?,
+        super::env_off::<E>(table + t.addend)?,
+    );
+    if t.index_bits == 0 || t.index_bits + t.entry_shift > 30 {
+        return None;
+    }
+    Some((
+        offs,
+        ((1u32 << t.index_bits) - 1) as i32,
+        t.entry_shift as i8,
+    ))
+}
+
 impl Gen<'_> {
     /// A load: the fast TLB inline (the value straight into the result's register),
     /// else the slow path; without a fast TLB, the trampoline.
@@ -402,8 +423,11 @@ impl Gen<'_> {
         let Some(role) = self.role(self.cur) else {
             return self.fast_lookup::<E>(p);
         };
-        // The fast TLB is addressable (else no groups were formed; see
-        // `lookup_start` for the conditions).
+        // Without an inline lookup for the table, none of the group's accesses has
+        // one (they share the table): each goes through its trampoline.
+        if tlb_layout::<E>(p.mmu).is_none() {
+            return false;
+        }
         let have = self.ops.new_dynamic_label();
         let cold = self.ops.new_dynamic_label();
         let mark = match role {
@@ -458,18 +482,7 @@ impl Gen<'_> {
         first: i32,
         last: i32,
     ) -> Option<(i32, i32, i32)> {
-        let t = E::fast_tlb()?;
-        let table = t.table_of(mmu);
-        let offs = (
-            super::env_off::<E>(table + t.read_tag)?,
-            super::env_off::<E>(table + t.write_tag)?,
-            super::env_off::<E>(table + t.addend)?,
-        );
-        if t.index_bits == 0 || t.index_bits + t.entry_shift > 30 {
-            return None;
-        }
-        let mask = ((1u32 << t.index_bits) - 1) as i32;
-        let shift = t.entry_shift as i8;
+        let (offs, mask, shift) = tlb_layout::<E>(mmu)?;
         if first == 0 {
             dynasm!(self.ops ; .arch x64 ; mov rax, Rq(a));
         } else {
