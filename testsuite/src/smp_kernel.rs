@@ -3,8 +3,8 @@
 //! broadcast to all CPUs but itself), each AP goes from real mode through a trampoline
 //! into 32-bit protected mode, and the CPUs then work together:
 //!
-//! - **ALIVE**: every AP checks in (`lock xadd` on a counter, its APIC ID into a
-//!   table and a mask); exactly N - 1 must, N being QEMU's fw_cfg `FW_CFG_NB_CPUS`
+//! - **ALIVE**: every AP checks in (its APIC ID into a table and a mask, then
+//!   `lock inc` on a counter); exactly N - 1 must, N being QEMU's fw_cfg `FW_CFG_NB_CPUS`
 //!   (key 5, ports 0x510/0x511, on both of vireo's engines and under QEMU);
 //! - **ATOMIC**: after a common start signal, every CPU (the BSP too) increments one
 //!   shared counter [`COUNTER_INCREMENTS`] times with `lock inc`; the total must be
@@ -67,7 +67,8 @@ const DATA_SEL: u32 = 0x10;
 
 /// Variables.
 const VARS: u32 = 0x8_0000;
-/// APs that checked in.
+/// APs that checked in (each counts itself last, once its ID and mask bit are in:
+/// the BSP reads them as soon as the count is complete).
 const ALIVE: u32 = VARS;
 /// Start signal for the counter and the jobs.
 const GO: u32 = VARS + 4;
@@ -82,6 +83,8 @@ const COUNTER: u32 = VARS + 20;
 const RESULT: u32 = VARS + 24;
 const NCPUS: u32 = VARS + 28;
 const BSP_ID: u32 = VARS + 32;
+/// APs that arrived (their index in `IDS`).
+const ARRIVED: u32 = VARS + 36;
 const IDTR: u32 = VARS + 0x30;
 /// APIC IDs in check-in order (16 dwords).
 const IDS: u32 = VARS + 0x40;
@@ -615,15 +618,18 @@ fn assemble_pass(prev: Addrs) -> Result<(Vec<u8>, Addrs), IcedError> {
     k.a.shl(esp, 12)?;
     k.a.add(esp, AP_STACKS + 0x1000)?;
     k.a.mov(dword_ptr(APIC_SVR), 0x100 | V_SPURIOUS)?;
-    // Check in: arrival index, APIC ID, mask bit.
+    // Check in: arrival index, APIC ID, mask bit, then the count the BSP waits for
+    // (counted first, an AP was once seen in the count but not yet in the mask under
+    // QEMU's vCPU threads).
     let mut no_slot = k.a.create_label();
     k.a.mov(eax, 1u32)?;
-    k.a.lock().xadd(dword_ptr(ALIVE), eax)?;
+    k.a.lock().xadd(dword_ptr(ARRIVED), eax)?;
     k.a.cmp(eax, MAX_APIC_IDS)?;
     k.a.jae(no_slot)?;
     k.a.mov(dword_ptr(eax * 4 + IDS), ebx)?;
     k.a.set_label(&mut no_slot)?;
     k.a.lock().bts(dword_ptr(AP_MASK), ebx)?;
+    k.a.lock().inc(dword_ptr(ALIVE))?;
     // Wait for the start signal, count, run the job.
     let mut wait_go = k.a.create_label();
     k.a.set_label(&mut wait_go)?;
