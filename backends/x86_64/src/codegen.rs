@@ -174,8 +174,12 @@ struct Gen<'a> {
     /// into the environment): its chaining checks them ([`guard_risk`]).
     guard_risk: bool,
     /// The block may raise the stop request (a store, or any of `guard_risk`): its
-    /// chaining checks that.
+    /// chaining checks that where a call or a store's slow path may have raised it
+    /// since the last check (`Book::may_stop`).
     stop_risk: bool,
+    /// The run conditions being emitted follow code that ran elsewhere (a guest
+    /// call returned): the stop request is checked whatever `Book::may_stop` says.
+    stop_unknown: bool,
     /// Temps that are constants (see [`Allocation::konst`]).
     konst: Vec<Option<u64>>,
     /// Reads of each temp in the block.
@@ -498,6 +502,7 @@ pub fn compile_with<E: GuestEnv + DirectGlobals>(
         guard_risk: risk,
         // (`guard_risk` with stores counted.)
         stop_risk: risk || stores,
+        stop_unknown: false,
         lookup_tail: None,
         lookup,
         only,

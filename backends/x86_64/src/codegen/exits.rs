@@ -199,7 +199,11 @@ impl Gen<'_> {
         dynasm!(self.ops ; .arch x64 ; jne =>other);
         let (code, _) = exit_code(ExitKind::Jump(ret));
         match self.slot_targets.iter().position(|s| *s == Some(ret)) {
-            Some(k) => self.through_slot::<E>(k, code, None),
+            Some(k) => {
+                self.stop_unknown = true;
+                self.through_slot::<E>(k, code, None);
+                self.stop_unknown = false;
+            }
             None => self.go_lookup::<E>(code, 0),
         }
         dynasm!(self.ops ; .arch x64 ; =>other);
@@ -295,10 +299,17 @@ impl Gen<'_> {
         enc::cmp_dword(&mut self.ops, RCX, 0, 0);
         dynasm!(self.ops ; .arch x64 ; jne BYTE =>fail);
         // The stop request first, then the chain guards (which stores never set).
+        // Stores raise the request only in their slow paths, which check it right
+        // after the store when an instruction boundary follows; otherwise they leave
+        // `book.may_stop` set, as calls do, so a path whose last check saw it clear
+        // (and that entered the block with it clear: every chained entry checks it
+        // after a block that may have raised it) needs none. After a guest call
+        // returned (`resume`), the callee's blocks ran since: checked regardless.
+        let stop = self.book.may_stop || self.stop_unknown;
         let n = match (self.stop_risk, self.guard_risk) {
             (_, true) => guards.as_slice().len(),
-            (true, false) => 1,
-            (false, false) => 0,
+            (true, false) if stop => 1,
+            _ => 0,
         };
         for &g in guards.as_slice().iter().take(n) {
             enc::cmp_byte(&mut self.ops, R12, g, 0);
