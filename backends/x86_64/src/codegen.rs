@@ -464,10 +464,7 @@ pub fn compile_with<E: GuestEnv + DirectGlobals>(
         };
         crate::groups::find(block, pure, &only, &mut sc.groups, &mut groups);
     } else {
-        groups.role.clear();
-        groups.role.resize(block.ops.len(), None);
-        groups.open.clear();
-        groups.open.resize(block.ops.len(), 0);
+        groups.none(block.ops.len());
     }
     // What the block's ops may do, in one pass.
     let (mut has_calls, mut risk, mut stores) = (false, false, false);

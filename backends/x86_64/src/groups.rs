@@ -47,6 +47,16 @@ pub(crate) struct Groups {
     pub open: Vec<u8>,
 }
 
+impl Groups {
+    /// No groups, for a block of `n` ops.
+    pub fn none(&mut self, n: usize) {
+        self.role.clear();
+        self.role.resize(n, None);
+        self.open.clear();
+        self.open.resize(n, 0);
+    }
+}
+
 /// The base of an address: the sum of one to three temps (each as of its
 /// definition then, see [`Scratch::version`]), in the order of their numbers,
 /// [`NO_TEMP`] in the places after them.
@@ -121,10 +131,7 @@ pub(crate) fn find(
 ) {
     let n = block.ops.len();
     let temps = block.temps as usize;
-    out.role.clear();
-    out.role.resize(n, None);
-    out.open.clear();
-    out.open.resize(n, 0);
+    out.none(n);
     if sc.version.len() < temps {
         sc.version.resize(temps, 0);
         sc.value.resize(

@@ -872,7 +872,7 @@ static OPTIMIZED_OPS: std::sync::atomic::AtomicUsize = std::sync::atomic::Atomic
 fn differential_random_blocks() {
     let mut direct: JitCache<Env<true>> = JitCache::new(8 << 20);
     let mut indirect: JitCache<Env<false>> = JitCache::new(8 << 20);
-    let mut seen = std::collections::HashMap::new();
+    let mut seen = Seen::default();
     for seed in 0..4000u64 {
         let mut rng = Rng(seed);
         let blk = random_block(&mut rng);
@@ -882,11 +882,11 @@ fn differential_random_blocks() {
         let env_i = Env::<false>::new(&mut env_rng);
         let o = check(&mut direct, &blk, &env_d);
         check(&mut indirect, &blk, &env_i);
-        *seen.entry(outcome_kind(&o)).or_insert(0u32) += 1;
+        seen.note(&o);
     }
     // The generator must exercise every way out of a block.
     for k in ["exit", "fault", "stopped"] {
-        assert!(seen.get(k).copied().unwrap_or(0) > 100, "{seen:?}");
+        assert!(seen.0.get(k).copied().unwrap_or(0) > 100, "{seen:?}");
     }
     // ... and give the IR passes work.
     let (before, after) = (
@@ -1064,6 +1064,23 @@ fn outcome_kind(o: &BlockOutcome) -> &'static str {
         BlockOutcome::Exit(_) => "exit",
         BlockOutcome::Fault { .. } => "fault",
         BlockOutcome::Stopped { .. } => "stopped",
+    }
+}
+
+/// How many blocks of a test ended each way ([`outcome_kind`]).
+#[derive(Debug, Default)]
+struct Seen(std::collections::HashMap<&'static str, u32>);
+
+impl Seen {
+    fn note(&mut self, o: &BlockOutcome) {
+        *self.0.entry(outcome_kind(o)).or_insert(0) += 1;
+    }
+
+    /// Asserts that some block left each way: an exit, a fault, a stop.
+    fn assert_every_way_out(&self) {
+        for k in ["exit", "fault", "stopped"] {
+            assert!(self.0.contains_key(k), "{self:?}");
+        }
     }
 }
 
@@ -1788,7 +1805,7 @@ fn call_arguments_in_allocated_registers_move_as_one() {
 #[test]
 fn store_pairs_match_the_interpreter() {
     let mut jit: JitCache<Env<true>> = JitCache::new(8 << 20);
-    let mut seen = std::collections::HashMap::new();
+    let mut seen = Seen::default();
     for at in [0x1100u64, 0x1ff0, 0x0ff8, 0x1ff8, 0x3000, 0x78, 0x70] {
         for (swapped, cold, big) in [
             (false, false, false),
@@ -1828,13 +1845,11 @@ fn store_pairs_match_the_interpreter() {
                 env.regs[0] = at;
                 env.regs[2] = taken;
                 let o = check(&mut jit, &blk, &env);
-                *seen.entry(outcome_kind(&o)).or_insert(0u32) += 1;
+                seen.note(&o);
             }
         }
     }
-    for k in ["exit", "fault", "stopped"] {
-        assert!(seen.contains_key(k), "{seen:?}");
-    }
+    seen.assert_every_way_out();
 }
 
 /// A load and a later store to the same address (a read-modify-write; `x[i] += y`
@@ -1845,7 +1860,7 @@ fn store_pairs_match_the_interpreter() {
 #[test]
 fn a_store_after_a_load_of_its_address_matches_the_interpreter() {
     let mut jit: JitCache<Env<true>> = JitCache::new(8 << 20);
-    let mut seen = std::collections::HashMap::new();
+    let mut seen = Seen::default();
     for at in [0x1100u64, 0x0040, 0x0ffc, 0x1ffc, 0x84] {
         for mmu in [MmuIdx::Kernel, MmuIdx::User] {
             for size in [Size::B8, Size::B16, Size::B32, Size::B64] {
@@ -1873,14 +1888,12 @@ fn a_store_after_a_load_of_its_address_matches_the_interpreter() {
                     let mut env = Env::<true>::new(&mut Rng(at ^ size.bytes() as u64));
                     env.regs[0] = at;
                     let o = check(&mut jit, &blk, &env);
-                    *seen.entry(outcome_kind(&o)).or_insert(0u32) += 1;
+                    seen.note(&o);
                 }
             }
         }
     }
-    for k in ["exit", "fault", "stopped"] {
-        assert!(seen.contains_key(k), "{seen:?}");
-    }
+    seen.assert_every_way_out();
 }
 
 /// Accesses that share a fast-TLB lookup ([`crate::groups`]): pushes and frame
@@ -1891,7 +1904,7 @@ fn a_store_after_a_load_of_its_address_matches_the_interpreter() {
 #[test]
 fn grouped_accesses_match_the_interpreter() {
     let mut jit: JitCache<Env<true>> = JitCache::new(8 << 20);
-    let mut seen = std::collections::HashMap::new();
+    let mut seen = Seen::default();
     let mut members = 0;
     for at in [
         0x0100u64, 0x0ff0, 0x1000, 0x1008, 0x1f00, 0x1ff0, 0x1ffe, 0x0090, 0x2008,
@@ -1982,13 +1995,11 @@ fn grouped_accesses_match_the_interpreter() {
                     env.regs[3] = 0;
                     env.regs[4] = bits;
                     let o = check(&mut jit, &blk, &env);
-                    *seen.entry(outcome_kind(&o)).or_insert(0u32) += 1;
+                    seen.note(&o);
                 }
             }
         }
     }
     assert!(members > 50, "{members} members");
-    for k in ["exit", "fault", "stopped"] {
-        assert!(seen.contains_key(k), "{seen:?}");
-    }
+    seen.assert_every_way_out();
 }
