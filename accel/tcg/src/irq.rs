@@ -3,11 +3,11 @@
 //! halted vCPU through.
 
 use parking_lot::{Condvar, Mutex};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use vireo_core::VcpuKicker;
 use vireo_devices::apic::CpuEvent;
 use vireo_devices::pic::SharedPic;
+use vireo_jit::Gate;
 
 /// Called when the controller's interrupt output may have gone high. It may run with
 /// the controller locked and on any thread: it must only flag and wake.
@@ -62,12 +62,11 @@ impl InterruptController for PicInterrupts {
 /// checks the flags under that lock, so no wake-up is lost.
 #[derive(Default)]
 pub struct Signal {
-    /// `flags[KICK]`: return from `run`; `flags[IRQ]`: an interrupt may be pending
-    /// at the controller (a hint: the controller decides); `flags[EVENT]`: a CPU event
-    /// (NMI, INIT, SIPI) may be waiting at the controller; the fourth is always clear.
-    /// Compiled code chains blocks only while all four are clear
-    /// ([`Signal::chain_flags`]).
-    flags: [AtomicBool; 4],
+    /// Flag `KICK`: return from `run`; `IRQ`: an interrupt may be pending at the
+    /// controller (a hint: the controller decides); `EVENT`: a CPU event (NMI, INIT,
+    /// SIPI) may be waiting at the controller. Raising one also closes the gate
+    /// compiled code checks before chaining to the next block ([`Signal::gate`]).
+    gate: Gate,
     lock: Mutex<()>,
     cv: Condvar,
     /// The doorbell of the round-robin group this vCPU belongs to: every raised flag
@@ -118,10 +117,10 @@ impl Signal {
         Arc::new(Signal::default())
     }
 
-    /// The flags compiled code looks at before chaining to the next block: any set
-    /// means "return to the run loop".
-    pub fn chain_flags(&self) -> &[AtomicBool; 4] {
-        &self.flags
+    /// The gate compiled code passes before chaining to the next block: closed by
+    /// any raised flag, which means "return to the run loop".
+    pub fn gate(&self) -> &Gate {
+        &self.gate
     }
 
     fn wake(&self) {
@@ -141,50 +140,50 @@ impl Signal {
 
     /// Asks the vCPU to return from `run` at the next block boundary.
     pub fn kick(&self) {
-        self.flags[KICK].store(true, Ordering::SeqCst);
+        self.gate.raise(KICK);
         self.wake();
     }
 
     /// Notes that the interrupt controller's output went up.
     pub fn raise_irq(&self) {
-        self.flags[IRQ].store(true, Ordering::SeqCst);
+        self.gate.raise(IRQ);
         self.wake();
     }
 
     /// Notes that the controller has a CPU event.
     pub fn raise_event(&self) {
-        self.flags[EVENT].store(true, Ordering::SeqCst);
+        self.gate.raise(EVENT);
         self.wake();
     }
 
     /// Whether a CPU event may be waiting (cheap: one relaxed load).
     pub fn event_hint(&self) -> bool {
-        self.flags[EVENT].load(Ordering::Relaxed)
+        self.gate.hint(EVENT)
     }
 
     /// Takes the event hint (before asking the controller).
     pub fn take_event(&self) -> bool {
-        self.flags[EVENT].swap(false, Ordering::SeqCst)
+        self.gate.take(EVENT)
     }
 
     /// Takes the kick flag.
     pub fn take_kick(&self) -> bool {
-        self.flags[KICK].load(Ordering::Relaxed) && self.flags[KICK].swap(false, Ordering::SeqCst)
+        self.gate.hint(KICK) && self.gate.take(KICK)
     }
 
     /// Whether an interrupt may be pending (cheap: one relaxed load).
     pub fn irq_hint(&self) -> bool {
-        self.flags[IRQ].load(Ordering::Relaxed)
+        self.gate.hint(IRQ)
     }
 
     /// Takes the interrupt hint (before asking the controller).
     pub fn take_irq(&self) -> bool {
-        self.flags[IRQ].swap(false, Ordering::SeqCst)
+        self.gate.take(IRQ)
     }
 
     /// Re-arms the interrupt hint (the controller may hold more requests).
     pub fn rearm_irq(&self) {
-        self.flags[IRQ].store(true, Ordering::SeqCst);
+        self.gate.raise(IRQ);
     }
 
     /// Sleeps until a kick, an interrupt hint or an event hint (without taking any).
@@ -201,9 +200,9 @@ impl Signal {
     fn wait_for(&self, irq: bool) {
         let mut guard = self.lock.lock();
         let ready = || {
-            self.flags[KICK].load(Ordering::SeqCst)
-                || self.flags[EVENT].load(Ordering::SeqCst)
-                || (irq && self.flags[IRQ].load(Ordering::SeqCst))
+            self.gate.is_raised(KICK)
+                || self.gate.is_raised(EVENT)
+                || (irq && self.gate.is_raised(IRQ))
         };
         while !ready() {
             self.cv.wait(&mut guard);

@@ -648,7 +648,7 @@ impl TcgVcpu {
                     code,
                     &mut self.cpu,
                     &mut self.jit,
-                    self.signal.chain_flags(),
+                    self.signal.gate(),
                     limit,
                 )
             }

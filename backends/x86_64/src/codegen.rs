@@ -28,8 +28,9 @@
 //! instruction hooks). A `Jump` exit to a PC one of the block's chain slots serves
 //! loads the slot (the target's cell, or 0), the target's chain entry from it (0 once
 //! the target was dropped), and jumps there if the run may go on: the environment's
-//! instruction counter below `ctx.limit`, the four bytes at `ctx.flags` clear (the
-//! vCPU's kick / interrupt / event flags) and, after a block that may have changed
+//! instruction counter below the limit `ctx.limit` points to (a [`crate::Gate`]'s,
+//! which raising one of the vCPU's kick / interrupt / event flags sets to 0: one
+//! compare covers both) and, after a block that may have changed
 //! them, the environment's guard bools clear (after a store only the stop request;
 //! after a helper also the chain guards; `JitCache::run_chained` lets nothing chain
 //! if one is set at the start); if they fail it returns as any exit does. An empty
@@ -74,7 +75,6 @@ const RSP: u8 = 4;
 const CTX_PC: i32 = offset_of!(Ctx, pc) as i32;
 
 const CTX_LIMIT: i32 = offset_of!(Ctx, limit) as i32;
-const CTX_FLAGS: i32 = offset_of!(Ctx, flags) as i32;
 const CTX_LAST: i32 = offset_of!(Ctx, last) as i32;
 const CTX_TARGET: i32 = offset_of!(Ctx, target) as i32;
 const CTX_CHAINS: i32 = offset_of!(Ctx, chains) as i32;

@@ -18,8 +18,10 @@ compile_error!("vireo-jit generates x86-64 code: build it on an x86-64 host");
 mod analysis;
 mod codegen;
 mod codemem;
+mod gate;
 mod groups;
 pub use codemem::set_anonymous as set_anonymous_code;
+pub use gate::{Gate, FLAGS as GATE_FLAGS};
 mod tramp;
 
 #[cfg(test)]
@@ -444,10 +446,6 @@ impl<E> JitCache<E> {
     }
 }
 
-/// Flags that never ask to stop chaining (runs without a vCPU signal).
-static NO_FLAGS: [std::sync::atomic::AtomicBool; 4] =
-    [const { std::sync::atomic::AtomicBool::new(false) }; 4];
-
 impl<E: GuestEnv + DirectGlobals> JitCache<E> {
     /// Compiles `block` (it must pass [`Block::validate`]: the code trusts its temps
     /// and labels to be in range).
@@ -528,20 +526,20 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
     /// was compiled). Instructions started are added to `state.insns`. A panic in the
     /// environment is resumed here, after the generated code has returned.
     pub fn run(&self, b: &JitBlock, env: &mut E, state: &mut JitState) -> Option<BlockOutcome> {
-        self.run_chained(b, env, state, &NO_FLAGS, 0)
+        self.run_chained(b, env, state, &Gate::new(), 0)
             .map(|r| r.outcome)
     }
 
     /// Runs `b` on `env` and, where blocks were linked ([`JitCache::link`]), the
     /// blocks after it, for as long as fewer than `limit` instructions have started
-    /// and `flags` (and the environment's chain guards) are all clear. `None` if `b`
-    /// is not live.
+    /// and `gate`'s flags (and the environment's chain guards) are all clear (see
+    /// [`Gate`]). `None` if `b` is not live.
     pub fn run_chained(
         &self,
         b: &JitBlock,
         env: &mut E,
         state: &mut JitState,
-        flags: &[std::sync::atomic::AtomicBool; 4],
+        gate: &Gate,
         limit: u64,
     ) -> Option<Run> {
         if !self.is_live(b) {
@@ -565,14 +563,14 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
             Some((_, count, false)) => count,
             None => limit,
         };
+        gate.open(limit);
         let mut ctx = tramp::Ctx {
             env: (env as *mut E).cast::<u8>(),
             insns: 0,
             pc: 0,
             fault: None,
             panic: None,
-            limit,
-            flags: flags.as_ptr().cast::<u8>(),
+            limit: gate.limit().as_ptr(),
             last: b.cell as usize,
             target: 0,
             chains: 0,
@@ -597,7 +595,7 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
         // jump on into the chain entry of any block whose cell a live cell's slot or
         // inline cache names (or the indirect table holds) while that cell's entry
         // is nonzero: those are blocks of this generation not killed, in chunks
-        // still mapped. `ctx` (and `flags`, which it points to) outlive the call; `env` is
+        // still mapped. `ctx` (and `gate`, whose limit it points to) outlive the call; `env` is
         // borrowed mutably for the call (the code and the trampolines access it only
         // as `E`, at offsets `DirectGlobals` vouches for); the temp area holds at
         // least `max_temps` slots, which covers every temp any block addresses.

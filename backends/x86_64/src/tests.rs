@@ -2,7 +2,7 @@
 //! JIT on identical fake environments; every global, the memory, the helper calls,
 //! the outcome and the instruction count must agree.
 
-use crate::{JitCache, JitError, JitState};
+use crate::{Gate, JitCache, JitError, JitState};
 use vireo_core::exec::{BlockOutcome, DirectGlobals, FastTlbLayout, Fault, GuestEnv, InsnHooks};
 use vireo_core::ir::{
     BinOp, Block, Builder, Cond, Effects, ExitKind, Global, HelperId, Label, MmuIdx, Op, Size,
@@ -1304,7 +1304,6 @@ fn code_store_block(pc: u64, next: u64) -> Block {
 /// limit or a flag; one that stores into code stops after one pass.
 #[test]
 fn a_block_looping_to_itself_runs_on_until_the_limit_or_a_flag() {
-    use std::sync::atomic::{AtomicBool, Ordering};
     let mut jit: JitCache<Env<true>> = JitCache::new(1 << 20);
     let env = Env::<true>::new(&mut Rng(11));
     let blk = step_block(0x100, 0, 1, 0x100);
@@ -1316,30 +1315,58 @@ fn a_block_looping_to_itself_runs_on_until_the_limit_or_a_flag() {
     for _ in 0..7 {
         interp.run(&p, &mut want);
     }
-    let flags: [AtomicBool; 4] = Default::default();
+    let gate = Gate::new();
     let (mut e, mut st) = (env.clone(), JitState::new());
-    let r = jit.run_chained(&a, &mut e, &mut st, &flags, 7).unwrap();
+    let r = jit.run_chained(&a, &mut e, &mut st, &gate, 7).unwrap();
     assert_eq!(r.outcome, BlockOutcome::Exit(ExitKind::Jump(0x100)));
     assert_eq!((r.tag, r.chained, st.insns), (1, 6, 7));
     e.insn_pc = want.insn_pc;
     assert_eq!(e, want);
-    flags[2].store(true, Ordering::Relaxed);
+    gate.raise(2);
     let r = jit
-        .run_chained(&a, &mut env.clone(), &mut st, &flags, 7)
+        .run_chained(&a, &mut env.clone(), &mut st, &gate, 7)
         .unwrap();
     assert_eq!(r.chained, 0);
-    flags[2].store(false, Ordering::Relaxed);
+    gate.take(2);
     // A store into code raises the stop request: no second pass.
     let c = jit.compile(&code_store_block(0x300, 0x300)).unwrap();
     let mut e = env.clone();
     e.map_pages();
-    let r = jit.run_chained(&c, &mut e, &mut st, &flags, 7).unwrap();
+    let r = jit.run_chained(&c, &mut e, &mut st, &gate, 7).unwrap();
     assert_eq!(r.chained, 0);
+}
+
+/// A flag raised by another thread while blocks run chained ends the run at a block
+/// boundary, long before the limit.
+#[test]
+fn a_flag_raised_during_a_run_ends_it() {
+    let mut jit: JitCache<Env<true>> = JitCache::new(1 << 20);
+    let env = Env::<true>::new(&mut Rng(12));
+    let a = jit.compile(&step_block(0x100, 0, 1, 0x100)).unwrap();
+    let gate = std::sync::Arc::new(Gate::new());
+    let (mut e, mut st) = (env.clone(), JitState::new());
+    // About a second of passes if nothing closed the gate.
+    let limit = 1 << 30;
+    let raiser = {
+        let gate = gate.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            gate.raise(0);
+        })
+    };
+    let r = jit.run_chained(&a, &mut e, &mut st, &gate, limit).unwrap();
+    raiser.join().unwrap();
+    assert!(
+        r.chained > 0 && r.chained < limit - 1,
+        "{} passes",
+        r.chained
+    );
+    assert_eq!(st.insns, r.chained + 1);
+    assert_eq!(r.outcome, BlockOutcome::Exit(ExitKind::Jump(0x100)));
 }
 
 #[test]
 fn linked_blocks_run_on_until_the_limit_or_a_flag() {
-    use std::sync::atomic::{AtomicBool, Ordering};
     let mut jit: JitCache<Env<true>> = JitCache::new(1 << 20);
     let mut rng = Rng(9);
     let env = Env::<true>::new(&mut rng);
@@ -1359,10 +1386,10 @@ fn linked_blocks_run_on_until_the_limit_or_a_flag() {
     for i in 0..10 {
         interp.run(if i % 2 == 0 { &pa } else { &pb }, &mut want);
     }
-    let flags: [AtomicBool; 4] = Default::default();
+    let gate = Gate::new();
     let mut e = env.clone();
     let mut st = JitState::new();
-    let r = jit.run_chained(&a, &mut e, &mut st, &flags, 10).unwrap();
+    let r = jit.run_chained(&a, &mut e, &mut st, &gate, 10).unwrap();
     assert_eq!(r.outcome, BlockOutcome::Exit(ExitKind::Jump(0x100)));
     assert_eq!((r.tag, r.chained, st.insns), (2, 9, 10));
     e.insn_pc = want.insn_pc;
@@ -1373,25 +1400,25 @@ fn linked_blocks_run_on_until_the_limit_or_a_flag() {
         jit.run(&a, &mut e, &mut st),
         Some(BlockOutcome::Exit(ExitKind::Jump(0x200)))
     );
-    flags[1].store(true, Ordering::Relaxed);
+    gate.raise(1);
     let r = jit
-        .run_chained(&a, &mut env.clone(), &mut st, &flags, 10)
+        .run_chained(&a, &mut env.clone(), &mut st, &gate, 10)
         .unwrap();
     assert_eq!((r.tag, r.chained), (1, 0));
-    flags[1].store(false, Ordering::Relaxed);
+    gate.take(1);
     // A stop request raised inside a block (a store into `CODE`) ends the chain too.
     let c = jit.compile(&code_store_block(0x300, 0x100)).unwrap();
     jit.set_tag(&c, 3);
     jit.link(&c, 0x100, &a);
     let r = jit
-        .run_chained(&c, &mut env.clone(), &mut st, &flags, 10)
+        .run_chained(&c, &mut env.clone(), &mut st, &gate, 10)
         .unwrap();
     assert_eq!((r.tag, r.chained), (3, 0));
     assert_eq!(r.outcome, BlockOutcome::Exit(ExitKind::Jump(0x100)));
     // A dropped block is not entered; a new one linked in its place is.
     jit.kill(&b);
     let r = jit
-        .run_chained(&a, &mut env.clone(), &mut st, &flags, 10)
+        .run_chained(&a, &mut env.clone(), &mut st, &gate, 10)
         .unwrap();
     assert_eq!((r.tag, r.chained), (1, 0));
     let b2 = jit.compile(&step_block(0x200, 1, 0, 0x100)).unwrap();
@@ -1399,7 +1426,7 @@ fn linked_blocks_run_on_until_the_limit_or_a_flag() {
     jit.link(&a, 0x200, &b2);
     jit.link(&b2, 0x100, &a);
     let mut e = env.clone();
-    let r = jit.run_chained(&a, &mut e, &mut st, &flags, 10).unwrap();
+    let r = jit.run_chained(&a, &mut e, &mut st, &gate, 10).unwrap();
     assert_eq!((r.tag, r.chained), (4, 9));
     e.insn_pc = want.insn_pc;
     assert_eq!(e, want);
@@ -1418,18 +1445,18 @@ fn linked_blocks_run_on_until_the_limit_or_a_flag() {
     };
     jit.set_indirect(key, &a);
     let r = jit
-        .run_chained(&ind, &mut env.clone(), &mut st, &flags, 11)
+        .run_chained(&ind, &mut env.clone(), &mut st, &gate, 11)
         .unwrap();
     assert_eq!((r.tag, r.chained), (4, 10));
     // Another guard or code segment base: no.
     let mut e = env.clone();
     e.guard = 8;
-    let r = jit.run_chained(&ind, &mut e, &mut st, &flags, 11).unwrap();
+    let r = jit.run_chained(&ind, &mut e, &mut st, &gate, 11).unwrap();
     assert_eq!((r.tag, r.chained), (5, 0));
     assert_eq!(r.outcome, BlockOutcome::Exit(ExitKind::Indirect));
     let mut e = env.clone();
     e.segbase[1] ^= 0x10;
-    let r = jit.run_chained(&ind, &mut e, &mut st, &flags, 11).unwrap();
+    let r = jit.run_chained(&ind, &mut e, &mut st, &gate, 11).unwrap();
     assert_eq!((r.tag, r.chained), (5, 0));
     // A flush ends every block.
     jit.flush();
@@ -1441,8 +1468,7 @@ fn linked_blocks_run_on_until_the_limit_or_a_flag() {
 /// table; across pages, or into a two-page block, it never does.
 #[test]
 fn a_table_hit_links_an_empty_slot_within_a_page() {
-    use std::sync::atomic::AtomicBool;
-    let flags: [AtomicBool; 4] = Default::default();
+    let gate = Gate::new();
     let mut rng = Rng(11);
     let env = Env::<true>::new(&mut rng);
     let key = vireo_core::exec::IndirectKey {
@@ -1467,14 +1493,14 @@ fn a_table_hit_links_an_empty_slot_within_a_page() {
         jit.set_indirect(key, &b);
         // Through the table: a, then b.
         let r = jit
-            .run_chained(&a, &mut env.clone(), &mut st, &flags, 10)
+            .run_chained(&a, &mut env.clone(), &mut st, &gate, 10)
             .unwrap();
         assert_eq!((r.tag, r.chained), (2, 1), "{pa} {pb} {single}");
         // Another guard: the table no longer serves the jump; the slot does if the
         // hit linked it.
         let mut e = env.clone();
         e.guard ^= 1;
-        let r = jit.run_chained(&a, &mut e, &mut st, &flags, 10).unwrap();
+        let r = jit.run_chained(&a, &mut e, &mut st, &gate, 10).unwrap();
         let want = if links { (2, 1) } else { (1, 0) };
         assert_eq!((r.tag, r.chained), want, "{pa} {pb} {single}");
     }
@@ -1486,8 +1512,7 @@ fn a_table_hit_links_an_empty_slot_within_a_page() {
 /// (and links anew) under another.
 #[test]
 fn a_jump_to_another_page_links_under_the_guard() {
-    use std::sync::atomic::AtomicBool;
-    let flags: [AtomicBool; 4] = Default::default();
+    let gate = Gate::new();
     let mut rng = Rng(13);
     let env = Env::<true>::new(&mut rng);
     let key = |guard| vireo_core::exec::IndirectKey {
@@ -1510,7 +1535,7 @@ fn a_jump_to_another_page_links_under_the_guard() {
         let run = |jit: &JitCache<Env<true>>, st: &mut JitState, guard| {
             let mut e = env.clone();
             e.guard = guard;
-            let r = jit.run_chained(&a, &mut e, st, &flags, 10).unwrap();
+            let r = jit.run_chained(&a, &mut e, st, &gate, 10).unwrap();
             (r.tag, r.chained)
         };
         // The owner's link alone does not serve a slot that checks the guard.
@@ -1544,8 +1569,7 @@ fn a_jump_to_another_page_links_under_the_guard() {
 /// takes the table's next; for another PC under the same guard it keeps the first.
 #[test]
 fn an_indirect_exit_caches_its_target() {
-    use std::sync::atomic::AtomicBool;
-    let flags: [AtomicBool; 4] = Default::default();
+    let gate = Gate::new();
     let mut rng = Rng(14);
     let env = Env::<true>::new(&mut rng);
     let key = |pc, guard| vireo_core::exec::IndirectKey {
@@ -1573,7 +1597,7 @@ fn an_indirect_exit_caches_its_target() {
         let mut e = env.clone();
         e.regs[0] = pc;
         e.guard = guard;
-        let r = jit.run_chained(&x, &mut e, st, &flags, 10).unwrap();
+        let r = jit.run_chained(&x, &mut e, st, &gate, 10).unwrap();
         (r.tag, r.chained)
     };
     assert_eq!(run(&jit, &mut st, 0x500, g0), (1, 0));
@@ -1603,8 +1627,7 @@ fn an_indirect_exit_caches_its_target() {
 /// displaces the one registered longest ago.
 #[test]
 fn the_indirect_table_keeps_two_targets_per_set() {
-    use std::sync::atomic::AtomicBool;
-    let flags: [AtomicBool; 4] = Default::default();
+    let gate = Gate::new();
     let mut rng = Rng(12);
     let env = Env::<true>::new(&mut rng);
     let mut jit: JitCache<Env<true>> = JitCache::new(1 << 20);
@@ -1640,7 +1663,7 @@ fn the_indirect_table_keeps_two_targets_per_set() {
     // The last two registered are found; the first was displaced.
     for (i, (x, _)) in exits.iter().enumerate() {
         let r = jit
-            .run_chained(x, &mut env.clone(), &mut st, &flags, 10)
+            .run_chained(x, &mut env.clone(), &mut st, &gate, 10)
             .unwrap();
         let want = if i == 0 { (20, 0) } else { (10 + i as u64, 1) };
         assert_eq!((r.tag, r.chained), want, "target {i} at {:#x}", pcs[i]);

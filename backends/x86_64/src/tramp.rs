@@ -26,10 +26,9 @@ pub const ST_STOP: u64 = 3;
 #[repr(C)]
 pub struct Ctx {
     /// Chain to another block only while the environment's counter (with the
-    /// instruction hooks) is below this.
-    pub limit: u64,
-    /// Four bytes that must all be zero to chain (the vCPU's wake-up flags).
-    pub flags: *const u8,
+    /// instruction hooks) is below the `u64` this points to (a [`crate::Gate`]'s
+    /// limit, which raising a wake-up flag sets to 0).
+    pub limit: *const u64,
     /// Jumps from one block straight into the next.
     pub chains: u64,
     /// The [`crate::Cell`] of the block that returned (set on its way out).

@@ -128,12 +128,6 @@ pub(crate) fn cmp_byte(ops: &mut Asm, base: u8, disp: i32, imm: u8) {
     ops.push(imm);
 }
 
-/// `cmp DWORD [base + disp], imm` (sign-extended 8 bits).
-pub(crate) fn cmp_dword(ops: &mut Asm, base: u8, disp: i32, imm: i8) {
-    rm(ops, false, 0x83, 7, base, disp);
-    ops.push(imm as u8);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,11 +275,6 @@ mod tests {
                 let (i, _) = one(|o| jmp_mem(o, base, disp));
                 assert_eq!(i.mnemonic(), Mnemonic::Jmp);
                 check_mem(&i, 0, base, disp);
-                let (i, _) = one(|o| cmp_dword(o, base, disp, -2));
-                assert_eq!(i.mnemonic(), Mnemonic::Cmp);
-                assert_eq!(i.memory_size(), iced_x86::MemorySize::UInt32, "{i}");
-                check_mem(&i, 0, base, disp);
-                assert_eq!(i.immediate(1) as u32, (-2i32) as u32, "{i}");
             }
         }
     }

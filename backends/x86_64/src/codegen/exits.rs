@@ -7,8 +7,7 @@
 use super::{
     direct, enc, env_off, exit_code, hooks, Gen, CELL_ENTRY, CELL_GUARDS, CELL_IC_CELL, CELL_IC_CS,
     CELL_IC_GUARD, CELL_IC_PC, CELL_LINKABLE, CELL_PAGE, CELL_SLOTS, CTX_CHAINS, CTX_DEPTH,
-    CTX_FLAGS, CTX_FRAME, CTX_LAST, CTX_LIMIT, CTX_LOOKUP, CTX_TARGET, R12, RAX, RBX, RCX, RDX,
-    RSI, RSP,
+    CTX_FRAME, CTX_LAST, CTX_LIMIT, CTX_LOOKUP, CTX_TARGET, R12, RAX, RBX, RCX, RDX, RSI, RSP,
 };
 use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi};
 use vireo_core::exec::{DirectGlobals, GuestEnv};
@@ -282,8 +281,8 @@ impl Gen<'_> {
         }
     }
 
-    /// The run conditions of chaining: the environment's counter below `ctx.limit`,
-    /// the wake-up flags clear and, if the block may have changed them, the stop
+    /// The run conditions of chaining: the environment's counter below the gate's
+    /// limit (0 once a wake-up flag is raised) and, if the block may have changed them, the stop
     /// request and chain guards clear. Falls through when they hold, else jumps to the
     /// returned label (which the caller places). Clobbers `rcx`.
     fn run_checks<E: DirectGlobals>(&mut self) -> Option<DynamicLabel> {
@@ -291,13 +290,10 @@ impl Gen<'_> {
             return None;
         };
         let fail = self.ops.new_dynamic_label();
-        // Short jumps: the callers place `fail` within a few dozen bytes.
-        enc::load(&mut self.ops, RCX, R12, h.counter);
-        enc::cmp_load(&mut self.ops, RCX, RBX, CTX_LIMIT);
-        dynasm!(self.ops ; .arch x64 ; jae BYTE =>fail);
-        enc::load(&mut self.ops, RCX, RBX, CTX_FLAGS);
-        enc::cmp_dword(&mut self.ops, RCX, 0, 0);
-        dynasm!(self.ops ; .arch x64 ; jne BYTE =>fail);
+        // Short jumps: the callers place `fail` within a few dozen bytes. The limit
+        // is 0 once a wake-up flag is raised (`Gate`).
+        limit_check(&mut self.ops, RCX, h.counter);
+        dynasm!(self.ops ; .arch x64 ; jbe BYTE =>fail);
         // The stop request first, then the chain guards (which stores never set).
         // Stores raise the request only in their slow paths, which check it right
         // after the store when an instruction boundary follows; otherwise they leave
@@ -336,8 +332,8 @@ impl Gen<'_> {
 /// blocks may be linked ([`crate::JitCache::set_page`]; a slot that checks the
 /// guard always, with the guard), or fills the inline cache (`Gen::through_ic`);
 /// and jumps into the block if
-/// it lives and the run may go on: the environment's counter below `ctx.limit`, the
-/// wake-up flags clear, and the stop request and every chain guard clear (all of
+/// it lives and the run may go on: the environment's counter below the gate's limit
+/// (no wake-up flag raised), and the stop request and every chain guard clear (all of
 /// them: it does not know what the block before may have changed). Otherwise it
 /// returns from the run as the block would have: `ctx.last` its cell, `esi` the
 /// return code, through the frame the prologue built (the same for every block).
@@ -447,12 +443,8 @@ fn lookup_stub<E: GuestEnv + DirectGlobals>(
     enc::load(o, RAX, RAX, CELL_ENTRY);
     dynasm!(o ; .arch x64 ; test rax, rax ; jz >fail);
     // The run conditions.
-    enc::load(o, RDX, R12, h.counter);
-    enc::cmp_load(o, RDX, RBX, CTX_LIMIT);
-    dynasm!(o ; .arch x64 ; jae >fail);
-    enc::load(o, RDX, RBX, CTX_FLAGS);
-    enc::cmp_dword(o, RDX, 0, 0);
-    dynasm!(o ; .arch x64 ; jne >fail);
+    limit_check(o, RDX, h.counter);
+    dynasm!(o ; .arch x64 ; jbe >fail);
     for &g in guards.as_slice() {
         enc::cmp_byte(o, R12, g, 0);
         dynasm!(o ; .arch x64 ; jne >fail);
@@ -466,6 +458,14 @@ fn lookup_stub<E: GuestEnv + DirectGlobals>(
         ; jmp =>leave
     );
     Some(())
+}
+
+/// Compares the run's limit (in `scratch`) with the environment's counter at
+/// `counter`: `jbe` to stop chaining (the limit reached, or the gate closed).
+fn limit_check(o: &mut super::Asm, scratch: u8, counter: i32) {
+    enc::load(o, scratch, RBX, CTX_LIMIT);
+    enc::load(o, scratch, scratch, 0);
+    enc::cmp_load(o, scratch, R12, counter);
 }
 
 /// Compares the environment's `u64` at `env` (loaded into `scratch`) with the one at
