@@ -87,6 +87,8 @@ Machine:
   -cpu host|max|qemu64    CPU model (default: host under KVM, max under TCG); -cpu help
   -tcg-backend interp|jit what runs TCG's translated blocks: the x86-64 JIT
                           (default) or the IR interpreter
+  -tcg-warmup N           interpreted runs of a new block before the JIT compiles
+                          it (default 1; 0 compiles every block at once)
   -perfmap                write /tmp/perf-<pid>.map naming the JIT's code by guest
                           block, for Linux perf
 Boot:
@@ -430,6 +432,12 @@ pub fn parse(args: &[String]) -> Result<Command> {
                     .parse()
                     .map_err(|e: String| Error::usage(format!("-tcg-backend: {e}")))?;
             }
+            "-tcg-warmup" => {
+                let v = value()?;
+                cfg.tcg_warmup = v.parse().map_err(|_| {
+                    Error::usage(format!("-tcg-warmup: '{v}' is not a number of runs"))
+                })?;
+            }
             "-cpu" => {
                 let v = value()?;
                 let (model, _props) = split_props(v);
@@ -654,6 +662,12 @@ mod tests {
         assert_eq!(c.tcg_backend, vireo_tcg::Backend::Interp);
         assert!(run(&["-tcg-backend", "llvm"]).is_err());
         assert!(HELP.contains("-tcg-backend"));
+        assert_eq!(run(&[]).unwrap().tcg_warmup, vireo_tcg::DEFAULT_WARMUP);
+        assert_eq!(run(&["-tcg-warmup", "0"]).unwrap().tcg_warmup, 0);
+        assert_eq!(run(&["-tcg-warmup", "3"]).unwrap().tcg_warmup, 3);
+        assert!(run(&["-tcg-warmup", "-1"]).is_err());
+        assert!(run(&["-tcg-warmup", "many"]).is_err());
+        assert!(HELP.contains("-tcg-warmup"));
     }
 
     /// The command line kvm-unit-tests' x86 runner (`x86/run`) builds for QEMU.

@@ -69,6 +69,8 @@ pub struct MachineConfig {
     pub cpu_model: Option<String>,
     /// `-tcg-backend`: what runs translated blocks under TCG.
     pub tcg_backend: vireo_tcg::Backend,
+    /// `-tcg-warmup`: interpreted runs of a new block before the JIT compiles it.
+    pub tcg_warmup: u32,
     /// Write `/tmp/perf-<pid>.map` for the JIT's code (`-perfmap`).
     pub perfmap: bool,
     pub kernel: Option<PathBuf>,
@@ -95,6 +97,7 @@ impl Default for MachineConfig {
             accel: Accel::Kvm,
             cpu_model: None,
             tcg_backend: vireo_tcg::Backend::Jit,
+            tcg_warmup: vireo_tcg::DEFAULT_WARMUP,
             perfmap: false,
             kernel: None,
             initrd: Vec::new(),

@@ -232,6 +232,7 @@ impl Machine {
                 for i in 0..config.cpus {
                     let mut tcg = TcgVcpu::new(bus.clone(), control.clone());
                     tcg.set_backend(config.tcg_backend);
+                    tcg.set_warmup(config.tcg_warmup);
                     tcg.cpu().cpuid = model.clone();
                     // An invariant TSC at the advertised frequency, following the
                     // virtual clock (as the PIT and RTC do), so guests see consistent

@@ -88,6 +88,13 @@ pub struct Tb {
     pub linear_page: u64,
     /// Up to two direct successors (the two sides of a conditional branch).
     pub links: [Option<Link>; 2],
+    /// Interpreted runs left before the block is compiled (`-tcg-warmup`; 0 for a
+    /// block translated in full). Most blocks of a boot run once or twice: a block
+    /// first seen is translated without the IR passes and run by the interpreter;
+    /// after each such run its IR goes ([`BlockCache::cool`]), leaving a *shell*
+    /// ([`Tb::is_shell`]) that keeps its place, pages and count; seen again, it is
+    /// translated anew, in full (optimized, compiled) once the count is spent.
+    pub warmup: u32,
 }
 
 impl Tb {
@@ -122,6 +129,12 @@ impl Tb {
     /// Number of IR ops held (the cache's size measure for interpreted blocks).
     fn ops(&self) -> usize {
         self.code.as_ref().map_or(0, |c| c.block.ops.len())
+    }
+
+    /// A block whose IR went after its interpreted runs ([`Tb::warmup`]): to be
+    /// translated again before it runs.
+    pub fn is_shell(&self) -> bool {
+        self.code.is_none() && self.jit.is_none()
     }
 }
 
@@ -195,6 +208,11 @@ impl BlockCache {
     /// Number of blocks held.
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// IR ops held (by interpreted blocks).
+    pub fn ops_held(&self) -> usize {
+        self.ops
     }
 
     pub fn is_empty(&self) -> bool {
@@ -300,6 +318,24 @@ impl BlockCache {
         }
         self.slots[index as usize].tb = Some(tb);
         id
+    }
+
+    /// After an interpreted run of warming block `id` ([`Tb::warmup`]): one run less
+    /// to go, and its IR dropped (the shell stays). Nothing for other blocks.
+    pub fn cool(&mut self, id: TbId) {
+        let Some(slot) = self.slots.get_mut(id.index as usize) else {
+            return;
+        };
+        let Some(tb) = slot
+            .tb
+            .as_mut()
+            .filter(|t| slot.gen == id.gen && t.warmup > 0)
+        else {
+            return;
+        };
+        self.ops -= tb.ops();
+        tb.code = None;
+        tb.warmup -= 1;
     }
 
     /// Records that `from` continues at `pc` with block `to` (at most two links per
@@ -486,6 +522,7 @@ mod tests {
             pages,
             linear_page: phys >> 12,
             links: [None; 2],
+            warmup: 0,
         }
     }
 

@@ -26,7 +26,7 @@ pub mod vcpu;
 pub use apic::{ApicInterrupts, CpuApicPort};
 pub use irq::{InterruptController, PicInterrupts};
 pub use smp::RoundRobin;
-pub use vcpu::{Backend, TcgStats, TcgVcpu};
+pub use vcpu::{Backend, TcgStats, TcgVcpu, DEFAULT_WARMUP};
 
 /// Re-runs the named tests of the enclosing test module with the JIT backend (in a
 /// module `jit`).

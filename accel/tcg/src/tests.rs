@@ -142,6 +142,14 @@ impl Toy {
     }
 }
 
+/// Translations for interpreted warm-up runs a block run many times gets.
+fn jit_warmups(v: &TcgVcpu) -> u64 {
+    match v.backend() {
+        crate::Backend::Jit => u64::from(v.warmup()),
+        crate::Backend::Interp => 0,
+    }
+}
+
 #[test]
 fn loop_runs_through_links_until_the_instruction_limit() {
     // inc ax; inc ax; jmp -4
@@ -150,7 +158,12 @@ fn loop_runs_through_links_until_the_instruction_limit() {
     assert_eq!(t.vcpu.run().unwrap(), VcpuExit::Stopped);
     assert_eq!(t.vcpu.insns(), 3000);
     assert_eq!(t.ax(), 2000);
-    assert_eq!(t.vcpu.stats.translations, 1);
+    // Under the JIT, first translated for one interpreted run (the warm-up).
+    let s = t.vcpu.stats;
+    assert_eq!(
+        (s.translations - s.warmups, s.warmups),
+        (1, jit_warmups(&t.vcpu))
+    );
     assert_eq!(t.vcpu.stats.blocks, 1000);
     assert!(t.vcpu.stats.chained >= 998, "{:?}", t.vcpu.stats);
     let cs = t.vcpu.cache_stats();
@@ -200,6 +213,42 @@ fn one_instruction_blocks_and_cache_flushes() {
     assert_eq!(t.vcpu.stats.translations, 4);
     assert!(t.vcpu.cache_stats().flushes >= 1);
     assert!(t.vcpu.cached_blocks() <= 2);
+}
+
+/// Under the JIT a new block runs interpreted `warmup` times (its IR dropped after
+/// each run) and is compiled when it comes back after that; 0 compiles it at once.
+#[test]
+fn new_blocks_warm_up_in_the_interpreter() {
+    for warmup in [0u32, 1, 2, 3] {
+        // Run once: `inc ax; inc ax; hlt`.
+        let mut t = Toy::new(&[0x40, 0x40, 0xF4]);
+        t.vcpu.set_backend(crate::Backend::Jit);
+        t.vcpu.set_warmup(warmup);
+        assert_eq!(t.vcpu.run().unwrap(), VcpuExit::Halted);
+        assert_eq!(t.ax(), 2);
+        let cs = t.vcpu.cache_stats();
+        assert_eq!(cs.jit_compiled, u64::from(warmup == 0), "warmup {warmup}");
+        assert_eq!(t.vcpu.stats.warmups, u64::from(warmup > 0));
+        // Nothing of the IR kept, the shell still cached.
+        assert_eq!((t.vcpu.cached_ops(), t.vcpu.cached_blocks()), (0, 1));
+        // A loop: `inc ax; inc ax; jmp -4`, 1000 passes.
+        let mut t = Toy::new(&[0x40, 0x40, 0xEB, 0xFC]);
+        t.vcpu.set_backend(crate::Backend::Jit);
+        t.vcpu.set_warmup(warmup);
+        t.vcpu.set_insn_limit(Some(3000));
+        assert_eq!(t.vcpu.run().unwrap(), VcpuExit::Stopped);
+        assert_eq!(t.ax(), 2000);
+        let s = t.vcpu.stats;
+        assert_eq!(
+            (s.translations, s.warmups),
+            (u64::from(warmup) + 1, u64::from(warmup))
+        );
+        let cs = t.vcpu.cache_stats();
+        assert_eq!((cs.jit_compiled, cs.jit_failed), (1, 0), "warmup {warmup}");
+        assert_eq!(t.vcpu.cached_ops(), 0);
+        // After the warm-up the passes ran in host code, chained.
+        assert!(s.jit_chained >= 990 - u64::from(warmup), "{s:?}");
+    }
 }
 
 #[test]

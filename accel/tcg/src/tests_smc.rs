@@ -239,6 +239,8 @@ fn the_perf_map_names_compiled_blocks() {
     });
     let mut v = TcgVcpu::new(mp.bus(), mp.control.clone());
     v.set_backend(crate::Backend::Jit);
+    // (Run once: compiled at once, no interpreted warm-up.)
+    v.set_warmup(0);
     v.set_state(&pm_state(0xfee0_0900, 0x7340)).unwrap();
     assert_eq!(v.run().unwrap(), VcpuExit::Halted);
     let map = std::fs::read_to_string(crate::perfmap::path()).unwrap();

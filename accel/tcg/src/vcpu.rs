@@ -44,6 +44,11 @@ use vireo_x86::X86Cpu;
 /// Most guest instructions in one block (QEMU's TCG_MAX_INSNS).
 pub const MAX_BLOCK_INSNS: usize = 512;
 
+/// Interpreted runs of a new block before the JIT compiles it (`-tcg-warmup`): most
+/// blocks of a Linux boot run once or twice, and translating one in full (IR passes
+/// and host code) costs more than interpreting it a few times.
+pub const DEFAULT_WARMUP: u32 = 1;
+
 const LOG_IN_ASM: &str = "vireo::tcg::in_asm";
 const LOG_OP: &str = "vireo::tcg::op";
 const LOG_OUT_ASM: &str = "vireo::tcg::out_asm";
@@ -98,6 +103,9 @@ pub struct TcgStats {
     pub jcache_hits: u64,
     /// Blocks translated.
     pub translations: u64,
+    /// Of those, translations for an interpreted run while warming up
+    /// ([`TcgVcpu::set_warmup`]).
+    pub warmups: u64,
     /// Exceptions delivered.
     pub exceptions: u64,
     /// External interrupts delivered.
@@ -145,6 +153,15 @@ fn default_backend() -> Backend {
     Backend::default()
 }
 
+/// The engine's unit tests run the JIT on code that mostly runs once: there it
+/// compiles every block at once (the warm-up has tests of its own).
+fn default_warmup() -> u32 {
+    #[cfg(test)]
+    return 0;
+    #[cfg(not(test))]
+    DEFAULT_WARMUP
+}
+
 /// A translator: the block at the CPU's CS:RIP, at most `max_insns` instructions.
 pub type Translator = fn(&mut X86Cpu, usize) -> Result<vireo_core::ir::Block, TranslateError>;
 
@@ -172,6 +189,8 @@ pub struct TcgVcpu {
     /// Blocks found by CS:RIP lookups, direct-mapped by PC.
     jcache: Vec<JumpCache>,
     max_insns: usize,
+    /// Interpreted runs of a new block before the JIT compiles it ([`Tb::warmup`]).
+    warmup: u32,
     translator: Translator,
     pub stats: TcgStats,
     /// The block cache and code watch of a round-robin group, when this vCPU is in
@@ -215,6 +234,7 @@ impl TcgVcpu {
             chain_from: None,
             jcache: vec![JumpCache::EMPTY; JCACHE_SIZE],
             max_insns: MAX_BLOCK_INSNS,
+            warmup: default_warmup(),
             translator: frontend::translate,
             stats: TcgStats::default(),
             share: None,
@@ -270,6 +290,18 @@ impl TcgVcpu {
         self.flush_code();
     }
 
+    /// Interpreted runs of each new block before the JIT compiles it (0: compile
+    /// every block when first translated), dropping every block.
+    pub fn set_warmup(&mut self, runs: u32) {
+        self.warmup = runs;
+        self.flush_code();
+    }
+
+    /// Interpreted runs of each new block before the JIT compiles it.
+    pub fn warmup(&self) -> u32 {
+        self.warmup
+    }
+
     /// Selects the backend that runs blocks, dropping every block (a block carries
     /// host code only when translated under the JIT).
     pub fn set_backend(&mut self, backend: Backend) {
@@ -306,6 +338,11 @@ impl TcgVcpu {
     /// Number of blocks in the cache.
     pub fn cached_blocks(&mut self) -> usize {
         self.with_code(|cache, _| cache.len())
+    }
+
+    /// IR ops the cache holds for interpreted blocks.
+    pub fn cached_ops(&mut self) -> usize {
+        self.with_code(|cache, _| cache.ops_held())
     }
 
     /// Drops every translated block (guest code was replaced behind the engine's
@@ -624,9 +661,29 @@ impl TcgVcpu {
                 Err(step) => return step,
             },
         };
-        let Some(tb) = self.cache.get(id) else {
+        let Some(mut tb) = self.cache.get(id) else {
             return Step::Exit(VcpuExit::Failed("block cache lost a block".into()));
         };
+        let mut id = id;
+        if tb.is_shell() {
+            // Warmed up (or another interpreted run to go): translated anew.
+            let (key, warmup) = (tb.key, tb.warmup);
+            let linear = frontend::code_linear(&self.cpu, pc);
+            id = match self.translate(key, linear, warmup) {
+                Ok(id) => id,
+                Err(step) => return step,
+            };
+            if linked.is_none() {
+                // Found by `find_block`, which registered the shell.
+                let key = self.indirect_key(pc);
+                self.cache.set_indirect(id, key);
+            }
+            tb = match self.cache.get(id) {
+                Some(tb) => tb,
+                None => return Step::Continue,
+            };
+        }
+        let warming = tb.warmup > 0;
         if log::log_enabled!(target: LOG_EXEC, log::Level::Trace) {
             log::trace!(target: LOG_EXEC, "exec {:04x}:{pc:#x} phys {:#x}",
                 self.cpu.state.seg[sreg::CS].selector, tb.key.phys);
@@ -663,7 +720,13 @@ impl TcgVcpu {
             }
             Some(r) => (r.outcome, id),
             None => match &tb.code {
-                Some(code) => (self.interp.run(code, &mut self.cpu), id),
+                Some(code) => {
+                    let outcome = self.interp.run(code, &mut self.cpu);
+                    if warming {
+                        self.cache.cool(id);
+                    }
+                    (outcome, id)
+                }
                 None => {
                     // A compiled block whose code is gone (the block and JIT caches
                     // flush together, so this does not happen): translate anew.
@@ -783,13 +846,19 @@ impl TcgVcpu {
         // Compiled code's indirect exits (and jumps no link serves) to this PC may go
         // straight in from now on, within this epoch (which also vouches for the
         // second page of a block on two).
-        let key = IndirectKey {
-            pc,
-            cs_base,
-            guard: self.cpu.mmu.jc_guard,
-        };
+        let key = self.indirect_key(pc);
         self.cache.set_indirect(id, key);
         Ok(id)
+    }
+
+    /// The indirect-exit table's key for `pc` in the current epoch (`find_block`
+    /// brought the guard up to date).
+    fn indirect_key(&self, pc: u64) -> IndirectKey {
+        IndirectKey {
+            pc,
+            cs_base: self.cpu.state.seg[sreg::CS].base,
+            guard: self.cpu.mmu.jc_guard,
+        }
     }
 
     /// The jump cache in front of [`TcgVcpu::find_block_slow`], in the current epoch
@@ -865,7 +934,13 @@ impl TcgVcpu {
         };
         let id = match self.cache.lookup(&key) {
             Some(id) if self.second_page_matches(id)? => id,
-            _ => self.translate(key, linear)?,
+            _ => {
+                let warmup = match self.backend {
+                    Backend::Jit if !self.single_stepping() => self.warmup,
+                    _ => 0,
+                };
+                self.translate(key, linear, warmup)?
+            }
         };
         if let Some((from, to_pc)) = prev {
             let same_page = self
@@ -902,7 +977,7 @@ impl TcgVcpu {
 
     /// Translates the block for `key` (at CS:RIP, linear address `linear`) and
     /// caches it.
-    fn translate(&mut self, key: TbKey, linear: u64) -> Result<TbId, Step> {
+    fn translate(&mut self, key: TbKey, linear: u64, warmup: u32) -> Result<TbId, Step> {
         let max = if self.single_stepping() {
             1
         } else {
@@ -933,21 +1008,28 @@ impl TcgVcpu {
         };
         let shown = crate::dfilter::allows(linear, u64::from(block.guest_len));
         if shown {
-            self.log_translation(&block, key, page2);
+            self.log_translation(&block, key, page2, warmup > 0);
         }
         let mut block = block;
-        vireo_core::opt::optimize(&mut block);
+        if warmup > 0 {
+            self.stats.warmups += 1;
+            // To be interpreted: as translated, without the IR passes (which cost
+            // more than they save a block run once).
+            Self::check_block(&block, key)?;
+        } else {
+            vireo_core::opt::optimize(&mut block);
+        }
         let jit = match self.backend {
-            Backend::Jit => {
+            Backend::Jit if warmup == 0 => {
                 self.cache.jit.keep_code =
                     shown && log::log_enabled!(target: LOG_OUT_ASM, log::Level::Trace);
                 self.cache
                     .make_room(block.ops.len(), &mut self.cpu.mmu.code);
                 self.cache.compile(&block, &mut self.cpu.mmu.code)
             }
-            Backend::Interp => None,
+            _ => None,
         };
-        if jit.is_none() && self.backend == Backend::Jit {
+        if jit.is_none() && self.backend == Backend::Jit && warmup == 0 {
             Self::check_block(&block, key)?;
         }
         if let (Some(j), true) = (&jit, self.cache.jit.keep_code) {
@@ -980,6 +1062,7 @@ impl TcgVcpu {
             ],
             linear_page: linear >> 12,
             links: [None; 2],
+            warmup,
         };
         Ok(self.cache.insert(tb, &mut self.cpu.mmu.code))
     }
@@ -996,7 +1079,13 @@ impl TcgVcpu {
     }
 
     /// `-d in_asm` and `-d op` output for a new block.
-    fn log_translation(&self, block: &vireo_core::ir::Block, key: TbKey, page2: Option<u64>) {
+    fn log_translation(
+        &self,
+        block: &vireo_core::ir::Block,
+        key: TbKey,
+        page2: Option<u64>,
+        warmup: bool,
+    ) {
         if log::log_enabled!(target: LOG_IN_ASM, log::Level::Trace) {
             let len = block.guest_len as usize;
             let mut bytes = vec![0u8; len];
@@ -1023,7 +1112,8 @@ impl TcgVcpu {
                     }
                 }
             }
-            log::trace!(target: LOG_IN_ASM, "IN: {:04x}:{:#x} (phys {:#x}, {} insns)\n{}",
+            let warm = if warmup { ", warm-up: interpreted" } else { "" };
+            log::trace!(target: LOG_IN_ASM, "IN: {:04x}:{:#x} (phys {:#x}, {} insns{warm})\n{}",
                 cs.selector, key.pc, key.phys, block.insns, text.trim_end());
         }
         if log::log_enabled!(target: LOG_OP, log::Level::Trace) {

@@ -217,6 +217,9 @@ impl Engine {
         };
         let mut vcpu = vireo_tcg::TcgVcpu::new(bus, control.clone());
         vcpu.set_backend(backend);
+        // Every block compiled (no interpreted warm-up): the JIT's code is what is
+        // compared, and most test programs run once.
+        vcpu.set_warmup(0);
         // As `Machine` does: a stop request (the stop port) kicks the run loop, which
         // returns at the next block boundary. (KVM's loop reads the stop request after
         // every exit; a self-kick there would linger into the next run.)
