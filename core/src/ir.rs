@@ -211,6 +211,55 @@ impl Cond {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct HelperId(pub u16);
 
+/// A helper call's arguments: up to [`Args::MAX`] temps, held in the op (a call
+/// allocated its argument list once: a fifth of the allocations of translation).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Args {
+    len: u8,
+    temps: [Temp; Args::MAX],
+}
+
+impl Args {
+    /// Arguments a helper takes at most.
+    pub const MAX: usize = 4;
+
+    /// The first [`Args::MAX`] of `temps` (helpers take no more).
+    pub fn new(temps: &[Temp]) -> Args {
+        debug_assert!(
+            temps.len() <= Args::MAX,
+            "a helper takes at most four arguments"
+        );
+        let mut a = Args {
+            len: 0,
+            temps: [Temp(0); Args::MAX],
+        };
+        for (d, &t) in a.temps.iter_mut().zip(temps) {
+            *d = t;
+            a.len += 1;
+        }
+        a
+    }
+}
+
+impl std::ops::Deref for Args {
+    type Target = [Temp];
+    fn deref(&self) -> &[Temp] {
+        &self.temps[..usize::from(self.len)]
+    }
+}
+
+impl std::ops::DerefMut for Args {
+    fn deref_mut(&mut self) -> &mut [Temp] {
+        &mut self.temps[..usize::from(self.len)]
+    }
+}
+
+impl std::fmt::Debug for Args {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
 /// What a helper may touch besides its arguments: backends write cached globals back
 /// before the call and reload them after, as declared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -351,7 +400,7 @@ pub enum Op {
     /// Calls a helper with up to four arguments.
     Call {
         helper: HelperId,
-        args: Vec<Temp>,
+        args: Args,
         ret: Option<Temp>,
         effects: Effects,
     },
@@ -555,7 +604,7 @@ impl Builder {
         let ret = want_ret.then(|| self.temp());
         self.push(Op::Call {
             helper,
-            args: args.to_vec(),
+            args: Args::new(args),
             ret,
             effects,
         });

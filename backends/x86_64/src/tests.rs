@@ -5,8 +5,8 @@
 use crate::{Gate, JitCache, JitError, JitState};
 use vireo_core::exec::{BlockOutcome, DirectGlobals, FastTlbLayout, Fault, GuestEnv, InsnHooks};
 use vireo_core::ir::{
-    BinOp, Block, Builder, Cond, Effects, ExitKind, Global, HelperId, Label, MmuIdx, Op, Size,
-    Temp, UnOp,
+    Args, BinOp, Block, Builder, Cond, Effects, ExitKind, Global, HelperId, Label, MmuIdx, Op,
+    Size, Temp, UnOp,
 };
 use vireo_interp::{Interp, Prepared};
 
@@ -582,7 +582,7 @@ fn random_op(
                         let r = pick_dst(rng);
                         b.push(Op::Call {
                             helper: HelperId(rng.pick(&[0u16, 1, 5, 6])),
-                            args: vec![t, pick(rng), pick(rng)],
+                            args: Args::new(&[t, pick(rng), pick(rng)]),
                             ret: Some(r),
                             effects: Effects::ALL,
                         });
@@ -748,7 +748,7 @@ fn random_op(
             };
             b.push(Op::Call {
                 helper: HelperId(helper),
-                args,
+                args: Args::new(&args),
                 ret,
                 effects,
             });
