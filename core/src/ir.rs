@@ -709,48 +709,45 @@ impl Block {
     /// Checks structural invariants: temps and labels in range, every label defined
     /// once, every branch to a defined label, the block ends with an exit or a raise.
     pub fn validate(&self) -> Result<(), String> {
-        let mut defined = vec![false; self.labels as usize];
-        let t = |x: &Temp| -> Result<(), String> {
-            if x.0 < self.temps {
-                Ok(())
-            } else {
-                Err(format!("temp t{} out of range", x.0))
-            }
-        };
+        // One pass: each label's state (bit 0 defined, bit 1 branched to), checked
+        // at the end; the messages are built only for a block that fails.
+        const DEFINED: u8 = 1;
+        const TARGET: u8 = 2;
+        let mut labels = vec![0u8; self.labels as usize];
+        let mut bad_temp = None;
         for op in &self.ops {
-            if let Op::Label(l) = op {
-                let d = defined
-                    .get_mut(l.0 as usize)
-                    .ok_or(format!("label L{} out of range", l.0))?;
-                if *d {
-                    return Err(format!("label L{} defined twice", l.0));
+            match op {
+                Op::Label(l) => {
+                    let d = labels
+                        .get_mut(l.0 as usize)
+                        .ok_or_else(|| format!("label L{} out of range", l.0))?;
+                    if *d & DEFINED != 0 {
+                        return Err(format!("label L{} defined twice", l.0));
+                    }
+                    *d |= DEFINED;
                 }
-                *d = true;
+                Op::Br(l) | Op::BrIf { target: l, .. } => {
+                    let d = labels
+                        .get_mut(l.0 as usize)
+                        .ok_or_else(|| format!("branch to undefined label L{}", l.0))?;
+                    *d |= TARGET;
+                }
+                _ => {}
             }
-            if let Some(d) = op.dst() {
-                t(&d)?;
+            if let Some(d) = op.dst().filter(|d| d.0 >= self.temps) {
+                bad_temp.get_or_insert(d);
             }
-            let mut bad = None;
             op.for_each_read(|x| {
                 if x.0 >= self.temps {
-                    bad.get_or_insert(x);
+                    bad_temp.get_or_insert(x);
                 }
             });
-            if let Some(x) = bad {
-                t(&x)?;
+            if let Some(x) = bad_temp {
+                return Err(format!("temp t{} out of range", x.0));
             }
         }
-        for op in &self.ops {
-            let target = match op {
-                Op::Br(l) => Some(l),
-                Op::BrIf { target, .. } => Some(target),
-                _ => None,
-            };
-            if let Some(l) = target {
-                if !defined.get(l.0 as usize).copied().unwrap_or(false) {
-                    return Err(format!("branch to undefined label L{}", l.0));
-                }
-            }
+        if let Some(l) = labels.iter().position(|&d| d == TARGET) {
+            return Err(format!("branch to undefined label L{l}"));
         }
         match self.ops.last() {
             Some(Op::Exit(_)) | Some(Op::Raise { .. }) => Ok(()),
@@ -1198,5 +1195,55 @@ mod tests {
         let l = bad.label();
         bad.br(l);
         assert!(bad.finish().validate().is_err());
+    }
+
+    /// Each way a block can be malformed is caught, with what and where.
+    #[test]
+    fn validate_names_what_is_wrong() {
+        let err = |ops: Vec<Op>, temps: u32, labels: u32| {
+            let mut b = Builder::new(0).finish();
+            (b.ops, b.temps, b.labels) = (ops, temps, labels);
+            b.validate().err().unwrap_or_default()
+        };
+        let exit = Op::Exit(ExitKind::Halt);
+        let (t0, t5) = (Temp(0), Temp(5));
+        let ok = err(
+            vec![Op::Br(Label(0)), Op::Label(Label(0)), exit.clone()],
+            1,
+            1,
+        );
+        assert_eq!(ok, "");
+        let e = err(vec![Op::Label(Label(3)), exit.clone()], 1, 1);
+        assert!(e.contains("label L3 out of range"), "{e}");
+        let e = err(
+            vec![Op::Label(Label(0)), Op::Label(Label(0)), exit.clone()],
+            1,
+            1,
+        );
+        assert!(e.contains("L0 defined twice"), "{e}");
+        let e = err(
+            vec![Op::Br(Label(1)), Op::Label(Label(0)), exit.clone()],
+            1,
+            2,
+        );
+        assert!(e.contains("undefined label L1"), "{e}");
+        let e = err(
+            vec![
+                Op::BrIf {
+                    cond: t0,
+                    target: Label(7),
+                },
+                exit.clone(),
+            ],
+            1,
+            2,
+        );
+        assert!(e.contains("undefined label L7"), "{e}");
+        let e = err(vec![Op::Const { dst: t5, value: 1 }, exit.clone()], 2, 0);
+        assert!(e.contains("temp t5 out of range"), "{e}");
+        let e = err(vec![Op::Mov { dst: t0, src: t5 }, exit.clone()], 2, 0);
+        assert!(e.contains("temp t5 out of range"), "{e}");
+        let e = err(vec![Op::Const { dst: t0, value: 1 }], 1, 0);
+        assert!(e.contains("does not end with an exit"), "{e}");
     }
 }
