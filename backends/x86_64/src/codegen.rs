@@ -731,6 +731,21 @@ impl Gen<'_> {
         }
     }
 
+    /// `dst` = the direct global at `off` (from `r12`) extended from `from`.
+    fn load_global_ext(&mut self, off: i32, dst: Temp, from: Size, signed: bool) {
+        let d = self.reg(dst).unwrap_or(RAX);
+        match (from, signed) {
+            (Size::B8, false) => dynasm!(self.ops ; .arch x64 ; movzx Rd(d), BYTE [r12 + off]),
+            (Size::B8, true) => dynasm!(self.ops ; .arch x64 ; movsx Rq(d), BYTE [r12 + off]),
+            (Size::B16, false) => dynasm!(self.ops ; .arch x64 ; movzx Rd(d), WORD [r12 + off]),
+            (Size::B16, true) => dynasm!(self.ops ; .arch x64 ; movsx Rq(d), WORD [r12 + off]),
+            (Size::B32, false) => dynasm!(self.ops ; .arch x64 ; mov Rd(d), DWORD [r12 + off]),
+            (Size::B32, true) => dynasm!(self.ops ; .arch x64 ; movsxd Rq(d), DWORD [r12 + off]),
+            (Size::B64, _) => enc::load(&mut self.ops, d, R12, off),
+        }
+        self.st(dst, d);
+    }
+
     /// Truncates register `r` to `size`, zero-extended.
     fn trunc(&mut self, r: u8, size: Size) {
         match size {
@@ -962,6 +977,24 @@ impl Gen<'_> {
                 self.st(dst, d);
             }
             Op::Get { dst, src } => {
+                let next = self.block.ops.get(self.cur + 1);
+                if let (
+                    Some(off),
+                    Some(&Op::Ext {
+                        dst: x,
+                        src: s,
+                        from,
+                        signed,
+                    }),
+                ) = (direct::<E>(src), next)
+                {
+                    if s == dst && self.read_once(dst) {
+                        // Read only by the extension after it: one load at the width.
+                        self.load_global_ext(off, x, from, signed);
+                        self.skip = self.cur + 1..self.cur + 2;
+                        return Ok(());
+                    }
+                }
                 match (direct::<E>(src), self.reg(dst)) {
                     (Some(off), Some(h)) => {
                         enc::load(&mut self.ops, h, R12, off);

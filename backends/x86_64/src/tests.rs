@@ -1919,6 +1919,65 @@ fn a_store_after_a_load_of_its_address_matches_the_interpreter() {
     seen.assert_every_way_out();
 }
 
+/// A global read only by an extension right after it (a 32-bit register operand)
+/// is loaded at the width, zero- or sign-extended: every width and sign, with values
+/// whose upper bits and sign bits are set and clear, against the interpreter; and
+/// read again (not only by the extension) it is loaded whole.
+#[test]
+fn a_global_read_for_an_extension_loads_at_the_width() {
+    let mut jit: JitCache<Env<true>> = JitCache::new(8 << 20);
+    let mut extended = 0;
+    for v in [
+        0u64,
+        0x7f,
+        0x80,
+        0x7fff_8000,
+        0x8000_0080,
+        0xffff_ffff_ffff_ffff,
+        0x1234_5678_9abc_def0,
+    ] {
+        for from in [Size::B8, Size::B16, Size::B32, Size::B64] {
+            for signed in [false, true] {
+                for twice in [false, true] {
+                    let mut b = Builder::new(0x10);
+                    b.insn_start(0x10, 4);
+                    let g = b.get(Global::Gpr(3));
+                    let x = b.temp();
+                    b.push(Op::Ext {
+                        dst: x,
+                        src: g,
+                        from,
+                        signed,
+                    });
+                    b.set(Global::Gpr(2), x);
+                    if twice {
+                        let y = b.bini(BinOp::Add, Size::B64, g, 1);
+                        b.set(Global::Gpr(4), y);
+                    }
+                    let next = b.konst(0x14);
+                    b.set(Global::Pc, next);
+                    b.exit(ExitKind::Jump(0x14));
+                    let blk = b.finish();
+                    let mut env = Env::<true>::new(&mut Rng(v ^ from.bytes() as u64));
+                    env.regs[3] = v;
+                    check(&mut jit, &blk, &env);
+                    let want = match (signed, from) {
+                        (true, f) => f.sext(v),
+                        (false, f) => f.trunc(v),
+                    };
+                    let mut e = env.clone();
+                    e.map_pages();
+                    let code = jit.compile(&blk).unwrap();
+                    jit.run(&code, &mut e, &mut JitState::new()).unwrap();
+                    assert_eq!(e.regs[2], want, "{v:#x} {from:?} signed {signed}");
+                    extended += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(extended, 7 * 4 * 2 * 2);
+}
+
 /// Accesses that share a fast-TLB lookup ([`crate::groups`]): pushes and frame
 /// loads, loads at a sum of registers with side exits between them, groups across
 /// pure and environment calls, at bases within a page, across a page boundary,
