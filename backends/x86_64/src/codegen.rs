@@ -1506,14 +1506,17 @@ impl Gen<'_> {
     /// emitted) for the others.
     fn bin_in_place(&mut self, op: BinOp, size: Size, dst: Temp, a: Temp, b: Temp) -> bool {
         use BinOp::*;
-        let wide = match size {
-            Size::B32 => false,
-            Size::B64 => true,
-            _ => return false,
+        // 8 and 16 bits: the 32-bit operation, truncated (the low bits of a sum,
+        // difference, product or bitwise result depend on the operands' low bits
+        // only; not so for shifts).
+        let (wide, narrow) = match size {
+            Size::B32 => (false, false),
+            Size::B64 => (true, false),
+            Size::B8 | Size::B16 => (false, true),
         };
         let kb = self.k(b);
         let shift = matches!(op, Shl | Shr | Sar | Rol | Ror);
-        if !(matches!(op, Add | Sub | And | Or | Xor | Mul) || (shift && kb.is_some())) {
+        if !(matches!(op, Add | Sub | And | Or | Xor | Mul) || (shift && kb.is_some() && !narrow)) {
             return false;
         }
         let mut d = self.reg(dst).unwrap_or(RAX);
@@ -1527,6 +1530,9 @@ impl Gen<'_> {
         if let (Add, Some(v), Some(ra), None) = (op, self.imm_of(b, wide), self.reg(a), self.k(a)) {
             if ra != d {
                 enc::lea_sized(&mut self.ops, wide, d, ra, v);
+                if narrow {
+                    self.trunc(d, size);
+                }
                 self.st(dst, d);
                 return true;
             }
@@ -1617,6 +1623,9 @@ impl Gen<'_> {
                 (_, false) => dynasm!(self.ops ; .arch x64 ; imul Rd(d), Rd(r)),
                 _ => unreachable!("ALU operations only"),
             }
+        }
+        if narrow {
+            self.trunc(d, size);
         }
         self.st(dst, d);
         true
