@@ -1124,20 +1124,22 @@ impl Gen<'_> {
                     self.fused = true;
                     return Ok(());
                 }
+                // In the result's register when it has one.
+                let d = self.reg(dst).unwrap_or(RAX);
                 match cond {
-                    Cond::Eq => dynasm!(self.ops ; .arch x64 ; sete al),
-                    Cond::Ne => dynasm!(self.ops ; .arch x64 ; setne al),
-                    Cond::Ltu => dynasm!(self.ops ; .arch x64 ; setb al),
-                    Cond::Leu => dynasm!(self.ops ; .arch x64 ; setbe al),
-                    Cond::Gtu => dynasm!(self.ops ; .arch x64 ; seta al),
-                    Cond::Geu => dynasm!(self.ops ; .arch x64 ; setae al),
-                    Cond::Lt => dynasm!(self.ops ; .arch x64 ; setl al),
-                    Cond::Le => dynasm!(self.ops ; .arch x64 ; setle al),
-                    Cond::Gt => dynasm!(self.ops ; .arch x64 ; setg al),
-                    Cond::Ge => dynasm!(self.ops ; .arch x64 ; setge al),
+                    Cond::Eq => dynasm!(self.ops ; .arch x64 ; sete Rb(d)),
+                    Cond::Ne => dynasm!(self.ops ; .arch x64 ; setne Rb(d)),
+                    Cond::Ltu => dynasm!(self.ops ; .arch x64 ; setb Rb(d)),
+                    Cond::Leu => dynasm!(self.ops ; .arch x64 ; setbe Rb(d)),
+                    Cond::Gtu => dynasm!(self.ops ; .arch x64 ; seta Rb(d)),
+                    Cond::Geu => dynasm!(self.ops ; .arch x64 ; setae Rb(d)),
+                    Cond::Lt => dynasm!(self.ops ; .arch x64 ; setl Rb(d)),
+                    Cond::Le => dynasm!(self.ops ; .arch x64 ; setle Rb(d)),
+                    Cond::Gt => dynasm!(self.ops ; .arch x64 ; setg Rb(d)),
+                    Cond::Ge => dynasm!(self.ops ; .arch x64 ; setge Rb(d)),
                 }
-                dynasm!(self.ops ; .arch x64 ; movzx eax, al);
-                self.st(dst, RAX);
+                dynasm!(self.ops ; .arch x64 ; movzx Rd(d), Rb(d));
+                self.st(dst, d);
             }
             Op::Select { dst, cond, a, b } => {
                 self.ld(RAX, a);
