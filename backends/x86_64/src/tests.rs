@@ -1954,9 +1954,7 @@ fn a_global_read_for_an_extension_loads_at_the_width() {
                         let y = b.bini(BinOp::Add, Size::B64, g, 1);
                         b.set(Global::Gpr(4), y);
                     }
-                    let next = b.konst(0x14);
-                    b.set(Global::Pc, next);
-                    b.exit(ExitKind::Jump(0x14));
+                    exit(&mut b, ExitKind::Jump(0x14));
                     let blk = b.finish();
                     let mut env = Env::<true>::new(&mut Rng(v ^ from.bytes() as u64));
                     env.regs[3] = v;
