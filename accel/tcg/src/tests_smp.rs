@@ -4,6 +4,7 @@
 
 use crate::smp::RoundRobin;
 use crate::tests_apic::{pm_state, Mp, APIC, DATA};
+use crate::vcpu::TcgVcpu;
 use iced_x86::code_asm::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -165,6 +166,35 @@ fn pause_gives_way_to_the_cpu_being_waited_for() {
     let exit = run_until(&mp, &mut rr, |m| m.read_u32(DATA + 4).unwrap() != 0);
     assert_eq!(exit, VcpuExit::Stopped);
     assert_eq!(mp.r32(DATA + 4), 0x600d);
+}
+
+/// A CPU alone (in no group, or in a group of one) has no one to give way to: PAUSE
+/// is a jump its compiled code chains through, not an exit to the run loop. (In a
+/// group of two it gives way: `pause_gives_way_to_the_cpu_being_waited_for`, which
+/// would spin for ever otherwise.)
+#[test]
+fn pause_alone_chains() {
+    let mp = Mp::new();
+    mp.code(0x1000, |a| {
+        let mut spin = a.create_label();
+        a.mov(ecx, 1000u32)?;
+        a.set_label(&mut spin)?;
+        a.pause()?;
+        a.dec(ecx)?;
+        a.jnz(spin)?;
+        a.mov(dword_ptr(DATA as u32), 0x600du32)?;
+        a.cli()?;
+        a.hlt()
+    });
+    let mut v = TcgVcpu::new(mp.bus(), mp.control.clone());
+    v.set_backend(crate::Backend::Jit);
+    v.set_warmup(0);
+    v.set_state(&pm_state(0xfee0_0900, 0x1000)).unwrap();
+    assert_eq!(v.run().unwrap(), VcpuExit::Halted);
+    assert_eq!(mp.r32(DATA), 0x600d);
+    // ~2,000 blocks (PAUSE ends one), nearly all entered from the one before.
+    let s = v.stats;
+    assert!(s.blocks >= 2000 && s.jit_chained + 10 >= s.blocks, "{s:?}");
 }
 
 /// Both CPUs halt with interrupts on; CPU 1's APIC timer fires 20 ms later. The group

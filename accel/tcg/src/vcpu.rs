@@ -221,8 +221,11 @@ pub(crate) struct GroupMode {
 impl TcgVcpu {
     /// A CPU in the RESET state on `bus`, with no interrupt controller.
     pub fn new(bus: SystemBus, control: Arc<MachineControl>) -> TcgVcpu {
+        let mut cpu = X86Cpu::new(bus, CpuState::reset());
+        // Alone, a vCPU has no one to give way to (`set_group_mode`).
+        cpu.pause_exits = GroupMode::default().yield_pause;
         TcgVcpu {
-            cpu: X86Cpu::new(bus, CpuState::reset()),
+            cpu,
             cache: BlockCache::new(Limits::default()),
             interp: Interp::new(),
             backend: default_backend(),
@@ -384,6 +387,11 @@ impl TcgVcpu {
     /// How this vCPU gives way to the others of its group.
     pub(crate) fn set_group_mode(&mut self, mode: GroupMode) {
         self.group_mode = mode;
+        // PAUSE ends a block with an exit only where it may give way.
+        if self.cpu.pause_exits != mode.yield_pause {
+            self.cpu.pause_exits = mode.yield_pause;
+            self.flush_code();
+        }
     }
 
     /// The wake-up flags of this vCPU (a group sets their doorbell).

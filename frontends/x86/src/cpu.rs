@@ -63,6 +63,11 @@ pub struct X86Cpu {
     pub apic: Option<Box<dyn crate::apic::LocalApicPort>>,
     /// The physical page the APIC's registers are decoded at (cached from it).
     pub(crate) apic_page: Option<u64>,
+    /// PAUSE ends its block with a `Pause` exit, which gives the run loop the chance
+    /// to let another vCPU run (a spin-wait waits for it); clear, it is a plain
+    /// jump to the next instruction, which compiled code chains through. Blocks
+    /// translated under one setting are not valid under the other.
+    pub pause_exits: bool,
 }
 
 impl X86Cpu {
@@ -83,6 +88,7 @@ impl X86Cpu {
             fault_pc: None,
             apic: None,
             apic_page: None,
+            pause_exits: true,
         };
         cpu.set_state(state);
         cpu

@@ -271,6 +271,8 @@ pub(crate) struct Tr {
     /// The CPUID model: an instruction whose feature it lacks raises #UD. (Fixed for
     /// the life of an engine, and the same on all its CPUs, so not in the mode key.)
     pub model: crate::cpuid::CpuidModel,
+    /// PAUSE ends the block with a `Pause` exit (`X86Cpu::pause_exits`), else a jump.
+    pub pause_exits: bool,
     /// The lazy-flag operation the CPU held when the block was translated (the state
     /// its first instructions see then): CF of an unknown state is computed inline
     /// when the operation at run time is this one ([`Tr::carry`]).
@@ -458,6 +460,7 @@ pub fn translate_block(cpu: &mut X86Cpu, max_insns: usize) -> Result<Block, Faul
         sp_adjust: 0,
         rmw_addr: None,
         model: cpu.cpuid.clone(),
+        pause_exits: cpu.pause_exits,
         entry_cc_op: cpu.cc.op,
         side_exits: 0,
     };
@@ -646,10 +649,15 @@ impl Tr {
                 Flow::Next
             }
             M::Pause => {
-                // Ends the block: a spin-wait loop lets another vCPU run.
+                // Ends the block: a spin-wait loop lets another vCPU run (with no
+                // other to let run, a jump that chains).
                 let t = self.b.konst(self.next_pc);
                 self.b.set(Global::Pc, t);
-                self.b.exit(ExitKind::Pause(self.next_pc));
+                self.b.exit(if self.pause_exits {
+                    ExitKind::Pause(self.next_pc)
+                } else {
+                    ExitKind::Jump(self.next_pc)
+                });
                 Flow::End
             }
             M::Prefetcht2 | M::Lfence | M::Sfence | M::Mfence => Flow::Next,
