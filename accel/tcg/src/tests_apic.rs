@@ -113,6 +113,17 @@ impl Mp {
         self.mem.write_u64(IDT + 8 * vector, g).unwrap();
     }
 
+    /// A CPU with no APIC that runs the code at `entry` in protected mode (stack at
+    /// `stack`) with the JIT, every block compiled at once (no interpreted warm-up:
+    /// the tests look at compiled code).
+    pub(crate) fn jit_cpu(&self, stack: u64, entry: u64) -> TcgVcpu {
+        let mut v = TcgVcpu::new(self.bus(), self.control.clone());
+        v.set_backend(crate::Backend::Jit);
+        v.set_warmup(0);
+        v.set_state(&pm_state(stack, entry)).unwrap();
+        v
+    }
+
     pub(crate) fn r32(&self, a: u64) -> u32 {
         self.mem.read_u32(a).unwrap()
     }

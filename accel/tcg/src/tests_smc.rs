@@ -237,11 +237,7 @@ fn the_perf_map_names_compiled_blocks() {
         a.mov(dword_ptr(DATA as u32), 0x55u32)?;
         a.hlt()
     });
-    let mut v = TcgVcpu::new(mp.bus(), mp.control.clone());
-    v.set_backend(crate::Backend::Jit);
-    // (Run once: compiled at once, no interpreted warm-up.)
-    v.set_warmup(0);
-    v.set_state(&pm_state(0xfee0_0900, 0x7340)).unwrap();
+    let mut v = mp.jit_cpu(0xfee0_0900, 0x7340);
     assert_eq!(v.run().unwrap(), VcpuExit::Halted);
     let map = std::fs::read_to_string(crate::perfmap::path()).unwrap();
     let line = map

@@ -4,7 +4,6 @@
 
 use crate::smp::RoundRobin;
 use crate::tests_apic::{pm_state, Mp, APIC, DATA};
-use crate::vcpu::TcgVcpu;
 use iced_x86::code_asm::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -186,10 +185,7 @@ fn pause_alone_chains() {
         a.cli()?;
         a.hlt()
     });
-    let mut v = TcgVcpu::new(mp.bus(), mp.control.clone());
-    v.set_backend(crate::Backend::Jit);
-    v.set_warmup(0);
-    v.set_state(&pm_state(0xfee0_0900, 0x1000)).unwrap();
+    let mut v = mp.jit_cpu(0xfee0_0900, 0x1000);
     assert_eq!(v.run().unwrap(), VcpuExit::Halted);
     assert_eq!(mp.r32(DATA), 0x600d);
     // ~2,000 blocks (PAUSE ends one), nearly all entered from the one before.
