@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use vireo_core::VcpuKicker;
 use vireo_devices::apic::CpuEvent;
 use vireo_devices::pic::SharedPic;
-use vireo_jit::Gate;
+use vireo_jit::{Gate, GATE_FLAGS};
 
 /// Called when the controller's interrupt output may have gone high. It may run with
 /// the controller locked and on any thread: it must only flag and wake.
@@ -111,6 +111,8 @@ impl Doorbell {
 const KICK: usize = 0;
 const IRQ: usize = 1;
 const EVENT: usize = 2;
+// (`Gate::raise` ignores a flag beyond its own: each of these must be one.)
+const _: () = assert!(KICK < GATE_FLAGS && IRQ < GATE_FLAGS && EVENT < GATE_FLAGS);
 
 impl Signal {
     pub fn new() -> Arc<Signal> {
