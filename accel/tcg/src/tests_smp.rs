@@ -188,9 +188,10 @@ fn pause_alone_chains() {
     let mut v = mp.jit_cpu(0xfee0_0900, 0x1000);
     assert_eq!(v.run().unwrap(), VcpuExit::Halted);
     assert_eq!(mp.r32(DATA), 0x600d);
-    // ~2,000 blocks (PAUSE ends one), nearly all entered from the one before.
+    // ~2,000 blocks (PAUSE ends one), nearly all entered from the one before in
+    // host code: the run loop starts a few (the uncounted rest chain).
     let s = v.stats;
-    assert!(s.blocks >= 2000 && s.jit_chained + 10 >= s.blocks, "{s:?}");
+    assert!(v.insns() >= 3000 && s.blocks <= 10, "{s:?}");
 }
 
 /// Both CPUs halt with interrupts on; CPU 1's APIC timer fires 20 ms later. The group

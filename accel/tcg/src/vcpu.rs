@@ -92,12 +92,13 @@ const LOG_EXEC: &str = "vireo::tcg::exec";
 /// Run-loop counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TcgStats {
-    /// Blocks executed.
+    /// Blocks executed: those the run loop started, and those compiled code went on
+    /// into by itself if it counts them ([`TcgVcpu::set_count_chains`]).
     pub blocks: u64,
     /// Blocks reached through a link (no lookup).
     pub chained: u64,
     /// Of those, blocks compiled code went on into by itself (no return to the run
-    /// loop).
+    /// loop), if it counts them.
     pub jit_chained: u64,
     /// Block lookups answered by the jump cache.
     pub jcache_hits: u64,
@@ -224,9 +225,14 @@ impl TcgVcpu {
         let mut cpu = X86Cpu::new(bus, CpuState::reset());
         // Alone, a vCPU has no one to give way to (`set_group_mode`).
         cpu.pause_exits = GroupMode::default().yield_pause;
+        let mut cache = BlockCache::new(Limits::default());
+        // The run summary (debug level) reports the blocks run chained in host code.
+        if log::log_enabled!(target: "vireo::tcg", log::Level::Debug) {
+            cache.jit.set_count_chains(true);
+        }
         TcgVcpu {
             cpu,
-            cache: BlockCache::new(Limits::default()),
+            cache,
             interp: Interp::new(),
             backend: default_backend(),
             jit: JitState::new(),
@@ -282,7 +288,9 @@ impl TcgVcpu {
     pub fn set_cache_limits(&mut self, limits: Limits) {
         self.with_code(|cache, watch| {
             cache.flush(watch);
+            let count = cache.jit.counts_chains();
             *cache = BlockCache::new(limits);
+            cache.jit.set_count_chains(count);
         });
         self.chain_from = None;
     }
@@ -291,6 +299,18 @@ impl TcgVcpu {
     pub fn set_max_block_insns(&mut self, n: usize) {
         self.max_insns = n.clamp(1, MAX_BLOCK_INSNS);
         self.flush_code();
+    }
+
+    /// Whether compiled code counts the blocks it goes on into by itself
+    /// ([`TcgStats::jit_chained`]; off unless debug logging of `vireo::tcg` was on when
+    /// the vCPU was made: it costs a memory increment per chained block), dropping
+    /// every block.
+    pub fn set_count_chains(&mut self, on: bool) {
+        self.with_code(|cache, watch| {
+            cache.flush(watch);
+            cache.jit.set_count_chains(on);
+        });
+        self.chain_from = None;
     }
 
     /// Interpreted runs of each new block before the JIT compiles it (0: compile
@@ -720,13 +740,14 @@ impl TcgVcpu {
             _ => None,
         };
         let (outcome, id) = match compiled {
-            Some(r) if r.chained > 0 => {
+            Some(r) => {
+                // (Counted only with `set_count_chains`.)
                 self.stats.chained += r.chained;
                 self.stats.jit_chained += r.chained;
                 self.stats.blocks += r.chained;
+                // The block the run ended in (the one entered unless it chained on).
                 (r.outcome, TbId::from_tag(r.tag))
             }
-            Some(r) => (r.outcome, id),
             None => match &tb.code {
                 Some(code) => {
                     let outcome = self.interp.run(code, &mut self.cpu);

@@ -191,6 +191,9 @@ struct Gen<'a> {
     lookup_tail: Option<DynamicLabel>,
     /// The cache has the shared lookup (`ctx.lookup` is nonzero).
     lookup: bool,
+    /// Count blocks entered straight from another in `ctx.chains`
+    /// ([`crate::JitCache::set_count_chains`]).
+    count_chains: bool,
     /// Per label, the branch that is its only way in ([`Block::branch_only_labels`]):
     /// that branch syncs nothing, the label takes the bookkeeping it had (`at_branch`).
     only: Vec<Option<usize>>,
@@ -379,11 +382,13 @@ pub struct Scratch {
 }
 
 /// Compiles `block` for environment type `E`, with its cell at address `cell`, with
-/// buffers from `sc` (which it gives back).
+/// buffers from `sc` (which it gives back); `lookup`: the cache has the shared table
+/// lookup; `count_chains`: count chained entries ([`crate::JitCache::set_count_chains`]).
 pub fn compile_with<E: GuestEnv + DirectGlobals>(
     block: &Block,
     cell: usize,
     lookup: bool,
+    count_chains: bool,
     sc: &mut Scratch,
 ) -> Result<Compiled, JitError> {
     if block.temps >= 1 << 28 {
@@ -502,6 +507,7 @@ pub fn compile_with<E: GuestEnv + DirectGlobals>(
         stop_unknown: false,
         lookup_tail: None,
         lookup,
+        count_chains,
         only,
         at_branch,
         test_of: None,

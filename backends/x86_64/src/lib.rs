@@ -186,7 +186,7 @@ pub(crate) fn ind_set(pc: u64) -> usize {
 /// The code a cache's blocks share: its chunk (kept mapped while the cache lives) and
 /// the addresses of the entry, the return and the table lookup (0: none).
 struct SharedCode {
-    _chunk: codemem::CodeChunk,
+    chunk: codemem::CodeChunk,
     /// Where the code starts and its length (for `-perfmap`).
     start: usize,
     len: usize,
@@ -227,6 +227,8 @@ pub struct JitCache<E> {
     limit: usize,
     /// Blocks compiled since creation.
     pub compiled: u64,
+    /// Count blocks entered straight from another ([`JitCache::set_count_chains`]).
+    count_chains: bool,
     /// Keep a copy of the last block's code in `last_code` (`-d out_asm`).
     pub keep_code: bool,
     pub last_code: Vec<u8>,
@@ -290,11 +292,33 @@ impl<E> JitCache<E> {
             used: 0,
             limit,
             compiled: 0,
+            count_chains: false,
             keep_code: false,
             last_code: Vec::new(),
             scratch: codegen::Scratch::default(),
             _env: PhantomData,
         }
+    }
+
+    /// Whether runs count the blocks they enter straight from another
+    /// ([`Run::chained`]): for tests and statistics; off, chaining costs one
+    /// read-modify-write of memory less a block (3-4% of a shell loop). Changing it
+    /// flushes the cache (the shared code counts too).
+    pub fn set_count_chains(&mut self, on: bool) {
+        if on != self.count_chains {
+            self.flush();
+            if let Some(s) = self.stubs.take() {
+                if self.keep_flushed {
+                    self.retired.push(s.chunk);
+                }
+            }
+            self.count_chains = on;
+        }
+    }
+
+    /// Whether runs count chained blocks ([`JitCache::set_count_chains`]).
+    pub fn counts_chains(&self) -> bool {
+        self.count_chains
     }
 
     /// Bytes of code held.
@@ -456,7 +480,7 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
             return Err(JitError::Unsupported("no cell".into()));
         }
         if self.stubs.is_none() {
-            let stubs = codegen::shared_stubs::<E>(self.ind.as_ptr() as usize)
+            let stubs = codegen::shared_stubs::<E>(self.ind.as_ptr() as usize, self.count_chains)
                 .ok_or_else(|| JitError::Asm("shared code".into()))?;
             let mut chunk = codemem::CodeChunk::new(4096)?;
             let at = chunk
@@ -464,7 +488,7 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
                 .ok_or_else(|| JitError::Asm("shared code does not fit".into()))?;
             chunk.seal();
             self.stubs = Some(SharedCode {
-                _chunk: chunk,
+                chunk,
                 start: at,
                 len: stubs.code.len(),
                 new: true,
@@ -474,7 +498,13 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
             });
         }
         let lookup = self.stubs.as_ref().is_some_and(|s| s.lookup != 0);
-        let c = codegen::compile_with::<E>(block, cell as usize, lookup, &mut self.scratch)?;
+        let c = codegen::compile_with::<E>(
+            block,
+            cell as usize,
+            lookup,
+            self.count_chains,
+            &mut self.scratch,
+        )?;
         let len = c.code.len();
         if self.used + len > self.limit {
             return Err(JitError::Full {
@@ -656,6 +686,7 @@ pub struct Run {
     pub outcome: BlockOutcome,
     /// The tag of the block it ended in ([`JitCache::set_tag`]).
     pub tag: u64,
-    /// Blocks entered straight from the one before.
+    /// Blocks entered straight from the one before: counted only when the cache
+    /// counts them ([`JitCache::set_count_chains`]), else 0.
     pub chained: u64,
 }

@@ -10,6 +10,14 @@ use vireo_core::ir::{
 };
 use vireo_interp::{Interp, Prepared};
 
+/// A cache that counts chained entries ([`Run::chained`](crate::Run::chained)), which
+/// these tests check.
+fn counting_cache<E>(limit: usize) -> JitCache<E> {
+    let mut jit = JitCache::new(limit);
+    jit.set_count_chains(true);
+    jit
+}
+
 /// Two 4 KiB pages: the fast TLB of `Env<true>` maps both (page 0, which holds
 /// `CODE`, for reads only).
 const MEM: usize = 0x2000;
@@ -870,8 +878,8 @@ static OPTIMIZED_OPS: std::sync::atomic::AtomicUsize = std::sync::atomic::Atomic
 
 #[test]
 fn differential_random_blocks() {
-    let mut direct: JitCache<Env<true>> = JitCache::new(8 << 20);
-    let mut indirect: JitCache<Env<false>> = JitCache::new(8 << 20);
+    let mut direct: JitCache<Env<true>> = counting_cache(8 << 20);
+    let mut indirect: JitCache<Env<false>> = counting_cache(8 << 20);
     let mut seen = Seen::default();
     for seed in 0..4000u64 {
         let mut rng = Rng(seed);
@@ -1120,7 +1128,7 @@ fn differential_ops_exhaustive_edges() {
         u64::MAX - 1,
         0xdead_beef_cafe_f00d,
     ];
-    let mut jit: JitCache<Env<true>> = JitCache::new(64 << 20);
+    let mut jit: JitCache<Env<true>> = counting_cache(64 << 20);
     let mut rng = Rng(1);
     let env = Env::<true>::new(&mut rng);
     for size in [Size::B8, Size::B16, Size::B32, Size::B64] {
@@ -1184,7 +1192,7 @@ fn differential_ops_exhaustive_edges() {
 
 #[test]
 fn faults_stops_and_panics() {
-    let mut jit: JitCache<Env<true>> = JitCache::new(1 << 20);
+    let mut jit: JitCache<Env<true>> = counting_cache(1 << 20);
     let mut rng = Rng(5);
     let env = Env::<true>::new(&mut rng);
 
@@ -1251,7 +1259,7 @@ fn faults_stops_and_panics() {
 
 #[test]
 fn full_cache_reports_full() {
-    let mut jit: JitCache<Env<false>> = JitCache::new(4096);
+    let mut jit: JitCache<Env<false>> = counting_cache(4096);
     let mut b = Builder::new(0);
     for i in 0..200 {
         b.insn_start(i, 1);
@@ -1300,11 +1308,37 @@ fn code_store_block(pc: u64, next: u64) -> Block {
     b.finish()
 }
 
+/// Without chain counting (the default) the same loop runs the same way, its code
+/// a read-modify-write a pass shorter, and reports no count.
+#[test]
+fn chains_run_the_same_uncounted() {
+    let env = Env::<true>::new(&mut Rng(12));
+    let blk = step_block(0x100, 0, 1, 0x100);
+    let mut runs = Vec::new();
+    for count in [false, true] {
+        let mut jit: JitCache<Env<true>> = JitCache::new(1 << 20);
+        jit.set_count_chains(count);
+        let a = jit.compile(&blk).unwrap();
+        jit.set_tag(&a, 1);
+        let (mut e, mut st) = (env.clone(), JitState::new());
+        let r = jit
+            .run_chained(&a, &mut e, &mut st, &Gate::new(), 7)
+            .unwrap();
+        runs.push((r.outcome, r.tag, r.chained, st.insns, e, a.bytes));
+    }
+    let (uncounted, counted) = (&runs[0], &runs[1]);
+    assert_eq!((uncounted.2, counted.2), (0, 6));
+    assert_eq!(uncounted.0, counted.0);
+    assert_eq!((uncounted.1, uncounted.3), (counted.1, counted.3));
+    assert_eq!(uncounted.4, counted.4);
+    assert!(uncounted.5 < counted.5, "{} {}", uncounted.5, counted.5);
+}
+
 /// A block that jumps to its own start runs on in itself, unlinked, until the
 /// limit or a flag; one that stores into code stops after one pass.
 #[test]
 fn a_block_looping_to_itself_runs_on_until_the_limit_or_a_flag() {
-    let mut jit: JitCache<Env<true>> = JitCache::new(1 << 20);
+    let mut jit: JitCache<Env<true>> = counting_cache(1 << 20);
     let env = Env::<true>::new(&mut Rng(11));
     let blk = step_block(0x100, 0, 1, 0x100);
     let a = jit.compile(&blk).unwrap();
@@ -1340,7 +1374,7 @@ fn a_block_looping_to_itself_runs_on_until_the_limit_or_a_flag() {
 /// boundary, long before the limit.
 #[test]
 fn a_flag_raised_during_a_run_ends_it() {
-    let mut jit: JitCache<Env<true>> = JitCache::new(1 << 20);
+    let mut jit: JitCache<Env<true>> = counting_cache(1 << 20);
     let env = Env::<true>::new(&mut Rng(12));
     let a = jit.compile(&step_block(0x100, 0, 1, 0x100)).unwrap();
     let gate = std::sync::Arc::new(Gate::new());
@@ -1367,7 +1401,7 @@ fn a_flag_raised_during_a_run_ends_it() {
 
 #[test]
 fn linked_blocks_run_on_until_the_limit_or_a_flag() {
-    let mut jit: JitCache<Env<true>> = JitCache::new(1 << 20);
+    let mut jit: JitCache<Env<true>> = counting_cache(1 << 20);
     let mut rng = Rng(9);
     let env = Env::<true>::new(&mut rng);
     let a = jit.compile(&step_block(0x100, 0, 1, 0x200)).unwrap();
@@ -1482,7 +1516,7 @@ fn a_table_hit_links_an_empty_slot_within_a_page() {
         (7, 8, true, false),
         (7, 7, false, false),
     ] {
-        let mut jit: JitCache<Env<true>> = JitCache::new(1 << 20);
+        let mut jit: JitCache<Env<true>> = counting_cache(1 << 20);
         let mut st = JitState::new();
         let a = jit.compile(&step_block(0x100, 0, 1, 0x200)).unwrap();
         let b = jit.compile(&step_block(0x200, 1, 0, 0x300)).unwrap();
@@ -1523,7 +1557,7 @@ fn a_jump_to_another_page_links_under_the_guard() {
     let g0 = env.guard;
     let g1 = g0 ^ 1;
     for single in [true, false] {
-        let mut jit: JitCache<Env<true>> = JitCache::new(1 << 20);
+        let mut jit: JitCache<Env<true>> = counting_cache(1 << 20);
         let mut st = JitState::new();
         let a = jit.compile(&step_block(0x1f00, 0, 1, 0x2100)).unwrap();
         let b = jit.compile(&step_block(0x2100, 1, 0, 0x9000)).unwrap();
@@ -1578,7 +1612,7 @@ fn an_indirect_exit_caches_its_target() {
         guard,
     };
     let (g0, g1) = (env.guard, env.guard ^ 1);
-    let mut jit: JitCache<Env<true>> = JitCache::new(1 << 20);
+    let mut jit: JitCache<Env<true>> = counting_cache(1 << 20);
     let mut st = JitState::new();
     // The exit's PC comes from r0.
     let mut bx = Builder::new(0x40);
@@ -1630,7 +1664,7 @@ fn the_indirect_table_keeps_two_targets_per_set() {
     let gate = Gate::new();
     let mut rng = Rng(12);
     let env = Env::<true>::new(&mut rng);
-    let mut jit: JitCache<Env<true>> = JitCache::new(1 << 20);
+    let mut jit: JitCache<Env<true>> = counting_cache(1 << 20);
     let mut st = JitState::new();
     // Three PCs in one set.
     let pcs: Vec<u64> = (0x1000..0x200000u64)
@@ -1677,7 +1711,7 @@ fn the_indirect_table_keeps_two_targets_per_set() {
 /// reads is not kept for them.
 #[test]
 fn globals_stored_again_later_are_in_place_for_slow_paths() {
-    let mut jit: JitCache<Env<true>> = JitCache::new(8 << 20);
+    let mut jit: JitCache<Env<true>> = counting_cache(8 << 20);
     let mut rng = Rng(13);
     let env = Env::<true>::new(&mut rng);
     // Addresses: fast path, the code page (a store stops), past the end (faults),
@@ -1744,7 +1778,7 @@ fn globals_stored_again_later_are_in_place_for_slow_paths() {
 /// `-d out_asm` support: the cache keeps the last block's code when asked.
 #[test]
 fn the_last_code_is_kept_on_request() {
-    let mut jit: JitCache<Env<true>> = JitCache::new(1 << 20);
+    let mut jit: JitCache<Env<true>> = counting_cache(1 << 20);
     let a = jit.compile(&step_block(0x100, 0, 1, 0x200)).unwrap();
     assert!(jit.last_code.is_empty());
     jit.keep_code = true;
@@ -1761,7 +1795,7 @@ fn flushed_code_stays_mapped_when_asked() {
     // With `keep_flushed` (on under `-perfmap`) every generation's code has its own
     // addresses, so perf's map never names one address twice.
     let blk = step_block(0x100, 0, 1, 0x200);
-    let mut jit: JitCache<Env<true>> = JitCache::new(1 << 20);
+    let mut jit: JitCache<Env<true>> = counting_cache(1 << 20);
     jit.keep_flushed = true;
     let mut seen = std::collections::HashSet::new();
     for round in 0..8 {
@@ -1779,7 +1813,7 @@ fn flushed_code_stays_mapped_when_asked() {
 /// across the calls than callee-saved registers hold: the same as the interpreter.
 #[test]
 fn call_arguments_in_allocated_registers_move_as_one() {
-    let mut jit: JitCache<Env<true>> = JitCache::new(8 << 20);
+    let mut jit: JitCache<Env<true>> = counting_cache(8 << 20);
     let mut rng = Rng(0x5eed);
     for case in 0..400u64 {
         let mut b = Builder::new(0x1000);
@@ -1827,7 +1861,7 @@ fn call_arguments_in_allocated_registers_move_as_one() {
 /// branch; each as the interpreter does it.
 #[test]
 fn store_pairs_match_the_interpreter() {
-    let mut jit: JitCache<Env<true>> = JitCache::new(8 << 20);
+    let mut jit: JitCache<Env<true>> = counting_cache(8 << 20);
     let mut seen = Seen::default();
     for at in [0x1100u64, 0x1ff0, 0x0ff8, 0x1ff8, 0x3000, 0x78, 0x70] {
         for (swapped, cold, big) in [
@@ -1882,7 +1916,7 @@ fn store_pairs_match_the_interpreter() {
 /// a fault), at every size, as the interpreter does it.
 #[test]
 fn a_store_after_a_load_of_its_address_matches_the_interpreter() {
-    let mut jit: JitCache<Env<true>> = JitCache::new(8 << 20);
+    let mut jit: JitCache<Env<true>> = counting_cache(8 << 20);
     let mut seen = Seen::default();
     for at in [0x1100u64, 0x0040, 0x0ffc, 0x1ffc, 0x84] {
         for mmu in [MmuIdx::Kernel, MmuIdx::User] {
@@ -1925,7 +1959,7 @@ fn a_store_after_a_load_of_its_address_matches_the_interpreter() {
 /// read again (not only by the extension) it is loaded whole.
 #[test]
 fn a_global_read_for_an_extension_loads_at_the_width() {
-    let mut jit: JitCache<Env<true>> = JitCache::new(8 << 20);
+    let mut jit: JitCache<Env<true>> = counting_cache(8 << 20);
     let mut extended = 0;
     for v in [
         0u64,
@@ -1983,7 +2017,7 @@ fn a_global_read_for_an_extension_loads_at_the_width() {
 /// interpreter does them.
 #[test]
 fn grouped_accesses_match_the_interpreter() {
-    let mut jit: JitCache<Env<true>> = JitCache::new(8 << 20);
+    let mut jit: JitCache<Env<true>> = counting_cache(8 << 20);
     let mut seen = Seen::default();
     let mut members = 0;
     for at in [

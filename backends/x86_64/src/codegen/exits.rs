@@ -314,9 +314,12 @@ impl Gen<'_> {
         Some(fail)
     }
 
-    /// Counts one block entered straight from another (`ctx.chains`).
+    /// Counts one block entered straight from another (`ctx.chains`), if the cache
+    /// counts them.
     fn count_chain(&mut self) {
-        enc::alu_imm(&mut self.ops, enc::Alu::Add, RBX, CTX_CHAINS, 1);
+        if self.count_chains {
+            enc::alu_imm(&mut self.ops, enc::Alu::Add, RBX, CTX_CHAINS, 1);
+        }
     }
 }
 
@@ -342,6 +345,7 @@ fn lookup_stub<E: GuestEnv + DirectGlobals>(
     o: &mut super::Asm,
     ind: usize,
     leave: DynamicLabel,
+    count_chains: bool,
 ) -> Option<()> {
     let (Some(pc_off), Some(cs_off), Some(guard_off), Some(h), Some(guards)) = (
         direct::<E>(Global::Pc),
@@ -449,7 +453,9 @@ fn lookup_stub<E: GuestEnv + DirectGlobals>(
         enc::cmp_byte(o, R12, g, 0);
         dynasm!(o ; .arch x64 ; jne >fail);
     }
-    enc::alu_imm(o, enc::Alu::Add, RBX, CTX_CHAINS, 1);
+    if count_chains {
+        enc::alu_imm(o, enc::Alu::Add, RBX, CTX_CHAINS, 1);
+    }
     dynasm!(o
         ; .arch x64
         ; jmp rax
@@ -493,7 +499,10 @@ pub(crate) struct Stubs {
 /// The code every block of a cache shares: the entry from Rust, and, reached
 /// through the context (`jmp [rbx + d8]`), the return from a run and the
 /// indirect-exit-table lookup.
-pub(crate) fn shared_stubs<E: GuestEnv + DirectGlobals>(ind: usize) -> Option<Stubs> {
+pub(crate) fn shared_stubs<E: GuestEnv + DirectGlobals>(
+    ind: usize,
+    count_chains: bool,
+) -> Option<Stubs> {
     let mut ops = super::Asm::new(0);
     let leave = ops.new_dynamic_label();
     dynasm!(ops ; .arch x64 ; =>leave);
@@ -529,7 +538,7 @@ pub(crate) fn shared_stubs<E: GuestEnv + DirectGlobals>(ind: usize) -> Option<St
     enc::lea(&mut ops, R12, RSI, super::bias::<E>());
     dynasm!(ops ; .arch x64 ; jmp rcx);
     let at = ops.offset().0;
-    let lookup = lookup_stub::<E>(&mut ops, ind, leave).map(|()| at);
+    let lookup = lookup_stub::<E>(&mut ops, ind, leave, count_chains).map(|()| at);
     Some(Stubs {
         code: ops.finalize().ok()?,
         enter,
