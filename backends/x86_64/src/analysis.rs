@@ -115,7 +115,16 @@ pub(crate) struct Scratch {
     last_read: Vec<usize>,
     is_const: Vec<bool>,
     accesses: Vec<usize>,
-    next_set: Vec<(Global, usize)>,
+    next_set: Vec<(Global, usize, u32)>,
+    spare: Vec<(Global, usize, u32)>,
+    /// `lazy_sets`: `next_set` at each branch-only label (label, global, next `Set`,
+    /// exits).
+    at_label: Vec<(u32, Global, usize, u32)>,
+    /// `lazy_sets`: chains of ways out of the block (op, the chain's rest).
+    exits: Vec<(usize, u32)>,
+    skipped_reads: Vec<Global>,
+    starts: Vec<usize>,
+    stored: Vec<bool>,
     defs: Vec<u32>,
     first_def: Vec<usize>,
     first_use: Vec<usize>,
@@ -144,17 +153,36 @@ pub(crate) fn reset<T: Clone>(v: &mut Vec<T>, n: usize, x: T) {
     v.resize(n, x);
 }
 
+/// How many ops past its last read a lazy `Set`'s value may be kept for the slow
+/// paths ([`lazy_sets`]): a compare's flags, whose temps die at the jump after it,
+/// stay available for the next compare's load.
+pub(crate) const LAZY_REACH: usize = 16;
+
+/// The empty chain of ways out (`lazy_sets`).
+const NO_EXITS: u32 = u32::MAX;
+
 /// Finds the lazy `Set`s of `block`: a `Set` of a direct global (not the PC) is lazy
 /// when the same global is set again later in the straight line, only loads,
 /// stores, temp arithmetic, instruction starts and accesses of other direct globals
-/// come between, and its value is a constant or a temp read at or after the last of
-/// those accesses anyway. The fast path of a load or store cannot observe the
+/// come between, and its value is a constant or a temp read at most [`LAZY_REACH`]
+/// ops before the last of those accesses (or after it). The fast path of a load or store cannot observe the
 /// environment, so only those accesses' slow paths (which may fault, call into the
 /// environment or raise the stop request, after which a stop exit may leave) need
 /// the value in place: they store it before their call, and the main path stores
 /// only the second value. A stop exit between them is taken only after a slow path (the only
 /// code that raises the request in such a stretch) stored the pending values.
-pub(crate) fn lazy_sets<E: DirectGlobals>(block: &Block, sc: &mut Scratch) -> LazySets {
+///
+/// The straight line goes on over a conditional branch to a label only it reaches
+/// (`only`: [`Block::branch_only_labels`]) when the code it skips has no access and
+/// sets the global again before it leaves (a compare and a jump out of the block,
+/// whose flags the optimizer stores on the way out and again after the label: see
+/// `vireo_core::opt`): the `Set` is then lazy when the path after the label sets the
+/// global again as above.
+pub(crate) fn lazy_sets<E: DirectGlobals>(
+    block: &Block,
+    only: &[Option<usize>],
+    sc: &mut Scratch,
+) -> LazySets {
     let n = block.ops.len();
     let mut out = std::mem::take(&mut sc.lazy);
     reset(&mut out.lazy, n, false);
@@ -164,6 +192,12 @@ pub(crate) fn lazy_sets<E: DirectGlobals>(block: &Block, sc: &mut Scratch) -> La
     reset(last_read, block.temps as usize, 0);
     reset(konst, block.temps as usize, false);
     accesses.clear();
+    // The instruction starts, and per op whether a store ran since the last one (its
+    // slow path may have raised a stop request, which the next start's check takes).
+    let (starts, stored) = (&mut sc.starts, &mut sc.stored);
+    starts.clear();
+    reset(stored, n, false);
+    let mut store_seen = false;
     let mut sets = false;
     for (i, op) in block.ops.iter().enumerate() {
         op.for_each_read(|t| {
@@ -171,8 +205,17 @@ pub(crate) fn lazy_sets<E: DirectGlobals>(block: &Block, sc: &mut Scratch) -> La
                 *u = i;
             }
         });
+        stored[i] = store_seen;
         match *op {
-            Op::Load { .. } | Op::Store { .. } => accesses.push(i),
+            Op::InsnStart { .. } => {
+                starts.push(i);
+                store_seen = false;
+            }
+            Op::Store { .. } => {
+                accesses.push(i);
+                store_seen = true;
+            }
+            Op::Load { .. } => accesses.push(i),
             Op::Const { dst, .. } => {
                 if let Some(k) = konst.get_mut(dst.0 as usize) {
                     *k = true;
@@ -187,43 +230,115 @@ pub(crate) fn lazy_sets<E: DirectGlobals>(block: &Block, sc: &mut Scratch) -> La
     }
     // Backwards: `next` holds, for each direct global, the next `Set` of it in the
     // stretch ahead (ops the fast paths pass over: loads, stores, temp arithmetic,
-    // instruction starts, accesses of direct globals); a read of a global ends its
-    // entry, anything else the stretch.
+    // instruction starts, accesses of direct globals) and the ways out of the block
+    // skipped on the way there that need the value (a chain in `exits`); a read of a
+    // global ends its entry, anything else the stretch.
     let next = &mut sc.next_set;
     next.clear();
+    let (at_label, exits, reads) = (&mut sc.at_label, &mut sc.exits, &mut sc.skipped_reads);
+    at_label.clear();
+    exits.clear();
+    // The code a branch to a branch-only label skips, while the scan is in it: the
+    // label, the way out that ends it if it leaves with the state as it is (`Exit`,
+    // `Raise`), and whether it is plain (no access, instruction start, call, ...).
+    let mut skip: Option<(u32, Option<usize>, bool)> = None;
+    let mut label_before = None;
     for (i, op) in block.ops.iter().enumerate().rev() {
+        let after_label = label_before.take();
         match *op {
             Op::Set { dst: g, src } if direct::<E>(g).is_some() => {
-                let ahead = next.iter().position(|&(h, _)| h == g);
+                let ahead = next.iter().position(|&(h, _, _)| h == g);
                 if let (Some(k), true) = (ahead, g != Global::Pc) {
-                    let j = next[k].1;
+                    let (_, j, chain) = next[k];
                     // The accesses between this `Set` and the next.
                     let from = accesses.partition_point(|&a| a < i);
                     let to = accesses.partition_point(|&a| a < j);
-                    // Only where the value costs no register beyond its own life: a
-                    // constant, or a temp read at or after the last of the accesses
-                    // anyway (keeping others in registers longer could spill hot
-                    // temps).
+                    // Only where the value costs little register beyond its own life:
+                    // a constant, or a temp read at most `LAZY_REACH` ops before the
+                    // last of the accesses, or after it anyway (keeping others in
+                    // registers longer could spill hot temps).
                     let t = src.0 as usize;
+                    let last = accesses[from..to].last().copied();
                     let free = konst.get(t).copied().unwrap_or(false)
-                        || accesses[from..to]
-                            .last()
-                            .is_some_and(|&a| last_read.get(t).is_some_and(|&u| u >= a));
-                    if from < to && free {
+                        || last.is_some_and(|a| {
+                            last_read.get(t).is_some_and(|&u| u + LAZY_REACH >= a)
+                        });
+                    // A stop request a store before it in its instruction raised is
+                    // taken at the next instruction start, perhaps before any slow
+                    // path stored the value: none may come between then.
+                    let stop_ahead = stored[i]
+                        && starts.partition_point(|&s| s < i) != starts.partition_point(|&s| s < j);
+                    if from < to && free && !stop_ahead {
                         out.lazy[i] = true;
                         out.pending
                             .extend(accesses[from..to].iter().map(|&a| (a, i)));
+                        let mut c = chain;
+                        while let Some(&(e, prev)) = exits.get(c as usize) {
+                            out.pending.push((e, i));
+                            c = prev;
+                        }
                     }
                 }
                 match ahead {
-                    Some(k) => next[k].1 = i,
-                    None => next.push((g, i)),
+                    Some(k) => next[k] = (g, i, NO_EXITS),
+                    None => next.push((g, i, NO_EXITS)),
                 }
             }
-            Op::Get { src: g, .. } if direct::<E>(g).is_some() => next.retain(|&(h, _)| h != g),
-            Op::Load { .. } | Op::Store { .. } | Op::InsnStart { .. } => {}
+            Op::Get { src: g, .. } if direct::<E>(g).is_some() => {
+                next.retain(|&(h, _, _)| h != g);
+                reads.push(g);
+            }
+            Op::Load { .. } | Op::Store { .. } | Op::InsnStart { .. } => {
+                if let Some(s) = skip.as_mut() {
+                    s.2 = false;
+                }
+            }
             ref o if o.is_arith() => {}
-            _ => next.clear(),
+            Op::Label(l) if only.get(l.0 as usize).copied().flatten().is_some() => {
+                if let Some(s) = skip.as_mut() {
+                    s.2 = false;
+                }
+                at_label.extend(next.iter().map(|&(g, j, c)| (l.0, g, j, c)));
+                next.clear();
+                label_before = Some(l.0);
+            }
+            Op::BrIf { target: l, .. } if only.get(l.0 as usize) == Some(&Some(i)) => {
+                match skip.take() {
+                    Some((m, out_at, true)) if m == l.0 => {
+                        // `next` holds what the skipped code sets; the label's entries
+                        // go on when the skipped code sets the global again, or leaves
+                        // the block without reading it (then storing it there).
+                        let fall = &mut sc.spare;
+                        std::mem::swap(next, fall);
+                        next.clear();
+                        for &(m, g, j, c) in at_label.iter() {
+                            if m != l.0 {
+                                continue;
+                            }
+                            if fall.iter().any(|&(h, _, _)| h == g) {
+                                next.push((g, j, c));
+                            } else if let (Some(e), false) = (out_at, reads.contains(&g)) {
+                                exits.push((e, c));
+                                next.push((g, j, (exits.len() - 1) as u32));
+                            }
+                        }
+                    }
+                    _ => next.clear(),
+                }
+            }
+            Op::Exit(_) | Op::Raise { .. } | Op::Br(_) if after_label.is_some() => {
+                // The end of the code a branch-only label's branch skips.
+                let out_at = (!matches!(op, Op::Br(_))).then_some(i);
+                skip = after_label.map(|l| (l, out_at, true));
+                reads.clear();
+                next.clear();
+            }
+            _ => {
+                if let Some(s) = skip.as_mut() {
+                    s.2 = false;
+                }
+                next.clear();
+            }
         }
     }
     // By access (then by `Set`, the order they are stored in).

@@ -432,7 +432,9 @@ pub fn compile_with<E: GuestEnv + DirectGlobals>(
     }
     let guards = *sc.guards.get_or_insert_with(guards::<E>);
     let asc = &mut sc.analysis;
-    let lazy = lazy_sets::<E>(block, asc);
+    let mut only = std::mem::take(&mut asc.only);
+    block.branch_only_labels_into(&mut only);
+    let lazy = lazy_sets::<E>(block, &only, asc);
     let Allocation {
         regs: alloc,
         volatile,
@@ -440,8 +442,6 @@ pub fn compile_with<E: GuestEnv + DirectGlobals>(
     } = allocate(block, &lazy, asc);
     let label_needs_pc = labels_needing_pc::<E>(block, asc);
     let uses = reads(block, asc);
-    let mut only = std::mem::take(&mut asc.only);
-    block.branch_only_labels_into(&mut only);
     let mut label_pos = std::mem::take(&mut asc.label_pos);
     block.label_positions_into(&mut label_pos);
     let mut stubs = std::mem::take(&mut sc.stubs);
@@ -1254,6 +1254,8 @@ impl Gen<'_> {
                 }
             },
             Op::Raise { vector, error } => {
+                // (Values left to the slow paths that this way out needs.)
+                self.store_lazy::<E>(self.cur);
                 self.sync::<E>();
                 match error {
                     Some(e) => {
@@ -1267,7 +1269,10 @@ impl Gen<'_> {
                 self.call_tramp(tramp::Tramp::Raise);
                 dynasm!(self.ops ; .arch x64 ; jmp =>fault);
             }
-            Op::Exit(kind) => self.exit::<E>(kind),
+            Op::Exit(kind) => {
+                self.store_lazy::<E>(self.cur);
+                self.exit::<E>(kind);
+            }
         }
         Ok(())
     }
@@ -1284,8 +1289,9 @@ impl Gen<'_> {
         }
     }
 
-    /// Before the access at op `at` calls into the environment: the lazy `Set`s
-    /// pending there, stored (clobbers `rax`).
+    /// Before the access at op `at` calls into the environment, or the way out of
+    /// the block at `at` leaves: the lazy `Set`s pending there, stored (clobbers
+    /// `rax`).
     fn store_lazy<E: DirectGlobals>(&mut self, at: usize) {
         let from = self.lazy.pending.partition_point(|&(a, _)| a < at);
         for k in from..self.lazy.pending.len() {

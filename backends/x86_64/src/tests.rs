@@ -915,6 +915,7 @@ fn lazy_sets_and_constants_match_their_definitions() {
     use crate::codegen::direct;
     fn by_definition(block: &Block) -> (Vec<bool>, Vec<(usize, usize)>) {
         let ops = &block.ops;
+        let only = block.branch_only_labels();
         let mut last_read = vec![0; block.temps as usize];
         for (i, op) in ops.iter().enumerate() {
             op.for_each_read(|t| last_read[t.0 as usize] = i);
@@ -923,6 +924,55 @@ fn lazy_sets_and_constants_match_their_definitions() {
             ops.iter()
                 .any(|o| matches!(o, Op::Const { dst, .. } if *dst == t))
         };
+        // From op `j` on: the accesses before `g` is set again, if it is (over a
+        // branch to a branch-only label when the code it skips is plain and sets `g`
+        // again itself or leaves the block without reading it: then that way out
+        // too), and where.
+        fn ahead(
+            ops: &[Op],
+            only: &[Option<usize>],
+            mut j: usize,
+            g: Global,
+        ) -> Option<(Vec<usize>, Vec<usize>, usize)> {
+            let (mut accesses, mut exits) = (Vec::new(), Vec::new());
+            while j < ops.len() {
+                match ops[j] {
+                    Op::Set { dst, .. } if dst == g => return Some((accesses, exits, j)),
+                    Op::Set { dst: h, .. } | Op::Get { src: h, .. }
+                        if h != g && direct::<Env<true>>(h).is_some() => {}
+                    Op::Load { .. } | Op::Store { .. } => accesses.push(j),
+                    Op::InsnStart { .. } => {}
+                    ref o if o.is_arith() => {}
+                    Op::BrIf { target: l, .. } if only[l.0 as usize] == Some(j) => {
+                        let at = ops.iter().position(|o| *o == Op::Label(l))?;
+                        let close = at - 1;
+                        let skipped = &ops[j + 1..close];
+                        let plain = skipped.iter().all(|o| {
+                            o.is_arith()
+                                || matches!(*o, Op::Set { dst: h, .. } | Op::Get { src: h, .. }
+                                    if direct::<Env<true>>(h).is_some())
+                        });
+                        if !plain {
+                            return None;
+                        }
+                        let first = skipped.iter().find_map(|o| match *o {
+                            Op::Set { dst, .. } if dst == g => Some(true),
+                            Op::Get { src, .. } if src == g => Some(false),
+                            _ => None,
+                        });
+                        match (first, &ops[close]) {
+                            (Some(true), _) => {}
+                            (None, Op::Exit(_) | Op::Raise { .. }) => exits.push(close),
+                            _ => return None,
+                        }
+                        j = at;
+                    }
+                    _ => return None,
+                }
+                j += 1;
+            }
+            None
+        }
         let (mut lazy, mut pending) = (vec![false; ops.len()], Vec::new());
         for (i, op) in ops.iter().enumerate() {
             let Op::Set { dst: g, src } = *op else {
@@ -931,29 +981,30 @@ fn lazy_sets_and_constants_match_their_definitions() {
             if g == Global::Pc || direct::<Env<true>>(g).is_none() {
                 continue;
             }
-            let mut accesses = Vec::new();
-            let mut again = false;
-            for (j, o) in ops.iter().enumerate().skip(i + 1) {
-                match *o {
-                    Op::Set { dst, .. } if dst == g => {
-                        again = true;
-                        break;
-                    }
-                    Op::Set { dst: h, .. } | Op::Get { src: h, .. }
-                        if h != g && direct::<Env<true>>(h).is_some() => {}
-                    Op::Load { .. } | Op::Store { .. } => accesses.push(j),
-                    Op::InsnStart { .. } => {}
-                    ref o if o.is_arith() => {}
-                    _ => break,
-                }
+            let Some((accesses, exits, next)) = ahead(ops, &only, i + 1, g) else {
+                continue;
+            };
+            // Not when a store before it in its instruction may have raised a stop
+            // request that an instruction start before the next `Set` takes.
+            let start = ops[..i]
+                .iter()
+                .rposition(|o| matches!(o, Op::InsnStart { .. }))
+                .map_or(0, |s| s + 1);
+            let stored = ops[start..i].iter().any(|o| matches!(o, Op::Store { .. }));
+            if stored
+                && ops[i..next]
+                    .iter()
+                    .any(|o| matches!(o, Op::InsnStart { .. }))
+            {
+                continue;
             }
             let free = konst(src)
                 || accesses
                     .last()
-                    .is_some_and(|&a| last_read[src.0 as usize] >= a);
-            if again && !accesses.is_empty() && free {
+                    .is_some_and(|&a| last_read[src.0 as usize] + crate::analysis::LAZY_REACH >= a);
+            if !accesses.is_empty() && free {
                 lazy[i] = true;
-                pending.extend(accesses.iter().map(|&a| (a, i)));
+                pending.extend(accesses.iter().chain(&exits).map(|&a| (a, i)));
             }
         }
         pending.sort();
@@ -986,6 +1037,17 @@ fn lazy_sets_and_constants_match_their_definitions() {
                 // Branches forward, some labels reached by several.
                 18 if !open.is_empty() && rng.chance(40) => {
                     let k = rng.below(open.len() as u64) as usize;
+                    if rng.chance(50) {
+                        // A way out first (globals set, maybe an access): the label
+                        // then is one only its branches reach.
+                        for _ in 0..rng.below(4) {
+                            b.set(rng.pick(&globals), t);
+                        }
+                        if rng.chance(20) {
+                            temps.push(b.load(t, Size::B32, false, MmuIdx::Kernel));
+                        }
+                        exit(&mut b, ExitKind::Jump(0x2000));
+                    }
                     b.set_label(open.swap_remove(k));
                 }
                 18 => {
@@ -997,6 +1059,29 @@ fn lazy_sets_and_constants_match_their_definitions() {
                         false => rng.pick(&open),
                     };
                     b.br_if(t, l);
+                    if rng.chance(40) {
+                        // A jump out of the block: the way out sets globals and
+                        // leaves, the label right after it (the compare-and-jump
+                        // shape, flags stored on the way out and after the label).
+                        let flags = [Global::Gpr(0), Global::Gpr(1)];
+                        for g in flags {
+                            if rng.chance(80) {
+                                b.set(g, t);
+                            }
+                        }
+                        exit(&mut b, ExitKind::Jump(0x2000));
+                        if let Some(k) = open.iter().position(|&m| m == l) {
+                            b.set_label(open.swap_remove(k));
+                            if rng.chance(50) {
+                                temps.push(b.load(t, Size::B32, false, MmuIdx::Kernel));
+                            }
+                            for g in flags {
+                                if rng.chance(80) {
+                                    b.set(g, t);
+                                }
+                            }
+                        }
+                    }
                 }
                 _ => {
                     b.call(HelperId(0x7), &[t], false, Effects::PURE);
@@ -1010,14 +1095,15 @@ fn lazy_sets_and_constants_match_their_definitions() {
         b.finish()
     }
     let mut sc = crate::analysis::Scratch::default();
-    let mut found = 0;
+    let (mut found, mut crossing) = (0, 0);
     for seed in 0..3000u64 {
         let blk = if seed % 2 == 0 {
             random_block(&mut Rng(seed))
         } else {
             stretches(&mut Rng(seed))
         };
-        let got = crate::analysis::lazy_sets::<Env<true>>(&blk, &mut sc);
+        let only = blk.branch_only_labels();
+        let got = crate::analysis::lazy_sets::<Env<true>>(&blk, &only, &mut sc);
         let want = by_definition(&blk);
         assert_eq!(
             (&got.lazy, &got.pending),
@@ -1025,6 +1111,12 @@ fn lazy_sets_and_constants_match_their_definitions() {
             "seed {seed}\n{blk}"
         );
         found += got.pending.len();
+        // Pending across a branch (the optimizer's flags stored on the way out).
+        crossing += got
+            .pending
+            .iter()
+            .filter(|&&(a, i)| blk.ops[i..a].iter().any(|o| matches!(o, Op::BrIf { .. })))
+            .count();
         // Temps taken as constants: assigned once by a `Const`, before every use,
         // every path to a use through the assignment (a label between is reached
         // only by branches from between).
@@ -1064,6 +1156,7 @@ fn lazy_sets_and_constants_match_their_definitions() {
         sc.lazy = got;
     }
     assert!(found > 100, "{found} pending stores");
+    assert!(crossing > 20, "{crossing} pending stores across a branch");
 }
 
 /// The kind of a block's outcome, for counting which ways out a test exercised.
@@ -1762,8 +1855,11 @@ fn globals_stored_again_later_are_in_place_for_slow_paths() {
                     b.set(Global::Pc, n);
                     b.exit(ExitKind::Jump(0x200));
                     let blk = b.finish();
-                    let lazy =
-                        crate::analysis::lazy_sets::<Env<true>>(&blk, &mut Default::default());
+                    let lazy = crate::analysis::lazy_sets::<Env<true>>(
+                        &blk,
+                        &blk.branch_only_labels(),
+                        &mut Default::default(),
+                    );
                     lazy_seen += lazy.lazy.iter().filter(|&&l| l).count();
                     check(&mut jit, &blk, &env);
                 }
@@ -1771,8 +1867,73 @@ fn globals_stored_again_later_are_in_place_for_slow_paths() {
         }
     }
     // Left to the slow paths: r0 (a constant) and r2 (read again after the
-    // accesses) in every block, r1 where the stores read it (not after the loads).
-    assert_eq!(lazy_seen, 4 * 4 * 2 * (3 + 2));
+    // accesses) in every block, r1 where the stores read it, or where it was last
+    // read a few ops before the loads (not across the spread sum).
+    assert_eq!(lazy_seen, 4 * 4 * (2 * 3 + 3 + 2));
+}
+
+/// The same across a jump out of the block (a compare and a conditional jump): the
+/// value set before the branch is left to the slow paths of the accesses after the
+/// label and to the way out, which stores it unless it sets the global itself;
+/// either way a fault or a stop request after the label, or the way out, sees it.
+#[test]
+fn globals_set_again_on_both_ways_of_a_jump_out_are_left_to_slow_paths() {
+    let mut jit: JitCache<Env<true>> = counting_cache(8 << 20);
+    let mut rng = Rng(14);
+    let env = Env::<true>::new(&mut rng);
+    let addrs = [0x1008u64, CODE + 4, MEM as u64 + 64, MEM as u64 - 4];
+    let mut lazy_seen = 0;
+    for &a in &addrs {
+        for store in [false, true] {
+            for taken in [0u64, 1] {
+                for out_sets in [false, true] {
+                    let mut b = Builder::new(0x100);
+                    let on = b.label();
+                    b.insn_start(0x100, 3);
+                    let c = b.konst(0x1234);
+                    b.set(Global::Gpr(0), c);
+                    let g = b.get(Global::Gpr(3));
+                    let x = b.bini(BinOp::Add, Size::B64, g, 7);
+                    b.set(Global::Gpr(1), x);
+                    b.insn_start(0x103, 2);
+                    let cond = b.konst(taken);
+                    b.br_if(cond, on);
+                    if out_sets {
+                        let k = b.konst(0x5678);
+                        b.set(Global::Gpr(0), k);
+                        b.set(Global::Gpr(1), k);
+                    }
+                    exit(&mut b, ExitKind::Jump(0x300));
+                    b.set_label(on);
+                    b.insn_start(0x105, 2);
+                    let at = b.konst(a);
+                    let v = if store {
+                        b.store(at, x, Size::B32, MmuIdx::Kernel);
+                        x
+                    } else {
+                        b.load(at, Size::B16, false, MmuIdx::Kernel)
+                    };
+                    let y = b.bin(BinOp::Add, Size::B64, v, x);
+                    b.set(Global::Gpr(0), y);
+                    b.set(Global::Gpr(1), y);
+                    exit(&mut b, ExitKind::Jump(0x200));
+                    let blk = b.finish();
+                    let lazy = crate::analysis::lazy_sets::<Env<true>>(
+                        &blk,
+                        &blk.branch_only_labels(),
+                        &mut Default::default(),
+                    );
+                    let n = lazy.lazy.iter().filter(|&&l| l).count();
+                    // r0 (a constant) and r1 (read after the access), stored on the
+                    // way out unless it sets them itself.
+                    assert_eq!(n, 2, "{blk}");
+                    lazy_seen += n;
+                    check(&mut jit, &blk, &env);
+                }
+            }
+        }
+    }
+    assert_eq!(lazy_seen, 2 * 4 * 2 * 2 * 2);
 }
 
 /// `-d out_asm` support: the cache keeps the last block's code when asked.
