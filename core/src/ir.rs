@@ -526,6 +526,19 @@ impl Builder {
         dst
     }
     pub fn ext(&mut self, src: Temp, from: Size, signed: bool) -> Temp {
+        // `src` just made as a zero extension from at most `from` bits: already the
+        // value (a 32-bit register write of a 32-bit read, `mov eax, r13d`).
+        if let Some(&Op::Ext {
+            dst: d,
+            from: f,
+            signed: false,
+            ..
+        }) = self.block.ops.last()
+        {
+            if d == src && f.bytes() <= from.bytes() && (!signed || f.bytes() < from.bytes()) {
+                return src;
+            }
+        }
         let dst = self.temp();
         self.push(Op::Ext {
             dst,
@@ -1151,6 +1164,29 @@ impl fmt::Display for Block {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A zero extension of a value just zero-extended from as many bits or fewer is
+    /// the value (no op); a sign extension of the same width, or a wider source, is
+    /// not.
+    #[test]
+    fn extensions_of_extensions_fold_in_the_builder() {
+        let mut b = Builder::new(0);
+        let r = b.get(Global::Gpr(0));
+        let z32 = b.ext(r, Size::B32, false);
+        assert_eq!(b.ext(z32, Size::B32, false), z32);
+        let z8 = b.ext(r, Size::B8, false);
+        assert_eq!(b.ext(z8, Size::B16, true), z8);
+        let z16 = b.ext(r, Size::B16, false);
+        let s16 = b.ext(z16, Size::B16, true);
+        assert_ne!(s16, z16);
+        let z = b.ext(s16, Size::B8, false);
+        assert_ne!(b.ext(z, Size::B8, true), z);
+        let z32b = b.ext(r, Size::B32, false);
+        assert_ne!(b.ext(z32b, Size::B16, false), z32b);
+        let n = b.finish().ops.len();
+        // get, then z32, z8, z16, s16, z, its sign extension, z32b, its narrowing.
+        assert_eq!(n, 9);
+    }
 
     #[test]
     fn sizes() {

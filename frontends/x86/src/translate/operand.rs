@@ -146,13 +146,15 @@ impl Tr {
         if matches!(base, Register::RIP | Register::EIP) {
             return self.b.konst(asize.trunc(i.memory_displacement64()));
         }
-        let mut acc = self.b.konst(i.memory_displacement64());
+        // Base + index * scale + displacement, each only if present (a zero
+        // displacement adds nothing: `[rax]` is rax).
+        let mut acc: Option<Temp> = None;
         if let Some(g) = gpr(base) {
             let mut v = self.read_gpr(g);
             if g.idx == 4 && !g.high && self.sp_adjust != 0 {
                 v = self.b.bini(BinOp::Add, Size::B64, v, self.sp_adjust);
             }
-            acc = self.b.bin(BinOp::Add, Size::B64, acc, v);
+            acc = Some(v);
         }
         if let Some(g) = gpr(i.memory_index()) {
             let v = self.read_gpr(g);
@@ -163,8 +165,17 @@ impl Tr {
             } else {
                 v
             };
-            acc = self.b.bin(BinOp::Add, Size::B64, acc, sv);
+            acc = Some(match acc {
+                Some(a) => self.b.bin(BinOp::Add, Size::B64, a, sv),
+                None => sv,
+            });
         }
+        let disp = i.memory_displacement64();
+        let acc = match acc {
+            Some(a) if disp == 0 => a,
+            Some(a) => self.b.bini(BinOp::Add, Size::B64, a, disp),
+            None => self.b.konst(disp),
+        };
         if asize == Size::B64 {
             acc
         } else {
