@@ -1053,6 +1053,9 @@ impl Gen<'_> {
                 if op == BinOp::And && self.fuse_test(size, dst, a, b) {
                     return Ok(());
                 }
+                if op == BinOp::Shl && self.fuse_scaled_lea(size, dst, a, b) {
+                    return Ok(());
+                }
                 if !self.bin_in_place(op, size, dst, a, b) {
                     self.ld(RAX, a);
                     self.ld(RCX, b);
@@ -1551,6 +1554,19 @@ impl Gen<'_> {
                 return true;
             }
         }
+        // Two registers into a third: one `lea`.
+        if let (Add, Some(ra), Some(rb), None, None) =
+            (op, self.reg(a), self.reg(b), self.k(a), self.k(b))
+        {
+            if ra != d && rb != d {
+                enc::lea_index(&mut self.ops, wide, d, Some(ra), rb, 0, 0);
+                if narrow {
+                    self.trunc(d, size);
+                }
+                self.st(dst, d);
+                return true;
+            }
+        }
         // `b` in `d` would be overwritten by `a` first: take the operands the other
         // way round if the operation allows, else compute in `rax`.
         if b != a && self.reg(b) == Some(d) && self.k(b).is_none() {
@@ -1642,6 +1658,95 @@ impl Gen<'_> {
             self.trunc(d, size);
         }
         self.st(dst, d);
+        true
+    }
+
+    /// A shift left by 1-3 read only by the addition after it (of a register or a
+    /// constant), with a constant addition and a 32-bit zero extension after that
+    /// taken along when they only read the sum: one `lea` (an address
+    /// `[base + index * scale + disp]`, or x86's `lea` itself). `false` (nothing
+    /// emitted) otherwise.
+    fn fuse_scaled_lea(&mut self, size: Size, s: Temp, x: Temp, k: Temp) -> bool {
+        use BinOp::Add;
+        let (Some(k), Some(rx), None) = (self.k(k), self.reg(x), self.k(x)) else {
+            return false;
+        };
+        if !(1..=3).contains(&k) || size.bytes() < 4 || !self.read_once(s) {
+            return false;
+        }
+        let ops = &self.block.ops;
+        let Some(&Op::Bin {
+            op: Add,
+            size: s2,
+            mut dst,
+            a,
+            b,
+        }) = ops.get(self.cur + 1)
+        else {
+            return false;
+        };
+        // A 64-bit sum of the 64-bit shift, or a 32-bit sum (of its low bits).
+        let mut wide = match (size, s2) {
+            (Size::B64, Size::B64) => true,
+            (_, Size::B32) => false,
+            _ => return false,
+        };
+        let other = match (a == s, b == s) {
+            (true, false) => b,
+            (false, true) => a,
+            _ => return false,
+        };
+        let (base, mut disp) = match (self.reg(other), self.k(other)) {
+            (_, Some(c)) => (None, c),
+            (Some(r), None) => (Some(r), 0),
+            _ => return false,
+        };
+        let mut end = self.cur + 2;
+        if let Some(&Op::Bin {
+            op: Add,
+            size: s3,
+            dst: d3,
+            a,
+            b,
+        }) = ops.get(end)
+        {
+            let c = match (a == dst, b == dst) {
+                (true, false) => self.k(b),
+                (false, true) => self.k(a),
+                _ => None,
+            };
+            if let (Some(c), true, true) = (c, s3 == s2, self.read_once(dst)) {
+                disp = disp.wrapping_add(c);
+                dst = d3;
+                end += 1;
+            }
+        }
+        if let Some(&Op::Ext {
+            dst: d4,
+            src,
+            from: Size::B32,
+            signed: false,
+        }) = ops.get(end)
+        {
+            if src == dst && self.read_once(dst) {
+                wide = false;
+                dst = d4;
+                end += 1;
+            }
+        }
+        // The displacement: 32 bits sign-extended (a 32-bit sum wraps anyway).
+        let disp = if wide {
+            match i32::try_from(disp as i64) {
+                Ok(d) => d,
+                Err(_) => return false,
+            }
+        } else {
+            disp as u32 as i32
+        };
+        let d = self.reg(dst).unwrap_or(RAX);
+        enc::lea_index(&mut self.ops, wide, d, base, rx, k as u8, disp);
+        self.st(dst, d);
+        self.skip = self.cur + 1..end;
         true
     }
 

@@ -1936,6 +1936,65 @@ fn globals_set_again_on_both_ways_of_a_jump_out_are_left_to_slow_paths() {
     assert_eq!(lazy_seen, 2 * 4 * 2 * 2 * 2);
 }
 
+/// Address arithmetic as one `lea`: a shift by 1-3 added to a register or a
+/// constant, then perhaps a constant and a 32-bit zero extension (an x86 `lea` or a
+/// scaled memory operand), and two registers added into a third; every width mix,
+/// shift and constant (wrapping at 32 bits, beyond a 32-bit displacement) as the
+/// interpreter computes it, and with the intermediate values read again (no fusion).
+#[test]
+fn address_arithmetic_matches_the_interpreter() {
+    let mut jit: JitCache<Env<true>> = counting_cache(8 << 20);
+    let env = Env::<true>::new(&mut Rng(15));
+    let consts = [
+        0u64,
+        7,
+        0xffff_fff8,
+        u64::MAX - 7,
+        0x1_0000_0000,
+        0x7fff_ffff,
+    ];
+    let mut n = 0;
+    for shl_size in [Size::B32, Size::B64] {
+        for add_size in [Size::B32, Size::B64] {
+            for k in 0..5u64 {
+                for &c in &consts {
+                    for shape in 0..6 {
+                        let mut b = Builder::new(0x100);
+                        b.insn_start(0x100, 4);
+                        let x = b.get(Global::Gpr(0));
+                        let y = b.get(Global::Gpr(1));
+                        let kk = b.konst(k);
+                        let s = b.bin(BinOp::Shl, shl_size, x, kk);
+                        let other = if shape % 2 == 0 { y } else { b.konst(c) };
+                        let sum = b.bin(BinOp::Add, add_size, s, other);
+                        let mut r = sum;
+                        if shape >= 2 {
+                            let cc = b.konst(c ^ 5);
+                            r = b.bin(BinOp::Add, add_size, cc, r);
+                        }
+                        if shape >= 4 {
+                            r = b.ext(r, Size::B32, false);
+                        }
+                        b.set(Global::Gpr(2), r);
+                        // Sometimes the shift's value is read again.
+                        if k == 2 && shape == 5 {
+                            b.set(Global::Gpr(3), s);
+                        }
+                        // Two registers into a third.
+                        let t = b.bin(BinOp::Add, add_size, x, y);
+                        b.set(Global::Gpr(3), t);
+                        b.set(Global::Gpr(0), y);
+                        exit(&mut b, ExitKind::Jump(0x200));
+                        check(&mut jit, &b.finish(), &env);
+                        n += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(n, 2 * 2 * 5 * consts.len() * 6);
+}
+
 /// `-d out_asm` support: the cache keeps the last block's code when asked.
 #[test]
 fn the_last_code_is_kept_on_request() {
