@@ -102,8 +102,9 @@ pub(crate) struct LazySets {
     /// Per op: a `Set` left for the slow paths (its value stays available until the
     /// last access before the global is stored again).
     pub lazy: Vec<bool>,
-    /// (access, `Set`): the lazy `Set`s (op indices) a slow path of the access stores
-    /// before calling into the environment, by access.
+    /// (access or way out, `Set`): the lazy `Set`s (op indices) a slow path of the
+    /// access stores before calling into the environment, or the way out of the
+    /// block (`Exit`, `Raise`) stores before leaving, by op.
     pub pending: Vec<(usize, usize)>,
 }
 
@@ -165,19 +166,21 @@ const NO_EXITS: u32 = u32::MAX;
 /// when the same global is set again later in the straight line, only loads,
 /// stores, temp arithmetic, instruction starts and accesses of other direct globals
 /// come between, and its value is a constant or a temp read at most [`LAZY_REACH`]
-/// ops before the last of those accesses (or after it). The fast path of a load or store cannot observe the
-/// environment, so only those accesses' slow paths (which may fault, call into the
-/// environment or raise the stop request, after which a stop exit may leave) need
-/// the value in place: they store it before their call, and the main path stores
-/// only the second value. A stop exit between them is taken only after a slow path (the only
-/// code that raises the request in such a stretch) stored the pending values.
+/// ops before the last of those accesses (or after it). The fast path of a load or
+/// store cannot observe the environment, so only those accesses' slow paths (which
+/// may fault, call into the environment or raise the stop request, after which a
+/// stop exit may leave) need the value in place: they store it before their call,
+/// and the main path stores only the second value. A stop exit between them is taken
+/// only after a slow path (the only code that raises the request in such a stretch)
+/// stored the pending values; so no instruction start may lie between them when a
+/// store earlier in the `Set`'s instruction may have raised the request.
 ///
 /// The straight line goes on over a conditional branch to a label only it reaches
-/// (`only`: [`Block::branch_only_labels`]) when the code it skips has no access and
-/// sets the global again before it leaves (a compare and a jump out of the block,
-/// whose flags the optimizer stores on the way out and again after the label: see
-/// `vireo_core::opt`): the `Set` is then lazy when the path after the label sets the
-/// global again as above.
+/// (`only`: [`Block::branch_only_labels`]) when the code it skips is plain (no
+/// access, instruction start or call) and either sets the global again or leaves the
+/// block (`Exit`, `Raise`) without reading it: that way out is then pending too and
+/// stores the value itself (a compare's flags before a jump out of the block, left
+/// to the way out and to the next compare's load).
 pub(crate) fn lazy_sets<E: DirectGlobals>(
     block: &Block,
     only: &[Option<usize>],
@@ -286,7 +289,9 @@ pub(crate) fn lazy_sets<E: DirectGlobals>(
             }
             Op::Get { src: g, .. } if direct::<E>(g).is_some() => {
                 next.retain(|&(h, _, _)| h != g);
-                reads.push(g);
+                if skip.is_some() {
+                    reads.push(g);
+                }
             }
             Op::Load { .. } | Op::Store { .. } | Op::InsnStart { .. } => {
                 if let Some(s) = skip.as_mut() {
