@@ -42,6 +42,7 @@ pub mod transfer;
 #[cfg(test)]
 mod transfer_tests;
 pub mod translate;
+pub mod walkcache;
 pub mod xsave;
 
 pub use cpu::X86Cpu;

@@ -266,6 +266,8 @@ pub struct Mmu {
     pcid: u16,
     /// Walks done (statistics, tests).
     pub walks: u64,
+    /// Page tables of recently walked 2 MiB regions (4-level paging).
+    pub walk_cache: crate::walkcache::WalkCache,
     /// Host pointers for plain RAM accesses ([`crate::fasttlb`]).
     pub fast: FastTlb,
     /// Changes with every flush (any kind) and PCID switch: what was looked up
@@ -365,6 +367,7 @@ impl Default for Mmu {
             log: crate::filllog::FillLog::new(CLASSES * TLB_SIZE),
             pcid: 0,
             walks: 0,
+            walk_cache: Default::default(),
         }
     }
 }
@@ -462,6 +465,9 @@ impl Mmu {
     fn remapped(&mut self) {
         self.gen += 1;
         self.jc_guard = u64::MAX;
+        // Every invalidation the architecture has (INVLPG, CR3, INVPCID, a mode
+        // change) empties the paging-structure cache too.
+        self.walk_cache.clear();
     }
 
     /// The first entry of `vpn`'s set in `class` (two ways: the one used last first).
@@ -680,7 +686,19 @@ fn walk(cpu: &mut X86Cpu, la: u64, access: Access, class: usize) -> Result<Walk,
             };
             let mut table;
             let mut shift;
-            if long {
+            let cached = if long {
+                cpu.mmu.walk_cache.lookup(la, cr3, nxe)
+            } else {
+                None
+            };
+            if let Some(up) = cached {
+                // The page table, and what the levels above it grant.
+                table = up.table;
+                shift = 12;
+                user = up.user;
+                writable = up.writable;
+                nx = up.nx;
+            } else if long {
                 table = cr3 & PHYS_PAGE_MASK;
                 shift = 39;
             } else {
@@ -726,6 +744,15 @@ fn walk(cpu: &mut X86Cpu, la: u64, access: Access, class: usize) -> Result<Walk,
                 }
                 set_entry_bits(cpu, pa, 8, e, PTE_A);
                 table = e & PHYS_PAGE_MASK;
+                if long && shift == 21 {
+                    let up = crate::walkcache::Upper {
+                        table,
+                        user,
+                        writable,
+                        nx,
+                    };
+                    cpu.mmu.walk_cache.insert(la, cr3, nxe, up);
+                }
                 shift -= 9;
             }
         }

@@ -661,3 +661,38 @@ fn implicit_reads_take_the_supervisor_fast_table() {
     let (e, _) = pf_err(read_sys(&mut cpu, 0x400010, 8));
     assert_eq!(e, pferr::P);
 }
+
+/// 4-level walks within one 2 MiB region read the upper levels once: later walks
+/// start at the page table (a page mapped after a not-present fault is found without
+/// a flush); an invalidation (INVLPG of any page, a CR3 write) makes the next walk
+/// read a changed PDE.
+#[test]
+fn walks_within_a_2mib_region_start_at_its_page_table() {
+    let mut cpu = long4();
+    let la: u64 = 0x7f_8040_3000;
+    let (i2, i1) = ((la >> 21) & 511, (la >> 12) & 511);
+    let kernel_read = |cpu: &mut X86Cpu, la| translate(cpu, la, Access::Read, Agent::Kernel);
+    assert_eq!(kernel_read(&mut cpu, la), Ok(0x20000));
+    let (walks, hits) = (cpu.mmu.walks, cpu.mmu.walk_cache.hits);
+    assert_eq!(pf_err(kernel_read(&mut cpu, la + 0x1000)).0, 0);
+    w64(&cpu, 0x13000 + (i1 + 1) * 8, 0x21000 | P | RW | US);
+    assert_eq!(kernel_read(&mut cpu, la + 0x1000), Ok(0x21000));
+    // User permission from the cached levels, write permission from the leaf.
+    assert_eq!(
+        translate(&mut cpu, la + 0x1008, Access::Write, Agent::User),
+        Ok(0x21008)
+    );
+    assert_eq!(cpu.mmu.walks - walks, 3);
+    assert_eq!(cpu.mmu.walk_cache.hits - hits, 3);
+
+    // The PDE now points at another page table, where the third page is mapped.
+    w64(&cpu, 0x14000 + (i1 + 2) * 8, 0x30000 | P | RW | US);
+    w64(&cpu, 0x12000 + i2 * 8, 0x14000 | P | RW | US | A);
+    cpu.mmu.flush_page(0x1234_5000);
+    assert_eq!(kernel_read(&mut cpu, la + 0x2000), Ok(0x30000));
+    // And back, the fourth page mapped in the first table: a CR3 write.
+    w64(&cpu, 0x13000 + (i1 + 3) * 8, 0x31000 | P | RW | US);
+    w64(&cpu, 0x12000 + i2 * 8, 0x13000 | P | RW | US | A);
+    crate::control::write_cr3(&mut cpu, 0x10000).unwrap();
+    assert_eq!(kernel_read(&mut cpu, la + 0x3000), Ok(0x31000));
+}
