@@ -47,7 +47,8 @@ struct Scratch {
     known: Known,
     /// `forward`'s open branch-only labels and the temps and global slots assigned
     /// since.
-    open: Vec<(u32, usize, usize)>,
+    /// The condition temp of each such branch, if conditional.
+    open: Vec<(u32, usize, usize, Option<Temp>)>,
     log: Vec<Temp>,
     glog: Vec<usize>,
     /// Demanded bits (`narrow_extensions`) or reads (`dead_temps`) per temp.
@@ -136,6 +137,11 @@ struct Known {
     /// (common subexpressions: an address computed for a load and again for the
     /// store after it).
     exprs: FxMap<(BinOp, Size, Operand, Operand), Temp>,
+    /// Comparisons whose outcome the region knows: `(cond, size, a, b, v)` says
+    /// `a cond b` is `v` (past a branch-only label its conditional branch reaches:
+    /// the compare before a jump, made again for the flags of the instruction
+    /// after it, as DEC's carry after a CMP).
+    facts: Vec<(Cond, Size, Temp, Temp, bool)>,
     /// Assignments of each temp in the block (a temp assigned once needs no
     /// invalidation scan: nothing can refer to it before its assignment).
     defs: Vec<u32>,
@@ -150,6 +156,7 @@ impl Default for Known {
             globals: [None; SLOTS],
             setcc: Vec::new(),
             exprs: FxMap::default(),
+            facts: Vec::new(),
             defs: Vec::new(),
         }
     }
@@ -164,6 +171,7 @@ impl Known {
         self.globals = [None; SLOTS];
         reset(&mut self.setcc, n, None);
         self.exprs.clear();
+        self.facts.clear();
         reset(&mut self.defs, n, 0);
     }
 
@@ -174,6 +182,7 @@ impl Known {
         self.globals = [None; SLOTS];
         self.setcc.fill(None);
         self.exprs.clear();
+        self.facts.clear();
     }
 
     fn resolve(&self, t: Temp) -> Temp {
@@ -217,6 +226,7 @@ impl Known {
             let o = Operand::Temp(t);
             self.exprs
                 .retain(|&(_, _, a, b), v| a != o && b != o && *v != t);
+            self.facts.retain(|&(_, _, a, b, _)| a != t && b != t);
         }
     }
 
@@ -249,6 +259,28 @@ impl Known {
             let dead = |o: Operand| matches!(o, Operand::Temp(t) if temps.contains(&t));
             self.exprs
                 .retain(|&(_, _, a, b), v| !temps.contains(v) && !dead(a) && !dead(b));
+        }
+    }
+
+    /// What the region knows of `a cond b` at `size` (or its opposite).
+    fn fact(&self, cond: Cond, size: Size, a: Temp, b: Temp) -> Option<bool> {
+        self.facts.iter().find_map(|&(c, s, x, y, v)| {
+            (s == size && x == a && y == b)
+                .then_some(())
+                .and_then(|()| match c {
+                    _ if c == cond => Some(v),
+                    _ if c == cond.invert() => Some(!v),
+                    _ => None,
+                })
+        })
+    }
+
+    /// Temp `c` is known nonzero (a branch on it was taken): a comparison's result
+    /// is 1, and the comparison known true.
+    fn learn(&mut self, c: Temp) {
+        if let Some((cond, size, a, b)) = self.setcc.get(c.0 as usize).copied().flatten() {
+            self.set_konst(c, 1);
+            self.facts.push((cond, size, a, b, true));
         }
     }
 
@@ -424,14 +456,19 @@ fn forward(block: &mut Block, s: &mut Scratch) {
                 dst,
                 a,
                 b,
-            } => match (k.konst(a), k.konst(b)) {
-                (Some(x), Some(y)) => Some(Op::Const {
+            } => match (k.konst(a), k.konst(b), k.fact(cond, size, a, b)) {
+                (Some(x), Some(y), _) => Some(Op::Const {
                     dst,
                     value: u64::from(cond.eval(size, x, y)),
                 }),
+                // Decided by the branch that led here.
+                (_, _, Some(v)) => Some(Op::Const {
+                    dst,
+                    value: u64::from(v),
+                }),
                 // A comparison's result (0 or 1) compared with 0: that comparison or
                 // its opposite.
-                (None, Some(0)) if matches!(cond, Cond::Eq | Cond::Ne) => k
+                (None, Some(0), None) if matches!(cond, Cond::Eq | Cond::Ne) => k
                     .setcc
                     .get(a.0 as usize)
                     .copied()
@@ -541,9 +578,14 @@ fn forward(block: &mut Block, s: &mut Scratch) {
                 k.globals[XMM_SLOTS..].fill(None)
             }
             Op::Label(l) => match open.last() {
-                Some(&(o, t0, g0)) if o == l.0 => {
+                Some(&(o, t0, g0, cond)) if o == l.0 => {
                     open.pop();
                     k.forget(&log[t0..], &glog[g0..]);
+                    // The branch was taken: its condition holds (a comparison's
+                    // result is 1 here).
+                    if let Some(c) = cond {
+                        k.learn(c);
+                    }
                     if open.is_empty() {
                         log.clear();
                         glog.clear();
@@ -559,7 +601,11 @@ fn forward(block: &mut Block, s: &mut Scratch) {
             Op::Br(l) | Op::BrIf { target: l, .. }
                 if keep[i] && only.get(l.0 as usize).copied().flatten() == Some(i) =>
             {
-                open.push((l.0, log.len(), glog.len()));
+                let cond = match *op {
+                    Op::BrIf { cond, .. } => Some(cond),
+                    _ => None,
+                };
+                open.push((l.0, log.len(), glog.len(), cond));
             }
             _ => {}
         }
@@ -898,6 +944,58 @@ mod tests {
             .collect();
         assert_eq!(conds, [Cond::Ne, Cond::Geu], "{blk}");
         assert_eq!(count(&blk, |o| matches!(o, Op::Bin { .. })), 0, "{blk}");
+    }
+
+    /// Past a jump out of the block (a conditional branch over the way out, to a
+    /// label only it reaches) the compare it took is known: made again (DEC's carry
+    /// after CMP and JAE), it and its opposite are constants; not at a label that
+    /// other code reaches too, and not once an operand changed.
+    #[test]
+    fn a_comparison_a_branch_decided_is_known_after_it() {
+        let mut b = Builder::new(0);
+        b.insn_start(0, 2);
+        let x = b.get(Global::Gpr(0));
+        let y = b.get(Global::Gpr(1));
+        let lt = b.setcond(Cond::Ltu, Size::B32, x, y);
+        let stay = b.label();
+        b.br_if(lt, stay);
+        let out = b.konst(0x99);
+        b.set(Global::Pc, out);
+        b.exit(ExitKind::Jump(0x99));
+        b.set_label(stay);
+        b.insn_start(2, 3);
+        let again = b.setcond(Cond::Ltu, Size::B32, x, y);
+        b.set(Global::CcSrc, again);
+        let ge = b.setcond(Cond::Geu, Size::B32, x, y);
+        b.set(Global::Gpr(2), ge);
+        // Another width: not the same comparison.
+        let narrow = b.setcond(Cond::Ltu, Size::B8, x, y);
+        b.set(Global::Gpr(3), narrow);
+        // A label reached by falling through as well: nothing known there.
+        let merge = b.label();
+        let z = b.get(Global::Gpr(4));
+        b.br_if(z, merge);
+        b.set(Global::Gpr(5), z);
+        b.set_label(merge);
+        let after = b.setcond(Cond::Ltu, Size::B32, x, y);
+        b.set(Global::Gpr(6), after);
+        b.exit(ExitKind::Indirect);
+        let mut blk = b.finish();
+        optimize(&mut blk);
+        let set_of = |g: Global| {
+            let src = blk.ops.iter().rev().find_map(|o| match *o {
+                Op::Set { dst, src } if dst == g => Some(src),
+                _ => None,
+            });
+            blk.ops.iter().find_map(|o| match *o {
+                Op::Const { dst, value } if Some(dst) == src => Some(value),
+                _ => None,
+            })
+        };
+        assert_eq!(set_of(Global::CcSrc), Some(1), "{blk}");
+        assert_eq!(set_of(Global::Gpr(2)), Some(0), "{blk}");
+        assert_eq!(set_of(Global::Gpr(3)), None, "{blk}");
+        assert_eq!(set_of(Global::Gpr(6)), None, "{blk}");
     }
 
     #[test]

@@ -166,7 +166,8 @@ const NO_EXITS: u32 = u32::MAX;
 /// when the same global is set again later in the straight line, only loads,
 /// stores, temp arithmetic, instruction starts and accesses of other direct globals
 /// come between, and its value is a constant or a temp read at most [`LAZY_REACH`]
-/// ops before the last of those accesses (or after it). The fast path of a load or
+/// ops before the last of those accesses and ways out (below; or after it), of
+/// which there is at least one. The fast path of a load or
 /// store cannot observe the environment, so only those accesses' slow paths (which
 /// may fault, call into the environment or raise the stop request, after which a
 /// stop exit may leave) need the value in place: they store it before their call,
@@ -261,7 +262,15 @@ pub(crate) fn lazy_sets<E: DirectGlobals>(
                     // last of the accesses, or after it anyway (keeping others in
                     // registers longer could spill hot temps).
                     let t = src.0 as usize;
-                    let last = accesses[from..to].last().copied();
+                    // The last access or way out that needs the value (with no
+                    // access between, the ways out alone make it lazy).
+                    let mut last_exit = None;
+                    let mut c = chain;
+                    while let Some(&(e, prev)) = exits.get(c as usize) {
+                        last_exit = last_exit.max(Some(e));
+                        c = prev;
+                    }
+                    let last = accesses[from..to].last().copied().max(last_exit);
                     let free = konst.get(t).copied().unwrap_or(false)
                         || last.is_some_and(|a| {
                             last_read.get(t).is_some_and(|&u| u + LAZY_REACH >= a)
@@ -271,7 +280,7 @@ pub(crate) fn lazy_sets<E: DirectGlobals>(
                     // path stored the value: none may come between then.
                     let stop_ahead = stored[i]
                         && starts.partition_point(|&s| s < i) != starts.partition_point(|&s| s < j);
-                    if from < to && free && !stop_ahead {
+                    if last.is_some() && free && !stop_ahead {
                         out.lazy[i] = true;
                         out.pending
                             .extend(accesses[from..to].iter().map(|&a| (a, i)));

@@ -998,11 +998,13 @@ fn lazy_sets_and_constants_match_their_definitions() {
             {
                 continue;
             }
+            // Needed by the accesses' slow paths and the ways out: kept in a
+            // register up to the last of them.
+            let last = accesses.iter().chain(&exits).max();
             let free = konst(src)
-                || accesses
-                    .last()
+                || last
                     .is_some_and(|&a| last_read[src.0 as usize] + crate::analysis::LAZY_REACH >= a);
-            if !accesses.is_empty() && free {
+            if last.is_some() && free {
                 lazy[i] = true;
                 pending.extend(accesses.iter().chain(&exits).map(|&a| (a, i)));
             }
