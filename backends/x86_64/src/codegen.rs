@@ -167,9 +167,6 @@ struct Gen<'a> {
     /// Per label: code after it, before the next instruction starts, may want the
     /// current PC (which then depends on the path taken: every path stores it).
     label_needs_pc: Vec<bool>,
-    /// The block has code that may call into the environment (then any path, also
-    /// a backward branch, may reach a label after such a call).
-    has_calls: bool,
     /// The block may raise the stop request or set a chain guard (a store, a call
     /// into the environment): its chaining checks them ([`guard_risk`]).
     guard_risk: bool,
@@ -198,6 +195,11 @@ struct Gen<'a> {
     /// that branch syncs nothing, the label takes the bookkeeping it had (`at_branch`).
     only: Vec<Option<usize>>,
     at_branch: Vec<Option<Book>>,
+    /// Per label reached otherwise: a stop request may be pending there (a branch
+    /// to it after a call or a store's slow path with no check since, or a branch
+    /// back to it in a block with such code); the code falling through brings its
+    /// own `Book::may_stop`.
+    label_stop: Vec<bool>,
     /// An `And` with a constant left for the comparison with zero after it.
     test_of: Option<TestOf>,
     /// The PC a `Set` left for the `Jump` exit right after it to store on its paths
@@ -375,6 +377,7 @@ pub struct Scratch {
     stubs: Vec<SlowPath>,
     stop_stubs: Vec<StopStub>,
     at_branch: Vec<Option<Book>>,
+    label_stop: Vec<bool>,
     cold: Vec<Cold>,
     groups: crate::groups::Scratch,
     roles: crate::groups::Groups,
@@ -450,6 +453,24 @@ pub fn compile_with<E: GuestEnv + DirectGlobals>(
     stop_stubs.clear();
     let mut at_branch = std::mem::take(&mut sc.at_branch);
     analysis::reset(&mut at_branch, block.labels as usize, None);
+    // What the block's ops may do, in one pass; labels a branch goes back to.
+    let (mut has_calls, mut risk, mut stores) = (false, false, false);
+    let mut label_stop = std::mem::take(&mut sc.label_stop);
+    analysis::reset(&mut label_stop, block.labels as usize, false);
+    for (i, o) in block.ops.iter().enumerate() {
+        has_calls |= wants_pc::<E>(o);
+        risk |= guard_risk::<E>(o, false);
+        stores |= matches!(o, Op::Store { .. });
+        if let Op::Br(l) | Op::BrIf { target: l, .. } = *o {
+            let back = label_pos.get(l.0 as usize).is_some_and(|&p| p < i);
+            if let (true, Some(s)) = (back, label_stop.get_mut(l.0 as usize)) {
+                *s = true;
+            }
+        }
+    }
+    if !has_calls {
+        label_stop.fill(false);
+    }
     let mut cold = std::mem::take(&mut sc.cold);
     cold.clear();
     // Accesses sharing a lookup (none without a fast TLB).
@@ -470,13 +491,6 @@ pub fn compile_with<E: GuestEnv + DirectGlobals>(
         crate::groups::find(block, pure, &only, &mut sc.groups, &mut groups);
     } else {
         groups.none(block.ops.len());
-    }
-    // What the block's ops may do, in one pass.
-    let (mut has_calls, mut risk, mut stores) = (false, false, false);
-    for o in &block.ops {
-        has_calls |= wants_pc::<E>(o);
-        risk |= guard_risk::<E>(o, false);
-        stores |= matches!(o, Op::Store { .. });
     }
     let mut g = Gen {
         ops,
@@ -500,7 +514,6 @@ pub fn compile_with<E: GuestEnv + DirectGlobals>(
         konst,
         uses,
         fused: false,
-        has_calls,
         guard_risk: risk,
         // (`guard_risk` with stores counted.)
         stop_risk: risk || stores,
@@ -510,6 +523,7 @@ pub fn compile_with<E: GuestEnv + DirectGlobals>(
         count_chains,
         only,
         at_branch,
+        label_stop,
         test_of: None,
         pc_later: None,
         label_pos,
@@ -558,6 +572,7 @@ pub fn compile_with<E: GuestEnv + DirectGlobals>(
         (g.uses, g.label_needs_pc, g.only, g.label_pos);
     (sc.labels, sc.stubs, sc.stop_stubs, sc.at_branch, sc.cold) =
         (g.labels, g.stubs, g.stop_stubs, g.at_branch, g.cold);
+    sc.label_stop = g.label_stop;
     sc.roles = g.groups;
     sc.group_stubs = g.group_stubs;
     sc.ops = Some(g.ops);
@@ -1193,7 +1208,8 @@ impl Gen<'_> {
                 self.pc_for_label::<E>(n);
                 dynasm!(self.ops ; .arch x64 ; =>l);
                 self.book.pc_synced = self.label_wants_pc(n);
-                self.book.may_stop |= self.has_calls;
+                // Pending here if it is on the way in or a way to here.
+                self.book.may_stop |= self.label_stop.get(n as usize).copied().unwrap_or(true);
             }
             Op::Br(l) => {
                 let n = l.0;
@@ -1408,6 +1424,9 @@ impl Gen<'_> {
         }
         self.flush::<E>();
         self.pc_for_label::<E>(l);
+        if let Some(s) = self.label_stop.get_mut(li) {
+            *s |= self.book.may_stop;
+        }
         Branch::ToLabel
     }
 

@@ -2339,3 +2339,46 @@ fn grouped_accesses_match_the_interpreter() {
     assert!(members > 50, "{members} members");
     seen.assert_every_way_out();
 }
+
+/// A stop request raised before a branch is taken at the first instruction start
+/// after the branch's label, also when the code that falls through to the label
+/// checked it already (the label's check comes from the branch).
+#[test]
+fn a_stop_request_pending_at_a_branch_is_taken_after_its_label() {
+    let mut jit: JitCache<Env<true>> = counting_cache(1 << 20);
+    let block = |store: bool| {
+        let mut b = Builder::new(0x10);
+        b.insn_start(0x10, 2);
+        if store {
+            let at = b.konst(CODE);
+            b.store(at, at, Size::B8, MmuIdx::Kernel);
+        }
+        let c = b.get(Global::Gpr(0));
+        let l = b.label();
+        b.br_if(c, l);
+        b.insn_start(0x12, 2);
+        let one = b.konst(1);
+        b.set(Global::Gpr(2), one);
+        b.set_label(l);
+        b.insn_start(0x14, 2);
+        let five = b.konst(5);
+        b.set(Global::Gpr(1), five);
+        b.insn_start(0x16, 1);
+        let next = b.konst(0x17);
+        b.set(Global::Pc, next);
+        b.exit(ExitKind::Jump(0x17));
+        b.finish()
+    };
+    for taken in [0, 1] {
+        let mut env = Env::<true>::new(&mut Rng(3));
+        env.regs[0] = taken;
+        let o = check(&mut jit, &block(true), &env);
+        let pc = if taken == 1 { 0x14 } else { 0x12 };
+        assert_eq!(o, BlockOutcome::Stopped { pc }, "taken: {taken}");
+        // Without the store nothing stops, and nothing checks after the label.
+        assert!(matches!(
+            check(&mut jit, &block(false), &env),
+            BlockOutcome::Exit(_)
+        ));
+    }
+}
