@@ -7,7 +7,10 @@
 //! (turning a chunk writable and back cost two page-table updates of the whole chunk
 //! for every compiled block). x86 keeps instruction fetches coherent with stores to
 //! any alias of the same physical memory; new code only ever goes into bytes no code
-//! has run from.
+//! has run from. Both views are populated when the chunk is mapped (`MAP_POPULATE`):
+//! faulting its pages in one by one, twice each (written through one view, run from
+//! the other), was 1.4% of a Linux boot; a chunk fills up before the next is made, so
+//! the resident set grows by at most one chunk's unused tail.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,7 +60,16 @@ impl CodeChunk {
             if fd < 0 {
                 return Err(io::Error::last_os_error());
             }
-            let map = |prot| libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd, 0);
+            let map = |prot| {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    prot,
+                    libc::MAP_SHARED | libc::MAP_POPULATE,
+                    fd,
+                    0,
+                )
+            };
             let size = libc::off_t::try_from(len).map_err(|_| io::ErrorKind::InvalidInput);
             let result = match size {
                 Err(e) => Err(io::Error::from(e)),
