@@ -273,3 +273,31 @@ jit_variants!(
     idle_group_sleeps_until_a_timer_interrupt,
     a_group_that_can_never_wake_returns_halted,
 );
+
+/// A vCPU that counts the blocks it runs chained in host code (made with debug
+/// logging: the run summary reports them) goes on counting in its group's cache.
+#[test]
+fn a_vcpu_counting_chains_counts_them_in_its_group() {
+    let mut mp = Mp::new();
+    let mut cpu = mp.cpu(0);
+    cpu.set_backend(crate::Backend::Jit);
+    cpu.set_warmup(0);
+    cpu.set_count_chains(true);
+    let mut rr = RoundRobin::new(mp.control.clone());
+    rr.add(cpu);
+    mp.code(0x1000, |a| {
+        let mut l = a.create_label();
+        a.mov(ecx, 1000u32)?;
+        a.set_label(&mut l)?;
+        a.dec(ecx)?;
+        a.jnz(l)?;
+        a.mov(dword_ptr(DATA as u32), 1u32)?;
+        a.cli()?;
+        a.hlt()
+    });
+    set(&mut rr, 0, &pm_state(0xfee0_0900, 0x1000));
+    run_until(&mp, &mut rr, |m| m.read_u32(DATA).unwrap() == 1);
+    assert_eq!(mp.r32(DATA), 1);
+    let v = rr.vcpu(0).expect("vCPU");
+    assert!(v.stats.jit_chained > 900, "{:?}", v.stats);
+}

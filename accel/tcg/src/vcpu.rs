@@ -395,6 +395,13 @@ impl TcgVcpu {
     /// Joins a round-robin group: from now on the group's block cache and code watch
     /// are used (this vCPU's own are dropped).
     pub(crate) fn join_group(&mut self, share: CodeShare) {
+        // The group's cache counts chained blocks if this vCPU's did (debug
+        // logging at its creation: the run summary reports them).
+        if self.cache.jit.counts_chains() {
+            if let Some(code) = share.lock().as_mut() {
+                code.cache.jit.set_count_chains(true);
+            }
+        }
         self.cache = BlockCache::default();
         self.cpu.mmu.code = CodeWatch::default();
         // Ids of the old cache mean nothing in the group's.
