@@ -84,8 +84,10 @@ unsafe impl Send for JitBlock {}
 /// slots lead to (and, for slots of jumps to another page, the indirect guard they
 /// were linked under), the target its indirect exits last found (their inline
 /// cache), a tag its owner gives it (the block cache's id) and the page it may be
-/// linked within ([`JitCache::set_page`]).
-#[repr(C)]
+/// linked within ([`JitCache::set_page`]). Aligned to a cache line: the entry and
+/// the slots, which every chained exit reads (its own slot, the target's entry), lie
+/// in one.
+#[repr(C, align(64))]
 #[derive(Debug)]
 pub struct Cell {
     entry: usize,
@@ -107,6 +109,9 @@ pub struct Cell {
     /// Nonzero if blocks of the same page may link to this one.
     linkable: u64,
 }
+
+// The entry and the slots share the cell's first cache line.
+const _: () = assert!(std::mem::offset_of!(Cell, guards) <= 64);
 
 /// Chain slots per block: its first distinct `Jump` targets (a block may exit to a
 /// few: the end of a conditional branch and the side exits of those it went on
