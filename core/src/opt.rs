@@ -948,8 +948,8 @@ mod tests {
 
     /// Past a jump out of the block (a conditional branch over the way out, to a
     /// label only it reaches) the compare it took is known: made again (DEC's carry
-    /// after CMP and JAE), it and its opposite are constants; not at a label that
-    /// other code reaches too, and not once an operand changed.
+    /// after CMP and JAE), it and its opposite are constants (at the same width);
+    /// not past a label that other code reaches too.
     #[test]
     fn a_comparison_a_branch_decided_is_known_after_it() {
         let mut b = Builder::new(0);

@@ -32,11 +32,12 @@ use vireo_core::exec::FastTlbLayout;
 use vireo_core::ir::MmuIdx;
 use vireo_core::GuestMemory;
 
-/// log2 of the entries per MMU index: 2048 sets, 8 MiB of linear pages in front.
-/// (With 512, a page of gzip's data and one of its buffers met in one set in some
-/// boots, each access then taking the Rust path, and the memory micro-kernel's 4 MiB
-/// array did not fit: 15% slower. Indexing with higher page bits folded in spreads
-/// aligned buffers but lengthens every load's dependency chain by three
+/// log2 of the entries per MMU index: 2048 sets, 8 MiB of linear pages in front
+/// and 16 MiB with the back entries. (With 512, the memory micro-kernel walked the
+/// page tables for every page of its 16 MiB array on every pass, 20% slower, and a
+/// page of gzip's data and one of its buffers met in one set in some boots, each
+/// access then taking the Rust path. Indexing with higher page bits folded in
+/// spreads aligned buffers but lengthens every load's dependency chain by three
 /// instructions: gzip 10% slower.)
 pub const FAST_BITS: u32 = 11;
 /// Entries per MMU index.
@@ -147,8 +148,8 @@ fn slot(vpn: u64) -> usize {
 }
 
 /// Reads `len` (1-8) bytes at `p`, little endian: one load of the width for 1, 2, 4
-/// and 8 bytes (a `memcpy` call of a variable length into a buffer read back whole
-/// stalled on the store forwarding: most of the time of a trampoline's read).
+/// and 8 bytes, not a `memcpy` call of a variable length into a buffer read back
+/// whole (where a profile of the trampolines' reads put most of their time).
 ///
 /// # Safety
 /// `p` must point at `len` readable bytes.
