@@ -824,12 +824,14 @@ pub fn translate(cpu: &mut X86Cpu, la: u64, access: Access, agent: Agent) -> Res
     let w = match walk(cpu, la, access, class) {
         Ok(w) => w,
         // A page fault invalidates what the paging-structure cache holds for its
-        // address (the architecture's rule, which lets software change entries
-        // without a flush and take at most a spurious fault): a walk that started
-        // at a cached page table is done again from CR3, so that only the tables
-        // as they are fault.
-        Err(f) if f.vector == 14 && cpu.mmu.walk_cache.forget(la) => walk(cpu, la, access, class)?,
-        Err(f) => return Err(f),
+        // address, as on hardware: software that changed an entry without a flush
+        // takes at most one spurious fault, and the retry walks from CR3.
+        Err(f) => {
+            if f.vector == 14 {
+                cpu.mmu.walk_cache.forget(la);
+            }
+            return Err(f);
+        }
     };
     let pcid = cpu.mmu.pcid;
     // Keep the tags of an entry for the same page (a write after a read), moved to

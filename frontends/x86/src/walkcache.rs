@@ -9,13 +9,14 @@
 //! write, INVPCID), each of which empties this cache with the TLB
 //! (`Mmu::remapped`). Entries are tagged with the whole CR3 (table base and PCID)
 //! and EFER.NXE (which decides whether the XD bits count), so a switch of either
-//! never finds another's entry. A page fault invalidates the entry of its address, as
-//! on hardware (software may rely on it: a changed entry costs at most a spurious
-//! fault): a walk that started at a cached page table and faults is done again from
-//! CR3 (`mmu::translate`). A TLB miss that does not fault reads one entry instead of
-//! four; a demand page fault, six instead of eight (page-fault micro-kernel +4%;
-//! +10% without the fault rule, which was dropped for the sake of guests that rely
-//! on it).
+//! never finds another's entry. A page fault empties the entry of its address, as on
+//! hardware (`mmu::translate`): software that changed an entry without a flush takes
+//! at most one spurious fault, and the retry walks from CR3. A TLB miss reads one
+//! entry instead of four; a demand page fault five (the faulting walk from the cache,
+//! the retry from CR3) instead of eight: page-fault micro-kernel +6% (+13% if faults
+//! kept the entry, which a guest relying on the rule could not get past). Redoing
+//! the faulting walk from CR3 before reporting the fault (no spurious faults) left
+//! nothing of the gain.
 
 /// Entries, direct-mapped by the 2 MiB region's number.
 const ENTRIES: usize = 64;
