@@ -111,6 +111,9 @@ struct VcpuRunner {
     hybrid_steps: u64,
 }
 
+/// Stack of a vCPU thread (reserved, touched as used).
+const VCPU_STACK: usize = 16 << 20;
+
 /// A PC with one engine, ready to run.
 pub struct Machine {
     // Fields drop in declaration order: the vCPUs, the timer thread and the VM (none
@@ -476,6 +479,9 @@ fn run_threads(
             let fail = &fail;
             let spawned = std::thread::Builder::new()
                 .name(name)
+                // A vCPU thread may build a TCG CPU (hybrid execution under KVM),
+                // whose fast TLB is ~200 KiB inline: room for it and its moves.
+                .stack_size(VCPU_STACK)
                 .spawn_scoped(scope, move || {
                     if let Err(e) = r.run_until_stop(control, bus) {
                         fail(e);
