@@ -273,29 +273,63 @@ impl GuestMemory {
     }
 }
 
+/// Reads `len` (1-8) bytes at `p` as a little-endian value: the CPU's accesses (1, 2,
+/// 4 or 8 bytes) as one unaligned load of the width, other lengths byte-wise (a
+/// `memcpy` call of a length not known at compile time into a buffer read back whole
+/// cost more than the access).
+///
+/// # Safety
+/// `p` must be valid for reads of `len` bytes.
+#[inline]
+pub unsafe fn load_le(p: *const u8, len: usize) -> u64 {
+    // SAFETY: the caller's contract; each arm reads exactly `len` bytes, unaligned.
+    unsafe {
+        match len {
+            8 => u64::from_le(p.cast::<u64>().read_unaligned()),
+            4 => u64::from(u32::from_le(p.cast::<u32>().read_unaligned())),
+            2 => u64::from(u16::from_le(p.cast::<u16>().read_unaligned())),
+            1 => u64::from(p.read()),
+            _ => {
+                let mut b = [0u8; 8];
+                std::ptr::copy_nonoverlapping(p, b.as_mut_ptr(), len.min(8));
+                u64::from_le_bytes(b)
+            }
+        }
+    }
+}
+
+/// Writes the low `len` (1-8) bytes of `v` at `p`, little endian (as [`load_le`]).
+///
+/// # Safety
+/// `p` must be valid for writes of `len` bytes.
+#[inline]
+pub unsafe fn store_le(p: *mut u8, len: usize, v: u64) {
+    // SAFETY: the caller's contract; each arm writes exactly `len` bytes, unaligned.
+    unsafe {
+        match len {
+            8 => p.cast::<u64>().write_unaligned(v.to_le()),
+            4 => p.cast::<u32>().write_unaligned((v as u32).to_le()),
+            2 => p.cast::<u16>().write_unaligned((v as u16).to_le()),
+            1 => p.write(v as u8),
+            _ => std::ptr::copy_nonoverlapping(v.to_le_bytes().as_ptr(), p, len.min(8)),
+        }
+    }
+}
+
 /// Copies `len` bytes from `src` to `dst`: the CPU's accesses (1, 2, 4 or 8 bytes:
-/// page-table entries, descriptors, stack slots) as one unaligned load and store,
-/// anything else through `copy_nonoverlapping` (a `memmove` call when the length is
-/// not known at compile time, which cost more than the copy).
+/// page-table entries, descriptors, stack slots) as one unaligned load and store
+/// ([`load_le`], [`store_le`]), anything else through `copy_nonoverlapping` (a
+/// `memmove` call when the length is not known at compile time, which cost more than
+/// the copy).
 ///
 /// # Safety
 /// `src` must be valid for reads and `dst` for writes of `len` bytes, not overlapping.
 #[inline]
 unsafe fn copy(src: *const u8, dst: *mut u8, len: usize) {
-    // SAFETY: the caller's contract; each arm reads and writes exactly `len` bytes,
-    // unaligned.
+    // SAFETY: the caller's contract: `len` readable bytes at `src`, writable at `dst`.
     unsafe {
         match len {
-            8 => dst
-                .cast::<u64>()
-                .write_unaligned(src.cast::<u64>().read_unaligned()),
-            4 => dst
-                .cast::<u32>()
-                .write_unaligned(src.cast::<u32>().read_unaligned()),
-            2 => dst
-                .cast::<u16>()
-                .write_unaligned(src.cast::<u16>().read_unaligned()),
-            1 => *dst = *src,
+            1 | 2 | 4 | 8 => store_le(dst, len, load_le(src, len)),
             _ => std::ptr::copy_nonoverlapping(src, dst, len),
         }
     }

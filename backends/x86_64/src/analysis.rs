@@ -162,6 +162,15 @@ pub(crate) const LAZY_REACH: usize = 16;
 /// The empty chain of ways out (`lazy_sets`).
 const NO_EXITS: u32 = u32::MAX;
 
+/// The ways out (op indices) on the chain of `exits` that starts at `c`.
+fn ways_out(exits: &[(usize, u32)], mut c: u32) -> impl Iterator<Item = usize> + '_ {
+    std::iter::from_fn(move || {
+        let &(e, prev) = exits.get(c as usize)?;
+        c = prev;
+        Some(e)
+    })
+}
+
 /// Finds the lazy `Set`s of `block`: a `Set` of a direct global (not the PC) is lazy
 /// when the same global is set again later in the straight line, only loads,
 /// stores, temp arithmetic, instruction starts and accesses of other direct globals
@@ -264,12 +273,7 @@ pub(crate) fn lazy_sets<E: DirectGlobals>(
                     let t = src.0 as usize;
                     // The last access or way out that needs the value (with no
                     // access between, the ways out alone make it lazy).
-                    let mut last_exit = None;
-                    let mut c = chain;
-                    while let Some(&(e, prev)) = exits.get(c as usize) {
-                        last_exit = last_exit.max(Some(e));
-                        c = prev;
-                    }
+                    let last_exit = ways_out(exits, chain).max();
                     let last = accesses[from..to].last().copied().max(last_exit);
                     let free = konst.get(t).copied().unwrap_or(false)
                         || last.is_some_and(|a| {
@@ -284,11 +288,7 @@ pub(crate) fn lazy_sets<E: DirectGlobals>(
                         out.lazy[i] = true;
                         out.pending
                             .extend(accesses[from..to].iter().map(|&a| (a, i)));
-                        let mut c = chain;
-                        while let Some(&(e, prev)) = exits.get(c as usize) {
-                            out.pending.push((e, i));
-                            c = prev;
-                        }
+                        out.pending.extend(ways_out(exits, chain).map(|e| (e, i)));
                     }
                 }
                 match ahead {

@@ -1799,6 +1799,10 @@ fn the_indirect_table_keeps_two_targets_per_set() {
     }
 }
 
+/// Access addresses for the lazy-store tests: the fast path, the code page (a store
+/// stops), past the end (faults), across the end of memory.
+const SLOW_PATH_ADDRS: [u64; 4] = [0x1008, CODE + 4, MEM as u64 + 64, MEM as u64 - 4];
+
 /// Stores of globals left to the slow paths (`analysis::lazy_sets`): a fault or a
 /// stop request in an access between two stores of a global sees the first value,
 /// whichever path the access takes, with values from constants, registers (also
@@ -1809,12 +1813,9 @@ fn globals_stored_again_later_are_in_place_for_slow_paths() {
     let mut jit: JitCache<Env<true>> = counting_cache(8 << 20);
     let mut rng = Rng(13);
     let env = Env::<true>::new(&mut rng);
-    // Addresses: fast path, the code page (a store stops), past the end (faults),
-    // across the end of memory.
-    let addrs = [0x1008u64, CODE + 4, MEM as u64 + 64, MEM as u64 - 4];
     let mut lazy_seen = 0;
-    for (k, &a1) in addrs.iter().enumerate() {
-        for &a2 in &addrs {
+    for (k, &a1) in SLOW_PATH_ADDRS.iter().enumerate() {
+        for &a2 in &SLOW_PATH_ADDRS {
             for store in [false, true] {
                 for spread in [false, true] {
                     let mut b = Builder::new(0x100);
@@ -1883,9 +1884,8 @@ fn globals_set_again_on_both_ways_of_a_jump_out_are_left_to_slow_paths() {
     let mut jit: JitCache<Env<true>> = counting_cache(8 << 20);
     let mut rng = Rng(14);
     let env = Env::<true>::new(&mut rng);
-    let addrs = [0x1008u64, CODE + 4, MEM as u64 + 64, MEM as u64 - 4];
     let mut lazy_seen = 0;
-    for &a in &addrs {
+    for &a in &SLOW_PATH_ADDRS {
         for store in [false, true] {
             for taken in [0u64, 1] {
                 for out_sets in [false, true] {

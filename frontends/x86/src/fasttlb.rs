@@ -30,6 +30,7 @@ use crate::filllog::FillLog;
 use std::sync::Arc;
 use vireo_core::exec::FastTlbLayout;
 use vireo_core::ir::MmuIdx;
+use vireo_core::memory::{load_le, store_le};
 use vireo_core::GuestMemory;
 
 /// log2 of the entries per MMU index: 2048 sets, 8 MiB of linear pages in front
@@ -145,48 +146,6 @@ impl From<MmuIdx> for Table {
 
 fn slot(vpn: u64) -> usize {
     (vpn as usize) & (FAST_SIZE - 1)
-}
-
-/// Reads `len` (1-8) bytes at `p`, little endian: one load of the width for 1, 2, 4
-/// and 8 bytes, not a `memcpy` call of a variable length into a buffer read back
-/// whole (where a profile of the trampolines' reads put most of their time).
-///
-/// # Safety
-/// `p` must point at `len` readable bytes.
-#[inline]
-unsafe fn load_le(p: *const u8, len: usize) -> u64 {
-    // SAFETY: the caller vouches for `len` readable bytes at `p`.
-    unsafe {
-        match len {
-            1 => u64::from(p.read()),
-            2 => u64::from(u16::from_le(p.cast::<u16>().read_unaligned())),
-            4 => u64::from(u32::from_le(p.cast::<u32>().read_unaligned())),
-            8 => u64::from_le(p.cast::<u64>().read_unaligned()),
-            _ => {
-                let mut b = [0u8; 8];
-                std::ptr::copy_nonoverlapping(p, b.as_mut_ptr(), len.min(8));
-                u64::from_le_bytes(b)
-            }
-        }
-    }
-}
-
-/// Writes the low `len` (1-8) bytes of `v` at `p`, little endian (see [`load_le`]).
-///
-/// # Safety
-/// `p` must point at `len` writable bytes.
-#[inline]
-unsafe fn store_le(p: *mut u8, len: usize, v: u64) {
-    // SAFETY: the caller vouches for `len` writable bytes at `p`.
-    unsafe {
-        match len {
-            1 => p.write(v as u8),
-            2 => p.cast::<u16>().write_unaligned((v as u16).to_le()),
-            4 => p.cast::<u32>().write_unaligned((v as u32).to_le()),
-            8 => p.cast::<u64>().write_unaligned(v.to_le()),
-            _ => std::ptr::copy_nonoverlapping(v.to_le_bytes().as_ptr(), p, len.min(8)),
-        }
-    }
 }
 
 /// The page number of the last byte of `[la, la+len)`: the tag a hit must match.
