@@ -1174,10 +1174,16 @@ impl Vcpu for TcgVcpu {
         let exit = self.run_loop();
         self.check_in();
         if log::log_enabled!(target: "vireo::tcg", log::Level::Debug) {
-            let (code, blocks, flushes) =
-                self.with_code(|c, _| (c.jit.bytes_used(), c.len(), c.stats.flushes));
+            let (code, blocks, flushes, dropped) = self.with_code(|c, _| {
+                (
+                    c.jit.bytes_used(),
+                    c.len(),
+                    c.stats.flushes,
+                    c.stats.invalidated,
+                )
+            });
             log::debug!(target: "vireo::tcg",
-                "run: {exit:?} after {} insns, {} blocks ({} chained, {} of them in host code, {} by the jump cache, {} translated); cache: {blocks} blocks, {} KiB of host code, {flushes} flushes",
+                "run: {exit:?} after {} insns, {} blocks ({} chained, {} of them in host code, {} by the jump cache, {} translated); cache: {blocks} blocks, {} KiB of host code, {dropped} dropped by code writes, {flushes} flushes",
                 self.insns(), self.stats.blocks, self.stats.chained, self.stats.jit_chained, self.stats.jcache_hits,
                 self.stats.translations, code / 1024);
         }

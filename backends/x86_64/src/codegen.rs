@@ -83,6 +83,8 @@ const CTX_LOOKUP: i32 = offset_of!(Ctx, lookup) as i32;
 const CTX_LEAVE: i32 = offset_of!(Ctx, leave) as i32;
 const CTX_DEPTH: i32 = offset_of!(Ctx, depth) as i32;
 const CTX_FRAME: i32 = offset_of!(Ctx, frame) as i32;
+const CTX_NLINKS: i32 = offset_of!(Ctx, nlinks) as i32;
+const CTX_LINKS: i32 = offset_of!(Ctx, links) as i32;
 const CELL_ENTRY: i32 = offset_of!(crate::Cell, entry) as i32;
 const CELL_SLOTS: i32 = offset_of!(crate::Cell, slots) as i32;
 const CELL_GUARDS: i32 = offset_of!(crate::Cell, guards) as i32;
@@ -102,6 +104,9 @@ pub struct Compiled {
     pub slot_targets: [Option<u64>; crate::SLOTS],
     /// The slots that check the indirect guard (jumps to another page).
     pub guarded: [bool; crate::SLOTS],
+    /// Per slot its exits jump through, the offset of the code an unlinked slot
+    /// leads to (`Cell::miss`).
+    pub miss: [Option<usize>; crate::SLOTS],
 }
 
 /// The exit a return code `n >= RET_EXIT` stands for (`target` from `ctx.target`;
@@ -146,6 +151,10 @@ struct Gen<'a> {
     /// Slots of jumps to another page, which check the indirect guard
     /// ([`crate::JitCache::set_page`]).
     guarded: [bool; crate::SLOTS],
+    /// Per slot exits jump through: the code an unlinked slot leads to, and the
+    /// place in it an exit whose guard did not match goes to (after the
+    /// correction of the chain count).
+    slot_miss: [Option<(DynamicLabel, DynamicLabel)>; crate::SLOTS],
     /// Offsets of the bools that must be false to chain; `None`: never chain.
     guards: Option<Guards>,
     popcnt: bool,
@@ -502,6 +511,7 @@ pub fn compile_with<E: GuestEnv + DirectGlobals>(
         entry,
         slot_targets,
         guarded: [false; crate::SLOTS],
+        slot_miss: [None; crate::SLOTS],
         guards,
         popcnt: std::arch::is_x86_feature_detected!("popcnt"),
         alloc,
@@ -561,6 +571,7 @@ pub fn compile_with<E: GuestEnv + DirectGlobals>(
     g.group_stubs::<E>();
     g.slow_paths::<E>();
     g.stop_exits::<E>();
+    let miss = g.slot_misses::<E>();
     g.lookup_tail();
     g.epilogue::<E>();
     let (slot_targets, guarded) = (g.slot_targets, g.guarded);
@@ -580,6 +591,7 @@ pub fn compile_with<E: GuestEnv + DirectGlobals>(
         code,
         slot_targets,
         guarded,
+        miss,
     })
 }
 
@@ -1945,6 +1957,7 @@ pub(crate) const RSI: u8 = 6;
 pub(crate) const RDI: u8 = 7;
 const R8: u8 = 8;
 const R9: u8 = 9;
+const R11: u8 = 11;
 
 /// The context displacement of trampoline `t`'s address.
 fn tramp_off(t: tramp::Tramp) -> i32 {

@@ -79,23 +79,27 @@ pub struct JitBlock {
 // `&mut self` or while running code under `&self`), never through a shared `JitBlock`.
 unsafe impl Send for JitBlock {}
 
-/// What generated code knows about a block besides its code: where to enter it
-/// when chaining (0 once the block is dropped), the cells of the blocks its chain
-/// slots lead to (and, for slots of jumps to another page, the indirect guard they
-/// were linked under), the target its indirect exits last found (their inline
-/// cache), a tag its owner gives it (the block cache's id) and the page it may be
-/// linked within ([`JitCache::set_page`]). Aligned to a cache line: the entry and
-/// the slots, which every chained exit reads (its own slot, the target's entry), lie
-/// in one.
+/// What generated code knows about a block besides its code: where each chain slot
+/// leads (the chain entry of the block linked, else the block's own code that looks
+/// the target up), for slots of jumps to another page the indirect guard they were
+/// linked under, where to enter the block when chaining (0 once it is dropped), the
+/// target its indirect exits last found (their inline cache), a tag its owner gives
+/// it (the block cache's id) and the page it may be linked within
+/// ([`JitCache::set_page`]). Aligned to a cache line: the slots and guards, which
+/// every chained exit reads, fill the first.
 #[repr(C, align(64))]
 #[derive(Debug)]
 pub struct Cell {
-    entry: usize,
+    /// Where the `Jump` exits of slot `k` go (`jmp [cell + slot]`): the chain entry
+    /// of the block linked, or `miss[k]` while none is. Every link is recorded
+    /// (`JitCache::incoming`), so that dropping the block it leads to sets the slot
+    /// back to `miss[k]` (no exit loads the target's cell to see whether it lives).
     slots: [usize; SLOTS],
     /// For a slot that checks the guard (`JitBlock::guarded`): the environment's
     /// indirect guard under which its link holds (`u64::MAX`, which no table entry
     /// has, until linked).
     guards: [u64; SLOTS],
+    entry: usize,
     /// The block's indirect exits' cache: the target (cell) its last table hit
     /// found for PC `ic_pc`, CS base `ic_cs` under guard `ic_guard` (the same key as
     /// the table's; `u64::MAX`, which no table entry has, until then).
@@ -108,10 +112,17 @@ pub struct Cell {
     page: u64,
     /// Nonzero if blocks of the same page may link to this one.
     linkable: u64,
+    /// Per slot its exits use, the block's code for an unlinked slot: it stores
+    /// the target PC and goes to the table lookup naming the slot (0: no exit
+    /// jumps through the slot).
+    miss: [usize; SLOTS],
 }
 
-// The entry and the slots share the cell's first cache line.
-const _: () = assert!(std::mem::offset_of!(Cell, guards) <= 64);
+// The slots and their guards fill the cell's first cache line.
+const _: () = assert!(std::mem::offset_of!(Cell, entry) == 64);
+
+/// From a chain slot to its `miss` address, in bytes.
+const MISS_FROM_SLOT: usize = std::mem::offset_of!(Cell, miss) - std::mem::offset_of!(Cell, slots);
 
 /// Chain slots per block: its first distinct `Jump` targets (a block may exit to a
 /// few: the end of a conditional branch and the side exits of those it went on
@@ -124,9 +135,9 @@ const NO_PAGE: u64 = u64::MAX;
 /// The cell empty chain slots and indirect-table entries name (never a block's:
 /// its entry is 0), so that generated code needs no null test of a cell address.
 static NULL_CELL: Cell = Cell {
-    entry: 0,
     slots: [0; SLOTS],
     guards: [u64::MAX; SLOTS],
+    entry: 0,
     ic_pc: u64::MAX,
     ic_cs: u64::MAX,
     ic_guard: u64::MAX,
@@ -135,6 +146,7 @@ static NULL_CELL: Cell = Cell {
     tag: 0,
     page: NO_PAGE,
     linkable: 0,
+    miss: [0; SLOTS],
 };
 
 /// The address of [`NULL_CELL`].
@@ -169,7 +181,10 @@ fn ind_empty() -> IndEntry {
 /// Entries of the indirect-exit table (a power of two): 2,048 (64 KiB), in sets of
 /// [`IND_WAYS`]. Direct-mapped (one entry per set), returns in a shell's interpreter
 /// loop collided so often that pairs of targets evicted each other on every
-/// iteration of the guest's loop; two ways keep both. (With 1,024 direct-mapped
+/// iteration of the guest's loop; two ways keep both, four keep a user return
+/// target that shares its set with hot kernel blocks (with two, in some boots, it
+/// went back to the run loop on every pass: kernel addresses move with KASLR;
+/// 8,192 entries did no better than 2,048 with four ways). (With 1,024 direct-mapped
 /// entries ~57 exits per loop iteration went back to the run loop, 2,048: a third of
 /// that; 4,096: a fifth, but a table of 128 KiB, which the allocator maps apart, made
 /// unrelated loops ~30% slower on this host; a Fibonacci hash of the low 32 bits did
@@ -178,7 +193,7 @@ pub(crate) const IND_SIZE: usize = 2048;
 
 /// Entries per set of the indirect-exit table: a PC's entry is in its set
 /// ([`ind_set`]), the most recently registered first.
-pub(crate) const IND_WAYS: usize = 2;
+pub(crate) const IND_WAYS: usize = 4;
 
 /// Sets of the indirect-exit table.
 pub(crate) const IND_SETS: usize = IND_SIZE / IND_WAYS;
@@ -239,6 +254,11 @@ pub struct JitCache<E> {
     pub last_code: Vec<u8>,
     /// Buffers one compilation leaves to the next.
     scratch: codegen::Scratch,
+    /// Per cell, the addresses of the chain slots linked to it (some may lead
+    /// elsewhere since): [`JitCache::kill`] sets those still leading to it back
+    /// to their `miss` code. Filled by [`JitCache::link`] and, after each run, from
+    /// the links the shared lookup made (`Ctx::links`).
+    incoming: std::cell::RefCell<vireo_core::fxhash::FxMap<usize, Vec<usize>>>,
     _env: PhantomData<fn(&mut E)>,
 }
 
@@ -301,6 +321,7 @@ impl<E> JitCache<E> {
             keep_code: false,
             last_code: Vec::new(),
             scratch: codegen::Scratch::default(),
+            incoming: Default::default(),
             _env: PhantomData,
         }
     }
@@ -338,6 +359,7 @@ impl<E> JitCache<E> {
         }
         self.chunks.clear();
         self.ind.fill(ind_empty());
+        self.incoming.get_mut().clear();
         self.cells.clear();
         self.cells_used = CELLS;
         self.used = 0;
@@ -354,9 +376,9 @@ impl<E> JitCache<E> {
         if self.cells_used == CELLS {
             let chunk = (0..CELLS)
                 .map(|_| Cell {
-                    entry: 0,
-                    slots: [null_cell(); SLOTS],
+                    slots: [0; SLOTS],
                     guards: [u64::MAX; SLOTS],
+                    entry: 0,
                     ic_pc: u64::MAX,
                     ic_cs: u64::MAX,
                     ic_guard: u64::MAX,
@@ -364,6 +386,7 @@ impl<E> JitCache<E> {
                     tag: 0,
                     page: NO_PAGE,
                     linkable: 0,
+                    miss: [0; SLOTS],
                 })
                 .collect();
             self.cells.push(CellChunk(chunk));
@@ -431,15 +454,35 @@ impl<E> JitCache<E> {
     /// (A slot of a jump to another page is linked only by generated code, under the
     /// indirect guard its table hit was made in: see [`JitCache::set_page`].)
     pub fn link(&mut self, from: &JitBlock, pc: u64, to: &JitBlock) {
-        if !self.is_live(to) {
+        if !self.is_live(to) || !self.is_live(from) {
             return;
         }
-        let target = to.cell as usize;
+        // SAFETY: `to` is live, so its cell is in `self.cells`.
+        let entry = unsafe { (*to.cell).entry };
         let slot = from.slot_targets.iter().position(|t| *t == Some(pc));
-        if let Some(k) = slot.filter(|&k| !from.guarded[k]) {
-            if let Some(c) = self.cell_mut(from) {
-                c.slots[k] = target;
-            }
+        let Some(k) = slot.filter(|&k| !from.guarded[k]) else {
+            return;
+        };
+        if entry == 0 {
+            return;
+        }
+        let Some(c) = self.cell_mut(from) else {
+            return;
+        };
+        if c.miss[k] == 0 {
+            return;
+        }
+        c.slots[k] = entry;
+        let at = (&raw mut c.slots[k]) as usize;
+        self.note_link(at, to.cell as usize);
+    }
+
+    /// Records that the chain slot at address `slot` leads to the block of `cell`.
+    fn note_link(&self, slot: usize, cell: usize) {
+        let mut incoming = self.incoming.borrow_mut();
+        let list = incoming.entry(cell).or_default();
+        if !list.contains(&slot) {
+            list.push(slot);
         }
     }
 
@@ -456,21 +499,39 @@ impl<E> JitCache<E> {
             guard: key.guard,
             cell: b.cell as usize,
         };
-        // The new entry first; the one it displaces second unless it was for the
-        // same PC (so a PC is in one way at most: the code finds the first).
+        // The new entry first, the others after it in the order they came; the
+        // PC's old entry goes, else the oldest (so a PC is in one way at most: the
+        // code finds the first).
         let at = ind_set(key.pc) * IND_WAYS;
         if let Some(set) = self.ind.get_mut(at..at + IND_WAYS) {
-            if set[0].pc != key.pc {
-                set[1] = set[0];
-            }
+            let old = set.iter().position(|e| e.pc == key.pc);
+            set[..=old.unwrap_or(IND_WAYS - 1)].rotate_right(1);
             set[0] = entry;
         }
     }
 
-    /// Stops chaining into `b` (it is being dropped).
+    /// Stops chaining into `b` (it is being dropped): no table hit or inline cache
+    /// enters it (its cell's entry is 0), and every chain slot leading to it goes
+    /// back to its own block's lookup.
     pub fn kill(&mut self, b: &JitBlock) {
-        if let Some(c) = self.cell_mut(b) {
-            c.entry = 0;
+        let Some(c) = self.cell_mut(b) else {
+            return;
+        };
+        let entry = std::mem::take(&mut c.entry);
+        let Some(slots) = self.incoming.get_mut().remove(&(b.cell as usize)) else {
+            return;
+        };
+        for slot in slots {
+            // SAFETY: `slot` is the address of a chain slot of a cell of this
+            // generation (`incoming` is emptied by `flush`, which drops the cells),
+            // and `MISS_FROM_SLOT` leads from a slot to its `miss` in the same cell;
+            // `&mut self` excludes running code.
+            unsafe {
+                let p = slot as *mut usize;
+                if *p == entry {
+                    *p = *((slot + MISS_FROM_SLOT) as *const usize);
+                }
+            }
         }
     }
 }
@@ -546,7 +607,15 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
         self.max_temps = self.max_temps.max(block.temps as usize + groups::SLOTS);
         // SAFETY: `cell` is this generation's newest cell (from `new_cell`, non-null);
         // no code runs while `&mut self` is held.
-        unsafe { (*cell).entry = entry };
+        unsafe {
+            (*cell).entry = entry;
+            for (k, off) in c.miss.iter().enumerate() {
+                if let Some(off) = off {
+                    (*cell).miss[k] = entry + off;
+                    (*cell).slots[k] = entry + off;
+                }
+            }
+        }
         Ok(JitBlock {
             entry,
             gen,
@@ -614,6 +683,8 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
             depth: 0,
             frame: 0,
             leave: self.stubs.as_ref().map_or(0, |s| s.leave),
+            nlinks: 0,
+            links: [[0; 2]; tramp::LINKS],
         };
         // The temp area: the generated code trusts it to hold every temp of any block
         // it may chain to, which is at most the largest block compiled; grow it lazily.
@@ -638,6 +709,10 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
             let f: Entry = std::mem::transmute::<usize, Entry>(enter);
             f(&mut ctx, ctx.env, state.temps.as_mut_ptr(), b.entry)
         };
+        let made = (ctx.nlinks as usize).min(tramp::LINKS);
+        for &[slot, cell] in &ctx.links[..made] {
+            self.note_link(slot, cell);
+        }
         state.insns += match start {
             Some((counter, count, _)) => read_u64(env, counter).wrapping_sub(count),
             None => ctx.insns,

@@ -1632,7 +1632,59 @@ fn a_table_hit_links_an_empty_slot_within_a_page() {
         let r = jit.run_chained(&a, &mut e, &mut st, &gate, 10).unwrap();
         let want = if links { (2, 1) } else { (1, 0) };
         assert_eq!((r.tag, r.chained), want, "{pa} {pb} {single}");
+        // The link the table hit made is undone when its target is dropped.
+        jit.kill(&b);
+        let r = jit.run_chained(&a, &mut e, &mut st, &gate, 10).unwrap();
+        assert_eq!((r.tag, r.chained), (1, 0), "{pa} {pb} {single}");
     }
+}
+
+/// The table lookup links slots only while the run's record of its links has room:
+/// a link past it would not be undone when its target is dropped. A run through
+/// more blocks than that, each found in the table, links the first ones only; a
+/// later target dropped is never entered.
+#[test]
+fn table_hits_past_the_link_record_do_not_link() {
+    let gate = Gate::new();
+    let mut rng = Rng(12);
+    let env = Env::<true>::new(&mut rng);
+    let n = crate::tramp::LINKS + 8;
+    let pc = |i: usize| 0x100 + 0x40 * i as u64;
+    let mut jit: JitCache<Env<true>> = counting_cache(1 << 20);
+    let mut st = JitState::new();
+    let blocks: Vec<crate::JitBlock> = (0..n)
+        .map(|i| jit.compile(&step_block(pc(i), 0, 1, pc(i + 1))).unwrap())
+        .collect();
+    for (i, b) in blocks.iter().enumerate() {
+        jit.set_tag(b, i as u64);
+        jit.set_page(b, 0, true);
+        let key = vireo_core::exec::IndirectKey {
+            pc: pc(i),
+            cs_base: env.segbase[1],
+            guard: env.guard,
+        };
+        jit.set_indirect(key, b);
+    }
+    // Through the table from the first block to the last.
+    let r = jit
+        .run_chained(&blocks[0], &mut env.clone(), &mut st, &gate, 1000)
+        .unwrap();
+    assert_eq!((r.tag, r.chained), (n as u64 - 1, n as u64 - 1));
+    // Under another guard the table serves nothing: only the links made go on.
+    let mut e = env.clone();
+    e.guard ^= 1;
+    let r = jit
+        .run_chained(&blocks[0], &mut e, &mut st, &gate, 1000)
+        .unwrap();
+    let linked = crate::tramp::LINKS as u64;
+    assert_eq!((r.tag, r.chained), (linked, linked));
+    // A block past them dropped: the block before it does not enter it.
+    let last = n - 1;
+    jit.kill(&blocks[last]);
+    let r = jit
+        .run_chained(&blocks[last - 1], &mut e, &mut st, &gate, 1000)
+        .unwrap();
+    assert_eq!((r.tag, r.chained), (last as u64 - 1, 0));
 }
 
 /// A jump to another page (by PC) is linked only by a table hit, with the guard
@@ -1752,20 +1804,22 @@ fn an_indirect_exit_caches_its_target() {
     assert_eq!(run(&jit, &mut st, 0x500, g1), (2, 1));
 }
 
-/// The indirect-exit table keeps two targets whose PCs share a set; a third
-/// displaces the one registered longest ago.
+/// The indirect-exit table keeps as many targets whose PCs share a set as it has
+/// ways; one more displaces the one registered longest ago, and registering a PC
+/// again makes it the newest.
 #[test]
-fn the_indirect_table_keeps_two_targets_per_set() {
+fn the_indirect_table_keeps_a_target_per_way() {
     let gate = Gate::new();
     let mut rng = Rng(12);
     let env = Env::<true>::new(&mut rng);
     let mut jit: JitCache<Env<true>> = counting_cache(1 << 20);
     let mut st = JitState::new();
-    // Three PCs in one set.
-    let pcs: Vec<u64> = (0x1000..0x200000u64)
+    let ways = crate::IND_WAYS;
+    // More PCs than ways in one set.
+    let pcs: Vec<u64> = (0x1000..0x400000u64)
         .step_by(4)
         .filter(|&p| crate::ind_set(p) == crate::ind_set(0x1000))
-        .take(3)
+        .take(ways + 2)
         .collect();
     let indirect_to = |pc: u64| {
         let mut b = Builder::new(0x400 + pc);
@@ -1775,27 +1829,43 @@ fn the_indirect_table_keeps_two_targets_per_set() {
         b.exit(ExitKind::Indirect);
         b.finish()
     };
-    let mut exits = Vec::new();
+    let key = |pc| vireo_core::exec::IndirectKey {
+        pc,
+        cs_base: env.segbase[1],
+        guard: env.guard,
+    };
+    let mut targets = Vec::new();
     for (i, &pc) in pcs.iter().enumerate() {
         let t = jit.compile(&step_block(pc, 0, 1, 0x9000)).unwrap();
-        jit.set_tag(&t, 10 + i as u64);
-        let key = vireo_core::exec::IndirectKey {
-            pc,
-            cs_base: env.segbase[1],
-            guard: env.guard,
-        };
-        jit.set_indirect(key, &t);
-        let x = jit.compile(&indirect_to(pc)).unwrap();
-        jit.set_tag(&x, 20 + i as u64);
-        exits.push((x, t));
+        jit.set_tag(&t, 100 + i as u64);
+        targets.push(t);
     }
-    // The last two registered are found; the first was displaced.
-    for (i, (x, _)) in exits.iter().enumerate() {
+    // Whether the exit to target `i` finds it (each exit asks once: a hit fills
+    // its inline cache, which would answer a second time).
+    let mut found = |jit: &mut JitCache<Env<true>>, i: usize| {
+        let x = jit.compile(&indirect_to(pcs[i])).unwrap();
+        jit.set_tag(&x, 200 + i as u64);
         let r = jit
-            .run_chained(x, &mut env.clone(), &mut st, &gate, 10)
+            .run_chained(&x, &mut env.clone(), &mut st, &gate, 10)
             .unwrap();
-        let want = if i == 0 { (20, 0) } else { (10 + i as u64, 1) };
-        assert_eq!((r.tag, r.chained), want, "target {i} at {:#x}", pcs[i]);
+        match (r.tag, r.chained) {
+            (t, 1) if t == 100 + i as u64 => true,
+            (t, 0) if t == 200 + i as u64 => false,
+            other => panic!("target {i} at {:#x}: {other:?}", pcs[i]),
+        }
+    };
+    // The first `ways` registered, then target 0 again (the newest now), then one
+    // more, which displaces target 1 (the oldest).
+    for (i, t) in targets.iter().enumerate().take(ways) {
+        jit.set_indirect(key(pcs[i]), t);
+    }
+    for i in 0..ways + 1 {
+        assert_eq!(found(&mut jit, i), i < ways, "target {i}");
+    }
+    jit.set_indirect(key(pcs[0]), &targets[0]);
+    jit.set_indirect(key(pcs[ways]), &targets[ways]);
+    for i in 0..ways + 1 {
+        assert_eq!(found(&mut jit, i), i != 1, "target {i}");
     }
 }
 

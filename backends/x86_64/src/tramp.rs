@@ -55,7 +55,16 @@ pub struct Ctx {
     pub insns: u64,
     pub fault: Option<Fault>,
     pub panic: Option<Box<dyn Any + Send>>,
+    /// Chain slots the shared table lookup linked during the run, `links[..nlinks]`:
+    /// (the slot's address, the cell of the block it now leads to). The cache
+    /// records them after the run, so that dropping that block empties the slot
+    /// (`JitCache::kill`); with the list full the lookup links nothing more.
+    pub nlinks: u64,
+    pub links: [[usize; 2]; LINKS],
 }
+
+/// Room in [`Ctx::links`].
+pub const LINKS: usize = 32;
 
 /// The trampolines of [`Ctx::tramps`].
 #[derive(Debug, Clone, Copy)]

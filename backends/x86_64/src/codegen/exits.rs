@@ -7,11 +7,17 @@
 use super::{
     direct, enc, env_off, exit_code, hooks, Gen, CELL_ENTRY, CELL_GUARDS, CELL_IC_CELL, CELL_IC_CS,
     CELL_IC_GUARD, CELL_IC_PC, CELL_LINKABLE, CELL_PAGE, CELL_SLOTS, CTX_CHAINS, CTX_DEPTH,
-    CTX_FRAME, CTX_LAST, CTX_LIMIT, CTX_LOOKUP, CTX_TARGET, R12, RAX, RBX, RCX, RDX, RSI, RSP,
+    CTX_FRAME, CTX_LAST, CTX_LIMIT, CTX_LINKS, CTX_LOOKUP, CTX_NLINKS, CTX_TARGET, R11, R12, R9,
+    RAX, RBX, RCX, RDX, RSI, RSP,
 };
+use crate::tramp;
 use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi};
 use vireo_core::exec::{DirectGlobals, GuestEnv};
 use vireo_core::ir::{ExitKind, Global, Tail};
+
+/// What an exit going to the table lookup names as its slot to link when it has
+/// none ([`lookup_stub`]): the offset of the cell's entry, which no slot has.
+const NO_LINK: i32 = CELL_ENTRY;
 
 /// Most guest calls with host `call` frames on the stack at once (16 bytes each).
 const MAX_DEPTH: i32 = 64;
@@ -118,7 +124,7 @@ impl Gen<'_> {
         // An indirect exit, or a jump no slot took (another page, not linked yet):
         // the indirect-exit table.
         match kind {
-            ExitKind::Jump(_) => self.go_lookup::<E>(code, 0),
+            ExitKind::Jump(_) => self.go_lookup::<E>(code, NO_LINK),
             ExitKind::Indirect => self.through_ic::<E>(code),
             _ => self.leave(code),
         }
@@ -138,7 +144,7 @@ impl Gen<'_> {
             direct::<E>(Global::SegBase(1)),
             E::indirect_guard().and_then(env_off::<E>),
         ) else {
-            self.go_lookup::<E>(code, 0);
+            self.go_lookup::<E>(code, NO_LINK);
             return;
         };
         let cell = self.cell as i64;
@@ -148,22 +154,15 @@ impl Gen<'_> {
             cmp_env(&mut self.ops, RCX, env, RAX, at);
             dynasm!(self.ops ; .arch x64 ; jne =>miss);
         }
-        self.through_cell::<E>(CELL_IC_CELL, miss, code, None, CELL_IC_PC);
+        self.through_ic_cell::<E>(miss, code);
     }
 
-    /// The end of an exit into the cell at `[rax + field]` (`rax`: this block's
-    /// cell): its entry (0: gone, to `miss`), the run conditions, then into it; a
-    /// failed condition returns with `code`, `miss` goes to the table lookup naming
-    /// `link` to fill ([`lookup_stub`]); both store the PC held back, if any.
-    fn through_cell<E: GuestEnv + DirectGlobals>(
-        &mut self,
-        field: i32,
-        miss: DynamicLabel,
-        code: u64,
-        pc_later: Option<u64>,
-        link: i32,
-    ) {
-        enc::load(&mut self.ops, RAX, RAX, field);
+    /// The end of an `Indirect` exit into the cell its inline cache holds (`rax`:
+    /// this block's cell): its entry (0: gone, to `miss`), the run conditions, then
+    /// into it; a failed condition returns with `code`, `miss` goes to the table
+    /// lookup naming the inline cache ([`lookup_stub`]).
+    fn through_ic_cell<E: GuestEnv + DirectGlobals>(&mut self, miss: DynamicLabel, code: u64) {
+        enc::load(&mut self.ops, RAX, RAX, CELL_IC_CELL);
         enc::load(&mut self.ops, RAX, RAX, CELL_ENTRY);
         dynasm!(self.ops
             ; .arch x64
@@ -178,11 +177,9 @@ impl Gen<'_> {
                 ; =>fail
             );
         }
-        self.store_pc_later::<E>(pc_later);
         self.leave(code);
         dynasm!(self.ops ; .arch x64 ; =>miss);
-        self.store_pc_later::<E>(pc_later);
-        self.go_lookup::<E>(code, link);
+        self.go_lookup::<E>(code, CELL_IC_PC);
     }
 
     /// Where the host `call` of a guest call returns: the guest PC (which the
@@ -203,42 +200,86 @@ impl Gen<'_> {
                 self.through_slot::<E>(k, code, None);
                 self.stop_unknown = false;
             }
-            None => self.go_lookup::<E>(code, 0),
+            None => self.go_lookup::<E>(code, NO_LINK),
         }
         dynasm!(self.ops ; .arch x64 ; =>other);
-        self.go_lookup::<E>(exit_code(ExitKind::Indirect).0, 0);
+        self.go_lookup::<E>(exit_code(ExitKind::Indirect).0, NO_LINK);
     }
 
-    /// A `Jump` exit through chain slot `k`: the slot's cell and its block's entry (0:
-    /// not linked or gone), then the run conditions, then into the block; a failed
-    /// condition returns with `code`, an empty slot goes to the table lookup naming
-    /// the slot to link ([`lookup_stub`]); both store the PC held back, if any. A
-    /// slot of a jump to another page is also empty while the environment's guard
-    /// is not the one it was linked under; the lookup is told so by the offset of
-    /// the slot's guard instead of the slot's.
+    /// A `Jump` exit through chain slot `k`: the run conditions, then `jmp [slot]`,
+    /// into the block linked or, unlinked, to the block's code for the slot
+    /// ([`Gen::slot_misses`]), which looks the target up; a failed condition returns
+    /// with `code`, storing the PC held back, if any. A slot of a jump to another
+    /// page is followed only while the environment's guard is the one it was
+    /// linked under; else the same lookup.
     fn through_slot<E: GuestEnv + DirectGlobals>(
         &mut self,
         k: usize,
         code: u64,
         pc_later: Option<u64>,
     ) {
+        let Some(fail) = self.run_checks::<E>() else {
+            self.store_pc_later::<E>(pc_later);
+            self.leave(code);
+            return;
+        };
+        let (_, guard_miss) = match self.slot_miss[k] {
+            Some(m) => m,
+            None => {
+                let m = (self.ops.new_dynamic_label(), self.ops.new_dynamic_label());
+                self.slot_miss[k] = Some(m);
+                m
+            }
+        };
         let cell = self.cell as i64;
-        let mut slot = CELL_SLOTS + 8 * k as i32;
-        let miss = self.ops.new_dynamic_label();
         dynasm!(self.ops ; .arch x64 ; mov rax, QWORD cell);
         if let (true, Some(g)) = (self.guarded[k], E::indirect_guard().and_then(env_off::<E>)) {
-            let at = CELL_GUARDS + 8 * k as i32;
-            cmp_env(&mut self.ops, RCX, g, RAX, at);
-            dynasm!(self.ops ; .arch x64 ; jne =>miss);
-            slot = at;
+            cmp_env(&mut self.ops, RCX, g, RAX, CELL_GUARDS + 8 * k as i32);
+            dynasm!(self.ops ; .arch x64 ; jne =>guard_miss);
         }
-        self.through_cell::<E>(CELL_SLOTS + 8 * k as i32, miss, code, pc_later, slot);
+        self.count_chain();
+        enc::jmp_mem(&mut self.ops, RAX, CELL_SLOTS + 8 * k as i32);
+        dynasm!(self.ops ; .arch x64 ; =>fail);
+        self.store_pc_later::<E>(pc_later);
+        self.leave(code);
+    }
+
+    /// The code unlinked chain slots lead to (`Cell::miss`), one per slot that
+    /// exits jump through, after the block's code: it stores the slot's target as
+    /// the PC and goes to the table lookup naming the slot (for a slot that checks
+    /// the guard, the slot's guard), which links it on a hit when allowed
+    /// ([`lookup_stub`]). Returns the offset of each.
+    pub(super) fn slot_misses<E: GuestEnv + DirectGlobals>(
+        &mut self,
+    ) -> [Option<usize>; crate::SLOTS] {
+        let mut at = [None; crate::SLOTS];
+        for (k, at) in at.iter_mut().enumerate() {
+            let (Some((slot_miss, guard_miss)), Some(t)) =
+                (self.slot_miss[k], self.slot_targets[k])
+            else {
+                continue;
+            };
+            *at = Some(self.ops.offset().0);
+            dynasm!(self.ops ; .arch x64 ; =>slot_miss);
+            // (The exit counted a chain before its jump.)
+            if self.count_chains {
+                enc::alu_imm(&mut self.ops, enc::Alu::Sub, RBX, CTX_CHAINS, 1);
+            }
+            dynasm!(self.ops ; .arch x64 ; =>guard_miss);
+            self.store_pc_later::<E>(Some(t));
+            let guard_check =
+                self.guarded[k] && E::indirect_guard().and_then(env_off::<E>).is_some();
+            let link = if guard_check { CELL_GUARDS } else { CELL_SLOTS };
+            let (code, _) = exit_code(ExitKind::Jump(t));
+            self.go_lookup::<E>(code, link + 8 * k as i32);
+        }
+        at
     }
 
     /// Goes to the cache's shared table lookup ([`lookup_stub`]) with return code
     /// `code` for when it finds nothing, and the offset of the chain slot to link
-    /// in the block's cell (0: none); returns with `code` if lookups are not
-    /// possible.
+    /// in the block's cell ([`NO_LINK`]: none); returns with `code` if lookups are
+    /// not possible.
     fn go_lookup<E: DirectGlobals>(&mut self, code: u64, slot: i32) {
         if !self.indirect_ok::<E>() {
             self.leave(code);
@@ -247,13 +288,12 @@ impl Gen<'_> {
         let tail = *self
             .lookup_tail
             .get_or_insert_with(|| self.ops.new_dynamic_label());
-        dynasm!(self.ops ; .arch x64 ; mov esi, code as i32);
-        if slot == 0 {
-            dynasm!(self.ops ; .arch x64 ; xor r8d, r8d);
-        } else {
-            dynasm!(self.ops ; .arch x64 ; mov r8d, slot);
-        }
-        dynasm!(self.ops ; .arch x64 ; jmp =>tail);
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov esi, code as i32
+            ; mov r8d, slot
+            ; jmp =>tail
+        );
     }
 
     /// Returns from the block with return code `code`.
@@ -325,16 +365,17 @@ impl Gen<'_> {
 
 /// The code of a cache's shared indirect-exit-table lookup, which blocks jump to
 /// (`jmp [rbx + CTX_LOOKUP]`) with their cell in `rcx`, the return code for a miss
-/// in `esi` and the offset of an empty chain slot to link in `r8d` (or 0; the
-/// offset of the slot's guard for a slot that checks it; that of the cell's inline
-/// cache for an `Indirect` exit); `None` if the environment does not allow lookups
-/// (no block then jumps there).
+/// in `esi` and the offset of an empty chain slot to link in `r8d` ([`NO_LINK`]
+/// for none; the offset of the slot's guard for a slot that checks it; that of the
+/// cell's inline cache for an `Indirect` exit); `None` if the environment does not
+/// allow lookups (no block then jumps there).
 ///
 /// It finds the block the table holds for the new PC, CS base and the
-/// environment's guard (in either way of the PC's set); links the slot if the two
-/// blocks may be linked ([`crate::JitCache::set_page`]; a slot that checks the
-/// guard always, with the guard), or fills the inline cache (`Gen::through_ic`);
-/// and jumps into the block if
+/// environment's guard (in either way of the PC's set); if that block lives,
+/// links the slot to its entry if the two blocks may be linked
+/// ([`crate::JitCache::set_page`]; a slot that checks the guard always, with the
+/// guard) and `ctx.links` has room to record the link, or fills the inline cache
+/// (`Gen::through_ic`); and jumps into the block if
 /// it lives and the run may go on: the environment's counter below the gate's limit
 /// (no wake-up flag raised), and the stop request and every chain guard clear (all of
 /// them: it does not know what the block before may have changed). Otherwise it
@@ -374,14 +415,19 @@ fn lookup_stub<E: GuestEnv + DirectGlobals>(
         ; mov r9, QWORD ind as i64
         ; add rdx, r9
     );
-    // The set's first way, else its second (a PC is in one way at most).
+    // The set's ways in turn (a PC is in one way at most).
     enc::cmp_load(o, RAX, RDX, PC);
-    dynasm!(o ; .arch x64 ; je >way);
-    enc::cmp_load(o, RAX, RDX, SIZE + PC);
+    for _ in 1..crate::IND_WAYS {
+        dynasm!(o
+            ; .arch x64
+            ; je >way
+            ; add rdx, SIZE
+        );
+        enc::cmp_load(o, RAX, RDX, PC);
+    }
     dynasm!(o
         ; .arch x64
         ; jne >fail
-        ; add rdx, SIZE
         ; way:
     );
     cmp_env(o, RAX, cs_off, RDX, CS);
@@ -389,23 +435,38 @@ fn lookup_stub<E: GuestEnv + DirectGlobals>(
     cmp_env(o, RAX, guard_off, RDX, GUARD);
     dynasm!(o ; .arch x64 ; jne >fail);
     enc::load(o, RAX, RDX, CELL);
-    // Link the slot the jump missed, when allowed: a slot checking the guard with
-    // the guard (its offset is past every slot's), else if on the same page.
+    // A dropped block (entry 0) is neither linked nor entered.
+    enc::load(o, R9, RAX, CELL_ENTRY);
     dynasm!(o
         ; .arch x64
-        ; test r8d, r8d
-        ; jz >nolink
+        ; test r9, r9
+        ; jz >fail
+    );
+    // Link the slot the jump missed, when allowed: a slot checking the guard with
+    // the guard (its offset is past every slot's), else if on the same page; and
+    // only while `ctx.links` has room to record the link (a dropped block's slots
+    // are emptied through that record).
+    dynasm!(o
+        ; .arch x64
+        ; cmp r8d, NO_LINK
+        ; je >nolink
         ; cmp r8d, CELL_IC_PC
         ; je >ic
-        ; cmp r8d, CELL_GUARDS
-        ; jb >page
     );
-    enc::load(o, RDX, R12, guard_off);
+    enc::load(o, RDX, RBX, CTX_NLINKS);
     dynasm!(o
         ; .arch x64
-        ; mov [rcx + r8], rdx
-        ; mov [rcx + r8 + (CELL_SLOTS - CELL_GUARDS)], rax
-        ; jmp >nolink
+        ; cmp rdx, tramp::LINKS as i32
+        ; jae >nolink
+        ; cmp r8d, CELL_GUARDS
+        ; jb >page
+        ; lea r10, [rcx + r8 + (CELL_SLOTS - CELL_GUARDS)]
+    );
+    enc::load(o, R11, R12, guard_off);
+    dynasm!(o
+        ; .arch x64
+        ; mov [rcx + r8], r11
+        ; jmp >record
         ; ic:
     );
     // The inline cache keeps its target under the same guard when the PC differs
@@ -426,26 +487,31 @@ fn lookup_stub<E: GuestEnv + DirectGlobals>(
         (cs_off, CELL_IC_CS),
         (guard_off, CELL_IC_GUARD),
     ] {
-        enc::load(o, RDX, R12, env);
-        enc::store(o, RCX, at, RDX);
+        enc::load(o, R11, R12, env);
+        enc::store(o, RCX, at, R11);
     }
     dynasm!(o
         ; .arch x64
         ; jmp >nolink
         ; page:
     );
-    enc::load(o, RDX, RCX, CELL_PAGE);
-    enc::cmp_load(o, RDX, RAX, CELL_PAGE);
+    enc::load(o, R11, RCX, CELL_PAGE);
+    enc::cmp_load(o, R11, RAX, CELL_PAGE);
     dynasm!(o ; .arch x64 ; jne >nolink);
     enc::alu_imm(o, enc::Alu::Cmp, RAX, CELL_LINKABLE, 0);
     dynasm!(o
         ; .arch x64
         ; je >nolink
-        ; mov [rcx + r8], rax
-        ; nolink:
+        ; lea r10, [rcx + r8]
+        // The slot leads to the block's entry; the link goes on the record.
+        ; record:
+        ; mov [r10], r9
+        ; shl rdx, 4
+        ; mov [rbx + rdx + CTX_LINKS], r10
+        ; mov [rbx + rdx + CTX_LINKS + 8], rax
     );
-    enc::load(o, RAX, RAX, CELL_ENTRY);
-    dynasm!(o ; .arch x64 ; test rax, rax ; jz >fail);
+    enc::alu_imm(o, enc::Alu::Add, RBX, CTX_NLINKS, 1);
+    dynasm!(o ; .arch x64 ; nolink:);
     // The run conditions.
     limit_check(o, RDX, h.counter);
     dynasm!(o ; .arch x64 ; jbe >fail);
@@ -458,7 +524,7 @@ fn lookup_stub<E: GuestEnv + DirectGlobals>(
     }
     dynasm!(o
         ; .arch x64
-        ; jmp rax
+        ; jmp r9
         ; fail:
         ; mov eax, esi
         ; jmp =>leave
