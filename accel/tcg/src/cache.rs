@@ -70,24 +70,15 @@ pub struct Link {
     pub target: TbId,
 }
 
-/// One translated block.
+/// One translated block. (Laid out in order: what the run loop reads of a block it
+/// is about to run, its slot's generation and the compiled code's entry, share the
+/// slot's first cache line; the run loop of an idle Linux, cold at every wake-up,
+/// waited on a line per block for the generation alone, at the end of the slot.)
 #[derive(Debug)]
+#[repr(C)]
 pub struct Tb {
-    pub key: TbKey,
-    /// The IR, for the interpreter: only for blocks the JIT did not compile (the
-    /// IR of a compiled block is dropped, its code lives as long as the block).
-    pub code: Option<Prepared>,
     /// The block compiled by the JIT (backend `Jit`, unless it could not be compiled).
     pub jit: Option<JitBlock>,
-    /// Physical page numbers (address >> 12) holding its guest code: the first page,
-    /// and the second when the code crosses a page boundary.
-    pub pages: [Option<u64>; 2],
-    /// The page offsets (first and last byte) the code spans on each of `pages`.
-    pub spans: [(u16, u16); 2],
-    /// Linear page number of the first byte (links stay within it).
-    pub linear_page: u64,
-    /// Up to two direct successors (the two sides of a conditional branch).
-    pub links: [Option<Link>; 2],
     /// Interpreted runs left before the block is compiled (`-tcg-warmup`; 0 for a
     /// block translated in full). Most blocks of a boot run once or twice: a block
     /// first seen is translated without the IR passes and run by the interpreter;
@@ -95,6 +86,19 @@ pub struct Tb {
     /// ([`Tb::is_shell`]) that keeps its place, pages and count; seen again, it is
     /// translated anew, in full (optimized, compiled) once the count is spent.
     pub warmup: u32,
+    pub key: TbKey,
+    /// Linear page number of the first byte (links stay within it).
+    pub linear_page: u64,
+    /// Up to two direct successors (the two sides of a conditional branch).
+    pub links: [Option<Link>; 2],
+    /// Physical page numbers (address >> 12) holding its guest code: the first page,
+    /// and the second when the code crosses a page boundary.
+    pub pages: [Option<u64>; 2],
+    /// The page offsets (first and last byte) the code spans on each of `pages`.
+    pub spans: [(u16, u16); 2],
+    /// The IR, for the interpreter: only for blocks the JIT did not compile (the
+    /// IR of a compiled block is dropped, its code lives as long as the block).
+    pub code: Option<Prepared>,
 }
 
 impl Tb {
@@ -139,6 +143,7 @@ impl Tb {
 }
 
 #[derive(Debug, Default)]
+#[repr(C)]
 struct Slot {
     gen: u32,
     tb: Option<Tb>,

@@ -91,7 +91,7 @@ const CELL_GUARDS: i32 = offset_of!(crate::Cell, guards) as i32;
 const CELL_IC_PC: i32 = offset_of!(crate::Cell, ic_pc) as i32;
 const CELL_IC_CS: i32 = offset_of!(crate::Cell, ic_cs) as i32;
 const CELL_IC_GUARD: i32 = offset_of!(crate::Cell, ic_guard) as i32;
-const CELL_IC_CELL: i32 = offset_of!(crate::Cell, ic_cell) as i32;
+const CELL_IC_ENTRY: i32 = offset_of!(crate::Cell, ic_entry) as i32;
 const CELL_PAGE: i32 = offset_of!(crate::Cell, page) as i32;
 const CELL_LINKABLE: i32 = offset_of!(crate::Cell, linkable) as i32;
 

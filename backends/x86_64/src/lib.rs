@@ -57,8 +57,10 @@ const ENTRY_ALIGN: usize = 64;
 /// Default limit of code memory per cache.
 pub const DEFAULT_LIMIT: usize = 128 << 20;
 
-/// A compiled block: where its code is, and its [`Cell`].
+/// A compiled block: where its code is, and its [`Cell`] (in this order: what
+/// running it reads first).
 #[derive(Debug)]
+#[repr(C)]
 pub struct JitBlock {
     /// Entry address (inside a chunk of the cache that compiled it).
     entry: usize,
@@ -100,13 +102,14 @@ pub struct Cell {
     /// has, until linked).
     guards: [u64; SLOTS],
     entry: usize,
-    /// The block's indirect exits' cache: the target (cell) its last table hit
-    /// found for PC `ic_pc`, CS base `ic_cs` under guard `ic_guard` (the same key as
-    /// the table's; `u64::MAX`, which no table entry has, until then).
+    /// The block's indirect exits' cache: the chain entry of the target its last
+    /// table hit found for PC `ic_pc`, CS base `ic_cs` under guard `ic_guard` (the
+    /// same key as the table's; `u64::MAX`, which no table entry has, until then,
+    /// and once that target is dropped: its link is recorded as a slot's is).
     ic_pc: u64,
     ic_cs: u64,
     ic_guard: u64,
-    ic_cell: usize,
+    ic_entry: usize,
     tag: u64,
     /// The block's linear code page ([`NO_PAGE`] until set).
     page: u64,
@@ -120,6 +123,9 @@ pub struct Cell {
 
 // The slots and their guards fill the cell's first cache line.
 const _: () = assert!(std::mem::offset_of!(Cell, entry) == 64);
+
+/// Where a cell holds its inline cache's entry, in bytes (see [`JitCache::kill`]).
+const IC_ENTRY_IN_CELL: usize = std::mem::offset_of!(Cell, ic_entry);
 
 /// From a chain slot to its `miss` address, in bytes.
 const MISS_FROM_SLOT: usize = std::mem::offset_of!(Cell, miss) - std::mem::offset_of!(Cell, slots);
@@ -142,7 +148,7 @@ static NULL_CELL: Cell = Cell {
     ic_cs: u64::MAX,
     ic_guard: u64::MAX,
     // (No block runs as the null cell: its own cache is never read.)
-    ic_cell: 0,
+    ic_entry: 0,
     tag: 0,
     page: NO_PAGE,
     linkable: 0,
@@ -217,6 +223,19 @@ struct SharedCode {
     lookup: usize,
 }
 
+/// The links made to each cell (see `JitCache::incoming`): per cell, the addresses
+/// linked to it, each once (a slot or cache may be linked to it again and again:
+/// an inline cache refilled whenever the guard moves, in an idle Linux at every
+/// timer tick).
+#[derive(Default)]
+struct Incoming {
+    by_cell: vireo_core::fxhash::FxMap<usize, Vec<usize>>,
+    known: std::collections::HashSet<
+        (usize, usize),
+        std::hash::BuildHasherDefault<vireo_core::fxhash::FxHasher>,
+    >,
+}
+
 /// A chunk of cells: boxed, so that cells never move while the chunk lives.
 struct CellChunk(Box<[Cell]>);
 
@@ -255,10 +274,11 @@ pub struct JitCache<E> {
     /// Buffers one compilation leaves to the next.
     scratch: codegen::Scratch,
     /// Per cell, the addresses of the chain slots linked to it (some may lead
-    /// elsewhere since): [`JitCache::kill`] sets those still leading to it back
-    /// to their `miss` code. Filled by [`JitCache::link`] and, after each run, from
+    /// elsewhere since), and plus 1 those of the inline caches holding it:
+    /// [`JitCache::kill`] sets the slots still leading to it back to their `miss`
+    /// code and voids the key of the caches still holding it. Filled by [`JitCache::link`] and, after each run, from
     /// the links the shared lookup made (`Ctx::links`).
-    incoming: std::cell::RefCell<vireo_core::fxhash::FxMap<usize, Vec<usize>>>,
+    incoming: std::cell::RefCell<Incoming>,
     _env: PhantomData<fn(&mut E)>,
 }
 
@@ -359,7 +379,7 @@ impl<E> JitCache<E> {
         }
         self.chunks.clear();
         self.ind.fill(ind_empty());
-        self.incoming.get_mut().clear();
+        *self.incoming.get_mut() = Incoming::default();
         self.cells.clear();
         self.cells_used = CELLS;
         self.used = 0;
@@ -382,7 +402,7 @@ impl<E> JitCache<E> {
                     ic_pc: u64::MAX,
                     ic_cs: u64::MAX,
                     ic_guard: u64::MAX,
-                    ic_cell: null_cell(),
+                    ic_entry: 0,
                     tag: 0,
                     page: NO_PAGE,
                     linkable: 0,
@@ -480,9 +500,8 @@ impl<E> JitCache<E> {
     /// Records that the chain slot at address `slot` leads to the block of `cell`.
     fn note_link(&self, slot: usize, cell: usize) {
         let mut incoming = self.incoming.borrow_mut();
-        let list = incoming.entry(cell).or_default();
-        if !list.contains(&slot) {
-            list.push(slot);
+        if incoming.known.insert((cell, slot)) {
+            incoming.by_cell.entry(cell).or_default().push(slot);
         }
     }
 
@@ -510,26 +529,37 @@ impl<E> JitCache<E> {
         }
     }
 
-    /// Stops chaining into `b` (it is being dropped): no table hit or inline cache
-    /// enters it (its cell's entry is 0), and every chain slot leading to it goes
-    /// back to its own block's lookup.
+    /// Stops chaining into `b` (it is being dropped): no table hit enters it (its
+    /// cell's entry is 0), every chain slot leading to it goes back to its own
+    /// block's lookup, and every inline cache holding it to none.
     pub fn kill(&mut self, b: &JitBlock) {
         let Some(c) = self.cell_mut(b) else {
             return;
         };
         let entry = std::mem::take(&mut c.entry);
-        let Some(slots) = self.incoming.get_mut().remove(&(b.cell as usize)) else {
+        let incoming = self.incoming.get_mut();
+        let Some(slots) = incoming.by_cell.remove(&(b.cell as usize)) else {
             return;
         };
-        for slot in slots {
-            // SAFETY: `slot` is the address of a chain slot of a cell of this
-            // generation (`incoming` is emptied by `flush`, which drops the cells),
-            // and `MISS_FROM_SLOT` leads from a slot to its `miss` in the same cell;
-            // `&mut self` excludes running code.
+        for &at in &slots {
+            incoming.known.remove(&(b.cell as usize, at));
+        }
+        for at in slots {
+            // SAFETY: `at` is the address of a chain slot, or plus 1 that of an
+            // inline cache's entry, of a cell of this generation (`incoming` is
+            // emptied by `flush`, which drops the cells); `MISS_FROM_SLOT` leads from
+            // a slot to its `miss`, `IC_ENTRY_IN_CELL` back from the cache's entry to
+            // its cell; `&mut self` excludes running code.
             unsafe {
-                let p = slot as *mut usize;
-                if *p == entry {
-                    *p = *((slot + MISS_FROM_SLOT) as *const usize);
+                if at & 1 == 0 {
+                    let p = at as *mut usize;
+                    if *p == entry {
+                        *p = *((at + MISS_FROM_SLOT) as *const usize);
+                    }
+                } else if *((at - 1) as *const usize) == entry {
+                    let ic = (at - 1 - IC_ENTRY_IN_CELL) as *mut Cell;
+                    (*ic).ic_pc = u64::MAX;
+                    (*ic).ic_guard = u64::MAX;
                 }
             }
         }

@@ -5,10 +5,10 @@
 #![allow(clippy::useless_conversion)]
 
 use super::{
-    direct, enc, env_off, exit_code, hooks, Gen, CELL_ENTRY, CELL_GUARDS, CELL_IC_CELL, CELL_IC_CS,
-    CELL_IC_GUARD, CELL_IC_PC, CELL_LINKABLE, CELL_PAGE, CELL_SLOTS, CTX_CHAINS, CTX_DEPTH,
-    CTX_FRAME, CTX_LAST, CTX_LIMIT, CTX_LINKS, CTX_LOOKUP, CTX_NLINKS, CTX_TARGET, R11, R12, R9,
-    RAX, RBX, RCX, RDX, RSI, RSP,
+    direct, enc, env_off, exit_code, hooks, Gen, CELL_ENTRY, CELL_GUARDS, CELL_IC_CS,
+    CELL_IC_ENTRY, CELL_IC_GUARD, CELL_IC_PC, CELL_LINKABLE, CELL_PAGE, CELL_SLOTS, CTX_CHAINS,
+    CTX_DEPTH, CTX_FRAME, CTX_LAST, CTX_LIMIT, CTX_LINKS, CTX_LOOKUP, CTX_NLINKS, CTX_TARGET, R11,
+    R12, R9, RAX, RBX, RCX, RDX, RSI, RSP,
 };
 use crate::tramp;
 use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi};
@@ -157,25 +157,16 @@ impl Gen<'_> {
         self.through_ic_cell::<E>(miss, code);
     }
 
-    /// The end of an `Indirect` exit into the cell its inline cache holds (`rax`:
-    /// this block's cell): its entry (0: gone, to `miss`), the run conditions, then
-    /// into it; a failed condition returns with `code`, `miss` goes to the table
-    /// lookup naming the inline cache ([`lookup_stub`]).
+    /// The end of an `Indirect` exit whose key matched its inline cache (`rax`: this
+    /// block's cell): the run conditions, then into the block it holds (`jmp [cell +
+    /// ic_entry]`; a dropped block's cache has its key voided, `JitCache::kill`); a
+    /// failed condition returns with `code`, `miss` goes to the table lookup naming
+    /// the inline cache ([`lookup_stub`]).
     fn through_ic_cell<E: GuestEnv + DirectGlobals>(&mut self, miss: DynamicLabel, code: u64) {
-        enc::load(&mut self.ops, RAX, RAX, CELL_IC_CELL);
-        enc::load(&mut self.ops, RAX, RAX, CELL_ENTRY);
-        dynasm!(self.ops
-            ; .arch x64
-            ; test rax, rax
-            ; jz =>miss
-        );
         if let Some(fail) = self.run_checks::<E>() {
             self.count_chain();
-            dynasm!(self.ops
-                ; .arch x64
-                ; jmp rax
-                ; =>fail
-            );
+            enc::jmp_mem(&mut self.ops, RAX, CELL_IC_ENTRY);
+            dynasm!(self.ops ; .arch x64 ; =>fail);
         }
         self.leave(code);
         dynasm!(self.ops ; .arch x64 ; =>miss);
@@ -450,14 +441,14 @@ fn lookup_stub<E: GuestEnv + DirectGlobals>(
         ; .arch x64
         ; cmp r8d, NO_LINK
         ; je >nolink
-        ; cmp r8d, CELL_IC_PC
-        ; je >ic
     );
     enc::load(o, RDX, RBX, CTX_NLINKS);
     dynasm!(o
         ; .arch x64
         ; cmp rdx, tramp::LINKS as i32
         ; jae >nolink
+        ; cmp r8d, CELL_IC_PC
+        ; je >ic
         ; cmp r8d, CELL_GUARDS
         ; jb >page
         ; lea r10, [rcx + r8 + (CELL_SLOTS - CELL_GUARDS)]
@@ -471,16 +462,16 @@ fn lookup_stub<E: GuestEnv + DirectGlobals>(
     );
     // The inline cache keeps its target under the same guard when the PC differs
     // (a site jumping to many: refilling it at every miss made a threaded
-    // interpreter 3.5% slower); under another guard (a new address space), or for
-    // its own PC (its block was dropped), it takes the new one.
-    cmp_env(o, RDX, guard_off, RCX, CELL_IC_GUARD);
+    // interpreter 3.5% slower); under another guard (a new address space, or none:
+    // its block was dropped), it takes the new one. Its record is tagged (the
+    // address of its entry plus 1): dropping the block voids the cache's key.
+    cmp_env(o, R11, guard_off, RCX, CELL_IC_GUARD);
     dynasm!(o ; .arch x64 ; jne >fill);
-    cmp_env(o, RDX, pc_off, RCX, CELL_IC_PC);
+    cmp_env(o, R11, pc_off, RCX, CELL_IC_PC);
     dynasm!(o
         ; .arch x64
         ; jne >nolink
         ; fill:
-        ; mov [rcx + CELL_IC_CELL], rax
     );
     for (env, at) in [
         (pc_off, CELL_IC_PC),
@@ -490,6 +481,19 @@ fn lookup_stub<E: GuestEnv + DirectGlobals>(
         enc::load(o, R11, R12, env);
         enc::store(o, RCX, at, R11);
     }
+    // (Holding that block already: recorded when it was filled, and not dropped
+    // since, as it lives.)
+    dynasm!(o
+        ; .arch x64
+        ; cmp [rcx + CELL_IC_ENTRY], r9
+        ; je >nolink
+        ; mov [rcx + CELL_IC_ENTRY], r9
+        ; lea r10, [rcx + CELL_IC_ENTRY + 1]
+        ; shl rdx, 4
+        ; mov [rbx + rdx + CTX_LINKS], r10
+        ; mov [rbx + rdx + CTX_LINKS + 8], rax
+    );
+    enc::alu_imm(o, enc::Alu::Add, RBX, CTX_NLINKS, 1);
     dynasm!(o
         ; .arch x64
         ; jmp >nolink
@@ -503,8 +507,11 @@ fn lookup_stub<E: GuestEnv + DirectGlobals>(
         ; .arch x64
         ; je >nolink
         ; lea r10, [rcx + r8]
-        // The slot leads to the block's entry; the link goes on the record.
+        // The slot leads to the block's entry; the link goes on the record (unless
+        // it led there already: then it is on it).
         ; record:
+        ; cmp [r10], r9
+        ; je >nolink
         ; mov [r10], r9
         ; shl rdx, 4
         ; mov [rbx + rdx + CTX_LINKS], r10
