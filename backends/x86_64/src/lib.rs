@@ -489,7 +489,8 @@ impl<E> JitCache<E> {
         let Some(c) = self.cell_mut(from) else {
             return;
         };
-        if c.miss[k] == 0 {
+        // (Linked there already: recorded then, and `to` lives.)
+        if c.miss[k] == 0 || c.slots[k] == entry {
             return;
         }
         c.slots[k] = entry;
