@@ -276,8 +276,9 @@ pub struct JitCache<E> {
     /// Per cell, the addresses of the chain slots linked to it (some may lead
     /// elsewhere since), and plus 1 those of the inline caches holding it:
     /// [`JitCache::kill`] sets the slots still leading to it back to their `miss`
-    /// code and voids the key of the caches still holding it. Filled by [`JitCache::link`] and, after each run, from
-    /// the links the shared lookup made (`Ctx::links`).
+    /// code and voids the key of the caches still holding it. Filled by
+    /// [`JitCache::link`] and, after each run, from the links the shared lookup
+    /// made (`Ctx::links`).
     incoming: std::cell::RefCell<Incoming>,
     _env: PhantomData<fn(&mut E)>,
 }
@@ -729,10 +730,12 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
         // `Entry`: it builds the frame and jumps to `b.entry`; `b` is live, so that
         // points to its code in a chunk this cache still maps executable, and the
         // code returns through the shared return, which undoes the frame. It may
-        // jump on into the chain entry of any block whose cell a live cell's slot or
-        // inline cache names (or the indirect table holds) while that cell's entry
-        // is nonzero: those are blocks of this generation not killed, in chunks
-        // still mapped. `ctx` (and `gate`, whose limit it points to) outlive the call; `env` is
+        // jump on through a live cell's chain slot or inline cache, which lead to
+        // blocks of this generation not killed (every link is recorded, and `kill`
+        // undoes those to the block it drops; a link the run could not record is
+        // not made), or into the block of a cell the indirect table holds while that
+        // cell's entry is nonzero: all in chunks still mapped. `ctx` (and `gate`,
+        // whose limit it points to) outlive the call; `env` is
         // borrowed mutably for the call (the code and the trampolines access it only
         // as `E`, at offsets `DirectGlobals` vouches for); the temp area holds at
         // least `max_temps` slots, which covers every temp any block addresses.
