@@ -154,7 +154,7 @@ impl Gen<'_> {
             cmp_env(&mut self.ops, RCX, env, RAX, at);
             dynasm!(self.ops ; .arch x64 ; jne =>miss);
         }
-        self.into_ic_target::<E>(miss, code);
+        self.enter_ic_target::<E>(miss, code);
     }
 
     /// The end of an `Indirect` exit whose key matched its inline cache (`rax`: this
@@ -162,7 +162,7 @@ impl Gen<'_> {
     /// ic_entry]`; a dropped block's cache has its key voided, `JitCache::kill`); a
     /// failed condition returns with `code`, `miss` goes to the table lookup naming
     /// the inline cache ([`lookup_stub`]).
-    fn into_ic_target<E: GuestEnv + DirectGlobals>(&mut self, miss: DynamicLabel, code: u64) {
+    fn enter_ic_target<E: GuestEnv + DirectGlobals>(&mut self, miss: DynamicLabel, code: u64) {
         if let Some(fail) = self.run_checks::<E>() {
             self.count_chain();
             enc::jmp_mem(&mut self.ops, RAX, CELL_IC_ENTRY);
