@@ -475,7 +475,7 @@ impl<E> JitCache<E> {
     /// (A slot of a jump to another page is linked only by generated code, under the
     /// indirect guard its table hit was made in: see [`JitCache::set_page`].)
     pub fn link(&mut self, from: &JitBlock, pc: u64, to: &JitBlock) {
-        if !self.is_live(to) || !self.is_live(from) {
+        if !self.is_live(to) {
             return;
         }
         // SAFETY: `to` is live, so its cell is in `self.cells`.
@@ -543,10 +543,8 @@ impl<E> JitCache<E> {
         let Some(slots) = incoming.by_cell.remove(&(b.cell as usize)) else {
             return;
         };
-        for &at in &slots {
-            incoming.known.remove(&(b.cell as usize, at));
-        }
         for at in slots {
+            incoming.known.remove(&(b.cell as usize, at));
             // SAFETY: `at` is the address of a chain slot, or plus 1 that of an
             // inline cache's entry, of a cell of this generation (`incoming` is
             // emptied by `flush`, which drops the cells); `MISS_FROM_SLOT` leads from

@@ -224,7 +224,7 @@ impl Gen<'_> {
         };
         let cell = self.cell as i64;
         dynasm!(self.ops ; .arch x64 ; mov rax, QWORD cell);
-        if let (true, Some(g)) = (self.guarded[k], E::indirect_guard().and_then(env_off::<E>)) {
+        if let Some(g) = self.slot_guard::<E>(k) {
             cmp_env(&mut self.ops, RCX, g, RAX, CELL_GUARDS + 8 * k as i32);
             dynasm!(self.ops ; .arch x64 ; jne =>guard_miss);
         }
@@ -233,6 +233,17 @@ impl Gen<'_> {
         dynasm!(self.ops ; .arch x64 ; =>fail);
         self.store_pc_later::<E>(pc_later);
         self.leave(code);
+    }
+
+    /// The environment's indirect guard (its offset) if chain slot `k` checks it
+    /// (a jump to another page).
+    fn slot_guard<E: DirectGlobals>(&self, k: usize) -> Option<i32> {
+        self.guarded
+            .get(k)
+            .copied()
+            .unwrap_or(false)
+            .then(|| E::indirect_guard().and_then(env_off::<E>))
+            .flatten()
     }
 
     /// The code unlinked chain slots lead to (`Cell::miss`), one per slot that
@@ -258,9 +269,10 @@ impl Gen<'_> {
             }
             dynasm!(self.ops ; .arch x64 ; =>guard_miss);
             self.store_pc_later::<E>(Some(t));
-            let guard_check =
-                self.guarded[k] && E::indirect_guard().and_then(env_off::<E>).is_some();
-            let link = if guard_check { CELL_GUARDS } else { CELL_SLOTS };
+            let link = match self.slot_guard::<E>(k) {
+                Some(_) => CELL_GUARDS,
+                None => CELL_SLOTS,
+            };
             let (code, _) = exit_code(ExitKind::Jump(t));
             self.go_lookup::<E>(code, link + 8 * k as i32);
         }
@@ -489,14 +501,7 @@ fn lookup_stub<E: GuestEnv + DirectGlobals>(
         ; je >nolink
         ; mov [rcx + CELL_IC_ENTRY], r9
         ; lea r10, [rcx + CELL_IC_ENTRY + 1]
-        ; shl rdx, 4
-        ; mov [rbx + rdx + CTX_LINKS], r10
-        ; mov [rbx + rdx + CTX_LINKS + 8], rax
-    );
-    enc::alu_imm(o, enc::Alu::Add, RBX, CTX_NLINKS, 1);
-    dynasm!(o
-        ; .arch x64
-        ; jmp >nolink
+        ; jmp >push
         ; page:
     );
     enc::load(o, R11, RCX, CELL_PAGE);
@@ -513,6 +518,8 @@ fn lookup_stub<E: GuestEnv + DirectGlobals>(
         ; cmp [r10], r9
         ; je >nolink
         ; mov [r10], r9
+        // The record: the address linked (`r10`), the cell of the block (`rax`).
+        ; push:
         ; shl rdx, 4
         ; mov [rbx + rdx + CTX_LINKS], r10
         ; mov [rbx + rdx + CTX_LINKS + 8], rax
