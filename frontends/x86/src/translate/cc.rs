@@ -17,14 +17,15 @@ pub(crate) struct CcTrack {
     /// With a known `Sub`: the temp holding its first operand (`cc_dst + cc_src`),
     /// when the translator recorded it.
     pub first: Option<Temp>,
+    /// With a known `Adc` or `Sbb`: the temp holding its carry in (0 or 1).
+    pub carry_in: Option<Temp>,
 }
 
 impl CcTrack {
     /// Forgets the operation (a helper may have changed the flags).
     pub fn forget_if(&mut self, writes: bool) {
         if writes {
-            self.known = None;
-            self.first = None;
+            *self = CcTrack::default();
         }
     }
 }
@@ -39,8 +40,11 @@ impl Tr {
         if let Some(s2) = src2 {
             self.b.set(Global::CcSrc2, s2);
         }
-        self.cc.known = Some((kind, size, dst, src));
-        self.cc.first = None;
+        self.cc = CcTrack {
+            known: Some((kind, size, dst, src)),
+            first: None,
+            carry_in: src2,
+        };
     }
 
     /// The first operand of the known `Sub` whose result is `d` and second operand
@@ -59,8 +63,10 @@ impl Tr {
         self.b.set(Global::CcSrc, f);
         let z = self.b.konst(0);
         self.b.set(Global::CcDst, z);
-        self.cc.known = Some((CcKind::Eflags, Size::B64, z, f));
-        self.cc.first = None;
+        self.cc = CcTrack {
+            known: Some((CcKind::Eflags, Size::B64, z, f)),
+            ..CcTrack::default()
+        };
     }
 
     /// The six arithmetic flags, computed.
@@ -154,8 +160,120 @@ impl Tr {
                 self.b.setcond(Cond::Ne, size, s, zero)
             }
             Some((CcKind::Eflags, _, _, f)) => self.b.bini(BinOp::And, Size::B64, f, CF),
+            // With the carry in: ADC carries when the sum wrapped below its second
+            // operand (or met it, with a carry in); SBB borrows when its first
+            // operand was below the second (or equal, with a borrow in).
+            Some((kind @ (CcKind::Adc | CcKind::Sbb), size, d, s)) => {
+                let Some(c) = self.cc.carry_in else {
+                    return self.carry_of_state();
+                };
+                let cin = self.b.bini(BinOp::And, Size::B64, c, 1);
+                let x = if kind == CcKind::Adc {
+                    d
+                } else {
+                    let t = self.b.bin(BinOp::Add, size, d, s);
+                    self.b.bin(BinOp::Add, size, t, cin)
+                };
+                let below = self.b.setcond(Cond::Ltu, size, x, s);
+                let equal = self.b.setcond(Cond::Eq, size, x, s);
+                let tie = self.b.bin(BinOp::And, Size::B64, equal, cin);
+                self.b.bin(BinOp::Or, Size::B64, below, tie)
+            }
             _ => self.carry_of_state(),
         }
+    }
+
+    /// OF as 0/1 of the known operation, when its formula is short (not after ADC
+    /// or SBB, nor an operation the block does not know).
+    fn overflow(&mut self) -> Option<Temp> {
+        let (kind, size, d, s) = self.cc.known?;
+        let top = u64::from(size.bits() - 1);
+        let sign_bit = |t: &mut Self, v: Temp| {
+            let v = t.b.bini(BinOp::Shr, Size::B64, v, top);
+            t.b.bini(BinOp::And, Size::B64, v, 1)
+        };
+        Some(match kind {
+            CcKind::Logic | CcKind::Clr | CcKind::Popcnt => self.b.konst(0),
+            // The result's sign differs from both operands' (ADD) or the operands'
+            // signs differ and the result's differs from the first's (SUB).
+            CcKind::Add => {
+                let a = self.b.bin(BinOp::Sub, size, d, s);
+                let x = self.b.bin(BinOp::Xor, Size::B64, d, a);
+                let y = self.b.bin(BinOp::Xor, Size::B64, d, s);
+                let both = self.b.bin(BinOp::And, Size::B64, x, y);
+                sign_bit(self, both)
+            }
+            CcKind::Sub => {
+                let a = self.sub_first(size, d, s);
+                let x = self.b.bin(BinOp::Xor, Size::B64, a, s);
+                let y = self.b.bin(BinOp::Xor, Size::B64, a, d);
+                let both = self.b.bin(BinOp::And, Size::B64, x, y);
+                sign_bit(self, both)
+            }
+            CcKind::Inc | CcKind::Dec => {
+                let sign = 1u64 << top;
+                let edge = self
+                    .b
+                    .konst(if kind == CcKind::Inc { sign } else { sign - 1 });
+                self.b.setcond(Cond::Eq, size, d, edge)
+            }
+            CcKind::Mul => {
+                let zero = self.b.konst(0);
+                self.b.setcond(Cond::Ne, size, s, zero)
+            }
+            // SHL: the result's sign against CF (the last bit out, `cc_src`'s top);
+            // SAR/SHR: `cc_src`'s sign against the result's.
+            CcKind::Shl | CcKind::Sar => {
+                let x = self.b.bin(BinOp::Xor, Size::B64, s, d);
+                sign_bit(self, x)
+            }
+            CcKind::Eflags => {
+                let f = self
+                    .b
+                    .bini(BinOp::Shr, Size::B64, s, u64::from(OF.trailing_zeros()));
+                self.b.bini(BinOp::And, Size::B64, f, 1)
+            }
+            CcKind::Adc | CcKind::Sbb => return None,
+        })
+    }
+
+    /// Condition `cc` from the known operation's result and operands, without the
+    /// flags helper: `None` when one of the flags it needs has no short formula.
+    fn cond_inline(&mut self, cc: ConditionCode) -> Option<Temp> {
+        use ConditionCode as C;
+        let (kind, size, d, _) = self.cc.known?;
+        if matches!(kind, CcKind::Eflags | CcKind::Clr | CcKind::Popcnt) {
+            return None;
+        }
+        let zero = self.b.konst(0);
+        let zf = |t: &mut Self| t.b.setcond(Cond::Eq, size, d, zero);
+        let sf_xor_of = |t: &mut Self| -> Option<Temp> {
+            let of = t.overflow()?;
+            let sf = t.b.setcond(Cond::Lt, size, d, zero);
+            Some(t.b.bin(BinOp::Xor, Size::B64, sf, of))
+        };
+        Some(match cc {
+            C::o => self.overflow()?,
+            C::b => self.carry(),
+            C::be => {
+                let cf = self.carry();
+                let z = zf(self);
+                self.b.bin(BinOp::Or, Size::B64, cf, z)
+            }
+            C::l => sf_xor_of(self)?,
+            C::le => {
+                let l = sf_xor_of(self)?;
+                let z = zf(self);
+                self.b.bin(BinOp::Or, Size::B64, l, z)
+            }
+            C::p => {
+                use vireo_core::ir::UnOp;
+                let ones = self.b.un(UnOp::Popcnt, Size::B8, d);
+                let odd = self.b.bini(BinOp::And, Size::B64, ones, 1);
+                self.b.bini(BinOp::Xor, Size::B64, odd, 1)
+            }
+            _ => return None,
+        })
     }
 
     /// CF of the lazy-flag state in the globals (an operation the block does not
@@ -202,7 +320,7 @@ impl Tr {
             &mut self.cc,
             CcTrack {
                 known: Some((kind, size, d, s)),
-                first: None,
+                ..CcTrack::default()
             },
         );
         let c = self.carry();
@@ -272,6 +390,9 @@ impl Tr {
                 (_, C::e) if from_dst => return self.b.setcond(Cond::Eq, size, d, zero),
                 (_, C::s) if from_dst => return self.b.setcond(Cond::Lt, size, d, zero),
                 _ => {}
+            }
+            if let Some(v) = self.cond_inline(cc) {
+                return v;
             }
         }
         let f = self.eflags();

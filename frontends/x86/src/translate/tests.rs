@@ -727,27 +727,57 @@ fn inc_and_dec_keep_the_carry_of_a_shift_or_multiply() {
 
 #[test]
 fn jcc_setcc_cmov_after_every_flag_producer() {
-    // cmp/add/and/inc/stc-style producers, then setcc for all 16 conditions into memory.
-    let producers: [&[u8]; 5] = [
-        &[0x48, 0x39, 0xc3], // cmp rbx, rax
-        &[0x48, 0x01, 0xc3], // add rbx, rax
-        &[0x48, 0x21, 0xc3], // and rbx, rax
-        &[0x48, 0xff, 0xc3], // inc rbx
-        &[0x48, 0xd1, 0xe3], // shl rbx, 1
+    // Each flag producer, then SETcc for all 16 conditions into memory: what the
+    // conditions read (evaluated inline from the producer's operands where the
+    // translator can) agrees with the flags (through the flags helper) at the end.
+    // The second field names the reference ALU operation (op, width, carry in) of
+    // a producer that is one.
+    // The reference ALU operation: (op, width, carry in).
+    type Reference = Option<(u8, u32, u64)>;
+    let producers: [(&[u8], Reference); 25] = [
+        (&[0x48, 0x39, 0xc3], Some((7, 64, 0))),       // cmp rbx, rax
+        (&[0x48, 0x01, 0xc3], Some((0, 64, 0))),       // add rbx, rax
+        (&[0x48, 0x21, 0xc3], Some((4, 64, 0))),       // and rbx, rax
+        (&[0x48, 0x29, 0xc3], Some((5, 64, 0))),       // sub rbx, rax
+        (&[0x48, 0xff, 0xc3], None),                   // inc rbx
+        (&[0x48, 0xff, 0xcb], None),                   // dec rbx
+        (&[0x48, 0xf7, 0xdb], None),                   // neg rbx
+        (&[0x48, 0xd1, 0xe3], None),                   // shl rbx, 1
+        (&[0x48, 0xd1, 0xfb], None),                   // sar rbx, 1
+        (&[0x48, 0xd1, 0xeb], None),                   // shr rbx, 1
+        (&[0x48, 0x0f, 0xaf, 0xd8], None),             // imul rbx, rax
+        (&[0xf9, 0x48, 0x11, 0xc3], Some((2, 64, 1))), // stc; adc rbx, rax
+        (&[0xf8, 0x48, 0x11, 0xc3], Some((2, 64, 0))), // clc; adc rbx, rax
+        (&[0xf9, 0x48, 0x19, 0xc3], Some((3, 64, 1))), // stc; sbb rbx, rax
+        (&[0xf8, 0x48, 0x19, 0xc3], Some((3, 64, 0))), // clc; sbb rbx, rax
+        (&[0x48, 0x01, 0xc3, 0x48, 0x11, 0xc3], None), // add; adc rbx, rax
+        (&[0x48, 0x39, 0xc3, 0x48, 0x19, 0xc3], None), // cmp; sbb rbx, rax
+        (&[0x01, 0xc3], Some((0, 32, 0))),             // add ebx, eax
+        (&[0x29, 0xc3], Some((5, 32, 0))),             // sub ebx, eax
+        (&[0xf9, 0x11, 0xc3], Some((2, 32, 1))),       // stc; adc ebx, eax
+        (&[0xff, 0xcb], None),                         // dec ebx
+        (&[0x00, 0xc3], Some((0, 8, 0))),              // add bl, al
+        (&[0xf9, 0x18, 0xc3], Some((3, 8, 1))),        // stc; sbb bl, al
+        (&[0xfe, 0xc3], None),                         // inc bl
+        (&[0x66, 0x0f, 0xaf, 0xd8], None),             // imul bx, ax
     ];
     let vals = [
         0u64,
         1,
+        5,
+        0x7f,
+        0x80,
+        0xffff_ffff,
+        0x8000_0000,
         0x7fff_ffff_ffff_ffff,
         0x8000_0000_0000_0000,
         u64::MAX,
-        5,
     ];
-    for p in producers {
+    for (p, reference) in producers {
         for &a in &vals {
             for &b in &vals {
                 let mut code = p.to_vec();
-                // setcc byte [0x2000 + cc] for each cc; then jcc chain into rdx.
+                // setcc byte [0x2000 + cc] for each cc.
                 for cc in 0u8..16 {
                     code.extend([0x0f, 0x90 + cc, 0x04, 0x25]);
                     code.extend((0x2000u32 + u32::from(cc)).to_le_bytes());
@@ -773,17 +803,11 @@ fn jcc_setcc_cmov_after_every_flag_producer() {
                         "producer {p:x?} a {a:#x} b {b:#x} cc {cc}"
                     );
                 }
-                // And the flags themselves agree with the reference for cmp/add/and.
-                let op = match p[1] {
-                    0x39 => Some(7),
-                    0x01 => Some(0),
-                    0x21 => Some(4),
-                    _ => None,
-                };
-                if let Some(op) = op {
-                    let (_, rf) = ref_alu(op, 64, a, b, 0);
+                // And the flags themselves agree with the reference.
+                if let Some((op, bits, cf)) = reference {
+                    let (_, rf) = ref_alu(op, bits, a, b, cf);
                     let m = if op == 4 { ARITH & !AF } else { ARITH };
-                    assert_eq!(f & m, rf & m);
+                    assert_eq!(f & m, rf & m, "producer {p:x?} a {a:#x} b {b:#x}");
                 }
             }
         }
