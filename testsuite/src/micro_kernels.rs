@@ -11,7 +11,9 @@
 //! - [`Kernel::Indirect`]: a threaded bytecode interpreter (indirect jumps);
 //! - [`Kernel::Syscall`]: `syscall`/`sysretq` to a minimal ring-0 handler;
 //! - [`Kernel::PageFault`]: user stores to unmapped pages, each mapped by the ring-0
-//!   `#PF` handler; `int 0x80` unmaps them all again (and reloads CR3) per pass.
+//!   `#PF` handler; `int 0x80` unmaps them all again (and reloads CR3) per pass;
+//! - [`Kernel::Bignum`]: multi-precision multiply-subtract over 64-bit limbs (the
+//!   inner loop of a kernel's RSA signature checks).
 //!
 //! The host knows what each kernel computes ([`Built::expected`]) and how many guest
 //! instructions its measured part retires ([`Built::instructions`], counted from the
@@ -26,6 +28,8 @@ pub use crate::multiboot_kernel::EXIT_PORT;
 use crate::multiboot_kernel::{elf_with_image, IMAGE_ADDR};
 use iced_x86::code_asm::*;
 use iced_x86::BlockEncoderOptions;
+
+mod bignum;
 
 /// Value the kernel writes to isa-debug-exit when it is done.
 pub const EXIT_VALUE: u8 = 0x10;
@@ -90,16 +94,18 @@ pub enum Kernel {
     Indirect,
     Syscall,
     PageFault,
+    Bignum,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 6] = [
+    pub const ALL: [Kernel; 7] = [
         Kernel::Alu,
         Kernel::Mem,
         Kernel::Call,
         Kernel::Indirect,
         Kernel::Syscall,
         Kernel::PageFault,
+        Kernel::Bignum,
     ];
 
     pub fn name(self) -> &'static str {
@@ -110,6 +116,7 @@ impl Kernel {
             Kernel::Indirect => "indirect",
             Kernel::Syscall => "syscall",
             Kernel::PageFault => "pagefault",
+            Kernel::Bignum => "bignum",
         }
     }
 
@@ -117,7 +124,7 @@ impl Kernel {
     pub fn default_work(self) -> u64 {
         match self {
             Kernel::Alu => 400_000_000,
-            Kernel::Mem | Kernel::Call | Kernel::Indirect => 200_000_000,
+            Kernel::Mem | Kernel::Call | Kernel::Indirect | Kernel::Bignum => 200_000_000,
             Kernel::Syscall => 50_000_000,
             Kernel::PageFault => 20_000_000,
         }
@@ -132,6 +139,7 @@ impl Kernel {
             Kernel::Indirect => "dispatches",
             Kernel::Syscall => "syscalls",
             Kernel::PageFault => "faults",
+            Kernel::Bignum => "limbs",
         }
     }
 }
@@ -177,6 +185,7 @@ fn assemble(k: Kernel, work: u64) -> Result<Built, IcedError> {
         Kernel::Indirect => indirect(&mut a, work, m, &mut fixups)?,
         Kernel::Syscall => syscall(&mut a, work, m)?,
         Kernel::PageFault => pagefault(&mut a, work, m)?,
+        Kernel::Bignum => bignum::bignum(&mut a, work, m)?,
     };
     // After the body (result in RAX): the end marker, the result, the exit.
     a.mov(rbx, rax)?;

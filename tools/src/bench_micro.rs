@@ -236,6 +236,7 @@ fn short_unit(k: Kernel) -> &'static str {
         Kernel::Indirect => "disp",
         Kernel::Syscall => "sysc",
         Kernel::PageFault => "flt",
+        Kernel::Bignum => "limb",
     }
 }
 
