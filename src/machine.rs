@@ -241,6 +241,9 @@ impl Machine {
                     // virtual clock (as the PIT and RTC do), so guests see consistent
                     // time on every CPU.
                     let clock = wiring.clock.clone();
+                    // Every vCPU runs on this thread: guest time may stand still while
+                    // one of them translates.
+                    tcg.hold_clock_while_translating(clock.clone());
                     let hz = tcg.cpu().cpuid.tsc_hz;
                     tcg.cpu().tsc_source = Some(Box::new(move || {
                         vireo_core::clock::ns_to_ticks(clock.now_ns(), hz)

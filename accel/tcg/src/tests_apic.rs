@@ -482,3 +482,58 @@ jit_variants!(
     tsc_deadline_timer_from_the_guest,
     apic_timer_clock_is_the_cpuid_crystal,
 );
+
+/// The real translator, 50 ms slower per block.
+fn slow_translator(
+    cpu: &mut vireo_x86::X86Cpu,
+    max: usize,
+) -> Result<vireo_core::ir::Block, crate::frontend::TranslateError> {
+    std::thread::sleep(Duration::from_millis(50));
+    crate::frontend::translate(cpu, max)
+}
+
+/// The TSC (the machine's clock at 1 GHz) read before and after a jump to code not
+/// yet translated: with the clock held while translating, the guest does not see the
+/// 50 ms the translator takes; without, it does.
+#[test]
+fn guest_time_stands_still_while_a_block_is_translated() {
+    let measure = |hold: bool| -> u64 {
+        let mut mp = Mp::new();
+        let mut cpu = mp.cpu(0);
+        let clock = mp.clock.clone();
+        cpu.cpu().tsc_source = Some(Box::new(move || clock.now_ns()));
+        cpu.set_translator(slow_translator);
+        if hold {
+            cpu.hold_clock_while_translating(mp.clock.clone());
+        }
+        mp.code(0x1000, |a| {
+            a.mov(ebx, 0x2000u32)?;
+            a.rdtsc()?;
+            a.mov(esi, eax)?;
+            a.mov(edi, edx)?;
+            a.jmp(ebx) // ends the block: the next one is translated when reached
+        });
+        mp.code(0x2000, |a| {
+            a.rdtsc()?;
+            a.sub(eax, esi)?;
+            a.sbb(edx, edi)?;
+            a.mov(dword_ptr(DATA as u32), eax)?;
+            a.mov(dword_ptr(DATA as u32 + 4), edx)?;
+            a.mov(dword_ptr(DATA as u32 + 8), 1u32)?;
+            a.cli()?;
+            a.hlt()
+        });
+        cpu.set_state(&pm_state(0xfee0_0900, 0x1000)).unwrap();
+        let h = spawn(cpu);
+        mp.wait_then_stop("the second TSC read", || mp.r32(DATA + 8) == 1);
+        assert_eq!(h.join().unwrap().0, VcpuExit::Stopped);
+        u64::from(mp.r32(DATA)) | (u64::from(mp.r32(DATA + 4)) << 32)
+    };
+    let seen = measure(false);
+    assert!(
+        seen >= 50_000_000,
+        "the translation is in the window: {seen} ns"
+    );
+    let held = measure(true);
+    assert!(held < 10_000_000, "held while translating: {held} ns");
+}

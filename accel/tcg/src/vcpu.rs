@@ -208,6 +208,9 @@ pub struct TcgVcpu {
     /// Set when `run` returned [`VcpuExit::Halted`] in a group: whether an interrupt
     /// or CPU event can still wake this CPU.
     wakeable: bool,
+    /// The machine's clock, held while a block is translated
+    /// ([`TcgVcpu::hold_clock_while_translating`]).
+    clock: Option<Arc<vireo_core::VirtualClock>>,
 }
 
 /// How a vCPU in a round-robin group gives way to the others.
@@ -251,6 +254,7 @@ impl TcgVcpu {
             parked: None,
             group_mode: GroupMode::default(),
             wakeable: true,
+            clock: None,
         }
     }
 
@@ -275,6 +279,13 @@ impl TcgVcpu {
         self.cpu
             .attach_apic(Box::new(crate::apic::CpuApicPort(lapic.clone())), id);
         self.with_interrupts(Arc::new(crate::apic::ApicInterrupts::new(lapic, pic)))
+    }
+
+    /// Holds `clock` while a block is translated (and compiled): the guest sees time
+    /// pass only while it runs ([`vireo_core::VirtualClock::hold`]). For the thread
+    /// that runs every vCPU of the machine; not for a vCPU beside others that run on.
+    pub fn hold_clock_while_translating(&mut self, clock: Arc<vireo_core::VirtualClock>) {
+        self.clock = Some(clock);
     }
 
     /// Replaces the translator (tests of the engine with a toy guest), dropping every
@@ -1014,6 +1025,20 @@ impl TcgVcpu {
     /// Translates the block for `key` (at CS:RIP, linear address `linear`) and
     /// caches it.
     fn translate(&mut self, key: TbKey, linear: u64, warmup: u32) -> Result<TbId, Step> {
+        let clock = self.clock.take();
+        if let Some(c) = &clock {
+            c.hold();
+        }
+        let r = self.translate_held(key, linear, warmup);
+        if let Some(c) = &clock {
+            c.release();
+        }
+        self.clock = clock;
+        r
+    }
+
+    /// [`TcgVcpu::translate`] with the clock held.
+    fn translate_held(&mut self, key: TbKey, linear: u64, warmup: u32) -> Result<TbId, Step> {
         let max = if self.single_stepping() {
             1
         } else {
