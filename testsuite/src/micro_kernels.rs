@@ -124,7 +124,8 @@ impl Kernel {
     pub fn default_work(self) -> u64 {
         match self {
             Kernel::Alu => 400_000_000,
-            Kernel::Mem | Kernel::Call | Kernel::Indirect | Kernel::Bignum => 200_000_000,
+            Kernel::Mem | Kernel::Call | Kernel::Indirect => 200_000_000,
+            Kernel::Bignum => 1_600_000_000,
             Kernel::Syscall => 50_000_000,
             Kernel::PageFault => 20_000_000,
         }

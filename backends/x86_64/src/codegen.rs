@@ -192,6 +192,9 @@ struct Gen<'a> {
     uses: Vec<u32>,
     /// The op just compiled was a comparison that also did the `BrIf` after it.
     fused: bool,
+    /// The op just compiled was a comparison whose result only the `Select` after it
+    /// reads: the host flags hold it, true when this condition holds.
+    select_on: Option<Cond>,
     /// The block's way into the cache's shared table lookup (its cell in `rcx`),
     /// emitted after its code when used ([`Gen::lookup_tail`]).
     lookup_tail: Option<DynamicLabel>,
@@ -524,6 +527,7 @@ pub fn compile_with<E: GuestEnv + DirectGlobals>(
         konst,
         uses,
         fused: false,
+        select_on: None,
         guard_risk: risk,
         // (`guard_risk` with stores counted.)
         stop_risk: risk || stores,
@@ -979,6 +983,22 @@ impl Gen<'_> {
         }
     }
 
+    /// `d = s` if `cond` holds (of the host flags).
+    fn cmov(&mut self, cond: Cond, d: u8, s: u8) {
+        match cond {
+            Cond::Eq => dynasm!(self.ops ; .arch x64 ; cmove Rq(d), Rq(s)),
+            Cond::Ne => dynasm!(self.ops ; .arch x64 ; cmovne Rq(d), Rq(s)),
+            Cond::Ltu => dynasm!(self.ops ; .arch x64 ; cmovb Rq(d), Rq(s)),
+            Cond::Leu => dynasm!(self.ops ; .arch x64 ; cmovbe Rq(d), Rq(s)),
+            Cond::Gtu => dynasm!(self.ops ; .arch x64 ; cmova Rq(d), Rq(s)),
+            Cond::Geu => dynasm!(self.ops ; .arch x64 ; cmovae Rq(d), Rq(s)),
+            Cond::Lt => dynasm!(self.ops ; .arch x64 ; cmovl Rq(d), Rq(s)),
+            Cond::Le => dynasm!(self.ops ; .arch x64 ; cmovle Rq(d), Rq(s)),
+            Cond::Gt => dynasm!(self.ops ; .arch x64 ; cmovg Rq(d), Rq(s)),
+            Cond::Ge => dynasm!(self.ops ; .arch x64 ; cmovge Rq(d), Rq(s)),
+        }
+    }
+
     /// Leaves through the fault path unless the status in `rax` is OK.
     fn check_status(&mut self) {
         let fault = self.fault;
@@ -1151,6 +1171,15 @@ impl Gen<'_> {
                     }
                     _ => None,
                 };
+                // A comparison only the select right after it reads: compare, and the
+                // select moves on the flags.
+                if let Some(&Op::Select { cond: c, .. }) = self.block.ops.get(self.cur + 1) {
+                    if c == dst && self.read_once(dst) {
+                        self.compare(size, a, b);
+                        self.select_on = Some(cond);
+                        return Ok(());
+                    }
+                }
                 self.compare(size, a, b);
                 if let Some((l, how)) = branch {
                     match how {
@@ -1176,6 +1205,13 @@ impl Gen<'_> {
                 }
                 dynasm!(self.ops ; .arch x64 ; movzx Rd(d), Rb(d));
                 self.st(dst, d);
+            }
+            Op::Select { dst, a, b, .. } if let Some(c) = self.select_on.take() => {
+                // Register moves leave the flags of the comparison before alone.
+                self.ld(RAX, b);
+                self.ld(RCX, a);
+                self.cmov(c, RAX, RCX);
+                self.st(dst, RAX);
             }
             Op::Select { dst, cond, a, b } => {
                 self.ld(RAX, a);

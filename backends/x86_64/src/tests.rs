@@ -2452,3 +2452,56 @@ fn a_stop_request_pending_at_a_branch_is_taken_after_its_label() {
         ));
     }
 }
+
+/// A comparison that only the select right after it reads (compare, then a
+/// conditional move on the host flags) chooses as the interpreter does, for every
+/// condition and width, with constants and guest registers on either side.
+#[test]
+fn a_select_on_the_comparison_before_it_matches_the_interpreter() {
+    let vals = [
+        0u64,
+        1,
+        0x7f,
+        0x80,
+        0xff,
+        0x7fff_ffff,
+        0x8000_0000,
+        0xffff_ffff,
+        i64::MAX as u64,
+        i64::MIN as u64,
+        u64::MAX,
+    ];
+    let mut jit: JitCache<Env<true>> = counting_cache(16 << 20);
+    let mut rng = Rng(7);
+    let env = Env::<true>::new(&mut rng);
+    for size in [Size::B8, Size::B16, Size::B32, Size::B64] {
+        for cond in CONDS {
+            let mut b = Builder::new(0);
+            b.insn_start(0, 1);
+            let mut out = 0u64;
+            for &x in &vals {
+                for &y in &vals {
+                    let (tx, ty) = (b.konst(x), b.konst(y));
+                    let (ga, gb) = (b.get(Global::Gpr(1)), b.get(Global::Gpr(2)));
+                    // Constant against constant, register against constant, and
+                    // constant against register; the choice between two registers.
+                    for (p, q) in [(tx, ty), (ga, ty), (tx, gb)] {
+                        let c = b.setcond(cond, size, p, q);
+                        let r = b.select(c, ga, gb);
+                        let a = b.konst(out * 8 % 248);
+                        b.store(a, r, Size::B64, MmuIdx::Kernel);
+                        out += 1;
+                    }
+                }
+            }
+            // Registers on both sides.
+            let (ga, gb) = (b.get(Global::Gpr(1)), b.get(Global::Gpr(2)));
+            let c = b.setcond(cond, size, ga, gb);
+            let k = b.konst(5);
+            let r = b.select(c, k, ga);
+            b.set(Global::Gpr(3), r);
+            b.exit(ExitKind::Indirect);
+            check(&mut jit, &b.finish(), &env);
+        }
+    }
+}
