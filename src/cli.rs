@@ -89,6 +89,10 @@ Machine:
                           (default) or the IR interpreter
   -tcg-warmup N           interpreted runs of a new block before the JIT compiles
                           it (default 1; 0 compiles every block at once)
+  -tcg-compiler thread|inline
+                          where the JIT compiles: on a thread of its own, the
+                          vCPU interpreting a block until its code is in
+                          (default), or on the vCPU's thread
   -perfmap                write /tmp/perf-<pid>.map naming the JIT's code by guest
                           block, for Linux perf
 Boot:
@@ -432,6 +436,17 @@ pub fn parse(args: &[String]) -> Result<Command> {
                     .parse()
                     .map_err(|e: String| Error::usage(format!("-tcg-backend: {e}")))?;
             }
+            "-tcg-compiler" => {
+                cfg.tcg_compile_thread = match value()? {
+                    "thread" => true,
+                    "inline" => false,
+                    v => {
+                        return Err(Error::usage(format!(
+                            "-tcg-compiler: '{v}' is not thread or inline"
+                        )))
+                    }
+                };
+            }
             "-tcg-warmup" => {
                 let v = value()?;
                 cfg.tcg_warmup = v.parse().map_err(|_| {
@@ -668,6 +683,19 @@ mod tests {
         assert!(run(&["-tcg-warmup", "-1"]).is_err());
         assert!(run(&["-tcg-warmup", "many"]).is_err());
         assert!(HELP.contains("-tcg-warmup"));
+        assert!(run(&[]).unwrap().tcg_compile_thread);
+        assert!(
+            run(&["-tcg-compiler", "thread"])
+                .unwrap()
+                .tcg_compile_thread
+        );
+        assert!(
+            !run(&["-tcg-compiler", "inline"])
+                .unwrap()
+                .tcg_compile_thread
+        );
+        assert!(run(&["-tcg-compiler", "both"]).is_err());
+        assert!(HELP.contains("-tcg-compiler"));
     }
 
     /// The command line kvm-unit-tests' x86 runner (`x86/run`) builds for QEMU.

@@ -71,6 +71,9 @@ pub struct MachineConfig {
     pub tcg_backend: vireo_tcg::Backend,
     /// `-tcg-warmup`: interpreted runs of a new block before the JIT compiles it.
     pub tcg_warmup: u32,
+    /// `-tcg-compiler thread|inline`: the JIT compiles on a thread of its own (the
+    /// vCPU interprets a block until its code is in) or on the vCPU's.
+    pub tcg_compile_thread: bool,
     /// Write `/tmp/perf-<pid>.map` for the JIT's code (`-perfmap`).
     pub perfmap: bool,
     pub kernel: Option<PathBuf>,
@@ -98,6 +101,7 @@ impl Default for MachineConfig {
             cpu_model: None,
             tcg_backend: vireo_tcg::Backend::Jit,
             tcg_warmup: vireo_tcg::DEFAULT_WARMUP,
+            tcg_compile_thread: true,
             perfmap: false,
             kernel: None,
             initrd: Vec::new(),

@@ -262,6 +262,11 @@ impl Machine {
                     }
                     rr.add(tcg);
                 }
+                if config.tcg_compile_thread && config.tcg_backend == vireo_tcg::Backend::Jit {
+                    rr.compile_in_background(true).map_err(|e| {
+                        Error::Machine(format!("cannot start the compiler thread: {e}"))
+                    })?;
+                }
                 Cpus::RoundRobin(rr)
             }
         };

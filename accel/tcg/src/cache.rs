@@ -18,6 +18,7 @@
 //! `ExitKind::Jump` to a PC on the same linear page. The run loop follows a link
 //! without hashing or walking page tables; links die with their target's generation.
 
+use crate::compiler::Compiler;
 use vireo_core::fxhash::FxMap;
 use vireo_interp::Prepared;
 use vireo_jit::{JitBlock, JitCache, JitError};
@@ -200,6 +201,9 @@ pub struct BlockCache {
     /// Host code of the blocks (JIT backend).
     pub jit: JitCache<X86Cpu>,
     pub stats: CacheStats,
+    /// The background compiler, when blocks compile off the vCPU thread
+    /// ([`BlockCache::compile_in_background`]).
+    compiler: Option<Compiler>,
 }
 
 impl BlockCache {
@@ -262,6 +266,92 @@ impl BlockCache {
                 self.stats.jit_failed += 1;
                 None
             }
+        }
+    }
+
+    /// Compiles blocks on a thread of their own from now on (`true`), or in place.
+    pub fn compile_in_background(&mut self, on: bool) -> std::io::Result<()> {
+        self.compiler = if on { Some(Compiler::spawn()?) } else { None };
+        Ok(())
+    }
+
+    /// Whether the background compiler takes another block now (there is one, and
+    /// it has fewer than [`crate::compiler::MAX_PENDING`] in hand).
+    pub fn compiles_in_background(&self) -> bool {
+        self.compiler
+            .as_ref()
+            .is_some_and(|c| c.pending() < crate::compiler::MAX_PENDING)
+    }
+
+    /// Whether compiled blocks wait to be installed ([`BlockCache::poll_compiled`]).
+    pub fn compiles_pending(&self) -> bool {
+        self.compiler.as_ref().is_some_and(|c| c.pending() > 0)
+    }
+
+    /// Hands interpreted block `id` (`block` its IR as translated) to the background
+    /// compiler. `false` if there is none (any more): the block stays interpreted.
+    pub fn compile_later(&mut self, id: TbId, block: vireo_core::ir::Block) -> bool {
+        let Some(c) = self.compiler.as_mut() else {
+            return false;
+        };
+        let job = match self.jit.job(block) {
+            Ok(j) => j,
+            Err(e) => {
+                log::debug!(target: "vireo::tcg", "block stays interpreted: {e}");
+                self.stats.jit_failed += 1;
+                return false;
+            }
+        };
+        if !c.submit(id, job) {
+            self.compiler = None;
+            return false;
+        }
+        true
+    }
+
+    /// Installs the blocks the background compiler finished: each replaces its
+    /// interpreted block (a new block under the same key, so that links and lookup
+    /// entries find the compiled one). A block dropped since (code written, cache
+    /// flushed) is left out; one the JIT refused stays interpreted.
+    pub fn poll_compiled(&mut self, watch: &mut CodeWatch) {
+        while let Some((id, r)) = self.compiler.as_mut().and_then(|c| c.try_done()) {
+            let Some(tb) = self.get(id).filter(|t| t.jit.is_none()) else {
+                continue;
+            };
+            let (key, linear_page, pages, spans) = (tb.key, tb.linear_page, tb.pages, tb.spans);
+            let jit = match r.and_then(|done| self.jit.install(done)) {
+                Ok(j) => j,
+                Err(JitError::Full { .. }) => {
+                    log::debug!(target: "vireo::tcg", "JIT code buffer full ({} bytes): flush",
+                        self.jit.bytes_used());
+                    self.flush(watch);
+                    continue;
+                }
+                Err(JitError::Stale) => continue,
+                Err(e) => {
+                    log::debug!(target: "vireo::tcg", "block {:#x} stays interpreted: {e}", key.pc);
+                    self.stats.jit_failed += 1;
+                    continue;
+                }
+            };
+            self.stats.jit_compiled += 1;
+            if crate::perfmap::enabled() {
+                crate::perfmap::record(jit.entry(), jit.bytes, key.cs_base, key.pc);
+                if let Some((start, len)) = self.jit.take_new_shared_code() {
+                    crate::perfmap::record_shared(start, len);
+                }
+            }
+            let tb = Tb {
+                jit: Some(jit),
+                warmup: 0,
+                key,
+                linear_page,
+                links: [None; 2],
+                pages,
+                spans,
+                code: None,
+            };
+            self.insert(tb, watch);
         }
     }
 
@@ -529,6 +619,63 @@ mod tests {
             links: [None; 2],
             warmup: 0,
         }
+    }
+
+    /// Polls until the background compiler has nothing in hand (or a minute passed).
+    fn drain(c: &mut BlockCache, w: &mut CodeWatch) {
+        let t0 = std::time::Instant::now();
+        while c.compiles_pending() {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(60),
+                "compiler stuck"
+            );
+            c.poll_compiled(w);
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn background_compiles_replace_the_interpreted_block_unless_it_went() {
+        let mut w = CodeWatch::default();
+        let mut c = BlockCache::new(Limits::default());
+        c.compile_in_background(true).unwrap();
+        let block = |t: &Tb| t.code.as_ref().unwrap().block.clone();
+        // Installed: a compiled block under the same key (a new id), the IR gone.
+        let t = tb(0x1000, [Some(1), None], 3);
+        let (key, b) = (t.key, block(&t));
+        let a = c.insert(t, &mut w);
+        assert!(c.compile_later(a, b));
+        drain(&mut c, &mut w);
+        let id = c.lookup(&key).unwrap();
+        assert!(id != a && c.get(a).is_none());
+        let done = c.get(id).unwrap();
+        assert!(done.jit.is_some() && done.code.is_none() && done.warmup == 0);
+        assert_eq!((c.stats.jit_compiled, c.len(), c.ops_held()), (1, 1, 0));
+        assert!(w.is_watched(1));
+        // Its code written before the result came: nothing installed.
+        let t = tb(0x5000, [Some(5), None], 3);
+        let (key, b) = (t.key, block(&t));
+        let d = c.insert(t, &mut w);
+        assert!(c.compile_later(d, b));
+        c.invalidate_page(5, &mut w);
+        drain(&mut c, &mut w);
+        assert!(c.lookup(&key).is_none() && !w.is_watched(5));
+        assert_eq!(c.stats.jit_compiled, 1);
+        // The cache flushed meanwhile: the code (for cells gone) is refused.
+        let t = tb(0x7000, [Some(7), None], 3);
+        let b = block(&t);
+        let e = c.insert(t, &mut w);
+        assert!(c.compile_later(e, b));
+        c.flush(&mut w);
+        drain(&mut c, &mut w);
+        assert!(c.is_empty());
+        assert_eq!(c.stats.jit_compiled, 1);
+        // Off: nothing is handed over.
+        c.compile_in_background(false).unwrap();
+        let t = tb(0x9000, [Some(9), None], 3);
+        let b = block(&t);
+        let f = c.insert(t, &mut w);
+        assert!(!c.compiles_in_background() && !c.compile_later(f, b));
     }
 
     #[test]

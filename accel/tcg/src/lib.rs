@@ -4,6 +4,8 @@
 //!
 //! - [`vcpu::TcgVcpu`]: the vCPU and its run loop (kicks, halts, interrupts, faults).
 //! - [`cache`]: the block cache (keys, page index for self-modifying code, links).
+//! - [`compiler`]: the background compiler thread (IR passes and code generation
+//!   off the vCPU thread).
 //! - [`irq`]: the interrupt-controller boundary ([`irq::InterruptController`], the
 //!   8259A adapter) and the wake-up [`irq::Signal`].
 //! - [`apic`]: the local APIC as the CPU's interrupt controller and the frontend's
@@ -15,6 +17,7 @@
 
 pub mod apic;
 pub mod cache;
+pub mod compiler;
 pub mod dfilter;
 pub mod disas;
 pub mod frontend;
@@ -29,7 +32,8 @@ pub use smp::RoundRobin;
 pub use vcpu::{Backend, TcgStats, TcgVcpu, DEFAULT_WARMUP};
 
 /// Re-runs the named tests of the enclosing test module with the JIT backend (in a
-/// module `jit`).
+/// module `jit`), and with the JIT compiling on the background compiler (module
+/// `background`).
 #[cfg(test)]
 macro_rules! jit_variants {
     ($($t:ident),* $(,)?) => {
@@ -38,6 +42,14 @@ macro_rules! jit_variants {
                 #[test]
                 fn $t() {
                     crate::vcpu::with_test_backend(crate::Backend::Jit, super::$t)
+                }
+            )*
+        }
+        mod background {
+            $(
+                #[test]
+                fn $t() {
+                    crate::vcpu::with_test_background(super::$t)
                 }
             )*
         }

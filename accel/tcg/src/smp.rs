@@ -76,6 +76,18 @@ impl RoundRobin {
         self.vcpus.len() - 1
     }
 
+    /// Compiles the group's blocks on a thread of their own ([`crate::compiler`];
+    /// `true`) or in place, dropping every block.
+    pub fn compile_in_background(&mut self, on: bool) -> std::io::Result<()> {
+        match self.code.lock().as_mut() {
+            Some(code) => {
+                code.cache.flush(&mut code.watch);
+                code.cache.compile_in_background(on)
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Guest instructions per time slice (at least 1).
     pub fn set_slice(&mut self, insns: u64) {
         self.slice = insns.max(1);

@@ -147,6 +147,21 @@ pub(crate) fn with_test_backend(backend: Backend, f: impl FnOnce()) {
     f();
 }
 
+#[cfg(test)]
+thread_local! {
+    static TEST_BACKGROUND: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs test `f` with the vCPUs it creates on the JIT, compiling on the background
+/// compiler.
+#[cfg(test)]
+pub(crate) fn with_test_background(f: impl FnOnce()) {
+    TEST_BACKEND.with(|b| b.set(Backend::Jit));
+    TEST_BACKGROUND.with(|b| b.set(true));
+    f();
+    TEST_BACKGROUND.with(|b| b.set(false));
+}
+
 fn default_backend() -> Backend {
     #[cfg(test)]
     return TEST_BACKEND.with(|b| b.get());
@@ -233,6 +248,12 @@ impl TcgVcpu {
         if log::log_enabled!(target: "vireo::tcg", log::Level::Debug) {
             cache.jit.set_count_chains(true);
         }
+        #[cfg(test)]
+        if TEST_BACKGROUND.with(|b| b.get()) {
+            cache
+                .compile_in_background(true)
+                .expect("the compiler thread");
+        }
         TcgVcpu {
             cpu,
             cache,
@@ -286,6 +307,24 @@ impl TcgVcpu {
     /// that runs every vCPU of the machine; not for a vCPU beside others that run on.
     pub fn hold_clock_while_translating(&mut self, clock: Arc<vireo_core::VirtualClock>) {
         self.clock = Some(clock);
+    }
+
+    /// Compiles blocks on a thread of their own ([`crate::compiler`]; `true`), or on
+    /// the vCPU's thread, dropping every block. In a round-robin group, the group's
+    /// cache is set when it is checked out to this vCPU.
+    pub fn compile_in_background(&mut self, on: bool) -> std::io::Result<()> {
+        let mut r = Ok(());
+        self.with_code(|cache, watch| {
+            cache.flush(watch);
+            r = cache.compile_in_background(on);
+        });
+        self.chain_from = None;
+        r
+    }
+
+    /// Whether blocks compile on the background compiler (and it takes more now).
+    pub fn compiles_in_background(&mut self) -> bool {
+        self.with_code(|cache, _| cache.compiles_in_background())
     }
 
     /// Replaces the translator (tests of the engine with a toy guest), dropping every
@@ -685,6 +724,16 @@ impl TcgVcpu {
 
     /// Finds or translates the block at CS:RIP and runs it.
     fn step(&mut self) -> Step {
+        if self.cache.compiles_pending() {
+            // (Installing code is the emulator's time too: see `translate`.)
+            if let Some(c) = &self.clock {
+                c.hold();
+            }
+            self.cache.poll_compiled(&mut self.cpu.mmu.code);
+            if let Some(c) = &self.clock {
+                c.release();
+            }
+        }
         if self.cpu.bus.mem.dma_pending() {
             self.drop_dma_code();
         }
@@ -1071,8 +1120,18 @@ impl TcgVcpu {
         if shown {
             self.log_translation(&block, key, page2, warmup > 0);
         }
+        // Compiled on the background compiler: the block runs in the interpreter, as
+        // translated, until its code is in (not while `-d out_asm` shows it).
+        let later = warmup == 0
+            && self.backend == Backend::Jit
+            && self.cache.compiles_in_background()
+            && !(shown && log::log_enabled!(target: LOG_OUT_ASM, log::Level::Trace));
         let mut block = block;
-        if warmup > 0 {
+        let mut job = None;
+        if later {
+            Self::check_block(&block, key)?;
+            job = Some(block.clone());
+        } else if warmup > 0 {
             self.stats.warmups += 1;
             // To be interpreted: as translated, without the IR passes (which cost
             // more than they save a block run once).
@@ -1081,7 +1140,7 @@ impl TcgVcpu {
             vireo_core::opt::optimize(&mut block);
         }
         let jit = match self.backend {
-            Backend::Jit if warmup == 0 => {
+            Backend::Jit if warmup == 0 && !later => {
                 self.cache.jit.keep_code =
                     shown && log::log_enabled!(target: LOG_OUT_ASM, log::Level::Trace);
                 self.cache
@@ -1090,7 +1149,7 @@ impl TcgVcpu {
             }
             _ => None,
         };
-        if jit.is_none() && self.backend == Backend::Jit && warmup == 0 {
+        if jit.is_none() && self.backend == Backend::Jit && warmup == 0 && !later {
             Self::check_block(&block, key)?;
         }
         if let (Some(j), true) = (&jit, self.cache.jit.keep_code) {
@@ -1123,9 +1182,14 @@ impl TcgVcpu {
             ],
             linear_page: linear >> 12,
             links: [None; 2],
+            // (0 for a block waiting for its code: not cooled after its runs.)
             warmup,
         };
-        Ok(self.cache.insert(tb, &mut self.cpu.mmu.code))
+        let id = self.cache.insert(tb, &mut self.cpu.mmu.code);
+        if let Some(b) = job {
+            self.cache.compile_later(id, b);
+        }
+        Ok(id)
     }
 
     /// A translator's block that is not valid ([`vireo_core::ir::Block::validate`])

@@ -22,6 +22,62 @@ mod gate;
 mod groups;
 pub use codemem::set_anonymous as set_anonymous_code;
 pub use gate::{Gate, FLAGS as GATE_FLAGS};
+
+/// A block to compile away from the thread that runs code ([`JitCache::job`]).
+pub struct CompileJob {
+    /// The block (to be validated, and optimized as the caller likes, before
+    /// [`compile_job`]).
+    pub block: Block,
+    cell: usize,
+    lookup: bool,
+    count_chains: bool,
+    gen: u64,
+}
+
+/// The code of a [`CompileJob`], for [`JitCache::install`] on the thread that made
+/// the job.
+pub struct CompiledJob {
+    code: codegen::Compiled,
+    cell: usize,
+    gen: u64,
+    temps: u32,
+}
+
+/// A compiling thread's reusable buffers.
+#[derive(Default)]
+pub struct CompileScratch(codegen::Scratch);
+
+/// Lowers the calling thread's scheduling priority as far as it goes (nice 19), for a
+/// thread that compiles while another runs code: `false` if the host refused.
+pub fn lower_thread_priority() -> bool {
+    // SAFETY: `gettid` and `setpriority` take and return plain integers; `PRIO_PROCESS`
+    // with a thread ID changes that thread's nice value only.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19) == 0
+    }
+}
+
+/// Compiles `job` (on any thread: generated code is only data until installed).
+pub fn compile_job<E: GuestEnv + DirectGlobals>(
+    job: &CompileJob,
+    scratch: &mut CompileScratch,
+) -> Result<CompiledJob, JitError> {
+    job.block.validate().map_err(JitError::Unsupported)?;
+    let code = codegen::compile_with::<E>(
+        &job.block,
+        job.cell,
+        job.lookup,
+        job.count_chains,
+        &mut scratch.0,
+    )?;
+    Ok(CompiledJob {
+        code,
+        cell: job.cell,
+        gen: job.gen,
+        temps: job.block.temps,
+    })
+}
 mod tramp;
 
 #[cfg(test)]
@@ -46,6 +102,9 @@ pub enum JitError {
     /// Mapping or protecting code memory failed.
     #[error("JIT: code memory: {0}")]
     Memory(#[from] std::io::Error),
+    /// Code compiled for a generation flushed since ([`JitCache::install`]).
+    #[error("JIT: compiled for a flushed cache")]
+    Stale,
 }
 
 /// Size of one chunk of code memory (a larger block gets a chunk of its own).
@@ -571,6 +630,42 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
     /// and labels to be in range).
     pub fn compile(&mut self, block: &Block) -> Result<JitBlock, JitError> {
         block.validate().map_err(JitError::Unsupported)?;
+        let (cell, lookup) = self.prepare()?;
+        let c = codegen::compile_with::<E>(
+            block,
+            cell as usize,
+            lookup,
+            self.count_chains,
+            &mut self.scratch,
+        )?;
+        self.finish(c, cell, block.temps)
+    }
+
+    /// A job to compile `block` on another thread ([`compile_job`]), its code to be
+    /// installed here ([`JitCache::install`]).
+    pub fn job(&mut self, block: Block) -> Result<CompileJob, JitError> {
+        let (cell, lookup) = self.prepare()?;
+        Ok(CompileJob {
+            block,
+            cell: cell as usize,
+            lookup,
+            count_chains: self.count_chains,
+            gen: self.gen,
+        })
+    }
+
+    /// Places the code of a job made by [`JitCache::job`]. A job made before a flush
+    /// (its cell gone) is refused ([`JitError::Stale`]).
+    pub fn install(&mut self, done: CompiledJob) -> Result<JitBlock, JitError> {
+        if done.gen != self.gen {
+            return Err(JitError::Stale);
+        }
+        self.finish(done.code, done.cell as *mut Cell, done.temps)
+    }
+
+    /// The shared code (made on first use) and a new cell, for a block about to be
+    /// compiled: the cell, and whether the shared table lookup exists.
+    fn prepare(&mut self) -> Result<(*mut Cell, bool), JitError> {
         let cell = self.new_cell();
         if cell.is_null() {
             return Err(JitError::Unsupported("no cell".into()));
@@ -594,13 +689,17 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
             });
         }
         let lookup = self.stubs.as_ref().is_some_and(|s| s.lookup != 0);
-        let c = codegen::compile_with::<E>(
-            block,
-            cell as usize,
-            lookup,
-            self.count_chains,
-            &mut self.scratch,
-        )?;
+        Ok((cell, lookup))
+    }
+
+    /// Places compiled code `c` for `cell` (this generation's, from
+    /// [`JitCache::prepare`]) of a block with `temps` temporaries.
+    fn finish(
+        &mut self,
+        c: codegen::Compiled,
+        cell: *mut Cell,
+        temps: u32,
+    ) -> Result<JitBlock, JitError> {
         let len = c.code.len();
         if self.used + len > self.limit {
             return Err(JitError::Full {
@@ -634,9 +733,10 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
             self.last_code = c.code;
         }
         // (The temp area also holds the slots of access groups after the temps.)
-        self.max_temps = self.max_temps.max(block.temps as usize + groups::SLOTS);
-        // SAFETY: `cell` is this generation's newest cell (from `new_cell`, non-null);
-        // no code runs while `&mut self` is held.
+        self.max_temps = self.max_temps.max(temps as usize + groups::SLOTS);
+        // SAFETY: `cell` is one of this generation's cells (from `new_cell`, non-null:
+        // `install` refuses a job of another generation); no code runs while
+        // `&mut self` is held.
         unsafe {
             (*cell).entry = entry;
             for (k, off) in c.miss.iter().enumerate() {
