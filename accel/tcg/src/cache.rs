@@ -143,6 +143,15 @@ impl Tb {
     }
 }
 
+/// The compiled code of block `id` in `slots`, if it lives and is compiled.
+fn jit_of(slots: &[Slot], id: TbId) -> Option<&JitBlock> {
+    let slot = slots.get(id.index as usize)?;
+    if slot.gen != id.gen {
+        return None;
+    }
+    slot.tb.as_ref()?.jit.as_ref()
+}
+
 #[derive(Debug, Default)]
 #[repr(C)]
 struct Slot {
@@ -183,6 +192,8 @@ pub struct CacheStats {
     pub flushes: u64,
     /// Blocks compiled by the JIT.
     pub jit_compiled: u64,
+    /// Of those, compiled on the background compiler.
+    pub jit_background: u64,
     /// Blocks the JIT could not compile (they run in the interpreter).
     pub jit_failed: u64,
 }
@@ -283,6 +294,11 @@ impl BlockCache {
             .is_some_and(|c| c.pending() < crate::compiler::MAX_PENDING)
     }
 
+    /// Whether there is a background compiler (busy or not).
+    pub fn has_background_compiler(&self) -> bool {
+        self.compiler.is_some()
+    }
+
     /// Whether compiled blocks wait to be installed ([`BlockCache::poll_compiled`]).
     pub fn compiles_pending(&self) -> bool {
         self.compiler.as_ref().is_some_and(|c| c.pending() > 0)
@@ -309,16 +325,18 @@ impl BlockCache {
         true
     }
 
-    /// Installs the blocks the background compiler finished: each replaces its
-    /// interpreted block (a new block under the same key, so that links and lookup
-    /// entries find the compiled one). A block dropped since (code written, cache
+    /// Installs the blocks the background compiler finished, each in place of its
+    /// interpreted block (same id; its IR goes): from now on it runs as host code, the
+    /// links it recorded to compiled blocks go on in host code, and a compiled block
+    /// the run loop linked to it is linked in host code when the run loop follows that
+    /// link ([`BlockCache::link_compiled`]). A block dropped since (code written, cache
     /// flushed) is left out; one the JIT refused stays interpreted.
     pub fn poll_compiled(&mut self, watch: &mut CodeWatch) {
         while let Some((id, r)) = self.compiler.as_mut().and_then(|c| c.try_done()) {
             let Some(tb) = self.get(id).filter(|t| t.jit.is_none()) else {
                 continue;
             };
-            let (key, linear_page, pages, spans) = (tb.key, tb.linear_page, tb.pages, tb.spans);
+            let (key, page, single) = (tb.key, tb.linear_page, tb.pages[1].is_none());
             let jit = match r.and_then(|done| self.jit.install(done)) {
                 Ok(j) => j,
                 Err(JitError::Full { .. }) => {
@@ -335,23 +353,34 @@ impl BlockCache {
                 }
             };
             self.stats.jit_compiled += 1;
+            self.stats.jit_background += 1;
             if crate::perfmap::enabled() {
                 crate::perfmap::record(jit.entry(), jit.bytes, key.cs_base, key.pc);
                 if let Some((start, len)) = self.jit.take_new_shared_code() {
                     crate::perfmap::record_shared(start, len);
                 }
             }
-            let tb = Tb {
-                jit: Some(jit),
-                warmup: 0,
-                key,
-                linear_page,
-                links: [None; 2],
-                pages,
-                spans,
-                code: None,
+            self.jit.set_tag(&jit, id.to_tag());
+            self.jit.set_page(&jit, page, single);
+            let Some(tb) = self.get_mut(id) else {
+                continue;
             };
-            self.insert(tb, watch);
+            let held = tb.ops();
+            tb.code = None;
+            tb.jit = Some(jit);
+            let links = tb.links;
+            self.ops -= held;
+            for l in links.into_iter().flatten() {
+                self.link_compiled(id, l.pc, l.target);
+            }
+        }
+    }
+
+    /// Links `from` to `to` (at `pc`) in host code when both are compiled (a link the
+    /// run loop recorded while one of them was not).
+    pub fn link_compiled(&mut self, from: TbId, pc: u64, to: TbId) {
+        if let (Some(f), Some(t)) = (jit_of(&self.slots, from), jit_of(&self.slots, to)) {
+            self.jit.link(f, pc, t);
         }
     }
 
@@ -437,13 +466,6 @@ impl BlockCache {
     /// block; a third replaces the older).
     pub fn link(&mut self, from: TbId, pc: u64, to: TbId) {
         // Compiled code goes straight on, too.
-        fn jit_of(slots: &[Slot], id: TbId) -> Option<&JitBlock> {
-            let slot = slots.get(id.index as usize)?;
-            if slot.gen != id.gen {
-                return None;
-            }
-            slot.tb.as_ref()?.jit.as_ref()
-        }
         if let (Some(f), Some(t)) = (jit_of(&self.slots, from), jit_of(&self.slots, to)) {
             self.jit.link(f, pc, t);
         }
@@ -640,15 +662,14 @@ mod tests {
         let mut c = BlockCache::new(Limits::default());
         c.compile_in_background(true).unwrap();
         let block = |t: &Tb| t.code.as_ref().unwrap().block.clone();
-        // Installed: a compiled block under the same key (a new id), the IR gone.
+        // Installed in place: the same block, compiled, its IR gone.
         let t = tb(0x1000, [Some(1), None], 3);
         let (key, b) = (t.key, block(&t));
         let a = c.insert(t, &mut w);
         assert!(c.compile_later(a, b));
         drain(&mut c, &mut w);
-        let id = c.lookup(&key).unwrap();
-        assert!(id != a && c.get(a).is_none());
-        let done = c.get(id).unwrap();
+        assert_eq!(c.lookup(&key), Some(a));
+        let done = c.get(a).unwrap();
         assert!(done.jit.is_some() && done.code.is_none() && done.warmup == 0);
         assert_eq!((c.stats.jit_compiled, c.len(), c.ops_held()), (1, 1, 0));
         assert!(w.is_watched(1));

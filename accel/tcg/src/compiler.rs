@@ -56,7 +56,7 @@ impl Compiler {
                 vireo_jit::lower_thread_priority();
                 let mut scratch = CompileScratch::default();
                 // Ends when the vCPU side drops its sender (or its receiver).
-                while let Ok((id, mut job)) = inbox.recv() {
+                while let Some((id, mut job)) = next_job(&inbox) {
                     vireo_core::opt::optimize(&mut job.block);
                     let r = vireo_jit::compile_job::<X86Cpu>(&job, &mut scratch);
                     if outbox.send((id, r)).is_err() {
@@ -99,6 +99,24 @@ impl Compiler {
         let d = self.done.try_recv().ok()?;
         self.pending -= 1;
         Some(d)
+    }
+}
+
+/// How long the compiler thread waits for the next job awake before it sleeps: jobs
+/// come in bursts, and each one sent to a sleeping thread cost the vCPU thread a
+/// wake-up (a system call, a microsecond, as much as the rest of handing a job over).
+const STAY_AWAKE: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// The next job (`None` once the vCPU side is gone).
+fn next_job(inbox: &mpsc::Receiver<(TbId, CompileJob)>) -> Option<(TbId, CompileJob)> {
+    let t0 = std::time::Instant::now();
+    loop {
+        match inbox.try_recv() {
+            Ok(j) => return Some(j),
+            Err(mpsc::TryRecvError::Disconnected) => return None,
+            Err(mpsc::TryRecvError::Empty) if t0.elapsed() < STAY_AWAKE => std::hint::spin_loop(),
+            Err(mpsc::TryRecvError::Empty) => return inbox.recv().ok(),
+        }
     }
 }
 

@@ -749,6 +749,10 @@ impl TcgVcpu {
         let id = match linked {
             Some(next) => {
                 self.stats.chained += 1;
+                if let (Some((from, to_pc)), true) = (prev, self.cache.has_background_compiler()) {
+                    // Either end may have been compiled since the link was recorded.
+                    self.cache.link_compiled(from, to_pc, next);
+                }
                 next
             }
             None => match self.find_block(pc, prev) {
@@ -1263,16 +1267,18 @@ impl Vcpu for TcgVcpu {
         let exit = self.run_loop();
         self.check_in();
         if log::log_enabled!(target: "vireo::tcg", log::Level::Debug) {
-            let (code, blocks, flushes, dropped) = self.with_code(|c, _| {
+            let (code, blocks, flushes, dropped, compiled, background) = self.with_code(|c, _| {
                 (
                     c.jit.bytes_used(),
                     c.len(),
                     c.stats.flushes,
                     c.stats.invalidated,
+                    c.stats.jit_compiled,
+                    c.stats.jit_background,
                 )
             });
             log::debug!(target: "vireo::tcg",
-                "run: {exit:?} after {} insns, {} blocks ({} chained, {} of them in host code, {} by the jump cache, {} translated); cache: {blocks} blocks, {} KiB of host code, {dropped} dropped by code writes, {flushes} flushes",
+                "run: {exit:?} after {} insns, {} blocks ({} chained, {} of them in host code, {} by the jump cache, {} translated); cache: {blocks} blocks, {} KiB of host code, {compiled} compiled ({background} on the background compiler), {dropped} dropped by code writes, {flushes} flushes",
                 self.insns(), self.stats.blocks, self.stats.chained, self.stats.jit_chained, self.stats.jcache_hits,
                 self.stats.translations, code / 1024);
         }
