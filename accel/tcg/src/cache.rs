@@ -332,7 +332,7 @@ impl BlockCache {
     /// link ([`BlockCache::link_compiled`]). A block dropped since (code written, cache
     /// flushed) is left out; one the JIT refused stays interpreted.
     pub fn poll_compiled(&mut self, watch: &mut CodeWatch) {
-        while let Some((id, r)) = self.compiler.as_mut().and_then(|c| c.try_done()) {
+        while let Some((id, r, _ir)) = self.compiler.as_mut().and_then(|c| c.try_done()) {
             let Some(tb) = self.get(id).filter(|t| t.jit.is_none()) else {
                 continue;
             };

@@ -22,12 +22,14 @@ const LOG: &str = "vireo::tcg";
 /// that).
 pub const MAX_PENDING: usize = 32;
 
-/// A finished job: the block it was for and its code (or why there is none).
-pub type Done = (TbId, Result<CompiledJob, JitError>);
+/// A finished job: the block it was for, its code (or why there is none), and its IR
+/// back (freed on the thread that allocated it).
+pub type Done = (TbId, Result<CompiledJob, JitError>, vireo_core::ir::Block);
 
-/// The compiler thread and the channels to it.
+/// The compiler thread and the channels to it (bounded: at most [`MAX_PENDING`] jobs
+/// are out, so neither side waits, and the channels allocate nothing per message).
 pub struct Compiler {
-    jobs: Option<mpsc::Sender<(TbId, CompileJob)>>,
+    jobs: Option<mpsc::SyncSender<(TbId, CompileJob)>>,
     done: mpsc::Receiver<Done>,
     /// Jobs sent whose results were not taken yet.
     pending: usize,
@@ -45,8 +47,8 @@ impl std::fmt::Debug for Compiler {
 impl Compiler {
     /// Starts the compiler thread.
     pub fn spawn() -> std::io::Result<Compiler> {
-        let (jobs, inbox) = mpsc::channel::<(TbId, CompileJob)>();
-        let (outbox, done) = mpsc::channel::<Done>();
+        let (jobs, inbox) = mpsc::sync_channel::<(TbId, CompileJob)>(MAX_PENDING);
+        let (outbox, done) = mpsc::sync_channel::<Done>(MAX_PENDING);
         let thread = std::thread::Builder::new()
             .name("vireo-compiler".into())
             .spawn(move || {
@@ -58,8 +60,8 @@ impl Compiler {
                 // Ends when the vCPU side drops its sender (or its receiver).
                 while let Some((id, mut job)) = next_job(&inbox) {
                     vireo_core::opt::optimize(&mut job.block);
-                    let r = vireo_jit::compile_job::<X86Cpu>(&job, &mut scratch);
-                    if outbox.send((id, r)).is_err() {
+                    let r = vireo_jit::compile_job::<X86Cpu>(&mut job, &mut scratch);
+                    if outbox.send((id, r, job.block)).is_err() {
                         break;
                     }
                 }

@@ -32,7 +32,12 @@ pub struct CompileJob {
     lookup: bool,
     count_chains: bool,
     gen: u64,
+    /// The buffer the code goes to (one of the cache's, see `JitCache::spare_code`).
+    out: Vec<u8>,
 }
+
+/// Code buffers a [`JitCache`] keeps for jobs.
+const SPARE_CODE_BUFFERS: usize = 64;
 
 /// The code of a [`CompileJob`], for [`JitCache::install`] on the thread that made
 /// the job.
@@ -60,17 +65,22 @@ pub fn lower_thread_priority() -> bool {
 
 /// Compiles `job` (on any thread: generated code is only data until installed).
 pub fn compile_job<E: GuestEnv + DirectGlobals>(
-    job: &CompileJob,
+    job: &mut CompileJob,
     scratch: &mut CompileScratch,
 ) -> Result<CompiledJob, JitError> {
     job.block.validate().map_err(JitError::Unsupported)?;
-    let code = codegen::compile_with::<E>(
+    let mut code = codegen::compile_with::<E>(
         &job.block,
         job.cell,
         job.lookup,
         job.count_chains,
         &mut scratch.0,
     )?;
+    // Into the job's buffer (the assembler's own goes on this thread).
+    let mut out = std::mem::take(&mut job.out);
+    out.clear();
+    out.extend_from_slice(&code.code);
+    code.code = out;
     Ok(CompiledJob {
         code,
         cell: job.cell,
@@ -330,6 +340,10 @@ pub struct JitCache<E> {
     /// Keep a copy of the last block's code in `last_code` (`-d out_asm`).
     pub keep_code: bool,
     pub last_code: Vec<u8>,
+    /// Code buffers of placed blocks, for jobs to compile into ([`JitCache::job`]): a
+    /// compiling thread then never frees memory this one allocated nor the other way
+    /// round (each such free took the allocator's lock of the other thread's arena).
+    spare_code: Vec<Vec<u8>>,
     /// Buffers one compilation leaves to the next.
     scratch: codegen::Scratch,
     /// Per cell, the addresses of the chain slots linked to it (some may lead
@@ -400,6 +414,7 @@ impl<E> JitCache<E> {
             count_chains: false,
             keep_code: false,
             last_code: Vec::new(),
+            spare_code: Vec::new(),
             scratch: codegen::Scratch::default(),
             incoming: Default::default(),
             _env: PhantomData,
@@ -651,6 +666,7 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
             lookup,
             count_chains: self.count_chains,
             gen: self.gen,
+            out: self.spare_code.pop().unwrap_or_default(),
         })
     }
 
@@ -731,6 +747,10 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
         self.compiled += 1;
         if self.keep_code {
             self.last_code = c.code;
+        } else if self.spare_code.len() < SPARE_CODE_BUFFERS {
+            let mut b = c.code;
+            b.clear();
+            self.spare_code.push(b);
         }
         // (The temp area also holds the slots of access groups after the temps.)
         self.max_temps = self.max_temps.max(temps as usize + groups::SLOTS);
