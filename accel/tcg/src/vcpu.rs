@@ -726,13 +726,7 @@ impl TcgVcpu {
     fn step(&mut self) -> Step {
         if self.cache.compiles_pending() {
             // (Installing code is the emulator's time too: see `translate`.)
-            if let Some(c) = &self.clock {
-                c.hold();
-            }
-            self.cache.poll_compiled(&mut self.cpu.mmu.code);
-            if let Some(c) = &self.clock {
-                c.release();
-            }
+            self.with_clock_held(|v| v.cache.poll_compiled(&mut v.cpu.mmu.code));
         }
         if self.cpu.bus.mem.dma_pending() {
             self.drop_dma_code();
@@ -1078,11 +1072,17 @@ impl TcgVcpu {
     /// Translates the block for `key` (at CS:RIP, linear address `linear`) and
     /// caches it.
     fn translate(&mut self, key: TbKey, linear: u64, warmup: u32) -> Result<TbId, Step> {
+        self.with_clock_held(|v| v.translate_held(key, linear, warmup))
+    }
+
+    /// `f` with the machine's clock held, if this vCPU holds it
+    /// ([`TcgVcpu::hold_clock_while_translating`]).
+    fn with_clock_held<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
         let clock = self.clock.take();
         if let Some(c) = &clock {
             c.hold();
         }
-        let r = self.translate_held(key, linear, warmup);
+        let r = f(self);
         if let Some(c) = &clock {
             c.release();
         }

@@ -23,71 +23,8 @@ mod groups;
 pub use codemem::set_anonymous as set_anonymous_code;
 pub use gate::{Gate, FLAGS as GATE_FLAGS};
 
-/// A block to compile away from the thread that runs code ([`JitCache::job`]).
-pub struct CompileJob {
-    /// The block (to be validated, and optimized as the caller likes, before
-    /// [`compile_job`]).
-    pub block: Block,
-    cell: usize,
-    lookup: bool,
-    count_chains: bool,
-    gen: u64,
-    /// The buffer the code goes to (one of the cache's, see `JitCache::spare_code`).
-    out: Vec<u8>,
-}
-
-/// Code buffers a [`JitCache`] keeps for jobs.
-const SPARE_CODE_BUFFERS: usize = 64;
-
-/// The code of a [`CompileJob`], for [`JitCache::install`] on the thread that made
-/// the job.
-pub struct CompiledJob {
-    code: codegen::Compiled,
-    cell: usize,
-    gen: u64,
-    temps: u32,
-}
-
-/// A compiling thread's reusable buffers.
-#[derive(Default)]
-pub struct CompileScratch(codegen::Scratch);
-
-/// Lowers the calling thread's scheduling priority as far as it goes (nice 19), for a
-/// thread that compiles while another runs code: `false` if the host refused.
-pub fn lower_thread_priority() -> bool {
-    // SAFETY: `gettid` and `setpriority` take and return plain integers; `PRIO_PROCESS`
-    // with a thread ID changes that thread's nice value only.
-    unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19) == 0
-    }
-}
-
-/// Compiles `job` (on any thread: generated code is only data until installed).
-pub fn compile_job<E: GuestEnv + DirectGlobals>(
-    job: &mut CompileJob,
-    scratch: &mut CompileScratch,
-) -> Result<CompiledJob, JitError> {
-    job.block.validate().map_err(JitError::Unsupported)?;
-    let mut code = codegen::compile_with::<E>(
-        &job.block,
-        job.cell,
-        job.lookup,
-        job.count_chains,
-        &mut scratch.0,
-    )?;
-    // Into the job's buffer (the assembler's own goes on this thread).
-    let mut out = std::mem::take(&mut job.out);
-    out.clear();
-    out.extend_from_slice(&code.code);
-    code.code = out;
-    Ok(CompiledJob {
-        code,
-        cell: job.cell,
-        gen: job.gen,
-        temps: job.block.temps,
-    })
-}
+mod job;
+pub use job::{compile_job, lower_thread_priority, CompileJob, CompileScratch, CompiledJob};
 mod tramp;
 
 #[cfg(test)]
@@ -112,7 +49,8 @@ pub enum JitError {
     /// Mapping or protecting code memory failed.
     #[error("JIT: code memory: {0}")]
     Memory(#[from] std::io::Error),
-    /// Code compiled for a generation flushed since ([`JitCache::install`]).
+    /// Code compiled for a generation flushed since, or for another cache
+    /// ([`JitCache::install`]).
     #[error("JIT: compiled for a flushed cache")]
     Stale,
 }
@@ -344,6 +282,8 @@ pub struct JitCache<E> {
     /// compiling thread then never frees memory this one allocated nor the other way
     /// round (each such free took the allocator's lock of the other thread's arena).
     spare_code: Vec<Vec<u8>>,
+    /// This cache among all (a job's code is installed only where its cell is).
+    owner: u64,
     /// Buffers one compilation leaves to the next.
     scratch: codegen::Scratch,
     /// Per cell, the addresses of the chain slots linked to it (some may lead
@@ -415,6 +355,7 @@ impl<E> JitCache<E> {
             keep_code: false,
             last_code: Vec::new(),
             spare_code: Vec::new(),
+            owner: job::new_owner(),
             scratch: codegen::Scratch::default(),
             incoming: Default::default(),
             _env: PhantomData,
@@ -665,15 +606,17 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
             cell: cell as usize,
             lookup,
             count_chains: self.count_chains,
+            owner: self.owner,
             gen: self.gen,
             out: self.spare_code.pop().unwrap_or_default(),
         })
     }
 
-    /// Places the code of a job made by [`JitCache::job`]. A job made before a flush
-    /// (its cell gone) is refused ([`JitError::Stale`]).
+    /// Places the code of a job made by [`JitCache::job`] of this cache. A job made
+    /// before a flush (its cell gone), or by another cache, is refused
+    /// ([`JitError::Stale`]).
     pub fn install(&mut self, done: CompiledJob) -> Result<JitBlock, JitError> {
-        if done.gen != self.gen {
+        if done.owner != self.owner || done.gen != self.gen {
             return Err(JitError::Stale);
         }
         self.finish(done.code, done.cell as *mut Cell, done.temps)
@@ -747,7 +690,7 @@ impl<E: GuestEnv + DirectGlobals> JitCache<E> {
         self.compiled += 1;
         if self.keep_code {
             self.last_code = c.code;
-        } else if self.spare_code.len() < SPARE_CODE_BUFFERS {
+        } else if self.spare_code.len() < job::SPARE_CODE_BUFFERS {
             let mut b = c.code;
             b.clear();
             self.spare_code.push(b);

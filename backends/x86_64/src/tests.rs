@@ -2505,3 +2505,42 @@ fn a_select_on_the_comparison_before_it_matches_the_interpreter() {
         }
     }
 }
+
+/// A job compiled elsewhere runs like the block compiled in place, once installed by
+/// the cache that made it; another cache, or the same one after a flush, refuses the
+/// code (its cell is not theirs).
+#[test]
+fn a_job_installs_only_in_its_cache_and_generation() {
+    use crate::{compile_job, CompileScratch};
+    let env = Env::<true>::new(&mut Rng(13));
+    let blk = step_block(0x100, 0, 1, 0x200);
+    let mut scratch = CompileScratch::default();
+    let run = |jit: &JitCache<Env<true>>, b: &crate::JitBlock| {
+        let (mut e, mut st) = (env.clone(), JitState::new());
+        let o = jit.run(b, &mut e, &mut st).unwrap();
+        (o, e)
+    };
+    let mut a: JitCache<Env<true>> = JitCache::new(1 << 20);
+    let mut job = a.job(blk.clone()).unwrap();
+    let done = compile_job::<Env<true>>(&mut job, &mut scratch).unwrap();
+    let installed = a.install(done).unwrap();
+    let inline = a.compile(&blk).unwrap();
+    assert_eq!(run(&a, &installed), run(&a, &inline));
+    // Another cache's, or a flushed generation's: refused.
+    let mut b: JitCache<Env<true>> = JitCache::new(1 << 20);
+    let mut job = a.job(blk.clone()).unwrap();
+    let done = compile_job::<Env<true>>(&mut job, &mut scratch).unwrap();
+    assert!(matches!(b.install(done), Err(JitError::Stale)));
+    let mut job = a.job(blk.clone()).unwrap();
+    let done = compile_job::<Env<true>>(&mut job, &mut scratch).unwrap();
+    a.flush();
+    assert!(matches!(a.install(done), Err(JitError::Stale)));
+    // A block that does not validate fails on the compiling thread.
+    let mut bad = blk.clone();
+    bad.temps = 0;
+    let mut job = a.job(bad).unwrap();
+    assert!(matches!(
+        compile_job::<Env<true>>(&mut job, &mut scratch),
+        Err(JitError::Unsupported(_))
+    ));
+}
