@@ -260,9 +260,7 @@ impl BlockCache {
     ) -> Option<JitBlock> {
         let r = match self.jit.compile(block) {
             Err(JitError::Full { .. }) => {
-                log::debug!(target: "vireo::tcg", "JIT code buffer full ({} bytes): flush",
-                    self.jit.bytes_used());
-                self.flush(watch);
+                self.flush_full_code(watch);
                 self.jit.compile(block)
             }
             r => r,
@@ -340,9 +338,7 @@ impl BlockCache {
             let jit = match r.and_then(|done| self.jit.install(done)) {
                 Ok(j) => j,
                 Err(JitError::Full { .. }) => {
-                    log::debug!(target: "vireo::tcg", "JIT code buffer full ({} bytes): flush",
-                        self.jit.bytes_used());
-                    self.flush(watch);
+                    self.flush_full_code(watch);
                     continue;
                 }
                 Err(JitError::Stale) => continue,
@@ -354,12 +350,7 @@ impl BlockCache {
             };
             self.stats.jit_compiled += 1;
             self.stats.jit_background += 1;
-            if crate::perfmap::enabled() {
-                crate::perfmap::record(jit.entry(), jit.bytes, key.cs_base, key.pc);
-                if let Some((start, len)) = self.jit.take_new_shared_code() {
-                    crate::perfmap::record_shared(start, len);
-                }
-            }
+            self.name_in_perf_map(&jit, key);
             self.jit.set_tag(&jit, id.to_tag());
             self.jit.set_page(&jit, page, single);
             let Some(tb) = self.get_mut(id) else {
@@ -372,6 +363,25 @@ impl BlockCache {
             self.ops -= held;
             for l in links.into_iter().flatten() {
                 self.link_compiled(id, l.pc, l.target);
+            }
+        }
+    }
+
+    /// The JIT's code buffer is full: everything goes (as when the cache holds too
+    /// many blocks).
+    fn flush_full_code(&mut self, watch: &mut CodeWatch) {
+        log::debug!(target: "vireo::tcg", "JIT code buffer full ({} bytes): flush",
+            self.jit.bytes_used());
+        self.flush(watch);
+    }
+
+    /// Names compiled block `jit` (the block at `key`), and shared code new since the
+    /// last call, in the perf map (`-perfmap`).
+    pub fn name_in_perf_map(&mut self, jit: &JitBlock, key: TbKey) {
+        if crate::perfmap::enabled() {
+            crate::perfmap::record(jit.entry(), jit.bytes, key.cs_base, key.pc);
+            if let Some((start, len)) = self.jit.take_new_shared_code() {
+                crate::perfmap::record_shared(start, len);
             }
         }
     }

@@ -1126,10 +1126,11 @@ impl TcgVcpu {
         }
         // Compiled on the background compiler: the block runs in the interpreter, as
         // translated, until its code is in (not while `-d out_asm` shows it).
+        let show_code = shown && log::log_enabled!(target: LOG_OUT_ASM, log::Level::Trace);
         let later = warmup == 0
             && self.backend == Backend::Jit
             && self.cache.compiles_in_background()
-            && !(shown && log::log_enabled!(target: LOG_OUT_ASM, log::Level::Trace));
+            && !show_code;
         let mut block = block;
         let mut job = None;
         if later {
@@ -1145,8 +1146,7 @@ impl TcgVcpu {
         }
         let jit = match self.backend {
             Backend::Jit if warmup == 0 && !later => {
-                self.cache.jit.keep_code =
-                    shown && log::log_enabled!(target: LOG_OUT_ASM, log::Level::Trace);
+                self.cache.jit.keep_code = show_code;
                 self.cache
                     .make_room(block.ops.len(), &mut self.cpu.mmu.code);
                 self.cache.compile(&block, &mut self.cpu.mmu.code)
@@ -1160,11 +1160,8 @@ impl TcgVcpu {
             log::trace!(target: LOG_OUT_ASM, "OUT: [size={}]\n{}", j.bytes,
                 crate::disas::block(&self.cache.jit.last_code, j.entry() as u64, 64));
         }
-        if let (Some(j), true) = (&jit, crate::perfmap::enabled()) {
-            crate::perfmap::record(j.entry(), j.bytes, key.cs_base, key.pc);
-            if let Some((start, len)) = self.cache.jit.take_new_shared_code() {
-                crate::perfmap::record_shared(start, len);
-            }
+        if let Some(j) = &jit {
+            self.cache.name_in_perf_map(j, key);
         }
         // A compiled block needs its IR no more (the two caches flush together).
         let code = jit.is_none().then(|| Prepared::new(block));

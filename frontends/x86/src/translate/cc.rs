@@ -183,8 +183,8 @@ impl Tr {
         }
     }
 
-    /// OF as 0/1 of the known operation, when its formula is short (not after ADC
-    /// or SBB, nor an operation the block does not know).
+    /// OF as 0/1 of the known operation, for the operations [`Tr::cond_inline`]
+    /// takes, less ADC and SBB (whose OF needs the carry in).
     fn overflow(&mut self) -> Option<Temp> {
         let (kind, size, d, s) = self.cc.known?;
         let top = u64::from(size.bits() - 1);
@@ -193,7 +193,7 @@ impl Tr {
             t.b.bini(BinOp::And, Size::B64, v, 1)
         };
         Some(match kind {
-            CcKind::Logic | CcKind::Clr | CcKind::Popcnt => self.b.konst(0),
+            CcKind::Logic => self.b.konst(0),
             // The result's sign differs from both operands' (ADD) or the operands'
             // signs differ and the result's differs from the first's (SUB).
             CcKind::Add => {
@@ -227,13 +227,9 @@ impl Tr {
                 let x = self.b.bin(BinOp::Xor, Size::B64, s, d);
                 sign_bit(self, x)
             }
-            CcKind::Eflags => {
-                let f = self
-                    .b
-                    .bini(BinOp::Shr, Size::B64, s, u64::from(OF.trailing_zeros()));
-                self.b.bini(BinOp::And, Size::B64, f, 1)
+            CcKind::Adc | CcKind::Sbb | CcKind::Eflags | CcKind::Clr | CcKind::Popcnt => {
+                return None
             }
-            CcKind::Adc | CcKind::Sbb => return None,
         })
     }
 
